@@ -5,7 +5,8 @@
 #
 #   deploy/dev/build.sh            # build what is missing, print the bin directory last
 #
-# The first build takes ~20-30 minutes on 2 cores; afterwards it is instant.
+# The first build takes ~20-40 minutes on 2 cores; afterwards it is instant. Concurrent
+# invocations serialise on a lock file in the cache directory.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,6 +18,15 @@ mkdir -p "$bin"
 start=$SECONDS
 
 step() { printf '[build %4ds] %s\n' "$((SECONDS - start))" "$*" >&2; }
+
+# One build at a time per cache directory: a second invocation (another terminal, a parallel
+# test run) waits for the first and then finds everything cached. The lock is released when
+# this script exits.
+exec 9>"$(devcluster_cache_dir)/build.lock"
+if ! flock -n 9; then
+  step "another build holds $(devcluster_cache_dir)/build.lock; waiting for it to finish"
+  flock 9
+fi
 
 # Runs a long command while printing a heartbeat, so a cold build shows it is alive.
 with_heartbeat() {
@@ -89,22 +99,45 @@ build_k8s() {
 }
 
 build_kwok() {
-  [[ -x "$bin/kwok" ]] && { step "kwok $KWOK_VERSION: cached"; return; }
-  step "kwok $KWOK_VERSION: compiling"
-  with_heartbeat kwok env GOBIN="$bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  # kwok ships its Stage definitions as YAML inside the module; keep the ones we use.
-  local stages
-  stages="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
-  mkdir -p "$bin/../stages"
-  cp -f "$stages"/node/fast/node-initialize.yaml \
-        "$stages"/node/heartbeat-with-lease/*.yaml \
-        "$stages"/pod/fast/*.yaml "$bin/../stages/" 2>/dev/null || true
-  chmod u+w "$bin/../stages/"*
-  step "kwok: done"
+  if [[ -x "$bin/kwok" ]]; then
+    step "kwok $KWOK_VERSION: cached"
+  else
+    step "kwok $KWOK_VERSION: compiling"
+    with_heartbeat kwok env GOBIN="$bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+    step "kwok: done"
+  fi
+}
+
+# kwok ships its Stage definitions as YAML inside its module (kwokctl embeds them; plain kwok
+# needs them in its --config). Copy the ones up.sh uses, by name: each file is one Stage.
+KWOK_STAGES=(
+  node/fast/node-initialize.yaml
+  node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
+  pod/fast/pod-ready.yaml
+  pod/fast/pod-complete.yaml
+  pod/fast/pod-delete.yaml
+)
+copy_kwok_stages() {
+  local dest="$bin/../stages" f missing=0
+  for f in "${KWOK_STAGES[@]}"; do [[ -s "$dest/$(basename "$f")" ]] || missing=1; done
+  # Exactly the listed files, nothing else (older versions of this script copied more).
+  [[ "$(ls "$dest" 2>/dev/null | wc -l)" == "${#KWOK_STAGES[@]}" ]] || missing=1
+  ((missing)) || { step "kwok stages: cached"; return; }
+  local src
+  src="$(cd "$work" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')"
+  [[ -d "$src/kustomize/stage" ]] || { echo "kwok module has no kustomize/stage dir: '$src'" >&2; exit 1; }
+  rm -rf "$dest" && mkdir -p "$dest"
+  for f in "${KWOK_STAGES[@]}"; do
+    [[ -f "$src/kustomize/stage/$f" ]] || { echo "kwok $KWOK_VERSION has no stage $f" >&2; exit 1; }
+    cp -f "$src/kustomize/stage/$f" "$dest/"
+    chmod u+w "$dest/$(basename "$f")"
+  done
+  step "kwok stages: ${#KWOK_STAGES[@]} copied to $dest"
 }
 
 build_etcd
 build_k8s
 build_kwok
+copy_kwok_stages
 step "all binaries in $bin"
 echo "$bin"
