@@ -1,1 +1,33 @@
-//! The contract crate.
+//! # events — the contract of the Ambient control plane
+//!
+//! Everything the api, the reconciler, the projector and outside subscribers (UI, Jira bridges,
+//! observability) agree on lives here:
+//!
+//! - [`names`] and [`domain`]: validated names and closed sets (roles, phases, principal);
+//! - [`crd`]: the `AgenticSession` and `ProjectSettings` custom resources;
+//! - [`commands`], [`results`], [`status`], [`messages`]: the catalogue of CloudEvents;
+//! - [`subjects`]: the subject scheme; [`streams`]: JetStream streams, consumers and buckets;
+//! - [`binding`]: CloudEvents ⇄ NATS binary mode; [`wire`]: typed encode/decode of each event;
+//! - [`signing`]: how a consumer recognises a genuine command; [`sealing`]: secrets on the bus.
+//!
+//! See `events/README.md` for the catalogue of every event type with its subject and an example.
+
+pub mod binding;
+pub mod commands;
+pub mod crd;
+pub mod domain;
+pub mod messages;
+pub mod names;
+pub mod results;
+pub mod sealing;
+pub mod signing;
+pub mod status;
+pub mod streams;
+pub mod subjects;
+pub mod wire;
+
+pub use commands::{Command, CommandBody, CommandType};
+pub use domain::{Phase, Principal, Role, SubjectType};
+pub use names::{KeyName, ProjectName, SessionName, SubjectName, ValidationError};
+pub use results::{CommandResult, FailureReason, Outcome};
+pub use status::{StatusBody, StatusEvent, StatusKind};

@@ -1,0 +1,310 @@
+//! The custom resources, wire-compatible with the existing platform (group `vteam.ambient-code`,
+//! version `v1alpha1`): existing objects keep their group, names and field names.
+//!
+//! Every field a component writes is declared here, so the API server never prunes it; the CRD
+//! YAML in `deploy/crds/` is generated from these types (see [`crd_yaml`]).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Phase, Role};
+
+/// The API group of both resources.
+pub const GROUP: &str = "vteam.ambient-code";
+/// The served (and stored) version.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in objects and owner references.
+pub const API_VERSION: &str = "vteam.ambient-code/v1alpha1";
+/// The only allowed name of a ProjectSettings object.
+pub const PROJECT_SETTINGS_NAME: &str = "projectsettings";
+/// Default `spec.timeout` in seconds.
+pub const DEFAULT_TIMEOUT_SECONDS: i64 = 3_600;
+
+/// An AI run, executed as a Kubernetes Job.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "vteam.ambient-code",
+    version = "v1alpha1",
+    kind = "AgenticSession",
+    plural = "agenticsessions",
+    singular = "agenticsession",
+    shortname = "as",
+    namespaced,
+    status = "AgenticSessionStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AgenticSessionSpec {
+    /// The task for the agent.
+    #[schemars(length(min = 1, max = 100_000))]
+    pub prompt: String,
+    /// A human name for the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
+    pub display_name: Option<String>,
+    /// Model parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_settings: Option<LlmSettings>,
+    /// Seconds the run may take: the Job's `activeDeadlineSeconds`.
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 30, max = 86_400))]
+    pub timeout: i64,
+    /// Chat mode: the runner reads user messages from its inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<bool>,
+    /// Repositories the runner works on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub repos: Vec<RepoMapping>,
+    /// Index into `repos` of the main repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 19))]
+    pub main_repo_index: Option<i32>,
+    /// Who asked for the session. Set by the server from the authenticated caller, never from a
+    /// request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_context: Option<UserContext>,
+    /// Extra environment for the runner.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 100))]
+    pub environment_variables: BTreeMap<String, String>,
+    /// Resource requests and scheduling priority for the runner pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_overrides: Option<ResourceOverrides>,
+}
+
+fn default_timeout() -> i64 {
+    DEFAULT_TIMEOUT_SECONDS
+}
+
+/// Model parameters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmSettings {
+    /// Model name, e.g. `sonnet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 200))]
+    pub model: Option<String>,
+    /// Sampling temperature, 0 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub temperature: Option<f64>,
+    /// Largest number of tokens per response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_tokens: Option<i64>,
+}
+
+/// An input repository and where the runner pushes its output.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoMapping {
+    /// Where to clone from.
+    pub input: RepoRef,
+    /// Where to push to, if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<RepoRef>,
+}
+
+/// A repository URL and branch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoRef {
+    /// Clone URL.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// Branch, `main` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub branch: Option<String>,
+}
+
+/// The caller who created the session, as the server authenticated it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UserContext {
+    /// The authenticated user name.
+    pub user_id: String,
+    /// A display name, the user name when nothing better is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The user's groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// Resource requests and priority of the runner pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceOverrides {
+    /// CPU request and limit, e.g. `500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub cpu: Option<String>,
+    /// Memory request and limit, e.g. `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub memory: Option<String>,
+    /// PriorityClass of the runner pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub priority_class: Option<String>,
+}
+
+/// Observed state of a session, written by the reconciler and (result fields) by the runner.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AgenticSessionStatus {
+    /// Lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// A human sentence about the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Machine-readable reason for the phase, e.g. `Timeout`, `StopRequested`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the current run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<DateTime<Utc>>,
+    /// When the current run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<DateTime<Utc>>,
+    /// The Job running the session: `<session>-job`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions (`Ready`, `JobCreated`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// How many times the session was (re)started; each start runs a fresh Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<i64>,
+    /// The runner's final answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// The runner's result subtype (e.g. `success`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtype: Option<String>,
+    /// True when the runner reported an error result.
+    #[serde(default, rename = "is_error", skip_serializing_if = "Option::is_none")]
+    pub is_error: Option<bool>,
+    /// Agent turns taken.
+    #[serde(default, rename = "num_turns", skip_serializing_if = "Option::is_none")]
+    pub num_turns: Option<i64>,
+    /// The runner's SDK session id.
+    #[serde(default, rename = "session_id", skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Cost of the run in USD.
+    #[serde(default, rename = "total_cost_usd", skip_serializing_if = "Option::is_none")]
+    pub total_cost_usd: Option<f64>,
+    /// Token usage as the runner reports it (free-form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form")]
+    pub usage: Option<serde_json::Value>,
+}
+
+fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Per-project settings; exactly one per managed namespace, named `projectsettings`.
+/// Created by the reconciler, never exposed as a REST resource.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[kube(
+    group = "vteam.ambient-code",
+    version = "v1alpha1",
+    kind = "ProjectSettings",
+    plural = "projectsettings",
+    singular = "projectsettings",
+    shortname = "ps",
+    namespaced,
+    status = "ProjectSettingsStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    validation = Rule::new("self.metadata.name == 'projectsettings'").message("a ProjectSettings must be named projectsettings (one per project)"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectSettingsSpec {
+    /// Groups granted a role in the project; kept in sync with RoleBindings both ways.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub group_access: Vec<GroupAccess>,
+    /// Name of the Secret whose keys become the runner's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub runner_secrets_name: Option<String>,
+}
+
+/// A group and its role.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupAccess {
+    /// The group name.
+    #[schemars(length(min = 1, max = 253))]
+    pub group_name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// Observed state of ProjectSettings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectSettingsStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions (`Ready`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The CRDs as multi-document YAML, exactly as committed in `deploy/crds/`.
+pub fn crd_yaml() -> Vec<(&'static str, String)> {
+    let render = |crd| serde_saphyr::to_string(&crd).unwrap_or_else(|e| panic!("CRD serializes: {e}"));
+    vec![
+        ("agenticsessions.yaml", render(AgenticSession::crd())),
+        ("projectsettings.yaml", render(ProjectSettings::crd())),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_defaults_and_names() {
+        let s: AgenticSessionSpec = serde_json::from_str(r#"{"prompt":"hi"}"#).unwrap();
+        assert_eq!(s.timeout, 3600);
+        let st = AgenticSessionStatus { is_error: Some(true), num_turns: Some(3), ..Default::default() };
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["is_error"], true);
+        assert_eq!(v["num_turns"], 3);
+    }
+
+    #[test]
+    fn crd_shape() {
+        let crd = serde_json::to_value(AgenticSession::crd()).unwrap();
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "as");
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(v["subresources"]["status"], serde_json::json!({}));
+        let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["properties"]["timeout"]["maximum"].as_f64(), Some(86400.0));
+        assert_eq!(spec["properties"]["prompt"]["maxLength"].as_u64(), Some(100000));
+        let ps = serde_json::to_string(&ProjectSettings::crd()).unwrap();
+        assert!(ps.contains("self.metadata.name == 'projectsettings'"));
+    }
+}

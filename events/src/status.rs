@@ -1,0 +1,296 @@
+//! Status events: what changed in the cluster, as public views (never a secret or token).
+//!
+//! Published by the projector on `ambient.status.<project>.<kind>.<name>`, ordered per object.
+//! The JetStream stream sequence is the resume point (`Last-Event-ID` of the SSE streams). The
+//! event id is derived from the object's uid, its resourceVersion and the event type, so that
+//! a replay after a restart is de-duplicated by JetStream.
+
+
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::crd::{LlmSettings, RepoMapping};
+use crate::domain::{Phase, Role, SubjectType};
+use crate::names::ProjectName;
+
+/// The kind of object a status event is about: the `<kind>` token of its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusKind {
+    /// A project; the name token is the project itself.
+    Project,
+    /// A session.
+    Session,
+    /// A permission; the name token is `<subjectType>-<object suffix of the subject>`.
+    Permission,
+    /// An access key; the name token is its key id.
+    Key,
+}
+
+impl StatusKind {
+    /// The subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusKind::Project => "project",
+            StatusKind::Session => "session",
+            StatusKind::Permission => "permission",
+            StatusKind::Key => "key",
+        }
+    }
+}
+
+/// Public view of a project.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectView {
+    /// Project (namespace) name.
+    pub name: String,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Who created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
+    /// When it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<DateTime<Utc>>,
+    /// `Active` or `Terminating`.
+    pub status: String,
+}
+
+/// Public view of a session: its spec without the prompt's neighbours that may hold secrets
+/// (environment variable values are never included, only their names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    /// Session name.
+    pub name: String,
+    /// Object uid.
+    pub uid: String,
+    /// Object resourceVersion this view was taken at.
+    pub resource_version: String,
+    /// Spec generation.
+    pub generation: i64,
+    /// When it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<DateTime<Utc>>,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Who created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// Chat mode.
+    #[serde(default)]
+    pub interactive: bool,
+    /// Timeout in seconds.
+    pub timeout: i64,
+    /// Model parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_settings: Option<LlmSettings>,
+    /// Repositories.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repos: Vec<RepoMapping>,
+    /// Names of extra environment variables (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environment_variable_names: Vec<String>,
+    /// Phase.
+    pub phase: Phase,
+    /// Phase message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Phase reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Start of the current run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<DateTime<Utc>>,
+    /// End of the current run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<DateTime<Utc>>,
+    /// The runner's final answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// Cost in USD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_cost_usd: Option<f64>,
+    /// Agent turns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_turns: Option<i64>,
+}
+
+/// A session changed phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseTransition {
+    /// Session name.
+    pub name: String,
+    /// The phase before (absent for the first phase of a new session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_phase: Option<Phase>,
+    /// The new phase.
+    pub phase: Phase,
+    /// When the transition was observed.
+    pub at: DateTime<Utc>,
+    /// Seconds spent in the previous phase, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_phase_seconds: Option<f64>,
+    /// Phase reason, e.g. `Timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Phase message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Start of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<DateTime<Utc>>,
+    /// End of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<DateTime<Utc>>,
+}
+
+/// Public view of a permission grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionView {
+    /// User or group.
+    pub subject_type: SubjectType,
+    /// Its name.
+    pub subject_name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// Public view of an access key (never its token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    /// Key id (its ServiceAccount name).
+    pub id: String,
+    /// The name the user gave it.
+    pub name: String,
+    /// What it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// When it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    /// When it was last used, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// An object is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tombstone {
+    /// The name token of the object.
+    pub name: String,
+    /// The last uid seen, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// When the deletion was observed.
+    pub at: DateTime<Utc>,
+}
+
+macro_rules! status_catalogue {
+    ($( $(#[$doc:meta])* $variant:ident($payload:ty) = $kind:ident, $ty:literal ),* $(,)?) => {
+        /// Every status event, with its data.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum StatusBody {
+            $( $(#[$doc])* $variant($payload), )*
+        }
+
+        impl StatusBody {
+            /// Every CloudEvent type of a status event.
+            pub const TYPES: &'static [&'static str] = &[$($ty),*];
+
+            /// The CloudEvent type, e.g. `ambient.session.phase.v1`.
+            pub fn type_str(&self) -> &'static str {
+                match self { $(StatusBody::$variant(_) => $ty,)* }
+            }
+
+            /// The kind of object.
+            pub fn kind(&self) -> StatusKind {
+                match self { $(StatusBody::$variant(_) => StatusKind::$kind,)* }
+            }
+
+            /// The data as JSON.
+            pub fn data_json(&self) -> serde_json::Value {
+                let v = match self { $(StatusBody::$variant(p) => serde_json::to_value(p),)* };
+                v.unwrap_or(serde_json::Value::Null)
+            }
+
+            /// Decodes the data of an event of type `ty`; `None` for an unknown type.
+            pub fn from_json(ty: &str, v: serde_json::Value) -> Option<Result<Self, serde_json::Error>> {
+                match ty {
+                    $($ty => Some(serde_json::from_value(v).map(StatusBody::$variant)),)*
+                    _ => None,
+                }
+            }
+
+            /// The JSON schema of the data of type `ty`.
+            pub fn schema(ty: &str) -> Option<schemars::Schema> {
+                match ty { $($ty => Some(schemars::schema_for!($payload)),)* _ => None }
+            }
+        }
+    };
+}
+
+status_catalogue! {
+    /// A project was created or its public view changed.
+    ProjectChanged(ProjectView) = Project, "ambient.project.changed.v1",
+    /// A project is gone.
+    ProjectDeleted(Tombstone) = Project, "ambient.project.deleted.v1",
+    /// A session was created or its public view changed.
+    SessionChanged(SessionView) = Session, "ambient.session.changed.v1",
+    /// A session changed phase.
+    SessionPhase(PhaseTransition) = Session, "ambient.session.phase.v1",
+    /// A session is gone.
+    SessionDeleted(Tombstone) = Session, "ambient.session.deleted.v1",
+    /// A permission was granted or its role changed.
+    PermissionChanged(PermissionView) = Permission, "ambient.permission.changed.v1",
+    /// A permission was revoked.
+    PermissionDeleted(Tombstone) = Permission, "ambient.permission.deleted.v1",
+    /// An access key was created or changed (e.g. last use).
+    KeyChanged(KeyView) = Key, "ambient.key.changed.v1",
+    /// An access key was revoked.
+    KeyDeleted(Tombstone) = Key, "ambient.key.deleted.v1",
+}
+
+/// One status event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusEvent {
+    /// Deterministic id, see [`StatusEvent::derive_id`].
+    pub id: String,
+    /// The project.
+    pub project: ProjectName,
+    /// The object's name token.
+    pub name: String,
+    /// When the change was observed.
+    pub time: DateTime<Utc>,
+    /// What changed.
+    pub body: StatusBody,
+}
+
+impl StatusEvent {
+    /// The id of the event of `ty` about the object `uid` at `resource_version`:
+    /// `<uid>/<resourceVersion>/<type>`. Replays of the same observation get the same id.
+    pub fn derive_id(uid: &str, resource_version: &str, ty: &str) -> String {
+        format!("{uid}/{resource_version}/{ty}")
+    }
+
+    /// The subject: `ambient.status.<project>.<kind>.<name>`.
+    pub fn subject(&self) -> Result<String, crate::ValidationError> {
+        crate::subjects::status(&self.project, self.body.kind(), &self.name)
+    }
+}
+

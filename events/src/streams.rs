@@ -1,0 +1,345 @@
+//! JetStream streams, consumers and key-value buckets, and an idempotent bootstrap.
+//!
+//! | stream | subjects | retention | why |
+//! |---|---|---|---|
+//! | `AMBIENT_COMMANDS` | `ambient.cmd.*.*.*`, stored as `ambient.cmd.<partition>.<project>.<kind>.<action>` | limits, 7 days, discard new | accepted work; a full stream refuses new commands (the api answers 503) rather than dropping old ones |
+//! | `AMBIENT_RESULTS` | `ambient.result.>` | limits, 7 days, one per subject | outcome of every command; also the reconciler's exactly-once ledger |
+//! | `AMBIENT_STATUS` | `ambient.status.>` | limits, 7 days | status events for UIs, bridges, SSE resume |
+//! | `AMBIENT_MESSAGES` | `ambient.msg.>` | limits, per-session count and size caps | the agents' conversations |
+//!
+//! Commands are partitioned by project (`{{partition(N,1)}}` subject transform) so that several
+//! reconciler replicas share the load while every project's commands stay in one ordered
+//! partition. Each partition has one durable consumer with a pinned-client priority group: one
+//! replica at a time consumes a partition, and another takes over when it goes away.
+//!
+//! All streams use file storage. Durability of an acknowledged publish also depends on the
+//! server: run nats-server with `jetstream { sync_interval: always }` (deploy/ and the dev
+//! scripts do) so that an acknowledged command is on disk.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+
+use crate::subjects;
+
+/// Commands stream name.
+pub const COMMANDS_STREAM: &str = "AMBIENT_COMMANDS";
+/// Results stream name.
+pub const RESULTS_STREAM: &str = "AMBIENT_RESULTS";
+/// Status stream name.
+pub const STATUS_STREAM: &str = "AMBIENT_STATUS";
+/// Session messages stream name.
+pub const MESSAGES_STREAM: &str = "AMBIENT_MESSAGES";
+/// Priority group the reconciler pulls with.
+pub const RECONCILER_GROUP: &str = "reconciler";
+/// Key-value bucket of the read model: projects (`<project>`).
+pub const PROJECTS_BUCKET: &str = "ambient-projects";
+/// Key-value bucket of the read model: sessions (`<project>.<session>`).
+pub const SESSIONS_BUCKET: &str = "ambient-sessions";
+/// Key-value bucket of the read model: permissions and keys (`<project>.<kind>.<name>`).
+pub const ACCESS_BUCKET: &str = "ambient-access";
+
+/// Tunables of the bus; defaults fit a small installation.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Number of command partitions (fixed once commands flow; changing it reorders nothing
+    /// already stored but moves projects between partitions).
+    pub partitions: u32,
+    /// How long the server remembers a `Nats-Msg-Id` to drop a duplicate publish.
+    pub duplicate_window: Duration,
+    /// How long commands, results and status events are kept.
+    pub max_age: Duration,
+    /// Stream replicas (3 in a clustered production install).
+    pub replicas: usize,
+    /// Messages kept per session.
+    pub max_messages_per_session: i64,
+    /// Largest single session message, bytes.
+    pub max_message_bytes: i32,
+    /// How long a reconciler may hold a command without acknowledging or extending it.
+    pub ack_wait: Duration,
+    /// Deliveries of a command before it is given up (a failed result is published).
+    pub max_deliver: i64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 8,
+            duplicate_window: Duration::from_secs(10 * 60),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            replicas: 1,
+            max_messages_per_session: 10_000,
+            max_message_bytes: 256 * 1024,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 20,
+        }
+    }
+}
+
+impl BusConfig {
+    /// The commands stream.
+    pub fn commands_stream(&self) -> stream::Config {
+        stream::Config {
+            name: COMMANDS_STREAM.into(),
+            description: Some("Commands accepted by the api, partitioned by project".into()),
+            subjects: vec![format!("{}.*.*.*", subjects::COMMANDS)],
+            subject_transform: Some(stream::SubjectTransform {
+                source: format!("{}.*.*.*", subjects::COMMANDS),
+                destination: format!(
+                    "{}.{{{{partition({},1)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}",
+                    subjects::COMMANDS,
+                    self.partitions
+                ),
+            }),
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            storage: stream::StorageType::File,
+            max_age: self.max_age,
+            max_bytes: 4 * 1024 * 1024 * 1024,
+            max_message_size: crate::wire::MAX_COMMAND_BYTES as i32 + 64 * 1024,
+            duplicate_window: self.duplicate_window,
+            num_replicas: self.replicas,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    /// The results stream.
+    pub fn results_stream(&self) -> stream::Config {
+        stream::Config {
+            name: RESULTS_STREAM.into(),
+            description: Some("One result per command".into()),
+            subjects: vec![format!("{}.>", subjects::RESULTS)],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: self.max_age,
+            max_messages_per_subject: 1,
+            max_bytes: 2 * 1024 * 1024 * 1024,
+            duplicate_window: self.duplicate_window,
+            num_replicas: self.replicas,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    /// The status stream.
+    pub fn status_stream(&self) -> stream::Config {
+        stream::Config {
+            name: STATUS_STREAM.into(),
+            description: Some("Status events of projects, sessions, permissions and keys".into()),
+            subjects: vec![format!("{}.>", subjects::STATUS)],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: self.max_age,
+            max_bytes: 4 * 1024 * 1024 * 1024,
+            duplicate_window: self.duplicate_window,
+            num_replicas: self.replicas,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    /// The session messages stream.
+    pub fn messages_stream(&self) -> stream::Config {
+        stream::Config {
+            name: MESSAGES_STREAM.into(),
+            description: Some("Session conversations, one subject per session".into()),
+            subjects: vec![format!("{}.>", subjects::MESSAGES)],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
+            storage: stream::StorageType::File,
+            max_messages_per_subject: self.max_messages_per_session,
+            max_message_size: self.max_message_bytes + 16 * 1024,
+            max_bytes: 8 * 1024 * 1024 * 1024,
+            duplicate_window: self.duplicate_window,
+            num_replicas: self.replicas,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    /// Every stream.
+    pub fn streams(&self) -> Vec<stream::Config> {
+        vec![self.commands_stream(), self.results_stream(), self.status_stream(), self.messages_stream()]
+    }
+
+    /// Name of the durable consumer of command partition `p`.
+    pub fn partition_consumer_name(p: u32) -> String {
+        format!("reconciler-p{p}")
+    }
+
+    /// Subject filter of command partition `p` (as stored).
+    pub fn partition_filter(p: u32) -> String {
+        format!("{}.{p}.>", subjects::COMMANDS)
+    }
+
+    /// The durable consumer of command partition `p`.
+    pub fn partition_consumer(&self, p: u32) -> consumer::pull::Config {
+        // Redelivery backs off, capped; the last step repeats until max_deliver.
+        let backoff: Vec<Duration> = [1u64, 2, 5, 10, 30, 60]
+            .into_iter()
+            .map(Duration::from_secs)
+            .take((self.max_deliver.max(2) - 1) as usize)
+            .collect();
+        consumer::pull::Config {
+            durable_name: Some(Self::partition_consumer_name(p)),
+            description: Some(format!("reconciler, command partition {p}")),
+            filter_subject: Self::partition_filter(p),
+            ack_policy: consumer::AckPolicy::Explicit,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            backoff,
+            max_ack_pending: 1_000,
+            priority_policy: consumer::PriorityPolicy::PinnedClient,
+            priority_groups: vec![RECONCILER_GROUP.into()],
+            priority_timeout: Duration::from_secs(30),
+            ..Default::default()
+        }
+    }
+
+    /// The read-model buckets.
+    pub fn buckets(&self) -> Vec<kv::Config> {
+        [PROJECTS_BUCKET, SESSIONS_BUCKET, ACCESS_BUCKET]
+            .into_iter()
+            .map(|bucket| kv::Config {
+                bucket: bucket.into(),
+                description: "read model kept by the projector".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: self.replicas,
+                ..Default::default()
+            })
+            .collect()
+    }
+}
+
+/// The bus could not be prepared.
+#[derive(Debug, thiserror::Error)]
+#[error("bootstrap of {what} failed: {source}")]
+pub struct BootstrapError {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// What a bootstrap run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BootstrapReport {
+    /// Streams and buckets created.
+    pub created: Vec<String>,
+    /// Streams and consumers whose configuration was changed.
+    pub updated: Vec<String>,
+    /// Streams, consumers and buckets already as configured.
+    pub unchanged: Vec<String>,
+}
+
+fn err(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> BootstrapError {
+    BootstrapError { what: what.into(), source: Box::new(e) }
+}
+
+/// Creates or updates every stream and bucket. Safe to run from every component on every start:
+/// a second run changes nothing; a changed configuration is applied.
+pub async fn bootstrap_streams(js: &jetstream::Context, cfg: &BusConfig) -> Result<BootstrapReport, BootstrapError> {
+    let mut report = BootstrapReport::default();
+    for want in cfg.streams() {
+        let name = want.name.clone();
+        match js.get_stream(&name).await {
+            Ok(mut s) => {
+                let have = s.info().await.map_err(|e| err(&name, e))?.config.clone();
+                if stream_differs(&have, &want) {
+                    js.update_stream(&want).await.map_err(|e| err(&name, e))?;
+                    report.updated.push(name);
+                } else {
+                    report.unchanged.push(name);
+                }
+            }
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                js.create_stream(want).await.map_err(|e| err(&name, e))?;
+                report.created.push(name);
+            }
+            Err(e) => return Err(err(&name, e)),
+        }
+    }
+    for want in cfg.buckets() {
+        let name = format!("KV_{}", want.bucket);
+        match js.get_key_value(&want.bucket).await {
+            Ok(_) => report.unchanged.push(name),
+            Err(_) => {
+                js.create_key_value(want).await.map_err(|e| err(&name, e))?;
+                report.created.push(name);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Creates or updates the reconciler's partition consumers.
+pub async fn bootstrap_consumers(js: &jetstream::Context, cfg: &BusConfig) -> Result<BootstrapReport, BootstrapError> {
+    let mut report = BootstrapReport::default();
+    let stream = js.get_stream(COMMANDS_STREAM).await.map_err(|e| err(COMMANDS_STREAM, e))?;
+    for p in 0..cfg.partitions {
+        let want = cfg.partition_consumer(p);
+        let name = BusConfig::partition_consumer_name(p);
+        match stream.get_consumer::<consumer::pull::Config>(&name).await {
+            Ok(mut c) => {
+                let have = c.info().await.map_err(|e| err(&name, e))?.config.clone();
+                if consumer_differs(&have, &want) {
+                    stream.update_consumer(want).await.map_err(|e| err(&name, e))?;
+                    report.updated.push(name);
+                } else {
+                    report.unchanged.push(name);
+                }
+            }
+            Err(_) => {
+                stream.create_consumer(want).await.map_err(|e| err(&name, e))?;
+                report.created.push(name);
+            }
+        }
+    }
+    Ok(report)
+}
+
+// The server fills in defaults, so compare only the fields we set.
+fn stream_differs(have: &stream::Config, want: &stream::Config) -> bool {
+    have.subjects != want.subjects
+        || have.max_age != want.max_age
+        || have.max_bytes != want.max_bytes
+        || have.max_message_size != want.max_message_size
+        || have.max_messages_per_subject != want.max_messages_per_subject
+        || have.duplicate_window != want.duplicate_window
+        || have.discard != want.discard
+        || have.discard_new_per_subject != want.discard_new_per_subject
+        || have.allow_direct != want.allow_direct
+        || have.description != want.description
+        || have.subject_transform.as_ref().map(|t| (&t.source, &t.destination))
+            != want.subject_transform.as_ref().map(|t| (&t.source, &t.destination))
+}
+
+fn consumer_differs(have: &consumer::Config, want: &consumer::pull::Config) -> bool {
+    have.ack_wait != want.ack_wait
+        || have.max_deliver != want.max_deliver
+        || have.backoff != want.backoff
+        || have.max_ack_pending != want.max_ack_pending
+        || have.description != want.description
+        || have.filter_subject != want.filter_subject
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_transform_is_well_formed() {
+        let c = BusConfig::default().commands_stream();
+        let t = c.subject_transform.unwrap();
+        assert_eq!(t.destination, "ambient.cmd.{{partition(8,1)}}.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}");
+        let cons = BusConfig::default().partition_consumer(3);
+        assert_eq!(cons.filter_subject, "ambient.cmd.3.>");
+        assert!((cons.backoff.len() as i64) < cons.max_deliver);
+    }
+}
