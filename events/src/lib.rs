@@ -12,6 +12,7 @@
 //!
 //! See `events/README.md` for the catalogue of every event type with its subject and an example.
 
+pub mod access;
 pub mod binding;
 pub mod commands;
 pub mod crd;

@@ -1,0 +1,82 @@
+//! What each command requires of its principal, as Kubernetes RBAC checks. The api checks it
+//! before accepting a command and the reconciler checks it again at apply time, so a role
+//! revoked in between wins. One table, used by both.
+
+use crate::commands::{Command, CommandBody};
+use crate::crd::{GROUP, PROJECT_SETTINGS_NAME};
+
+/// One SubjectAccessReview's resource attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceCheck {
+    /// Namespace (project) the check is made in.
+    pub namespace: String,
+    /// Verb, e.g. `create`.
+    pub verb: &'static str,
+    /// API group (`""` for core).
+    pub group: &'static str,
+    /// Resource, e.g. `agenticsessions`.
+    pub resource: &'static str,
+    /// Subresource, e.g. `status`.
+    pub subresource: Option<&'static str>,
+    /// Object name, for checks on one object (matters for `resourceNames` rules).
+    pub name: Option<String>,
+}
+
+/// What a command needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// Creating a project: membership of the self-provisioner group (configurable, default
+    /// `system:authenticated`) and the per-user project quota; decided by configuration, not
+    /// by namespaced RBAC.
+    SelfProvision,
+    /// Every listed check must be allowed.
+    All(Vec<ResourceCheck>),
+}
+
+const RBAC: &str = "rbac.authorization.k8s.io";
+
+fn check(ns: &str, verb: &'static str, group: &'static str, resource: &'static str, name: Option<&str>) -> ResourceCheck {
+    ResourceCheck { namespace: ns.into(), verb, group, resource, subresource: None, name: name.map(Into::into) }
+}
+
+fn status(ns: &str, name: &str) -> ResourceCheck {
+    ResourceCheck {
+        namespace: ns.into(),
+        verb: "update",
+        group: GROUP,
+        resource: "agenticsessions",
+        subresource: Some("status"),
+        name: Some(name.into()),
+    }
+}
+
+impl Command {
+    /// The RBAC checks this command's principal must pass.
+    pub fn requirement(&self) -> Requirement {
+        let ns = self.project.as_str();
+        let sessions = |verb, name: Option<&str>| check(ns, verb, GROUP, "agenticsessions", name);
+        let settings = |verb| check(ns, verb, GROUP, "projectsettings", Some(PROJECT_SETTINGS_NAME));
+        let one = |c| Requirement::All(vec![c]);
+        match &self.body {
+            CommandBody::ProjectCreate(_) => Requirement::SelfProvision,
+            CommandBody::ProjectUpdate(_) => one(settings("update")),
+            CommandBody::ProjectDelete(_) => one(settings("delete")),
+            CommandBody::SessionCreate(_) => one(sessions("create", None)),
+            CommandBody::SessionUpdate(c) => one(sessions("update", Some(c.name.as_str()))),
+            CommandBody::SessionDelete(c) => one(sessions("delete", Some(c.name.as_str()))),
+            CommandBody::SessionStart(c) | CommandBody::SessionStop(c) => one(sessions("update", Some(c.name.as_str()))),
+            CommandBody::SessionClone(c) => Requirement::All(vec![
+                sessions("get", Some(c.name.as_str())),
+                check(c.target_project.as_str(), "create", GROUP, "agenticsessions", None),
+            ]),
+            CommandBody::SessionStatus(c) => one(status(ns, c.name.as_str())),
+            CommandBody::SessionDisplayName(c) => one(status(ns, c.name.as_str())),
+            CommandBody::PermissionGrant(_) => one(check(ns, "create", RBAC, "rolebindings", None)),
+            CommandBody::PermissionRevoke(_) => one(check(ns, "delete", RBAC, "rolebindings", None)),
+            CommandBody::KeyCreate(_) => one(check(ns, "create", "", "serviceaccounts", None)),
+            CommandBody::KeyRevoke(c) => one(check(ns, "delete", "", "serviceaccounts", Some(c.key_id.as_str()))),
+            CommandBody::RunnerSecretPut(_) => one(check(ns, "update", "", "secrets", None)),
+            CommandBody::RunnerSecretConfig(_) => one(settings("update")),
+        }
+    }
+}

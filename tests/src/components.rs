@@ -1,0 +1,381 @@
+//! The three services as real processes, each under the ServiceAccount and RBAC that `deploy/`
+//! ships (never as admin), for end-to-end, reliability and benchmark tests.
+//!
+//! ```no_run
+//! # async fn t() -> anyhow::Result<()> {
+//! use ambient_tests::components::{BusKeys, Component, ServiceProcess};
+//! let env = ambient_tests::TestEnv::shared().await?;
+//! let keys = BusKeys::generate()?;
+//! let kubeconfig = Component::Reconciler.kubeconfig(&env).await?;
+//! let mut reconciler = ServiceProcess::start(Component::Reconciler, |health| {
+//!     vec![
+//!         format!("--kubeconfig={}", kubeconfig.display()),
+//!         format!("--nats-url={}", env.nats_url()),
+//!         format!("--health-addr={health}"),
+//!     ]
+//! }).await?;
+//! reconciler.kill9().await;        // crash it
+//! reconciler.restart().await?;     // and bring it back with the same arguments
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+use tokio::process::{Child, Command};
+use tokio::sync::OnceCell;
+
+use crate::{DemoUser, TestEnv, eventually, repo_dir};
+
+/// Namespace the components run in (`deploy/base`).
+pub const SYSTEM_NAMESPACE: &str = "ambient-system";
+
+/// One of the services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Component {
+    /// The REST api.
+    Api,
+    /// The reconciler.
+    Reconciler,
+    /// The projector.
+    Projector,
+}
+
+impl Component {
+    /// The binary's name.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Component::Api => "api",
+            Component::Reconciler => "reconciler",
+            Component::Projector => "projector",
+        }
+    }
+
+    /// Its ServiceAccount in [`SYSTEM_NAMESPACE`].
+    pub fn service_account(self) -> &'static str {
+        match self {
+            Component::Api => "ambient-api",
+            Component::Reconciler => "ambient-reconciler",
+            Component::Projector => "ambient-projector",
+        }
+    }
+
+    /// Path of the built binary: `$CARGO_TARGET_DIR` (or `<repo>/target`)`/debug/<name>`.
+    /// `scripts/test.sh` builds every binary before running the tests; a test process cannot
+    /// run cargo itself (cargo holds the build lock while tests run).
+    pub fn binary_path(self) -> anyhow::Result<PathBuf> {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|p| {
+                if p.is_absolute() {
+                    p
+                } else {
+                    repo_dir().join(p)
+                }
+            })
+            .unwrap_or_else(|| repo_dir().join("target"));
+        let path = target.join("debug").join(self.binary());
+        if !path.exists() {
+            bail!(
+                "{} is not built; run `cargo build --workspace --bins` first",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+
+    /// A kubeconfig for this component: its ServiceAccount's TokenRequest token (24 h), after
+    /// applying `deploy/base/rbac/` (once per process). The component acts with exactly the
+    /// permissions the manifests give it.
+    pub async fn kubeconfig(self, env: &TestEnv) -> anyhow::Result<PathBuf> {
+        apply_rbac(env).await?;
+        let sas = Api::<ServiceAccount>::namespaced(env.admin(), SYSTEM_NAMESPACE);
+        let req = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(24 * 3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let token = sas
+            .create_token_request(self.service_account(), &PostParams::default(), &req)
+            .await
+            .with_context(|| format!("TokenRequest for {}", self.service_account()))?
+            .status
+            .map(|s| s.token)
+            .ok_or_else(|| anyhow!("TokenRequest returned no token"))?;
+        let dir = state_dir().join("components");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!(
+            "{}-{}.kubeconfig",
+            self.binary(),
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            kubeconfig_yaml(env.apiserver_url(), env.ca_file(), &token),
+        )?;
+        Ok(path)
+    }
+}
+
+fn kubeconfig_yaml(server: &str, ca: &Path, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: dev\n  cluster:\n    server: {server}\n    certificate-authority: {}\n\
+         users:\n- name: component\n  user:\n    token: {token}\ncontexts:\n- name: dev\n  context:\n    cluster: dev\n    user: component\n\
+         current-context: dev\n",
+        ca.display()
+    )
+}
+
+/// Where per-run files (kubeconfigs, keys, service logs) go: `<repo>/target/test-run`.
+pub fn state_dir() -> PathBuf {
+    repo_dir().join("target").join("test-run")
+}
+
+static RBAC: OnceCell<Result<(), String>> = OnceCell::const_new();
+
+/// Applies `deploy/base/rbac/*.yaml` (ClusterRoles, ServiceAccounts, bindings) with the dev
+/// cluster's kubectl, server-side, once per process.
+pub async fn apply_rbac(env: &TestEnv) -> anyhow::Result<()> {
+    RBAC.get_or_init(|| async {
+        let run = async {
+            let kubectl = env
+                .kubectl()
+                .ok_or_else(|| anyhow!("kubectl of the dev cluster not known"))?;
+            let kubeconfig = env
+                .kubeconfig(DemoUser::Admin)
+                .ok_or_else(|| anyhow!("no admin kubeconfig"))?;
+            let dir = repo_dir().join("deploy/base/rbac");
+            let out = Command::new(kubectl)
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .args([
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "--field-manager=ambient-tests",
+                    "-f",
+                ])
+                .arg(&dir)
+                .output()
+                .await
+                .context("running kubectl apply")?;
+            if !out.status.success() {
+                bail!(
+                    "kubectl apply -f {} failed: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            anyhow::Ok(())
+        };
+        run.await.map_err(|e| format!("{e:#}"))
+    })
+    .await
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// The keys that tie the api to the reconciler, generated fresh for a test: the api's command
+/// signing key (the reconciler trusts its public half) and the reconciler's sealing key (the
+/// api seals runner secrets to its public half).
+#[derive(Debug, Clone)]
+pub struct BusKeys {
+    /// PKCS#8 PEM file of the api's Ed25519 signing key.
+    pub signing_key_file: PathBuf,
+    /// SPKI PEM file of its public key (for the reconciler's `--command-verify-keys-file`).
+    pub verify_keys_file: PathBuf,
+    /// File with the reconciler's sealing secret key (base64).
+    pub sealing_key_file: PathBuf,
+    /// The matching public key (base64), for the api.
+    pub sealing_public_key: String,
+}
+
+impl BusKeys {
+    /// New random keys in a fresh directory under [`state_dir`].
+    pub fn generate() -> anyhow::Result<Self> {
+        let dir = state_dir()
+            .join("keys")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        std::fs::create_dir_all(&dir)?;
+        let signer = events::signing::CommandSigner::generate();
+        let sealing = events::sealing::SealingSecretKey::generate();
+        let keys = BusKeys {
+            signing_key_file: dir.join("command-signing.pem"),
+            verify_keys_file: dir.join("command-verify.pem"),
+            sealing_key_file: dir.join("sealing.key"),
+            sealing_public_key: String::from(sealing.public_key()),
+        };
+        std::fs::write(&keys.signing_key_file, signer.to_pem()?)?;
+        std::fs::write(&keys.verify_keys_file, signer.public_pem()?)?;
+        std::fs::write(&keys.sealing_key_file, sealing.to_base64())?;
+        Ok(keys)
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A service running as a child process, with its log in `<state_dir>/logs/`. Killed on drop.
+pub struct ServiceProcess {
+    component: Component,
+    args: Vec<String>,
+    health: SocketAddr,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ServiceProcess {
+    /// Starts `component` with the arguments `args(health_addr)` returns (the health address
+    /// is a free loopback port that must be passed as `--health-addr`), and waits for its
+    /// `/healthz`.
+    pub async fn start(
+        component: Component,
+        args: impl FnOnce(SocketAddr) -> Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let health: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let args = args(health);
+        let logs = state_dir().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!(
+            "{}-{}.log",
+            component.binary(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut p = ServiceProcess {
+            component,
+            args,
+            health,
+            log,
+            child: None,
+        };
+        p.spawn().await?;
+        Ok(p)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(self.component.binary_path()?)
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("AMBIENT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.component.binary()))?;
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(60)).await
+    }
+
+    /// Waits until `/healthz` answers 200 (or the process dies, with the log's tail as error).
+    pub async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let url = format!("http://{}/healthz", self.health);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let log = self.log.clone();
+        let name = self.component.binary();
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("{name} is not running"))?;
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{name} exited with {status} before it was healthy; log tail:\n{}",
+                    tail(&log)
+                );
+            }
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{name} not healthy after {timeout:?}; log tail:\n{}",
+                    tail(&log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `SIGKILL`, and wait for the process to be gone.
+    pub async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+
+    /// Starts it again with the same arguments (after [`ServiceProcess::kill9`]).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9().await;
+        self.spawn().await
+    }
+
+    /// The health/metrics address.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// The log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The whole log so far (to scan it for secrets, or to show on failure).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Scrapes `/metrics`.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("http://{}/metrics", self.health))
+            .await?
+            .text()
+            .await?)
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Waits (up to `timeout`) until `check` holds, polling; a thin alias of [`eventually`] for
+/// boolean conditions.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    eventually(what, timeout, || {
+        let f = check();
+        async move { Ok(f.await?.then_some(())) }
+    })
+    .await
+}
