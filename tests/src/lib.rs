@@ -46,6 +46,8 @@ use anyhow::{Context as _, anyhow, bail};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, ObjectMeta, PostParams};
 
+pub mod components;
+
 /// The demo users of the dev cluster's static token file (`<state>/auth/tokens.csv`).
 /// Every authenticated user also belongs to `system:authenticated`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -477,11 +479,11 @@ impl TestEnv {
     }
 
     /// Runs `deploy/dev/ctl.sh <action> <component>` on the cluster's state directory:
-    /// `action` is `stop`, `start` or `restart`; `component` is `nats`, `apiserver` or another
-    /// component name. `start` returns once the component is healthy again, on the same port and
-    /// with the same data. This disrupts every test sharing the cluster: use it only in test
-    /// binaries that run such tests alone (e.g. one test per binary, or a dedicated cluster via
-    /// `AMBIENT_STATE_DIR`).
+    /// `action` is `stop` (SIGTERM), `kill` (SIGKILL, a crash), `start` or `restart`;
+    /// `component` is `nats`, `apiserver` or another component name. `start` returns once the
+    /// component is healthy again, on the same port and with the same data. This disrupts every
+    /// test sharing the cluster: use it only in test binaries that run such tests alone (e.g.
+    /// one test per binary, or a dedicated cluster via `AMBIENT_STATE_DIR`).
     pub async fn ctl(&self, action: &str, component: &str) -> anyhow::Result<()> {
         let state = self.info.state_dir.as_ref().ok_or_else(|| {
             anyhow!(
