@@ -202,9 +202,14 @@ write_cmd kube-scheduler "$bin/kube-scheduler" \
 
 # kwok: the Stages it plays (copied from its module by build.sh), one multi-document config.
 : >"$state/kwok/stages.yaml"
-for f in node-initialize node-heartbeat-with-lease pod-ready pod-complete pod-delete; do
+for f in node-initialize node-heartbeat-with-lease pod-ready pod-delete; do
   [[ -s "$stages/$f.yaml" ]] || die "kwok stage $stages/$f.yaml missing; re-run deploy/dev/build.sh"
   { echo '---'; cat "$stages/$f.yaml"; } >>"$state/kwok/stages.yaml"
+done
+# Our own Job-pod stages (deploy/dev/kwok/): a run duration and an exit code chosen by the
+# pod's environment (KWOK_RUN_DURATION, KWOK_EXIT_CODE), so tests can make runners slow or fail.
+for f in "$dev_dir"/kwok/*.yaml; do
+  { echo '---'; cat "$f"; } >>"$state/kwok/stages.yaml"
 done
 write_cmd kwok "$bin/kwok" \
   --kubeconfig="$state/kubeconfig/admin.yaml" --config="$state/kwok/stages.yaml" \
