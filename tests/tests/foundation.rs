@@ -3,6 +3,9 @@
 //! their namespace, and JetStream de-duplication and KV on a real nats-server.
 //!
 //! All waits are polls with generous upper bounds; nothing asserts on wall-clock speed.
+//!
+//! One test restarts NATS and the API server; it takes [`DISRUPTION`] for writing while every
+//! other test of this binary holds it for reading.
 
 use std::time::Duration;
 
@@ -21,6 +24,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use tokio::sync::RwLock;
+
+/// Serialises the test that stops components against the tests that need them running.
+static DISRUPTION: RwLock<()> = RwLock::const_new(());
 
 /// Lists pods in `ns` as `client`: `Ok(true)` if allowed, `Ok(false)` on 403, error otherwise.
 async fn may_list_pods(client: &kube::Client, ns: &str) -> Result<bool> {
@@ -80,6 +87,7 @@ fn view_binding(name: &str, kind: &str, subject: &str) -> RoleBinding {
 
 #[tokio::test]
 async fn rbac_refuses_until_a_role_is_bound_and_access_review_agrees() -> Result<()> {
+    let _running = DISRUPTION.read().await;
     let env = TestEnv::shared().await?;
     let ns = env.namespace("foundation-rbac").await?;
     let alice = env.client_as(DemoUser::Alice).await?;
@@ -135,6 +143,7 @@ async fn rbac_refuses_until_a_role_is_bound_and_access_review_agrees() -> Result
 
 #[tokio::test]
 async fn service_account_token_authenticates_until_its_account_is_deleted() -> Result<()> {
+    let _running = DISRUPTION.read().await;
     let env = TestEnv::shared().await?;
     let ns = env.namespace("foundation-sa").await?;
     let sas = Api::<ServiceAccount>::namespaced(env.admin(), &ns);
@@ -224,6 +233,7 @@ async fn service_account_token_authenticates_until_its_account_is_deleted() -> R
 
 #[tokio::test]
 async fn job_completes_through_kwok_and_goes_with_its_namespace() -> Result<()> {
+    let _running = DISRUPTION.read().await;
     let env = TestEnv::shared().await?;
     let ns = env.namespace("foundation-job").await?;
     let jobs = Api::<Job>::namespaced(env.admin(), &ns);
@@ -310,6 +320,7 @@ async fn job_completes_through_kwok_and_goes_with_its_namespace() -> Result<()> 
 #[tokio::test]
 async fn jetstream_deduplicates_by_message_id() -> Result<()> {
     use async_nats::jetstream::stream;
+    let _running = DISRUPTION.read().await;
     let env = TestEnv::shared().await?;
     let js = env.jetstream();
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -359,6 +370,7 @@ async fn jetstream_deduplicates_by_message_id() -> Result<()> {
 #[tokio::test]
 async fn jetstream_key_value_put_get_watch() -> Result<()> {
     use async_nats::jetstream::kv;
+    let _running = DISRUPTION.read().await;
     let env = TestEnv::shared().await?;
     let js = env.jetstream();
     let bucket = format!("foundation-{}", uuid::Uuid::new_v4().simple());
@@ -395,6 +407,7 @@ async fn jetstream_key_value_put_get_watch() -> Result<()> {
 async fn nats_fsyncs_before_acknowledging() -> Result<()> {
     // up.sh configures `jetstream { sync_interval: always }`; the server reports it as
     // `sync_always` in /varz. Without it an acknowledged publish may be lost on a crash.
+    let _running = DISRUPTION.read().await;
     let env = TestEnv::shared().await?;
     let monitor = env
         .info()
@@ -411,5 +424,66 @@ async fn nats_fsyncs_before_acknowledging() -> Result<()> {
         config["sync_always"] == serde_json::json!(true),
         "JetStream does not sync every write: {config}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn nats_and_apiserver_restart_with_their_data() -> Result<()> {
+    use async_nats::jetstream::stream;
+    let _alone = DISRUPTION.write().await;
+    let env = TestEnv::shared().await?;
+    let Some(_) = env.info().state_dir else {
+        eprintln!("skipped: the cluster was not started by up.sh, so it cannot be restarted");
+        return Ok(());
+    };
+
+    // NATS: an acknowledged message is still there after a SIGKILL and a restart, and the
+    // client reconnects by itself.
+    let js = env.jetstream();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!("FOUNDATION_RESTART_{id}");
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("foundation.restart.{id}")],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    js.publish(format!("foundation.restart.{id}"), "kept".into())
+        .await?
+        .await?;
+    env.ctl("kill", "nats").await?;
+    env.ctl("start", "nats").await?;
+    let messages = eventually(
+        "the stream after the NATS restart",
+        Duration::from_secs(60),
+        || async {
+            Ok(Some(
+                js.get_stream(&name).await?.info().await?.state.messages,
+            ))
+        },
+    )
+    .await?;
+    ensure!(
+        messages == 1,
+        "the stream holds {messages} messages after the restart, not 1"
+    );
+    js.delete_stream(&name).await?;
+
+    // API server: refused while stopped, and the namespace is still there afterwards (etcd).
+    let ns = env.namespace("foundation-restart").await?;
+    let namespaces = Api::<Namespace>::all(env.admin());
+    env.stop_apiserver().await?;
+    ensure!(
+        namespaces.get(&ns).await.is_err(),
+        "the API server answered while stopped"
+    );
+    env.start_apiserver().await?;
+    eventually(
+        &format!("namespace {ns} after the API server restart"),
+        Duration::from_secs(60),
+        || async { Ok(namespaces.get_opt(&ns).await?.map(|_| ())) },
+    )
+    .await?;
     Ok(())
 }
