@@ -55,7 +55,11 @@ pub struct BusConfig {
     pub max_messages_per_session: i64,
     /// Largest single session message, bytes.
     pub max_message_bytes: i32,
-    /// How long a reconciler may hold a command without acknowledging or extending it.
+    /// How long a reconciler may hold a command without acknowledging it or extending the
+    /// deadline (`AckKind::Progress`); also how soon another replica takes over the partitions
+    /// of one that stopped. There is deliberately no server-side redelivery backoff: transient
+    /// failures are retried in-process (with backoff) so later commands of the same object
+    /// cannot overtake, and redelivery only happens when a replica died.
     pub ack_wait: Duration,
     /// Deliveries of a command before it is given up (a failed result is published).
     pub max_deliver: i64,
@@ -70,7 +74,7 @@ impl Default for BusConfig {
             replicas: 1,
             max_messages_per_session: 10_000,
             max_message_bytes: 256 * 1024,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(10),
             max_deliver: 20,
         }
     }
@@ -176,12 +180,6 @@ impl BusConfig {
 
     /// The durable consumer of command partition `p`.
     pub fn partition_consumer(&self, p: u32) -> consumer::pull::Config {
-        // Redelivery backs off, capped; the last step repeats until max_deliver.
-        let backoff: Vec<Duration> = [1u64, 2, 5, 10, 30, 60]
-            .into_iter()
-            .map(Duration::from_secs)
-            .take((self.max_deliver.max(2) - 1) as usize)
-            .collect();
         consumer::pull::Config {
             durable_name: Some(Self::partition_consumer_name(p)),
             description: Some(format!("reconciler, command partition {p}")),
@@ -190,11 +188,11 @@ impl BusConfig {
             deliver_policy: consumer::DeliverPolicy::All,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
-            backoff,
             max_ack_pending: 1_000,
             priority_policy: consumer::PriorityPolicy::PinnedClient,
             priority_groups: vec![RECONCILER_GROUP.into()],
-            priority_timeout: Duration::from_secs(30),
+            // A replica that stops pulling loses its partitions after this long.
+            priority_timeout: self.ack_wait,
             ..Default::default()
         }
     }
@@ -304,13 +302,18 @@ pub async fn bootstrap_consumers(js: &jetstream::Context, cfg: &BusConfig) -> Re
     Ok(report)
 }
 
+// The server reports an unset limit (0 in our config) as -1.
+fn limit(v: i64) -> i64 {
+    if v <= 0 { -1 } else { v }
+}
+
 // The server fills in defaults, so compare only the fields we set.
 fn stream_differs(have: &stream::Config, want: &stream::Config) -> bool {
     have.subjects != want.subjects
         || have.max_age != want.max_age
-        || have.max_bytes != want.max_bytes
-        || have.max_message_size != want.max_message_size
-        || have.max_messages_per_subject != want.max_messages_per_subject
+        || limit(have.max_bytes) != limit(want.max_bytes)
+        || limit(have.max_message_size.into()) != limit(want.max_message_size.into())
+        || limit(have.max_messages_per_subject) != limit(want.max_messages_per_subject)
         || have.duplicate_window != want.duplicate_window
         || have.discard != want.discard
         || have.discard_new_per_subject != want.discard_new_per_subject
@@ -323,7 +326,6 @@ fn stream_differs(have: &stream::Config, want: &stream::Config) -> bool {
 fn consumer_differs(have: &consumer::Config, want: &consumer::pull::Config) -> bool {
     have.ack_wait != want.ack_wait
         || have.max_deliver != want.max_deliver
-        || have.backoff != want.backoff
         || have.max_ack_pending != want.max_ack_pending
         || have.description != want.description
         || have.filter_subject != want.filter_subject
@@ -340,6 +342,6 @@ mod tests {
         assert_eq!(t.destination, "ambient.cmd.{{partition(8,1)}}.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}");
         let cons = BusConfig::default().partition_consumer(3);
         assert_eq!(cons.filter_subject, "ambient.cmd.3.>");
-        assert!((cons.backoff.len() as i64) < cons.max_deliver);
+        assert!(cons.backoff.is_empty(), "the server would replace ack_wait by backoff[0]");
     }
 }

