@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod binding;
+pub mod catalogue;
 pub mod commands;
 pub mod crd;
 pub mod domain;

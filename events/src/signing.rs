@@ -69,6 +69,11 @@ impl CommandSigner {
         Self(SigningKey::generate(&mut rand::rngs::OsRng))
     }
 
+    /// A key from 32 secret bytes (deterministic; documentation examples and tests).
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Self(SigningKey::from_bytes(&seed))
+    }
+
     /// Reads a PKCS#8 PEM private key.
     pub fn from_pem(pem: &str) -> Result<Self, SignatureError> {
         SigningKey::from_pkcs8_pem(pem).map(Self).map_err(|e| SignatureError::Key(e.to_string()))
