@@ -204,6 +204,8 @@ pub struct Tombstone {
 macro_rules! status_catalogue {
     ($( $(#[$doc:meta])* $variant:ident($payload:ty) = $kind:ident, $ty:literal ),* $(,)?) => {
         /// Every status event, with its data.
+        // Events are short-lived values; boxing the session view would only add noise.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq)]
         pub enum StatusBody {
             $( $(#[$doc])* $variant($payload), )*
