@@ -47,6 +47,7 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, ObjectMeta, PostParams};
 
 pub mod components;
+pub mod stack;
 
 /// The demo users of the dev cluster's static token file (`<state>/auth/tokens.csv`).
 /// Every authenticated user also belongs to `system:authenticated`.
