@@ -46,6 +46,7 @@ use anyhow::{Context as _, anyhow, bail};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, ObjectMeta, PostParams};
 
+pub mod bench;
 pub mod components;
 pub mod stack;
 
