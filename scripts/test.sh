@@ -52,6 +52,11 @@ deploy/dev/up.sh --state "$state" >/dev/null
 # shellcheck source=/dev/null
 source "$state/env"
 
+# Integration tests run the service binaries as child processes; a test process cannot run
+# cargo itself, so build them first.
+echo "==> cargo build --workspace --bins --locked" >&2
+cargo build --workspace --bins --locked
+
 echo "==> cargo test --workspace --locked $*" >&2
 set +e
 cargo test --workspace --locked "$@"
