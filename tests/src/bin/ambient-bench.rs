@@ -1,0 +1,508 @@
+//! The benchmark: brings up the control plane on the dev cluster, loads it, and prints a
+//! markdown table (and writes JSON) where every figure stands beside a baseline measured in the
+//! same run.
+//!
+//!   cargo run --release -p ambient-tests --bin ambient-bench -- [--quick] [--json PATH]
+//!
+//! `--quick` (seconds; CI's smoke test) uses small counts; the full mode is for people.
+//! Attaches to the cluster named by `AMBIENT_STATE_DIR`, or starts one (see `TestEnv`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ambient_tests::bench::{Figure, Row, Samples, markdown};
+use ambient_tests::components::Component;
+use ambient_tests::stack::{Stack, StackOptions};
+use ambient_tests::{DemoUser, TestEnv, unique_name};
+use anyhow::{Context as _, bail};
+use events::crd::{AgenticSession, AgenticSessionSpec};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+struct Mode {
+    quick: bool,
+    samples: usize,
+    rates: Vec<u32>,
+    rate_seconds: u64,
+    rate_projects: usize,
+    scale_projects: usize,
+    scale_sessions_per_project: usize,
+    big_project_sessions: usize,
+}
+
+impl Mode {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Mode { quick, samples: 20, rates: vec![10, 20], rate_seconds: 5, rate_projects: 5, scale_projects: 30, scale_sessions_per_project: 2, big_project_sessions: 50 }
+        } else {
+            Mode { quick, samples: 300, rates: vec![25, 50, 100, 200, 300], rate_seconds: 60, rate_projects: 100, scale_projects: 1000, scale_sessions_per_project: 10, big_project_sessions: 1000 }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| ambient_tests::repo_dir().join("target/bench/report.json").display().to_string());
+    let mode = Mode::new(quick);
+    let env = TestEnv::shared().await.context("dev cluster")?;
+    eprintln!("==> starting the stack (api, reconciler, projector under their ServiceAccounts)");
+    let mut stack = Stack::start(&env, StackOptions::default()).await?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let b = Bench { env: env.clone(), http, api: stack.api_url.clone(), alice: env.token(DemoUser::Alice)?.to_string(), admin: env.token(DemoUser::Admin)?.to_string() };
+
+    let mut rows = Vec::new();
+    eprintln!("==> accept latency");
+    rows.push(b.accept_latency(&mode).await?);
+    eprintln!("==> command → applied");
+    rows.push(b.applied_latency(&mode).await?);
+    eprintln!("==> sustained throughput (open loop)");
+    rows.extend(b.throughput(&mode).await?);
+    eprintln!("==> status → SSE");
+    rows.push(b.status_propagation(&mode).await?);
+    eprintln!("==> scale");
+    rows.extend(b.scale(&mode, &mut stack).await?);
+    eprintln!("==> footprint");
+    rows.extend(footprint(&stack));
+
+    let title = if mode.quick { "quick (smoke) mode: small counts, figures are indicative only" } else { "full mode" };
+    println!("\n## Ambient control plane benchmark — {title}\n\n{}", markdown(&rows));
+    if let Some(dir) = std::path::Path::new(&json_path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&rows)?)?;
+    eprintln!("JSON written to {json_path}");
+    Ok(())
+}
+
+struct Bench {
+    env: TestEnv,
+    http: reqwest::Client,
+    api: String,
+    alice: String,
+    admin: String,
+}
+
+fn lat(s: &Samples) -> Figure {
+    s.summary().map(Figure::Latency).unwrap_or(Figure::Missing { missing: "no samples".into() })
+}
+
+fn p99_under(s: &Samples, ms: f64) -> Option<bool> {
+    s.summary().map(|l| l.p99_ms <= ms)
+}
+
+impl Bench {
+    /// A managed project where alice is editor, made directly in the cluster (setup, not measured).
+    async fn project_for_alice(&self, prefix: &str) -> anyhow::Result<String> {
+        let name = unique_name(prefix);
+        let admin = self.env.admin();
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("ambient-code.io/managed".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await?;
+        grant(&admin, &name, "alice", "ambient-project-admin").await?;
+        Ok(name)
+    }
+
+    fn session_body(name: &str) -> serde_json::Value {
+        json!({"name": name, "prompt": "benchmark", "timeout": 600, "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})
+    }
+
+    async fn post_session(&self, project: &str, name: &str, asynchronous: bool) -> anyhow::Result<(reqwest::StatusCode, Duration)> {
+        let mut req = self
+            .http
+            .post(format!("{}/api/projects/{project}/agentic-sessions", self.api))
+            .bearer_auth(&self.alice)
+            .json(&Self::session_body(name));
+        if asynchronous {
+            req = req.header("Prefer", "respond-async");
+        }
+        let t = Instant::now();
+        let r = req.send().await?;
+        Ok((r.status(), t.elapsed()))
+    }
+
+    async fn accept_latency(&self, m: &Mode) -> anyhow::Result<Row> {
+        // Baseline: a bare JetStream publish-with-ack from Rust (file storage, same server).
+        let js = self.env.jetstream();
+        let stream = unique_name("bench").to_uppercase().replace('-', "_");
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("bench.{stream}")],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+        let mut base = Samples::default();
+        let payload = serde_json::to_vec(&Self::session_body("x"))?;
+        for _ in 0..m.samples {
+            let t = Instant::now();
+            js.publish(format!("bench.{stream}"), payload.clone().into()).await?.await?;
+            base.push(t.elapsed());
+        }
+        js.delete_stream(&stream).await?;
+
+        let project = self.project_for_alice("bench-accept").await?;
+        let mut s = Samples::default();
+        for i in 0..m.samples {
+            let (code, d) = self.post_session(&project, &format!("a-{i}"), true).await?;
+            if code != reqwest::StatusCode::ACCEPTED {
+                bail!("async create answered {code}");
+            }
+            s.push(d);
+        }
+        Ok(Row {
+            what: "accept: async POST session → 202".into(),
+            met: p99_under(&s, 10.0),
+            value: lat(&s),
+            baseline: Some(("JetStream publish-with-ack".into(), lat(&base))),
+            target: "p99 ≤ 10 ms".into(),
+        })
+    }
+
+    async fn applied_latency(&self, m: &Mode) -> anyhow::Result<Row> {
+        // Baseline (the floor): the same AgenticSession created directly on the API server.
+        let floor_ns = self.project_for_alice("bench-floor").await?;
+        let direct = Api::<AgenticSession>::namespaced(self.env.admin(), &floor_ns);
+        let spec: AgenticSessionSpec = serde_json::from_value(json!({"prompt": "benchmark", "timeout": 600}))?;
+        let mut base = Samples::default();
+        for i in 0..m.samples {
+            let obj = AgenticSession::new(&format!("d-{i}"), spec.clone());
+            let t = Instant::now();
+            direct.create(&PostParams::default(), &obj).await?;
+            base.push(t.elapsed());
+        }
+        let project = self.project_for_alice("bench-sync").await?;
+        let mut s = Samples::default();
+        for i in 0..m.samples {
+            let (code, d) = self.post_session(&project, &format!("s-{i}"), false).await?;
+            if code != reqwest::StatusCode::CREATED {
+                bail!("sync create answered {code}");
+            }
+            s.push(d);
+        }
+        let met = match (s.summary(), base.summary()) {
+            (Some(a), Some(b)) => Some(a.p50_ms <= 2.0 * b.p50_ms),
+            _ => None,
+        };
+        Ok(Row {
+            what: "command → applied: sync POST session → 201".into(),
+            value: lat(&s),
+            baseline: Some(("direct create on kube-apiserver".into(), lat(&base))),
+            target: "p50 ≤ 2× direct".into(),
+            met,
+        })
+    }
+
+    /// Open loop: requests are sent on a fixed schedule whatever the answers do, and latency
+    /// counts from the scheduled time (no coordinated omission).
+    async fn throughput(&self, m: &Mode) -> anyhow::Result<Vec<Row>> {
+        let mut projects = Vec::new();
+        for _ in 0..m.rate_projects {
+            projects.push(self.project_for_alice("bench-rate").await?);
+        }
+        let projects = Arc::new(projects);
+        let mut rows = Vec::new();
+        let mut best: Option<u32> = None;
+        for &rate in &m.rates {
+            let total = rate as u64 * m.rate_seconds;
+            let interval = Duration::from_secs_f64(1.0 / rate as f64);
+            let start = tokio::time::Instant::now();
+            let mut tasks = Vec::new();
+            for i in 0..total {
+                let at = start + interval * i as u32;
+                let project = projects[i as usize % projects.len()].clone();
+                let name = format!("r{rate}-{i}");
+                let http = self.http.clone();
+                let url = format!("{}/api/projects/{project}/agentic-sessions", self.api);
+                let token = self.alice.clone();
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    let r = http.post(url).bearer_auth(token).json(&Bench::session_body(&name)).send().await;
+                    (r.map(|r| r.status()).ok(), at.elapsed(), project, name)
+                }));
+            }
+            let mut s = Samples::default();
+            let mut failed = 0usize;
+            let mut created = Vec::new();
+            for t in tasks {
+                let (code, d, project, name) = t.await?;
+                match code {
+                    Some(c) if c == reqwest::StatusCode::CREATED || c == reqwest::StatusCode::ACCEPTED => {
+                        s.push(d);
+                        created.push((project, name));
+                    }
+                    _ => failed += 1,
+                }
+            }
+            // Nothing lost: every accepted create exists in the cluster.
+            let mut lost = 0usize;
+            for (p, n) in &created {
+                let api = Api::<AgenticSession>::namespaced(self.env.admin(), p);
+                let mut found = false;
+                for _ in 0..50 {
+                    if api.get_opt(n).await?.is_some() {
+                        found = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                lost += usize::from(!found);
+            }
+            let ok = failed == 0 && lost == 0 && p99_under(&s, 1000.0) == Some(true);
+            if ok {
+                best = Some(rate);
+            }
+            rows.push(Row {
+                what: format!("open loop {rate} creates/s for {} s ({} projects): failed {failed}, lost {lost}", m.rate_seconds, m.rate_projects),
+                value: lat(&s),
+                baseline: None,
+                target: "p99 < 1 s, nothing lost".into(),
+                met: Some(ok),
+            });
+        }
+        rows.push(Row {
+            what: "sustained: highest rate with p99 < 1 s and nothing lost".into(),
+            value: match best {
+                Some(r) => Figure::Scalar { value: r as f64, unit: "commands/s".into() },
+                None => Figure::Missing { missing: "no tested rate met the bar".into() },
+            },
+            baseline: None,
+            target: "≥ 200 commands/s".into(),
+            met: best.map(|r| r >= 200),
+        });
+        Ok(rows)
+    }
+
+    async fn status_propagation(&self, m: &Mode) -> anyhow::Result<Row> {
+        let project = self.project_for_alice("bench-sse").await?;
+        let (code, _) = self.post_session(&project, "watched", false).await?;
+        if code != reqwest::StatusCode::CREATED {
+            bail!("create answered {code}");
+        }
+        let resp = self
+            .http
+            .get(format!("{}/api/projects/{project}/agentic-sessions/watched/events", self.api))
+            .bearer_auth(&self.alice)
+            .header("Accept", "text/event-stream")
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("SSE answered {}", resp.status());
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, String)>();
+        tokio::spawn(async move {
+            let mut body = resp.bytes_stream();
+            let mut buf = String::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(i) = buf.find("\n\n") {
+                    let ev: String = buf.drain(..i + 2).collect();
+                    if tx.send((Instant::now(), ev)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let sessions = Api::<AgenticSession>::namespaced(self.env.admin(), &project);
+        let mut s = Samples::default();
+        let n = m.samples.min(50);
+        // Let the stream catch up with the creation events first.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while rx.try_recv().is_ok() {}
+        for i in 0..n {
+            let marker = format!("bench-marker-{i}-{}", uuid::Uuid::new_v4().simple());
+            let t = Instant::now();
+            sessions
+                .patch_status("watched", &PatchParams::default(), &Patch::Merge(json!({"status": {"message": marker}})))
+                .await?;
+            let deadline = t + Duration::from_secs(10);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, rx.recv()).await {
+                    Ok(Some((at, ev))) if ev.contains(&marker) => {
+                        s.push(at.duration_since(t));
+                        break;
+                    }
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+        Ok(Row {
+            what: format!("status change in cluster → SSE client ({} of {n} arrived)", s.len()),
+            met: if s.len() == n { p99_under(&s, 250.0) } else { Some(false) },
+            value: lat(&s),
+            baseline: None,
+            target: "p99 ≤ 250 ms".into(),
+        })
+    }
+
+    async fn scale(&self, m: &Mode, stack: &mut Stack) -> anyhow::Result<Vec<Row>> {
+        let admin = self.env.admin();
+        eprintln!("    creating {} projects × {} sessions (direct cluster writes; setup)", m.scale_projects, m.scale_sessions_per_project);
+        let prefix = unique_name("scale");
+        let names: Vec<String> = (0..m.scale_projects).map(|i| format!("{prefix}-{i}")).collect();
+        // The reconciler would start a Job for every session; stop it while the load is made,
+        // then measure how long it takes to come back at this scale.
+        stack.reconciler.kill9().await;
+        let spec: AgenticSessionSpec = serde_json::from_value(json!({"prompt": "scale", "timeout": 600}))?;
+        futures::stream::iter(names.iter().enumerate())
+            .map(|(i, n)| {
+                let admin = admin.clone();
+                let spec = spec.clone();
+                async move {
+                    let ns = Namespace {
+                        metadata: ObjectMeta { name: Some(n.clone()), labels: Some([("ambient-code.io/managed".to_string(), "true".to_string())].into()), ..Default::default() },
+                        ..Default::default()
+                    };
+                    Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await?;
+                    if i < 10 {
+                        grant(&admin, n, "alice", "ambient-project-view").await?;
+                    }
+                    let sessions = Api::<AgenticSession>::namespaced(admin.clone(), n);
+                    for j in 0..m.scale_sessions_per_project {
+                        let s = sessions.create(&PostParams::default(), &AgenticSession::new(&format!("s-{j}"), spec.clone())).await?;
+                        sessions
+                            .patch_status(&s.metadata.name.unwrap_or_default(), &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Completed"}})))
+                            .await?;
+                    }
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<Vec<()>>>()?;
+        let big = names[0].clone();
+        let sessions = Api::<AgenticSession>::namespaced(admin.clone(), &big);
+        futures::stream::iter(m.scale_sessions_per_project..m.big_project_sessions)
+            .map(|j| {
+                let sessions = sessions.clone();
+                let spec = spec.clone();
+                async move {
+                    let s = sessions.create(&PostParams::default(), &AgenticSession::new(&format!("s-{j}"), spec)).await?;
+                    sessions
+                        .patch_status(&s.metadata.name.unwrap_or_default(), &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Completed"}})))
+                        .await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<Vec<()>>>()?;
+
+        // Reconciler recovery: restart it and time until a new command is applied.
+        let t = Instant::now();
+        stack.reconciler.restart().await?;
+        let probe = self.project_for_alice("bench-recovery").await?;
+        let (code, _) = self.post_session(&probe, "after-restart", false).await?;
+        let recovery = t.elapsed();
+        let mut rows = vec![Row {
+            what: format!("reconciler restart → first command applied ({} sessions in the cluster; answered {code})", m.scale_projects * m.scale_sessions_per_project + m.big_project_sessions),
+            value: Figure::Scalar { value: recovery.as_secs_f64(), unit: "s".into() },
+            baseline: None,
+            target: "≤ 30 s".into(),
+            met: Some(recovery <= Duration::from_secs(30) && code == reqwest::StatusCode::CREATED),
+        }];
+
+        // Reads at scale; the api's read model must have caught up first.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut alice = Samples::default();
+        let mut admin_s = Samples::default();
+        let mut list = Samples::default();
+        let n = m.samples.min(100);
+        for _ in 0..n {
+            alice.push(self.timed_get("/api/projects", &self.alice).await?);
+            admin_s.push(self.timed_get("/api/projects", &self.admin).await?);
+            list.push(self.timed_get(&format!("/api/projects/{big}/agentic-sessions"), &self.admin).await?);
+        }
+        let base = self.kube_list_baseline(&big, n).await?;
+        rows.push(Row { what: format!("GET /api/projects, user who sees 10 of {}", m.scale_projects), met: p99_under(&alice, 50.0), value: lat(&alice), baseline: None, target: "p99 ≤ 50 ms".into() });
+        rows.push(Row { what: format!("GET /api/projects, admin (sees all {})", m.scale_projects), met: p99_under(&admin_s, 50.0), value: lat(&admin_s), baseline: None, target: "p99 ≤ 50 ms".into() });
+        rows.push(Row {
+            what: format!("GET …/agentic-sessions, project with {} sessions", m.big_project_sessions),
+            met: None,
+            value: lat(&list),
+            baseline: Some(("kube-apiserver list of the same sessions".into(), lat(&base))),
+            target: "(no target; compare)".into(),
+        });
+        Ok(rows)
+    }
+
+    async fn timed_get(&self, path: &str, token: &str) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let r = self.http.get(format!("{}{path}", self.api)).bearer_auth(token).send().await?;
+        let status = r.status();
+        let _ = r.bytes().await?;
+        if !status.is_success() {
+            bail!("GET {path} answered {status}");
+        }
+        Ok(t.elapsed())
+    }
+
+    async fn kube_list_baseline(&self, ns: &str, n: usize) -> anyhow::Result<Samples> {
+        let api = Api::<AgenticSession>::namespaced(self.env.admin(), ns);
+        let mut s = Samples::default();
+        for _ in 0..n {
+            let t = Instant::now();
+            api.list(&Default::default()).await?;
+            s.push(t.elapsed());
+        }
+        Ok(s)
+    }
+}
+
+async fn grant(admin: &kube::Client, ns: &str, user: &str, role: &str) -> anyhow::Result<()> {
+    let rb = RoleBinding {
+        metadata: ObjectMeta { name: Some(format!("bench-{user}")), ..Default::default() },
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name: role.into() },
+        subjects: Some(vec![Subject { kind: "User".into(), name: user.into(), api_group: Some("rbac.authorization.k8s.io".into()), ..Default::default() }]),
+    };
+    Api::<RoleBinding>::namespaced(admin.clone(), ns).create(&PostParams::default(), &rb).await?;
+    Ok(())
+}
+
+/// RSS and CPU time of each service, from /proc.
+fn footprint(stack: &Stack) -> Vec<Row> {
+    let tick = 100.0; // USER_HZ on Linux
+    [(Component::Api, &stack.api), (Component::Reconciler, &stack.reconciler), (Component::Projector, &stack.projector)]
+        .into_iter()
+        .map(|(c, p)| {
+            let figure = p.pid().and_then(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let rss_kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / tick;
+                Some((rss_kb / 1024.0, cpu))
+            });
+            match figure {
+                Some((rss, cpu)) => Row {
+                    what: format!("{} RSS at the end (CPU time used: {cpu:.1} s)", c.binary()),
+                    value: Figure::Scalar { value: rss, unit: "MiB".into() },
+                    baseline: None,
+                    target: "≤ 256 MiB".into(),
+                    met: Some(rss <= 256.0),
+                },
+                None => Row { what: format!("{} footprint", c.binary()), value: Figure::Missing { missing: "process not running".into() }, baseline: None, target: "≤ 256 MiB".into(), met: None },
+            }
+        })
+        .collect()
+}
