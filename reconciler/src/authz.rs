@@ -1,0 +1,93 @@
+//! Re-authorization at apply time: a SubjectAccessReview for the command's principal on every
+//! check its command requires, so a role revoked after the api accepted the command wins.
+
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, PostParams};
+
+use events::access::{Requirement, ResourceCheck};
+use events::{Command, Principal};
+
+use crate::error::ApplyError;
+use crate::labels;
+
+/// Project-creation policy.
+#[derive(Debug, Clone)]
+pub struct SelfProvision {
+    /// Members of this group may create projects.
+    pub group: String,
+    /// Most projects one user may have requested.
+    pub quota: usize,
+}
+
+/// Asks the API server whether `principal` may do `check`.
+pub async fn allowed(client: &kube::Client, principal: &Principal, check: &ResourceCheck) -> Result<bool, ApplyError> {
+    let sar = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(principal.user.clone()),
+            uid: (!principal.uid.is_empty()).then(|| principal.uid.clone()),
+            groups: Some(principal.groups.clone()),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(check.namespace.clone()),
+                verb: Some(check.verb.into()),
+                group: Some(check.group.into()),
+                resource: Some(check.resource.into()),
+                subresource: check.subresource.map(Into::into),
+                name: check.name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let out = Api::<SubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &sar).await?;
+    Ok(out.status.map(|s| s.allowed && !s.denied.unwrap_or(false)).unwrap_or(false))
+}
+
+/// Checks every requirement of `cmd`; the first denied check is a 403.
+pub async fn authorize(client: &kube::Client, cmd: &Command, policy: &SelfProvision) -> Result<(), ApplyError> {
+    match cmd.requirement() {
+        Requirement::SelfProvision => {
+            if !cmd.principal.groups.iter().any(|g| g == &policy.group) {
+                return Err(ApplyError::forbidden(format!(
+                    "{} may not create projects (not in group {})",
+                    cmd.principal.user, policy.group
+                )));
+            }
+            let managed = Api::<Namespace>::all(client.clone())
+                .list_metadata(&ListParams::default().labels(&format!("{}=true", labels::MANAGED)))
+                .await?;
+            let mine = managed
+                .items
+                .iter()
+                .filter(|ns| {
+                    ns.metadata.annotations.as_ref().and_then(|a| a.get(labels::REQUESTER)) == Some(&cmd.principal.user)
+                        // The namespace this very command created does not count against it.
+                        && ns.metadata.name.as_deref() != Some(cmd.project.as_str())
+                })
+                .count();
+            if mine >= policy.quota {
+                return Err(ApplyError::permanent(
+                    events::FailureReason::LimitReached,
+                    format!("project quota of {} reached", policy.quota),
+                ));
+            }
+            Ok(())
+        }
+        Requirement::All(checks) => {
+            for check in &checks {
+                if !allowed(client, &cmd.principal, check).await? {
+                    return Err(ApplyError::forbidden(format!(
+                        "{} may not {} {}{} in project {}",
+                        cmd.principal.user,
+                        check.verb,
+                        check.resource,
+                        check.subresource.map(|s| format!("/{s}")).unwrap_or_default(),
+                        check.namespace
+                    )));
+                }
+            }
+            Ok(())
+        }
+    }
+}

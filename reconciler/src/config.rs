@@ -1,0 +1,78 @@
+//! Command-line configuration (every flag has an environment fallback).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, with span fields (command id, project, session).
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// The reconciler: applies commands from JetStream to the cluster exactly once and runs the
+/// session, namespace and group-access controllers.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "reconciler", version)]
+pub struct Config {
+    /// Kubeconfig file; default: in-cluster, then the usual discovery (`KUBECONFIG`, ~/.kube/config).
+    #[arg(long, env = "RECONCILER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "127.0.0.1:9090")]
+    pub health_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// PEM file with the api's command-signing public keys (several for rotation).
+    #[arg(long, env = "COMMAND_VERIFY_KEYS_FILE")]
+    pub command_verify_keys_file: PathBuf,
+    /// File with the reconciler's sealing secret key (base64): opens sealed runner secrets.
+    #[arg(long, env = "SEALING_KEY_FILE")]
+    pub sealing_key_file: PathBuf,
+    /// Runner image of session Jobs.
+    #[arg(long, env = "RUNNER_IMAGE", default_value = "quay.io/ambient_code/vteam_claude_runner:latest")]
+    pub runner_image: String,
+    /// Base URL of the api, given to runners as `BACKEND_API_URL`.
+    #[arg(long, env = "BACKEND_API_URL", default_value = "http://ambient-api.ambient-system.svc:8080/api")]
+    pub backend_api_url: String,
+    /// Group whose members may create projects.
+    #[arg(long, env = "SELF_PROVISIONER_GROUP", default_value = "system:authenticated")]
+    pub self_provisioner_group: String,
+    /// Most projects one user may have requested.
+    #[arg(long, env = "PROJECT_QUOTA", default_value_t = 50)]
+    pub project_quota: usize,
+    /// Default lifetime of access-key tokens, seconds (90 days).
+    #[arg(long, env = "KEY_TOKEN_SECONDS", default_value_t = 90 * 24 * 3600)]
+    pub key_token_seconds: i64,
+    /// Commands applied in parallel (different objects) per replica.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Number of command partitions (must match the api's bus configuration).
+    #[arg(long, env = "COMMAND_PARTITIONS", default_value_t = 8)]
+    pub partitions: u32,
+    /// Cap of the in-process retry backoff for transient failures, seconds.
+    #[arg(long, env = "RETRY_MAX_BACKOFF_SECONDS", default_value_t = 30)]
+    pub retry_max_backoff_seconds: u64,
+    /// How long a command is retried in-process before it fails with `Unavailable`, seconds.
+    #[arg(long, env = "RETRY_FOR_SECONDS", default_value_t = 3600)]
+    pub retry_for_seconds: u64,
+    /// Periodic resync of every controller object, seconds.
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+    pub resync_seconds: u64,
+}
+
+impl Config {
+    /// Cap of the retry backoff.
+    pub fn retry_max_backoff(&self) -> Duration {
+        Duration::from_secs(self.retry_max_backoff_seconds.max(1))
+    }
+}

@@ -1,0 +1,324 @@
+//! Durable command consumption.
+//!
+//! One pull loop per command partition, on the durable consumer `reconciler-p<p>` with priority
+//! group `reconciler` (pinned client: one replica consumes a partition at a time, another takes
+//! over when it goes away). Decoded commands go to a worker per `(project, object key)`, so the
+//! same object's commands apply strictly in stream order while different objects and projects
+//! proceed in parallel (bounded by a semaphore). While a message waits or is applied, a ticker
+//! sends `Progress` so the server neither redelivers it nor lets a later command of the same
+//! object overtake it.
+//!
+//! Exactly once: before applying, the result subject is looked up in AMBIENT_RESULTS; after the
+//! cluster write, the result is published (and stored) before the command is acknowledged. The
+//! window between the two is covered by idempotent applies (see [`crate::apply`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use events::commands::CommandBody;
+use events::results::{CommandResult, Outcome};
+use events::signing::CommandVerifier;
+use events::streams::{BusConfig, COMMANDS_STREAM, RECONCILER_GROUP};
+use events::wire::DecodeError;
+use events::{Command, FailureReason};
+
+use crate::apply::{Applier, Delivery};
+use crate::error::ApplyError;
+use crate::ledger::Ledger;
+
+/// How often a held message is extended (the first redelivery backoff is 1 s).
+const PROGRESS_EVERY: Duration = Duration::from_millis(400);
+/// A per-object worker with nothing to do for this long goes away.
+const WORKER_IDLE: Duration = Duration::from_secs(5);
+
+/// Consumer settings.
+pub struct Settings {
+    /// The bus layout.
+    pub bus: BusConfig,
+    /// Commands applied in parallel.
+    pub concurrency: usize,
+    /// Cap of the transient-retry backoff.
+    pub retry_max_backoff: Duration,
+    /// Give up (failed result `Unavailable`) after retrying this long.
+    pub retry_for: Duration,
+}
+
+struct Work {
+    msg: jetstream::Message,
+    cmd: Command,
+    delivered: i64,
+    seq: u64,
+    progress: tokio::task::JoinHandle<()>,
+}
+
+type WorkerKey = (String, String);
+
+/// The command consumer of one replica.
+pub struct Consumer {
+    js: jetstream::Context,
+    ledger: Ledger,
+    applier: Applier,
+    verifier: CommandVerifier,
+    settings: Settings,
+    permits: Semaphore,
+    workers: Mutex<HashMap<WorkerKey, mpsc::UnboundedSender<Work>>>,
+    in_flight: Mutex<HashSet<u64>>,
+    stop: CancellationToken,
+}
+
+impl Consumer {
+    /// A consumer; call [`Consumer::run`].
+    pub fn new(js: jetstream::Context, applier: Applier, verifier: CommandVerifier, settings: Settings, stop: CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            ledger: Ledger::new(js.clone()),
+            js,
+            applier,
+            verifier,
+            permits: Semaphore::new(settings.concurrency.max(1)),
+            settings,
+            workers: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            stop,
+        })
+    }
+
+    /// Consumes every partition until stopped.
+    pub async fn run(self: Arc<Self>) {
+        let loops: Vec<_> = (0..self.settings.bus.partitions).map(|p| tokio::spawn(self.clone().partition(p))).collect();
+        futures::future::join_all(loops).await;
+    }
+
+    async fn consumer(&self, p: u32) -> Result<PullConsumer, async_nats::Error> {
+        let stream = self.js.get_stream(COMMANDS_STREAM).await?;
+        stream.get_consumer(&BusConfig::partition_consumer_name(p)).await
+    }
+
+    async fn partition(self: Arc<Self>, p: u32) {
+        while !self.stop.is_cancelled() {
+            let messages = match self.consumer(p).await {
+                Ok(c) => {
+                    c.stream()
+                        .group(RECONCILER_GROUP)
+                        .max_messages_per_batch(100)
+                        .heartbeat(Duration::from_secs(5))
+                        .expires(Duration::from_secs(30))
+                        .messages()
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "command consumer unavailable");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "cannot pull commands");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    n = messages.next() => n,
+                };
+                match next {
+                    Some(Ok(msg)) => self.clone().receive(msg).await,
+                    Some(Err(e)) => tracing::debug!(partition = p, error = %e, "pull"),
+                    None => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn receive(self: Arc<Self>, msg: jetstream::Message) {
+        let (delivered, seq) = match msg.info() {
+            Ok(i) => (i.delivered, i.stream_sequence),
+            Err(e) => {
+                tracing::warn!(error = %e, "message without JetStream metadata");
+                return;
+            }
+        };
+        metrics::counter!("reconciler_commands_received_total").increment(1);
+        let cmd = match events::wire::decode_command(&msg.subject, msg.headers.as_ref(), &msg.payload, &self.verifier) {
+            Ok(cmd) => cmd,
+            Err((e, address)) => return self.refuse(msg, e, address).await,
+        };
+        if !self.in_flight.lock().map(|mut s| s.insert(seq)).unwrap_or(true) {
+            // The original delivery is still queued or being applied here.
+            return;
+        }
+        let progress = {
+            let msg = msg.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(PROGRESS_EVERY).await;
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+            })
+        };
+        let key = (cmd.project.to_string(), cmd.body.object_key());
+        let mut work = Work { msg, cmd, delivered, seq, progress };
+        let Ok(mut workers) = self.workers.lock() else { return };
+        if let Some(tx) = workers.get(&key) {
+            match tx.send(work) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(w)) => work = w,
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(work);
+        workers.insert(key.clone(), tx);
+        tokio::spawn(self.clone().worker(key, rx));
+    }
+
+    /// Applies one object's commands in order; leaves when idle (under the map lock, so that no
+    /// command can be handed to a worker that is going away).
+    async fn worker(self: Arc<Self>, key: WorkerKey, mut rx: mpsc::UnboundedReceiver<Work>) {
+        loop {
+            match tokio::time::timeout(WORKER_IDLE, rx.recv()).await {
+                Ok(Some(work)) => self.process(work).await,
+                Ok(None) => return,
+                Err(_) => {
+                    let Ok(mut workers) = self.workers.lock() else { return };
+                    if rx.is_empty() {
+                        workers.remove(&key);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn process(&self, work: Work) {
+        let Work { msg, cmd, delivered, seq, progress } = work;
+        let session = match &cmd.body {
+            CommandBody::SessionCreate(c) => Some(c.name.to_string()),
+            CommandBody::SessionClone(c) => Some(c.new_session_name.to_string()),
+            b => b.object_key().strip_prefix("session/").map(str::to_string),
+        };
+        let span = tracing::info_span!(
+            "command",
+            command_id = %cmd.id,
+            command_type = cmd.body.command_type().type_str(),
+            project = %cmd.project,
+            session = session.as_deref().unwrap_or(""),
+            principal = %cmd.principal.user,
+        );
+        async {
+            let Ok(_permit) = self.permits.acquire().await else { return };
+            let started = Instant::now();
+            let mut backoff = Duration::from_millis(200);
+            let ack = loop {
+                match self.handle(&cmd, delivered).await {
+                    Ok(ack) => break Some(ack),
+                    Err(e) if started.elapsed() >= self.settings.retry_for => {
+                        tracing::error!(error = %e, "giving up after retrying");
+                        let outcome = Outcome::failed(FailureReason::Unavailable, "the command could not be applied in time");
+                        if self.ledger.publish(&result(&cmd, outcome), cmd.traceparent.as_deref()).await.is_ok() {
+                            break Some(AckKind::Term);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "transient failure; retrying"),
+                }
+                tokio::select! {
+                    _ = self.stop.cancelled() => break None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(self.settings.retry_max_backoff);
+            };
+            progress.abort();
+            match ack {
+                Some(kind) => {
+                    if let Err(e) = msg.double_ack_with(kind).await {
+                        // The result is stored: a redelivery finds it and is only acknowledged.
+                        tracing::warn!(error = %e, "acknowledgement not confirmed");
+                    }
+                    metrics::histogram!("reconciler_command_apply_seconds").record(started.elapsed().as_secs_f64());
+                }
+                // Shutting down: left unacknowledged for redelivery.
+                None => tracing::info!("shutting down; command left for redelivery"),
+            }
+            if let Ok(mut s) = self.in_flight.lock() {
+                s.remove(&seq);
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Applies one command exactly once; returns how to acknowledge it. `Err` is transient.
+    async fn handle(&self, cmd: &Command, delivered: i64) -> Result<AckKind, ApplyError> {
+        if self.ledger.has_result(&cmd.project, cmd.id).await? {
+            tracing::info!("already applied; acknowledging");
+            metrics::counter!("reconciler_commands_duplicate_total").increment(1);
+            return Ok(AckKind::Ack);
+        }
+        if delivered >= self.settings.bus.max_deliver {
+            let outcome = Outcome::failed(FailureReason::Unavailable, "delivery limit reached");
+            self.ledger.publish(&result(cmd, outcome), cmd.traceparent.as_deref()).await?;
+            return Ok(AckKind::Term);
+        }
+        let delivery = if delivered > 1 { Delivery::Redelivered } else { Delivery::First };
+        let outcome = match self.applier.apply(cmd, delivery).await {
+            Ok(applied) => {
+                tracing::info!(kind = %applied.resource.kind, name = %applied.resource.name, "applied");
+                Outcome::Succeeded { resource: applied.resource, sealed_token: applied.sealed_token }
+            }
+            Err(ApplyError::Permanent { reason, message }) => {
+                tracing::info!(?reason, %message, "refused");
+                Outcome::failed(reason, message)
+            }
+            Err(e) => return Err(e),
+        };
+        self.ledger.publish(&result(cmd, outcome), cmd.traceparent.as_deref()).await?;
+        metrics::counter!("reconciler_commands_applied_total", "type" => cmd.body.command_type().type_str()).increment(1);
+        Ok(AckKind::Ack)
+    }
+
+    /// An undecodable or forged command: a failed result when it can be addressed, then `Term`.
+    async fn refuse(&self, msg: jetstream::Message, e: DecodeError, address: Option<events::wire::CommandAddress>) {
+        tracing::warn!(error = %e, subject = %msg.subject, "refusing command");
+        metrics::counter!("reconciler_commands_refused_total").increment(1);
+        if let Some(a) = address {
+            let reason = match e {
+                DecodeError::NotGenuine(_) => FailureReason::NotGenuine,
+                DecodeError::Invalid(_) => FailureReason::Invalid,
+                _ => FailureReason::BadRequest,
+            };
+            let r = CommandResult {
+                command_id: a.id,
+                command_type: a.ty,
+                project: a.project,
+                time: chrono::Utc::now(),
+                outcome: Outcome::failed(reason, e.to_string()),
+            };
+            if let Err(err) = self.ledger.publish(&r, None).await {
+                // Not acknowledged: a redelivery tries again.
+                tracing::warn!(error = %err, "cannot publish the refusal");
+                return;
+            }
+        }
+        let _ = msg.ack_with(AckKind::Term).await;
+    }
+}
+
+fn result(cmd: &Command, outcome: Outcome) -> CommandResult {
+    CommandResult {
+        command_id: cmd.id,
+        command_type: cmd.body.command_type().type_str().into(),
+        project: cmd.project.clone(),
+        time: chrono::Utc::now(),
+        outcome,
+    }
+}

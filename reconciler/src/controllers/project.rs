@@ -1,0 +1,89 @@
+//! Managed namespace → its ProjectSettings exists; ProjectSettings.groupAccess → group
+//! RoleBindings (stale ones removed, deleted ones recreated).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use events::crd::{PROJECT_SETTINGS_NAME, ProjectSettings};
+
+use super::{ControllerError, ERROR_REQUEUE};
+use crate::apply::{ensure_project_settings, sync_group_bindings};
+use crate::labels;
+
+/// Shared state of both controllers.
+pub struct Ctx {
+    /// Cluster client.
+    pub client: kube::Client,
+    /// Periodic resync.
+    pub resync: Duration,
+}
+
+async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
+    if ns.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    ensure_project_settings(&ctx.client, &ns.name_any()).await?;
+    Ok(Action::requeue(ctx.resync))
+}
+
+async fn reconcile_settings(ps: Arc<ProjectSettings>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
+    if ps.metadata.deletion_timestamp.is_some() || ps.name_any() != PROJECT_SETTINGS_NAME {
+        return Ok(Action::await_change());
+    }
+    sync_group_bindings(&ctx.client, &ps).await?;
+    let generation = ps.metadata.generation;
+    let observed = ps.status.as_ref().and_then(|s| s.observed_generation);
+    // Written only when the generation moved: no self-triggered loop.
+    if observed != generation {
+        let ready = super::session::condition("Ready", "True", "BindingsInSync", "group RoleBindings match groupAccess", generation);
+        let patch = json!({"status": {"observedGeneration": generation, "conditions": [ready]}});
+        Api::<ProjectSettings>::namespaced(ctx.client.clone(), &ps.namespace().unwrap_or_default())
+            .patch_status(PROJECT_SETTINGS_NAME, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    Ok(Action::requeue(ctx.resync))
+}
+
+fn error_policy<K>(_: Arc<K>, e: &ControllerError, _: Arc<Ctx>) -> Action {
+    tracing::warn!(error = %e, "project reconcile failed");
+    Action::requeue(ERROR_REQUEUE)
+}
+
+/// Runs both project controllers until `stop` is cancelled.
+pub async fn run(client: kube::Client, resync: Duration, stop: CancellationToken) {
+    let ctx = Arc::new(Ctx { client: client.clone(), resync });
+    let managed = watcher::Config::default().labels(&format!("{}=true", labels::MANAGED));
+    let namespaces = Controller::new(Api::<Namespace>::all(client.clone()), managed)
+        .watches(Api::<ProjectSettings>::all(client.clone()), watcher::Config::default(), |ps| {
+            ps.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns))
+        })
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(reconcile_namespace, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "namespace controller");
+            }
+        });
+    let permission = watcher::Config::default().labels(&format!("{}={}", labels::APP, labels::APP_PERMISSION));
+    let settings = Controller::new(Api::<ProjectSettings>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<RoleBinding>::all(client), permission)
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile_settings, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "projectsettings controller");
+            }
+        });
+    tokio::join!(namespaces, settings);
+}

@@ -1,0 +1,442 @@
+//! AgenticSession → Job `<session>-job` and a per-session runner identity.
+//!
+//! Phases: Pending → Creating (Job being created) → Running (runner pod runs) → Completed |
+//! Failed (reason `Timeout` on deadline) | Stopped (on request; Job and pods deleted) | Error
+//! (unusable spec). `status.run` numbers the runs: a start on a finished session bumps it, and a
+//! Job of an older run (label `ambient-code.io/run`) is deleted before the new one is created.
+//! Status is written only when it changed, so the controller's own writes cannot loop.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EnvFromSource, EnvVar, Namespace, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, SecretEnvSource,
+    ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use events::crd::{AgenticSession, GROUP, PROJECT_SETTINGS_NAME, ProjectSettings};
+use events::Phase;
+
+use super::{ControllerError, ERROR_REQUEUE};
+use crate::apply::is_managed;
+use crate::apply::session::delete_job_and_pods;
+use crate::labels;
+
+/// Shared state of the session controller.
+pub struct Ctx {
+    /// Cluster client.
+    pub client: kube::Client,
+    /// Runner image.
+    pub runner_image: String,
+    /// `BACKEND_API_URL` for runners.
+    pub backend_api_url: String,
+    /// Periodic resync of finished sessions.
+    pub resync: Duration,
+}
+
+/// Now, as a Kubernetes `Time`.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// A condition with the current time.
+pub fn condition(type_: &str, status: &str, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: now(),
+    }
+}
+
+/// The status fields the controller owns.
+#[derive(Debug, Clone, PartialEq)]
+struct Observed {
+    phase: Phase,
+    reason: Option<String>,
+    message: Option<String>,
+    start_time: Option<DateTime<Utc>>,
+    completion_time: Option<DateTime<Utc>>,
+    job_name: Option<String>,
+    run: i64,
+}
+
+impl Observed {
+    fn of(s: &AgenticSession) -> Option<Self> {
+        let st = s.status.as_ref()?;
+        Some(Observed {
+            phase: st.phase?,
+            reason: st.reason.clone(),
+            message: st.message.clone(),
+            start_time: st.start_time,
+            completion_time: st.completion_time,
+            job_name: st.job_name.clone(),
+            run: st.run.unwrap_or(1),
+        })
+    }
+
+    fn with(&self, phase: Phase, reason: Option<&str>, message: &str) -> Self {
+        let mut next = self.clone();
+        next.phase = phase;
+        next.reason = reason.map(Into::into);
+        next.message = Some(message.into());
+        if phase.is_terminal() && next.completion_time.is_none() {
+            next.completion_time = Some(Utc::now());
+        }
+        next
+    }
+}
+
+/// Writes the owned status fields and the `Ready` condition, only when something changed.
+async fn write_status(api: &Api<AgenticSession>, s: &AgenticSession, want: &Observed) -> Result<(), kube::Error> {
+    let generation = s.metadata.generation;
+    let have = Observed::of(s);
+    let observed_gen = s.status.as_ref().and_then(|st| st.observed_generation);
+    if have.as_ref() == Some(want) && observed_gen == generation {
+        return Ok(());
+    }
+    let ready = if want.phase == Phase::Running { "True" } else { "False" };
+    let mut conditions: Vec<Condition> = s.status.as_ref().map(|st| st.conditions.clone()).unwrap_or_default();
+    let reason = want.reason.clone().unwrap_or_else(|| want.phase.as_str().to_string());
+    match conditions.iter_mut().find(|c| c.type_ == "Ready") {
+        Some(c) if c.status == ready && c.reason == reason => c.observed_generation = generation,
+        Some(c) => *c = condition("Ready", ready, &reason, want.message.as_deref().unwrap_or(""), generation),
+        None => conditions.push(condition("Ready", ready, &reason, want.message.as_deref().unwrap_or(""), generation)),
+    }
+    let patch = json!({"status": {
+        "phase": want.phase,
+        "reason": want.reason,
+        "message": want.message,
+        "startTime": want.start_time,
+        "completionTime": want.completion_time,
+        "jobName": want.job_name,
+        "run": want.run,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }});
+    if let Some(old) = &have
+        && old.phase != want.phase
+    {
+        tracing::info!(from = %old.phase, to = %want.phase, reason = ?want.reason, "session phase");
+        metrics::counter!("reconciler_session_transitions_total", "to" => want.phase.as_str()).increment(1);
+    }
+    api.patch_status(&s.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
+fn owner(s: &AgenticSession) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    // controller_owner_ref uses the served apiVersion vteam.ambient-code/v1alpha1.
+    s.controller_owner_ref(&()).into_iter().collect()
+}
+
+/// Why a spec cannot run.
+fn validate(s: &AgenticSession, secret_name: &Option<String>) -> Result<(), String> {
+    if let Some(n) = secret_name
+        && !crate::apply::runner_secret_name_ok(n)
+    {
+        return Err(format!("runner secret name {n:?} is not a valid Secret name"));
+    }
+    for k in s.spec.environment_variables.keys() {
+        if !crate::apply::env_name_ok(k) {
+            return Err(format!("environment variable name {k:?} is invalid"));
+        }
+    }
+    Ok(())
+}
+
+async fn ensure_identity(client: &kube::Client, s: &AgenticSession, ns: &str) -> Result<String, kube::Error> {
+    let session = s.name_any();
+    let name = labels::session_identity(&session);
+    let pp = PatchParams::apply(labels::FIELD_MANAGER).force();
+    let meta = || ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(ns.into()),
+        labels: Some(crate::apply::string_map([(labels::APP, labels::APP_RUNNER), (labels::SESSION_LABEL, &session)])),
+        owner_references: Some(owner(s)),
+        ..Default::default()
+    };
+    let sa = ServiceAccount { metadata: meta(), ..Default::default() };
+    Api::<ServiceAccount>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&sa)).await?;
+    // Only its own session: read it, and report status.
+    let role = Role {
+        metadata: meta(),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![GROUP.into()]),
+                resources: Some(vec!["agenticsessions".into()]),
+                resource_names: Some(vec![session.clone()]),
+                verbs: vec!["get".into()],
+                ..Default::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![GROUP.into()]),
+                resources: Some(vec!["agenticsessions/status".into()]),
+                resource_names: Some(vec![session.clone()]),
+                verbs: vec!["get".into(), "update".into(), "patch".into()],
+                ..Default::default()
+            },
+        ]),
+    };
+    Api::<Role>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&role)).await?;
+    let rb = RoleBinding {
+        metadata: meta(),
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.clone() },
+        subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: name.clone(), namespace: Some(ns.into()), api_group: None }]),
+    };
+    Api::<RoleBinding>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&rb)).await?;
+    Ok(name)
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+/// The runner's environment (see reconciler/README.md, "Runner contract").
+fn runner_env(s: &AgenticSession, ns: &str, backend: &str) -> Vec<EnvVar> {
+    let spec = &s.spec;
+    let llm = spec.llm_settings.clone().unwrap_or_default();
+    let mut platform = vec![
+        env("AGENTIC_SESSION_NAME", s.name_any()),
+        env("AGENTIC_SESSION_NAMESPACE", ns),
+        env("PROMPT", spec.prompt.clone()),
+        env("LLM_MODEL", llm.model.unwrap_or_else(|| "sonnet".into())),
+        env("LLM_TEMPERATURE", llm.temperature.unwrap_or(0.7).to_string()),
+        env("LLM_MAX_TOKENS", llm.max_tokens.unwrap_or(4000).to_string()),
+        env("TIMEOUT", spec.timeout.to_string()),
+        env("BACKEND_API_URL", backend),
+        env("INTERACTIVE", spec.interactive.unwrap_or(false).to_string()),
+        env("HOME", "/tmp"),
+    ];
+    if let Some(u) = &spec.user_context {
+        platform.push(env("USER_ID", u.user_id.clone()));
+        platform.push(env("USER_NAME", u.display_name.clone().unwrap_or_else(|| u.user_id.clone())));
+    }
+    if !spec.repos.is_empty() {
+        platform.push(env("REPOS_JSON", serde_json::to_string(&spec.repos).unwrap_or_default()));
+        platform.push(env("MAIN_REPO_INDEX", spec.main_repo_index.unwrap_or(0).to_string()));
+    }
+    // The session's own variables first; a platform variable of the same name wins.
+    let mut out: Vec<EnvVar> = spec
+        .environment_variables
+        .iter()
+        .filter(|(k, _)| !platform.iter().any(|p| &p.name == *k))
+        .map(|(k, v)| env(k, v.clone()))
+        .collect();
+    out.extend(platform);
+    out
+}
+
+fn build_job(ctx: &Ctx, s: &AgenticSession, ns: &str, run: i64, sa: &str, secret: &str) -> Job {
+    let session = s.name_any();
+    let job_labels: BTreeMap<String, String> = crate::apply::string_map([
+        (labels::SESSION_LABEL, session.as_str()),
+        (labels::APP, "ambient-code-runner"),
+        (labels::RUN_LABEL, run.to_string().as_str()),
+    ]);
+    let resources = s.spec.resource_overrides.as_ref().map(|r| {
+        let mut q = BTreeMap::new();
+        if let Some(c) = &r.cpu {
+            q.insert("cpu".to_string(), Quantity(c.clone()));
+        }
+        if let Some(m) = &r.memory {
+            q.insert("memory".to_string(), Quantity(m.clone()));
+        }
+        ResourceRequirements { requests: Some(q.clone()), limits: Some(q), ..Default::default() }
+    });
+    Job {
+        metadata: ObjectMeta {
+            name: Some(labels::job_name(&session)),
+            namespace: Some(ns.into()),
+            labels: Some(job_labels.clone()),
+            owner_references: Some(owner(s)),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(s.spec.timeout),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(job_labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    service_account_name: Some(sa.into()),
+                    // The runner calls the api with this token (PUT …/status).
+                    automount_service_account_token: Some(true),
+                    priority_class_name: s.spec.resource_overrides.as_ref().and_then(|r| r.priority_class.clone()),
+                    containers: vec![Container {
+                        name: "ambient-code-runner".into(),
+                        image: Some(ctx.runner_image.clone()),
+                        env: Some(runner_env(s, ns, &ctx.backend_api_url)),
+                        env_from: Some(vec![EnvFromSource {
+                            secret_ref: Some(SecretEnvSource { name: secret.into(), optional: Some(true) }),
+                            ..Default::default()
+                        }]),
+                        resources,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
+    job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_ && c.status == "True")
+}
+
+async fn reconcile(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
+    let ns = s.namespace().unwrap_or_default();
+    let name = s.name_any();
+    let span = tracing::info_span!("session", project = %ns, session = %name);
+    let _g = span.enter();
+    if s.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let client = &ctx.client;
+    let api = Api::<AgenticSession>::namespaced(client.clone(), &ns);
+    // Sessions outside projects are not ours.
+    match Api::<Namespace>::all(client.clone()).get_opt(&ns).await? {
+        Some(n) if is_managed(&n) => {}
+        _ => return Ok(Action::await_change()),
+    }
+    let Some(cur) = Observed::of(&s) else {
+        let run = s.status.as_ref().and_then(|st| st.run).unwrap_or(1);
+        let first = Observed {
+            phase: Phase::Pending,
+            reason: None,
+            message: Some("waiting to run".into()),
+            start_time: None,
+            completion_time: None,
+            job_name: None,
+            run,
+        };
+        write_status(&api, &s, &first).await?;
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    };
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns);
+    let job_name = labels::job_name(&name);
+    let job = jobs.get_opt(&job_name).await?;
+    match cur.phase {
+        Phase::Stopped => {
+            if job.is_some() {
+                delete_job_and_pods(client, &ns, &name).await?;
+            }
+            write_status(&api, &s, &cur).await?;
+            return Ok(Action::requeue(ctx.resync));
+        }
+        Phase::Completed | Phase::Failed | Phase::Error => {
+            write_status(&api, &s, &cur).await?;
+            return Ok(Action::requeue(ctx.resync));
+        }
+        Phase::Pending | Phase::Creating | Phase::Running => {}
+    }
+    // A Job of an earlier run goes first (start on a finished session).
+    if let Some(j) = &job {
+        let run = j.labels().get(labels::RUN_LABEL).and_then(|r| r.parse::<i64>().ok()).unwrap_or(1);
+        if run != cur.run || j.metadata.deletion_timestamp.is_some() {
+            delete_job_and_pods(client, &ns, &name).await?;
+            let next = Observed { start_time: None, completion_time: None, ..cur.with(Phase::Pending, None, "previous run being removed") };
+            write_status(&api, &s, &next).await?;
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    }
+    let Some(job) = job else {
+        if cur.phase == Phase::Running {
+            write_status(&api, &s, &cur.with(Phase::Failed, Some("JobMissing"), "the runner Job disappeared")).await?;
+            return Ok(Action::requeue(ctx.resync));
+        }
+        let secret = Api::<ProjectSettings>::namespaced(client.clone(), &ns)
+            .get_opt(PROJECT_SETTINGS_NAME)
+            .await?
+            .and_then(|ps| ps.spec.runner_secrets_name);
+        if let Err(msg) = validate(&s, &secret) {
+            write_status(&api, &s, &cur.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
+            return Ok(Action::requeue(ctx.resync));
+        }
+        let creating = Observed { job_name: Some(job_name.clone()), ..cur.with(Phase::Creating, None, "creating the runner Job") };
+        write_status(&api, &s, &creating).await?;
+        let sa = ensure_identity(client, &s, &ns).await?;
+        let secret = secret.unwrap_or_else(|| labels::RUNNER_SECRET_NAME.into());
+        let job = build_job(&ctx, &s, &ns, cur.run, &sa, &secret);
+        match jobs.create(&PostParams::default(), &job).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
+                let msg = format!("the runner Job is invalid: {}", e.message);
+                write_status(&api, &s, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
+                return Ok(Action::requeue(ctx.resync));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    let base = Observed { job_name: Some(job_name.clone()), ..cur.clone() };
+    if job_condition(&job, "Complete").is_some() {
+        write_status(&api, &s, &base.with(Phase::Completed, Some("Completed"), "the runner finished")).await?;
+        return Ok(Action::requeue(ctx.resync));
+    }
+    if let Some(c) = job_condition(&job, "Failed") {
+        let next = if c.reason.as_deref() == Some("DeadlineExceeded") {
+            base.with(Phase::Failed, Some("Timeout"), &format!("the run exceeded its timeout of {}s", s.spec.timeout))
+        } else {
+            base.with(Phase::Failed, Some("RunnerFailed"), c.message.as_deref().unwrap_or("the runner failed"))
+        };
+        write_status(&api, &s, &next).await?;
+        return Ok(Action::requeue(ctx.resync));
+    }
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+        .await?;
+    let running = pods
+        .items
+        .iter()
+        .any(|p| p.status.as_ref().and_then(|st| st.phase.as_deref()) == Some("Running"));
+    if running {
+        let mut next = base.with(Phase::Running, None, "the runner is running");
+        next.start_time = next.start_time.or_else(|| Some(Utc::now()));
+        write_status(&api, &s, &next).await?;
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    if cur.phase == Phase::Pending {
+        write_status(&api, &s, &base.with(Phase::Creating, None, "waiting for the runner pod")).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+fn error_policy(s: Arc<AgenticSession>, e: &ControllerError, _: Arc<Ctx>) -> Action {
+    tracing::warn!(project = ?s.namespace(), session = %s.name_any(), error = %e, "session reconcile failed");
+    Action::requeue(ERROR_REQUEUE)
+}
+
+/// Runs the session controller until `stop` is cancelled.
+pub async fn run(ctx: Ctx, concurrency: u16, stop: CancellationToken) {
+    let client = ctx.client.clone();
+    Controller::new(Api::<AgenticSession>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Job>::all(client), watcher::Config::default().labels(labels::SESSION_LABEL))
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile, error_policy, Arc::new(ctx))
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "session controller");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,106 @@
+//! How applying a command can fail: permanently (a failed result, never retried) or transiently
+//! (retried in-process with capped backoff while the message is kept).
+
+use events::FailureReason;
+
+/// The outcome of a failed apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Redelivering cannot help: the command ends with a failed result.
+    #[error("{reason:?}: {message}")]
+    Permanent {
+        /// Machine-readable reason (decides the HTTP-like code).
+        reason: FailureReason,
+        /// A human sentence (never contains secrets).
+        message: String,
+    },
+    /// The cluster or the bus is unavailable right now; try again.
+    #[error("transient: {0}")]
+    Transient(String),
+}
+
+impl ApplyError {
+    /// A permanent failure.
+    pub fn permanent(reason: FailureReason, message: impl Into<String>) -> Self {
+        ApplyError::Permanent { reason, message: message.into() }
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::permanent(FailureReason::NotFound, message)
+    }
+
+    /// 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::permanent(FailureReason::Conflict, message)
+    }
+
+    /// 422.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::permanent(FailureReason::Invalid, message)
+    }
+
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::permanent(FailureReason::Forbidden, message)
+    }
+
+    /// True when retrying may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ApplyError::Transient(_))
+    }
+}
+
+/// True for API errors worth retrying: overload, server errors, optimistic-lock conflicts.
+pub fn kube_is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500 || (s.code == 409 && s.reason == "Conflict"),
+        // Connection refused, TLS, timeouts, body read errors: the API server is unreachable.
+        _ => true,
+    }
+}
+
+impl From<kube::Error> for ApplyError {
+    fn from(e: kube::Error) -> Self {
+        if kube_is_transient(&e) {
+            return ApplyError::Transient(e.to_string());
+        }
+        match &e {
+            kube::Error::Api(s) => {
+                let reason = match s.code {
+                    400 => FailureReason::BadRequest,
+                    403 => FailureReason::Forbidden,
+                    404 => FailureReason::NotFound,
+                    409 => FailureReason::Conflict,
+                    422 => FailureReason::Invalid,
+                    _ => FailureReason::BadRequest,
+                };
+                ApplyError::permanent(reason, s.message.clone())
+            }
+            _ => ApplyError::Transient(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(Status { code, reason: reason.into(), message: "m".into(), ..Default::default() }.boxed())
+    }
+
+    #[test]
+    fn classification() {
+        assert!(ApplyError::from(api(503, "ServiceUnavailable")).is_transient());
+        assert!(ApplyError::from(api(429, "TooManyRequests")).is_transient());
+        assert!(ApplyError::from(api(409, "Conflict")).is_transient());
+        assert!(matches!(
+            ApplyError::from(api(409, "AlreadyExists")),
+            ApplyError::Permanent { reason: FailureReason::Conflict, .. }
+        ));
+        assert!(matches!(ApplyError::from(api(404, "NotFound")), ApplyError::Permanent { reason: FailureReason::NotFound, .. }));
+        assert!(matches!(ApplyError::from(api(422, "Invalid")), ApplyError::Permanent { reason: FailureReason::Invalid, .. }));
+    }
+}

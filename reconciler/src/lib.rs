@@ -1,0 +1,113 @@
+//! The reconciler: the only writer of tenant state. Consumes commands from JetStream, re-
+//! authorizes them, applies them exactly once, publishes results; runs the session, namespace
+//! and group-access controllers. See `reconciler/README.md`.
+
+pub mod apply;
+pub mod authz;
+pub mod config;
+pub mod consumer;
+pub mod controllers;
+pub mod error;
+pub mod labels;
+pub mod ledger;
+pub mod telemetry;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use events::sealing::SealingSecretKey;
+use events::signing::CommandVerifier;
+use events::streams::{BusConfig, bootstrap_consumers, bootstrap_streams};
+
+use crate::config::Config;
+
+async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn shutdown_signal(stop: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            }
+        }
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+}
+
+/// Runs the reconciler until SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    telemetry::init_logging(cfg.log_format);
+    let metrics = telemetry::init_metrics()?;
+    let ready = telemetry::Readiness::default();
+    let stop = CancellationToken::new();
+    shutdown_signal(stop.clone());
+    let health = tokio::spawn(telemetry::serve_health(cfg.health_addr, metrics, ready.clone(), stop.clone().cancelled_owned()));
+
+    let verifier = CommandVerifier::from_pem(
+        &std::fs::read_to_string(&cfg.command_verify_keys_file)
+            .with_context(|| format!("reading {}", cfg.command_verify_keys_file.display()))?,
+    )?;
+    let sealing = SealingSecretKey::from_base64(
+        &std::fs::read_to_string(&cfg.sealing_key_file).with_context(|| format!("reading {}", cfg.sealing_key_file.display()))?,
+    )?;
+    let client = kube_client(&cfg).await?;
+    let nats = async_nats::ConnectOptions::new()
+        .name("ambient-reconciler")
+        .retry_on_initial_connect()
+        .connect(cfg.nats_url.as_str())
+        .await
+        .with_context(|| format!("connecting to {}", cfg.nats_url))?;
+    let js = async_nats::jetstream::new(nats);
+    let bus = BusConfig { partitions: cfg.partitions, ..Default::default() };
+    bootstrap_streams(&js, &bus).await?;
+    bootstrap_consumers(&js, &bus).await?;
+
+    let resync = Duration::from_secs(cfg.resync_seconds.max(5));
+    let applier = apply::Applier {
+        client: client.clone(),
+        policy: authz::SelfProvision { group: cfg.self_provisioner_group.clone(), quota: cfg.project_quota },
+        sealing,
+        key_token_seconds: cfg.key_token_seconds,
+    };
+    let settings = consumer::Settings {
+        bus,
+        concurrency: cfg.concurrency,
+        retry_max_backoff: cfg.retry_max_backoff(),
+        retry_for: Duration::from_secs(cfg.retry_for_seconds),
+    };
+    let consumer = consumer::Consumer::new(js, applier, verifier, settings, stop.clone());
+    let sessions = controllers::session::Ctx {
+        client: client.clone(),
+        runner_image: cfg.runner_image.clone(),
+        backend_api_url: cfg.backend_api_url.clone(),
+        resync,
+    };
+    let concurrency = u16::try_from(cfg.concurrency).unwrap_or(u16::MAX);
+    let tasks = vec![
+        tokio::spawn(consumer.run()),
+        tokio::spawn(controllers::session::run(sessions, concurrency, stop.clone())),
+        tokio::spawn(controllers::project::run(client, resync, stop.clone())),
+    ];
+    ready.set(true);
+    tracing::info!("reconciler running");
+    stop.cancelled().await;
+    ready.set(false);
+    // In-flight commands finish or are left for redelivery; give them a moment.
+    let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await;
+    let _ = health.await;
+    Ok(())
+}
