@@ -1,0 +1,159 @@
+//! The projector's side of NATS: publishing status events (awaiting the JetStream ack) and the
+//! read-model buckets, both retried until they succeed (a status event is never dropped).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use events::StatusEvent;
+use events::streams::{ACCESS_BUCKET, PROJECTS_BUCKET, SESSIONS_BUCKET};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{ObjKey, Projected};
+
+/// A bus operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// A read-model bucket could not be opened or read.
+    #[error("read-model bucket {bucket}: {message}")]
+    Bucket {
+        /// Bucket.
+        bucket: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// Shutting down before the operation could complete.
+    #[error("shutting down")]
+    Cancelled,
+}
+
+/// Publishes status events and keeps the read model.
+pub struct Bus {
+    js: jetstream::Context,
+    buckets: BTreeMap<&'static str, kv::Store>,
+    cancel: CancellationToken,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+impl Bus {
+    /// Opens the read-model buckets (created by the bootstrap).
+    pub async fn open(js: jetstream::Context, cancel: CancellationToken) -> Result<Self, BusError> {
+        let mut buckets = BTreeMap::new();
+        for b in [PROJECTS_BUCKET, SESSIONS_BUCKET, ACCESS_BUCKET] {
+            let store = js
+                .get_key_value(b)
+                .await
+                .map_err(|e| BusError::Bucket { bucket: b, message: e.to_string() })?;
+            buckets.insert(b, store);
+        }
+        Ok(Bus { js, buckets, cancel })
+    }
+
+    /// Every value of the read model (the last projected state), by object.
+    pub async fn load(&self) -> Result<BTreeMap<ObjKey, Projected>, BusError> {
+        let mut out = BTreeMap::new();
+        for (&bucket, store) in &self.buckets {
+            let err = |e: &dyn std::fmt::Display| BusError::Bucket { bucket, message: e.to_string() };
+            let mut keys = store.keys().await.map_err(|e| err(&e))?;
+            let mut names = Vec::new();
+            while let Some(k) = keys.next().await {
+                names.push(k.map_err(|e| err(&e))?);
+            }
+            for k in names {
+                let Some(obj) = ObjKey::from_kv(bucket, &k) else {
+                    tracing::warn!(bucket, key = %k, "ignoring a read-model key the projector does not own");
+                    continue;
+                };
+                let Some(bytes) = store.get(k.as_str()).await.map_err(|e| err(&e))? else { continue };
+                match serde_json::from_slice::<Projected>(&bytes) {
+                    Ok(p) => {
+                        out.insert(obj, p);
+                    }
+                    // An unreadable value is re-projected from the cluster as if new.
+                    Err(e) => tracing::warn!(bucket, key = %k, error = %e, "unreadable read-model value"),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn retry<T, E: std::fmt::Display, F, Fut>(&self, what: &str, mut op: F) -> Result<T, BusError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    metrics::counter!("projector_bus_errors_total", "op" => what.to_string()).increment(1);
+                    tracing::warn!(op = what, error = %e, retry_in_ms = delay.as_millis() as u64, "bus operation failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(BusError::Cancelled),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Publishes one status event and waits for JetStream to store it (a duplicate id is
+    /// acknowledged without storing it again).
+    pub async fn publish(&self, ev: &StatusEvent) -> Result<(), BusError> {
+        let out = match events::wire::encode_status(ev) {
+            Ok(o) => o,
+            Err(e) => {
+                // Names are validated before a view is built; this is a bug, not a bus fault.
+                tracing::error!(event_id = %ev.id, error = %e, "status event has no valid subject; skipped");
+                return Ok(());
+            }
+        };
+        let ack = self
+            .retry("publish", || async {
+                let fut = self
+                    .js
+                    .publish_with_headers(out.subject.clone(), out.headers.clone(), out.payload.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                fut.await.map_err(|e| e.to_string())
+            })
+            .await?;
+        metrics::counter!("projector_events_emitted_total", "type" => ev.body.type_str()).increment(1);
+        if ack.duplicate {
+            metrics::counter!("projector_events_duplicate_total", "type" => ev.body.type_str()).increment(1);
+        }
+        tracing::info!(
+            event_id = %ev.id,
+            event_type = ev.body.type_str(),
+            project = %ev.project,
+            name = %ev.name,
+            seq = ack.sequence,
+            duplicate = ack.duplicate,
+            "status event published"
+        );
+        Ok(())
+    }
+
+    /// Writes (or, with `None`, deletes) the read-model value of `key`.
+    pub async fn store(&self, key: &ObjKey, value: Option<&Projected>) -> Result<(), BusError> {
+        let bucket = key.bucket();
+        let Some(store) = self.buckets.get(bucket) else {
+            return Err(BusError::Bucket { bucket, message: "not opened".into() });
+        };
+        let k = key.kv_key();
+        match value {
+            Some(v) => {
+                let bytes = bytes::Bytes::from(serde_json::to_vec(v).unwrap_or_default());
+                self.retry("kv-put", || store.put(k.as_str(), bytes.clone())).await?;
+            }
+            None => {
+                self.retry("kv-delete", || store.delete(k.as_str())).await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! The projector: watches the cluster and turns changes into status events on JetStream, keeps
+//! the read-model buckets in step, and pushes status events to HTTP sinks. See `README.md`.
+
+pub mod bus;
+pub mod config;
+pub mod health;
+pub mod lease;
+pub mod model;
+pub mod projection;
+pub mod sinks;
+pub mod watch;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::coordination::v1::Lease;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogFormat};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => b.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn shutdown_signal(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+}
+
+/// Runs the projector until SIGTERM (exit 0) or a fatal error (exit 1).
+pub async fn run(cfg: Config) -> ExitCode {
+    init_logging(cfg.log_format);
+    match run_inner(cfg).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "projector failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_inner(cfg: Config) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    shutdown_signal(cancel.clone());
+    let selector = model::ProjectSelector::parse(cfg.project_selector.as_deref().unwrap_or(""))
+        .map_err(|e| anyhow::anyhow!("--project-selector: {e}"))?;
+    let sinks = match &cfg.sinks_file {
+        Some(p) => sinks::load_sinks(p)?,
+        None => Vec::new(),
+    };
+
+    let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = health::serve(cfg.health_addr, ready.clone(), metrics, cancel.clone())
+        .await
+        .with_context(|| format!("binding {}", cfg.health_addr))?;
+
+    let client = kube_client(&cfg).await.context("building the Kubernetes client")?;
+    let nats = async_nats::ConnectOptions::new()
+        .name("ambient-projector")
+        .retry_on_initial_connect()
+        .connect(cfg.nats_url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", cfg.nats_url))?;
+    let js = async_nats::jetstream::new(nats);
+    let bus_cfg = events::streams::BusConfig::default();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match events::streams::bootstrap_streams(&js, &bus_cfg).await {
+            Ok(report) => {
+                tracing::info!(created = ?report.created, updated = ?report.updated, "streams ready");
+                break;
+            }
+            Err(e) => tracing::warn!(error = %e, "stream bootstrap failed; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+
+    // Only the Lease holder projects and delivers; the others wait (and stay healthy).
+    let leases = kube::Api::<Lease>::namespaced(client.clone(), &cfg.lease_namespace);
+    let lease_cfg = lease::LeaseConfig {
+        name: cfg.lease_name.clone(),
+        namespace: cfg.lease_namespace.clone(),
+        identity: cfg.identity(),
+        duration: Duration::from_secs(cfg.lease_seconds.max(3)),
+        renew_every: Duration::from_secs((cfg.lease_seconds.max(3) / 3).max(1)),
+    };
+    let Some(leading) = lease::acquire(leases, lease_cfg, cancel.clone()).await else {
+        let _ = health.await;
+        return Ok(());
+    };
+
+    for sink in sinks {
+        tracing::info!(sink = %sink.name, "starting sink");
+        tokio::spawn(sinks::run_sink(sink, js.clone(), client.clone(), leading.clone()));
+    }
+
+    let bus = bus::Bus::open(js.clone(), leading.clone()).await?;
+    let projected = bus.load().await?;
+    tracing::info!(objects = projected.len(), "read model loaded");
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    watch::spawn_all(client, selector, tx, leading.clone());
+    let projection = projection::Projection::new(bus, projected, ready.clone());
+    let result = tokio::select! {
+        r = projection.run(rx) => r,
+        _ = leading.cancelled() => Ok(()),
+    };
+    let lost = !cancel.is_cancelled();
+    cancel.cancel();
+    let _ = health.await;
+    match result {
+        Err(bus::BusError::Cancelled) | Ok(()) if !lost => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(()) => anyhow::bail!("leadership lost; exiting so that a fresh start waits for the lease"),
+    }
+}
