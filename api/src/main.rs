@@ -1,1 +1,16 @@
-fn main() {}
+//! The api binary: parse the configuration and run the service.
+
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = api::config::Config::parse();
+    api::telemetry::init_logging(config.log_format);
+    match api::run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "api failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

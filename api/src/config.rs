@@ -1,0 +1,104 @@
+//! Command-line and environment configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// The api's configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "api", about = "Ambient control plane REST api")]
+pub struct Config {
+    /// Kubeconfig file; in-cluster configuration or the usual discovery when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Main HTTP listener.
+    #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Health and metrics listener (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "API_HEALTH_ADDR", default_value = "127.0.0.1:9090")]
+    pub health_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// PKCS#8 PEM Ed25519 key the api signs commands with.
+    #[arg(long, env = "API_SIGNING_KEY_FILE")]
+    pub signing_key_file: PathBuf,
+    /// The reconciler's sealing public key (base64): runner secrets are sealed to it.
+    #[arg(long, env = "RECONCILER_SEALING_PUBLIC_KEY")]
+    pub reconciler_sealing_public_key: String,
+    /// How long a mutation waits for its result before answering 202.
+    #[arg(long, env = "API_RESULT_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub result_timeout: Duration,
+    /// Group whose members may create projects.
+    #[arg(long, env = "API_SELF_PROVISIONER_GROUP", default_value = "system:authenticated")]
+    pub self_provisioner_group: String,
+    /// Requests per second allowed to one principal (sustained).
+    #[arg(long, env = "API_RATE_LIMIT_RPS", default_value_t = 20.0)]
+    pub rate_limit_rps: f64,
+    /// Burst of requests allowed to one principal.
+    #[arg(long, env = "API_RATE_LIMIT_BURST", default_value_t = 100.0)]
+    pub rate_limit_burst: f64,
+    /// Allowed CORS origin (repeatable); CORS is closed when none is given.
+    #[arg(long = "cors-origin", env = "API_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// How long authentication results are cached.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub token_cache_ttl: Duration,
+    /// How long authorization decisions are cached (revocations take effect after at most this).
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub authz_cache_ttl: Duration,
+    /// Number of command partitions of the bus (must agree with the other components).
+    #[arg(long, env = "AMBIENT_PARTITIONS", default_value_t = 8)]
+    pub partitions: u32,
+}
+
+/// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown duration unit in {s}")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("not a duration: {s}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("1d").is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! Every error the api answers with, as `{"error": "<sentence>", ...details}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+/// The one answer for a project the caller may not see and for one that does not exist, so that
+/// no route reveals another tenant's project names.
+pub const PROJECT_NOT_FOUND: &str = "project not found";
+
+/// An error answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no token or the token did not authenticate.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// 403 with a sentence.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404 with a sentence.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400: malformed request, optionally naming a field.
+    #[error("{message}")]
+    BadRequest { message: String, field: Option<String> },
+    /// 422: well-formed but invalid value of a field.
+    #[error("{message}")]
+    Invalid { message: String, field: String },
+    /// 413.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 415.
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    /// 429 with the seconds to wait.
+    #[error("too many requests")]
+    TooManyRequests { retry_after_secs: u64 },
+    /// 503: a dependency (NATS, the API server) is unavailable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A command's failed result, with its HTTP-like code and reason.
+    #[error("{message}")]
+    CommandFailed { code: u16, reason: String, message: String },
+    /// 500: a bug or an unexpected dependency answer (never client input).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// 404 for an invisible or missing project.
+    pub fn project_not_found() -> Self {
+        ApiError::NotFound(PROJECT_NOT_FOUND.into())
+    }
+
+    /// 400 naming a field.
+    pub fn bad_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::BadRequest { message: message.into(), field: Some(field.into()) }
+    }
+
+    /// 422 naming a field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid { message: message.into(), field: field.into() }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::CommandFailed { code, .. } => {
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<crate::authz::AuthzError> for ApiError {
+    fn from(e: crate::authz::AuthzError) -> Self {
+        ApiError::Unavailable(format!("authorization check failed: {e}"))
+    }
+}
+
+impl From<events::ValidationError> for ApiError {
+    fn from(e: events::ValidationError) -> Self {
+        ApiError::bad_field(e.field.clone(), format!("invalid {}: {}", e.field, e.rule))
+    }
+}
+
+/// A JSON error response with the given status and message (used by fallbacks and layers).
+pub fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "internal error");
+        }
+        let mut body = Map::new();
+        body.insert("error".into(), Value::String(self.to_string()));
+        match &self {
+            ApiError::BadRequest { field: Some(f), .. } | ApiError::Invalid { field: f, .. } => {
+                body.insert("field".into(), Value::String(f.clone()));
+            }
+            ApiError::CommandFailed { reason, .. } => {
+                body.insert("reason".into(), Value::String(reason.clone()));
+            }
+            _ => {}
+        }
+        let mut resp = (status, axum::Json(Value::Object(body))).into_response();
+        if let ApiError::TooManyRequests { retry_after_secs } = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+        }
+        resp
+    }
+}

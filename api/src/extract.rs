@@ -1,0 +1,106 @@
+//! Strict JSON request bodies: `application/json` only (415), bounded (413), and every field
+//! must be known (400 naming the unknown field).
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::sync::Arc;
+
+use crate::errors::ApiError;
+use crate::state::AppState;
+
+/// A JSON body, parsed but not yet typed.
+pub struct JsonBody(pub Value);
+
+impl FromRequest<Arc<AppState>> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request<Body>, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let limit = state.config.max_body_bytes;
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| ApiError::PayloadTooLarge(limit))?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest { message: format!("request body is not valid JSON: {e}"), field: None })?;
+        if !v.is_object() {
+            return Err(ApiError::BadRequest { message: "request body must be a JSON object".into(), field: None });
+        }
+        Ok(JsonBody(v))
+    }
+}
+
+/// Refuses fields the server owns, naming the first one present.
+pub fn refuse_server_owned(v: &Value, fields: &[&str]) -> Result<(), ApiError> {
+    for f in fields {
+        if v.get(*f).is_some() {
+            return Err(ApiError::bad_field(*f, format!("field {f} is set by the server and may not be given")));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `v` as `T`, refusing any field `T` does not know (also in nested objects).
+pub fn strict<T: DeserializeOwned + Serialize>(v: &Value) -> Result<T, ApiError> {
+    let t: T = serde_json::from_value(v.clone()).map_err(|e| {
+        let msg = e.to_string();
+        let field = msg
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+            .or_else(|| msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()))
+            .map(String::from);
+        ApiError::BadRequest { message: format!("invalid request body: {msg}"), field }
+    })?;
+    let back = serde_json::to_value(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(path) = unknown_path(v, &back, String::new()) {
+        return Err(ApiError::bad_field(path.clone(), format!("unknown field {path}")));
+    }
+    Ok(t)
+}
+
+/// The first path present (and not null) in `given` but absent from `known`.
+fn unknown_path(given: &Value, known: &Value, prefix: String) -> Option<String> {
+    match (given, known) {
+        (Value::Object(g), Value::Object(k)) => g.iter().find_map(|(key, gv)| {
+            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            match k.get(key) {
+                None if !gv.is_null() => Some(path),
+                None => None,
+                Some(kv) => unknown_path(gv, kv, path),
+            }
+        }),
+        (Value::Array(g), Value::Array(k)) => {
+            g.iter().zip(k.iter()).enumerate().find_map(|(i, (gv, kv))| unknown_path(gv, kv, format!("{prefix}[{i}]")))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_nested_fields_are_named() {
+        let v = json!({"prompt": "x", "llmSettings": {"model": "m", "tmperature": 1}});
+        let e = strict::<events::crd::AgenticSessionSpec>(&v).err().unwrap();
+        assert!(matches!(e, ApiError::BadRequest { field: Some(ref f), .. } if f == "llmSettings.tmperature"), "{e:?}");
+        let ok = json!({"prompt": "x", "timeout": 60, "environmentVariables": {"A": "b"}, "displayName": null});
+        assert!(strict::<events::crd::AgenticSessionSpec>(&ok).is_ok());
+        let repos = json!({"prompt": "x", "repos": [{"input": {"url": "u", "brnch": "b"}}]});
+        let e = strict::<events::crd::AgenticSessionSpec>(&repos).err().unwrap();
+        assert!(matches!(e, ApiError::BadRequest { field: Some(ref f), .. } if f == "repos[0].input.brnch"), "{e:?}");
+    }
+
+    #[test]
+    fn server_owned_fields_are_refused() {
+        let e = refuse_server_owned(&json!({"status": {}}), &["userContext", "status"]).err().unwrap();
+        assert!(matches!(e, ApiError::BadRequest { field: Some(ref f), .. } if f == "status"));
+    }
+}

@@ -1,0 +1,164 @@
+//! # api — the Ambient control plane's REST api
+//!
+//! Authenticates every caller (TokenReview), authorizes every route (SubjectAccessReview),
+//! validates input strictly, publishes signed commands to JetStream and waits for their results,
+//! serves reads from watch caches and live status over SSE. See `routes` for the route table.
+
+pub mod auth;
+pub mod authz;
+pub mod commands;
+pub mod config;
+pub mod errors;
+pub mod extract;
+pub mod ops;
+pub mod reads;
+pub mod routes;
+pub mod sse;
+pub mod state;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::http::{HeaderName, HeaderValue, Method};
+use events::sealing::SealingPublicKey;
+use events::signing::CommandSigner;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::CorsLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{Authenticator, RateLimiter};
+use crate::authz::Authorizer;
+use crate::commands::{Commands, ensure_bucket};
+use crate::config::Config;
+use crate::reads::{KEY_USAGE_BUCKET, Reads};
+use crate::state::AppState;
+
+/// Builds the kube client from `--kubeconfig`, or in-cluster / the usual discovery.
+pub async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match path {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p).with_context(|| format!("reading {}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The whole HTTP application (routes, OpenAPI, layers) over `state`.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    let (router, doc) = routes::api_router();
+    ops::set_openapi(&doc);
+    let request_id = HeaderName::from_static("x-request-id");
+    let mut router = router
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn(ops::json_errors))
+        .layer(CatchPanicLayer::custom(ops::panic_response))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+    let origins: Vec<HeaderValue> = state.config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    if !origins.is_empty() {
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderName::from_static("idempotency-key"),
+                    HeaderName::from_static("prefer"),
+                    HeaderName::from_static("last-event-id"),
+                ]),
+        );
+    }
+    router.with_state(state)
+}
+
+/// Health and metrics only, for `--health-addr`.
+pub fn health_app(state: Arc<AppState>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .with_state(state)
+}
+
+/// Runs the api until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let prometheus = telemetry::init_metrics();
+    let pem = std::fs::read_to_string(&config.signing_key_file)
+        .with_context(|| format!("reading {}", config.signing_key_file.display()))?;
+    let signer = CommandSigner::from_pem(&pem).context("command signing key")?;
+    let reconciler_key =
+        SealingPublicKey::from_base64(&config.reconciler_sealing_public_key).context("--reconciler-sealing-public-key")?;
+    let kube = kube_client(config.kubeconfig.as_deref()).await?;
+    let nats = async_nats::ConnectOptions::new()
+        .name("ambient-api")
+        .connection_timeout(Duration::from_secs(10))
+        .event_callback(|ev| async move { tracing::info!(event = %ev, "nats connection event") })
+        .connect(config.nats_url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+    let mut js = async_nats::jetstream::new(nats.clone());
+    js.set_timeout(Duration::from_secs(5));
+    let bus = events::streams::BusConfig { partitions: config.partitions, ..Default::default() };
+    let report = events::streams::bootstrap_streams(&js, &bus).await.context("bootstrapping streams")?;
+    tracing::info!(created = ?report.created, updated = ?report.updated, "streams ready");
+    let key_usage = ensure_bucket(&js, KEY_USAGE_BUCKET, Duration::from_secs(400 * 24 * 3600)).await?;
+    let shutdown = CancellationToken::new();
+    let reads = Reads::start(kube.clone(), Some(key_usage), shutdown.clone());
+    let commands = Commands::new(nats, js, signer, config.result_timeout).await?;
+    let state = Arc::new(AppState {
+        auth: Authenticator::new(kube.clone(), config.token_cache_ttl),
+        authz: Authorizer::new(kube.clone(), config.authz_cache_ttl),
+        limiter: RateLimiter::new(config.rate_limit_rps, config.rate_limit_burst),
+        kube,
+        reads,
+        commands,
+        reconciler_key,
+        prometheus,
+        shutdown: shutdown.clone(),
+        config: config.clone(),
+    });
+    let health = tokio::net::TcpListener::bind(config.health_addr).await.with_context(|| format!("binding {}", config.health_addr))?;
+    let main = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    if !state.reads.wait_ready().await {
+        anyhow::bail!("watch caches did not fill within 60 s (RBAC of the api's ServiceAccount?)");
+    }
+    tracing::info!(listen = %config.listen, health = %config.health_addr, "api serving");
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    let h = axum::serve(health, health_app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let m = axum::serve(main, app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (a, b) = tokio::join!(h.into_future(), m.into_future());
+    a?;
+    b?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,109 @@
+//! Operations: health, readiness, metrics, the OpenAPI document, and the layers every response
+//! goes through (JSON errors, request ids, metrics, panics).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::errors::json_error;
+use crate::state::AppState;
+
+/// The shape of every error body.
+#[derive(utoipa::ToSchema, serde::Serialize)]
+pub struct ErrorBody {
+    /// A human sentence.
+    pub error: String,
+}
+
+static OPENAPI: OnceLock<String> = OnceLock::new();
+
+/// Stores the rendered OpenAPI document.
+pub fn set_openapi(doc: &utoipa::openapi::OpenApi) {
+    let _ = OPENAPI.set(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()));
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "running")))]
+pub async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+/// Readiness: NATS connected, the API server reachable and the watch caches filled.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
+pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    let nats = st.commands.connected();
+    let apiserver = tokio::time::timeout(Duration::from_secs(2), st.kube.apiserver_version()).await.is_ok_and(|r| r.is_ok());
+    let caches = st.reads.ready();
+    let ok = nats && apiserver && caches;
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut body = json!({"nats": nats, "apiserver": apiserver, "caches": caches});
+    if !ok {
+        body["error"] = json!("not ready");
+    }
+    (code, axum::Json(body)).into_response()
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let text = st.prometheus.as_ref().map(|h| h.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi_json() -> Response {
+    let doc = OPENAPI.get().cloned().unwrap_or_else(|| "{}".into());
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
+}
+
+/// Unknown route.
+pub async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// Wrong method.
+pub async fn method_not_allowed() -> Response {
+    json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+}
+
+/// A panic becomes a 500 JSON answer (and is logged).
+pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<String> {
+    tracing::error!("handler panicked");
+    let mut r = Response::new(json!({"error": "internal error"}).to_string());
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Counts and times requests, and turns every non-JSON error (extractor rejections, axum's own
+/// answers) into a JSON error body.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    metrics::counter!("ambient_api_requests_total", "method" => method, "status" => status.as_u16().to_string()).increment(1);
+    metrics::histogram!("ambient_api_request_seconds").record(start.elapsed().as_secs_f64());
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let (mut parts, body) = resp.into_parts();
+        let detail = axum::body::to_bytes(body, 4096).await.ok().and_then(|b| String::from_utf8(b.to_vec()).ok()).unwrap_or_default();
+        let msg = if detail.trim().is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { detail };
+        let body = json!({"error": msg}).to_string();
+        parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from(body));
+    }
+    resp
+}

@@ -1,0 +1,282 @@
+//! Reads: watch caches (kube-runtime reflectors) of the managed namespaces, sessions, permission
+//! and access-key RoleBindings, access-key ServiceAccounts and ProjectSettings; reads are served
+//! from them (fast at 1 000 projects), and a synchronous write waits until its resourceVersion
+//! is visible here so that the caller's next read sees it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use chrono::{DateTime, Utc};
+use events::crd::{AgenticSession, ProjectSettings};
+use events::{Principal, Role};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Resource, ResourceExt as _};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// Label of a managed namespace.
+pub const MANAGED_LABEL: &str = "ambient-code.io/managed";
+/// `app` label of permission RoleBindings.
+pub const PERMISSION_APP: &str = "ambient-permission";
+/// `app` label of access-key ServiceAccounts and RoleBindings.
+pub const ACCESS_KEY_APP: &str = "ambient-access-key";
+/// KV bucket of access-key last-use times (`<project>.<keyId>` → RFC 3339).
+pub const KEY_USAGE_BUCKET: &str = "ambient-api-key-usage";
+
+/// The watch caches.
+pub struct Reads {
+    /// Managed namespaces (projects).
+    pub namespaces: Store<Namespace>,
+    /// Sessions of every namespace.
+    pub sessions: Store<AgenticSession>,
+    /// Permission and access-key RoleBindings.
+    pub rolebindings: Store<RoleBinding>,
+    /// Access-key ServiceAccounts.
+    pub serviceaccounts: Store<ServiceAccount>,
+    /// ProjectSettings.
+    pub settings: Store<ProjectSettings>,
+    key_usage: Option<kv::Store>,
+    ready: std::sync::atomic::AtomicBool,
+    last_noted: Mutex<HashMap<String, Instant>>,
+}
+
+fn spawn_reflector<K>(api: Api<K>, cfg: watcher::Config, shutdown: CancellationToken) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, cfg).default_backoff().reflect(writer).touched_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream.take_until(shutdown.cancelled_owned()));
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, kind = %K::kind(&()), "watch error; retrying");
+            }
+        }
+    });
+    store
+}
+
+impl Reads {
+    /// Starts every reflector.
+    pub fn start(client: kube::Client, key_usage: Option<kv::Store>, shutdown: CancellationToken) -> Self {
+        let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true"));
+        let rbs = watcher::Config::default().labels(&format!("app in ({PERMISSION_APP},{ACCESS_KEY_APP})"));
+        let sas = watcher::Config::default().labels(&format!("app={ACCESS_KEY_APP}"));
+        Self {
+            namespaces: spawn_reflector(Api::all(client.clone()), managed, shutdown.clone()),
+            sessions: spawn_reflector(Api::all(client.clone()), watcher::Config::default(), shutdown.clone()),
+            rolebindings: spawn_reflector(Api::all(client.clone()), rbs, shutdown.clone()),
+            serviceaccounts: spawn_reflector(Api::all(client.clone()), sas, shutdown.clone()),
+            settings: spawn_reflector(Api::all(client), watcher::Config::default(), shutdown),
+            key_usage,
+            ready: std::sync::atomic::AtomicBool::new(false),
+            last_noted: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits until every cache has its first full list.
+    pub async fn wait_ready(&self) -> bool {
+        let all = async {
+            let _ = self.namespaces.wait_until_ready().await;
+            let _ = self.sessions.wait_until_ready().await;
+            let _ = self.rolebindings.wait_until_ready().await;
+            let _ = self.serviceaccounts.wait_until_ready().await;
+            let _ = self.settings.wait_until_ready().await;
+        };
+        let ok = tokio::time::timeout(Duration::from_secs(60), all).await.is_ok();
+        self.ready.store(ok, std::sync::atomic::Ordering::Relaxed);
+        ok
+    }
+
+    /// Whether every cache has been filled once.
+    pub fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The managed namespace `name`, if it exists.
+    pub fn project(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.namespaces.get(&reflector::ObjectRef::new(name))
+    }
+
+    /// Every managed namespace.
+    pub fn projects(&self) -> Vec<Arc<Namespace>> {
+        self.namespaces.state()
+    }
+
+    /// The session `ns/name`.
+    pub fn session(&self, ns: &str, name: &str) -> Option<Arc<AgenticSession>> {
+        self.sessions.get(&reflector::ObjectRef::new(name).within(ns))
+    }
+
+    /// Sessions of `ns`, sorted by name.
+    pub fn sessions_of(&self, ns: &str) -> Vec<Arc<AgenticSession>> {
+        let mut v: Vec<_> =
+            self.sessions.state().into_iter().filter(|s| s.namespace().as_deref() == Some(ns)).collect();
+        v.sort_by_key(|s| s.name_any());
+        v
+    }
+
+    /// The ProjectSettings of `ns`.
+    pub fn settings_of(&self, ns: &str) -> Option<Arc<ProjectSettings>> {
+        self.settings.get(&reflector::ObjectRef::new(events::crd::PROJECT_SETTINGS_NAME).within(ns))
+    }
+
+    /// The permission grants of `ns`, from RoleBindings labelled `app=ambient-permission`
+    /// (subjects and the ClusterRole are authoritative, not annotations), de-duplicated.
+    pub fn permissions_of(&self, ns: &str) -> Vec<Value> {
+        let mut seen = BTreeSet::new();
+        for rb in self.rolebindings.state() {
+            if rb.namespace().as_deref() != Some(ns) || rb.labels().get("app").map(String::as_str) != Some(PERMISSION_APP) {
+                continue;
+            }
+            let Some(role) = Role::from_cluster_role(&rb.role_ref.name) else { continue };
+            for s in rb.subjects.iter().flatten() {
+                let ty = match s.kind.as_str() {
+                    "User" => "user",
+                    "Group" => "group",
+                    _ => continue,
+                };
+                seen.insert((ty.to_string(), s.name.clone(), role));
+            }
+        }
+        seen.into_iter()
+            .map(|(ty, name, role)| json!({"subjectType": ty, "subjectName": name, "role": role.as_str()}))
+            .collect()
+    }
+
+    /// The access keys of `ns`: `{id, name, createdAt, lastUsedAt, description, role}`.
+    pub async fn keys_of(&self, ns: &str) -> Vec<Value> {
+        let mut sas: Vec<_> = self
+            .serviceaccounts
+            .state()
+            .into_iter()
+            .filter(|s| s.namespace().as_deref() == Some(ns))
+            .collect();
+        sas.sort_by_key(|s| s.name_any());
+        let rbs = self.rolebindings.state();
+        let mut out = Vec::with_capacity(sas.len());
+        for sa in sas {
+            let id = sa.name_any();
+            let ann = sa.annotations();
+            let role = rbs
+                .iter()
+                .filter(|rb| rb.namespace().as_deref() == Some(ns))
+                .filter(|rb| {
+                    rb.subjects.iter().flatten().any(|s| s.kind == "ServiceAccount" && s.name == id)
+                })
+                .find_map(|rb| Role::from_cluster_role(&rb.role_ref.name))
+                .or_else(|| ann.get("ambient-code.io/role").and_then(|r| Role::parse(r)));
+            let last_used = self.last_used(ns, &id).await;
+            out.push(json!({
+                "id": id,
+                "name": ann.get("ambient-code.io/key-name").cloned().unwrap_or_else(|| id.clone()),
+                "createdAt": sa.creation_timestamp().map(|t| t.0.to_string()).unwrap_or_default(),
+                "lastUsedAt": last_used.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                "description": ann.get("ambient-code.io/description").cloned().unwrap_or_default(),
+                "role": role.map(|r| r.as_str()).unwrap_or(""),
+            }));
+        }
+        out
+    }
+
+    async fn last_used(&self, ns: &str, id: &str) -> Option<DateTime<Utc>> {
+        let kv = self.key_usage.as_ref()?;
+        let v = kv.get(format!("{ns}.{id}")).await.ok().flatten()?;
+        DateTime::parse_from_rfc3339(std::str::from_utf8(&v).ok()?).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    /// Records that an access key authenticated a request (at most one write per key per
+    /// minute). The api writes no tenant state: this goes to its own KV bucket.
+    pub async fn note_key_use(&self, who: &Principal) {
+        let Some((ns, name)) = who.service_account() else { return };
+        let Some(kv) = &self.key_usage else { return };
+        if self.serviceaccounts.get(&reflector::ObjectRef::new(name).within(ns)).is_none() {
+            return;
+        }
+        let key = format!("{ns}.{name}");
+        {
+            let Ok(mut m) = self.last_noted.lock() else { return };
+            if m.get(&key).is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                return;
+            }
+            if m.len() > 100_000 {
+                m.clear();
+            }
+            m.insert(key.clone(), Instant::now());
+        }
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        if let Err(e) = kv.put(key, now.into_bytes().into()).await {
+            tracing::warn!(error = %e, "recording access key use failed");
+        }
+    }
+}
+
+/// Whether `have` is at or after `want` (etcd resourceVersions are integers in practice; when
+/// either is not, only equality counts).
+pub fn rv_at_least(have: Option<&str>, want: &str) -> bool {
+    match (have.and_then(|h| h.parse::<u64>().ok()), want.parse::<u64>().ok()) {
+        (Some(h), Some(w)) => h >= w,
+        _ => have == Some(want),
+    }
+}
+
+/// Polls until `ready()` holds or `timeout` passes.
+pub async fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A namespace as the UI's AmbientProject:
+/// `{name, displayName, description, labels, annotations, creationTimestamp, status}`.
+pub fn project_json(ns: &Namespace) -> Value {
+    let ann = ns.annotations();
+    json!({
+        "name": ns.name_any(),
+        "displayName": ann.get("openshift.io/display-name").cloned().unwrap_or_else(|| ns.name_any()),
+        "description": ann.get("openshift.io/description").cloned().unwrap_or_default(),
+        "labels": ns.labels(),
+        "annotations": ann,
+        "creationTimestamp": ns.creation_timestamp().map(|t| t.0.to_string()).unwrap_or_default(),
+        "status": ns.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Active".into()),
+    })
+}
+
+/// A session as the full `{apiVersion, kind, metadata, spec, status}` object (managedFields
+/// dropped: noise to the UI).
+pub fn session_json(s: &AgenticSession) -> Value {
+    let mut s = s.clone();
+    s.metadata.managed_fields = None;
+    let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("apiVersion".into(), Value::String(events::crd::API_VERSION.into()));
+        m.insert("kind".into(), Value::String("AgenticSession".into()));
+        m.entry("status").or_insert_with(|| json!({}));
+    }
+    v
+}
+
+/// Annotation/label maps for tests of shapes.
+pub type Labels = BTreeMap<String, String>;
+
+impl Reads {
+    /// Whether the access key `id` of `ns` is in the cache.
+    pub fn keys_of_sync(&self, ns: &str, id: &str) -> bool {
+        self.serviceaccounts.get(&reflector::ObjectRef::new(id).within(ns)).is_some()
+    }
+}

@@ -1,0 +1,229 @@
+//! Permissions, the group view of them, and access keys.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use events::commands::{KeyCreate, KeyRevoke, PermissionGrant, PermissionRevoke};
+use events::sealing::SealingSecretKey;
+use events::{CommandBody, KeyName, ProjectName, Role, SubjectName, SubjectType};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::authz::{RBAC, check};
+use crate::errors::ApiError;
+use crate::extract::{JsonBody, strict};
+use crate::reads::wait_until;
+use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
+
+fn role(field: &str, r: &str) -> Result<Role, ApiError> {
+    Role::parse(r).ok_or_else(|| ApiError::bad_field(field, format!("{field} must be admin, edit or view")))
+}
+
+fn subject_type(field: &str, t: &str) -> Result<SubjectType, ApiError> {
+    SubjectType::parse(t).ok_or_else(|| ApiError::bad_field(field, format!("{field} must be user or group")))
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GrantRequest {
+    subject_type: String,
+    subject_name: String,
+    role: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GroupRequest {
+    group_name: String,
+    role: String,
+}
+
+async fn list_guard(st: &AppState, caller: &Caller, p: &str) -> Result<(), ApiError> {
+    st.visible_project(caller, p).await?;
+    st.require(caller, &[check(p, "list", RBAC, "rolebindings", None)]).await
+}
+
+fn has_grant(st: &AppState, p: &str, ty: SubjectType, name: &str, role: Option<Role>) -> bool {
+    st.reads.permissions_of(p).iter().any(|g| {
+        g["subjectType"] == ty.as_str() && g["subjectName"] == name && role.is_none_or(|r| g["role"] == r.as_str())
+    })
+}
+
+async fn grant(st: &AppState, caller: &Caller, project: ProjectName, ty: SubjectType, name: SubjectName, role: Role, headers: &HeaderMap, message: &str) -> Result<Response, ApiError> {
+    let p = project.to_string();
+    let body = CommandBody::PermissionGrant(PermissionGrant { subject_type: ty, subject_name: name.clone(), role });
+    match st.mutate(caller, project, body, headers, None).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { .. } => {
+            wait_until(READ_YOUR_WRITES, || has_grant(st, &p, ty, name.as_str(), Some(role))).await;
+            Ok((StatusCode::CREATED, axum::Json(json!({"message": message}))).into_response())
+        }
+    }
+}
+
+async fn revoke(st: &AppState, caller: &Caller, project: ProjectName, ty: SubjectType, name: SubjectName, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let p = project.to_string();
+    let body = CommandBody::PermissionRevoke(PermissionRevoke { subject_type: ty, subject_name: name.clone() });
+    match st.mutate(caller, project, body, headers, None).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { .. } => {
+            wait_until(READ_YOUR_WRITES, || !has_grant(st, &p, ty, name.as_str(), None)).await;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+    }
+}
+
+/// User and group grants: `{items: [{subjectType, subjectName, role}]}`.
+#[utoipa::path(get, path = "/api/projects/{project}/permissions", tag = "permissions", params(("project" = String, Path)),
+    responses((status = 200, description = "`{items: [{subjectType, subjectName, role}]}`"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+pub async fn list_permissions(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+    list_guard(&st, &caller, &p).await?;
+    Ok(axum::Json(json!({"items": st.reads.permissions_of(&p)})).into_response())
+}
+
+/// Grants a role to a user or group.
+#[utoipa::path(post, path = "/api/projects/{project}/permissions", tag = "permissions", params(("project" = String, Path)),
+    request_body(content = Object, description = "`{subjectType: user|group, subjectName, role: admin|edit|view}`"),
+    responses((status = 201, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+        (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 409, description = "conflict")))]
+pub async fn add_permission(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    let req: GrantRequest = strict(&v)?;
+    let ty = subject_type("subjectType", &req.subject_type)?;
+    let name = SubjectName::new(req.subject_name).map_err(|e| ApiError::from(e.at("subjectName")))?;
+    let role = role("role", &req.role)?;
+    grant(&st, &caller, project, ty, name, role, &headers, "permission added").await
+}
+
+/// Revokes every grant of a user or group.
+#[utoipa::path(delete, path = "/api/projects/{project}/permissions/{subjectType}/{subjectName}", tag = "permissions",
+    params(("project" = String, Path), ("subjectType" = String, Path), ("subjectName" = String, Path)),
+    responses((status = 204, description = "revoked"), (status = 202, description = "accepted"), (status = 400, description = "invalid subject"),
+        (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+pub async fn delete_permission(State(st): State<Arc<AppState>>, caller: Caller, Path((p, t, n)): Path<(String, String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    let ty = subject_type("subjectType", &t)?;
+    let name = SubjectName::new(n).map_err(|e| ApiError::from(e.at("subjectName")))?;
+    revoke(&st, &caller, project, ty, name, &headers).await
+}
+
+/// Group grants: `{items: [{groupName, role}]}`.
+#[utoipa::path(get, path = "/api/projects/{project}/groups", tag = "permissions", params(("project" = String, Path)),
+    responses((status = 200, description = "`{items: [{groupName, role}]}`"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+pub async fn list_groups(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+    list_guard(&st, &caller, &p).await?;
+    let items: Vec<Value> = st
+        .reads
+        .permissions_of(&p)
+        .into_iter()
+        .filter(|g| g["subjectType"] == "group")
+        .map(|g| json!({"groupName": g["subjectName"], "role": g["role"]}))
+        .collect();
+    Ok(axum::Json(json!({"items": items})).into_response())
+}
+
+/// Grants a role to a group.
+#[utoipa::path(post, path = "/api/projects/{project}/groups", tag = "permissions", params(("project" = String, Path)),
+    request_body(content = Object, description = "`{groupName, role}`"),
+    responses((status = 201, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+        (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+pub async fn add_group(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    let req: GroupRequest = strict(&v)?;
+    let name = SubjectName::new(req.group_name).map_err(|e| ApiError::from(e.at("groupName")))?;
+    let role = role("role", &req.role)?;
+    grant(&st, &caller, project, SubjectType::Group, name, role, &headers, "group access added").await
+}
+
+/// Revokes a group's access.
+#[utoipa::path(delete, path = "/api/projects/{project}/groups/{group}", tag = "permissions",
+    params(("project" = String, Path), ("group" = String, Path)),
+    responses((status = 204, description = "revoked"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+pub async fn delete_group(State(st): State<Arc<AppState>>, caller: Caller, Path((p, g)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    let name = SubjectName::new(g).map_err(|e| ApiError::from(e.at("group")))?;
+    revoke(&st, &caller, project, SubjectType::Group, name, &headers).await
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KeyRequest {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expiration_seconds: Option<i64>,
+}
+
+/// Access keys: `{items: [{id, name, createdAt, lastUsedAt, description, role}]}`.
+#[utoipa::path(get, path = "/api/projects/{project}/keys", tag = "keys", params(("project" = String, Path)),
+    responses((status = 200, description = "`{items: [{id, name, createdAt, lastUsedAt, description, role}]}`"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+pub async fn list_keys(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+    st.visible_project(&caller, &p).await?;
+    st.require(&caller, &[check(&p, "list", "", "serviceaccounts", None)]).await?;
+    Ok(axum::Json(json!({"items": st.reads.keys_of(&p).await})).into_response())
+}
+
+/// Creates an access key; the token is in this 201 body and nowhere else, ever.
+#[utoipa::path(post, path = "/api/projects/{project}/keys", tag = "keys", params(("project" = String, Path)),
+    request_body(content = Object, description = "`{name, description?, role? (default edit), expirationSeconds?}`"),
+    responses((status = 201, description = "`{id, name, key, description, role, lastUsedAt}`"), (status = 202, description = "accepted; the token is returned once by GET /api/commands/{id}"),
+        (status = 400, description = "invalid body"), (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 409, description = "exists")))]
+pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    let req: KeyRequest = strict(&v)?;
+    let name = KeyName::new(req.name).map_err(|e| ApiError::from(e.at("name")))?;
+    let role = match &req.role {
+        Some(r) => role("role", r)?,
+        None => Role::Edit,
+    };
+    if req.description.as_ref().is_some_and(|d| d.chars().count() > 500) {
+        return Err(ApiError::invalid("description", "description must be at most 500 characters"));
+    }
+    if req.expiration_seconds.is_some_and(|s| !(600..=10 * 365 * 24 * 3600).contains(&s)) {
+        return Err(ApiError::invalid("expirationSeconds", "expirationSeconds must be between 600 and 315360000"));
+    }
+    let reply = SealingSecretKey::generate();
+    let body = CommandBody::KeyCreate(KeyCreate {
+        name: name.clone(),
+        description: req.description.clone(),
+        role,
+        expiration_seconds: req.expiration_seconds,
+        reply_key: reply.public_key(),
+    });
+    match st.mutate(&caller, project, body, &headers, Some(reply)).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { resource, token, replayed } => {
+            let id = resource.name.clone();
+            wait_until(READ_YOUR_WRITES, || st.reads.keys_of_sync(&p, &id)).await;
+            let mut body = json!({"id": id, "name": name.as_str(), "description": req.description.unwrap_or_default(),
+                "role": role.as_str(), "lastUsedAt": ""});
+            match token {
+                Some(t) => body["key"] = Value::String(t),
+                None if replayed => body["message"] = json!("the key was created by an earlier request with this Idempotency-Key; its token was shown only then"),
+                None => return Err(ApiError::Internal("the key was created but its token could not be opened".into())),
+            }
+            Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+        }
+    }
+}
+
+/// Revokes an access key (its tokens stop working).
+#[utoipa::path(delete, path = "/api/projects/{project}/keys/{keyId}", tag = "keys", params(("project" = String, Path), ("keyId" = String, Path)),
+    responses((status = 204, description = "revoked"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found")))]
+pub async fn delete_key(State(st): State<Arc<AppState>>, caller: Caller, Path((p, k)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    events::names::check_dns1123_label("keyId", &k, 63).map_err(|_| ApiError::NotFound("key not found".into()))?;
+    match st.mutate(&caller, project, CommandBody::KeyRevoke(KeyRevoke { key_id: k.clone() }), &headers, None).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { .. } => {
+            wait_until(READ_YOUR_WRITES, || !st.reads.keys_of_sync(&p, &k)).await;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+    }
+}

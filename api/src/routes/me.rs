@@ -1,0 +1,49 @@
+//! `GET /api/me` and `GET /api/commands/{id}`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use events::ProjectName;
+use events::results::Outcome;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::commands::result_json;
+use crate::errors::ApiError;
+use crate::state::AppState;
+
+/// The identity and groups the server resolved from the token.
+#[utoipa::path(get, path = "/api/me", tag = "identity",
+    responses((status = 200, description = "`{authenticated, userId, username, uid, groups}`"), (status = 401, description = "no or invalid token")))]
+pub async fn me(caller: Caller) -> Response {
+    let p = caller.principal;
+    axum::Json(json!({"authenticated": true, "userId": p.user, "username": p.user, "displayName": p.user, "uid": p.uid, "groups": p.groups}))
+        .into_response()
+}
+
+/// A command's state (`pending`, `succeeded`, `failed`) and result, for its submitter only.
+#[utoipa::path(get, path = "/api/commands/{id}", tag = "commands", params(("id" = String, Path)),
+    responses((status = 200, description = "`{id, type, project, state, result?, key?}`"), (status = 404, description = "command not found (or not the caller's)")))]
+pub async fn get_command(State(st): State<Arc<AppState>>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound("command not found".into());
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let record = st.commands.record(id).await?.ok_or_else(not_found)?;
+    if record.submitter != caller.principal.user {
+        return Err(not_found());
+    }
+    let project = ProjectName::new(record.project.clone()).map_err(|_| not_found())?;
+    let mut body = json!({"id": id.to_string(), "type": record.ty, "project": record.project, "state": "pending"});
+    if let Some(result) = st.commands.stored_result(&project, id).await? {
+        body["state"] = json!(match result.outcome {
+            Outcome::Succeeded { .. } => "succeeded",
+            Outcome::Failed { .. } => "failed",
+        });
+        if let Some(token) = st.commands.take_parked_token(id, &result) {
+            body["key"] = json!(token);
+        }
+        body["result"] = result_json(&result);
+    }
+    Ok(axum::Json(body).into_response())
+}

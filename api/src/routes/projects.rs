@@ -1,0 +1,169 @@
+//! `/api/projects`, `/api/projects/{project}` and `/api/projects/{project}/access`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use events::commands::{Empty, ProjectCreate, ProjectUpdate};
+use events::{CommandBody, ProjectName};
+use futures::StreamExt as _;
+use kube::ResourceExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::auth::Caller;
+use crate::authz::{RBAC, check, project_visible};
+use crate::errors::ApiError;
+use crate::extract::{JsonBody, strict};
+use crate::reads::{project_json, rv_at_least, wait_until};
+use crate::routes::{Page, paginate};
+use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateProject {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpdateProject {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+}
+
+fn check_display(display_name: &Option<String>, description: &Option<String>) -> Result<(), ApiError> {
+    if display_name.as_ref().is_some_and(|d| d.chars().count() > 100) {
+        return Err(ApiError::invalid("displayName", "displayName must be at most 100 characters"));
+    }
+    if description.as_ref().is_some_and(|d| d.chars().count() > 2000) {
+        return Err(ApiError::invalid("description", "description must be at most 2000 characters"));
+    }
+    Ok(())
+}
+
+/// Projects the caller may see (and only those).
+#[utoipa::path(get, path = "/api/projects", tag = "projects", params(Page),
+    responses((status = 200, description = "`{items: [AmbientProject]}`"), (status = 401, description = "no or invalid token")))]
+pub async fn list_projects(State(st): State<Arc<AppState>>, caller: Caller, Query(page): Query<Page>) -> Result<Response, ApiError> {
+    let all = st.reads.projects();
+    // One SAR per managed namespace, concurrently, each cached briefly per identity.
+    let checks = futures::stream::iter(all.into_iter().map(|ns| {
+        let st = st.clone();
+        let who = caller.principal.clone();
+        async move {
+            let name = ns.name_any();
+            let ok = st.authz.allowed(&who, &project_visible(&name)).await;
+            (ns, ok)
+        }
+    }))
+    .buffer_unordered(64)
+    .collect::<Vec<_>>()
+    .await;
+    let mut visible = Vec::new();
+    for (ns, ok) in checks {
+        if ok? {
+            visible.push(ns);
+        }
+    }
+    visible.sort_by_key(|n| n.name_any());
+    let items: Vec<_> = visible.iter().map(|n| project_json(n)).collect();
+    Ok(axum::Json(paginate(items, &page)?).into_response())
+}
+
+/// Creates a project: namespace, labels, the creator's admin RoleBinding and ProjectSettings.
+#[utoipa::path(post, path = "/api/projects", tag = "projects", request_body(content = Object, description = "`{name, displayName?, description?}`"),
+    responses((status = 201, description = "AmbientProject"), (status = 202, description = "accepted; see Location"),
+        (status = 400, description = "invalid body"), (status = 403, description = "not a self-provisioner"), (status = 409, description = "exists")))]
+pub async fn create_project(State(st): State<Arc<AppState>>, caller: Caller, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+    let req: CreateProject = strict(&v)?;
+    let name = ProjectName::new(req.name.clone()).map_err(|e| ApiError::from(e.at("name")))?;
+    check_display(&req.display_name, &req.description)?;
+    let body = CommandBody::ProjectCreate(ProjectCreate { display_name: req.display_name.clone(), description: req.description.clone() });
+    match st.mutate(&caller, name.clone(), body, &headers, None).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { .. } => {
+            wait_until(READ_YOUR_WRITES, || st.reads.project(name.as_str()).is_some()).await;
+            let body = match st.reads.project(name.as_str()) {
+                Some(ns) => project_json(&ns),
+                None => json!({"name": name.as_str(), "displayName": req.display_name.unwrap_or_else(|| name.to_string()),
+                    "description": req.description.unwrap_or_default(), "labels": {}, "annotations": {}, "creationTimestamp": "", "status": "Active"}),
+            };
+            Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+        }
+    }
+}
+
+/// One project.
+#[utoipa::path(get, path = "/api/projects/{project}", tag = "projects", params(("project" = String, Path)),
+    responses((status = 200, description = "AmbientProject"), (status = 404, description = "project not found (or not visible)")))]
+pub async fn get_project(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+    st.visible_project(&caller, &p).await?;
+    let ns = st.reads.project(&p).ok_or_else(ApiError::project_not_found)?;
+    Ok(axum::Json(project_json(&ns)).into_response())
+}
+
+/// Updates the display fields.
+#[utoipa::path(put, path = "/api/projects/{project}", tag = "projects", params(("project" = String, Path)),
+    request_body(content = Object, description = "`{name?, displayName?, description?}`"),
+    responses((status = 200, description = "AmbientProject"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+        (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+pub async fn update_project(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    let req: UpdateProject = strict(&v)?;
+    if req.name.as_ref().is_some_and(|n| n != &p) {
+        return Err(ApiError::bad_field("name", "name cannot be changed"));
+    }
+    check_display(&req.display_name, &req.description)?;
+    let body = CommandBody::ProjectUpdate(ProjectUpdate { display_name: req.display_name, description: req.description });
+    match st.mutate(&caller, project, body, &headers, None).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { resource, .. } => {
+            if let Some(rv) = &resource.resource_version {
+                wait_until(READ_YOUR_WRITES, || {
+                    st.reads.project(&p).is_some_and(|n| rv_at_least(n.metadata.resource_version.as_deref(), rv))
+                })
+                .await;
+            }
+            let ns = st.reads.project(&p).ok_or_else(ApiError::project_not_found)?;
+            Ok(axum::Json(project_json(&ns)).into_response())
+        }
+    }
+}
+
+/// Deletes the project and everything in it.
+#[utoipa::path(delete, path = "/api/projects/{project}", tag = "projects", params(("project" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+pub async fn delete_project(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    match st.mutate(&caller, project, CommandBody::ProjectDelete(Empty {}), &headers, None).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// The caller's role in the project: `{project, allowed, reason, userRole}`.
+#[utoipa::path(get, path = "/api/projects/{project}/access", tag = "projects", params(("project" = String, Path)),
+    responses((status = 200, description = "`{project, allowed, reason, userRole}`"), (status = 404, description = "project not found")))]
+pub async fn project_access(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+    st.visible_project(&caller, &p).await?;
+    let admin = st.authz.allowed(&caller.principal, &check(&p, "create", RBAC, "rolebindings", None)).await?;
+    let role = if admin {
+        "admin"
+    } else if st.authz.allowed(&caller.principal, &check(&p, "create", events::crd::GROUP, "agenticsessions", None)).await? {
+        "edit"
+    } else {
+        "view"
+    };
+    let reason = if admin { "caller may manage the project" } else { "caller may not manage permissions in the project" };
+    Ok(axum::Json(json!({"project": p, "allowed": admin, "reason": reason, "userRole": role})).into_response())
+}

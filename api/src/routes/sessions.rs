@@ -1,0 +1,321 @@
+//! `/api/projects/{project}/agentic-sessions…`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use events::commands::{RunnerStatus, SessionClone, SessionCreate, SessionDisplayName, SessionPatch, SessionRef, SessionStatusReport, SessionUpdate};
+use events::crd::{AgenticSessionSpec, GROUP, LlmSettings};
+use events::{CommandBody, ProjectName, SessionName};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::authz::check;
+use crate::errors::ApiError;
+use crate::extract::{JsonBody, refuse_server_owned, strict};
+use crate::reads::{rv_at_least, session_json, wait_until};
+use crate::routes::{Page, paginate};
+use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
+
+const SERVER_OWNED: &[&str] = &["userContext", "status", "metadata", "apiVersion", "kind"];
+
+fn session_name(s: &str) -> Result<SessionName, ApiError> {
+    SessionName::new(s).map_err(|_| ApiError::NotFound("session not found".into()))
+}
+
+fn check_llm(l: &Option<LlmSettings>, prefix: &str) -> Result<(), ApiError> {
+    if let Some(l) = l {
+        if l.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err(ApiError::invalid(format!("{prefix}llmSettings.temperature"), "temperature must be between 0 and 2"));
+        }
+        if l.max_tokens.is_some_and(|t| !(1..=1_000_000).contains(&t)) {
+            return Err(ApiError::invalid(format!("{prefix}llmSettings.maxTokens"), "maxTokens must be between 1 and 1000000"));
+        }
+        if l.model.as_ref().is_some_and(|m| m.len() > 200) {
+            return Err(ApiError::invalid(format!("{prefix}llmSettings.model"), "model must be at most 200 characters"));
+        }
+    }
+    Ok(())
+}
+
+fn check_common(prompt: Option<&str>, display: Option<&str>, timeout: Option<i64>) -> Result<(), ApiError> {
+    if let Some(p) = prompt
+        && (p.trim().is_empty() || p.chars().count() > 100_000)
+    {
+        return Err(ApiError::invalid("prompt", "prompt must be 1 to 100000 characters"));
+    }
+    if display.is_some_and(|d| d.chars().count() > 100) {
+        return Err(ApiError::invalid("displayName", "displayName must be at most 100 characters"));
+    }
+    if timeout.is_some_and(|t| !(30..=86_400).contains(&t)) {
+        return Err(ApiError::invalid("timeout", "timeout must be between 30 and 86400 seconds"));
+    }
+    Ok(())
+}
+
+/// Validates a whole spec (the CRD schema's rules, so that a bad value is a clear 422 here
+/// rather than a failed command).
+pub fn validate_spec(s: &AgenticSessionSpec) -> Result<(), ApiError> {
+    check_common(Some(&s.prompt), s.display_name.as_deref(), Some(s.timeout))?;
+    check_llm(&s.llm_settings, "")?;
+    if s.repos.len() > 20 {
+        return Err(ApiError::invalid("repos", "at most 20 repositories"));
+    }
+    for (i, r) in s.repos.iter().enumerate() {
+        for (which, rr) in [("input", Some(&r.input)), ("output", r.output.as_ref())] {
+            if let Some(rr) = rr {
+                if rr.url.is_empty() || rr.url.len() > 2048 {
+                    return Err(ApiError::invalid(format!("repos[{i}].{which}.url"), "url must be 1 to 2048 characters"));
+                }
+                if rr.branch.as_ref().is_some_and(|b| b.len() > 255) {
+                    return Err(ApiError::invalid(format!("repos[{i}].{which}.branch"), "branch must be at most 255 characters"));
+                }
+            }
+        }
+    }
+    if let Some(i) = s.main_repo_index
+        && (i < 0 || i as usize >= s.repos.len().max(1))
+    {
+        return Err(ApiError::invalid("mainRepoIndex", "mainRepoIndex must index repos"));
+    }
+    if s.environment_variables.len() > 100 {
+        return Err(ApiError::invalid("environmentVariables", "at most 100 environment variables"));
+    }
+    for k in s.environment_variables.keys() {
+        if !is_env_name(k) {
+            return Err(ApiError::invalid(format!("environmentVariables.{k}"), "names must match [A-Za-z_][A-Za-z0-9_]*"));
+        }
+    }
+    if let Some(r) = &s.resource_overrides {
+        for (f, v, max) in [("cpu", &r.cpu, 32), ("memory", &r.memory, 32), ("priorityClass", &r.priority_class, 253)] {
+            if v.as_ref().is_some_and(|v| v.len() > max) {
+                return Err(ApiError::invalid(format!("resourceOverrides.{f}"), format!("{f} must be at most {max} characters")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An environment variable name.
+pub fn is_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 253
+        && k.bytes().enumerate().all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()))
+}
+
+async fn wait_session(st: &AppState, ns: &str, name: &str, rv: Option<&str>) {
+    if let Some(rv) = rv {
+        wait_until(READ_YOUR_WRITES, || st.reads.session(ns, name).is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))).await;
+    }
+}
+
+fn session_or_404(st: &AppState, ns: &str, name: &str) -> Result<Value, ApiError> {
+    st.reads.session(ns, name).map(|s| session_json(&s)).ok_or_else(|| ApiError::NotFound("session not found".into()))
+}
+
+/// Sessions of the project.
+#[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions", tag = "sessions", params(("project" = String, Path), Page),
+    responses((status = 200, description = "`{items: [AgenticSession]}`"), (status = 404, description = "project not found")))]
+pub async fn list_sessions(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, Query(page): Query<Page>) -> Result<Response, ApiError> {
+    st.visible_project(&caller, &p).await?;
+    st.require(&caller, &[check(&p, "list", GROUP, "agenticsessions", None)]).await?;
+    let items: Vec<Value> = st.reads.sessions_of(&p).iter().map(|s| session_json(s)).collect();
+    Ok(axum::Json(paginate(items, &page)?).into_response())
+}
+
+/// Creates a session. `userContext` is set by the server from the caller.
+#[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions", tag = "sessions", params(("project" = String, Path)),
+    request_body(content = Object, description = "`{name?, prompt, displayName?, llmSettings?, timeout?, interactive?, repos?, mainRepoIndex?, environmentVariables?, resourceOverrides?}`"),
+    responses((status = 201, description = "`{message, name, uid}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+        (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 409, description = "exists"), (status = 422, description = "invalid value")))]
+pub async fn create_session(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(mut v): JsonBody) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    refuse_server_owned(&v, SERVER_OWNED)?;
+    let name = match v.as_object_mut().and_then(|m| m.remove("name")) {
+        Some(Value::String(n)) => SessionName::new(n).map_err(|e| ApiError::from(e.at("name")))?,
+        Some(Value::Null) | None => SessionName::new(format!("agentic-session-{}", chrono::Utc::now().timestamp_millis()))?,
+        Some(_) => return Err(ApiError::bad_field("name", "name must be a string")),
+    };
+    let spec: AgenticSessionSpec = strict(&v)?;
+    validate_spec(&spec)?;
+    let body = CommandBody::SessionCreate(SessionCreate { name: name.clone(), spec });
+    match st.mutate(&caller, project, body, &headers, None).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { resource, .. } => {
+            wait_session(&st, &p, name.as_str(), resource.resource_version.as_deref()).await;
+            let uid = st.reads.session(&p, name.as_str()).and_then(|s| s.metadata.uid.clone()).or(resource.uid).unwrap_or_default();
+            Ok((StatusCode::CREATED, axum::Json(json!({"message": "Agentic session created successfully", "name": name.as_str(), "uid": uid}))).into_response())
+        }
+    }
+}
+
+/// One session.
+#[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions/{session}", tag = "sessions",
+    params(("project" = String, Path), ("session" = String, Path)),
+    responses((status = 200, description = "AgenticSession"), (status = 404, description = "project or session not found")))]
+pub async fn get_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>) -> Result<Response, ApiError> {
+    st.visible_project(&caller, &p).await?;
+    let s = session_name(&s)?;
+    st.require(&caller, &[check(&p, "get", GROUP, "agenticsessions", Some(s.as_str()))]).await?;
+    Ok(axum::Json(session_or_404(&st, &p, s.as_str())?).into_response())
+}
+
+/// Updates the spec: `{prompt?, displayName?, timeout?, llmSettings?, interactive?}`.
+#[utoipa::path(put, path = "/api/projects/{project}/agentic-sessions/{session}", tag = "sessions",
+    params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{prompt?, displayName?, timeout?, llmSettings?, interactive?}`"),
+    responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+        (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "conflict"), (status = 422, description = "invalid value")))]
+pub async fn update_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    let s = session_name(&s)?;
+    refuse_server_owned(&v, SERVER_OWNED)?;
+    let patch: SessionPatch = strict(&v)?;
+    check_common(patch.prompt.as_deref(), patch.display_name.as_deref(), patch.timeout)?;
+    check_llm(&patch.llm_settings, "")?;
+    let body = CommandBody::SessionUpdate(SessionUpdate { name: s.clone(), patch });
+    applied_session(&st, &caller, project, &p, s.as_str(), body, &headers, StatusCode::OK).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn applied_session(
+    st: &AppState,
+    caller: &Caller,
+    project: ProjectName,
+    ns: &str,
+    name: &str,
+    body: CommandBody,
+    headers: &HeaderMap,
+    code: StatusCode,
+) -> Result<Response, ApiError> {
+    match st.mutate(caller, project, body, headers, None).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { resource, .. } => {
+            let target_ns = resource.namespace.clone().unwrap_or_else(|| ns.to_string());
+            let target = if resource.kind == "AgenticSession" { resource.name.clone() } else { name.to_string() };
+            wait_session(st, &target_ns, &target, resource.resource_version.as_deref()).await;
+            Ok((code, axum::Json(session_or_404(st, &target_ns, &target)?)).into_response())
+        }
+    }
+}
+
+/// Deletes a session and everything it owns.
+#[utoipa::path(delete, path = "/api/projects/{project}/agentic-sessions/{session}", tag = "sessions",
+    params(("project" = String, Path), ("session" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found")))]
+pub async fn delete_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    let s = session_name(&s)?;
+    match st.mutate(&caller, project, CommandBody::SessionDelete(SessionRef { name: s.clone() }), &headers, None).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { .. } => {
+            wait_until(READ_YOUR_WRITES, || st.reads.session(&p, s.as_str()).is_none_or(|o| o.metadata.deletion_timestamp.is_some())).await;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+    }
+}
+
+/// Runs the session (again, when it had finished).
+#[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions/{session}/start", tag = "sessions",
+    params(("project" = String, Path), ("session" = String, Path)),
+    responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "conflict")))]
+pub async fn start_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    let s = session_name(&s)?;
+    applied_session(&st, &caller, project, &p, s.as_str(), CommandBody::SessionStart(SessionRef { name: s.clone() }), &headers, StatusCode::OK).await
+}
+
+/// Stops a running session.
+#[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions/{session}/stop", tag = "sessions",
+    params(("project" = String, Path), ("session" = String, Path)),
+    responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "conflict")))]
+pub async fn stop_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    let s = session_name(&s)?;
+    applied_session(&st, &caller, project, &p, s.as_str(), CommandBody::SessionStop(SessionRef { name: s.clone() }), &headers, StatusCode::OK).await
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CloneRequest {
+    target_project: String,
+    new_session_name: String,
+}
+
+/// Copies a session, possibly into another project.
+#[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions/{session}/clone", tag = "sessions",
+    params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{targetProject, newSessionName}`"),
+    responses((status = 201, description = "AgenticSession (the copy)"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+        (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "exists")))]
+pub async fn clone_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+    let project = st.visible_project(&caller, &p).await?;
+    let s = session_name(&s)?;
+    let req: CloneRequest = strict(&v)?;
+    let target = ProjectName::new(req.target_project).map_err(|e| ApiError::from(e.at("targetProject")))?;
+    let new_name = SessionName::new(req.new_session_name).map_err(|e| ApiError::from(e.at("newSessionName")))?;
+    // The target must be visible too; otherwise it answers like a missing project.
+    st.visible_project(&caller, target.as_str()).await?;
+    let body = CommandBody::SessionClone(SessionClone { name: s, target_project: target.clone(), new_session_name: new_name.clone() });
+    match st.mutate(&caller, project, body, &headers, None).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { resource, .. } => {
+            wait_session(&st, target.as_str(), new_name.as_str(), resource.resource_version.as_deref()).await;
+            Ok((StatusCode::CREATED, axum::Json(session_or_404(&st, target.as_str(), new_name.as_str())?)).into_response())
+        }
+    }
+}
+
+/// A runner's status report, authorized as `update agenticsessions/status` on this session.
+#[utoipa::path(put, path = "/api/projects/{project}/agentic-sessions/{session}/status", tag = "sessions",
+    params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "RunnerStatus"),
+    responses((status = 200, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"), (status = 404, description = "not found")))]
+pub async fn session_status(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+    let (project, s) = runner_target(&st, &caller, &p, &s).await?;
+    let status: RunnerStatus = strict(&v)?;
+    if status.message.as_ref().is_some_and(|m| m.len() > 32 * 1024) {
+        return Err(ApiError::invalid("message", "message must be at most 32768 bytes"));
+    }
+    let body = CommandBody::SessionStatus(SessionStatusReport { name: s, status });
+    match st.mutate(&caller, project, body, &headers, None).await? {
+        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Applied { .. } => Ok(axum::Json(json!({"message": "status updated"})).into_response()),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DisplayNameRequest {
+    display_name: String,
+}
+
+/// A runner sets the session's display name.
+#[utoipa::path(put, path = "/api/projects/{project}/agentic-sessions/{session}/displayname", tag = "sessions",
+    params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{displayName}`"),
+    responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"), (status = 404, description = "not found")))]
+pub async fn session_display_name(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+    let (project, s) = runner_target(&st, &caller, &p, &s).await?;
+    let req: DisplayNameRequest = strict(&v)?;
+    check_common(None, Some(&req.display_name), None)?;
+    let body = CommandBody::SessionDisplayName(SessionDisplayName { name: s.clone(), display_name: req.display_name });
+    applied_session(&st, &caller, project, &p, s.as_str(), body, &headers, StatusCode::OK).await
+}
+
+/// Runner routes: the runner's ServiceAccount may not see the project, only update its session's
+/// status; a caller without that right gets the same 404 as for a missing project.
+async fn runner_target(st: &AppState, caller: &Caller, p: &str, s: &str) -> Result<(ProjectName, SessionName), ApiError> {
+    let project = ProjectName::new(p).map_err(|_| ApiError::project_not_found())?;
+    let s = SessionName::new(s).map_err(|_| ApiError::project_not_found())?;
+    let c = events::access::ResourceCheck {
+        namespace: p.into(),
+        verb: "update",
+        group: GROUP,
+        resource: "agenticsessions",
+        subresource: Some("status"),
+        name: Some(s.to_string()),
+    };
+    if !st.authz.allowed(&caller.principal, &c).await? || st.reads.project(p).is_none() {
+        return Err(ApiError::project_not_found());
+    }
+    Ok((project, s))
+}

@@ -1,0 +1,152 @@
+//! Shared state of the handlers, and the steps every project route takes.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use events::access::{Requirement, ResourceCheck};
+use events::results::{Outcome, ResourceRef};
+use events::sealing::{SealingPublicKey, SealingSecretKey};
+use events::{Command, CommandBody, ProjectName};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::auth::{Authenticator, Caller, RateLimiter};
+use crate::authz::{Authorizer, project_visible};
+use crate::commands::{Commands, SubmitOptions, Submitted};
+use crate::config::Config;
+use crate::errors::ApiError;
+use crate::reads::Reads;
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// Configuration.
+    pub config: Config,
+    /// The api's own kube client (its ServiceAccount).
+    pub kube: kube::Client,
+    /// TokenReview.
+    pub auth: Authenticator,
+    /// SubjectAccessReview.
+    pub authz: Authorizer,
+    /// Per-principal rate limit.
+    pub limiter: RateLimiter,
+    /// Watch caches.
+    pub reads: Reads,
+    /// The command bus.
+    pub commands: Commands,
+    /// The reconciler's sealing key (runner secrets are sealed to it).
+    pub reconciler_key: SealingPublicKey,
+    /// Prometheus exporter.
+    pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Cancelled on shutdown (ends SSE streams).
+    pub shutdown: CancellationToken,
+}
+
+/// A synchronous mutation's outcome.
+pub enum Mutation {
+    /// Applied; the object written, and for a key creation the token.
+    Applied { resource: ResourceRef, token: Option<String>, replayed: bool },
+    /// Accepted only: answer 202.
+    Accepted(Uuid),
+}
+
+/// How long a synchronous write waits for the watch caches to show it.
+pub const READ_YOUR_WRITES: Duration = Duration::from_secs(3);
+
+impl AppState {
+    /// The project `name` if the caller may see it; a missing project, an unmanaged namespace,
+    /// an invisible one and an invalid name all answer the same 404.
+    pub async fn visible_project(&self, caller: &Caller, name: &str) -> Result<ProjectName, ApiError> {
+        let Ok(project) = ProjectName::new(name) else { return Err(ApiError::project_not_found()) };
+        // Ask RBAC first so that timing does not tell existing from missing projects apart.
+        let allowed = self.authz.allowed(&caller.principal, &project_visible(name)).await?;
+        if !allowed || self.reads.project(name).is_none() {
+            return Err(ApiError::project_not_found());
+        }
+        Ok(project)
+    }
+
+    /// Fails with 403 unless every check is allowed.
+    pub async fn require(&self, caller: &Caller, checks: &[ResourceCheck]) -> Result<(), ApiError> {
+        if self.authz.all_allowed(&caller.principal, checks).await? {
+            Ok(())
+        } else {
+            let c = &checks[0];
+            Err(ApiError::Forbidden(format!(
+                "you may not {} {}{} in project {}",
+                c.verb,
+                c.resource,
+                c.subresource.map(|s| format!("/{s}")).unwrap_or_default(),
+                c.namespace
+            )))
+        }
+    }
+
+    /// Authorizes, publishes and waits for a command, per the request's `Prefer` and
+    /// `Idempotency-Key` headers.
+    pub async fn mutate(
+        &self,
+        caller: &Caller,
+        project: ProjectName,
+        body: CommandBody,
+        headers: &HeaderMap,
+        reply_key: Option<SealingSecretKey>,
+    ) -> Result<Mutation, ApiError> {
+        let mut cmd = Command::new(project, caller.principal.clone(), body);
+        cmd.traceparent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+            .map(String::from);
+        match cmd.requirement() {
+            Requirement::SelfProvision => {
+                if !caller.principal.groups.iter().any(|g| g == &self.config.self_provisioner_group) {
+                    return Err(ApiError::Forbidden("you may not create projects".into()));
+                }
+            }
+            Requirement::All(checks) => self.require(caller, &checks).await?,
+        }
+        let span = tracing::info_span!("command", command_id = %cmd.id, project = %cmd.project);
+        let _g = span.enter();
+        drop(_g);
+        let opts = SubmitOptions {
+            respond_async: prefers_async(headers),
+            idempotency_key: headers.get("idempotency-key").map(|v| v.to_str().unwrap_or("").to_string()),
+            reply_key,
+        };
+        match self.commands.submit(cmd, opts).await? {
+            Submitted::Accepted(id) => Ok(Mutation::Accepted(id)),
+            Submitted::Done { result, token, replayed } => match result.outcome {
+                Outcome::Succeeded { resource, .. } => Ok(Mutation::Applied { resource, token, replayed }),
+                Outcome::Failed { code, reason, message } => {
+                    Err(ApiError::CommandFailed { code, reason: format!("{reason:?}"), message })
+                }
+            },
+        }
+    }
+}
+
+/// `Prefer: respond-async`.
+pub fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+/// 202 with `Location: /api/commands/{id}`.
+pub fn accepted(id: Uuid) -> Response {
+    let location = format!("/api/commands/{id}");
+    let mut r = (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"id": id.to_string(), "state": "pending", "location": location})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
