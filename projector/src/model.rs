@@ -500,7 +500,7 @@ impl ClusterState {
     /// A project that exists but belongs to another projector (`--project-selector`): this
     /// one neither projects nor deletes anything of it.
     pub fn out_of_scope(&self, ns: &str) -> bool {
-        matches!(self.in_ns(Res::Namespaces, ns).next(), Some(Rec::Namespace(n)) if n.managed && !n.in_scope)
+        matches!(self.in_ns(Res::Namespaces, ns).next(), Some(Rec::Namespace(n)) if !n.in_scope)
     }
 
     /// Names of the managed namespaces this projector owns.

@@ -96,7 +96,9 @@ impl Projection {
                 let m = rec.meta();
                 let ns = m.namespace.clone();
                 self.state.remove(res, &m.namespace, &m.name);
-                if self.all_listed() {
+                // Another shard's project: its projector reports the deletion.
+                let foreign = matches!(&rec, Rec::Namespace(n) if !n.in_scope);
+                if self.all_listed() && !foreign {
                     self.sync_project(&ns).await?;
                 }
             }

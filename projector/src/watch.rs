@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{self, ACCESS_KEY_SELECTOR, MANAGED_LABEL, PERMISSION_SELECTOR, ProjectSelector, Rec, Res};
+use crate::model::{self, ACCESS_KEY_SELECTOR, PERMISSION_SELECTOR, ProjectSelector, Rec, Res};
 
 /// One watch observation, in the order the watch delivered it.
 #[derive(Debug)]
@@ -36,11 +36,13 @@ pub enum WatchMsg {
 
 /// Starts every watcher; they stop on `cancel`.
 pub fn spawn_all(client: Client, selector: ProjectSelector, tx: mpsc::Sender<WatchMsg>, cancel: CancellationToken) {
-    let managed = format!("{MANAGED_LABEL}=true");
+    // All namespaces, not only managed ones: a namespace that lost its managed label is then
+    // known to exist, and one of another projector's shard (--project-selector) is known to
+    // be foreign rather than gone.
     spawn(
         Res::Namespaces,
         Api::<Namespace>::all(client.clone()),
-        watcher::Config::default().labels(&managed),
+        watcher::Config::default(),
         move |o| Rec::Namespace(model::namespace_rec(o, &selector)),
         tx.clone(),
         cancel.clone(),

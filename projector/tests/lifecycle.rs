@@ -1,0 +1,179 @@
+//! A session run yields exactly the expected ordered status events and read model; a
+//! deletion yields one deleted event; restarts (kill -9) with changes and deletions made while
+//! the projector is down lose nothing and repeat nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use ambient_tests::TestEnv;
+use common::*;
+use events::{Phase, StatusBody};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+
+#[tokio::test]
+async fn session_run_yields_ordered_events_and_one_deletion() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let scope = Scope::new();
+    let projector = start_projector(&env, &scope, None).await?;
+    let p = create_project(&env, &scope, "proj-life").await?;
+    create_session(&env, &p, "run1", "env-secret-value-1").await?;
+    let phases = [Phase::Creating, Phase::Running, Phase::Completed];
+    wait_events(&env, &p, "session created", |e| of(e, "session", "run1").len() == 2).await?;
+    for (i, ph) in phases.iter().enumerate() {
+        set_phase(&env, &p, "run1", *ph).await?;
+        // One step at a time, as a reconciler and a runner would move it.
+        wait_events(&env, &p, &format!("phase {ph:?}"), |e| of(e, "session", "run1").len() == 4 + 2 * i).await?;
+    }
+    // A status write that changes nothing public (a heartbeat) emits nothing.
+    sessions(&env, &p)
+        .patch_status("run1", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"observedGeneration": 1}})))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let evs = status_events(&env, &p).await?;
+    let s = of(&evs, "session", "run1");
+    assert_eq!(
+        kinds(&s),
+        ["changed", "phase", "changed", "phase", "changed", "phase", "changed", "phase"],
+        "{}",
+        summary(&evs)
+    );
+    assert_eq!(
+        transitions(&s),
+        [
+            (None, Phase::Pending),
+            (Some(Phase::Pending), Phase::Creating),
+            (Some(Phase::Creating), Phase::Running),
+            (Some(Phase::Running), Phase::Completed),
+        ]
+    );
+    // Transitions after the first carry how long the previous phase lasted and the run's times.
+    for t in s.iter().filter_map(|x| match &x.event.body {
+        StatusBody::SessionPhase(t) if t.previous_phase.is_some() => Some(t),
+        _ => None,
+    }) {
+        assert!(t.previous_phase_seconds.is_some_and(|x| x >= 0.0), "{t:?}");
+    }
+    match &s[7].event.body {
+        StatusBody::SessionPhase(t) => {
+            assert!(t.start_time.is_some() && t.completion_time.is_some(), "{t:?}");
+        }
+        b => panic!("{b:?}"),
+    }
+    match &s[6].event.body {
+        StatusBody::SessionChanged(v) => {
+            assert_eq!(v.phase, Phase::Completed);
+            assert_eq!(v.environment_variable_names, ["API_KEY"]);
+            assert_eq!(v.created_by.as_deref(), Some("alice"));
+        }
+        b => panic!("{b:?}"),
+    }
+    // The project appeared once, before its session.
+    let proj = of(&evs, "project", &p);
+    assert_eq!(kinds(&proj), ["changed"]);
+    assert!(proj[0].seq < s[0].seq);
+    // Stream order is per-object order; ids are unique.
+    assert!(s.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_unique_ids(&evs);
+
+    // The read model holds the last view.
+    let kv = kv_entries(&env, &p).await?;
+    let sess = kv.iter().find(|(_, k, _)| k == &format!("{p}.run1")).expect("session in the read model");
+    let v: serde_json::Value = serde_json::from_str(&sess.2)?;
+    assert_eq!(v["view"]["phase"], "Completed");
+    assert!(v["uid"].is_string() && v["version"].is_string());
+    assert!(kv.iter().any(|(_, k, _)| k == &p));
+
+    delete_session(&env, &p, "run1").await?;
+    wait_events(&env, &p, "deleted", |e| of(e, "session", "run1").len() == 9).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let evs = status_events(&env, &p).await?;
+    let s = of(&evs, "session", "run1");
+    assert_eq!(kinds(&s).last().map(String::as_str), Some("deleted"));
+    assert_eq!(s.len(), 9, "exactly one deleted event:\n{}", summary(&evs));
+    assert!(!kv_entries(&env, &p).await?.iter().any(|(_, k, _)| k == &format!("{p}.run1")));
+
+    // Unlabelled (no longer a project): the project is deleted once.
+    Api::<Namespace>::all(env.admin())
+        .patch(&p, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"ambient-code.io/managed": null}}})))
+        .await?;
+    let evs = wait_events(&env, &p, "project deleted", |e| of(e, "project", &p).len() == 2).await?;
+    assert_eq!(kinds(&of(&evs, "project", &p)), ["changed", "deleted"]);
+    assert!(kv_entries(&env, &p).await?.is_empty());
+    let metrics = projector.metrics().await?;
+    assert!(metrics.contains("projector_events_emitted_total"), "{metrics}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn restart_catches_up_without_loss_or_duplicates() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let scope = Scope::new();
+    let mut projector = start_projector(&env, &scope, None).await?;
+    let p = create_project(&env, &scope, "proj-restart").await?;
+    for s in ["s1", "s2", "s3"] {
+        create_session(&env, &p, s, "v").await?;
+    }
+    set_phase(&env, &p, "s3", Phase::Running).await?;
+    let gone = create_project(&env, &scope, "proj-gone").await?;
+    create_session(&env, &gone, "g1", "v").await?;
+    wait_events(&env, &p, "initial sessions", |e| {
+        ["s1", "s2"].iter().all(|s| of(e, "session", s).len() == 2) && of(e, "session", "s3").len() == 4
+    })
+    .await?;
+    wait_events(&env, &gone, "second project", |e| of(e, "session", "g1").len() == 2).await?;
+
+    projector.kill9().await;
+    // While it is down: a phase change, a deletion, a creation, a project change, a project
+    // deleted with its session.
+    set_phase(&env, &p, "s1", Phase::Creating).await?;
+    set_phase(&env, &p, "s1", Phase::Running).await?;
+    delete_session(&env, &p, "s2").await?;
+    create_session(&env, &p, "s4", "v").await?;
+    Api::<Namespace>::all(env.admin())
+        .patch(&p, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"openshift.io/description": "changed while down"}}})))
+        .await?;
+    Api::<Namespace>::all(env.admin())
+        .patch(&gone, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"ambient-code.io/managed": null}}})))
+        .await?;
+
+    projector.restart().await?;
+    wait_ready(&projector).await?;
+    let evs = wait_events(&env, &p, "catch-up", |e| {
+        of(e, "session", "s1").len() == 4 && of(e, "session", "s2").len() == 3 && of(e, "session", "s4").len() == 2
+    })
+    .await?;
+    let s1 = of(&evs, "session", "s1");
+    assert_eq!(kinds(&s1), ["changed", "phase", "changed", "phase"]);
+    // What happened while down is one transition from the last projected phase.
+    assert_eq!(transitions(&s1), [(None, Phase::Pending), (Some(Phase::Pending), Phase::Running)]);
+    assert_eq!(kinds(&of(&evs, "session", "s2")), ["changed", "phase", "deleted"]);
+    assert_eq!(kinds(&of(&evs, "session", "s3")), ["changed", "phase", "changed", "phase"]);
+    let proj = of(&evs, "project", &p);
+    assert_eq!(kinds(&proj), ["changed", "changed"]);
+    match &proj[1].event.body {
+        StatusBody::ProjectChanged(v) => assert_eq!(v.description.as_deref(), Some("changed while down")),
+        b => panic!("{b:?}"),
+    }
+    let g = wait_events(&env, &gone, "project gone while down", |e| of(e, "project", &gone).len() == 2).await?;
+    assert_eq!(kinds(&of(&g, "session", "g1")), ["changed", "phase", "deleted"]);
+    assert_eq!(kinds(&of(&g, "project", &gone)), ["changed", "deleted"]);
+
+    // Another crash and restart with nothing changed: nothing is emitted again.
+    let before = status_events(&env, &p).await?.len();
+    projector.kill9().await;
+    projector.restart().await?;
+    wait_ready(&projector).await?;
+    // Live changes after the restart still flow.
+    set_phase(&env, &p, "s4", Phase::Creating).await?;
+    let evs = wait_events(&env, &p, "live after restart", |e| of(e, "session", "s4").len() == 4).await?;
+    assert_eq!(evs.len(), before + 2, "only the new change was emitted:\n{}", summary(&evs));
+    assert_unique_ids(&evs);
+    assert_unique_ids(&g);
+    let log = projector.log();
+    assert!(log.contains("\"initial catch-up done\"") || log.contains("initial catch-up done"));
+    Ok(())
+}
