@@ -1,0 +1,394 @@
+//! End to end: the api as a real process under its deploy/ ServiceAccount, with the real
+//! reconciler and projector, on the dev cluster and NATS.
+
+mod common;
+
+use std::time::Duration;
+
+use ambient_tests::{DemoUser, TestEnv, eventually};
+use ambient_tests::components::{Component, ServiceProcess};
+use ambient_tests::stack::Stack;
+use common::{Client, project, stack, token};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// One stack for the whole binary: parallel stacks would share the reconciler's durable
+/// consumers on the same NATS and verify each other's commands with the wrong key.
+#[tokio::test]
+async fn api_end_to_end() {
+    let env = TestEnv::shared().await.unwrap();
+    let s = stack(&env, &[]).await;
+    error_classes_are_json_and_openapi_lists_every_route(&env, &s).await;
+    projects_sessions_permissions_keys_and_secrets(&env, &s).await;
+    foreign_and_missing_projects_answer_alike_on_every_route(&env, &s).await;
+    floods_get_429_with_retry_after(&env, &s).await;
+}
+
+async fn error_classes_are_json_and_openapi_lists_every_route(env: &TestEnv, s: &Stack) {
+    let c = Client::new(&s.api_url);
+    let alice = token(env, DemoUser::Alice);
+
+    // 401: no token, bad token.
+    let r = c.call(Method::GET, "/api/projects", None, None, &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body["error"].is_string(), "{:?}", r.body);
+    let r = c.get("/api/projects", "not-a-token").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body["error"].is_string());
+    // Forwarded identity headers are ignored.
+    let r = c.call(Method::GET, "/api/me", None, None, &[("x-forwarded-user", "admin"), ("x-forwarded-groups", "system:masters")]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // X-Forwarded-Access-Token works like Authorization.
+    let r = c.call(Method::GET, "/api/me", None, None, &[("x-forwarded-access-token", &alice)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["userId"], "alice");
+    assert!(r.body["groups"].as_array().unwrap().iter().any(|g| g == "team-a"));
+
+    // 404 and 405 as JSON.
+    let r = c.get("/api/nope", &alice).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body["error"].is_string());
+    let r = c.call(Method::PATCH, "/api/projects", Some(&alice), None, &[]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.body["error"].is_string(), "{:?}", r.body);
+
+    // 415 and 413 as JSON.
+    let r = c.http.post(format!("{}/api/projects", c.base)).bearer_auth(&alice).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(r.json::<Value>().await.unwrap()["error"].is_string());
+    let big = json!({"name": "x", "description": "a".repeat(1024 * 1024)});
+    let r = c.post("/api/projects", &alice, big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.body["error"].is_string());
+
+    // 400 naming the field.
+    let r = c.post("/api/projects", &alice, json!({"name": "Bad_Name"})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["field"], "name");
+    let r = c.post("/api/projects", &alice, json!({"name": "ok-name", "colour": "red"})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["field"], "colour");
+
+    // Request id header on every answer.
+    assert!(r.headers.get("x-request-id").is_some());
+
+    // Operations.
+    assert_eq!(c.call(Method::GET, "/healthz", None, None, &[]).await.status, StatusCode::OK);
+    let m = s.api.metrics().await.unwrap();
+    assert!(m.contains("ambient_api_requests_total"), "{m}");
+    let doc = c.call(Method::GET, "/openapi.json", None, None, &[]).await.body;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc["paths"].as_object().unwrap();
+    for (method, path) in EVERY_ROUTE {
+        let op = &paths.get(*path).unwrap_or_else(|| panic!("{path} missing from /openapi.json"))[*method];
+        assert!(op.is_object(), "{method} {path} missing from /openapi.json");
+    }
+    let ops: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(ops, EVERY_ROUTE.len(), "the document has routes this test does not know");
+}
+
+/// Every route of SPEC §3 (method, OpenAPI path).
+const EVERY_ROUTE: &[(&str, &str)] = &[
+    ("get", "/api/projects"),
+    ("post", "/api/projects"),
+    ("get", "/api/projects/{project}"),
+    ("put", "/api/projects/{project}"),
+    ("delete", "/api/projects/{project}"),
+    ("get", "/api/projects/{project}/access"),
+    ("get", "/api/projects/{project}/agentic-sessions"),
+    ("post", "/api/projects/{project}/agentic-sessions"),
+    ("get", "/api/projects/{project}/agentic-sessions/{session}"),
+    ("put", "/api/projects/{project}/agentic-sessions/{session}"),
+    ("delete", "/api/projects/{project}/agentic-sessions/{session}"),
+    ("post", "/api/projects/{project}/agentic-sessions/{session}/start"),
+    ("post", "/api/projects/{project}/agentic-sessions/{session}/stop"),
+    ("post", "/api/projects/{project}/agentic-sessions/{session}/clone"),
+    ("put", "/api/projects/{project}/agentic-sessions/{session}/status"),
+    ("put", "/api/projects/{project}/agentic-sessions/{session}/displayname"),
+    ("get", "/api/projects/{project}/agentic-sessions/{session}/events"),
+    ("get", "/api/projects/{project}/permissions"),
+    ("post", "/api/projects/{project}/permissions"),
+    ("delete", "/api/projects/{project}/permissions/{subjectType}/{subjectName}"),
+    ("get", "/api/projects/{project}/groups"),
+    ("post", "/api/projects/{project}/groups"),
+    ("delete", "/api/projects/{project}/groups/{group}"),
+    ("get", "/api/projects/{project}/keys"),
+    ("post", "/api/projects/{project}/keys"),
+    ("delete", "/api/projects/{project}/keys/{keyId}"),
+    ("get", "/api/projects/{project}/runner-secrets"),
+    ("put", "/api/projects/{project}/runner-secrets"),
+    ("get", "/api/projects/{project}/runner-secrets/config"),
+    ("put", "/api/projects/{project}/runner-secrets/config"),
+    ("get", "/api/projects/{project}/events"),
+    ("get", "/api/commands/{id}"),
+    ("get", "/api/me"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+];
+
+async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack) {
+    let c = Client::new(&s.api_url);
+    let alice = token(env, DemoUser::Alice);
+    let bob = token(env, DemoUser::Bob);
+
+    // Projects: create, shape, list (only visible ones), get, update, access.
+    let p = project(&c, &alice, "api-e2e").await;
+    let r = c.get("/api/projects", &alice).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let item = r.body["items"].as_array().unwrap().iter().find(|i| i["name"] == p.as_str()).cloned().expect("own project listed");
+    for k in ["name", "displayName", "description", "labels", "annotations", "creationTimestamp", "status"] {
+        assert!(item.get(k).is_some(), "project field {k} missing: {item}");
+    }
+    let r = c.get("/api/projects", &bob).await;
+    assert!(!r.body["items"].as_array().unwrap().iter().any(|i| i["name"] == p.as_str()), "bob must not see alice's project");
+    let r = c.put(&format!("/api/projects/{p}"), &alice, json!({"displayName": "Renamed"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["displayName"], "Renamed");
+    assert_eq!(c.get(&format!("/api/projects/{p}"), &alice).await.body["displayName"], "Renamed");
+    let r = c.get(&format!("/api/projects/{p}/access"), &alice).await;
+    assert_eq!(r.body, json!({"project": p, "allowed": true, "reason": r.body["reason"], "userRole": "admin"}));
+
+    // Sessions: strict bodies.
+    let sp = format!("/api/projects/{p}/agentic-sessions");
+    let r = c.post(&sp, &alice, json!({"name": "s1", "prompt": "hi", "userContext": {"userId": "mallory"}})).await;
+    assert_eq!((r.status, r.body["field"].clone()), (StatusCode::BAD_REQUEST, json!("userContext")));
+    let r = c.post(&sp, &alice, json!({"name": "s1", "prompt": "hi", "llmSettings": {"modle": "x"}})).await;
+    assert_eq!((r.status, r.body["field"].clone()), (StatusCode::BAD_REQUEST, json!("llmSettings.modle")));
+    let r = c.post(&sp, &alice, json!({"name": "S_1", "prompt": "hi"})).await;
+    assert_eq!((r.status, r.body["field"].clone()), (StatusCode::BAD_REQUEST, json!("name")));
+    let r = c.post(&sp, &alice, json!({"name": "s1", "prompt": "hi", "timeout": 5})).await;
+    assert_eq!((r.status, r.body["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("timeout")));
+    let r = c.get(&sp, &alice).await;
+    assert_eq!(r.body["items"], json!([]), "nothing was created by refused requests");
+
+    // Create, and read our own write immediately.
+    let r = c.post(&sp, &alice, json!({"name": "s1", "prompt": "hello", "timeout": 600, "llmSettings": {"model": "sonnet"}})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["name"], "s1");
+    assert!(r.body["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    let r = c.get(&format!("{sp}/s1"), &alice).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["apiVersion"], "vteam.ambient-code/v1alpha1");
+    assert_eq!(r.body["kind"], "AgenticSession");
+    assert_eq!(r.body["spec"]["prompt"], "hello");
+    assert_eq!(r.body["spec"]["userContext"]["userId"], "alice", "userContext comes from the token");
+    let r = c.post(&sp, &alice, json!({"name": "s1", "prompt": "again"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
+    assert!(r.body["reason"].is_string());
+    let r = c.put(&format!("{sp}/s1"), &alice, json!({"prompt": "changed"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["spec"]["prompt"], "changed");
+    let r = c.get(&format!("{sp}/nope"), &alice).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Idempotency-Key: the retry returns the first outcome and acts once.
+    let body = json!({"name": "s2", "prompt": "once"});
+    let idem = ambient_tests::unique_name("idem");
+    let first = c.call(Method::POST, &sp, Some(&alice), Some(body.clone()), &[("idempotency-key", &idem)]).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let again = c.call(Method::POST, &sp, Some(&alice), Some(body), &[("idempotency-key", &idem)]).await;
+    assert_eq!(again.status, StatusCode::CREATED, "a retry must not report a conflict: {:?}", again.body);
+    assert_eq!(again.body["uid"], first.body["uid"]);
+
+    // Async mode: 202 + Location, then the command's state for its submitter only.
+    let r = c.call(Method::POST, &sp, Some(&alice), Some(json!({"name": "s3", "prompt": "later"})), &[("prefer", "respond-async")]).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let loc = r.headers["location"].to_str().unwrap().to_string();
+    assert!(loc.starts_with("/api/commands/"));
+    let done = eventually("command succeeded", Duration::from_secs(30), || {
+        let c = &c;
+        let (loc, alice) = (&loc, &alice);
+        async move {
+            let r = c.get(loc, alice).await;
+            Ok((r.body["state"] == "succeeded").then_some(r.body))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(done["result"]["resource"]["name"], "s3");
+    assert_eq!(c.get(&loc, &bob).await.status, StatusCode::NOT_FOUND, "another user cannot read the command");
+
+    // Permissions and groups.
+    let pp = format!("/api/projects/{p}/permissions");
+    let r = c.post(&pp, &alice, json!({"subjectType": "user", "subjectName": "bob", "role": "view"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = c.get(&pp, &alice).await;
+    assert!(r.body["items"].as_array().unwrap().contains(&json!({"subjectType": "user", "subjectName": "bob", "role": "view"})), "{:?}", r.body);
+    let r = c.post(&pp, &alice, json!({"subjectType": "robot", "subjectName": "x", "role": "view"})).await;
+    assert_eq!((r.status, r.body["field"].clone()), (StatusCode::BAD_REQUEST, json!("subjectType")));
+    // Bob (view) now sees the project and may read, not write.
+    // (an earlier "not visible" answer may be cached for up to 2 s)
+    eventually("bob gains access", Duration::from_secs(5), || {
+        let (c, bob, p) = (&c, &bob, &p);
+        async move { Ok((c.get(&format!("/api/projects/{p}"), bob).await.status == StatusCode::OK).then_some(())) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.get(&format!("/api/projects/{p}/access"), &bob).await.body["userRole"], "view");
+    let r = c.post(&sp, &bob, json!({"name": "bobs", "prompt": "x"})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    let r = c.post(&format!("/api/projects/{p}/groups"), &alice, json!({"groupName": "team-b", "role": "edit"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = c.get(&format!("/api/projects/{p}/groups"), &alice).await;
+    assert!(r.body["items"].as_array().unwrap().contains(&json!({"groupName": "team-b", "role": "edit"})), "{:?}", r.body);
+    assert_eq!(c.delete(&format!("/api/projects/{p}/groups/team-b"), &alice).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.delete(&format!("{pp}/user/bob"), &alice).await.status, StatusCode::NO_CONTENT);
+    // Revocation takes effect within 5 s.
+    eventually("bob loses access", Duration::from_secs(5), || {
+        let (c, bob, p) = (&c, &bob, &p);
+        async move { Ok((c.get(&format!("/api/projects/{p}"), bob).await.status == StatusCode::NOT_FOUND).then_some(())) }
+    })
+    .await
+    .unwrap();
+
+    // Access keys: the token once, it authenticates, it is scoped to its project.
+    let kp = format!("/api/projects/{p}/keys");
+    let r = c.post(&kp, &alice, json!({"name": "ci", "description": "CI bot", "role": "edit"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let key = r.body["key"].as_str().expect("token in the 201 body").to_string();
+    let key_id = r.body["id"].as_str().unwrap().to_string();
+    for k in ["id", "name", "key", "description", "role", "lastUsedAt"] {
+        assert!(r.body.get(k).is_some(), "key field {k} missing");
+    }
+    assert!(!s.api.log().contains(&key), "the token must never be logged");
+    let r = c.get(&kp, &alice).await;
+    let listed = r.body["items"].as_array().unwrap().iter().find(|k| k["id"] == key_id.as_str()).cloned().expect("key listed");
+    assert!(listed.get("key").is_none() && !listed.to_string().contains(&key));
+    assert_eq!(listed["role"], "edit");
+    let r = c.get(&sp, &key).await;
+    assert_eq!(r.status, StatusCode::OK, "the key reads its project: {:?}", r.body);
+    let other = project(&c, &alice, "api-e2e-b").await;
+    for path in [format!("/api/projects/{other}"), format!("/api/projects/{other}/agentic-sessions"), format!("/api/projects/{other}/keys")] {
+        assert_eq!(c.get(&path, &key).await.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let r = c.post(&format!("/api/projects/{other}/agentic-sessions"), &key, json!({"name": "x", "prompt": "x"})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Last use is recorded.
+    eventually("lastUsedAt set", Duration::from_secs(10), || {
+        let (c, alice, kp, key_id) = (&c, &alice, &kp, &key_id);
+        async move {
+            let r = c.get(kp, alice).await;
+            Ok(r.body["items"].as_array().unwrap().iter().any(|k| k["id"] == key_id.as_str() && k["lastUsedAt"].as_str().is_some_and(|t| !t.is_empty())).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.delete(&format!("{kp}/{key_id}"), &alice).await.status, StatusCode::NO_CONTENT);
+    eventually("revoked key stops working", Duration::from_secs(15), || {
+        let (c, key) = (&c, &key);
+        async move { Ok((c.get("/api/me", key).await.status == StatusCode::UNAUTHORIZED).then_some(())) }
+    })
+    .await
+    .unwrap();
+
+    // Runner secrets: values never come back.
+    let rs = format!("/api/projects/{p}/runner-secrets");
+    let r = c.put(&rs, &alice, json!({"data": {"ANTHROPIC_API_KEY": "sk-very-secret"}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = c.get(&rs, &alice).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.body.to_string().contains("sk-very-secret"));
+    let r = c.put(&rs, &alice, json!({"data": {"bad key": "x"}})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = c.get(&format!("{rs}/config"), &alice).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body["secretName"].is_string());
+    assert!(!s.api.log().contains("sk-very-secret"));
+
+    // Delete.
+    assert_eq!(c.delete(&format!("{sp}/s1"), &alice).await.status, StatusCode::NO_CONTENT);
+    let r = c.get(&format!("{sp}/s1"), &alice).await;
+    assert!(r.status == StatusCode::NOT_FOUND || r.body["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(c.delete(&format!("/api/projects/{other}"), &alice).await.status, StatusCode::NO_CONTENT);
+}
+
+async fn foreign_and_missing_projects_answer_alike_on_every_route(env: &TestEnv, s: &Stack) {
+    let c = Client::new(&s.api_url);
+    let alice = token(env, DemoUser::Alice);
+    let carol = token(env, DemoUser::Carol);
+    let p = project(&c, &alice, "api-tenant").await;
+    let r = c.post(&format!("/api/projects/{p}/agentic-sessions"), &alice, json!({"name": "s1", "prompt": "x"})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let missing = ambient_tests::unique_name("api-missing");
+    let routes: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, "".into(), None),
+        (Method::PUT, "".into(), Some(json!({"displayName": "x"}))),
+        (Method::DELETE, "".into(), None),
+        (Method::GET, "/access".into(), None),
+        (Method::GET, "/agentic-sessions".into(), None),
+        (Method::POST, "/agentic-sessions".into(), Some(json!({"name": "z", "prompt": "x"}))),
+        (Method::GET, "/agentic-sessions/s1".into(), None),
+        (Method::PUT, "/agentic-sessions/s1".into(), Some(json!({"prompt": "x"}))),
+        (Method::DELETE, "/agentic-sessions/s1".into(), None),
+        (Method::POST, "/agentic-sessions/s1/start".into(), None),
+        (Method::POST, "/agentic-sessions/s1/stop".into(), None),
+        (Method::POST, "/agentic-sessions/s1/clone".into(), Some(json!({"targetProject": "x", "newSessionName": "y"}))),
+        (Method::PUT, "/agentic-sessions/s1/status".into(), Some(json!({"phase": "Running"}))),
+        (Method::PUT, "/agentic-sessions/s1/displayname".into(), Some(json!({"displayName": "x"}))),
+        (Method::GET, "/agentic-sessions/s1/events".into(), None),
+        (Method::GET, "/permissions".into(), None),
+        (Method::POST, "/permissions".into(), Some(json!({"subjectType": "user", "subjectName": "carol", "role": "admin"}))),
+        (Method::DELETE, "/permissions/user/alice".into(), None),
+        (Method::GET, "/groups".into(), None),
+        (Method::POST, "/groups".into(), Some(json!({"groupName": "g", "role": "admin"}))),
+        (Method::DELETE, "/groups/team-a".into(), None),
+        (Method::GET, "/keys".into(), None),
+        (Method::POST, "/keys".into(), Some(json!({"name": "k"}))),
+        (Method::DELETE, "/keys/some-key".into(), None),
+        (Method::GET, "/runner-secrets".into(), None),
+        (Method::PUT, "/runner-secrets".into(), Some(json!({"data": {"A": "b"}}))),
+        (Method::GET, "/runner-secrets/config".into(), None),
+        (Method::PUT, "/runner-secrets/config".into(), Some(json!({"secretName": "s"}))),
+        (Method::GET, "/events".into(), None),
+    ];
+    for (m, suffix, body) in routes {
+        let foreign = c.call(m.clone(), &format!("/api/projects/{p}{suffix}"), Some(&carol), body.clone(), &[]).await;
+        let absent = c.call(m.clone(), &format!("/api/projects/{missing}{suffix}"), Some(&carol), body, &[]).await;
+        assert_eq!(foreign.status, StatusCode::NOT_FOUND, "{m} {suffix}: {:?}", foreign.body);
+        assert_eq!((foreign.status, &foreign.body), (absent.status, &absent.body), "{m} {suffix} tells foreign from missing");
+    }
+    // Nothing changed.
+    let r = c.get(&format!("/api/projects/{p}/agentic-sessions/s1"), &alice).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["spec"]["prompt"], "x");
+}
+
+async fn floods_get_429_with_retry_after(env: &TestEnv, s: &Stack) {
+    // A second api process with a tight limit, sharing the stack's keys.
+    let port = ambient_tests::components::free_port().unwrap();
+    let kc = Component::Api.kubeconfig(env).await.unwrap();
+    let k = s.keys.clone();
+    let _api = ServiceProcess::start(Component::Api, |h| {
+        vec![
+            format!("--kubeconfig={}", kc.display()),
+            format!("--nats-url={}", env.nats_url()),
+            format!("--health-addr={h}"),
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--signing-key-file={}", k.signing_key_file.display()),
+            format!("--reconciler-sealing-public-key={}", k.sealing_public_key),
+            "--rate-limit-rps=1".into(),
+            "--rate-limit-burst=5".into(),
+        ]
+    })
+    .await
+    .unwrap();
+    let c = Client::new(&format!("http://127.0.0.1:{port}"));
+    let bob = token(env, DemoUser::Bob);
+    let alice = token(env, DemoUser::Alice);
+    let mut limited = None;
+    for _ in 0..20 {
+        let r = c.get("/api/me", &bob).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("a flood is limited");
+    assert!(r.body["error"].is_string());
+    let secs: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(secs >= 1);
+    // Per principal: alice is not affected.
+    assert_eq!(c.get("/api/me", &alice).await.status, StatusCode::OK);
+}
