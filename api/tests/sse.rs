@@ -1,0 +1,144 @@
+//! Live status over SSE: resume with Last-Event-ID after a disconnect, and a revoked caller's
+//! stream is closed. Status events are published here as the projector would (a fixture), so
+//! the sequence of events is known exactly; the api and reconciler are the real processes.
+
+mod common;
+
+use std::time::Duration;
+
+use ambient_tests::{DemoUser, TestEnv};
+use chrono::Utc;
+use common::{Client, project, stack, token};
+use events::status::{PhaseTransition, StatusBody, StatusEvent};
+use events::{Phase, ProjectName};
+use futures::StreamExt as _;
+use reqwest::StatusCode;
+use serde_json::json;
+
+struct SseEvent {
+    id: u64,
+    event: String,
+    data: serde_json::Value,
+}
+
+/// Reads SSE events from a response until `n` are collected or `timeout` passes; returns them and
+/// whether the stream ended.
+async fn read_events(resp: &mut reqwest::Response, n: usize, timeout: Duration) -> (Vec<SseEvent>, bool) {
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        while let Some(i) = buf.find("\n\n") {
+            let block: String = buf.drain(..i + 2).collect();
+            let (mut id, mut event, mut data) = (None, String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if !event.is_empty() {
+                out.push(SseEvent { id: id.unwrap_or(0), event, data: serde_json::from_str(&data).unwrap_or_default() });
+            }
+        }
+        if out.len() >= n {
+            return (out, false);
+        }
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Ok(Ok(Some(c))) => buf.push_str(&String::from_utf8_lossy(&c)),
+            Ok(Ok(None)) | Ok(Err(_)) => return (out, true),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+async fn publish(js: &async_nats::jetstream::Context, project: &ProjectName, session: &str, phase: Phase, n: u32) {
+    let ev = StatusEvent {
+        id: format!("fixture-{}-{n}", uuid::Uuid::now_v7()),
+        project: project.clone(),
+        name: session.to_string(),
+        time: Utc::now(),
+        body: StatusBody::SessionPhase(PhaseTransition {
+            name: session.to_string(),
+            previous_phase: None,
+            phase,
+            at: Utc::now(),
+            previous_phase_seconds: None,
+            reason: None,
+            message: Some(format!("fixture {n}")),
+            start_time: None,
+            completion_time: None,
+        }),
+    };
+    let out = events::wire::encode_status(&ev).unwrap();
+    js.publish_with_headers(out.subject, out.headers, out.payload).await.unwrap().await.unwrap();
+}
+
+#[tokio::test]
+async fn sse_resumes_after_disconnect_and_closes_on_revocation() {
+    let env = TestEnv::shared().await.unwrap();
+    let s = stack(&env, &[]).await;
+    let c = Client::new(&s.api_url);
+    let alice = token(&env, DemoUser::Alice);
+    let bob = token(&env, DemoUser::Bob);
+    let p = project(&c, &alice, "api-sse").await;
+    let pn = ProjectName::new(p.clone()).unwrap();
+    let session = "fixture-session";
+    let url = format!("{}/api/projects/{p}/agentic-sessions/{session}/events", s.api_url);
+    let js = env.jetstream();
+
+    // Connect, receive two events.
+    let mut resp = c.http.get(&url).bearer_auth(&alice).timeout(Duration::from_secs(60)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(js, &pn, session, Phase::Creating, 1).await;
+    publish(js, &pn, session, Phase::Running, 2).await;
+    let (evs, _) = read_events(&mut resp, 2, Duration::from_secs(15)).await;
+    assert_eq!(evs.len(), 2, "both events delivered live");
+    assert_eq!(evs[0].event, "ambient.session.phase.v1");
+    assert_eq!(evs[0].data["data"]["message"], "fixture 1");
+    assert_eq!(evs[1].data["data"]["message"], "fixture 2");
+    assert!(evs[1].id > evs[0].id);
+    let last = evs[1].id;
+    drop(resp);
+
+    // While disconnected, more happens; resuming yields exactly what was missed, in order.
+    publish(js, &pn, session, Phase::Completed, 3).await;
+    publish(js, &pn, session, Phase::Completed, 4).await;
+    let mut resp = c
+        .http
+        .get(&url)
+        .bearer_auth(&alice)
+        .header("last-event-id", last.to_string())
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let (evs, _) = read_events(&mut resp, 2, Duration::from_secs(15)).await;
+    let msgs: Vec<_> = evs.iter().map(|e| e.data["data"]["message"].clone()).collect();
+    assert_eq!(msgs, vec![json!("fixture 3"), json!("fixture 4")]);
+    assert!(evs[0].id > last);
+    drop(resp);
+
+    // Bob may not see the project: 404 like a missing one.
+    let r = c.get(&format!("/api/projects/{p}/events"), &bob).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Bob gets view, connects, is revoked: his stream closes within 5 s.
+    let r = c.post(&format!("/api/projects/{p}/permissions"), &alice, json!({"subjectType": "user", "subjectName": "bob", "role": "view"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut resp = c.http.get(format!("{}/api/projects/{p}/events", s.api_url)).bearer_auth(&bob).timeout(Duration::from_secs(60)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let r = c.delete(&format!("/api/projects/{p}/permissions/user/bob"), &alice).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let start = tokio::time::Instant::now();
+    let (evs, ended) = read_events(&mut resp, 100, Duration::from_secs(8)).await;
+    assert!(ended, "the revoked caller's stream must be closed");
+    assert!(start.elapsed() < Duration::from_secs(6), "closed after {:?}", start.elapsed());
+    assert!(evs.iter().any(|e| e.event == "revoked"));
+}
