@@ -265,6 +265,21 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     }
     let r = c.post(&format!("/api/projects/{other}/agentic-sessions"), &key, json!({"name": "x", "prompt": "x"})).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Lifecycle routes: clone into the other project, stop, start.
+    let r = c.post(&format!("{sp}/s3/clone"), &alice, json!({"targetProject": other, "newSessionName": "copy"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["metadata"]["namespace"], other.as_str());
+    assert_eq!(r.body["spec"]["prompt"], "later");
+    let r = c.post(&format!("{sp}/s3/clone"), &alice, json!({"targetProject": other, "newSessionName": "Bad Name"})).await;
+    assert_eq!((r.status, r.body["field"].clone()), (StatusCode::BAD_REQUEST, json!("newSessionName")));
+    let r = c.post(&format!("{sp}/s3/stop"), &alice, json!({})).await;
+    assert!(r.status == StatusCode::OK || r.status == StatusCode::CONFLICT, "{:?}", r.body);
+    assert_eq!(c.post(&format!("{sp}/nope/start"), &alice, json!({})).await.status, StatusCode::NOT_FOUND);
+    // Runner callbacks need update on agenticsessions/status: alice (admin) has none, so the
+    // route answers like a missing project.
+    let r = c.put(&format!("{sp}/s3/status"), &alice, json!({"phase": "Running"})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
     // Last use is recorded.
     eventually("lastUsedAt set", Duration::from_secs(10), || {
         let (c, alice, kp, key_id) = (&c, &alice, &kp, &key_id);
