@@ -131,12 +131,19 @@ pub fn consumer_config(sink: &SinkConfig) -> consumer::pull::Config {
         // One in flight: strict order. The projector keeps the message in progress while it
         // retries, so ack_wait only matters when the projector itself dies.
         max_ack_pending: 1,
-        ack_wait: Duration::from_secs(30),
+        ack_wait: ACK_WAIT,
         // Unlimited: a sink's events are never given up.
         max_deliver: -1,
         ..Default::default()
     }
 }
+
+/// How long a delivery may go without an ack or progress before it is redelivered.
+const ACK_WAIT: Duration = Duration::from_secs(15);
+/// How often a retried delivery tells JetStream it is still in progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Timeout of one HTTP delivery (below ACK_WAIT).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Capped exponential backoff: 0.5 s, 1 s, 2 s, … up to 30 s.
 pub fn backoff(attempt: u32) -> Duration {
@@ -151,7 +158,7 @@ pub async fn run_sink(
     kube: kube::Client,
     cancel: CancellationToken,
 ) {
-    let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+    let http = match reqwest::Client::builder().timeout(HTTP_TIMEOUT).build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(sink = %sink.name, error = %e, "cannot build the HTTP client");
@@ -273,12 +280,19 @@ async fn deliver(
                 if why.contains("401") || why.contains("403") {
                     auth.invalidate();
                 }
-                // Keep the message ours while we wait (no redelivery behind our back).
-                let _ = msg.ack_with(AckKind::Progress).await;
-                tokio::select! {
-                    // Not acknowledged: redelivered after a restart.
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                // Keep the message ours while we wait (no redelivery behind our back); if we
+                // die, it is redelivered after ack_wait.
+                let until = Instant::now() + delay;
+                loop {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(left.min(PROGRESS_EVERY)) => {}
+                    }
                 }
                 attempt = attempt.saturating_add(1);
             }

@@ -1,6 +1,7 @@
 //! An HTTP sink that fails (500) for a while and then recovers receives every status event of
 //! its filter once per id, in order per object, as binary-mode CloudEvents, with the auth
-//! header from its Secret (a value that never appears in the projector's log).
+//! header from its Secret (a value that never appears in the projector's log), also across a
+//! crash of the projector while the sink is failing.
 
 mod common;
 
@@ -91,7 +92,7 @@ async fn failing_sink_gets_every_event_once_in_order() -> anyhow::Result<()> {
             "- name: {sink_name}\n  url: http://127.0.0.1:{port}/events\n  subjects: [\"ambient.status.{p}.>\"]\n  authHeaderSecret:\n    namespace: {SYSTEM_NAMESPACE}\n    name: ambient-projector-sink-auth\n    key: {sink_name}\n"
         ),
     )?;
-    let projector = start_projector(&env, &scope, Some(&sinks_file)).await?;
+    let mut projector = start_projector(&env, &scope, Some(&sinks_file)).await?;
 
     create_session(&env, &p, "a", "v").await?;
     create_session(&env, &p, "b", "v").await?;
@@ -113,6 +114,16 @@ async fn failing_sink_gets_every_event_once_in_order() -> anyhow::Result<()> {
     })
     .await?;
     assert!(sink.got.lock().unwrap().iter().all(|r| r.answered == 500));
+    // The projector crashes while the sink still fails: its durable consumer resumes after
+    // the restart (the unacknowledged event is redelivered).
+    projector.kill9().await;
+    let attempts = sink.got.lock().unwrap().len();
+    projector.restart().await?;
+    wait_ready(&projector).await?;
+    wait_for("retries after the restart", Duration::from_secs(60), || async {
+        Ok(sink.got.lock().unwrap().len() > attempts + 1)
+    })
+    .await?;
     sink.failing.store(false, std::sync::atomic::Ordering::SeqCst);
 
     let want: Vec<String> = evs.iter().map(|s| s.event.id.clone()).collect();
