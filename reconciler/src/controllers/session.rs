@@ -107,12 +107,13 @@ async fn write_status(api: &Api<AgenticSession>, s: &AgenticSession, want: &Obse
     let generation = s.metadata.generation;
     let have = Observed::of(s);
     let observed_gen = s.status.as_ref().and_then(|st| st.observed_generation);
-    if have.as_ref() == Some(want) && observed_gen == generation {
+    let ready = if want.phase == Phase::Running { "True" } else { "False" };
+    let reason = want.reason.clone().unwrap_or_else(|| want.phase.as_str().to_string());
+    let mut conditions: Vec<Condition> = s.status.as_ref().map(|st| st.conditions.clone()).unwrap_or_default();
+    let ready_current = conditions.iter().any(|c| c.type_ == "Ready" && c.status == ready && c.reason == reason);
+    if have.as_ref() == Some(want) && observed_gen == generation && ready_current {
         return Ok(());
     }
-    let ready = if want.phase == Phase::Running { "True" } else { "False" };
-    let mut conditions: Vec<Condition> = s.status.as_ref().map(|st| st.conditions.clone()).unwrap_or_default();
-    let reason = want.reason.clone().unwrap_or_else(|| want.phase.as_str().to_string());
     match conditions.iter_mut().find(|c| c.type_ == "Ready") {
         Some(c) if c.status == ready && c.reason == reason => c.observed_generation = generation,
         Some(c) => *c = condition("Ready", ready, &reason, want.message.as_deref().unwrap_or(""), generation),
