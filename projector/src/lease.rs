@@ -153,6 +153,21 @@ pub async fn acquire(api: Api<Lease>, cfg: LeaseConfig, shutdown: CancellationTo
     Some(token)
 }
 
+/// Gives the lease up (on a graceful shutdown), so that a standby takes over at once.
+pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
+    let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await else { return };
+    let Some(spec) = lease.spec.as_mut() else { return };
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    spec.renew_time = None;
+    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+        Ok(_) => tracing::info!(lease = %cfg.name, "leadership released"),
+        Err(e) => tracing::warn!(lease = %cfg.name, error = %e, "could not release the lease; it expires by itself"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

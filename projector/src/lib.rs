@@ -128,7 +128,7 @@ async fn run_inner(cfg: Config) -> anyhow::Result<()> {
         duration: Duration::from_secs(cfg.lease_seconds.max(3)),
         renew_every: Duration::from_secs((cfg.lease_seconds.max(3) / 3).max(1)),
     };
-    let Some(leading) = lease::acquire(leases, lease_cfg, cancel.clone()).await else {
+    let Some(leading) = lease::acquire(leases.clone(), lease_cfg.clone(), cancel.clone()).await else {
         let _ = health.await;
         return Ok(());
     };
@@ -150,6 +150,9 @@ async fn run_inner(cfg: Config) -> anyhow::Result<()> {
     };
     let lost = !cancel.is_cancelled();
     cancel.cancel();
+    if !lost {
+        lease::release(&leases, &lease_cfg).await;
+    }
     let _ = health.await;
     match result {
         Err(bus::BusError::Cancelled) | Ok(()) if !lost => Ok(()),

@@ -51,10 +51,15 @@ impl Projection {
     }
 
     /// Processes watch observations until the watchers stop or the bus is shut down.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<WatchMsg>) -> Result<(), BusError> {
-        while let Some(msg) = rx.recv().await {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<(Instant, WatchMsg)>) -> Result<(), BusError> {
+        while let Some((received, msg)) = rx.recv().await {
             metrics::gauge!("projector_watch_queue_depth").set(rx.len() as f64);
+            let live = matches!(msg, WatchMsg::Applied(..) | WatchMsg::Deleted(..));
             self.handle(msg).await?;
+            if live {
+                // From the watch delivering a change to its events being stored.
+                metrics::histogram!("projector_event_lag_seconds").record(received.elapsed().as_secs_f64());
+            }
         }
         Ok(())
     }

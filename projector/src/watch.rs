@@ -8,6 +8,8 @@
 //! RoleBindings, which are watched). Watching them would cost list memory and RBAC for no
 //! status event.
 
+use std::time::Instant;
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -35,7 +37,7 @@ pub enum WatchMsg {
 }
 
 /// Starts every watcher; they stop on `cancel`.
-pub fn spawn_all(client: Client, selector: ProjectSelector, tx: mpsc::Sender<WatchMsg>, cancel: CancellationToken) {
+pub fn spawn_all(client: Client, selector: ProjectSelector, tx: mpsc::Sender<(Instant, WatchMsg)>, cancel: CancellationToken) {
     // All namespaces, not only managed ones: a namespace that lost its managed label is then
     // known to exist, and one of another projector's shard (--project-selector) is known to
     // be foreign rather than gone.
@@ -81,7 +83,7 @@ pub fn spawn_all(client: Client, selector: ProjectSelector, tx: mpsc::Sender<Wat
     );
 }
 
-fn spawn<K, F>(res: Res, api: Api<K>, cfg: watcher::Config, reduce: F, tx: mpsc::Sender<WatchMsg>, cancel: CancellationToken)
+fn spawn<K, F>(res: Res, api: Api<K>, cfg: watcher::Config, reduce: F, tx: mpsc::Sender<(Instant, WatchMsg)>, cancel: CancellationToken)
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     F: Fn(&K) -> Rec + Send + 'static,
@@ -118,7 +120,8 @@ where
                     continue;
                 }
             };
-            if tx.send(msg).await.is_err() {
+            // Stamped on receipt: the projection reports watch-to-publish lag.
+            if tx.send((Instant::now(), msg)).await.is_err() {
                 return;
             }
         }
