@@ -42,7 +42,8 @@ pub struct CommandRecord {
     pub ty: String,
 }
 
-/// How a mutation was answered.
+/// How a mutation was answered. (Short-lived, one per request: its size does not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum Submitted {
     /// The result arrived in time.
     Done {

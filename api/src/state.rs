@@ -107,15 +107,14 @@ impl AppState {
             }
             Requirement::All(checks) => self.require(caller, &checks).await?,
         }
+        // Every log line of the submission carries the command id and project.
         let span = tracing::info_span!("command", command_id = %cmd.id, project = %cmd.project);
-        let _g = span.enter();
-        drop(_g);
         let opts = SubmitOptions {
             respond_async: prefers_async(headers),
             idempotency_key: headers.get("idempotency-key").map(|v| v.to_str().unwrap_or("").to_string()),
             reply_key,
         };
-        match self.commands.submit(cmd, opts).await? {
+        match tracing::Instrument::instrument(self.commands.submit(cmd, opts), span).await? {
             Submitted::Accepted(id) => Ok(Mutation::Accepted(id)),
             Submitted::Done { result, token, replayed } => match result.outcome {
                 Outcome::Succeeded { resource, .. } => Ok(Mutation::Applied { resource, token, replayed }),

@@ -11,7 +11,6 @@ use chrono::Utc;
 use common::{Client, project, stack, token};
 use events::status::{PhaseTransition, StatusBody, StatusEvent};
 use events::{Phase, ProjectName};
-use futures::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::json;
 

@@ -52,6 +52,7 @@ fn has_grant(st: &AppState, p: &str, ty: SubjectType, name: &str, role: Option<R
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn grant(st: &AppState, caller: &Caller, project: ProjectName, ty: SubjectType, name: SubjectName, role: Role, headers: &HeaderMap, message: &str) -> Result<Response, ApiError> {
     let p = project.to_string();
     let body = CommandBody::PermissionGrant(PermissionGrant { subject_type: ty, subject_name: name.clone(), role });
