@@ -197,11 +197,46 @@ pub struct BusKeys {
 }
 
 impl BusKeys {
-    /// New random keys in a fresh directory under [`state_dir`].
+    /// The keys of the cluster's bus, the same for every test and process using this NATS
+    /// server: every api and reconciler started on one bus must trust each other, exactly as in
+    /// production (several stacks on one bus are replicas of one installation). Created once,
+    /// atomically, under [`state_dir`].
+    pub fn shared(env: &TestEnv) -> anyhow::Result<Self> {
+        let tag: String = env.nats_url().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        let dir = state_dir().join("bus-keys").join(tag);
+        if let Ok(keys) = Self::read(&dir) {
+            return Ok(keys);
+        }
+        let tmp = dir.with_extension(uuid::Uuid::new_v4().simple().to_string());
+        Self::generate_in(&tmp)?;
+        // Whoever renames first wins; the others use the winner's keys.
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Self::read(&dir)
+    }
+
+    fn read(dir: &Path) -> anyhow::Result<Self> {
+        let sealing = events::sealing::SealingSecretKey::from_base64(&std::fs::read_to_string(dir.join("sealing.key"))?)?;
+        let keys = BusKeys {
+            signing_key_file: dir.join("command-signing.pem"),
+            verify_keys_file: dir.join("command-verify.pem"),
+            sealing_key_file: dir.join("sealing.key"),
+            sealing_public_key: String::from(sealing.public_key()),
+        };
+        anyhow::ensure!(keys.signing_key_file.exists() && keys.verify_keys_file.exists(), "incomplete key directory");
+        Ok(keys)
+    }
+
+    /// New random keys in a fresh directory under [`state_dir`], trusted by nobody else: for
+    /// tests of forged commands, or a private NATS server. Stacks on the shared bus must use
+    /// [`BusKeys::shared`].
     pub fn generate() -> anyhow::Result<Self> {
-        let dir = state_dir()
-            .join("keys")
-            .join(uuid::Uuid::new_v4().simple().to_string());
+        Self::generate_in(&state_dir().join("keys").join(uuid::Uuid::new_v4().simple().to_string()))
+    }
+
+    fn generate_in(dir: &Path) -> anyhow::Result<Self> {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let signer = events::signing::CommandSigner::generate();
         let sealing = events::sealing::SealingSecretKey::generate();

@@ -31,14 +31,14 @@ pub struct Stack {
     pub projector: ServiceProcess,
     /// `http://127.0.0.1:<port>` of the api.
     pub api_url: String,
-    /// The keys shared by api and reconciler.
+    /// The bus keys (shared by every stack on this NATS server, see [`BusKeys::shared`]).
     pub keys: BusKeys,
 }
 
 impl Stack {
     /// Starts the three services and waits until each is healthy.
     pub async fn start(env: &TestEnv, opts: StackOptions) -> anyhow::Result<Stack> {
-        let keys = BusKeys::generate()?;
+        let keys = BusKeys::shared(env)?;
         let api_port = free_port()?;
         let api_url = format!("http://127.0.0.1:{api_port}");
         let common = |kubeconfig: PathBuf, health: SocketAddr| {
