@@ -177,3 +177,77 @@ async fn restart_catches_up_without_loss_or_duplicates() -> anyhow::Result<()> {
     assert!(log.contains("\"initial catch-up done\"") || log.contains("initial catch-up done"));
     Ok(())
 }
+
+/// The same run with a real Job owned by the session, run by kwok: the test plays the
+/// reconciler's part (status follows the Job), the projector reports each transition once.
+#[tokio::test]
+async fn session_run_through_a_kwok_job() -> anyhow::Result<()> {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{ListParams, PostParams};
+
+    let env = TestEnv::shared().await?;
+    let scope = Scope::new();
+    let _projector = start_projector(&env, &scope, None).await?;
+    let p = create_project(&env, &scope, "proj-kwok").await?;
+    let session = create_session(&env, &p, "job1", "v").await?;
+    wait_events(&env, &p, "created", |e| of(e, "session", "job1").len() == 2).await?;
+
+    set_phase(&env, &p, "job1", Phase::Creating).await?;
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "job1-job", "ownerReferences": [{
+            "apiVersion": "vteam.ambient-code/v1alpha1", "kind": "AgenticSession", "name": "job1",
+            "uid": session.metadata.uid, "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600, "template": {
+            "metadata": {"labels": {"agentic-session": "job1"}},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "runner", "image": "example.invalid/runner:test",
+                "env": [{"name": "KWOK_RUN_DURATION", "value": "3s"}]}]}}}
+    }))?;
+    let jobs = Api::<Job>::namespaced(env.admin(), &p);
+    jobs.create(&PostParams::default(), &job).await?;
+    let pods = Api::<Pod>::namespaced(env.admin(), &p);
+    // kwok runs the pod briefly: Running, or already past it.
+    ambient_tests::components::wait_for("runner pod started", Duration::from_secs(60), || async {
+        let l = pods.list(&ListParams::default().labels("job-name=job1-job")).await?;
+        Ok(l.items.iter().any(|p| matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running" | "Succeeded"))))
+    })
+    .await?;
+    set_phase(&env, &p, "job1", Phase::Running).await?;
+    ambient_tests::components::wait_for("Job succeeded", Duration::from_secs(60), || async {
+        Ok(jobs.get("job1-job").await?.status.and_then(|s| s.succeeded).unwrap_or(0) >= 1)
+    })
+    .await?;
+    set_phase(&env, &p, "job1", Phase::Completed).await?;
+    wait_events(&env, &p, "completed", |e| of(e, "session", "job1").len() == 8).await?;
+
+    delete_session(&env, &p, "job1").await?;
+    wait_events(&env, &p, "deleted", |e| of(e, "session", "job1").len() == 9).await?;
+    // The Job goes with its session (garbage collection); the projector reports nothing more.
+    ambient_tests::components::wait_for("Job collected", Duration::from_secs(60), || async {
+        Ok(jobs.get_opt("job1-job").await?.is_none())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let evs = status_events(&env, &p).await?;
+    let s = of(&evs, "session", "job1");
+    assert_eq!(kinds(&s), ["changed", "phase", "changed", "phase", "changed", "phase", "changed", "phase", "deleted"], "{}", summary(&evs));
+    assert_eq!(
+        transitions(&s),
+        [
+            (None, Phase::Pending),
+            (Some(Phase::Pending), Phase::Creating),
+            (Some(Phase::Creating), Phase::Running),
+            (Some(Phase::Running), Phase::Completed),
+        ]
+    );
+    match &s[7].event.body {
+        StatusBody::SessionPhase(t) => {
+            assert!(t.previous_phase_seconds.is_some_and(|x| x >= 0.0), "{t:?}");
+            assert!(t.completion_time.is_some(), "{t:?}");
+        }
+        b => panic!("{b:?}"),
+    }
+    assert_unique_ids(&evs);
+    Ok(())
+}
