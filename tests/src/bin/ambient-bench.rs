@@ -375,10 +375,7 @@ impl Bench {
                     }
                     let sessions = Api::<AgenticSession>::namespaced(admin.clone(), n);
                     for j in 0..m.scale_sessions_per_project {
-                        let s = sessions.create(&PostParams::default(), &AgenticSession::new(&format!("s-{j}"), spec.clone())).await?;
-                        sessions
-                            .patch_status(&s.metadata.name.unwrap_or_default(), &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Completed"}})))
-                            .await?;
+                        completed_session(&sessions, &format!("s-{j}"), &spec).await?;
                     }
                     anyhow::Ok(())
                 }
@@ -394,13 +391,7 @@ impl Bench {
             .map(|j| {
                 let sessions = sessions.clone();
                 let spec = spec.clone();
-                async move {
-                    let s = sessions.create(&PostParams::default(), &AgenticSession::new(&format!("s-{j}"), spec)).await?;
-                    sessions
-                        .patch_status(&s.metadata.name.unwrap_or_default(), &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Completed"}})))
-                        .await?;
-                    anyhow::Ok(())
-                }
+                async move { completed_session(&sessions, &format!("s-{j}"), &spec).await }
             })
             .buffer_unordered(16)
             .collect::<Vec<_>>()
@@ -467,6 +458,14 @@ impl Bench {
         }
         Ok(s)
     }
+}
+
+/// A session that has already finished, so the reconciler has nothing to run for it.
+async fn completed_session(sessions: &Api<AgenticSession>, name: &str, spec: &AgenticSessionSpec) -> anyhow::Result<()> {
+    sessions.create(&PostParams::default(), &AgenticSession::new(name, spec.clone())).await?;
+    let done = Patch::Merge(json!({"status": {"phase": "Completed"}}));
+    sessions.patch_status(name, &PatchParams::default(), &done).await?;
+    Ok(())
 }
 
 async fn grant(admin: &kube::Client, ns: &str, user: &str, role: &str) -> anyhow::Result<()> {
