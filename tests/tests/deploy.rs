@@ -1,0 +1,860 @@
+//! `deploy/`: every overlay renders with the dev cluster's kubectl, every rendered object is
+//! accepted by a real API server (server-side dry-run), the components' RBAC is least
+//! privilege, the manifests keep the restricted security profile, and the NATS accounts file
+//! really enforces who may publish, consume and write what (against a real nats-server).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use events::streams::{self, BusConfig};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt as _;
+use tokio::process::Command;
+
+use ambient_tests::components::{apply_rbac, free_port, nats_server_bin, wait_for};
+use ambient_tests::{DemoUser, TestEnv, repo_dir};
+
+/// Every installable directory under deploy/ (kustomization roots).
+const ROOTS: &[&str] = &[
+    "deploy",
+    "deploy/overlays/dev",
+    "deploy/overlays/openshift",
+    "deploy/overlays/production",
+    "deploy/overlays/openshift-production",
+];
+
+/// Kinds the dev cluster does not serve (OpenShift APIs): skipped in the dry-run, by
+/// `apiVersion/kind`, and only after the test has seen that the server indeed lacks them.
+const OPENSHIFT_ONLY: &[&str] = &["route.openshift.io/v1/Route"];
+
+/// The three project ClusterRoles: the only roles a component may `bind`.
+const PROJECT_ROLES: &[&str] = &[
+    "ambient-project-admin",
+    "ambient-project-edit",
+    "ambient-project-view",
+];
+
+const COMPONENTS: &[&str] = &["api", "reconciler", "projector"];
+
+fn kubectl(env: &TestEnv) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let kubectl = env
+        .kubectl()
+        .ok_or_else(|| anyhow!("the dev cluster's kubectl is not known (AMBIENT_BIN_DIR)"))?;
+    let kubeconfig = env
+        .kubeconfig(DemoUser::Admin)
+        .ok_or_else(|| anyhow!("no admin kubeconfig (AMBIENT_KUBECONFIG_DIR)"))?;
+    Ok((kubectl, kubeconfig))
+}
+
+/// `kubectl kustomize <root>`, parsed into objects.
+async fn render(kubectl: &Path, root: &str) -> anyhow::Result<Vec<Value>> {
+    let out = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(repo_dir().join(root))
+        .output()
+        .await
+        .context("running kubectl kustomize")?;
+    ensure!(
+        out.status.success(),
+        "kubectl kustomize {root} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    parse_yaml(&text).with_context(|| format!("parsing the rendering of {root}"))
+}
+
+fn parse_yaml(text: &str) -> anyhow::Result<Vec<Value>> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text)?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+fn kind_key(o: &Value) -> String {
+    format!(
+        "{}/{}",
+        o["apiVersion"].as_str().unwrap_or(""),
+        o["kind"].as_str().unwrap_or("")
+    )
+}
+
+fn name_of(o: &Value) -> String {
+    format!(
+        "{}/{}",
+        o["kind"].as_str().unwrap_or("?"),
+        o["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+// ---- (a) + (b): render, and a real API server accepts every object -----------------------
+
+#[tokio::test]
+async fn every_overlay_renders_and_the_api_server_accepts_every_object() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let (kubectl, kubeconfig) = kubectl(&env)?;
+    // The namespace (and the RBAC the other tests use) must exist for namespaced dry-runs.
+    apply_rbac(&env).await?;
+
+    // The kinds skipped below are really absent from the dev API server.
+    for key in OPENSHIFT_ONLY {
+        let (group_version, kind) = key.rsplit_once('/').expect("apiVersion/kind");
+        let out = Command::new(&kubectl)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(["api-resources", "--api-group"])
+            .arg(group_version.split('/').next().unwrap_or(""))
+            .args(["-o", "name"])
+            .output()
+            .await?;
+        ensure!(out.status.success(), "kubectl api-resources failed");
+        ensure!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "the dev cluster serves {kind}; stop skipping it"
+        );
+    }
+
+    for root in ROOTS {
+        let objects = render(&kubectl, root).await?;
+        ensure!(!objects.is_empty(), "{root} renders nothing");
+
+        let (skipped, accepted): (Vec<Value>, Vec<Value>) = objects
+            .into_iter()
+            .partition(|o| OPENSHIFT_ONLY.contains(&kind_key(o).as_str()));
+        let skipped: Vec<String> = skipped.iter().map(name_of).collect();
+        let expected: Vec<String> = if root.contains("openshift") {
+            vec!["Route/ambient-api".into()]
+        } else {
+            vec![]
+        };
+        assert_eq!(skipped, expected, "{root}: objects skipped because the dev cluster lacks their kind");
+        eprintln!("{root}: {} objects; skipped (kind not served by the dev cluster): {skipped:?}", accepted.len());
+
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": accepted});
+        let mut child = Command::new(&kubectl)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args([
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "--field-manager=deploy-test",
+                "-f",
+                "-",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(&serde_json::to_vec(&list)?).await?;
+        drop(stdin);
+        let out = child.wait_with_output().await?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "{root}: the API server refused objects:\n{}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let applied = stdout.lines().filter(|l| l.contains("(server dry run)")).count();
+        assert_eq!(applied, list["items"].as_array().map_or(0, Vec::len), "{root}: every object dry-applied:\n{stdout}");
+    }
+    Ok(())
+}
+
+// ---- shape of the rendered workloads ----------------------------------------------------------
+
+fn pod_spec(o: &Value) -> &Value {
+    &o["spec"]["template"]["spec"]
+}
+
+/// Violations of the restricted profile, probes and resources in one rendered workload.
+fn workload_violations(o: &Value, fixed_ids: bool) -> Vec<String> {
+    let mut v = Vec::new();
+    let name = name_of(o);
+    let pod = pod_spec(o);
+    let psc = &pod["securityContext"];
+    if psc["seccompProfile"]["type"] != "RuntimeDefault" {
+        v.push(format!("{name}: seccompProfile is not RuntimeDefault"));
+    }
+    if psc["runAsNonRoot"] != true {
+        v.push(format!("{name}: runAsNonRoot is not set"));
+    }
+    if fixed_ids != psc.get("runAsUser").is_some() {
+        v.push(format!("{name}: runAsUser present={} (want {fixed_ids})", psc.get("runAsUser").is_some()));
+    }
+    for c in pod["containers"].as_array().into_iter().flatten() {
+        let cn = format!("{name}/{}", c["name"].as_str().unwrap_or("?"));
+        let sc = &c["securityContext"];
+        if sc["allowPrivilegeEscalation"] != false {
+            v.push(format!("{cn}: allowPrivilegeEscalation is not false"));
+        }
+        if sc["readOnlyRootFilesystem"] != true {
+            v.push(format!("{cn}: readOnlyRootFilesystem is not true"));
+        }
+        if strs(&sc["capabilities"]["drop"]) != ["ALL"] || sc["capabilities"].get("add").is_some() {
+            v.push(format!("{cn}: capabilities are not exactly drop ALL"));
+        }
+        if sc.get("privileged") == Some(&Value::Bool(true)) || sc.get("runAsUser") == Some(&json!(0)) {
+            v.push(format!("{cn}: privileged or root"));
+        }
+        if c["resources"]["requests"].get("memory").is_none() || c["resources"]["limits"].get("memory").is_none() {
+            v.push(format!("{cn}: no memory request/limit"));
+        }
+        for probe in ["livenessProbe", "readinessProbe"] {
+            if c.get(probe).is_none() {
+                v.push(format!("{cn}: no {probe}"));
+            }
+        }
+    }
+    v
+}
+
+/// The container `name` of a workload (sidecars may come first).
+fn container<'a>(o: &'a Value, name: &str) -> &'a Value {
+    pod_spec(o)["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == name)
+        .unwrap_or(&Value::Null)
+}
+
+/// The port number and path of an HTTP probe of a container.
+fn probe_of(c: &Value, probe: &str) -> (String, String) {
+    let port_name = c[probe]["httpGet"]["port"].as_str().unwrap_or("").to_string();
+    let port = c["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == port_name.as_str())
+        .map(|p| p["containerPort"].to_string())
+        .unwrap_or_default();
+    (port, c[probe]["httpGet"]["path"].as_str().unwrap_or("").to_string())
+}
+
+fn arg_value<'a>(c: &'a Value, flag: &str) -> Option<&'a str> {
+    strs(&c["args"])
+        .into_iter()
+        .find_map(|a| a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')))
+}
+
+#[tokio::test]
+async fn workloads_are_restricted_probed_and_scaled_per_overlay() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let (kubectl, _) = kubectl(&env)?;
+    for root in ROOTS {
+        let objects = render(&kubectl, root).await?;
+        let by_name: BTreeMap<String, &Value> = objects.iter().map(|o| (name_of(o), o)).collect();
+        let openshift = root.contains("openshift");
+        let production = root.contains("production");
+        let mut violations = Vec::new();
+        for o in &objects {
+            if matches!(o["kind"].as_str(), Some("Deployment" | "StatefulSet")) {
+                violations.extend(workload_violations(o, !openshift));
+            }
+        }
+        assert!(violations.is_empty(), "{root}:\n{}", violations.join("\n"));
+
+        for c in COMPONENTS {
+            let d = by_name
+                .get(&format!("Deployment/ambient-{c}"))
+                .ok_or_else(|| anyhow!("{root}: no Deployment ambient-{c}"))?;
+            assert_eq!(pod_spec(d)["serviceAccountName"], format!("ambient-{c}"), "{root}: {c} runs under its own ServiceAccount");
+            let main = container(d, c);
+            ensure!(!main.is_null(), "{root}: Deployment ambient-{c} has no container {c}");
+            assert_eq!(probe_of(main, "livenessProbe"), ("9090".into(), "/healthz".into()), "{root}: {c} liveness");
+            assert_eq!(probe_of(main, "readinessProbe"), ("9090".into(), "/readyz".into()), "{root}: {c} readiness");
+            assert_eq!(arg_value(main, "--health-addr"), Some("0.0.0.0:9090"), "{root}: {c} health address");
+            let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+            let want = match (production, *c) {
+                (false, _) => 1,
+                (true, "api") => 3,
+                (true, _) => 2,
+            };
+            assert_eq!(replicas, want, "{root}: replicas of {c}");
+        }
+        let nats = by_name
+            .get("StatefulSet/ambient-nats")
+            .ok_or_else(|| anyhow!("{root}: no NATS StatefulSet"))?;
+        assert_eq!(nats["spec"]["replicas"].as_i64(), Some(if production { 3 } else { 1 }), "{root}: NATS servers");
+        let conf = objects
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("ambient-nats-config")))
+            .ok_or_else(|| anyhow!("{root}: no NATS ConfigMap"))?;
+        let nats_conf = conf["data"]["nats.conf"].as_str().unwrap_or("");
+        ensure!(nats_conf.contains("sync_interval: always"), "{root}: NATS must fsync before acknowledging");
+        ensure!(conf["data"]["accounts.conf"].as_str().is_some_and(|a| a.contains("ambient.cmd.>")), "{root}: accounts.conf in the ConfigMap");
+        ensure!(nats_conf.contains("cluster {") == production, "{root}: NATS clustered iff production");
+        if openshift {
+            let api = by_name["Deployment/ambient-api"];
+            let proxy = container(api, "oauth-proxy");
+            ensure!(!proxy.is_null(), "{root}: no oauth-proxy sidecar");
+            let args = strs(&proxy["args"]);
+            ensure!(args.contains(&"--pass-access-token"), "{root}: the proxy forwards the access token");
+            ensure!(args.contains(&"--upstream=http://localhost:8080"), "{root}: the proxy fronts the api");
+            ensure!(by_name.contains_key("Route/ambient-api"), "{root}: a Route");
+        }
+    }
+    Ok(())
+}
+
+// ---- (c) privilege surface ------------------------------------------------------------------
+
+/// Every way an RBAC object in deploy/ exceeds least privilege (SPEC §5).
+fn rbac_violations(objects: &[Value]) -> Vec<String> {
+    let mut v = Vec::new();
+    let defined: BTreeSet<String> = objects
+        .iter()
+        .filter(|o| matches!(o["kind"].as_str(), Some("ClusterRole" | "Role")))
+        .map(|o| format!("{}/{}", o["kind"].as_str().unwrap_or(""), o["metadata"]["name"].as_str().unwrap_or("")))
+        .collect();
+    for o in objects {
+        let name = name_of(o);
+        match o["kind"].as_str() {
+            Some("ClusterRole" | "Role") => {
+                if o.get("aggregationRule").is_some() {
+                    v.push(format!("{name}: aggregationRule (its rules are not in deploy/)"));
+                }
+                for (i, rule) in o["rules"].as_array().into_iter().flatten().enumerate() {
+                    let at = format!("{name} rule {i}");
+                    for field in ["verbs", "resources", "apiGroups", "nonResourceURLs", "resourceNames"] {
+                        if strs(&rule[field]).iter().any(|s| s.contains('*')) {
+                            v.push(format!("{at}: wildcard in {field}"));
+                        }
+                    }
+                    let verbs = strs(&rule["verbs"]);
+                    for bad in ["impersonate", "escalate"] {
+                        if verbs.contains(&bad) {
+                            v.push(format!("{at}: {bad}"));
+                        }
+                    }
+                    if verbs.contains(&"bind") {
+                        let names = strs(&rule["resourceNames"]);
+                        let resources = strs(&rule["resources"]);
+                        if names.is_empty() || names.iter().any(|n| !PROJECT_ROLES.contains(n)) {
+                            v.push(format!("{at}: bind beyond the project ClusterRoles ({names:?})"));
+                        }
+                        if resources != ["clusterroles"] || strs(&rule["apiGroups"]) != ["rbac.authorization.k8s.io"] {
+                            v.push(format!("{at}: bind on {resources:?}, not only clusterroles"));
+                        }
+                    }
+                }
+            }
+            Some("ClusterRoleBinding" | "RoleBinding") => {
+                let role = o["roleRef"]["name"].as_str().unwrap_or("");
+                let role_kind = o["roleRef"]["kind"].as_str().unwrap_or("");
+                if matches!(role, "cluster-admin" | "admin" | "edit") || role.starts_with("system:") {
+                    v.push(format!("{name}: binds the built-in role {role}"));
+                } else if !defined.contains(&format!("{role_kind}/{role}")) {
+                    v.push(format!("{name}: binds {role_kind} {role}, which deploy/ does not define"));
+                }
+                for s in o["subjects"].as_array().into_iter().flatten() {
+                    let subject = s["name"].as_str().unwrap_or("");
+                    if s["kind"] == "Group" && subject.starts_with("system:") {
+                        v.push(format!("{name}: binds the group {subject}"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+#[test]
+fn the_privilege_check_catches_every_violation() {
+    let bad = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: bad}
+rules:
+  - {apiGroups: [""], resources: ["pods"], verbs: ["*"]}
+  - {apiGroups: ["*"], resources: ["pods"], verbs: ["get"]}
+  - {apiGroups: [""], resources: ["*"], verbs: ["get"]}
+  - {apiGroups: [""], resources: ["users", "groups"], verbs: ["impersonate"]}
+  - {apiGroups: ["rbac.authorization.k8s.io"], resources: ["clusterroles"], verbs: ["escalate"]}
+  - {apiGroups: ["rbac.authorization.k8s.io"], resources: ["clusterroles"], verbs: ["bind"]}
+  - {apiGroups: ["rbac.authorization.k8s.io"], resources: ["clusterroles"], verbs: ["bind"], resourceNames: ["ambient-project-admin", "cluster-admin"]}
+  - {apiGroups: ["rbac.authorization.k8s.io"], resources: ["roles"], verbs: ["bind"], resourceNames: ["ambient-project-view"]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: to-cluster-admin}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+subjects: [{kind: ServiceAccount, name: x, namespace: ambient-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: to-unknown}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: somewhere-else}
+subjects: [{kind: Group, name: "system:authenticated"}]
+"#;
+    let v = rbac_violations(&parse_yaml(bad).unwrap());
+    for expect in [
+        "rule 0: wildcard in verbs",
+        "rule 1: wildcard in apiGroups",
+        "rule 2: wildcard in resources",
+        "rule 3: impersonate",
+        "rule 4: escalate",
+        "rule 5: bind beyond",
+        "rule 6: bind beyond",
+        "rule 7: bind on",
+        "to-cluster-admin: binds the built-in role cluster-admin",
+        "to-unknown: binds ClusterRole somewhere-else",
+        "to-unknown: binds the group system:authenticated",
+    ] {
+        assert!(v.iter().any(|x| x.contains(expect)), "missed {expect:?} in {v:#?}");
+    }
+    assert_eq!(v.len(), 11, "{v:#?}");
+    // A correct reconciler-style role passes.
+    let good = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: good}
+rules:
+  - {apiGroups: ["rbac.authorization.k8s.io"], resources: ["clusterroles"], verbs: ["bind"], resourceNames: ["ambient-project-admin", "ambient-project-edit", "ambient-project-view"]}
+"#;
+    assert_eq!(rbac_violations(&parse_yaml(good).unwrap()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn component_rbac_is_least_privilege() -> anyhow::Result<()> {
+    // The files the harness applies (deploy/base/rbac/, what every component test runs under)...
+    let dir = repo_dir().join("deploy/base/rbac");
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(&dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    let mut base = Vec::new();
+    for f in &files {
+        let docs = parse_yaml(&std::fs::read_to_string(f)?).with_context(|| format!("parsing {}", f.display()))?;
+        base.extend(docs);
+    }
+    let v = rbac_violations(&base);
+    assert!(v.is_empty(), "deploy/base/rbac/:\n{}", v.join("\n"));
+
+    // ...each component has its own ServiceAccount, ClusterRole and binding to it...
+    for c in COMPONENTS {
+        let file = dir.join(format!("{c}.yaml"));
+        let docs = parse_yaml(&std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?)?;
+        let sa = format!("ambient-{c}");
+        ensure!(
+            docs.iter().any(|o| o["kind"] == "ServiceAccount" && o["metadata"]["name"] == sa.as_str() && o["metadata"]["namespace"] == "ambient-system"),
+            "{c}.yaml: no ServiceAccount {sa} in ambient-system"
+        );
+        ensure!(docs.iter().any(|o| o["kind"] == "ClusterRole"), "{c}.yaml: no ClusterRole");
+        ensure!(
+            docs.iter().any(|o| o["kind"] == "ClusterRoleBinding"
+                && o["subjects"].as_array().into_iter().flatten().any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa.as_str() && s["namespace"] == "ambient-system")),
+            "{c}.yaml: no ClusterRoleBinding to {sa}"
+        );
+    }
+
+    // ...and nothing an overlay adds or patches widens it.
+    let env = TestEnv::shared().await?;
+    let (kubectl, _) = kubectl(&env)?;
+    for root in ROOTS {
+        let objects = render(&kubectl, root).await?;
+        let v = rbac_violations(&objects);
+        assert!(v.is_empty(), "{root}:\n{}", v.join("\n"));
+        for c in COMPONENTS {
+            ensure!(
+                objects.iter().any(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == format!("ambient-{c}").as_str()),
+                "{root}: the rendering lacks ClusterRole ambient-{c} (deploy/base/kustomization.yaml must list rbac/{c}.yaml)"
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---- (d) NATS permissions ---------------------------------------------------------------------
+
+/// A nats-server running deploy/'s accounts.conf verbatim (passwords in its environment, as
+/// the StatefulSet gives them), on a free loopback port with a fresh store. Killed on drop.
+struct DeployNats {
+    url: String,
+    passwords: BTreeMap<&'static str, String>,
+    dir: tempfile::TempDir,
+    _child: tokio::process::Child,
+}
+
+impl DeployNats {
+    async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("deploy-nats-").tempdir()?;
+        let port = free_port()?;
+        std::fs::copy(repo_dir().join("deploy/base/nats/accounts.conf"), dir.path().join("accounts.conf"))?;
+        // The base nats.conf with only the host-specific lines changed: loopback, no monitor
+        // port, a temporary store and pid file. Everything else, the include in particular,
+        // is the shipped text.
+        let shipped = std::fs::read_to_string(repo_dir().join("deploy/base/nats/nats.conf"))?;
+        let mut conf = String::new();
+        for line in shipped.lines() {
+            let t = line.trim_start();
+            let replaced = if t.starts_with("listen:") {
+                format!("listen: 127.0.0.1:{port}")
+            } else if t.starts_with("http:") {
+                String::new()
+            } else if t.starts_with("store_dir:") {
+                format!("  store_dir: {:?}", dir.path().join("js"))
+            } else if t.starts_with("pid_file:") {
+                format!("pid_file: {:?}", dir.path().join("nats.pid"))
+            } else {
+                line.to_string()
+            };
+            conf.push_str(&replaced);
+            conf.push('\n');
+        }
+        ensure!(conf.contains("include ./accounts.conf"), "nats.conf no longer includes accounts.conf");
+        std::fs::write(dir.path().join("nats.conf"), conf)?;
+        let passwords: BTreeMap<&'static str, String> = COMPONENTS
+            .iter()
+            .map(|c| (*c, uuid::Uuid::new_v4().simple().to_string()))
+            .collect();
+        let log = std::fs::File::create(dir.path().join("nats.log"))?;
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(dir.path().join("nats.conf"))
+            .env("POD_NAME", "deploy-test")
+            .env("NATS_API_PASSWORD", &passwords["api"])
+            .env("NATS_RECONCILER_PASSWORD", &passwords["reconciler"])
+            .env("NATS_PROJECTOR_PASSWORD", &passwords["projector"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning nats-server")?;
+        let n = DeployNats { url: format!("nats://127.0.0.1:{port}"), passwords, dir, _child: child };
+        let addr = format!("127.0.0.1:{port}");
+        wait_for("nats-server with deploy/ accounts", Duration::from_secs(30), || {
+            let addr = addr.clone();
+            async move { Ok(tokio::net::TcpStream::connect(addr).await.is_ok()) }
+        })
+        .await
+        .with_context(|| n.log())?;
+        Ok(n)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    async fn connect(&self, user: &'static str) -> anyhow::Result<Bus> {
+        let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = errors.clone();
+        let client = async_nats::ConnectOptions::with_user_and_password(user.into(), self.passwords[user].clone())
+            .name(user)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |ev| {
+                let sink = sink.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = ev
+                        && let Ok(mut s) = sink.lock()
+                    {
+                        s.push(e.to_string());
+                    }
+                }
+            })
+            .connect(self.url.as_str())
+            .await
+            .with_context(|| format!("connecting as {user}"))?;
+        let js = jetstream::ContextBuilder::new().timeout(Duration::from_secs(2)).build(client.clone());
+        Ok(Bus { user, client, js, errors })
+    }
+}
+
+/// One component's connection, recording the server's permission errors.
+struct Bus {
+    user: &'static str,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Bus {
+    /// Publishes to `subject` with a reply inbox (the way JetStream publishes and API calls
+    /// go) and asserts the server refuses it: a permissions violation naming `subject`, and no
+    /// answer on the inbox.
+    async fn refused(&self, subject: &str) -> anyhow::Result<()> {
+        let inbox = self.client.new_inbox();
+        let mut replies = self.client.subscribe(inbox.clone()).await?;
+        self.client.publish_with_reply(subject.to_string(), inbox, "{}".into()).await?;
+        self.client.flush().await?;
+        let needle = format!("Permissions Violation for Publish to \"{subject}\"");
+        wait_for(&format!("{}: refusal of {subject}", self.user), Duration::from_secs(5), || {
+            let found = self.errors.lock().map(|e| e.iter().any(|x| x.contains(&needle))).unwrap_or(false);
+            async move { Ok(found) }
+        })
+        .await?;
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), futures::StreamExt::next(&mut replies)).await {
+            bail!("{} got an answer on {subject}: {:?}", self.user, String::from_utf8_lossy(&m.payload));
+        }
+        Ok(())
+    }
+
+    /// Subscribing to `subject` is refused.
+    async fn subscribe_refused(&self, subject: &str) -> anyhow::Result<()> {
+        let _sub = self.client.subscribe(subject.to_string()).await?;
+        self.client.flush().await?;
+        let needle = format!("Permissions Violation for Subscription to \"{subject}\"");
+        wait_for(&format!("{}: refusal of subscribing {subject}", self.user), Duration::from_secs(5), || {
+            let found = self.errors.lock().map(|e| e.iter().any(|x| x.contains(&needle))).unwrap_or(false);
+            async move { Ok(found) }
+        })
+        .await
+    }
+
+    fn violations(&self) -> Vec<String> {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+async fn messages_in(js: &jetstream::Context, name: &str) -> anyhow::Result<u64> {
+    let mut s = js.get_stream(name).await?;
+    Ok(s.info().await?.state.messages)
+}
+
+#[tokio::test]
+async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes() -> anyhow::Result<()> {
+    let nats = DeployNats::start().await?;
+
+    // Authentication: no anonymous access, no access with another user's password.
+    ensure!(async_nats::connect(nats.url.as_str()).await.is_err(), "anonymous connection accepted");
+    ensure!(
+        async_nats::ConnectOptions::with_user_and_password("api".into(), nats.passwords["projector"].clone())
+            .connect(nats.url.as_str())
+            .await
+            .is_err(),
+        "api connected with the projector's password"
+    );
+
+    let api = nats.connect("api").await?;
+    let rec = nats.connect("reconciler").await?;
+    let proj = nats.connect("projector").await?;
+    let cfg = BusConfig { duplicate_window: Duration::from_secs(60), ..BusConfig::default() };
+
+    // Bootstrap: whoever starts first creates everything; the others find it unchanged.
+    let first = streams::bootstrap_streams(&proj.js, &cfg).await.context("projector bootstraps a fresh bus")?;
+    assert_eq!(first.created.len(), 7, "{first:?}");
+    for b in [&api, &rec] {
+        let r = streams::bootstrap_streams(&b.js, &cfg).await.with_context(|| format!("{} bootstraps", b.user))?;
+        assert!(r.created.is_empty() && r.updated.is_empty(), "{}: {r:?}", b.user);
+    }
+    // Only the reconciler changes a stream's configuration...
+    let changed = BusConfig { max_age: cfg.max_age + Duration::from_secs(3600), ..cfg.clone() };
+    for b in [&api, &proj] {
+        ensure!(streams::bootstrap_streams(&b.js, &changed).await.is_err(), "{} updated a stream", b.user);
+        b.refused("$JS.API.STREAM.UPDATE.AMBIENT_COMMANDS").await?;
+    }
+    let r = streams::bootstrap_streams(&rec.js, &changed).await.context("reconciler updates the streams")?;
+    // (AMBIENT_MESSAGES has no max_age: it keeps a count per session instead.)
+    assert_eq!(r.updated, ["AMBIENT_COMMANDS", "AMBIENT_RESULTS", "AMBIENT_STATUS"], "{r:?}");
+    let cfg = changed;
+    // ...and only it creates the command consumers.
+    let r = streams::bootstrap_consumers(&rec.js, &cfg).await.context("reconciler creates its consumers")?;
+    assert_eq!(r.created.len(), cfg.partitions as usize, "{r:?}");
+    for b in [&api, &proj] {
+        ensure!(streams::bootstrap_consumers(&b.js, &cfg).await.is_err(), "{} touched the command consumers", b.user);
+    }
+
+    // Commands: the api publishes; nobody else can.
+    let cmd_subject = "ambient.cmd.team-a.session.create";
+    let ack = api.js.publish(cmd_subject, "command".into()).await?.await.context("api publishes a command")?;
+    assert_eq!(ack.stream, streams::COMMANDS_STREAM);
+    for b in [&rec, &proj] {
+        b.refused(cmd_subject).await?;
+    }
+    // Nobody but the reconciler reads, pulls or acks commands, or makes a consumer of them.
+    for b in [&api, &proj] {
+        for p in 0..cfg.partitions {
+            b.refused(&format!("$JS.API.CONSUMER.MSG.NEXT.AMBIENT_COMMANDS.reconciler-p{p}")).await?;
+        }
+        for subject in [
+            "$JS.API.CONSUMER.INFO.AMBIENT_COMMANDS.reconciler-p0",
+            "$JS.API.CONSUMER.CREATE.AMBIENT_COMMANDS",
+            "$JS.API.CONSUMER.CREATE.AMBIENT_COMMANDS.thief.ambient.cmd.>",
+            "$JS.API.CONSUMER.DELETE.AMBIENT_COMMANDS.reconciler-p0",
+            "$JS.API.STREAM.MSG.GET.AMBIENT_COMMANDS",
+            "$JS.API.DIRECT.GET.AMBIENT_COMMANDS",
+            "$JS.ACK.AMBIENT_COMMANDS.reconciler-p0.1.1.1.0.0",
+        ] {
+            b.refused(subject).await?;
+        }
+    }
+    // Nobody removes commands.
+    for b in [&api, &rec, &proj] {
+        for subject in [
+            "$JS.API.STREAM.DELETE.AMBIENT_COMMANDS",
+            "$JS.API.STREAM.PURGE.AMBIENT_COMMANDS",
+            "$JS.API.STREAM.MSG.DELETE.AMBIENT_COMMANDS",
+        ] {
+            b.refused(subject).await?;
+        }
+    }
+    assert_eq!(messages_in(&rec.js, streams::COMMANDS_STREAM).await?, 1, "only the api's command is stored");
+
+    // The reconciler consumes it: delivered once, so none of the refused pulls got it.
+    let commands = rec.js.get_stream(streams::COMMANDS_STREAM).await?;
+    let mut pulled = None;
+    for p in 0..cfg.partitions {
+        let mut c: consumer::PullConsumer =
+            commands.get_consumer(&BusConfig::partition_consumer_name(p)).await.map_err(anyhow::Error::from_boxed)?;
+        if c.info().await?.num_pending == 0 {
+            continue;
+        }
+        let mut messages = c
+            .stream()
+            .group(streams::RECONCILER_GROUP)
+            .max_messages_per_batch(1)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await?;
+        let m = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut messages))
+            .await
+            .context("pulling the command")?
+            .ok_or_else(|| anyhow!("partition {p}: pull ended"))?;
+        pulled = Some(m?);
+        break;
+    }
+    let msg = pulled.ok_or_else(|| anyhow!("the reconciler found the command in no partition"))?;
+    assert_eq!(&msg.payload[..], b"command");
+    assert_eq!(msg.info().map_err(anyhow::Error::from_boxed)?.delivered, 1, "delivered to nobody before");
+    msg.double_ack().await.map_err(anyhow::Error::from_boxed).context("reconciler acks")?;
+
+    // Results: the reconciler publishes and reads its ledger; the api waits for and reads them.
+    let result_subject = format!("ambient.result.team-a.{}", uuid::Uuid::now_v7());
+    let mut waiting = api.client.subscribe("ambient.result.team-a.>").await?;
+    api.client.flush().await?;
+    rec.js.publish(result_subject.clone(), "result".into()).await?.await.context("reconciler publishes a result")?;
+    let live = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut waiting)).await?;
+    assert_eq!(live.map(|m| m.subject.to_string()), Some(result_subject.clone()), "the api sees the result live");
+    let results = rec.js.get_stream(streams::RESULTS_STREAM).await?;
+    results.direct_get_last_for_subject(&result_subject).await.context("reconciler reads its ledger")?;
+    let results = api.js.get_stream(streams::RESULTS_STREAM).await?;
+    results.get_last_raw_message_by_subject(&result_subject).await.context("api reads a result")?;
+    for b in [&api, &proj] {
+        b.refused(&format!("ambient.result.team-a.{}", uuid::Uuid::now_v7())).await?;
+    }
+    assert_eq!(messages_in(&rec.js, streams::RESULTS_STREAM).await?, 1);
+
+    // Status: only the projector publishes; the api replays it (SSE) and the projector's
+    // sinks consume it durably.
+    let status_subject = "ambient.status.team-a.session.s1";
+    proj.js.publish(status_subject, "status".into()).await?.await.context("projector publishes status")?;
+    for b in [&api, &rec] {
+        b.refused(status_subject).await?;
+    }
+    assert_eq!(messages_in(&proj.js, streams::STATUS_STREAM).await?, 1);
+    let status = api.js.get_stream(streams::STATUS_STREAM).await?;
+    let mut replay = status
+        .create_consumer(consumer::pull::OrderedConfig { filter_subject: "ambient.status.team-a.>".into(), ..Default::default() })
+        .await
+        .context("api creates an ordered consumer on status")?
+        .messages()
+        .await?;
+    let first_status = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut replay))
+        .await?
+        .ok_or_else(|| anyhow!("no status replayed"))?
+        ?;
+    assert_eq!(first_status.subject.as_str(), status_subject);
+    let status = proj.js.get_stream(streams::STATUS_STREAM).await?;
+    let sink: consumer::PullConsumer = status
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("projector-sink-test".into()),
+            filter_subject: "ambient.status.>".into(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .context("projector creates a sink consumer")?;
+    let mut batch = sink.fetch().max_messages(1).expires(Duration::from_secs(2)).messages().await?;
+    let m = futures::StreamExt::next(&mut batch).await.ok_or_else(|| anyhow!("sink got nothing"))?.map_err(anyhow::Error::from_boxed)?;
+    m.double_ack().await.map_err(anyhow::Error::from_boxed).context("projector acks a sink delivery")?;
+    api.refused("$JS.ACK.AMBIENT_STATUS.projector-sink-test.1.1.1.0.0").await?;
+
+    // Read model: the projector writes, the api reads, nobody else writes.
+    let sessions = proj.js.get_key_value(streams::SESSIONS_BUCKET).await?;
+    sessions.put("team-a.s1", "view".into()).await.context("projector writes the read model")?;
+    let read = api.js.get_key_value(streams::SESSIONS_BUCKET).await?;
+    assert_eq!(read.get("team-a.s1").await.context("api reads the read model")?.as_deref(), Some(&b"view"[..]));
+    for b in [&api, &rec] {
+        b.refused("$KV.ambient-sessions.team-a.s2").await?;
+        b.refused("$KV.ambient-projects.team-a").await?;
+        b.refused("$KV.ambient-access.team-a.permission.x").await?;
+    }
+
+    // The api's own buckets: its to use, nobody else's.
+    let idem = api
+        .js
+        .create_key_value(kv::Config { bucket: "ambient-api-idempotency".into(), history: 1, storage: stream::StorageType::File, ..Default::default() })
+        .await
+        .context("api creates its idempotency bucket")?;
+    idem.put("k", "v".into()).await.context("api writes its bucket")?;
+    for b in [&rec, &proj] {
+        b.refused("$KV.ambient-api-idempotency.k").await?;
+        b.refused("$JS.API.DIRECT.GET.KV_ambient-api-idempotency.$KV.ambient-api-idempotency.k").await?;
+    }
+
+    // Session messages: the api appends; the others do not.
+    api.js.publish("ambient.msg.team-a.s1", "hello".into()).await?.await.context("api appends a session message")?;
+    for b in [&rec, &proj] {
+        b.refused("ambient.msg.team-a.s1").await?;
+    }
+    // Nobody but the api listens to live results or chat.
+    proj.subscribe_refused("ambient.result.>").await?;
+    rec.subscribe_refused("ambient.msg.>").await?;
+
+    // The allowed operations above raised no permission error of their own.
+    let unexpected: Vec<String> = [&api, &rec, &proj]
+        .iter()
+        .flat_map(|b| b.violations().into_iter().map(move |e| format!("{}: {e}", b.user)))
+        .filter(|e| !e.contains("Permissions Violation"))
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:#?}");
+    Ok(())
+}
+
+/// The shipped NATS configurations (base and production) parse, with the variables the
+/// StatefulSet provides, in nats-server's own configuration check.
+#[tokio::test]
+async fn shipped_nats_configurations_are_valid() -> anyhow::Result<()> {
+    for conf in ["deploy/base/nats/nats.conf", "deploy/components/production/nats.conf"] {
+        let dir = tempfile::tempdir()?;
+        std::fs::copy(repo_dir().join("deploy/base/nats/accounts.conf"), dir.path().join("accounts.conf"))?;
+        std::fs::copy(repo_dir().join(conf), dir.path().join("nats.conf"))?;
+        let out = Command::new(nats_server_bin())
+            .arg("-t")
+            .arg("-c")
+            .arg(dir.path().join("nats.conf"))
+            .env("POD_NAME", "ambient-nats-0")
+            .env("NATS_API_PASSWORD", "a")
+            .env("NATS_RECONCILER_PASSWORD", "b")
+            .env("NATS_PROJECTOR_PASSWORD", "c")
+            .output()
+            .await?;
+        ensure!(out.status.success(), "{conf}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        // Without a password the server refuses to start rather than run open.
+        let out = Command::new(nats_server_bin())
+            .arg("-t")
+            .arg("-c")
+            .arg(dir.path().join("nats.conf"))
+            .env("POD_NAME", "ambient-nats-0")
+            .env_remove("NATS_API_PASSWORD")
+            .env("NATS_RECONCILER_PASSWORD", "b")
+            .env("NATS_PROJECTOR_PASSWORD", "c")
+            .output()
+            .await?;
+        ensure!(!out.status.success(), "{conf}: valid without NATS_API_PASSWORD");
+    }
+    Ok(())
+}
