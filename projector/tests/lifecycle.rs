@@ -251,3 +251,48 @@ async fn session_run_through_a_kwok_job() -> anyhow::Result<()> {
     assert_unique_ids(&evs);
     Ok(())
 }
+
+/// A crash after publishing an object's events but before writing its read-model value: the
+/// restarted projector derives the same event ids, and JetStream drops the re-publish.
+#[tokio::test]
+async fn crash_between_publish_and_read_model_is_deduplicated() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let scope = Scope::new();
+    let mut projector = start_projector(&env, &scope, None).await?;
+    let p = create_project(&env, &scope, "proj-crash").await?;
+    create_session(&env, &p, "c1", "v").await?;
+    wait_events(&env, &p, "created", |e| of(e, "session", "c1").len() == 2).await?;
+    projector.kill9().await;
+
+    // The change the projector "published" just before dying (its read model still says Pending).
+    set_phase(&env, &p, "c1", Phase::Running).await?;
+    let s = sessions(&env, &p).get("c1").await?;
+    let rec = projector::model::session_rec(&s);
+    let ty = "ambient.session.changed.v1";
+    let ev = events::StatusEvent {
+        id: events::StatusEvent::derive_id(&rec.meta.uid, &rec.meta.resource_version, ty),
+        project: events::ProjectName::new(&p)?,
+        name: "c1".into(),
+        time: chrono::Utc::now(),
+        body: StatusBody::SessionChanged(rec.view.clone()),
+    };
+    let out = events::wire::encode_status(&ev)?;
+    env.jetstream().publish_with_headers(out.subject, out.headers, out.payload).await?.await?;
+
+    projector.restart().await?;
+    wait_ready(&projector).await?;
+    let evs = wait_events(&env, &p, "catch-up", |e| of(e, "session", "c1").len() >= 4).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let evs_final = status_events(&env, &p).await?;
+    assert_eq!(evs_final.len(), evs.len());
+    let c1 = of(&evs_final, "session", "c1");
+    assert_eq!(kinds(&c1), ["changed", "phase", "changed", "phase"], "{}", summary(&evs_final));
+    assert_eq!(c1[2].event.id, ev.id, "the pre-crash publish stands for the replayed one");
+    assert_unique_ids(&evs_final);
+    let metrics = projector.metrics().await?;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("projector_events_duplicate_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    Ok(())
+}
