@@ -12,7 +12,8 @@
 //! cluster write, the result is published (and stored) before the command is acknowledged. The
 //! window between the two is covered by idempotent applies (see [`crate::apply`]).
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ use crate::ledger::Ledger;
 
 /// How often a held message is extended (the first redelivery backoff is 1 s).
 const PROGRESS_EVERY: Duration = Duration::from_millis(400);
+/// Longest wait for an earlier command of the same object to be redelivered (covers the
+/// pinned-client takeover and the redelivery backoff).
+const ORDER_WAIT: Duration = Duration::from_secs(120);
 /// A per-object worker with nothing to do for this long goes away.
 const WORKER_IDLE: Duration = Duration::from_secs(5);
 
@@ -56,6 +60,26 @@ struct Work {
     delivered: i64,
     seq: u64,
     progress: tokio::task::JoinHandle<()>,
+}
+
+/// Orders waiting work by stream sequence.
+struct Queued(Work);
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.seq == other.0.seq
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.seq.cmp(&other.0.seq)
+    }
 }
 
 type WorkerKey = (String, String);
@@ -182,22 +206,93 @@ impl Consumer {
         tokio::spawn(self.clone().worker(key, rx));
     }
 
-    /// Applies one object's commands in order; leaves when idle (under the map lock, so that no
-    /// command can be handed to a worker that is going away).
+    /// Applies one object's commands in stream order; leaves when idle (under the map lock, so
+    /// that no command can be handed to a worker that is going away).
+    ///
+    /// Redelivery after a crash does not come in stream order (each message's redelivery timer
+    /// runs from its last progress), so waiting commands are kept sorted by stream sequence and
+    /// the lowest one is applied only when no earlier command of the same object is still
+    /// pending in the stream (unacknowledged and without a result): that one comes first.
     async fn worker(self: Arc<Self>, key: WorkerKey, mut rx: mpsc::UnboundedReceiver<Work>) {
+        let mut heap: BinaryHeap<Reverse<Queued>> = BinaryHeap::new();
+        let mut waiting_since: Option<Instant> = None;
         loop {
-            match tokio::time::timeout(WORKER_IDLE, rx.recv()).await {
-                Ok(Some(work)) => self.process(work).await,
-                Ok(None) => return,
-                Err(_) => {
-                    let Ok(mut workers) = self.workers.lock() else { return };
-                    if rx.is_empty() {
-                        workers.remove(&key);
-                        return;
+            while let Ok(w) = rx.try_recv() {
+                heap.push(Reverse(Queued(w)));
+            }
+            let Some(Reverse(Queued(first))) = heap.peek() else {
+                match tokio::time::timeout(WORKER_IDLE, rx.recv()).await {
+                    Ok(Some(work)) => heap.push(Reverse(Queued(work))),
+                    Ok(None) => return,
+                    Err(_) => {
+                        let Ok(mut workers) = self.workers.lock() else { return };
+                        if rx.is_empty() {
+                            workers.remove(&key);
+                            return;
+                        }
                     }
                 }
+                continue;
+            };
+            let blocked = match self.earlier_pending(first).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check for earlier commands; assuming none");
+                    false
+                }
+            };
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            if blocked && since.elapsed() < ORDER_WAIT {
+                tokio::select! {
+                    w = rx.recv() => if let Some(w) = w { heap.push(Reverse(Queued(w))) },
+                    _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                }
+                continue;
+            }
+            if blocked {
+                tracing::warn!("an earlier command of this object never came back; applying the next one");
+            }
+            waiting_since = None;
+            if let Some(Reverse(Queued(work))) = heap.pop() {
+                self.process(work).await;
             }
         }
+    }
+
+    /// True when a command of the same object with a lower stream sequence is still pending:
+    /// above the consumer's ack floor and without a result in the ledger.
+    async fn earlier_pending(&self, work: &Work) -> Result<bool, async_nats::Error> {
+        let Some(partition) = work.msg.subject.split('.').nth(2).and_then(|p| p.parse::<u32>().ok()) else {
+            return Ok(false);
+        };
+        let stream = self.js.get_stream(COMMANDS_STREAM).await?;
+        let mut consumer: PullConsumer = stream.get_consumer(&BusConfig::partition_consumer_name(partition)).await?;
+        let floor = consumer.info().await?.ack_floor.stream_sequence;
+        let filter = format!(
+            "{}.{partition}.{}.{}.*",
+            events::subjects::COMMANDS,
+            work.cmd.project,
+            work.cmd.body.command_type().kind().as_str()
+        );
+        let key = work.cmd.body.object_key();
+        let mut from = floor + 1;
+        while from < work.seq {
+            let m = match stream.direct_get_next_for_subject(filter.clone(), Some(from)).await {
+                Ok(m) => m,
+                Err(_) => return Ok(false),
+            };
+            if m.sequence >= work.seq {
+                return Ok(false);
+            }
+            from = m.sequence + 1;
+            let Ok(earlier) = events::wire::decode_command(&m.subject, Some(&m.headers), &m.payload, &self.verifier) else {
+                continue;
+            };
+            if earlier.body.object_key() == key && !self.ledger.has_result(&earlier.project, earlier.id).await.map_err(|e| e.to_string())? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     async fn process(&self, work: Work) {

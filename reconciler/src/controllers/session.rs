@@ -303,10 +303,14 @@ fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::
 }
 
 async fn reconcile(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
+    let span = tracing::info_span!("session", project = %s.namespace().unwrap_or_default(), session = %s.name_any());
+    // Instrument, never enter: an entered guard held across awaits leaks into other tasks.
+    tracing::Instrument::instrument(reconcile_session(s, ctx), span).await
+}
+
+async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
     let ns = s.namespace().unwrap_or_default();
     let name = s.name_any();
-    let span = tracing::info_span!("session", project = %ns, session = %name);
-    let _g = span.enter();
     if s.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
