@@ -800,7 +800,17 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
         .await
         .context("api creates its idempotency bucket")?;
     idem.put("k", "v".into()).await.context("api writes its bucket")?;
+    for bucket in ["ambient-api-commands", "ambient-api-key-usage"] {
+        let store = api
+            .js
+            .create_key_value(kv::Config { bucket: bucket.into(), history: 1, storage: stream::StorageType::File, ..Default::default() })
+            .await
+            .with_context(|| format!("api creates its bucket {bucket}"))?;
+        store.put("team-a.k", "v".into()).await.with_context(|| format!("api writes {bucket}"))?;
+        assert_eq!(store.get("team-a.k").await?.as_deref(), Some(&b"v"[..]));
+    }
     for b in [&rec, &proj] {
+        b.refused("$KV.ambient-api-key-usage.team-a.k").await?;
         b.refused("$KV.ambient-api-idempotency.k").await?;
         b.refused("$JS.API.DIRECT.GET.KV_ambient-api-idempotency.$KV.ambient-api-idempotency.k").await?;
     }
@@ -855,6 +865,51 @@ async fn shipped_nats_configurations_are_valid() -> anyhow::Result<()> {
             .output()
             .await?;
         ensure!(!out.status.success(), "{conf}: valid without NATS_API_PASSWORD");
+    }
+    Ok(())
+}
+
+/// deploy/gen-secrets.sh (the documented openssl recipe) produces keys in exactly the formats
+/// the services parse, and the public halves match the secret ones.
+#[tokio::test]
+async fn generated_secrets_are_in_the_formats_the_services_read() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out_dir = dir.path().join("keys");
+    let out = Command::new("bash")
+        .arg(repo_dir().join("deploy/gen-secrets.sh"))
+        .arg(&out_dir)
+        .output()
+        .await?;
+    ensure!(out.status.success(), "gen-secrets.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let read = |f: &str| std::fs::read_to_string(out_dir.join(f)).with_context(|| format!("reading {f}"));
+
+    let signer = events::signing::CommandSigner::from_pem(&read("command-signing.pem")?)?;
+    events::signing::CommandVerifier::from_pem(&read("command-verify.pem")?)?;
+    assert_eq!(
+        signer.public_pem()?.trim(),
+        read("command-verify.pem")?.trim(),
+        "command-verify.pem is the public half of command-signing.pem"
+    );
+    let sealing = events::sealing::SealingSecretKey::from_base64(&read("sealing.key")?)?;
+    let public = events::sealing::SealingPublicKey::from_base64(&read("sealing-public-key")?)?;
+    assert_eq!(
+        String::from(sealing.public_key()),
+        String::from(public.clone()),
+        "sealing-public-key is the public half of sealing.key"
+    );
+    let sealed = public.seal(b"runner secret");
+    assert_eq!(sealing.open(&sealed)?, b"runner secret");
+
+    for user in COMPONENTS {
+        let pw = read(&format!("nats-{user}-password"))?;
+        ensure!(pw.len() >= 32 && pw.starts_with(|c: char| c.is_ascii_alphabetic()), "weak or numeric NATS password");
+    }
+    assert_eq!(read("cookie-secret")?.len(), 32, "oauth-proxy wants a 16, 24 or 32 byte cookie secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&out_dir)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the key directory is private");
     }
     Ok(())
 }
