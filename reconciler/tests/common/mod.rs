@@ -28,7 +28,8 @@ pub fn principal(user: DemoUser) -> Principal {
 impl Harness {
     pub async fn start() -> anyhow::Result<Self> {
         let env = TestEnv::shared().await?;
-        let keys = BusKeys::generate()?;
+        // Every reconciler on this bus must trust the same api key: they are replicas.
+        let keys = BusKeys::shared(&env)?;
         let signer = CommandSigner::from_pem(&std::fs::read_to_string(&keys.signing_key_file)?)?;
         let kubeconfig = Component::Reconciler.kubeconfig(&env).await?;
         let (nats, verify, sealing) = (env.nats_url().to_string(), keys.verify_keys_file.clone(), keys.sealing_key_file.clone());
