@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, consumer, kv};
 use events::StatusEvent;
 use events::streams::{ACCESS_BUCKET, PROJECTS_BUCKET, SESSIONS_BUCKET};
 use futures::StreamExt;
@@ -36,6 +36,8 @@ pub struct Bus {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Header marking a KV delete or purge.
+const KV_OPERATION: &str = "KV-Operation";
 
 impl Bus {
     /// Opens the read-model buckets (created by the bootstrap).
@@ -52,29 +54,62 @@ impl Bus {
     }
 
     /// Every value of the read model (the last projected state), by object.
+    ///
+    /// Read with a *named* push consumer (last message per key, delivered to an inbox) rather
+    /// than `Store::keys()`: the deploy/ NATS permissions allow creating named consumers on
+    /// the bucket streams (`$JS.API.CONSUMER.CREATE.KV_<bucket>.>`) and receiving on
+    /// `_INBOX.>`, not the unnamed consumer `keys()` creates nor pulling.
     pub async fn load(&self) -> Result<BTreeMap<ObjKey, Projected>, BusError> {
         let mut out = BTreeMap::new();
-        for (&bucket, store) in &self.buckets {
+        for &bucket in self.buckets.keys() {
             let err = |e: &dyn std::fmt::Display| BusError::Bucket { bucket, message: e.to_string() };
-            let mut keys = store.keys().await.map_err(|e| err(&e))?;
-            let mut names = Vec::new();
-            while let Some(k) = keys.next().await {
-                names.push(k.map_err(|e| err(&e))?);
-            }
-            for k in names {
-                let Some(obj) = ObjKey::from_kv(bucket, &k) else {
-                    tracing::warn!(bucket, key = %k, "ignoring a read-model key the projector does not own");
-                    continue;
-                };
-                let Some(bytes) = store.get(k.as_str()).await.map_err(|e| err(&e))? else { continue };
-                match serde_json::from_slice::<Projected>(&bytes) {
-                    Ok(p) => {
-                        out.insert(obj, p);
+            let stream = self.js.get_stream(format!("KV_{bucket}")).await.map_err(|e| err(&e))?;
+            let name = format!("projector-load-{}", uuid::Uuid::new_v4().simple());
+            let consumer = stream
+                .create_consumer(consumer::push::Config {
+                    name: Some(name.clone()),
+                    deliver_subject: self.js.client().new_inbox(),
+                    filter_subject: format!("$KV.{bucket}.>"),
+                    deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                    ack_policy: consumer::AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(60),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| err(&e))?;
+            let mut remaining = consumer.cached_info().num_pending;
+            let prefix = format!("$KV.{bucket}.");
+            if remaining > 0 {
+                let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+                while remaining > 0 {
+                    // A stall is an error: loading less than the read model holds would
+                    // re-announce objects as new.
+                    let m = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+                        Ok(Some(Ok(m))) => m,
+                        Ok(Some(Err(e))) => return Err(err(&e)),
+                        Ok(None) => return Err(err(&"read-model load ended early")),
+                        Err(_) => return Err(err(&format!("read-model load stalled with {remaining} values left"))),
+                    };
+                    remaining = m.info().map(|i| i.pending).unwrap_or(0);
+                    let op = m.headers.as_ref().and_then(|h| h.get(KV_OPERATION)).map(|v| v.as_str().to_string());
+                    if matches!(op.as_deref(), Some("DEL" | "PURGE")) {
+                        continue;
                     }
-                    // An unreadable value is re-projected from the cluster as if new.
-                    Err(e) => tracing::warn!(bucket, key = %k, error = %e, "unreadable read-model value"),
+                    let Some(key) = m.subject.as_str().strip_prefix(&prefix) else { continue };
+                    let Some(obj) = ObjKey::from_kv(bucket, key) else {
+                        tracing::warn!(bucket, key, "ignoring a read-model key the projector does not own");
+                        continue;
+                    };
+                    match serde_json::from_slice::<Projected>(&m.payload) {
+                        Ok(p) => {
+                            out.insert(obj, p);
+                        }
+                        // An unreadable value is re-projected from the cluster as if new.
+                        Err(e) => tracing::warn!(bucket, key, error = %e, "unreadable read-model value"),
+                    }
                 }
             }
+            let _ = stream.delete_consumer(&name).await;
         }
         Ok(out)
     }

@@ -3,6 +3,22 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// A secret from the command line or environment: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl From<String> for Redacted {
+    fn from(s: String) -> Self {
+        Redacted(s)
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -20,9 +36,9 @@ pub struct Config {
     /// Kubeconfig file; default: in-cluster configuration or the usual kubeconfig discovery.
     #[arg(long, env = "PROJECTOR_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// The bus: NATS URL and credentials, partitions, replicas.
+    #[command(flatten)]
+    pub bus: events::bus::BusArgs,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HEALTH_ADDR", default_value = "127.0.0.1:9090")]
     pub health_addr: SocketAddr,

@@ -95,14 +95,15 @@ async fn run_inner(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", cfg.health_addr))?;
 
     let client = kube_client(&cfg).await.context("building the Kubernetes client")?;
-    let nats = async_nats::ConnectOptions::new()
-        .name("ambient-projector")
+    let nats = cfg
+        .bus
+        .connect_options("ambient-projector")
         .retry_on_initial_connect()
-        .connect(cfg.nats_url.as_str())
+        .connect(cfg.bus.nats_url.as_str())
         .await
-        .with_context(|| format!("connecting to NATS at {}", cfg.nats_url))?;
+        .with_context(|| format!("connecting to NATS at {}", cfg.bus.nats_url))?;
     let js = async_nats::jetstream::new(nats);
-    let bus_cfg = events::streams::BusConfig::default();
+    let bus_cfg = cfg.bus.bus_config();
     let mut delay = Duration::from_millis(200);
     loop {
         match events::streams::bootstrap_streams(&js, &bus_cfg).await {
