@@ -24,6 +24,8 @@ pub struct LeaseConfig {
     pub duration: Duration,
     /// How often the holder renews.
     pub renew_every: Duration,
+    /// How often a standby tries to take the lease.
+    pub retry_every: Duration,
 }
 
 /// What a look at the Lease decided.
@@ -117,7 +119,7 @@ pub async fn acquire(api: Api<Lease>, cfg: LeaseConfig, shutdown: CancellationTo
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(cfg.renew_every) => {}
+            _ = tokio::time::sleep(cfg.retry_every) => {}
         }
     }
     tracing::info!(lease = %cfg.name, identity = %cfg.identity, "leadership acquired");

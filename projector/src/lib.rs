@@ -128,6 +128,7 @@ async fn run_inner(cfg: Config) -> anyhow::Result<()> {
         identity: cfg.identity(),
         duration: Duration::from_secs(cfg.lease_seconds.max(3)),
         renew_every: Duration::from_secs((cfg.lease_seconds.max(3) / 3).max(1)),
+        retry_every: Duration::from_secs(2),
     };
     let Some(leading) = lease::acquire(leases.clone(), lease_cfg.clone(), cancel.clone()).await else {
         let _ = health.await;
