@@ -20,9 +20,9 @@ pub struct Config {
     /// Kubeconfig file; in-cluster configuration or the usual discovery when absent.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// The bus: NATS URL and credentials, partitions, replicas.
+    #[command(flatten)]
+    pub bus: events::bus::BusArgs,
     /// Main HTTP listener.
     #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -62,9 +62,19 @@ pub struct Config {
     /// How long authorization decisions are cached (revocations take effect after at most this).
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub authz_cache_ttl: Duration,
-    /// Number of command partitions of the bus (must agree with the other components).
-    #[arg(long, env = "AMBIENT_PARTITIONS", default_value_t = 8)]
-    pub partitions: u32,
+    /// Messages one session may hold (the stream's own cap, 10 000, still applies).
+    #[arg(long, env = "API_MESSAGES_MAX_PER_SESSION", default_value_t = 10_000)]
+    pub messages_max_per_session: u64,
+    /// Bytes (stored envelopes) one session's messages may hold.
+    #[arg(long, env = "API_MESSAGES_MAX_BYTES_PER_SESSION", default_value_t = 64 * 1024 * 1024)]
+    pub messages_max_bytes_per_session: u64,
+    /// Largest single message (its stored envelope), bytes; larger ones are refused with 413
+    /// (the stream's own limit is 256 KiB plus headers).
+    #[arg(long, env = "API_MESSAGES_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
+    pub messages_max_message_bytes: usize,
+    /// Longest `wait` a message read (the runner's inbox long-poll) may ask for.
+    #[arg(long, env = "API_MESSAGES_MAX_WAIT", value_parser = parse_duration, default_value = "30s")]
+    pub messages_max_wait: Duration,
 }
 
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.

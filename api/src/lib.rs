@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod errors;
 pub mod extract;
+pub mod messages;
 pub mod ops;
 pub mod reads;
 pub mod routes;
@@ -34,6 +35,7 @@ use crate::auth::{Authenticator, RateLimiter};
 use crate::authz::Authorizer;
 use crate::commands::{Commands, ensure_bucket};
 use crate::config::Config;
+use crate::messages::MessageLog;
 use crate::reads::{KEY_USAGE_BUCKET, Reads};
 use crate::state::AppState;
 
@@ -103,21 +105,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reconciler_key =
         SealingPublicKey::from_base64(&config.reconciler_sealing_public_key).context("--reconciler-sealing-public-key")?;
     let kube = kube_client(config.kubeconfig.as_deref()).await?;
-    let nats = async_nats::ConnectOptions::new()
-        .name("ambient-api")
-        .connection_timeout(Duration::from_secs(10))
+    let nats = config
+        .bus
+        .connect_options("ambient-api")
         .event_callback(|ev| async move { tracing::info!(event = %ev, "nats connection event") })
-        .connect(config.nats_url.as_str())
+        .connect(config.bus.nats_url.as_str())
         .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+        .with_context(|| format!("connecting to NATS at {}", config.bus.nats_url))?;
     let mut js = async_nats::jetstream::new(nats.clone());
     js.set_timeout(Duration::from_secs(5));
-    let bus = events::streams::BusConfig { partitions: config.partitions, ..Default::default() };
+    let bus = config.bus.bus_config();
     let report = events::streams::bootstrap_streams(&js, &bus).await.context("bootstrapping streams")?;
     tracing::info!(created = ?report.created, updated = ?report.updated, "streams ready");
     let key_usage = ensure_bucket(&js, KEY_USAGE_BUCKET, Duration::from_secs(400 * 24 * 3600)).await?;
     let shutdown = CancellationToken::new();
-    let reads = Reads::start(kube.clone(), Some(key_usage), shutdown.clone());
+    let (session_changes, session_changes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reads = Reads::start(kube.clone(), Some(key_usage), shutdown.clone(), Some(session_changes));
+    let messages = MessageLog::new(
+        js.clone(),
+        messages::Limits {
+            max_count: config.messages_max_per_session,
+            max_bytes: config.messages_max_bytes_per_session,
+            max_message_bytes: config.messages_max_message_bytes,
+        },
+    );
     let commands = Commands::new(nats, js, signer, config.result_timeout).await?;
     let state = Arc::new(AppState {
         auth: Authenticator::new(kube.clone(), config.token_cache_ttl),
@@ -126,6 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kube,
         reads,
         commands,
+        messages,
         reconciler_key,
         prometheus,
         shutdown: shutdown.clone(),
@@ -136,6 +148,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !state.reads.wait_ready().await {
         anyhow::bail!("watch caches did not fill within 60 s (RBAC of the api's ServiceAccount?)");
     }
+    tokio::spawn(messages::run_purger(state.clone(), session_changes_rx));
     tracing::info!(listen = %config.listen, health = %config.health_addr, "api serving");
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -144,10 +157,61 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         signal.cancel();
     });
     let h = axum::serve(health, health_app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let m = axum::serve(main, app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let (a, b) = tokio::join!(h.into_future(), m.into_future());
+    let m = serve(main, app(state.clone()), shutdown.clone());
+    let (a, b) = tokio::join!(h.into_future(), m);
     a?;
     b?;
+    Ok(())
+}
+
+/// How long a client may take to send a request's headers before the connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most header fields in one request (more: the connection gets 431 and is closed).
+pub const MAX_HEADERS: usize = 100;
+/// Read buffer bound, which also bounds the size of a request's headers.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Serves `app` on `listener` until `shutdown`, like `axum::serve` but with the limits it does
+/// not set: a header read timeout (a client sending a byte per second is cut off instead of
+/// holding a connection forever) and bounds on the number and size of headers.
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt as _;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let service = app.clone().map_request(|r: axum::http::Request<_>| r.map(axum::body::Body::new));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service));
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    // Open SSE streams end on the same shutdown signal; don't wait forever for stragglers.
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
     Ok(())
 }
 

@@ -101,6 +101,11 @@ impl AppState {
             .map(String::from);
         match cmd.requirement() {
             Requirement::SelfProvision => {
+                // Access keys and runners are ServiceAccounts scoped to one project: they never
+                // create projects, whatever groups they are in.
+                if caller.principal.service_account().is_some() {
+                    return Err(ApiError::Forbidden("ServiceAccounts (access keys, runners) may not create projects".into()));
+                }
                 if !caller.principal.groups.iter().any(|g| g == &self.config.self_provisioner_group) {
                     return Err(ApiError::Forbidden("you may not create projects".into()));
                 }

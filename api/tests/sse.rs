@@ -8,51 +8,11 @@ use std::time::Duration;
 
 use ambient_tests::{DemoUser, TestEnv};
 use chrono::Utc;
-use common::{Client, project, stack, token};
+use common::{Client, project, read_events, stack, token};
 use events::status::{PhaseTransition, StatusBody, StatusEvent};
 use events::{Phase, ProjectName};
 use reqwest::StatusCode;
 use serde_json::json;
-
-struct SseEvent {
-    id: u64,
-    event: String,
-    data: serde_json::Value,
-}
-
-/// Reads SSE events from a response until `n` are collected or `timeout` passes; returns them and
-/// whether the stream ended.
-async fn read_events(resp: &mut reqwest::Response, n: usize, timeout: Duration) -> (Vec<SseEvent>, bool) {
-    let mut out = Vec::new();
-    let mut buf = String::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        while let Some(i) = buf.find("\n\n") {
-            let block: String = buf.drain(..i + 2).collect();
-            let (mut id, mut event, mut data) = (None, String::new(), String::new());
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse().ok();
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim());
-                }
-            }
-            if !event.is_empty() {
-                out.push(SseEvent { id: id.unwrap_or(0), event, data: serde_json::from_str(&data).unwrap_or_default() });
-            }
-        }
-        if out.len() >= n {
-            return (out, false);
-        }
-        match tokio::time::timeout_at(deadline, resp.chunk()).await {
-            Ok(Ok(Some(c))) => buf.push_str(&String::from_utf8_lossy(&c)),
-            Ok(Ok(None)) | Ok(Err(_)) => return (out, true),
-            Err(_) => return (out, false),
-        }
-    }
-}
 
 async fn publish(js: &async_nats::jetstream::Context, project: &ProjectName, session: &str, phase: Phase, n: u32) {
     let ev = StatusEvent {

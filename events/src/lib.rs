@@ -14,6 +14,8 @@
 
 pub mod access;
 pub mod binding;
+#[cfg(feature = "cli")]
+pub mod bus;
 pub mod catalogue;
 pub mod commands;
 pub mod crd;

@@ -318,6 +318,7 @@ fn stream_differs(have: &stream::Config, want: &stream::Config) -> bool {
         || have.discard != want.discard
         || have.discard_new_per_subject != want.discard_new_per_subject
         || have.allow_direct != want.allow_direct
+        || have.num_replicas != want.num_replicas
         || have.description != want.description
         || have.subject_transform.as_ref().map(|t| (&t.source, &t.destination))
             != want.subject_transform.as_ref().map(|t| (&t.source, &t.destination))

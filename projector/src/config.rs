@@ -3,22 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// A secret from the command line or environment: its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Redacted(pub String);
-
-impl From<String> for Redacted {
-    fn from(s: String) -> Self {
-        Redacted(s)
-    }
-}
-
-impl std::fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -48,6 +48,10 @@ pub async fn allowed(client: &kube::Client, principal: &Principal, check: &Resou
 pub async fn authorize(client: &kube::Client, cmd: &Command, policy: &SelfProvision) -> Result<(), ApplyError> {
     match cmd.requirement() {
         Requirement::SelfProvision => {
+            // Access keys and runners are ServiceAccounts scoped to one project.
+            if cmd.principal.service_account().is_some() {
+                return Err(ApplyError::forbidden(format!("{} is a ServiceAccount and may not create projects", cmd.principal.user)));
+            }
             if !cmd.principal.groups.iter().any(|g| g == &policy.group) {
                 return Err(ApplyError::forbidden(format!(
                     "{} may not create projects (not in group {})",

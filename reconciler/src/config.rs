@@ -23,9 +23,9 @@ pub struct Config {
     /// Kubeconfig file; default: in-cluster, then the usual discovery (`KUBECONFIG`, ~/.kube/config).
     #[arg(long, env = "RECONCILER_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// The bus: NATS URL and credentials, partitions, replicas.
+    #[command(flatten)]
+    pub bus: events::bus::BusArgs,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "HEALTH_ADDR", default_value = "127.0.0.1:9090")]
     pub health_addr: SocketAddr,
@@ -56,9 +56,6 @@ pub struct Config {
     /// Commands applied in parallel (different objects) per replica.
     #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
-    /// Number of command partitions (must match the api's bus configuration).
-    #[arg(long, env = "COMMAND_PARTITIONS", default_value_t = 8)]
-    pub partitions: u32,
     /// Cap of the in-process retry backoff for transient failures, seconds.
     #[arg(long, env = "RETRY_MAX_BACKOFF_SECONDS", default_value_t = 30)]
     pub retry_max_backoff_seconds: u64,

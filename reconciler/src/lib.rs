@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use events::sealing::SealingSecretKey;
 use events::signing::CommandVerifier;
-use events::streams::{BusConfig, bootstrap_consumers, bootstrap_streams};
+use events::streams::{bootstrap_consumers, bootstrap_streams};
 
 use crate::config::Config;
 
@@ -65,14 +65,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         &std::fs::read_to_string(&cfg.sealing_key_file).with_context(|| format!("reading {}", cfg.sealing_key_file.display()))?,
     )?;
     let client = kube_client(&cfg).await?;
-    let nats = async_nats::ConnectOptions::new()
-        .name("ambient-reconciler")
+    let nats = cfg
+        .bus
+        .connect_options("ambient-reconciler")
         .retry_on_initial_connect()
-        .connect(cfg.nats_url.as_str())
+        .connect(cfg.bus.nats_url.as_str())
         .await
-        .with_context(|| format!("connecting to {}", cfg.nats_url))?;
+        .with_context(|| format!("connecting to {}", cfg.bus.nats_url))?;
     let js = async_nats::jetstream::new(nats);
-    let bus = BusConfig { partitions: cfg.partitions, ..Default::default() };
+    let bus = cfg.bus.bus_config();
     bootstrap_streams(&js, &bus).await?;
     bootstrap_consumers(&js, &bus).await?;
 

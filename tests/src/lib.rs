@@ -48,6 +48,9 @@ use kube::api::{Api, ObjectMeta, PostParams};
 
 pub mod bench;
 pub mod components;
+pub mod http;
+pub mod routes;
+pub mod sse;
 pub mod stack;
 
 /// The demo users of the dev cluster's static token file (`<state>/auth/tokens.csv`).

@@ -414,7 +414,9 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
         .iter()
         .any(|p| p.status.as_ref().and_then(|st| st.phase.as_deref()) == Some("Running"));
     if running {
-        let mut next = base.with(Phase::Running, None, "the runner is running");
+        // While it runs, the runner's own progress message (PUT …/status) stays; ours only
+        // marks the transition into Running.
+        let mut next = if cur.phase == Phase::Running { base } else { base.with(Phase::Running, None, "the runner is running") };
         next.start_time = next.start_time.or_else(|| Some(Utc::now()));
         write_status(&api, &s, &next).await?;
         return Ok(Action::requeue(Duration::from_secs(5)));
