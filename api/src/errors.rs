@@ -29,6 +29,12 @@ pub enum ApiError {
     /// 413.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 413 with a sentence (e.g. a session message over its size limit).
+    #[error("{0}")]
+    TooLarge(String),
+    /// 409 that no command produced, with a machine-readable reason.
+    #[error("{message}")]
+    Conflict { reason: &'static str, message: String },
     /// 415.
     #[error("content type must be application/json")]
     UnsupportedMediaType,
@@ -70,7 +76,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge(_) | ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -113,6 +120,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::CommandFailed { reason, .. } => {
                 body.insert("reason".into(), Value::String(reason.clone()));
+            }
+            ApiError::Conflict { reason, .. } => {
+                body.insert("reason".into(), Value::String((*reason).into()));
             }
             _ => {}
         }

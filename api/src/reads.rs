@@ -19,6 +19,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt as _};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Label of a managed namespace.
@@ -47,17 +48,43 @@ pub struct Reads {
     last_noted: Mutex<HashMap<String, Instant>>,
 }
 
-fn spawn_reflector<K>(api: Api<K>, cfg: watcher::Config, shutdown: CancellationToken) -> Store<K>
+/// What the sessions watch tells beyond its cache (for purging the messages of deleted sessions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionsChange {
+    /// The session `namespace/name` was deleted.
+    Deleted { namespace: String, name: String },
+    /// A (re)list completed: deletions missed while disconnected are not reported one by one.
+    Relisted,
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    shutdown: CancellationToken,
+    changes: Option<mpsc::UnboundedSender<SessionsChange>>,
+) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, cfg).default_backoff().reflect(writer).touched_objects();
+    let stream = watcher(api, cfg).default_backoff().reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream.take_until(shutdown.cancelled_owned()));
         while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                tracing::warn!(error = %e, kind = %K::kind(&()), "watch error; retrying");
+            let change = match ev {
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = %K::kind(&()), "watch error; retrying");
+                    continue;
+                }
+                Ok(watcher::Event::Delete(o)) => SessionsChange::Deleted {
+                    namespace: o.meta().namespace.clone().unwrap_or_default(),
+                    name: o.meta().name.clone().unwrap_or_default(),
+                },
+                Ok(watcher::Event::InitDone) => SessionsChange::Relisted,
+                Ok(_) => continue,
+            };
+            if let Some(tx) = &changes {
+                let _ = tx.send(change);
             }
         }
     });
@@ -66,16 +93,22 @@ where
 
 impl Reads {
     /// Starts every reflector.
-    pub fn start(client: kube::Client, key_usage: Option<kv::Store>, shutdown: CancellationToken) -> Self {
+    /// Deletions and relists of sessions go to `session_changes` when given.
+    pub fn start(
+        client: kube::Client,
+        key_usage: Option<kv::Store>,
+        shutdown: CancellationToken,
+        session_changes: Option<mpsc::UnboundedSender<SessionsChange>>,
+    ) -> Self {
         let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true"));
         let rbs = watcher::Config::default().labels(&format!("app in ({PERMISSION_APP},{ACCESS_KEY_APP})"));
         let sas = watcher::Config::default().labels(&format!("app={ACCESS_KEY_APP}"));
         Self {
-            namespaces: spawn_reflector(Api::all(client.clone()), managed, shutdown.clone()),
-            sessions: spawn_reflector(Api::all(client.clone()), watcher::Config::default(), shutdown.clone()),
-            rolebindings: spawn_reflector(Api::all(client.clone()), rbs, shutdown.clone()),
-            serviceaccounts: spawn_reflector(Api::all(client.clone()), sas, shutdown.clone()),
-            settings: spawn_reflector(Api::all(client), watcher::Config::default(), shutdown),
+            namespaces: spawn_reflector(Api::all(client.clone()), managed, shutdown.clone(), None),
+            sessions: spawn_reflector(Api::all(client.clone()), watcher::Config::default(), shutdown.clone(), session_changes),
+            rolebindings: spawn_reflector(Api::all(client.clone()), rbs, shutdown.clone(), None),
+            serviceaccounts: spawn_reflector(Api::all(client.clone()), sas, shutdown.clone(), None),
+            settings: spawn_reflector(Api::all(client), watcher::Config::default(), shutdown, None),
             key_usage,
             ready: std::sync::atomic::AtomicBool::new(false),
             last_noted: Mutex::new(HashMap::new()),

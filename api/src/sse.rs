@@ -1,13 +1,21 @@
-//! Live status streams (Server-Sent Events) fed by the AMBIENT_STATUS stream through an ordered
-//! consumer. The SSE `id` is the stream sequence, so `Last-Event-ID` resumes exactly after the
-//! last event seen. Authorization is checked on connect and again every 2 s: a caller whose
-//! access is revoked has the stream closed.
+//! Live streams (Server-Sent Events) fed by JetStream through ordered consumers. Authorization
+//! is checked on connect and again every 2 s: a caller whose access is revoked has the stream
+//! closed.
+//!
+//! - A project's stream carries its status events; the SSE `id` is the AMBIENT_STATUS sequence,
+//!   so `Last-Event-ID: <seq>` resumes exactly after the last event seen.
+//! - A session's stream carries its status events and its messages (`event: message`, data the
+//!   message envelope `{type, payload, timestamp, seq}`). Its ids are cursors over both streams,
+//!   `<statusSeq>:<messageSeq>` (the positions in AMBIENT_STATUS and in AMBIENT_MESSAGES after
+//!   this event), so one `Last-Event-ID` resumes both exactly, whichever kind of event came
+//!   last. A plain `<statusSeq>` (the project stream's form) resumes the status events and
+//!   starts the messages live.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, DeliverPolicy};
+use async_nats::jetstream::{self, consumer::{self, DeliverPolicy}};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -46,8 +54,51 @@ pub async fn session_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
     let s = SessionName::new(s).map_err(|_| ApiError::NotFound("session not found".into()))?;
     let checks = vec![project_visible(&p), check(&p, "get", events::crd::GROUP, "agenticsessions", Some(s.as_str()))];
     st.require(&caller, &checks[1..]).await?;
-    let filter = events::subjects::status_of_session(&project, &s);
-    stream(st, caller, filter, checks, &headers).await
+    let cursor = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(SessionCursor::parse).unwrap_or_default();
+    let unavailable = |e: String| ApiError::Unavailable(format!("the session stream is unavailable: {e}"));
+    let js = st.commands.jetstream();
+    let (status_from, status_seq) = start_of(js, events::streams::STATUS_STREAM, cursor.status).await.map_err(unavailable)?;
+    let (msg_from, msg_seq) = start_of(js, events::streams::MESSAGES_STREAM, cursor.messages).await.map_err(unavailable)?;
+    let mut status = ordered(js, events::streams::STATUS_STREAM, events::subjects::status_of_session(&project, &s), status_from)
+        .await
+        .map_err(unavailable)?;
+    let mut messages = ordered(js, events::streams::MESSAGES_STREAM, events::subjects::messages(&project, &s), msg_from)
+        .await
+        .map_err(unavailable)?;
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
+    metrics::gauge!("ambient_api_sse_streams").increment(1.0);
+    tokio::spawn(async move {
+        let mut at = SessionCursor { status: Some(status_seq), messages: Some(msg_seq) };
+        let mut tick = tokio::time::interval(RECHECK);
+        tick.tick().await;
+        loop {
+            let ev = tokio::select! {
+                _ = st.shutdown.cancelled() => break,
+                _ = tx.closed() => break,
+                _ = tick.tick() => match still_allowed(&st, &caller, &checks).await {
+                    Some(revoked) => { let _ = tx.send(Ok(revoked)).await; break; }
+                    None => continue,
+                },
+                m = status.next() => {
+                    let Some(m) = m else { break };
+                    let Some((seq, data, ty)) = status_event(m) else { continue };
+                    at.status = Some(seq);
+                    Event::default().event(ty).data(data)
+                }
+                m = messages.next() => {
+                    let Some(m) = m else { break };
+                    let Some((seq, data)) = message_event(m) else { continue };
+                    at.messages = Some(seq);
+                    Event::default().event("message").data(data)
+                }
+            };
+            if tx.send(Ok(ev.id(at.to_string()))).await.is_err() {
+                break;
+            }
+        }
+        metrics::gauge!("ambient_api_sse_streams").decrement(1.0);
+    });
+    Ok(sse_response(rx))
 }
 
 async fn stream(st: Arc<AppState>, caller: Caller, filter: String, checks: Vec<ResourceCheck>, headers: &HeaderMap) -> Result<Response, ApiError> {
@@ -56,12 +107,8 @@ async fn stream(st: Arc<AppState>, caller: Caller, filter: String, checks: Vec<R
         None => DeliverPolicy::New,
     };
     let unavailable = |e: String| ApiError::Unavailable(format!("the status stream is unavailable: {e}"));
-    let status = st.commands.jetstream().get_stream(events::streams::STATUS_STREAM).await.map_err(|e| unavailable(e.to_string()))?;
-    let consumer = status
-        .create_consumer(consumer::pull::OrderedConfig { filter_subject: filter, deliver_policy, ..Default::default() })
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let mut messages = consumer.messages().await.map_err(|e| unavailable(e.to_string()))?;
+    let mut messages =
+        ordered(st.commands.jetstream(), events::streams::STATUS_STREAM, filter, deliver_policy).await.map_err(unavailable)?;
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     metrics::gauge!("ambient_api_sse_streams").increment(1.0);
     tokio::spawn(async move {
@@ -72,39 +119,128 @@ async fn stream(st: Arc<AppState>, caller: Caller, filter: String, checks: Vec<R
                 _ = st.shutdown.cancelled() => break,
                 _ = tx.closed() => break,
                 _ = tick.tick() => {
-                    match st.authz.all_allowed(&caller.principal, &checks).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            let _ = tx.send(Ok(Event::default().event("revoked").data("{\"error\":\"access revoked\"}"))).await;
-                            break;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "SSE access re-check failed; keeping the stream"),
+                    if let Some(revoked) = still_allowed(&st, &caller, &checks).await {
+                        let _ = tx.send(Ok(revoked)).await;
+                        break;
                     }
                 }
                 m = messages.next() => {
                     let Some(m) = m else { break };
-                    let m = match m {
-                        Ok(m) => m,
-                        Err(e) => { tracing::warn!(error = %e, "status stream error"); continue; }
-                    };
-                    let Ok(info) = m.info() else { continue };
-                    let seq = info.stream_sequence;
-                    let ev = match events::wire::decode_status(m.headers.as_ref(), &m.payload) {
-                        Ok(ev) => ev,
-                        Err(e) => { tracing::warn!(error = %e, seq, "undecodable status event skipped"); continue; }
-                    };
-                    let data = json!({"id": ev.id, "type": ev.body.type_str(), "project": ev.project.as_str(),
-                        "kind": ev.body.kind().as_str(), "name": ev.name, "time": ev.time.to_rfc3339(), "data": ev.body.data_json()});
-                    let sse = Event::default().id(seq.to_string()).event(ev.body.type_str()).data(data.to_string());
+                    let Some((seq, data, ty)) = status_event(m) else { continue };
+                    let sse = Event::default().id(seq.to_string()).event(ty).data(data);
                     if tx.send(Ok(sse)).await.is_err() { break; }
                 }
             }
         }
         metrics::gauge!("ambient_api_sse_streams").decrement(1.0);
     });
+    Ok(sse_response(rx))
+}
+
+/// A session stream's position: the last status and message sequences delivered.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SessionCursor {
+    status: Option<u64>,
+    messages: Option<u64>,
+}
+
+impl SessionCursor {
+    /// `<statusSeq>:<messageSeq>`, or a plain `<statusSeq>`; an unreadable part starts live.
+    fn parse(v: &str) -> Self {
+        let mut parts = v.trim().splitn(2, ':');
+        let status = parts.next().and_then(|p| p.trim().parse().ok());
+        let messages = parts.next().and_then(|p| p.trim().parse().ok());
+        SessionCursor { status, messages }
+    }
+}
+
+impl std::fmt::Display for SessionCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.status.unwrap_or(0), self.messages.unwrap_or(0))
+    }
+}
+
+/// Where to start reading `stream`: after `resume`, or after its current last message (live).
+/// Returns the start policy and the sequence the cursor starts at.
+async fn start_of(js: &jetstream::Context, stream: &str, resume: Option<u64>) -> Result<(DeliverPolicy, u64), String> {
+    let seq = match resume {
+        Some(seq) => seq,
+        None => js.get_stream(stream).await.map_err(|e| e.to_string())?.cached_info().state.last_sequence,
+    };
+    Ok((DeliverPolicy::ByStartSequence { start_sequence: seq.saturating_add(1) }, seq))
+}
+
+async fn ordered(js: &jetstream::Context, stream: &str, filter: String, deliver_policy: DeliverPolicy) -> Result<consumer::pull::Ordered, String> {
+    js.get_stream_no_info(stream)
+        .await
+        .map_err(|e| e.to_string())?
+        .create_consumer(consumer::pull::OrderedConfig { filter_subject: filter, deliver_policy, ..Default::default() })
+        .await
+        .map_err(|e| e.to_string())?
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `Some(revoked event)` when the caller lost access (an undecidable check keeps the stream).
+async fn still_allowed(st: &AppState, caller: &Caller, checks: &[ResourceCheck]) -> Option<Event> {
+    match st.authz.all_allowed(&caller.principal, checks).await {
+        Ok(true) => None,
+        Ok(false) => Some(Event::default().event("revoked").data("{\"error\":\"access revoked\"}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "SSE access re-check failed; keeping the stream");
+            None
+        }
+    }
+}
+
+type Delivered = Result<jetstream::Message, consumer::pull::OrderedError>;
+
+/// A status message as (sequence, SSE data, event type).
+fn status_event(m: Delivered) -> Option<(u64, String, &'static str)> {
+    let m = m.map_err(|e| tracing::warn!(error = %e, "status stream error")).ok()?;
+    let seq = m.info().ok()?.stream_sequence;
+    let ev = match events::wire::decode_status(m.headers.as_ref(), &m.payload) {
+        Ok(ev) => ev,
+        Err(e) => {
+            tracing::warn!(error = %e, seq, "undecodable status event skipped");
+            return None;
+        }
+    };
+    let data = json!({"id": ev.id, "type": ev.body.type_str(), "project": ev.project.as_str(),
+        "kind": ev.body.kind().as_str(), "name": ev.name, "time": ev.time.to_rfc3339(), "data": ev.body.data_json()});
+    Some((seq, data.to_string(), ev.body.type_str()))
+}
+
+/// A session message as (sequence, SSE data: its envelope).
+fn message_event(m: Delivered) -> Option<(u64, String)> {
+    let m = m.map_err(|e| tracing::warn!(error = %e, "message stream error")).ok()?;
+    let seq = m.info().ok()?.stream_sequence;
+    let Some(msg) = crate::messages::decode(&m.payload, seq) else {
+        tracing::warn!(seq, "undecodable session message skipped");
+        return None;
+    };
+    serde_json::to_string(&msg).ok().map(|d| (seq, d))
+}
+
+fn sse_response(rx: mpsc::Receiver<Result<Event, Infallible>>) -> Response {
     let body = Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
     let mut resp = body.into_response();
     resp.headers_mut().insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
     resp.headers_mut().insert("cache-control", axum::http::HeaderValue::from_static("no-cache"));
-    Ok(resp)
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_cursors_round_trip_and_accept_a_status_sequence() {
+        let c = SessionCursor::parse("41:7");
+        assert_eq!(c, SessionCursor { status: Some(41), messages: Some(7) });
+        assert_eq!(c.to_string(), "41:7");
+        assert_eq!(SessionCursor::parse("41"), SessionCursor { status: Some(41), messages: None });
+        assert_eq!(SessionCursor::parse("junk"), SessionCursor::default());
+    }
 }

@@ -17,6 +17,7 @@ use crate::authz::{Authorizer, project_visible};
 use crate::commands::{Commands, SubmitOptions, Submitted};
 use crate::config::Config;
 use crate::errors::ApiError;
+use crate::messages::MessageLog;
 use crate::reads::Reads;
 
 /// Everything the handlers share.
@@ -35,6 +36,8 @@ pub struct AppState {
     pub reads: Reads,
     /// The command bus.
     pub commands: Commands,
+    /// Session messages.
+    pub messages: MessageLog,
     /// The reconciler's sealing key (runner secrets are sealed to it).
     pub reconciler_key: SealingPublicKey,
     /// Prometheus exporter.

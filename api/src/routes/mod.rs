@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod me;
+pub mod messages;
 pub mod projects;
 pub mod secrets;
 pub mod sessions;
@@ -53,7 +54,7 @@ pub fn paginate(items: Vec<Value>, page: &Page) -> Result<Value, ApiError> {
 #[openapi(
     info(title = "Ambient control plane API", description = "Projects, agentic sessions, permissions, access keys and runner secrets over an event-sourced command bus."),
     components(schemas(crate::ops::ErrorBody)),
-    tags((name = "projects"), (name = "sessions"), (name = "permissions"), (name = "keys"), (name = "runner-secrets"), (name = "events"), (name = "commands"), (name = "identity"), (name = "operations"))
+    tags((name = "projects"), (name = "sessions"), (name = "permissions"), (name = "keys"), (name = "runner-secrets"), (name = "events"), (name = "messages"), (name = "commands"), (name = "identity"), (name = "operations"))
 )]
 struct ApiDoc;
 
@@ -78,6 +79,8 @@ pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(access::delete_key))
         .routes(routes!(secrets::get_runner_secrets, secrets::put_runner_secrets))
         .routes(routes!(secrets::get_runner_config, secrets::put_runner_config))
+        .routes(routes!(messages::list_messages, messages::post_message))
+        .routes(routes!(messages::list_messages_alias, messages::post_message_alias))
         .routes(routes!(crate::sse::project_events))
         .routes(routes!(crate::sse::session_events))
         .routes(routes!(me::me))

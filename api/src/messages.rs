@@ -1,0 +1,382 @@
+//! Session messages on the bus: each session's conversation is the append-only subject
+//! `ambient.msg.<project>.<session>` of the `AMBIENT_MESSAGES` stream; a message's `seq` is its
+//! stream sequence.
+//!
+//! Per-session limits (count, total bytes) are enforced here rather than by the stream's
+//! configuration, which every component bootstraps with the same defaults (those caps remain a
+//! backstop). Every stored message carries the session's running count and byte total in its
+//! headers, and is published with `Nats-Expected-Last-Subject-Sequence`: two appends racing on
+//! one session (on one api replica or several) cannot both pass the check, the loser re-reads
+//! the tail and tries again.
+//!
+//! Message bodies are the users' data: nothing here logs them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use chrono::Utc;
+use events::crd::AgenticSession;
+use events::messages::SessionMessage;
+use events::streams::MESSAGES_STREAM;
+use events::{ProjectName, SessionName};
+use futures::StreamExt as _;
+use kube::api::Api;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::reads::SessionsChange;
+use crate::state::AppState;
+
+const H_TYPE: &str = "Ambient-Msg-Type";
+const H_COUNT: &str = "Ambient-Msg-Count";
+const H_BYTES: &str = "Ambient-Msg-Bytes";
+const H_EXPECTED_LAST: &str = "Nats-Expected-Last-Subject-Sequence";
+/// Appends racing on one session retry this often before giving up with 503.
+const APPEND_ATTEMPTS: u32 = 20;
+/// How long a read waits for a message it knows is stored.
+const STORED_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Per-session limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Messages a session may hold.
+    pub max_count: u64,
+    /// Bytes (stored envelopes) a session may hold.
+    pub max_bytes: u64,
+    /// Largest single stored envelope.
+    pub max_message_bytes: usize,
+}
+
+/// An append that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The message is larger than allowed.
+    #[error("the message is {size} bytes; at most {limit} bytes are allowed")]
+    TooLarge { size: usize, limit: usize },
+    /// The session's log is full.
+    #[error("the session's message log is full ({0}); no more messages can be added")]
+    Full(String),
+    /// The bus did not answer or refused for another reason.
+    #[error("the message log is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A read that did not happen.
+#[derive(Debug, thiserror::Error)]
+#[error("the message log is unavailable: {0}")]
+pub struct ReadError(String);
+
+/// What to read.
+#[derive(Debug, Clone)]
+pub struct ReadQuery {
+    /// Only messages with a greater sequence.
+    pub after: u64,
+    /// At most this many messages.
+    pub limit: usize,
+    /// Only these types (all when `None`).
+    pub types: Option<Vec<String>>,
+    /// When nothing matches yet, wait this long for a matching message.
+    pub wait: Duration,
+}
+
+/// One page of a session's log.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Matching messages, in order.
+    pub messages: Vec<SessionMessage>,
+    /// The last sequence examined (matching or not): read on with `after=<cursor>`.
+    pub cursor: u64,
+    /// Whether more messages were stored past `cursor` when the page filled up.
+    pub more: bool,
+}
+
+/// The session-message log.
+pub struct MessageLog {
+    js: jetstream::Context,
+    limits: Limits,
+}
+
+/// The user name of a session's runner ServiceAccount (`ambient-session-<session>`, created by
+/// the reconciler).
+pub fn runner_user(project: &str, session: &str) -> String {
+    format!("system:serviceaccount:{project}:ambient-session-{session}")
+}
+
+fn header_u64(h: &HeaderMap, name: &str) -> u64 {
+    h.get(name).and_then(|v| v.as_str().parse().ok()).unwrap_or(0)
+}
+
+impl MessageLog {
+    /// A log over the `AMBIENT_MESSAGES` stream (created by the bootstrap).
+    pub fn new(js: jetstream::Context, limits: Limits) -> Self {
+        Self { js, limits }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    async fn stream(&self) -> Result<stream::Stream<()>, String> {
+        self.js.get_stream_no_info(MESSAGES_STREAM).await.map_err(|e| e.to_string())
+    }
+
+    /// The last stored message of `subject`: (sequence, count, bytes); zeros when none.
+    async fn tail(&self, stream: &stream::Stream<()>, subject: &str) -> Result<(u64, u64, u64), String> {
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok((m.sequence, header_u64(&m.headers, H_COUNT), header_u64(&m.headers, H_BYTES))),
+            Err(e) if matches!(e.kind(), stream::DirectGetErrorKind::NotFound) => Ok((0, 0, 0)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The sequence of the last message of the session (0 when it has none).
+    pub async fn last_seq(&self, project: &ProjectName, session: &SessionName) -> Result<u64, ReadError> {
+        let stream = self.stream().await.map_err(ReadError)?;
+        Ok(self.tail(&stream, &events::subjects::messages(project, session)).await.map_err(ReadError)?.0)
+    }
+
+    /// Appends one message; the api sets its timestamp, the stream its sequence.
+    pub async fn append(
+        &self,
+        project: &ProjectName,
+        session: &SessionName,
+        ty: &str,
+        payload: Value,
+    ) -> Result<SessionMessage, AppendError> {
+        let mut msg = SessionMessage { ty: ty.to_string(), payload, timestamp: Utc::now(), seq: 0 };
+        let body = serde_json::to_vec(&msg).map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        if body.len() > self.limits.max_message_bytes {
+            return Err(AppendError::TooLarge { size: body.len(), limit: self.limits.max_message_bytes });
+        }
+        let subject = events::subjects::messages(project, session);
+        let unavailable = AppendError::Unavailable;
+        let stream = self.stream().await.map_err(unavailable)?;
+        for attempt in 0..APPEND_ATTEMPTS {
+            let (last, count, bytes) = self.tail(&stream, &subject).await.map_err(unavailable)?;
+            if count >= self.limits.max_count {
+                return Err(AppendError::Full(format!("{} messages", self.limits.max_count)));
+            }
+            let total = bytes + body.len() as u64;
+            if total > self.limits.max_bytes {
+                return Err(AppendError::Full(format!("{} bytes", self.limits.max_bytes)));
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(H_EXPECTED_LAST, last.to_string().as_str());
+            headers.insert(H_TYPE, ty);
+            headers.insert(H_COUNT, (count + 1).to_string().as_str());
+            headers.insert(H_BYTES, total.to_string().as_str());
+            let ack = async {
+                self.js.publish_with_headers(subject.clone(), headers, body.clone().into()).await?.await
+            };
+            match ack.await {
+                Ok(ack) => {
+                    msg.seq = ack.sequence;
+                    metrics::counter!("ambient_api_session_messages_total", "type" => msg.ty.clone()).increment(1);
+                    return Ok(msg);
+                }
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    // Another append won the race: re-read the tail, after a short pause that
+                    // grows with contention.
+                    tokio::time::sleep(Duration::from_millis(2 * u64::from(attempt + 1))).await;
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    // The stream's own caps, should the flags exceed them.
+                    if text.contains("maximum messages per subject") {
+                        return Err(AppendError::Full("the stream's per-session cap".into()));
+                    }
+                    if text.contains("message size exceeds maximum") || text.contains("max payload") {
+                        return Err(AppendError::TooLarge { size: body.len(), limit: self.limits.max_message_bytes });
+                    }
+                    return Err(AppendError::Unavailable(text));
+                }
+            }
+        }
+        Err(AppendError::Unavailable("too many concurrent appends to this session; retry".into()))
+    }
+
+    /// Reads messages of the session after `q.after`, waiting up to `q.wait` when none matches.
+    pub async fn read(&self, project: &ProjectName, session: &SessionName, q: &ReadQuery) -> Result<Page, ReadError> {
+        let subject = events::subjects::messages(project, session);
+        let stream = self.stream().await.map_err(ReadError)?;
+        let (last, _, _) = self.tail(&stream, &subject).await.map_err(ReadError)?;
+        let mut page = Page { cursor: q.after, ..Default::default() };
+        if last <= q.after && q.wait.is_zero() {
+            return Ok(page);
+        }
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: q.after.saturating_add(1) },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ReadError(e.to_string()))?;
+        let mut messages = consumer.messages().await.map_err(|e| ReadError(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + q.wait;
+        loop {
+            let caught_up = page.cursor >= last;
+            if caught_up && (!page.messages.is_empty() || tokio::time::Instant::now() >= deadline) {
+                break;
+            }
+            let until = if caught_up { deadline } else { tokio::time::Instant::now() + STORED_READ_TIMEOUT };
+            let m = match tokio::time::timeout_at(until, messages.next()).await {
+                Err(_) if caught_up => break,
+                Err(_) => return Err(ReadError("stored messages were not delivered in time".into())),
+                Ok(None) => return Err(ReadError("the message stream ended".into())),
+                Ok(Some(Err(e))) => return Err(ReadError(e.to_string())),
+                Ok(Some(Ok(m))) => m,
+            };
+            let info = m.info().map_err(|e| ReadError(e.to_string()))?;
+            page.cursor = info.stream_sequence;
+            let pending = info.pending;
+            let Some(msg) = decode(&m.payload, page.cursor) else { continue };
+            if q.types.as_ref().is_none_or(|t| t.iter().any(|t| *t == msg.ty)) {
+                page.messages.push(msg);
+                if page.messages.len() >= q.limit {
+                    page.more = pending > 0;
+                    break;
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// Removes every message of the session (idempotent).
+    pub async fn purge(&self, project: &str, session: &str) -> Result<u64, String> {
+        let stream = self.stream().await?;
+        let subject = format!("{}.{project}.{session}", events::subjects::MESSAGES);
+        let r = stream.purge().filter(subject).await.map_err(|e| e.to_string())?;
+        Ok(r.purged)
+    }
+
+    /// The (project, session) of every session that has messages.
+    pub async fn sessions_with_messages(&self) -> Result<Vec<(String, String)>, String> {
+        let stream = self.stream().await?;
+        let mut info = stream
+            .info_builder()
+            .subjects(format!("{}.>", events::subjects::MESSAGES))
+            .fetch()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        while let Some(entry) = info.next().await {
+            let (subject, _count) = entry.map_err(|e| e.to_string())?;
+            if let Some(rest) = subject.strip_prefix(events::subjects::MESSAGES).and_then(|r| r.strip_prefix('.'))
+                && let Some((p, s)) = rest.split_once('.')
+            {
+                out.push((p.to_string(), s.to_string()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// How often every api replica sweeps the messages of sessions that no longer exist (catches an
+/// append that raced the session's deletion).
+const SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
+
+/// Purges the messages of deleted sessions: on each deletion the sessions watch reports, and
+/// after each (re)list of it and every [`SWEEP_EVERY`], those of every session that no longer
+/// exists. Purging is idempotent, so every api replica runs this.
+pub async fn run_purger(st: Arc<AppState>, mut changes: mpsc::UnboundedReceiver<SessionsChange>) {
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.tick().await;
+    loop {
+        tokio::select! {
+            _ = st.shutdown.cancelled() => return,
+            _ = sweep.tick() => sweep_orphans(&st).await,
+            change = changes.recv() => match change {
+                None => return,
+                Some(SessionsChange::Relisted) => sweep_orphans(&st).await,
+                Some(SessionsChange::Deleted { namespace, name }) => match st.messages.purge(&namespace, &name).await {
+                    Ok(n) => tracing::info!(project = %namespace, session = %name, purged = n, "session deleted: messages purged"),
+                    Err(e) => tracing::warn!(project = %namespace, session = %name, error = %e, "purging a deleted session's messages failed; the next sweep retries"),
+                },
+            },
+        }
+    }
+}
+
+/// Purges the messages of every session that exists neither in the watch cache nor, asked
+/// directly, in the API server (so a cache that lags a brand-new session purges nothing).
+async fn sweep_orphans(st: &AppState) {
+    let subjects = match st.messages.sessions_with_messages().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing session message subjects failed; sweep skipped");
+            return;
+        }
+    };
+    for (p, s) in subjects {
+        if st.reads.session(&p, &s).is_some() {
+            continue;
+        }
+        match Api::<AgenticSession>::namespaced(st.kube.clone(), &p).get_opt(&s).await {
+            Ok(None) => match st.messages.purge(&p, &s).await {
+                Ok(n) => tracing::info!(project = %p, session = %s, purged = n, "messages of a missing session purged"),
+                Err(e) => tracing::warn!(project = %p, session = %s, error = %e, "purging messages failed"),
+            },
+            Ok(Some(_)) => {}
+            Err(e) => tracing::warn!(project = %p, session = %s, error = %e, "session lookup failed; not purged"),
+        }
+    }
+}
+
+/// A stored message as served (its sequence filled in); `None` for a corrupt entry.
+pub fn decode(payload: &[u8], seq: u64) -> Option<SessionMessage> {
+    let mut m: SessionMessage = serde_json::from_slice(payload).ok()?;
+    m.seq = seq;
+    Some(m)
+}
+
+/// Folds each run of consecutive `message.partial` items into its latest one (which carries
+/// the streamed message's most recent state).
+pub fn fold_partials(messages: Vec<SessionMessage>) -> Vec<SessionMessage> {
+    let mut out: Vec<SessionMessage> = Vec::with_capacity(messages.len());
+    for m in messages {
+        let folds = m.ty == events::messages::PARTIAL_TYPE
+            && out.last().is_some_and(|l| l.ty == events::messages::PARTIAL_TYPE);
+        if folds {
+            out.pop();
+        }
+        out.push(m);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn m(ty: &str, seq: u64) -> SessionMessage {
+        SessionMessage { ty: ty.into(), payload: json!({"n": seq}), timestamp: Utc::now(), seq }
+    }
+
+    #[test]
+    fn runs_of_partials_fold_into_their_latest() {
+        let input = vec![
+            m("system.message", 1),
+            m("message.partial", 2),
+            m("message.partial", 3),
+            m("message.partial", 4),
+            m("agent.message", 5),
+            m("message.partial", 6),
+            m("user.message", 7),
+            m("message.partial", 8),
+            m("message.partial", 9),
+        ];
+        let seqs: Vec<u64> = fold_partials(input).iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![1, 4, 5, 6, 7, 9]);
+        assert!(fold_partials(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn runner_identity_is_the_reconcilers_service_account() {
+        assert_eq!(runner_user("team-a", "s1"), "system:serviceaccount:team-a:ambient-session-s1");
+    }
+}
