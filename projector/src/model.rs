@@ -290,7 +290,8 @@ pub fn session_rec(s: &AgenticSession) -> SessionRec {
 
 /// Reduces a permission RoleBinding to its grants (User and Group subjects only).
 pub fn permission_rec(rb: &RoleBinding) -> PermissionRbRec {
-    let role = Role::from_cluster_role(&rb.role_ref.name).or_else(|| ann(rb, ANN_ROLE).and_then(Role::parse));
+    // Only a binding to one of the project ClusterRoles grants a project role.
+    let role = if rb.role_ref.kind == "ClusterRole" { Role::from_cluster_role(&rb.role_ref.name) } else { None };
     let mut grants = Vec::new();
     if let Some(role) = role {
         for s in rb.subjects.iter().flatten() {
@@ -332,7 +333,7 @@ pub fn key_binding_rec(rb: &RoleBinding) -> KeyBindingRec {
     KeyBindingRec {
         meta: meta_of(rb),
         key_id,
-        role: Role::from_cluster_role(&rb.role_ref.name).or_else(|| ann(rb, ANN_ROLE).and_then(Role::parse)),
+        role: if rb.role_ref.kind == "ClusterRole" { Role::from_cluster_role(&rb.role_ref.name) } else { None },
     }
 }
 
@@ -898,6 +899,28 @@ mod tests {
         assert!(is_token(k.name()));
         assert_eq!(v.uid, "u2");
         assert_eq!(v.view, View::Permission(PermissionView { subject_type: SubjectType::User, subject_name: "alice@example.com".into(), role: Role::Admin }));
+    }
+
+    #[test]
+    fn permission_bindings_grant_only_project_cluster_roles() {
+        let rb = |kind: &str, name: &str| -> RoleBinding {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "b", "namespace": "p", "uid": "u", "resourceVersion": "1",
+                    "annotations": {"ambient-code.io/role": "admin"}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
+                "subjects": [
+                    {"kind": "Group", "name": "team-a", "apiGroup": "rbac.authorization.k8s.io"},
+                    {"kind": "ServiceAccount", "name": "sa", "namespace": "p"},
+                ],
+            }))
+            .unwrap()
+        };
+        let r = permission_rec(&rb("ClusterRole", "ambient-project-edit"));
+        assert_eq!(r.grants, vec![Grant { subject_type: SubjectType::Group, subject_name: "team-a".into(), role: Role::Edit }]);
+        // A namespaced Role of the same name, or another ClusterRole, grants no project role
+        // (whatever an annotation claims).
+        assert!(permission_rec(&rb("Role", "ambient-project-edit")).grants.is_empty());
+        assert!(permission_rec(&rb("ClusterRole", "cluster-admin")).grants.is_empty());
     }
 
     #[test]
