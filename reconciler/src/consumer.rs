@@ -14,6 +14,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,8 +35,8 @@ use crate::apply::{Applier, Delivery};
 use crate::error::ApplyError;
 use crate::ledger::Ledger;
 
-/// How often a held message is extended (the first redelivery backoff is 1 s).
-const PROGRESS_EVERY: Duration = Duration::from_millis(400);
+/// How often a held message is extended (well inside the consumer's ack wait).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Longest wait for an earlier command of the same object to be redelivered (covers the
 /// pinned-client takeover and the redelivery backoff).
 const ORDER_WAIT: Duration = Duration::from_secs(120);
@@ -94,13 +95,20 @@ pub struct Consumer {
     permits: Semaphore,
     workers: Mutex<HashMap<WorkerKey, mpsc::UnboundedSender<Work>>>,
     in_flight: Mutex<HashSet<u64>>,
+    /// Per partition: the highest stream sequence that may have been delivered to a replica
+    /// that is gone, or to an earlier pull of ours (0: none). Only commands at or below it can
+    /// be redelivered out of order; everything above arrives in stream order, so the costly
+    /// pending check runs only while such orphans remain.
+    orphan_ceiling: Vec<AtomicU64>,
     stop: CancellationToken,
 }
 
 impl Consumer {
     /// A consumer; call [`Consumer::run`].
     pub fn new(js: jetstream::Context, applier: Applier, verifier: CommandVerifier, settings: Settings, stop: CancellationToken) -> Arc<Self> {
+        let orphan_ceiling = (0..settings.bus.partitions).map(|_| AtomicU64::new(0)).collect();
         Arc::new(Self {
+            orphan_ceiling,
             ledger: Ledger::new(js.clone()),
             js,
             applier,
@@ -126,15 +134,17 @@ impl Consumer {
 
     async fn partition(self: Arc<Self>, p: u32) {
         while !self.stop.is_cancelled() {
-            let messages = match self.consumer(p).await {
+            let (mut handle, messages) = match self.consumer(p).await {
                 Ok(c) => {
-                    c.stream()
+                    let pull = c
+                        .stream()
                         .group(RECONCILER_GROUP)
                         .max_messages_per_batch(100)
                         .heartbeat(Duration::from_secs(5))
                         .expires(Duration::from_secs(30))
                         .messages()
-                        .await
+                        .await;
+                    (c, pull)
                 }
                 Err(e) => {
                     tracing::warn!(partition = p, error = %e, "command consumer unavailable");
@@ -150,18 +160,42 @@ impl Consumer {
                     continue;
                 }
             };
+            let mut first = true;
             loop {
                 let next = tokio::select! {
                     _ = self.stop.cancelled() => return,
                     n = messages.next() => n,
                 };
                 match next {
-                    Some(Ok(msg)) => self.clone().receive(msg).await,
+                    Some(Ok(msg)) => {
+                        if std::mem::take(&mut first) {
+                            self.note_orphans(p, &mut handle).await;
+                        }
+                        self.clone().receive(msg).await
+                    }
                     Some(Err(e)) => tracing::debug!(partition = p, error = %e, "pull"),
                     None => break,
                 }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// On the first message of a pull: if more messages are pending acknowledgement than this
+    /// one, some were delivered before (to a replica that died, or to our previous pull) and may
+    /// come back out of order; remember up to which sequence.
+    async fn note_orphans(&self, p: u32, consumer: &mut PullConsumer) {
+        let Some(ceiling) = self.orphan_ceiling.get(p as usize) else { return };
+        match consumer.info().await {
+            Ok(info) if info.num_ack_pending > 1 => {
+                ceiling.fetch_max(info.delivered.stream_sequence, Ordering::SeqCst);
+            }
+            Ok(_) => {}
+            // Unknown: assume the worst up to everything delivered so far.
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cannot read the consumer's state");
+                ceiling.store(u64::MAX, Ordering::SeqCst);
+            }
         }
     }
 
@@ -265,9 +299,21 @@ impl Consumer {
         let Some(partition) = work.msg.subject.split('.').nth(2).and_then(|p| p.parse::<u32>().ok()) else {
             return Ok(false);
         };
+        let Some(orphans) = self.orphan_ceiling.get(partition as usize) else { return Ok(false) };
+        let ceiling = orphans.load(Ordering::SeqCst);
+        if ceiling == 0 {
+            return Ok(false);
+        }
         let stream = self.js.get_stream(COMMANDS_STREAM).await?;
         let mut consumer: PullConsumer = stream.get_consumer(&BusConfig::partition_consumer_name(partition)).await?;
-        let floor = consumer.info().await?.ack_floor.stream_sequence;
+        let info = consumer.info().await?;
+        let floor = info.ack_floor.stream_sequence;
+        if floor >= ceiling.min(info.delivered.stream_sequence) {
+            // Every possible orphan has been acknowledged since.
+            let _ = orphans.compare_exchange(ceiling, 0, Ordering::SeqCst, Ordering::SeqCst);
+            return Ok(false);
+        }
+        let upto = work.seq.min(ceiling.saturating_add(1));
         let filter = format!(
             "{}.{partition}.{}.{}.*",
             events::subjects::COMMANDS,
@@ -276,12 +322,12 @@ impl Consumer {
         );
         let key = work.cmd.body.object_key();
         let mut from = floor + 1;
-        while from < work.seq {
+        while from < upto {
             let m = match stream.direct_get_next_for_subject(filter.clone(), Some(from)).await {
                 Ok(m) => m,
                 Err(_) => return Ok(false),
             };
-            if m.sequence >= work.seq {
+            if m.sequence >= upto {
                 return Ok(false);
             }
             from = m.sequence + 1;

@@ -1,7 +1,10 @@
 //! The exactly-once ledger: AMBIENT_RESULTS keeps one result per command subject. A command
 //! whose result exists was applied (or refused) already and is only acknowledged again.
 
+use std::sync::Arc;
+
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use events::results::CommandResult;
@@ -14,19 +17,21 @@ use crate::error::ApplyError;
 #[derive(Clone)]
 pub struct Ledger {
     js: jetstream::Context,
+    // Looked up once: every command reads the ledger, and a stream lookup is a round trip.
+    results: Arc<OnceCell<jetstream::stream::Stream>>,
 }
 
 impl Ledger {
     /// A ledger on the results stream of `js`.
     pub fn new(js: jetstream::Context) -> Self {
-        Self { js }
+        Self { js, results: Arc::new(OnceCell::new()) }
     }
 
     /// True when a result of the command is recorded.
     pub async fn has_result(&self, project: &ProjectName, id: Uuid) -> Result<bool, ApplyError> {
         let stream = self
-            .js
-            .get_stream(RESULTS_STREAM)
+            .results
+            .get_or_try_init(|| self.js.get_stream(RESULTS_STREAM))
             .await
             .map_err(|e| ApplyError::Transient(format!("results stream: {e}")))?;
         match stream.direct_get_last_for_subject(subjects::result(project, id)).await {
