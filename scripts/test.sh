@@ -25,6 +25,13 @@ if ! flock -n 8; then
   flock 8
 fi
 
+# schemathesis fuzzes the api's OpenAPI document (api/tests/fuzz.rs; it fails under CI=true
+# when schemathesis is missing). Pinned.
+if ! python3 -c 'import schemathesis' 2>/dev/null; then
+  echo "==> installing schemathesis (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==4.32.5" >&2
+fi
+
 echo "==> dev-cluster binaries (deploy/dev/build.sh; built once, then cached)" >&2
 deploy/dev/build.sh >/dev/null
 

@@ -820,6 +820,19 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
     for b in [&rec, &proj] {
         b.refused("ambient.msg.team-a.s1").await?;
     }
+    // The api purges a deleted session's messages; nobody else may.
+    let purged = api
+        .js
+        .get_stream(streams::MESSAGES_STREAM)
+        .await?
+        .purge()
+        .filter("ambient.msg.team-a.s1")
+        .await
+        .context("api purges a deleted session's messages")?;
+    assert!(purged.success);
+    for b in [&rec, &proj] {
+        b.refused("$JS.API.STREAM.PURGE.AMBIENT_MESSAGES").await?;
+    }
     // Nobody but the api listens to live results or chat.
     proj.subscribe_refused("ambient.result.>").await?;
     rec.subscribe_refused("ambient.msg.>").await?;
