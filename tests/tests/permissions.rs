@@ -1,0 +1,369 @@
+//! The cross-tenant permission matrix: every operation of the api's `/openapi.json` × caller
+//! (no role, view, edit, admin; as a user, as a group member, as an access key) × own or foreign
+//! project, each against the expected outcome written down in `expected` below, plus
+//! mass-assignment probes of server-owned fields. One stack and a handful of projects for the
+//! whole file; probes that delete something get a fresh object to delete.
+
+use std::collections::BTreeSet;
+
+use ambient_tests::http::{Client, Resp};
+use ambient_tests::routes::{Params, Route, operations, sample_body};
+use ambient_tests::stack::{Stack, StackOptions};
+use ambient_tests::{DemoUser, TestEnv, unique_name};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    NoRole,
+    View,
+    Edit,
+    Admin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    User,
+    Group,
+    Key,
+}
+
+/// The expected answer class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// 2xx.
+    Ok,
+    /// 2xx, or 409 from the command itself (e.g. start on a running session): authorized.
+    OkOrConflict,
+    /// 403 with a JSON error.
+    Forbidden,
+    /// 404, with the same body as for a project that does not exist.
+    NotFound,
+}
+
+impl Want {
+    fn matches(self, s: StatusCode) -> bool {
+        match self {
+            Want::Ok => s.is_success(),
+            Want::OkOrConflict => s.is_success() || s == StatusCode::CONFLICT,
+            Want::Forbidden => s == StatusCode::FORBIDDEN,
+            Want::NotFound => s == StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+/// THE TABLE: the least role each project route needs; below it the answer is 403, except where
+/// noted. A route missing here fails the test, so a new route must be given its row.
+fn least_role(r: &Route) -> Option<(Role, Want)> {
+    use Role::*;
+    let row = match (r.method.as_str(), r.template.trim_start_matches("/api/projects/{project}")) {
+        ("GET", "") | ("GET", "/access") | ("GET", "/runner-secrets/config") => (View, Want::Ok),
+        ("GET", "/agentic-sessions") | ("GET", "/agentic-sessions/{session}") => (View, Want::Ok),
+        ("GET", "/agentic-sessions/{session}/events") | ("GET", "/events") => (View, Want::Ok),
+        ("GET", "/permissions") | ("GET", "/groups") => (View, Want::Ok),
+        ("GET", "/agentic-sessions/{session}/messages") | ("GET", "/sessions/{session}/messages") => (View, Want::Ok),
+        ("POST", "/agentic-sessions") | ("PUT", "/agentic-sessions/{session}") | ("DELETE", "/agentic-sessions/{session}") => (Edit, Want::Ok),
+        ("POST", "/agentic-sessions/{session}/clone") => (Edit, Want::Ok),
+        ("POST", "/agentic-sessions/{session}/start") | ("POST", "/agentic-sessions/{session}/stop") => (Edit, Want::OkOrConflict),
+        // Chat input needs an interactive session; the probed one is not (409 once authorized).
+        ("POST", "/agentic-sessions/{session}/messages") | ("POST", "/sessions/{session}/messages") => (Edit, Want::OkOrConflict),
+        ("PUT", "") | ("DELETE", "") => (Admin, Want::Ok),
+        ("POST", "/permissions") | ("DELETE", "/permissions/{subjectType}/{subjectName}") => (Admin, Want::Ok),
+        ("POST", "/groups") | ("DELETE", "/groups/{group}") => (Admin, Want::Ok),
+        ("GET", "/keys") | ("POST", "/keys") | ("DELETE", "/keys/{keyId}") => (Admin, Want::Ok),
+        ("GET", "/runner-secrets") | ("PUT", "/runner-secrets") | ("PUT", "/runner-secrets/config") => (Admin, Want::Ok),
+        _ => return None,
+    };
+    Some(row)
+}
+
+/// Runner callbacks need `update agenticsessions/status`, which no project role has: every role
+/// gets the missing-project answer.
+fn runner_only(r: &Route) -> bool {
+    r.template.ends_with("/{session}/status") || r.template.ends_with("/{session}/displayname")
+}
+
+/// Expected answer of a route in the caller's own project.
+fn expected(r: &Route, role: Role) -> Option<Want> {
+    if runner_only(r) {
+        return Some(Want::NotFound);
+    }
+    let (least, allowed) = least_role(r)?;
+    Some(if role == Role::NoRole {
+        Want::NotFound
+    } else if role >= least {
+        allowed
+    } else {
+        Want::Forbidden
+    })
+}
+
+/// Expected answer of a route outside projects, by caller kind.
+fn expected_global(r: &Route, kind: Kind) -> Option<Want> {
+    Some(match (r.method.as_str(), r.template.as_str()) {
+        ("GET", "/api/projects") | ("GET", "/api/me") => Want::Ok,
+        ("GET", "/healthz") | ("GET", "/readyz") | ("GET", "/metrics") | ("GET", "/openapi.json") => Want::Ok,
+        // Users self-provision; access keys are scoped to one project and create none.
+        ("POST", "/api/projects") if kind == Kind::Key => Want::Forbidden,
+        ("POST", "/api/projects") => Want::Ok,
+        // A command id that is not the caller's.
+        ("GET", "/api/commands/{id}") => Want::NotFound,
+        _ => return None,
+    })
+}
+
+struct Caller {
+    label: String,
+    kind: Kind,
+    role: Role,
+    token: String,
+    /// The project where it has `role`.
+    own: String,
+}
+
+/// A project where carol has `role` as a user, team-b (bob) as a group, and a key has it.
+struct Fixture {
+    project: String,
+    key: Option<String>,
+}
+
+struct Env {
+    c: Client,
+    alice: String,
+}
+
+impl Env {
+    /// One probe; an SSE stream that opens counts as 200 and is closed at once.
+    async fn call(&self, m: Method, path: &str, token: &str, body: Option<Value>) -> Resp {
+        if m == Method::GET && path.ends_with("/events") {
+            return match ambient_tests::sse::open(&self.c, path, token, None).await {
+                Ok(_stream) => Resp { status: StatusCode::OK, body: Value::Null, headers: Default::default() },
+                Err(refused) => refused,
+            };
+        }
+        self.c.call(m, path, Some(token), body, &[]).await
+    }
+
+    async fn ok(&self, m: Method, path: &str, body: Value) -> Resp {
+        let r = self.call(m.clone(), path, &self.alice, Some(body)).await;
+        assert!(r.status.is_success(), "setup {m} {path}: {r:?}");
+        r
+    }
+
+    async fn fixture(&self, role: Role) -> Fixture {
+        let p = unique_name(&format!("perm-{role:?}"));
+        self.ok(Method::POST, "/api/projects", json!({"name": p})).await;
+        self.ok(Method::POST, &format!("/api/projects/{p}/agentic-sessions"), json!({"name": "s1", "prompt": "probe target", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})).await;
+        let r = match role {
+            Role::NoRole => return Fixture { project: p, key: None },
+            Role::View => "view",
+            Role::Edit => "edit",
+            Role::Admin => "admin",
+        };
+        self.ok(Method::POST, &format!("/api/projects/{p}/permissions"), json!({"subjectType": "user", "subjectName": "carol", "role": r})).await;
+        self.ok(Method::POST, &format!("/api/projects/{p}/groups"), json!({"groupName": "team-b", "role": r})).await;
+        let k = self.ok(Method::POST, &format!("/api/projects/{p}/keys"), json!({"name": format!("probe-{r}"), "role": r})).await;
+        Fixture { project: p, key: k.body["key"].as_str().map(String::from) }
+    }
+
+    /// Prepares what a probe acts on; destructive probes get their own object.
+    async fn target(&self, route: &Route, project: &str, n: usize) -> Params {
+        let mut params = Params::new(project, "s1");
+        match (route.method.as_str(), route.template.rsplit('/').next().unwrap_or("")) {
+            ("DELETE", "{session}") => {
+                let s = format!("doomed-{n}");
+                self.ok(Method::POST, &format!("/api/projects/{project}/agentic-sessions"), json!({"name": s, "prompt": "to delete"})).await;
+                params.session = s;
+            }
+            ("DELETE", "{subjectName}") => {
+                let who = format!("doomed-{n}");
+                self.ok(Method::POST, &format!("/api/projects/{project}/permissions"), json!({"subjectType": "user", "subjectName": who, "role": "view"})).await;
+                params.subject = ("user".into(), who);
+            }
+            ("DELETE", "{group}") => {
+                let g = format!("doomed-{n}");
+                self.ok(Method::POST, &format!("/api/projects/{project}/groups"), json!({"groupName": g, "role": "view"})).await;
+                params.group = g;
+            }
+            ("DELETE", "{keyId}") => {
+                let r = self.ok(Method::POST, &format!("/api/projects/{project}/keys"), json!({"name": format!("doomed-{n}"), "role": "view"})).await;
+                params.key_id = r.body["id"].as_str().unwrap_or_default().to_string();
+            }
+            _ => {}
+        }
+        params
+    }
+}
+
+#[tokio::test]
+async fn permission_matrix() {
+    let env = TestEnv::shared().await.unwrap();
+    let api_args = vec!["--rate-limit-rps=1000".into(), "--rate-limit-burst=10000".into(), "--result-timeout=60s".into()];
+    let s: Stack = Stack::start(&env, StackOptions { api_args, ..Default::default() }).await.expect("stack starts");
+    let e = Env { c: Client::new(&s.api_url), alice: env.token(DemoUser::Alice).unwrap().to_string() };
+    let carol = env.token(DemoUser::Carol).unwrap().to_string();
+    let bob = env.token(DemoUser::Bob).unwrap().to_string();
+
+    let doc = e.c.call(Method::GET, "/openapi.json", None, None, &[]).await.body;
+    let routes = operations(&doc);
+    assert!(routes.len() >= 37, "the document lists {} operations", routes.len());
+    let unknown: Vec<String> = routes
+        .iter()
+        .filter(|r| if r.in_project() { expected(r, Role::View).is_none() } else { expected_global(r, Kind::User).is_none() })
+        .map(Route::label)
+        .collect();
+    assert!(unknown.is_empty(), "operations without a row in the expected-outcome table: {unknown:?}");
+
+    // The foreign project: nobody probing has any role there.
+    let foreign = e.fixture(Role::NoRole).await;
+    let missing = unique_name("perm-missing");
+    let mut callers = vec![
+        Caller { label: "carol (user, no role)".into(), kind: Kind::User, role: Role::NoRole, token: carol.clone(), own: foreign.project.clone() },
+        Caller { label: "bob (group, no role)".into(), kind: Kind::Group, role: Role::NoRole, token: bob.clone(), own: foreign.project.clone() },
+    ];
+    for role in [Role::View, Role::Edit, Role::Admin] {
+        let f = e.fixture(role).await;
+        let key = f.key.clone().expect("a key");
+        callers.push(Caller { label: format!("carol (user, {role:?})"), kind: Kind::User, role, token: carol.clone(), own: f.project.clone() });
+        callers.push(Caller { label: format!("bob (group team-b, {role:?})"), kind: Kind::Group, role, token: bob.clone(), own: f.project.clone() });
+        callers.push(Caller { label: format!("key ({role:?})"), kind: Kind::Key, role, token: key, own: f.project.clone() });
+    }
+    // Give grants time to reach the api's caches (revocations and grants take effect within 5 s).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+
+    let mut total = 0usize;
+    let mut wrong: Vec<String> = Vec::new();
+    let mut record = |label: String, want: Want, r: &Resp, extra_ok: bool| {
+        total += 1;
+        if !(want.matches(r.status) && extra_ok && r.body.get("error").is_none_or(Value::is_string)) {
+            wrong.push(format!("{label}: want {want:?}, got {} {}", r.status, r.body));
+        }
+    };
+    let mut n = 0;
+    let mut global_done = BTreeSet::new();
+    for caller in &callers {
+        for route in &routes {
+            n += 1;
+            if !route.in_project() {
+                // Once per identity (the same user holds several roles).
+                if !global_done.insert((caller.token.clone(), route.label())) {
+                    continue;
+                }
+                let want = expected_global(route, caller.kind).unwrap_or(Want::NotFound);
+                let body = sample_body(route, &caller.own, &unique_name("perm-new"));
+                let r = e.c.call(route.method(), &Params::new(&caller.own, "s1").fill(&route.template), Some(&caller.token), body, &[]).await;
+                record(format!("{} {}", caller.label, route.label()), want, &r, true);
+                continue;
+            }
+            // DELETE project last (below), on projects of its own.
+            if route.method == "DELETE" && route.template == "/api/projects/{project}" {
+                continue;
+            }
+            let unique = unique_name("probe");
+            let body = sample_body(route, &caller.own, &unique);
+            // Foreign: the same answer as a project that does not exist.
+            let there = e.call(route.method(), &Params::new(&foreign.project, "s1").fill(&route.template), &caller.token, body.clone()).await;
+            let absent = e.call(route.method(), &Params::new(&missing, "s1").fill(&route.template), &caller.token, body.clone()).await;
+            let same = there.body == absent.body;
+            if caller.role != Role::NoRole {
+                record(format!("{} {} [foreign]", caller.label, route.label()), Want::NotFound, &there, same);
+            }
+            // Own project.
+            let want = expected(route, caller.role).expect("checked above");
+            let params = e.target(route, &caller.own, n).await;
+            let r = e.call(route.method(), &params.fill(&route.template), &caller.token, body).await;
+            let same = caller.role != Role::NoRole || r.body == absent.body;
+            record(format!("{} {} [own]", caller.label, route.label()), want, &r, same);
+        }
+    }
+    // DELETE project: allowed callers delete a project of their own kind made for it.
+    let del = Route { method: "DELETE".into(), template: "/api/projects/{project}".into() };
+    for caller in &callers {
+        let want = expected(&del, caller.role).expect("a row");
+        let project = if want == Want::Ok {
+            let f = e.fixture(caller.role).await;
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            let token = match caller.kind {
+                Kind::Key => f.key.clone().expect("a key"),
+                _ => caller.token.clone(),
+            };
+            let r = e.call(Method::DELETE, &format!("/api/projects/{}", f.project), &token, None).await;
+            record(format!("{} {} [own]", caller.label, del.label()), want, &r, true);
+            continue;
+        } else {
+            caller.own.clone()
+        };
+        let r = e.call(Method::DELETE, &format!("/api/projects/{project}"), &caller.token, None).await;
+        record(format!("{} {} [own]", caller.label, del.label()), want, &r, true);
+        if caller.role != Role::NoRole {
+            let r = e.call(Method::DELETE, &format!("/api/projects/{}", foreign.project), &caller.token, None).await;
+            record(format!("{} {} [foreign]", caller.label, del.label()), Want::NotFound, &r, true);
+        }
+    }
+
+    // Mass assignment: server-owned fields are refused with a 4xx naming the field.
+    let admin_p = &callers.iter().find(|c| c.role == Role::Admin).expect("admin fixture").own;
+    let other = &foreign.project;
+    let sp = format!("/api/projects/{admin_p}/agentic-sessions");
+    let managed = json!({"ambient-code.io/managed": "true"});
+    let evil = unique_name("perm-evil");
+    let probes: Vec<(Method, String, Value, &str)> = vec![
+        (Method::POST, sp.clone(), json!({"name": "ma1", "prompt": "x", "userContext": {"userId": "mallory", "groups": ["system:masters"]}}), "userContext"),
+        (Method::POST, sp.clone(), json!({"name": "ma2", "prompt": "x", "status": {"phase": "Completed"}}), "status"),
+        (Method::POST, sp.clone(), json!({"name": "ma3", "prompt": "x", "metadata": {"namespace": other}}), "metadata"),
+        (Method::POST, sp.clone(), json!({"name": "ma4", "prompt": "x", "namespace": other}), "namespace"),
+        (Method::PUT, format!("{sp}/s1"), json!({"userContext": {"userId": "mallory"}}), "userContext"),
+        (Method::PUT, format!("{sp}/s1"), json!({"status": {"phase": "Completed"}}), "status"),
+        (Method::PUT, format!("{sp}/s1"), json!({"metadata": {"labels": {"x": "y"}}}), "metadata"),
+        (Method::POST, format!("{sp}/s1/clone"), json!({"targetProject": admin_p, "newSessionName": "ma5", "userContext": {"userId": "mallory"}}), "userContext"),
+        (Method::POST, "/api/projects".into(), json!({"name": evil, "labels": managed}), "labels"),
+        (Method::POST, "/api/projects".into(), json!({"name": evil, "namespace": other}), "namespace"),
+        (Method::PUT, format!("/api/projects/{admin_p}"), json!({"labels": {"ambient-code.io/managed": "false"}}), "labels"),
+        (Method::PUT, format!("/api/projects/{admin_p}"), json!({"name": other}), "name"),
+        (Method::POST, format!("/api/projects/{admin_p}/permissions"), json!({"subjectType": "user", "subjectName": "mallory", "role": "admin", "namespace": other}), "namespace"),
+        (Method::POST, format!("/api/projects/{admin_p}/keys"), json!({"name": "ma-key", "namespace": other}), "namespace"),
+    ];
+    for (m, path, body, field) in probes {
+        let r = e.call(m.clone(), &path, &e.alice, Some(body)).await;
+        let names_field = r.body["field"] == field || r.body["error"].as_str().is_some_and(|s| s.contains(field));
+        total += 1;
+        if !(r.status.is_client_error() && names_field) {
+            wrong.push(format!("mass assignment {m} {path} [{field}]: want 4xx naming {field}, got {} {}", r.status, r.body));
+        }
+    }
+    // ... and had no effect in the cluster.
+    let s1 = e.call(Method::GET, &format!("{sp}/s1"), &e.alice, None).await.body;
+    total += 1;
+    if s1["spec"]["userContext"]["userId"] != "alice" || s1["spec"]["prompt"] != "probe target" && !s1["spec"]["prompt"].as_str().is_some_and(|p| p.starts_with("probe ")) {
+        wrong.push(format!("mass assignment changed s1: {s1}"));
+    }
+    let names: Vec<String> = e.call(Method::GET, &sp, &e.alice, None).await.body["items"].as_array().cloned().unwrap_or_default().iter().filter_map(|i| i["metadata"]["name"].as_str().map(String::from)).collect();
+    total += 1;
+    if names.iter().any(|n| n.starts_with("ma")) {
+        wrong.push(format!("a refused session was created: {names:?}"));
+    }
+    let ns = Api::<Namespace>::all(env.admin());
+    total += 1;
+    if ns.get_opt(&evil).await.unwrap().is_some() {
+        wrong.push(format!("a refused project {evil} was created"));
+    }
+    let admin_ns = ns.get(admin_p).await.unwrap();
+    total += 1;
+    if admin_ns.metadata.labels.unwrap_or_default().get("ambient-code.io/managed").map(String::as_str) != Some("true") {
+        wrong.push(format!("{admin_p} lost its managed label"));
+    }
+    let others = Api::<events::crd::AgenticSession>::namespaced(env.admin(), other).list(&Default::default()).await.unwrap();
+    total += 1;
+    if others.items.iter().any(|s| s.metadata.name.as_deref().is_some_and(|n| n.starts_with("ma"))) {
+        wrong.push(format!("a session landed in {other}"));
+    }
+
+    let correct = total - wrong.len();
+    println!("permission matrix: {total} probes, {correct} correct");
+    for w in &wrong {
+        println!("WRONG {w}");
+    }
+    assert!(wrong.is_empty(), "{} of {total} probes wrong:\n{}", wrong.len(), wrong.join("\n"));
+}
