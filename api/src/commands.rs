@@ -95,30 +95,25 @@ impl Commands {
 
     /// Publishes `cmd` and waits (bounded) for its result.
     pub async fn submit(&self, cmd: Command, opts: SubmitOptions) -> Result<Submitted, ApiError> {
-        let idem_key = match &opts.idempotency_key {
+        match &opts.idempotency_key {
             Some(k) => {
                 if k.is_empty() || k.len() > 255 {
                     return Err(ApiError::bad_field("Idempotency-Key", "Idempotency-Key must be 1 to 255 characters"));
                 }
                 let key = hex(&Sha256::digest(format!("{}\0{}", cmd.principal.user, k).as_bytes()));
                 match self.idempotency.create(&key, cmd.id.to_string().into_bytes().into()).await {
-                    Ok(_) => Some(key),
+                    Ok(_) => {}
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                         return self.replay(&key, &cmd, opts.respond_async).await;
                     }
                     Err(e) => return Err(ApiError::Unavailable(format!("the command bus is unavailable: {e}"))),
                 }
             }
-            None => None,
-        };
-        let result = self.publish_and_wait(&cmd, opts.respond_async, opts.reply_key).await;
-        if result.is_err()
-            && let Some(k) = idem_key
-        {
-            // Not accepted: a retry with the same key must try again, not wait for nothing.
-            let _ = self.idempotency.purge(&k).await;
+            None => {}
         }
-        result
+        // The key stays even when the publish fails: its ack may be what got lost, and a retry
+        // re-publishes under this command's id (see `replay`), so it can never act twice.
+        self.publish_and_wait(&cmd, opts.respond_async, opts.reply_key).await
     }
 
     async fn replay(&self, key: &str, cmd: &Command, respond_async: bool) -> Result<Submitted, ApiError> {
@@ -138,22 +133,21 @@ impl Commands {
                 message: "this Idempotency-Key was used for a different request".into(),
             });
         }
-        let subject = events::subjects::result(&cmd.project, id);
-        let mut sub = self
-            .nats
-            .subscribe(subject.clone())
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("the command bus is unavailable: {e}")))?;
         if let Some(result) = self.stored_result(&cmd.project, id).await? {
             return Ok(Submitted::Done { result, token: None, replayed: true });
         }
-        if respond_async {
-            return Ok(Submitted::Accepted(id));
-        }
-        match self.wait(&mut sub).await {
-            Some(result) => Ok(Submitted::Done { result, token: None, replayed: true }),
-            None => Ok(Submitted::Accepted(id)),
-        }
+        // No result yet: the first attempt may never have reached the bus (the api crashed or
+        // lost NATS between recording the key and the publish's ack). Publish the same request
+        // again under the FIRST attempt's id: JetStream drops it as a duplicate if the first
+        // publish was stored (Nats-Msg-Id), and the reconciler applies a command id only once
+        // anyway. Only an acknowledged publish may be answered 202.
+        let mut again = cmd.clone();
+        again.id = id;
+        let out = self.publish_and_wait(&again, respond_async, None).await?;
+        Ok(match out {
+            Submitted::Done { result, token, .. } => Submitted::Done { result, token, replayed: true },
+            accepted => accepted,
+        })
     }
 
     async fn publish_and_wait(

@@ -360,6 +360,15 @@ impl ServiceProcess {
         }
     }
 
+    /// True when the process has exited on its own (or was killed and not restarted): what a
+    /// supervisor (the kubelet) would notice and restart.
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
     /// Starts it again with the same arguments (after [`ServiceProcess::kill9`]).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await;

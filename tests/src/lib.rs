@@ -47,6 +47,7 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, ObjectMeta, PostParams};
 
 pub mod bench;
+pub mod chaos;
 pub mod components;
 pub mod http;
 pub mod routes;
