@@ -14,8 +14,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 export GOTOOLCHAIN=local
 
-cmd="${1:-up}"
-[[ $# -gt 0 && "$1" != --* ]] && shift
+cmd=up
+if [[ $# -gt 0 && "$1" != --* ]]; then cmd="$1"; shift; fi
 
 state="$(realpath -m "${AMBIENT_STATE_DIR:-.run/dev}")"
 cluster_args=()

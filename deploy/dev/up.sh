@@ -218,6 +218,9 @@ write_cmd kwok "$bin/kwok" \
   --cidr=10.244.0.0/16 --node-ip=127.0.0.1
 
 # NATS: every acknowledged JetStream publish is fsynced before the ack (sync_interval: always).
+# JetStream reserves each stream's max_bytes up front (18 GiB for the bus), and its default
+# limit is 75% of the disk that is free at start, so a fuller disk would refuse the streams:
+# set the limit explicitly (dev data stays tiny; the limit is not allocated).
 cat >"$state/nats/nats.conf" <<EOF
 server_name: ambient-dev
 listen: 127.0.0.1:$NATS_PORT
@@ -225,6 +228,7 @@ http: 127.0.0.1:$NATS_MONITOR_PORT
 jetstream {
   store_dir: "$state/nats/store"
   sync_interval: always
+  max_file_store: 64GB
 }
 EOF
 write_cmd nats "$nats_bin" -js -c "$state/nats/nats.conf"

@@ -458,7 +458,7 @@ impl PrivateNats {
         std::fs::write(
             &conf,
             format!(
-                "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+                "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n  max_file_store: 64GB\n}}\n",
                 self.port,
                 self.store_dir()
             ),
