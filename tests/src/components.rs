@@ -65,7 +65,8 @@ impl Component {
         }
     }
 
-    /// Path of the built binary: `$CARGO_TARGET_DIR` (or `<repo>/target`)`/debug/<name>`.
+    /// Path of the built binary: `$CARGO_TARGET_DIR` (or `<repo>/target`)`/<profile>/<name>`,
+    /// the profile being `$AMBIENT_SERVICE_PROFILE` or `debug`.
     /// `scripts/test.sh` builds every binary before running the tests; a test process cannot
     /// run cargo itself (cargo holds the build lock while tests run).
     pub fn binary_path(self) -> anyhow::Result<PathBuf> {
@@ -79,7 +80,9 @@ impl Component {
                 }
             })
             .unwrap_or_else(|| repo_dir().join("target"));
-        let path = target.join("debug").join(self.binary());
+        // The benchmark runs optimized services: AMBIENT_SERVICE_PROFILE=release.
+        let profile = std::env::var("AMBIENT_SERVICE_PROFILE").unwrap_or_else(|_| "debug".into());
+        let path = target.join(profile).join(self.binary());
         if !path.exists() {
             bail!(
                 "{} is not built; run `cargo build --workspace --bins` first",
