@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use events::Principal;
 use events::access::ResourceCheck;
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use kube::api::{Api, PostParams};
 
 const MAX_CACHE: usize = 200_000;
@@ -63,29 +63,12 @@ impl Authorizer {
         {
             return Ok(*v);
         }
-        let sar = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(who.user.clone()),
-                uid: (!who.uid.is_empty()).then(|| who.uid.clone()),
-                groups: Some(who.groups.clone()),
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(check.namespace.clone()),
-                    verb: Some(check.verb.into()),
-                    group: Some(check.group.into()),
-                    resource: Some(check.resource.into()),
-                    subresource: check.subresource.map(Into::into),
-                    name: check.name.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let sar = check.review_for(who);
         let res = Api::<SubjectAccessReview>::all(self.client.clone())
             .create(&PostParams::default(), &sar)
             .await
             .map_err(|e| AuthzError(e.to_string()))?;
-        let allowed = res.status.map(|s| s.allowed && !s.denied.unwrap_or(false)).unwrap_or(false);
+        let allowed = events::access::is_allowed(res.status.as_ref());
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= MAX_CACHE {
                 c.clear();

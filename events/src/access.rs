@@ -2,8 +2,13 @@
 //! before accepting a command and the reconciler checks it again at apply time, so a role
 //! revoked in between wins. One table, used by both.
 
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec, SubjectAccessReviewStatus,
+};
+
 use crate::commands::{Command, CommandBody};
 use crate::crd::{GROUP, PROJECT_SETTINGS_NAME};
+use crate::domain::Principal;
 
 /// One SubjectAccessReview's resource attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +25,36 @@ pub struct ResourceCheck {
     pub subresource: Option<&'static str>,
     /// Object name, for checks on one object (matters for `resourceNames` rules).
     pub name: Option<String>,
+}
+
+impl ResourceCheck {
+    /// The SubjectAccessReview asking whether `who` (as the authenticator resolved it: user,
+    /// uid, groups) may do this.
+    pub fn review_for(&self, who: &Principal) -> SubjectAccessReview {
+        SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(who.user.clone()),
+                uid: (!who.uid.is_empty()).then(|| who.uid.clone()),
+                groups: Some(who.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(self.namespace.clone()),
+                    verb: Some(self.verb.into()),
+                    group: Some(self.group.into()),
+                    resource: Some(self.resource.into()),
+                    subresource: self.subresource.map(Into::into),
+                    name: self.name.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// The decision of a reviewed SubjectAccessReview: allowed, and not explicitly denied.
+pub fn is_allowed(status: Option<&SubjectAccessReviewStatus>) -> bool {
+    status.is_some_and(|s| s.allowed && !s.denied.unwrap_or(false))
 }
 
 /// What a command needs.

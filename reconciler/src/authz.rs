@@ -1,7 +1,7 @@
 //! Re-authorization at apply time: a SubjectAccessReview for the command's principal on every
 //! check its command requires, so a role revoked after the api accepted the command wins.
 
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, PostParams};
 
@@ -22,26 +22,9 @@ pub struct SelfProvision {
 
 /// Asks the API server whether `principal` may do `check`.
 pub async fn allowed(client: &kube::Client, principal: &Principal, check: &ResourceCheck) -> Result<bool, ApplyError> {
-    let sar = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(principal.user.clone()),
-            uid: (!principal.uid.is_empty()).then(|| principal.uid.clone()),
-            groups: Some(principal.groups.clone()),
-            resource_attributes: Some(ResourceAttributes {
-                namespace: Some(check.namespace.clone()),
-                verb: Some(check.verb.into()),
-                group: Some(check.group.into()),
-                resource: Some(check.resource.into()),
-                subresource: check.subresource.map(Into::into),
-                name: check.name.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let sar = check.review_for(principal);
     let out = Api::<SubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &sar).await?;
-    Ok(out.status.map(|s| s.allowed && !s.denied.unwrap_or(false)).unwrap_or(false))
+    Ok(events::access::is_allowed(out.status.as_ref()))
 }
 
 /// Checks every requirement of `cmd`; the first denied check is a 403.
