@@ -53,6 +53,14 @@ impl Stack {
         let kc = Component::Projector.kubeconfig(env).await?;
         let projector = ServiceProcess::start(Component::Projector, |h| {
             let mut a = common(kc, h);
+            // Tests run stacks side by side on one bus, and a test's processes die with it: on a
+            // shared Lease the surviving projectors would wait for it to expire, and changes
+            // made meanwhile reach the status stream only as their end state. So each stack's
+            // projector leads alone; they publish the same deterministic event ids, which
+            // JetStream de-duplicates.
+            if !opts.projector_args.iter().any(|x| x.starts_with("--lease-name")) {
+                a.push(format!("--lease-name=ambient-projector-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+            }
             a.extend(opts.projector_args.clone());
             a
         })
