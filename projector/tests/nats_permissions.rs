@@ -9,72 +9,11 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ambient_tests::components::{Component, ServiceProcess, free_port, nats_server_bin, wait_for};
-use ambient_tests::{TestEnv, repo_dir};
+use ambient_tests::components::{Component, DeployNats, ServiceProcess, wait_for};
+use ambient_tests::TestEnv;
 use anyhow::Context as _;
 use common::*;
 use events::Phase;
-
-struct DeployNats {
-    url: String,
-    password: String,
-    dir: tempfile::TempDir,
-    _child: tokio::process::Child,
-}
-
-impl DeployNats {
-    async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("projector-nats-").tempdir()?;
-        let port = free_port()?;
-        std::fs::copy(repo_dir().join("deploy/base/nats/accounts.conf"), dir.path().join("accounts.conf"))?;
-        // The shipped nats.conf with only the host-specific lines changed.
-        let mut conf = String::new();
-        for line in std::fs::read_to_string(repo_dir().join("deploy/base/nats/nats.conf"))?.lines() {
-            let t = line.trim_start();
-            let l = if t.starts_with("listen:") {
-                format!("listen: 127.0.0.1:{port}")
-            } else if t.starts_with("http:") {
-                String::new()
-            } else if t.starts_with("store_dir:") {
-                format!("  store_dir: {:?}", dir.path().join("js"))
-            } else if t.starts_with("pid_file:") {
-                format!("pid_file: {:?}", dir.path().join("nats.pid"))
-            } else {
-                line.to_string()
-            };
-            conf.push_str(&l);
-            conf.push('\n');
-        }
-        std::fs::write(dir.path().join("nats.conf"), conf)?;
-        let password = uuid::Uuid::new_v4().simple().to_string();
-        let log = std::fs::File::create(dir.path().join("nats.log"))?;
-        let child = tokio::process::Command::new(nats_server_bin())
-            .arg("-c")
-            .arg(dir.path().join("nats.conf"))
-            .env("POD_NAME", "projector-test")
-            .env("NATS_API_PASSWORD", uuid::Uuid::new_v4().simple().to_string())
-            .env("NATS_RECONCILER_PASSWORD", uuid::Uuid::new_v4().simple().to_string())
-            .env("NATS_PROJECTOR_PASSWORD", &password)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning nats-server")?;
-        let n = DeployNats { url: format!("nats://127.0.0.1:{port}"), password, dir, _child: child };
-        let addr = format!("127.0.0.1:{port}");
-        wait_for("nats-server with deploy/ accounts", Duration::from_secs(30), || {
-            let addr = addr.clone();
-            async move { Ok(tokio::net::TcpStream::connect(addr).await.is_ok()) }
-        })
-        .await
-        .with_context(|| n.log())?;
-        Ok(n)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
-    }
-}
 
 #[tokio::test]
 async fn projector_works_under_its_deploy_nats_permissions() -> anyhow::Result<()> {
@@ -104,7 +43,7 @@ async fn projector_works_under_its_deploy_nats_permissions() -> anyhow::Result<(
     std::fs::write(&sinks, format!(r#"[{{"name":"perm","url":"http://127.0.0.1:{port}/events","subjects":["ambient.status.{p}.>"]}}]"#))?;
 
     let kubeconfig = Component::Projector.kubeconfig(&env).await?;
-    let (url, password, lease, run) = (nats.url.clone(), nats.password.clone(), scope.lease.clone(), scope.run.clone());
+    let (url, password, lease, run) = (nats.url.clone(), nats.passwords["projector"].clone(), scope.lease.clone(), scope.run.clone());
     let sinks_arg = sinks.display().to_string();
     let mut projector = ServiceProcess::start(Component::Projector, move |health| {
         vec![
@@ -141,7 +80,7 @@ async fn projector_works_under_its_deploy_nats_permissions() -> anyhow::Result<(
     );
 
     // The read model was written (and is readable back by the projector's user).
-    let client = async_nats::ConnectOptions::with_user_and_password("projector".into(), nats.password.clone())
+    let client = async_nats::ConnectOptions::with_user_and_password("projector".into(), nats.passwords["projector"].clone())
         .connect(nats.url.as_str())
         .await?;
     let js = async_nats::jetstream::new(client);

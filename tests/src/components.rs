@@ -515,3 +515,76 @@ pub fn nats_server_bin() -> PathBuf {
         _ => PathBuf::from("nats-server"),
     }
 }
+
+/// A nats-server running the SHIPPED bus configuration (`deploy/base/nats/nats.conf` and its
+/// `accounts.conf`: users, permissions), with only the host-specific lines changed (loopback
+/// port, no monitoring port, a temporary store and pid file) and a random password per
+/// component user. Tests of what the deploy/ permissions allow and refuse run against it.
+pub struct DeployNats {
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+    /// The password of each user (`api`, `reconciler`, `projector`).
+    pub passwords: std::collections::BTreeMap<&'static str, String>,
+    dir: tempfile::TempDir,
+    _child: Child,
+}
+
+impl DeployNats {
+    /// The bus users of deploy/, one per component.
+    pub const USERS: [&'static str; 3] = ["api", "reconciler", "projector"];
+
+    /// Starts one and waits until it accepts connections.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("deploy-nats-").tempdir()?;
+        let port = free_port()?;
+        let shipped = repo_dir().join("deploy/base/nats");
+        std::fs::copy(shipped.join("accounts.conf"), dir.path().join("accounts.conf"))?;
+        let mut conf = String::new();
+        for line in std::fs::read_to_string(shipped.join("nats.conf"))?.lines() {
+            let t = line.trim_start();
+            let replaced = if t.starts_with("listen:") {
+                format!("listen: 127.0.0.1:{port}")
+            } else if t.starts_with("http:") {
+                String::new()
+            } else if t.starts_with("store_dir:") {
+                format!("  store_dir: {:?}", dir.path().join("js"))
+            } else if t.starts_with("pid_file:") {
+                format!("pid_file: {:?}", dir.path().join("nats.pid"))
+            } else {
+                line.to_string()
+            };
+            conf.push_str(&replaced);
+            conf.push('\n');
+        }
+        anyhow::ensure!(conf.contains("include ./accounts.conf"), "nats.conf no longer includes accounts.conf");
+        std::fs::write(dir.path().join("nats.conf"), conf)?;
+        let passwords: std::collections::BTreeMap<&'static str, String> =
+            Self::USERS.iter().map(|u| (*u, uuid::Uuid::new_v4().simple().to_string())).collect();
+        let log = std::fs::File::create(dir.path().join("nats.log"))?;
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.arg("-c").arg(dir.path().join("nats.conf")).env("POD_NAME", "deploy-test");
+        for (user, password) in &passwords {
+            cmd.env(format!("NATS_{}_PASSWORD", user.to_uppercase()), password);
+        }
+        let child = cmd
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning nats-server")?;
+        let n = DeployNats { url: format!("nats://127.0.0.1:{port}"), passwords, dir, _child: child };
+        let addr = format!("127.0.0.1:{port}");
+        wait_for("nats-server with deploy/ accounts", Duration::from_secs(30), || {
+            let addr = addr.clone();
+            async move { Ok(tokio::net::TcpStream::connect(addr).await.is_ok()) }
+        })
+        .await
+        .with_context(|| n.log())?;
+        Ok(n)
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+}

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
-use ambient_tests::components::{apply_rbac, free_port, nats_server_bin, wait_for};
+use ambient_tests::components::{DeployNats, apply_rbac, nats_server_bin, wait_for};
 use ambient_tests::{DemoUser, TestEnv, repo_dir};
 
 /// Every installable directory under deploy/ (kustomization roots).
@@ -480,79 +480,11 @@ async fn component_rbac_is_least_privilege() -> anyhow::Result<()> {
 
 // ---- (d) NATS permissions ---------------------------------------------------------------------
 
-/// A nats-server running deploy/'s accounts.conf verbatim (passwords in its environment, as
-/// the StatefulSet gives them), on a free loopback port with a fresh store. Killed on drop.
-struct DeployNats {
-    url: String,
-    passwords: BTreeMap<&'static str, String>,
-    dir: tempfile::TempDir,
-    _child: tokio::process::Child,
-}
-
-impl DeployNats {
-    async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("deploy-nats-").tempdir()?;
-        let port = free_port()?;
-        std::fs::copy(repo_dir().join("deploy/base/nats/accounts.conf"), dir.path().join("accounts.conf"))?;
-        // The base nats.conf with only the host-specific lines changed: loopback, no monitor
-        // port, a temporary store and pid file. Everything else, the include in particular,
-        // is the shipped text.
-        let shipped = std::fs::read_to_string(repo_dir().join("deploy/base/nats/nats.conf"))?;
-        let mut conf = String::new();
-        for line in shipped.lines() {
-            let t = line.trim_start();
-            let replaced = if t.starts_with("listen:") {
-                format!("listen: 127.0.0.1:{port}")
-            } else if t.starts_with("http:") {
-                String::new()
-            } else if t.starts_with("store_dir:") {
-                format!("  store_dir: {:?}", dir.path().join("js"))
-            } else if t.starts_with("pid_file:") {
-                format!("pid_file: {:?}", dir.path().join("nats.pid"))
-            } else {
-                line.to_string()
-            };
-            conf.push_str(&replaced);
-            conf.push('\n');
-        }
-        ensure!(conf.contains("include ./accounts.conf"), "nats.conf no longer includes accounts.conf");
-        std::fs::write(dir.path().join("nats.conf"), conf)?;
-        let passwords: BTreeMap<&'static str, String> = COMPONENTS
-            .iter()
-            .map(|c| (*c, uuid::Uuid::new_v4().simple().to_string()))
-            .collect();
-        let log = std::fs::File::create(dir.path().join("nats.log"))?;
-        let child = Command::new(nats_server_bin())
-            .arg("-c")
-            .arg(dir.path().join("nats.conf"))
-            .env("POD_NAME", "deploy-test")
-            .env("NATS_API_PASSWORD", &passwords["api"])
-            .env("NATS_RECONCILER_PASSWORD", &passwords["reconciler"])
-            .env("NATS_PROJECTOR_PASSWORD", &passwords["projector"])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning nats-server")?;
-        let n = DeployNats { url: format!("nats://127.0.0.1:{port}"), passwords, dir, _child: child };
-        let addr = format!("127.0.0.1:{port}");
-        wait_for("nats-server with deploy/ accounts", Duration::from_secs(30), || {
-            let addr = addr.clone();
-            async move { Ok(tokio::net::TcpStream::connect(addr).await.is_ok()) }
-        })
-        .await
-        .with_context(|| n.log())?;
-        Ok(n)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
-    }
-
-    async fn connect(&self, user: &'static str) -> anyhow::Result<Bus> {
+/// Connects to the deploy/ NATS as `user`, recording the server's permission errors.
+async fn connect_bus(nats: &DeployNats, user: &'static str) -> anyhow::Result<Bus> {
         let errors = Arc::new(Mutex::new(Vec::<String>::new()));
         let sink = errors.clone();
-        let client = async_nats::ConnectOptions::with_user_and_password(user.into(), self.passwords[user].clone())
+        let client = async_nats::ConnectOptions::with_user_and_password(user.into(), nats.passwords[user].clone())
             .name(user)
             .connection_timeout(Duration::from_secs(5))
             .event_callback(move |ev| {
@@ -565,12 +497,11 @@ impl DeployNats {
                     }
                 }
             })
-            .connect(self.url.as_str())
+            .connect(nats.url.as_str())
             .await
             .with_context(|| format!("connecting as {user}"))?;
         let js = jetstream::ContextBuilder::new().timeout(Duration::from_secs(2)).build(client.clone());
         Ok(Bus { user, client, js, errors })
-    }
 }
 
 /// One component's connection, recording the server's permission errors.
@@ -638,9 +569,9 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
         "api connected with the projector's password"
     );
 
-    let api = nats.connect("api").await?;
-    let rec = nats.connect("reconciler").await?;
-    let proj = nats.connect("projector").await?;
+    let api = connect_bus(&nats, "api").await?;
+    let rec = connect_bus(&nats, "reconciler").await?;
+    let proj = connect_bus(&nats, "projector").await?;
     let cfg = BusConfig { duplicate_window: Duration::from_secs(60), ..BusConfig::default() };
 
     // Bootstrap: whoever starts first creates everything; the others find it unchanged.
