@@ -96,8 +96,17 @@ pub enum Delivery {
 impl Applier {
     /// Re-authorizes and applies one command.
     pub async fn apply(&self, cmd: &Command, delivery: Delivery) -> Result<Applied, ApplyError> {
-        authz::authorize(&self.client, cmd, &self.policy).await?;
         let c = &self.client;
+        if let CommandBody::SessionCreate(r) = &cmd.body {
+            // The hottest command: check the principal and the project in parallel (one round
+            // trip less); a refusal still wins over a missing project.
+            let (allowed, project) =
+                tokio::join!(authz::authorize(c, cmd, &self.policy), managed_namespace(c, &cmd.project));
+            allowed?;
+            project?;
+            return session::create_in_project(c, cmd, r).await;
+        }
+        authz::authorize(c, cmd, &self.policy).await?;
         match &cmd.body {
             CommandBody::ProjectCreate(r) => project::create(c, cmd, r).await,
             CommandBody::ProjectUpdate(r) => project::update(c, cmd, r).await,

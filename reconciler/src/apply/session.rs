@@ -39,12 +39,6 @@ async fn create_session(
     extra: Option<(&str, String)>,
 ) -> Result<Applied, ApplyError> {
     let id = cmd.id.to_string();
-    if let Some(existing) = api.get_opt(name.as_str()).await? {
-        if last_command(&existing) == Some(id.as_str()) {
-            return Ok(Applied::of(&existing));
-        }
-        return Err(ApplyError::conflict(format!("session {name} already exists")));
-    }
     // userContext always comes from the authenticated principal, never from the request.
     spec.user_context = Some(user_context(&cmd.principal));
     let mut annotations = string_map([(labels::LAST_COMMAND, id.as_str())]);
@@ -61,15 +55,25 @@ async fn create_session(
         spec,
         status: None,
     };
+    // Create first (the common case costs one request); an existing session is ours only when
+    // it records this very command, i.e. this is a redelivery after the write.
     match api.create(&PostParams::default(), &session).await {
         Ok(s) => Ok(Applied::of(&s)),
-        Err(kube::Error::Api(s)) if s.code == 409 => Err(ApplyError::conflict(format!("session {name} already exists"))),
+        Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(name.as_str()).await? {
+            Some(existing) if last_command(&existing) == Some(id.as_str()) => Ok(Applied::of(&existing)),
+            _ => Err(ApplyError::conflict(format!("session {name} already exists"))),
+        },
         Err(e) => Err(e.into()),
     }
 }
 
 pub async fn create(client: &kube::Client, cmd: &Command, req: &SessionCreate) -> Result<Applied, ApplyError> {
     managed_namespace(client, &cmd.project).await?;
+    create_in_project(client, cmd, req).await
+}
+
+/// [`create`] once the project is known to be managed.
+pub async fn create_in_project(client: &kube::Client, cmd: &Command, req: &SessionCreate) -> Result<Applied, ApplyError> {
     let api = Api::<AgenticSession>::namespaced(client.clone(), cmd.project.as_str());
     create_session(&api, cmd.project.as_str(), &req.name, req.spec.clone(), cmd, None).await
 }
