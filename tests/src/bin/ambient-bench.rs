@@ -55,7 +55,13 @@ async fn main() -> anyhow::Result<()> {
     let mode = Mode::new(quick);
     let env = TestEnv::shared().await.context("dev cluster")?;
     eprintln!("==> starting the stack (api, reconciler, projector under their ServiceAccounts)");
-    let mut stack = Stack::start(&env, StackOptions::default()).await?;
+    // The benchmark measures the bus path, not the per-principal abuse limiter (20 req/s by
+    // default), so it lifts the limit.
+    let opts = StackOptions {
+        api_args: vec!["--rate-limit-rps=1000000".into(), "--rate-limit-burst=1000000".into()],
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(&env, opts).await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let b = Bench { env: env.clone(), http, api: stack.api_url.clone(), alice: env.token(DemoUser::Alice)?.to_string(), admin: env.token(DemoUser::Admin)?.to_string() };
 
