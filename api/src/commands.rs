@@ -175,10 +175,16 @@ impl Commands {
                 .await
                 .map_err(|e| e.to_string())
         };
+        // From here the command may be stored even when the acknowledgement is lost: answer
+        // with its id (its record exists, so its submitter can look the outcome up).
+        let undetermined = |e: String| ApiError::Undetermined {
+            message: format!("the command bus did not acknowledge the command: {e}"),
+            command_id: cmd.id,
+        };
         match tokio::time::timeout(Duration::from_secs(5), ack).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(unavailable(e)),
-            Err(_) => return Err(unavailable("no acknowledgement from JetStream".into())),
+            Ok(Err(e)) => return Err(undetermined(e)),
+            Err(_) => return Err(undetermined("no acknowledgement from JetStream".into())),
         }
         metrics::counter!("ambient_api_commands_total", "type" => cmd.body.command_type().type_str()).increment(1);
         tracing::info!(command_id = %cmd.id, project = %cmd.project, r#type = cmd.body.command_type().type_str(), "command accepted");

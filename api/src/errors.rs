@@ -44,6 +44,11 @@ pub enum ApiError {
     /// 503: a dependency (NATS, the API server) is unavailable.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 for a command whose publish was not acknowledged: the bus may or may not have it.
+    /// The body carries `commandId` (and `Location`), so the caller can look its outcome up
+    /// instead of guessing; a retry with the same `Idempotency-Key` is also safe.
+    #[error("{message}")]
+    Undetermined { message: String, command_id: uuid::Uuid },
     /// A command's failed result, with its HTTP-like code and reason.
     #[error("{message}")]
     CommandFailed { code: u16, reason: String, message: String },
@@ -80,7 +85,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Undetermined { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::CommandFailed { code, .. } => {
                 StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
@@ -124,9 +129,17 @@ impl IntoResponse for ApiError {
             ApiError::Conflict { reason, .. } => {
                 body.insert("reason".into(), Value::String((*reason).into()));
             }
+            ApiError::Undetermined { command_id, .. } => {
+                body.insert("commandId".into(), Value::String(command_id.to_string()));
+            }
             _ => {}
         }
         let mut resp = (status, axum::Json(Value::Object(body))).into_response();
+        if let ApiError::Undetermined { command_id, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&format!("/api/commands/{command_id}"))
+        {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
         if let ApiError::TooManyRequests { retry_after_secs } = self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
         }
