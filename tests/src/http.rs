@@ -113,23 +113,7 @@ pub async fn read_events(resp: &mut reqwest::Response, n: usize, timeout: Durati
     let mut buf = String::new();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        while let Some(i) = buf.find("\n\n") {
-            let block: String = buf.drain(..i + 2).collect();
-            let (mut id, mut event, mut data) = (None, String::new(), String::new());
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    // A session stream's id is a `<statusSeq>:<messageSeq>` cursor: keep the status part.
-                    id = v.trim().split(':').next().and_then(|s| s.parse().ok());
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim());
-                }
-            }
-            if !event.is_empty() {
-                out.push(SseEvent { id: id.unwrap_or(0), event, data: serde_json::from_str(&data).unwrap_or_default() });
-            }
-        }
+        crate::sse::drain_events(&mut buf, &mut out);
         if out.len() >= n {
             return (out, false);
         }

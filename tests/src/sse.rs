@@ -24,7 +24,7 @@ pub async fn open(c: &Client, path: &str, token: &str, last_event_id: Option<u64
 }
 
 /// Takes every complete event (a block ending in a blank line) off the front of `buf`.
-fn drain_events(buf: &mut String, out: &mut Vec<SseEvent>) {
+pub(crate) fn drain_events(buf: &mut String, out: &mut Vec<SseEvent>) {
     while let Some(i) = buf.find("\n\n") {
         let block: String = buf.drain(..i + 2).collect();
         let (mut id, mut event, mut data) = (None, String::new(), String::new());
