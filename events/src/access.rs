@@ -28,6 +28,19 @@ pub struct ResourceCheck {
 }
 
 impl ResourceCheck {
+    /// `update agenticsessions/status` on one session: what a session's own runner may do, and
+    /// what the runner callbacks (status, display name, agent messages) require.
+    pub fn session_status(namespace: &str, session: &str) -> Self {
+        ResourceCheck {
+            namespace: namespace.into(),
+            verb: "update",
+            group: GROUP,
+            resource: "agenticsessions",
+            subresource: Some("status"),
+            name: Some(session.into()),
+        }
+    }
+
     /// The SubjectAccessReview asking whether `who` (as the authenticator resolved it: user,
     /// uid, groups) may do this.
     pub fn review_for(&self, who: &Principal) -> SubjectAccessReview {
@@ -74,17 +87,6 @@ fn check(ns: &str, verb: &'static str, group: &'static str, resource: &'static s
     ResourceCheck { namespace: ns.into(), verb, group, resource, subresource: None, name: name.map(Into::into) }
 }
 
-fn status(ns: &str, name: &str) -> ResourceCheck {
-    ResourceCheck {
-        namespace: ns.into(),
-        verb: "update",
-        group: GROUP,
-        resource: "agenticsessions",
-        subresource: Some("status"),
-        name: Some(name.into()),
-    }
-}
-
 impl Command {
     /// The RBAC checks this command's principal must pass.
     pub fn requirement(&self) -> Requirement {
@@ -104,8 +106,8 @@ impl Command {
                 sessions("get", Some(c.name.as_str())),
                 check(c.target_project.as_str(), "create", GROUP, "agenticsessions", None),
             ]),
-            CommandBody::SessionStatus(c) => one(status(ns, c.name.as_str())),
-            CommandBody::SessionDisplayName(c) => one(status(ns, c.name.as_str())),
+            CommandBody::SessionStatus(c) => one(ResourceCheck::session_status(ns, c.name.as_str())),
+            CommandBody::SessionDisplayName(c) => one(ResourceCheck::session_status(ns, c.name.as_str())),
             CommandBody::PermissionGrant(_) => one(check(ns, "create", RBAC, "rolebindings", None)),
             CommandBody::PermissionRevoke(_) => one(check(ns, "delete", RBAC, "rolebindings", None)),
             CommandBody::KeyCreate(_) => one(check(ns, "create", "", "serviceaccounts", None)),

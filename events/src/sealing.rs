@@ -22,6 +22,9 @@ pub enum SealError {
     /// The box was not sealed to this key, or was tampered with.
     #[error("sealed box cannot be opened with this key")]
     Open,
+    /// Sealing failed (the cipher refused the input).
+    #[error("cannot seal: {0}")]
+    Seal(String),
 }
 
 /// A public key to seal to (32 bytes, base64 in JSON).
@@ -42,11 +45,9 @@ impl SealingPublicKey {
     }
 
     /// Seals `plaintext` so that only the secret key's holder can read it.
-    pub fn seal(&self, plaintext: &[u8]) -> SealedBox {
+    pub fn seal(&self, plaintext: &[u8]) -> Result<SealedBox, SealError> {
         let mut rng = crypto_box::aead::OsRng;
-        // Sealing only fails on allocation failure inside the AEAD; treat as fatal.
-        let ct = self.0.seal(&mut rng, plaintext).unwrap_or_else(|e| panic!("seal: {e}"));
-        SealedBox(ct)
+        self.0.seal(&mut rng, plaintext).map(SealedBox).map_err(|e| SealError::Seal(e.to_string()))
     }
 }
 
@@ -155,7 +156,7 @@ mod tests {
     #[test]
     fn seal_and_open() {
         let sk = SealingSecretKey::generate();
-        let sealed = sk.public_key().seal(b"s3cret-token");
+        let sealed = sk.public_key().seal(b"s3cret-token").unwrap();
         assert!(!sealed.as_bytes().windows(12).any(|w| w == b"s3cret-token"));
         assert_eq!(sk.open(&sealed).unwrap(), b"s3cret-token");
         let other = SealingSecretKey::generate();
@@ -171,7 +172,7 @@ mod tests {
     #[test]
     fn tampered_box_is_refused() {
         let sk = SealingSecretKey::generate();
-        let mut sealed = sk.public_key().seal(b"x");
+        let mut sealed = sk.public_key().seal(b"x").unwrap();
         let last = sealed.0.len() - 1;
         sealed.0[last] ^= 1;
         assert!(sk.open(&sealed).is_err());

@@ -56,7 +56,7 @@ fn sample_bodies() -> Vec<CommandBody> {
             reply_key: key.clone(),
         }),
         CommandBody::KeyRevoke(KeyRevoke { key_id: "ambient-key-ci".into() }),
-        CommandBody::RunnerSecretPut(RunnerSecretPut { data: key.seal(b"{\"ANTHROPIC_API_KEY\":\"sk\"}") }),
+        CommandBody::RunnerSecretPut(RunnerSecretPut { data: key.seal(b"{\"ANTHROPIC_API_KEY\":\"sk\"}").unwrap() }),
         CommandBody::RunnerSecretConfig(RunnerSecretConfig { secret_name: "runner".into() }),
     ];
     assert_eq!(bodies.len(), CommandType::ALL.len(), "one sample per command type");
@@ -135,7 +135,7 @@ fn results_round_trip() {
                 uid: None,
                 resource_version: Some("42".into()),
             },
-            sealed_token: Some(sk.public_key().seal(b"token")),
+            sealed_token: Some(sk.public_key().seal(b"token").unwrap()),
         },
     };
     let out = wire::encode_result(&ok, None);

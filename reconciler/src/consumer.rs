@@ -100,6 +100,8 @@ pub struct Consumer {
     /// be redelivered out of order; everything above arrives in stream order, so the costly
     /// pending check runs only while such orphans remain.
     orphan_ceiling: Vec<AtomicU64>,
+    /// Per partition: whether this replica received from it, i.e. may hold its pin.
+    served: Vec<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
 }
 
@@ -107,8 +109,10 @@ impl Consumer {
     /// A consumer; call [`Consumer::run`].
     pub fn new(js: jetstream::Context, applier: Applier, verifier: CommandVerifier, settings: Settings, stop: CancellationToken) -> Arc<Self> {
         let orphan_ceiling = (0..settings.bus.partitions).map(|_| AtomicU64::new(0)).collect();
+        let served = (0..settings.bus.partitions).map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
         Arc::new(Self {
             orphan_ceiling,
+            served,
             ledger: Ledger::new(js.clone()),
             js,
             applier,
@@ -125,6 +129,24 @@ impl Consumer {
     pub async fn run(self: Arc<Self>) {
         let loops: Vec<_> = (0..self.settings.bus.partitions).map(|p| tokio::spawn(self.clone().partition(p))).collect();
         futures::future::join_all(loops).await;
+        self.unpin_served().await;
+    }
+
+    /// On shutdown, hand the partitions this replica served to the others at once instead of
+    /// after the pin times out (a rolling update would otherwise stall them for the ack wait).
+    /// Commands still in flight here stay ours until acknowledged; the next holder sees them
+    /// as orphans and keeps per-object order (see `note_orphans`).
+    async fn unpin_served(&self) {
+        let Ok(stream) = self.js.get_stream(COMMANDS_STREAM).await else { return };
+        for (p, served) in self.served.iter().enumerate() {
+            if !served.load(Ordering::SeqCst) {
+                continue;
+            }
+            let name = BusConfig::partition_consumer_name(p as u32);
+            if let Err(e) = stream.unpin_consumer(&name, RECONCILER_GROUP).await {
+                tracing::warn!(partition = p, error = %e, "cannot release the partition");
+            }
+        }
     }
 
     async fn consumer(&self, p: u32) -> Result<PullConsumer, async_nats::Error> {
@@ -168,6 +190,9 @@ impl Consumer {
                 };
                 match next {
                     Some(Ok(msg)) => {
+                        if let Some(s) = self.served.get(p as usize) {
+                            s.store(true, Ordering::SeqCst);
+                        }
                         if std::mem::take(&mut first) {
                             self.note_orphans(p, &mut handle).await;
                         }

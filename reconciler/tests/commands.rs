@@ -175,7 +175,7 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
 
     // --- runner secrets ---
     let reconciler_key = events::sealing::SealingPublicKey::from_base64(&h.keys.sealing_public_key)?;
-    let put = |plain: &[u8], to: &events::sealing::SealingPublicKey| CommandBody::RunnerSecretPut(RunnerSecretPut { data: to.seal(plain) });
+    let put = |plain: &[u8], to: &events::sealing::SealingPublicKey| CommandBody::RunnerSecretPut(RunnerSecretPut { data: to.seal(plain).unwrap() });
     h.ok(&p, Alice, put(br#"{"ANTHROPIC_API_KEY":"sk-very-secret"}"#, &reconciler_key)).await?;
     let secret = Api::<Secret>::namespaced(env.admin(), p.as_str()).get("ambient-runner-secrets").await?;
     assert_eq!(secret.data.unwrap()["ANTHROPIC_API_KEY"].0, b"sk-very-secret");

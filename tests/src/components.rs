@@ -263,7 +263,8 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// A service running as a child process, with its log in `<state_dir>/logs/`. Killed on drop.
+/// A service running as a child process, with its log in `<state_dir>/logs/`. Terminated
+/// gracefully on drop.
 pub struct ServiceProcess {
     component: Component,
     args: Vec<String>,
@@ -313,7 +314,8 @@ impl ServiceProcess {
             )
             .stdout(out.try_clone()?)
             .stderr(out)
-            .kill_on_drop(true)
+            // Stopped like a pod on drop (see `Drop`): gracefully, forced after a grace period.
+            .kill_on_drop(false)
             .spawn()
             .with_context(|| format!("spawning {}", self.component.binary()))?;
         self.child = Some(child);
@@ -363,6 +365,20 @@ impl ServiceProcess {
         }
     }
 
+    /// `SIGTERM` and, if it is still there after 15 s, `SIGKILL` — what Kubernetes does to a
+    /// pod. The wait happens in a detached shell, so dropping never blocks the test.
+    fn terminate(&mut self) {
+        if let Some(pid) = self.child.take().and_then(|c| c.id()) {
+            let script = format!("kill -TERM {pid} 2>/dev/null; sleep 15; kill -KILL {pid} 2>/dev/null");
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &script])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+        }
+    }
+
     /// True when the process has exited on its own (or was killed and not restarted): what a
     /// supervisor (the kubelet) would notice and restart.
     pub fn has_exited(&mut self) -> bool {
@@ -404,6 +420,14 @@ impl ServiceProcess {
             .await?
             .text()
             .await?)
+    }
+}
+
+impl Drop for ServiceProcess {
+    // A test that ends stops its services the way a rolling update does, so they release what
+    // they hold (e.g. the reconciler's partition pins) for the next test's services.
+    fn drop(&mut self) {
+        self.terminate();
     }
 }
 

@@ -841,7 +841,7 @@ async fn generated_secrets_are_in_the_formats_the_services_read() -> anyhow::Res
         String::from(public.clone()),
         "sealing-public-key is the public half of sealing.key"
     );
-    let sealed = public.seal(b"runner secret");
+    let sealed = public.seal(b"runner secret")?;
     assert_eq!(sealing.open(&sealed)?, b"runner secret");
 
     for user in COMPONENTS {

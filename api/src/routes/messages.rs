@@ -85,14 +85,7 @@ async fn resolve(st: &AppState, caller: &Caller, p: &str, s: &str) -> Result<(Pr
 }
 
 async fn is_runner(st: &AppState, caller: &Caller, p: &str, s: &str) -> Result<bool, ApiError> {
-    let c = events::access::ResourceCheck {
-        namespace: p.into(),
-        verb: "update",
-        group: GROUP,
-        resource: "agenticsessions",
-        subresource: Some("status"),
-        name: Some(s.to_string()),
-    };
+    let c = events::access::ResourceCheck::session_status(p, s);
     Ok(st.authz.allowed(&caller.principal, &c).await?)
 }
 

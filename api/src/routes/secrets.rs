@@ -71,7 +71,7 @@ pub async fn put_runner_secrets(State(st): State<Arc<AppState>>, caller: Caller,
         return Err(ApiError::invalid(format!("data.{k}"), "keys must match [A-Za-z_][A-Za-z0-9_]*"));
     }
     let plain = serde_json::to_vec(&req.data).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let sealed = st.reconciler_key.seal(&plain);
+    let sealed = st.reconciler_key.seal(&plain).map_err(|e| ApiError::Internal(e.to_string()))?;
     match st.mutate(&caller, project, CommandBody::RunnerSecretPut(RunnerSecretPut { data: sealed }), &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { .. } => Ok(axum::Json(json!({"message": "runner secrets updated"})).into_response()),

@@ -306,14 +306,7 @@ pub async fn session_display_name(State(st): State<Arc<AppState>>, caller: Calle
 async fn runner_target(st: &AppState, caller: &Caller, p: &str, s: &str) -> Result<(ProjectName, SessionName), ApiError> {
     let project = ProjectName::new(p).map_err(|_| ApiError::project_not_found())?;
     let s = SessionName::new(s).map_err(|_| ApiError::project_not_found())?;
-    let c = events::access::ResourceCheck {
-        namespace: p.into(),
-        verb: "update",
-        group: GROUP,
-        resource: "agenticsessions",
-        subresource: Some("status"),
-        name: Some(s.to_string()),
-    };
+    let c = events::access::ResourceCheck::session_status(p, s.as_str());
     if !st.authz.allowed(&caller.principal, &c).await? || st.reads.project(p).is_none() {
         return Err(ApiError::project_not_found());
     }

@@ -22,19 +22,6 @@ pub fn token(env: &TestEnv, u: DemoUser) -> String {
 pub async fn project(c: &Client, who: &str, prefix: &str) -> String {
     let name = ambient_tests::unique_name(prefix);
     let r = c.post("/api/projects", who, serde_json::json!({"name": name, "displayName": "Test project"})).await;
-    // Setup, not the behaviour under test: a stack that just replaced a killed one may wait for
-    // the old reconciler's partition pins to expire (the consumers' ack wait), and then a short
-    // --result-timeout answers 202. Wait for the project instead.
-    if r.status == StatusCode::ACCEPTED {
-        let path = format!("/api/projects/{name}");
-        for _ in 0..120 {
-            if c.get(&path, who).await.status == StatusCode::OK {
-                return name;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
-        panic!("project {name} accepted (202) but never created");
-    }
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     name
 }

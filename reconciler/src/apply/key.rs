@@ -99,7 +99,11 @@ pub async fn create(client: &kube::Client, cmd: &Command, req: &KeyCreate, defau
     let tr = sas.create_token_request(&sa_name, &PostParams::default(), &tr).await?;
     let token = tr.status.map(|s| s.token).ok_or_else(|| ApplyError::Transient("TokenRequest returned no token".into()))?;
     // The plaintext token exists only in this scope; only the sealed box leaves it.
-    let sealed = req.reply_key.seal(token.as_bytes());
+    // A reply key the cipher refuses can never be answered: the command fails for good.
+    let sealed = req
+        .reply_key
+        .seal(token.as_bytes())
+        .map_err(|e| ApplyError::permanent(events::FailureReason::BadRequest, e.to_string()))?;
     Ok(Applied { resource: super::resource_ref(&sa), sealed_token: Some(sealed) })
 }
 
