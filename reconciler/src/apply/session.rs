@@ -13,7 +13,7 @@ use events::crd::{AgenticSession, AgenticSessionSpec, AgenticSessionStatus, User
 use events::{Command, Phase, Principal, SessionName};
 
 use super::{Applied, Delivery, gone, last_command, managed_namespace, string_map};
-use crate::controllers::session::condition;
+use crate::controllers::session::{condition, guarded};
 use crate::error::ApplyError;
 use crate::labels;
 
@@ -159,12 +159,13 @@ pub async fn stop(client: &kube::Client, cmd: &Command, name: &SessionName) -> R
         Some(Phase::Stopped) => s,
         Some(p) if p.is_terminal() => return Err(ApplyError::conflict(format!("session {name} is not running ({p})"))),
         _ => {
-            let patch = json!({"status": {
+            // Guarded: a concurrent status write (409) makes this a retried transient failure.
+            let patch = guarded(&s, json!({
                 "phase": "Stopped",
                 "reason": "StopRequested",
                 "message": "stopped on request",
                 "completionTime": chrono::Utc::now(),
-            }});
+            }));
             api.patch_status(name.as_str(), &PatchParams::default(), &Patch::Merge(patch)).await?
         }
     };
@@ -222,7 +223,7 @@ pub async fn report_status(client: &kube::Client, cmd: &Command, req: &SessionSt
         }
     }
     let s = api
-        .patch_status(req.name.as_str(), &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+        .patch_status(req.name.as_str(), &PatchParams::default(), &Patch::Merge(guarded(&s, status.into())))
         .await?;
     Ok(Applied::of(&s))
 }

@@ -52,6 +52,16 @@ pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
+/// A status merge patch that applies only to the version of `s` it was computed from.
+///
+/// Status is decided from what was read (the controller's cache, a command's GET); without the
+/// precondition a stale view would overwrite a newer phase, e.g. a reconcile that still saw
+/// Running turning a just-stopped session back into Running or Failed. A stale write now gets
+/// 409 Conflict and is recomputed from fresh state.
+pub fn guarded(s: &AgenticSession, status: serde_json::Value) -> serde_json::Value {
+    json!({"metadata": {"resourceVersion": s.resource_version()}, "status": status})
+}
+
 /// A condition with the current time.
 pub fn condition(type_: &str, status: &str, reason: &str, message: &str, generation: Option<i64>) -> Condition {
     Condition {
@@ -103,7 +113,8 @@ impl Observed {
 }
 
 /// Writes the owned status fields and the `Ready` condition, only when something changed.
-async fn write_status(api: &Api<AgenticSession>, s: &AgenticSession, want: &Observed) -> Result<(), kube::Error> {
+/// Writes `want` unless it is already there; returns the new version when it wrote.
+async fn write_status(api: &Api<AgenticSession>, s: &AgenticSession, want: &Observed) -> Result<Option<AgenticSession>, kube::Error> {
     let generation = s.metadata.generation;
     let have = Observed::of(s);
     let observed_gen = s.status.as_ref().and_then(|st| st.observed_generation);
@@ -112,14 +123,14 @@ async fn write_status(api: &Api<AgenticSession>, s: &AgenticSession, want: &Obse
     let mut conditions: Vec<Condition> = s.status.as_ref().map(|st| st.conditions.clone()).unwrap_or_default();
     let ready_current = conditions.iter().any(|c| c.type_ == "Ready" && c.status == ready && c.reason == reason);
     if have.as_ref() == Some(want) && observed_gen == generation && ready_current {
-        return Ok(());
+        return Ok(None);
     }
     match conditions.iter_mut().find(|c| c.type_ == "Ready") {
         Some(c) if c.status == ready && c.reason == reason => c.observed_generation = generation,
         Some(c) => *c = condition("Ready", ready, &reason, want.message.as_deref().unwrap_or(""), generation),
         None => conditions.push(condition("Ready", ready, &reason, want.message.as_deref().unwrap_or(""), generation)),
     }
-    let patch = json!({"status": {
+    let patch = guarded(s, json!({
         "phase": want.phase,
         "reason": want.reason,
         "message": want.message,
@@ -129,15 +140,14 @@ async fn write_status(api: &Api<AgenticSession>, s: &AgenticSession, want: &Obse
         "run": want.run,
         "observedGeneration": generation,
         "conditions": conditions,
-    }});
+    }));
     if let Some(old) = &have
         && old.phase != want.phase
     {
         tracing::info!(from = %old.phase, to = %want.phase, reason = ?want.reason, "session phase");
         metrics::counter!("reconciler_session_transitions_total", "to" => want.phase.as_str()).increment(1);
     }
-    api.patch_status(&s.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
-    Ok(())
+    Ok(Some(api.patch_status(&s.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?))
 }
 
 fn owner(s: &AgenticSession) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
@@ -305,7 +315,15 @@ fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::
 async fn reconcile(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
     let span = tracing::info_span!("session", project = %s.namespace().unwrap_or_default(), session = %s.name_any());
     // Instrument, never enter: an entered guard held across awaits leaks into other tasks.
-    tracing::Instrument::instrument(reconcile_session(s, ctx), span).await
+    match tracing::Instrument::instrument(reconcile_session(s, ctx), span).await {
+        // Our view was stale (a command or the runner wrote first); the watch brings the new
+        // version, and the short requeue covers a missed event.
+        Err(ControllerError::Kube(kube::Error::Api(e))) if e.code == 409 && e.reason == "Conflict" => {
+            tracing::debug!("session changed while reconciling; recomputing");
+            Ok(Action::requeue(Duration::from_millis(100)))
+        }
+        other => other,
+    }
 }
 
 async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
@@ -376,7 +394,7 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             return Ok(Action::requeue(ctx.resync));
         }
         let creating = Observed { job_name: Some(job_name.clone()), ..cur.with(Phase::Creating, None, "creating the runner Job") };
-        write_status(&api, &s, &creating).await?;
+        let written = write_status(&api, &s, &creating).await?;
         let sa = ensure_identity(client, &s, &ns).await?;
         let secret = secret.unwrap_or_else(|| labels::RUNNER_SECRET_NAME.into());
         let job = build_job(&ctx, &s, &ns, cur.run, &sa, &secret);
@@ -385,7 +403,8 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
                 let msg = format!("the runner Job is invalid: {}", e.message);
-                write_status(&api, &s, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
+                let latest = written.as_ref().unwrap_or(&s);
+                write_status(&api, latest, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
                 return Ok(Action::requeue(ctx.resync));
             }
             Err(e) => return Err(e.into()),
