@@ -7,7 +7,7 @@ use cloudevents::Event;
 use uuid::Uuid;
 
 use crate::commands::*;
-use crate::crd::AgenticSessionSpec;
+use crate::crd::{AgenticSessionSpec, GroupAccess};
 use crate::domain::{Phase, Principal, Role, SubjectType};
 use crate::names::{KeyName, ProjectName, SessionName, SubjectName};
 use crate::results::{CommandResult, FailureReason, Outcome, ResourceRef};
@@ -162,13 +162,42 @@ fn example_status_bodies() -> Vec<(StatusBody, &'static str, &'static str)> {
         total_cost_usd: None,
         num_turns: None,
     };
+    let runner = RunnerView {
+        name: "fix-login-bug".into(),
+        run: Some(1),
+        job: Some(RunnerJob {
+            name: "fix-login-bug-job".into(),
+            active: 1,
+            succeeded: 0,
+            failed: 0,
+            conditions: vec![],
+            start_time: Some(t),
+            completion_time: None,
+        }),
+        pod: Some(RunnerPod {
+            name: "fix-login-bug-job-x7k2p".into(),
+            phase: "Pending".into(),
+            node_name: Some("worker-3".into()),
+            scheduling_reason: None,
+            reason: None,
+            container: Some(RunnerContainer {
+                name: "ambient-code-runner".into(),
+                state: ContainerState::Waiting,
+                reason: Some("ImagePullBackOff".into()),
+                exit_code: None,
+                restart_count: 0,
+            }),
+        }),
+    };
     let tomb = |n: &str| Tombstone { name: n.into(), uid: Some("9e0f…".into()), at: t };
     vec![
         (StatusBody::ProjectChanged(ProjectView { name: "team-a".into(), display_name: Some("Team A".into()), description: None, requester: Some("alice".into()), creation_timestamp: Some(t), status: "Active".into() }), "team-a", "A project was created or its public view changed."),
         (StatusBody::ProjectDeleted(tomb("team-a")), "team-a", "A project is gone."),
+        (StatusBody::ProjectSettings(SettingsView { exists: true, group_access: vec![GroupAccess { group_name: "team-b".into(), role: Role::Edit }], runner_secret_configured: true }), "team-a", "A project's settings changed: group access, and whether a runner Secret is configured (never its name or values)."),
         (StatusBody::SessionChanged(session), "fix-login-bug", "A session was created or its public view changed (never env var values)."),
         (StatusBody::SessionPhase(PhaseTransition { name: "fix-login-bug".into(), previous_phase: Some(Phase::Creating), phase: Phase::Running, at: t, previous_phase_seconds: Some(2.4), reason: None, message: None, start_time: Some(t), completion_time: None }), "fix-login-bug", "A session changed phase."),
         (StatusBody::SessionDeleted(tomb("fix-login-bug")), "fix-login-bug", "A session is gone."),
+        (StatusBody::SessionRunner(runner), "fix-login-bug", "A session's runner Job or pod changed (here: the pod cannot pull its image); `job: null` when the runner is gone (stopped, restarted, removed)."),
         (StatusBody::PermissionChanged(PermissionView { subject_type: SubjectType::Group, subject_name: "team-b".into(), role: Role::Edit }), "group-team-b-1f2e3d4c", "A permission was granted or changed."),
         (StatusBody::PermissionDeleted(tomb("group-team-b-1f2e3d4c")), "group-team-b-1f2e3d4c", "A permission was revoked."),
         (StatusBody::KeyChanged(KeyView { id: "ambient-key-ci-bot".into(), name: "ci-bot".into(), description: Some("CI pipeline".into()), role: Some(Role::Edit), created_at: Some(t), last_used_at: None }), "ambient-key-ci-bot", "An access key was created or changed (never its token)."),

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::crd::{LlmSettings, RepoMapping};
+use crate::crd::{GroupAccess, LlmSettings, RepoMapping};
 use crate::domain::{Phase, Role, SubjectType};
 use crate::names::ProjectName;
 
@@ -188,6 +188,144 @@ pub struct KeyView {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
+/// What runs a session: its runner Job and that Job's newest pod, as the cluster reports them.
+///
+/// Published as `ambient.session.runner.v1` on the session's subject whenever this view
+/// changes, so a consumer sees why a run is slow or failed (`Unschedulable`,
+/// `ImagePullBackOff`, `OOMKilled`, an exit code) without cluster access. `job: null` is the
+/// *runner gone* state: the session still exists but has no runner Job any more (stopped,
+/// being restarted, or the Job was removed). A session's deletion ends its subject with
+/// `ambient.session.deleted.v1`; no runner event follows it. Never environment values, the
+/// prompt or Secret names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerView {
+    /// Session name.
+    pub name: String,
+    /// The run the Job belongs to (label `ambient-code.io/run`; a start after a finished run
+    /// makes a new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<i64>,
+    /// The runner Job; `null` when the session has none (any more).
+    pub job: Option<RunnerJob>,
+    /// The Job's newest pod; `null` until the Job made one, and whenever `job` is `null`.
+    pub pod: Option<RunnerPod>,
+}
+
+/// The runner Job of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerJob {
+    /// Job name (`<session>-job`).
+    pub name: String,
+    /// Pods running.
+    #[serde(default)]
+    pub active: i32,
+    /// Pods that succeeded.
+    #[serde(default)]
+    pub succeeded: i32,
+    /// Pods that failed.
+    #[serde(default)]
+    pub failed: i32,
+    /// The Job's conditions that hold (`status: True`), e.g. `Complete`, or `Failed` with
+    /// reason `DeadlineExceeded` (the session's timeout) or `BackoffLimitExceeded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<RunnerCondition>,
+    /// When the Job controller started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<DateTime<Utc>>,
+    /// When it completed (successfully).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<DateTime<Utc>>,
+}
+
+/// A condition that holds, without its message or times (which change without news).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerCondition {
+    /// Condition type, e.g. `Complete`, `Failed`, `Suspended`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Machine-readable reason, e.g. `DeadlineExceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The runner pod of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerPod {
+    /// Pod name.
+    pub name: String,
+    /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
+    pub phase: String,
+    /// The node it was scheduled to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Why it is not scheduled: the reason of its `PodScheduled` condition while that is
+    /// `False`, e.g. `Unschedulable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling_reason: Option<String>,
+    /// The pod's own reason, e.g. `Evicted` or `DeadlineExceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The runner container, once the kubelet reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<RunnerContainer>,
+}
+
+/// The state of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    /// Not running yet (or restarting).
+    Waiting,
+    /// Running.
+    Running,
+    /// Ended.
+    Terminated,
+}
+
+/// The runner container of the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerContainer {
+    /// Container name.
+    pub name: String,
+    /// Its state.
+    pub state: ContainerState,
+    /// Why it waits or ended, e.g. `ContainerCreating`, `ImagePullBackOff`,
+    /// `CrashLoopBackOff`, `OOMKilled`, `Error`, `Completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Exit code, once terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Restarts so far.
+    #[serde(default)]
+    pub restart_count: i32,
+}
+
+/// Public view of a project's settings (its `ProjectSettings` object): the group grants it
+/// asks for, and *whether* a runner Secret is configured, never which one or what it holds.
+///
+/// Published as `ambient.project.settings.v1` on the project's subject when the view changes.
+/// `exists: false` (with empty fields) reports a ProjectSettings deleted while the project
+/// remains (the reconciler re-creates it, which is reported again); a project's deletion ends
+/// its subject with `ambient.project.deleted.v1` instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsView {
+    /// Whether the project's ProjectSettings exists.
+    pub exists: bool,
+    /// Groups granted a role in the project (the permission RoleBindings follow them).
+    #[serde(default)]
+    pub group_access: Vec<GroupAccess>,
+    /// Whether a runner Secret is configured (`runnerSecretsName`); its name and values are
+    /// never published.
+    pub runner_secret_configured: bool,
+}
+
 /// An object is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -252,12 +390,16 @@ status_catalogue! {
     ProjectChanged(ProjectView) = Project, "ambient.project.changed.v1",
     /// A project is gone.
     ProjectDeleted(Tombstone) = Project, "ambient.project.deleted.v1",
+    /// A project's settings (group access, whether a runner Secret is configured) changed.
+    ProjectSettings(SettingsView) = Project, "ambient.project.settings.v1",
     /// A session was created or its public view changed.
     SessionChanged(SessionView) = Session, "ambient.session.changed.v1",
     /// A session changed phase.
     SessionPhase(PhaseTransition) = Session, "ambient.session.phase.v1",
     /// A session is gone.
     SessionDeleted(Tombstone) = Session, "ambient.session.deleted.v1",
+    /// A session's runner (its Job and pod) changed, or is gone (`job: null`).
+    SessionRunner(RunnerView) = Session, "ambient.session.runner.v1",
     /// A permission was granted or its role changed.
     PermissionChanged(PermissionView) = Permission, "ambient.permission.changed.v1",
     /// A permission was revoked.

@@ -165,7 +165,12 @@ fn status_events_round_trip() {
         }),
         StatusBody::PermissionChanged(PermissionView { subject_type: SubjectType::Group, subject_name: "team-b".into(), role: Role::Edit }),
         StatusBody::KeyDeleted(Tombstone { name: "ambient-key-ci".into(), uid: None, at }),
+        StatusBody::SessionRunner(RunnerView { name: "s1".into(), run: None, job: None, pod: None }),
+        StatusBody::ProjectSettings(SettingsView { exists: false, group_access: vec![], runner_secret_configured: false }),
     ];
+    // The runner-gone state says so explicitly: `job` and `pod` are null, not absent.
+    let gone = StatusBody::SessionRunner(RunnerView { name: "s1".into(), run: None, job: None, pod: None }).data_json();
+    assert_eq!(gone, serde_json::json!({"name": "s1", "job": null, "pod": null}));
     for body in bodies {
         let ev = StatusEvent { id: StatusEvent::derive_id("u", "1", body.type_str()), project: ProjectName::new("p").unwrap(), name: "s1".into(), time: at, body };
         let out = wire::encode_status(&ev).unwrap();
