@@ -7,6 +7,7 @@ pub mod health;
 pub mod lease;
 pub mod model;
 pub mod projection;
+pub mod runner;
 pub mod sinks;
 pub mod watch;
 

@@ -8,14 +8,16 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use events::crd::AgenticSession;
-use events::status::{KeyView, PermissionView, PhaseTransition, ProjectView, SessionView, Tombstone};
+use events::crd::{AgenticSession, PROJECT_SETTINGS_NAME, ProjectSettings};
+use events::status::{KeyView, PermissionView, PhaseTransition, ProjectView, RunnerView, SessionView, SettingsView, Tombstone};
 use events::streams::{ACCESS_BUCKET, PROJECTS_BUCKET, SESSIONS_BUCKET};
 use events::{Phase, ProjectName, Role, StatusBody, StatusEvent, SubjectName, SubjectType};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
+
+use crate::runner::{self, JobRec, PodRec};
 
 /// Label of a managed namespace (a project).
 pub const MANAGED_LABEL: &str = "ambient-code.io/managed";
@@ -49,11 +51,26 @@ pub enum Res {
     KeyAccounts,
     /// Access-key RoleBindings.
     KeyBindings,
+    /// Sessions' runner Jobs.
+    Jobs,
+    /// Sessions' runner pods.
+    Pods,
+    /// ProjectSettings.
+    Settings,
 }
 
 impl Res {
     /// Every watched resource.
-    pub const ALL: [Res; 5] = [Res::Namespaces, Res::Sessions, Res::PermissionBindings, Res::KeyAccounts, Res::KeyBindings];
+    pub const ALL: [Res; 8] = [
+        Res::Namespaces,
+        Res::Sessions,
+        Res::PermissionBindings,
+        Res::KeyAccounts,
+        Res::KeyBindings,
+        Res::Jobs,
+        Res::Pods,
+        Res::Settings,
+    ];
 
     /// Metric/log label.
     pub fn as_str(self) -> &'static str {
@@ -63,6 +80,9 @@ impl Res {
             Res::PermissionBindings => "permission-rolebindings",
             Res::KeyAccounts => "key-serviceaccounts",
             Res::KeyBindings => "key-rolebindings",
+            Res::Jobs => "runner-jobs",
+            Res::Pods => "runner-pods",
+            Res::Settings => "projectsettings",
         }
     }
 }
@@ -80,7 +100,8 @@ pub struct Meta {
     pub resource_version: String,
 }
 
-fn meta_of<K: ResourceExt>(obj: &K) -> Meta {
+/// The identity of any object.
+pub fn meta_of<K: ResourceExt>(obj: &K) -> Meta {
     Meta {
         namespace: obj.namespace().unwrap_or_else(|| obj.name_any()),
         name: obj.name_any(),
@@ -160,6 +181,16 @@ pub struct KeyBindingRec {
     pub role: Option<Role>,
 }
 
+/// A project's ProjectSettings: its public view only (the runner Secret's name is reduced to
+/// whether there is one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsRec {
+    /// Identity.
+    pub meta: Meta,
+    /// Its public view.
+    pub view: SettingsView,
+}
+
 /// A watched object, reduced to what the views need.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rec {
@@ -173,6 +204,12 @@ pub enum Rec {
     KeyAccount(KeyAccountRec),
     /// Access-key RoleBinding.
     KeyBinding(KeyBindingRec),
+    /// A session's runner Job.
+    Job(JobRec),
+    /// A session's runner pod.
+    Pod(PodRec),
+    /// ProjectSettings.
+    Settings(SettingsRec),
 }
 
 impl Rec {
@@ -184,6 +221,9 @@ impl Rec {
             Rec::PermissionBinding(r) => &r.meta,
             Rec::KeyAccount(r) => &r.meta,
             Rec::KeyBinding(r) => &r.meta,
+            Rec::Job(r) => &r.meta,
+            Rec::Pod(r) => &r.meta,
+            Rec::Settings(r) => &r.meta,
         }
     }
 }
@@ -288,6 +328,19 @@ pub fn session_rec(s: &AgenticSession) -> SessionRec {
     }
 }
 
+/// Reduces a ProjectSettings to its public view: group grants, and whether a runner Secret is
+/// named (never the name).
+pub fn settings_rec(ps: &ProjectSettings) -> SettingsRec {
+    SettingsRec {
+        meta: meta_of(ps),
+        view: SettingsView {
+            exists: true,
+            group_access: ps.spec.group_access.clone(),
+            runner_secret_configured: ps.spec.runner_secrets_name.as_deref().is_some_and(|n| !n.trim().is_empty()),
+        },
+    }
+}
+
 /// Reduces a permission RoleBinding to its grants (User and Group subjects only).
 pub fn permission_rec(rb: &RoleBinding) -> PermissionRbRec {
     // Only a binding to one of the project ClusterRoles grants a project role.
@@ -344,25 +397,34 @@ pub enum ObjKey {
     Project(String),
     /// `<project>.<session>` in the sessions bucket.
     Session(String, String),
+    /// `<project>.<session>.runner` in the sessions bucket: the session's runner view.
+    Runner(String, String),
     /// `<project>.permission.<subjectType>-<suffix>` in the access bucket.
     Permission(String, String),
     /// `<project>.key.<id>` in the access bucket.
     Key(String, String),
+    /// `<project>.settings.projectsettings` in the access bucket: the project's settings view.
+    Settings(String),
 }
 
 impl ObjKey {
     /// The project.
     pub fn project(&self) -> &str {
         match self {
-            ObjKey::Project(p) | ObjKey::Session(p, _) | ObjKey::Permission(p, _) | ObjKey::Key(p, _) => p,
+            ObjKey::Project(p)
+            | ObjKey::Settings(p)
+            | ObjKey::Session(p, _)
+            | ObjKey::Runner(p, _)
+            | ObjKey::Permission(p, _)
+            | ObjKey::Key(p, _) => p,
         }
     }
 
     /// The status subject's name token.
     pub fn name(&self) -> &str {
         match self {
-            ObjKey::Project(p) => p,
-            ObjKey::Session(_, n) | ObjKey::Permission(_, n) | ObjKey::Key(_, n) => n,
+            ObjKey::Project(p) | ObjKey::Settings(p) => p,
+            ObjKey::Session(_, n) | ObjKey::Runner(_, n) | ObjKey::Permission(_, n) | ObjKey::Key(_, n) => n,
         }
     }
 
@@ -370,8 +432,8 @@ impl ObjKey {
     pub fn bucket(&self) -> &'static str {
         match self {
             ObjKey::Project(_) => PROJECTS_BUCKET,
-            ObjKey::Session(..) => SESSIONS_BUCKET,
-            ObjKey::Permission(..) | ObjKey::Key(..) => ACCESS_BUCKET,
+            ObjKey::Session(..) | ObjKey::Runner(..) => SESSIONS_BUCKET,
+            ObjKey::Permission(..) | ObjKey::Key(..) | ObjKey::Settings(_) => ACCESS_BUCKET,
         }
     }
 
@@ -382,6 +444,8 @@ impl ObjKey {
             ObjKey::Session(p, s) => format!("{p}.{s}"),
             ObjKey::Permission(p, n) => format!("{p}.permission.{n}"),
             ObjKey::Key(p, n) => format!("{p}.key.{n}"),
+            ObjKey::Runner(p, s) => format!("{p}.{s}.runner"),
+            ObjKey::Settings(p) => format!("{p}.settings.{PROJECT_SETTINGS_NAME}"),
         }
     }
 
@@ -394,9 +458,18 @@ impl ObjKey {
             (SESSIONS_BUCKET, [p, s]) => ObjKey::Session(p.to_string(), s.to_string()),
             (ACCESS_BUCKET, [p, "permission", n]) => ObjKey::Permission(p.to_string(), n.to_string()),
             (ACCESS_BUCKET, [p, "key", n]) => ObjKey::Key(p.to_string(), n.to_string()),
+            (SESSIONS_BUCKET, [p, s, "runner"]) => ObjKey::Runner(p.to_string(), s.to_string()),
+            (ACCESS_BUCKET, [p, "settings", PROJECT_SETTINGS_NAME]) => ObjKey::Settings(p.to_string()),
             _ => return None,
         };
         (valid(k.project()) && valid(k.name())).then_some(k)
+    }
+
+    /// A view attached to a parent object (the session's runner, the project's settings): it
+    /// lives while its parent does, has a "gone" state of its own, and no deletion event (its
+    /// parent's tells).
+    pub fn is_subview(&self) -> bool {
+        matches!(self, ObjKey::Runner(..) | ObjKey::Settings(_))
     }
 }
 
@@ -412,6 +485,10 @@ pub enum View {
     Permission(PermissionView),
     /// Project.
     Project(ProjectView),
+    /// Project settings (after Project: its required `exists` tells it apart).
+    Settings(SettingsView),
+    /// Session runner (last: only `name` is required, so anything above matches first).
+    Runner(RunnerView),
 }
 
 impl View {
@@ -424,6 +501,15 @@ impl View {
                 **a == b
             }
             _ => self == other,
+        }
+    }
+
+    /// The "gone" state of a sub-view: a runner without a Job, settings without their object.
+    pub fn is_gone(&self) -> bool {
+        match self {
+            View::Runner(v) => v.job.is_none(),
+            View::Settings(v) => !v.exists,
+            _ => false,
         }
     }
 
@@ -441,7 +527,8 @@ pub struct Desired {
     /// uid of the object the view is about (the permission's strongest binding).
     pub uid: String,
     /// Version the view was taken at: the resourceVersion, or `rv+rv` for a view built from
-    /// two objects (a key's ServiceAccount and RoleBinding).
+    /// two objects (a key's ServiceAccount and RoleBinding, a runner's Job and pod). Empty for
+    /// a sub-view's gone state, whose version [`diff`] derives from the last projected one.
     pub version: String,
     /// The view.
     pub view: View,
@@ -481,6 +568,11 @@ impl ClusterState {
         let m = rec.meta();
         let k = (m.namespace.clone(), m.name.clone());
         self.maps.entry(res).or_default().insert(k, rec);
+    }
+
+    /// One object.
+    pub fn get(&self, res: Res, namespace: &str, name: &str) -> Option<&Rec> {
+        self.maps.get(&res)?.get(&(namespace.to_string(), name.to_string()))
     }
 
     /// Removes one object.
@@ -546,6 +638,28 @@ pub fn desired_for_project(state: &ClusterState, ns: &str) -> BTreeMap<ObjKey, D
             view: View::Project(nsr.view.clone()),
         },
     );
+    // While the project is being deleted, sub-views that go are dropped without a "gone"
+    // event: the deletions of their parents follow and tell.
+    let terminating = nsr.view.status == "Terminating";
+    // The settings' identity is the project's (a re-created ProjectSettings is the same
+    // settings); gone settings are reported only after present ones (see `diff`).
+    let settings = match state.get(Res::Settings, ns, PROJECT_SETTINGS_NAME) {
+        Some(Rec::Settings(ps)) => Some((ps.meta.resource_version.clone(), ps.view.clone())),
+        _ if terminating => None,
+        _ => Some((String::new(), SettingsView { exists: false, group_access: Vec::new(), runner_secret_configured: false })),
+    };
+    if let Some((version, view)) = settings {
+        out.insert(ObjKey::Settings(ns.to_string()), Desired { uid: nsr.meta.uid.clone(), version, view: View::Settings(view) });
+    }
+    // The newest pod of each Job, by Job uid (one pass, not one per session).
+    let mut newest_pod: BTreeMap<&str, &PodRec> = BTreeMap::new();
+    for r in state.in_ns(Res::Pods, ns) {
+        let Rec::Pod(p) = r else { continue };
+        let Some(job_uid) = p.job_uid.as_deref() else { continue };
+        if newest_pod.get(job_uid).is_none_or(|q| p.newer_than(q)) {
+            newest_pod.insert(job_uid, p);
+        }
+    }
     for r in state.in_ns(Res::Sessions, ns) {
         if let Rec::Session(s) = r
             && is_token(&s.meta.name)
@@ -558,6 +672,22 @@ pub fn desired_for_project(state: &ClusterState, ns: &str) -> BTreeMap<ObjKey, D
                     view: View::Session(Box::new(s.view.clone())),
                 },
             );
+            // The runner's identity is its session's: every run of the session is one story.
+            let job = match state.get(Res::Jobs, ns, &runner::job_name(&s.meta.name)) {
+                Some(Rec::Job(j)) if j.runs(&s.meta.name, &s.meta.uid) => Some(j),
+                _ => None,
+            };
+            let runner = match job {
+                Some(j) => Some(runner::runner_view(&s.meta.name, j, newest_pod.get(j.meta.uid.as_str()).copied())),
+                None if terminating => None,
+                None => Some((String::new(), runner::gone(&s.meta.name))),
+            };
+            if let Some((version, view)) = runner {
+                out.insert(
+                    ObjKey::Runner(ns.to_string(), s.meta.name.clone()),
+                    Desired { uid: s.meta.uid.clone(), version, view: View::Runner(view) },
+                );
+            }
         }
     }
     // Permissions: one per subject; the strongest role wins while a role change briefly
@@ -644,15 +774,19 @@ fn changed_body(view: &View) -> StatusBody {
         View::Session(v) => StatusBody::SessionChanged(v.as_ref().clone()),
         View::Permission(v) => StatusBody::PermissionChanged(v.clone()),
         View::Key(v) => StatusBody::KeyChanged(v.clone()),
+        View::Runner(v) => StatusBody::SessionRunner(v.clone()),
+        View::Settings(v) => StatusBody::ProjectSettings(v.clone()),
     }
 }
 
-fn deleted_body(key: &ObjKey, t: Tombstone) -> StatusBody {
+/// The deletion event of an object; sub-views have none (their parent's deletion tells).
+fn deleted_body(key: &ObjKey, t: Tombstone) -> Option<StatusBody> {
     match key {
-        ObjKey::Project(_) => StatusBody::ProjectDeleted(t),
-        ObjKey::Session(..) => StatusBody::SessionDeleted(t),
-        ObjKey::Permission(..) => StatusBody::PermissionDeleted(t),
-        ObjKey::Key(..) => StatusBody::KeyDeleted(t),
+        ObjKey::Project(_) => Some(StatusBody::ProjectDeleted(t)),
+        ObjKey::Session(..) => Some(StatusBody::SessionDeleted(t)),
+        ObjKey::Permission(..) => Some(StatusBody::PermissionDeleted(t)),
+        ObjKey::Key(..) => Some(StatusBody::KeyDeleted(t)),
+        ObjKey::Runner(..) | ObjKey::Settings(_) => None,
     }
 }
 
@@ -670,6 +804,9 @@ pub fn diff(
     projected: Option<&Projected>,
     now: DateTime<Utc>,
 ) -> Option<Step> {
+    if key.is_subview() {
+        return diff_subview(project, key, desired, projected, now);
+    }
     let event = |uid: &str, version: &str, body: StatusBody| StatusEvent {
         id: StatusEvent::derive_id(uid, version, body.type_str()),
         project: project.clone(),
@@ -677,8 +814,9 @@ pub fn diff(
         time: now,
         body,
     };
-    let tombstone = |p: &Projected| {
-        event(&p.uid, &p.version, deleted_body(key, Tombstone { name: key.name().to_string(), uid: Some(p.uid.clone()), at: now }))
+    let tombstone = |p: &Projected| -> Vec<StatusEvent> {
+        let t = Tombstone { name: key.name().to_string(), uid: Some(p.uid.clone()), at: now };
+        deleted_body(key, t).map(|body| event(&p.uid, &p.version, body)).into_iter().collect()
     };
     let created = |d: &Desired, events: &mut Vec<StatusEvent>| -> Projected {
         events.push(event(&d.uid, &d.version, changed_body(&d.view)));
@@ -689,7 +827,7 @@ pub fn diff(
     };
     match (desired, projected) {
         (None, None) => None,
-        (None, Some(p)) => Some(Step { events: vec![tombstone(p)], store: None }),
+        (None, Some(p)) => Some(Step { events: tombstone(p), store: None }),
         (Some(d), None) => {
             let mut events = Vec::new();
             let store = created(d, &mut events);
@@ -698,7 +836,7 @@ pub fn diff(
         // The name now belongs to another object: the old one is gone, a new one exists.
         // (A permission is its subject, whichever binding carries it.)
         (Some(d), Some(p)) if d.uid != p.uid && !matches!(key, ObjKey::Permission(..)) => {
-            let mut events = vec![tombstone(p)];
+            let mut events = tombstone(p);
             let store = created(d, &mut events);
             Some(Step { events, store: Some(store) })
         }
@@ -726,6 +864,45 @@ pub fn diff(
                 }),
             })
         }
+    }
+}
+
+/// [`diff`] of a sub-view (a session's runner, a project's settings). It is published with its
+/// own type whenever it differs from the projected one. Its gone state is published only after
+/// a view that was not gone (nothing to tell before), with the id version `<last projected
+/// version>+gone`, the same live and after downtime. It is dropped without an event when its
+/// parent goes, and a projected view of an earlier parent of the same name does not count.
+fn diff_subview(
+    project: &ProjectName,
+    key: &ObjKey,
+    desired: Option<&Desired>,
+    projected: Option<&Projected>,
+    now: DateTime<Utc>,
+) -> Option<Step> {
+    let drop = Step { events: Vec::new(), store: None };
+    let publish = |d: &Desired, version: String| {
+        let body = changed_body(&d.view);
+        let ev = StatusEvent {
+            id: StatusEvent::derive_id(&d.uid, &version, body.type_str()),
+            project: project.clone(),
+            name: key.name().to_string(),
+            time: now,
+            body,
+        };
+        Step {
+            events: vec![ev],
+            store: Some(Projected { uid: d.uid.clone(), version, projected_at: now, phase_since: None, view: d.view.clone() }),
+        }
+    };
+    let Some(d) = desired else {
+        return projected.map(|_| drop);
+    };
+    match projected.filter(|p| p.uid == d.uid) {
+        Some(p) if d.view.same_public(&p.view) => None,
+        Some(p) if d.view.is_gone() => Some(publish(d, format!("{}+gone", p.version))),
+        Some(_) => Some(publish(d, d.version.clone())),
+        None if d.view.is_gone() => projected.map(|_| drop),
+        None => Some(publish(d, d.version.clone())),
     }
 }
 
@@ -958,19 +1135,246 @@ mod tests {
             ObjKey::Session("p".into(), "s".into()),
             ObjKey::Permission("p".into(), "group-x-1234abcd".into()),
             ObjKey::Key("p".into(), "k".into()),
+            ObjKey::Runner("p".into(), "s".into()),
+            ObjKey::Settings("p".into()),
         ] {
             assert_eq!(ObjKey::from_kv(k.bucket(), &k.kv_key()), Some(k.clone()));
         }
         assert_eq!(ObjKey::from_kv(SESSIONS_BUCKET, "p"), None);
+        assert_eq!(ObjKey::from_kv(SESSIONS_BUCKET, "p.s.other"), None);
+        assert_eq!(ObjKey::from_kv(ACCESS_BUCKET, "p.settings.other"), None);
+        // Session keys stay two tokens: `<project>.*` still lists sessions only.
+        assert_eq!(ObjKey::Runner("p".into(), "s".into()).kv_key(), "p.s.runner");
         let Rec::Session(s) = session("p", "s", "1", Phase::Running) else { unreachable!() };
         for v in [
             View::Session(Box::new(s.view.clone())),
             View::Permission(PermissionView { subject_type: SubjectType::Group, subject_name: "g".into(), role: Role::View }),
             View::Key(KeyView { id: "k".into(), name: "k".into(), description: None, role: None, created_at: None, last_used_at: None }),
             View::Project(ProjectView { name: "p".into(), display_name: None, description: None, requester: None, creation_timestamp: None, status: "Active".into() }),
+            View::Runner(runner::gone("s")),
+            View::Runner(RunnerView { name: "s".into(), run: Some(2), job: Some(job("p", "s", "s-uid", "j", "1", 1, 0).view), pod: Some(pod("p", "p1", "j", "2", "Running").view) }),
+            View::Settings(SettingsView { exists: false, group_access: vec![], runner_secret_configured: false }),
+            View::Settings(settings("p", "1", true).view),
         ] {
             let back: View = serde_json::from_value(serde_json::to_value(&v).unwrap()).unwrap();
             assert_eq!(back, v);
         }
+    }
+
+    fn job(ns: &str, session: &str, owner: &str, uid: &str, rv: &str, active: i32, succeeded: i32) -> JobRec {
+        JobRec {
+            meta: meta(ns, &runner::job_name(session), uid, rv),
+            session: Some(session.into()),
+            owner_uid: Some(owner.into()),
+            run: Some(1),
+            view: events::status::RunnerJob {
+                name: runner::job_name(session),
+                active,
+                succeeded,
+                failed: 0,
+                conditions: if succeeded > 0 {
+                    vec![events::status::RunnerCondition { type_: "Complete".into(), reason: None }]
+                } else {
+                    vec![]
+                },
+                start_time: None,
+                completion_time: None,
+            },
+        }
+    }
+
+    fn pod(ns: &str, name: &str, job_uid: &str, rv: &str, phase: &str) -> PodRec {
+        PodRec {
+            meta: meta(ns, name, &format!("{name}-uid"), rv),
+            job_uid: Some(job_uid.into()),
+            created: None,
+            view: events::status::RunnerPod {
+                name: name.into(),
+                phase: phase.into(),
+                node_name: Some("kwok-node-0".into()),
+                scheduling_reason: None,
+                reason: None,
+                container: None,
+            },
+        }
+    }
+
+    fn settings(ns: &str, rv: &str, secret: bool) -> SettingsRec {
+        SettingsRec {
+            meta: meta(ns, PROJECT_SETTINGS_NAME, "ps-uid", rv),
+            view: SettingsView {
+                exists: true,
+                group_access: vec![events::crd::GroupAccess { group_name: "team-a".into(), role: Role::Edit }],
+                runner_secret_configured: secret,
+            },
+        }
+    }
+
+    fn runners(evs: &[StatusEvent]) -> Vec<(String, RunnerView)> {
+        evs.iter()
+            .filter_map(|e| match &e.body {
+                StatusBody::SessionRunner(v) => Some((e.id.clone(), v.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runner_view_follows_job_and_pod_and_is_gone_once() {
+        let mut st = ClusterState::default();
+        let mut store = BTreeMap::new();
+        st.apply(Res::Namespaces, ns_rec("r1", true));
+        st.apply(Res::Sessions, session("r1", "s1", "10", Phase::Pending));
+        // No Job yet: nothing to tell about a runner.
+        assert_eq!(types(&apply_all(&st, &mut store, "r1")), ["ambient.project.changed.v1", "ambient.session.changed.v1", "ambient.session.phase.v1"]);
+        st.apply(Res::Jobs, Rec::Job(job("r1", "s1", "s-uid", "j1", "20", 0, 0)));
+        let r = runners(&apply_all(&st, &mut store, "r1"));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, "s-uid/20/ambient.session.runner.v1");
+        assert!(r[0].1.job.is_some() && r[0].1.pod.is_none());
+        // A Job heartbeat (new resourceVersion, same view) emits nothing.
+        st.apply(Res::Jobs, Rec::Job(job("r1", "s1", "s-uid", "j1", "21", 0, 0)));
+        assert!(apply_all(&st, &mut store, "r1").is_empty());
+        st.apply(Res::Jobs, Rec::Job(job("r1", "s1", "s-uid", "j1", "22", 1, 0)));
+        st.apply(Res::Pods, Rec::Pod(pod("r1", "s1-job-abc", "j1", "23", "Running")));
+        let r = runners(&apply_all(&st, &mut store, "r1"));
+        assert_eq!(r.len(), 1, "one event for both changes seen at once");
+        assert_eq!(r[0].0, "s-uid/22+23/ambient.session.runner.v1");
+        assert_eq!(r[0].1.pod.as_ref().map(|p| p.phase.as_str()), Some("Running"));
+        st.apply(Res::Pods, Rec::Pod(pod("r1", "s1-job-abc", "j1", "24", "Succeeded")));
+        st.apply(Res::Jobs, Rec::Job(job("r1", "s1", "s-uid", "j1", "25", 0, 1)));
+        let r = runners(&apply_all(&st, &mut store, "r1"));
+        assert_eq!(r[0].1.job.as_ref().map(|j| j.succeeded), Some(1));
+        // Stop: the Job goes (its pods linger a moment): one gone event, with an id from the
+        // last projected version.
+        st.remove(Res::Jobs, "r1", "s1-job");
+        let evs = apply_all(&st, &mut store, "r1");
+        assert_eq!(types(&evs), ["ambient.session.runner.v1"]);
+        assert_eq!(runners(&evs)[0], ("s-uid/25+24+gone/ambient.session.runner.v1".into(), runner::gone("s1")));
+        st.remove(Res::Pods, "r1", "s1-job-abc");
+        assert!(apply_all(&st, &mut store, "r1").is_empty());
+        // A new run: a new Job of the same name.
+        st.apply(Res::Jobs, Rec::Job(job("r1", "s1", "s-uid", "j2", "30", 0, 0)));
+        assert_eq!(runners(&apply_all(&st, &mut store, "r1")).len(), 1);
+        // The session's deletion ends its story: no runner event after `deleted`.
+        st.remove(Res::Sessions, "r1", "s1");
+        let evs = apply_all(&st, &mut store, "r1");
+        assert_eq!(types(&evs), ["ambient.session.deleted.v1"]);
+        assert!(!store.contains_key(&ObjKey::Runner("r1".into(), "s1".into())));
+        // Its Job is collected afterwards: nothing more.
+        st.remove(Res::Jobs, "r1", "s1-job");
+        assert!(apply_all(&st, &mut store, "r1").is_empty());
+    }
+
+    #[test]
+    fn runner_catch_up_is_one_event_and_replays_derive_the_same_ids() {
+        let mut st = ClusterState::default();
+        let mut store = BTreeMap::new();
+        st.apply(Res::Namespaces, ns_rec("r2", true));
+        st.apply(Res::Sessions, session("r2", "s", "10", Phase::Running));
+        st.apply(Res::Jobs, Rec::Job(job("r2", "s", "s-uid", "j1", "20", 1, 0)));
+        st.apply(Res::Pods, Rec::Pod(pod("r2", "s-job-x", "j1", "21", "Running")));
+        apply_all(&st, &mut store, "r2");
+        // While the projector is down, the run finishes through several states.
+        st.apply(Res::Pods, Rec::Pod(pod("r2", "s-job-x", "j1", "22", "Succeeded")));
+        st.apply(Res::Jobs, Rec::Job(job("r2", "s", "s-uid", "j1", "23", 0, 1)));
+        let desired = desired_for_project(&st, "r2");
+        let k = ObjKey::Runner("r2".into(), "s".into());
+        let p = ProjectName::new("r2").unwrap();
+        let a = diff(&p, &k, desired.get(&k), store.get(&k), Utc::now()).unwrap();
+        let b = diff(&p, &k, desired.get(&k), store.get(&k), Utc::now()).unwrap();
+        assert_eq!(a.events.len(), 1);
+        assert_eq!(a.events[0].id, b.events[0].id, "a replay after a crash is de-duplicated");
+        apply_all(&st, &mut store, "r2");
+        assert!(apply_all(&st, &mut store, "r2").is_empty());
+        // Gone while down: the same id as live.
+        st.remove(Res::Jobs, "r2", "s-job");
+        let evs = apply_all(&st, &mut store, "r2");
+        assert_eq!(runners(&evs)[0].0, "s-uid/23+22+gone/ambient.session.runner.v1");
+    }
+
+    #[test]
+    fn runner_ignores_jobs_and_pods_of_others() {
+        let mut st = ClusterState::default();
+        let mut store = BTreeMap::new();
+        st.apply(Res::Namespaces, ns_rec("r3", true));
+        st.apply(Res::Sessions, session("r3", "s", "10", Phase::Pending));
+        // A Job left by an earlier session of the same name, and a pod of an earlier Job.
+        st.apply(Res::Jobs, Rec::Job(job("r3", "s", "old-session-uid", "j0", "5", 1, 0)));
+        assert!(runners(&apply_all(&st, &mut store, "r3")).is_empty());
+        st.apply(Res::Jobs, Rec::Job(job("r3", "s", "s-uid", "j1", "20", 1, 0)));
+        st.apply(Res::Pods, Rec::Pod(pod("r3", "s-job-old", "j0", "21", "Running")));
+        let r = runners(&apply_all(&st, &mut store, "r3"));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].1.pod, None);
+        // The newest pod of the Job is shown.
+        let mut older = pod("r3", "s-job-a", "j1", "22", "Failed");
+        older.created = DateTime::from_timestamp(100, 0);
+        let mut newer = pod("r3", "s-job-b", "j1", "23", "Running");
+        newer.created = DateTime::from_timestamp(200, 0);
+        st.apply(Res::Pods, Rec::Pod(newer));
+        st.apply(Res::Pods, Rec::Pod(older));
+        let r = runners(&apply_all(&st, &mut store, "r3"));
+        assert_eq!(r[0].1.pod.as_ref().map(|p| p.name.as_str()), Some("s-job-b"));
+        // A re-created session of the same name starts a new story: no gone event about the
+        // old one's runner, and nothing until its own Job exists.
+        let Rec::Session(mut s) = session("r3", "s", "30", Phase::Pending) else { unreachable!() };
+        s.meta.uid = "s-uid-2".into();
+        st.apply(Res::Sessions, Rec::Session(s));
+        let evs = apply_all(&st, &mut store, "r3");
+        assert!(runners(&evs).is_empty(), "{:?}", types(&evs));
+        assert!(!store.contains_key(&ObjKey::Runner("r3".into(), "s".into())));
+    }
+
+    #[test]
+    fn settings_view_is_public_and_reported_on_change_only() {
+        let mut st = ClusterState::default();
+        let mut store = BTreeMap::new();
+        st.apply(Res::Namespaces, ns_rec("p5", true));
+        // A project whose settings do not exist yet: nothing about settings.
+        assert_eq!(types(&apply_all(&st, &mut store, "p5")), ["ambient.project.changed.v1"]);
+        st.apply(Res::Settings, Rec::Settings(settings("p5", "7", true)));
+        let evs = apply_all(&st, &mut store, "p5");
+        assert_eq!(types(&evs), ["ambient.project.settings.v1"]);
+        assert_eq!(evs[0].id, "ns-uid/7/ambient.project.settings.v1");
+        assert_eq!(evs[0].name, "p5");
+        // A status write (new resourceVersion) or another Secret name: nothing public changed.
+        st.apply(Res::Settings, Rec::Settings(settings("p5", "8", true)));
+        assert!(apply_all(&st, &mut store, "p5").is_empty());
+        st.apply(Res::Settings, Rec::Settings(settings("p5", "9", false)));
+        let evs = apply_all(&st, &mut store, "p5");
+        assert!(matches!(&evs[..], [StatusEvent { body: StatusBody::ProjectSettings(v), .. }] if !v.runner_secret_configured));
+        // Deleted while the project remains: one gone event; re-created: one event.
+        st.remove(Res::Settings, "p5", PROJECT_SETTINGS_NAME);
+        let evs = apply_all(&st, &mut store, "p5");
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].id, "ns-uid/9+gone/ambient.project.settings.v1");
+        assert!(matches!(&evs[0].body, StatusBody::ProjectSettings(v) if !v.exists && v.group_access.is_empty()));
+        st.apply(Res::Settings, Rec::Settings(settings("p5", "12", false)));
+        assert_eq!(types(&apply_all(&st, &mut store, "p5")), ["ambient.project.settings.v1"]);
+        // The project goes: only its own deletion is reported.
+        let Rec::Namespace(mut n) = ns_rec("p5", true) else { unreachable!() };
+        n.view.status = "Terminating".into();
+        st.apply(Res::Namespaces, Rec::Namespace(n));
+        st.remove(Res::Settings, "p5", PROJECT_SETTINGS_NAME);
+        assert_eq!(types(&apply_all(&st, &mut store, "p5")), ["ambient.project.changed.v1"]);
+        assert!(!store.contains_key(&ObjKey::Settings("p5".into())));
+        st.remove(Res::Namespaces, "p5", "p5");
+        assert_eq!(types(&apply_all(&st, &mut store, "p5")), ["ambient.project.deleted.v1"]);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn settings_reduce_the_runner_secret_to_a_boolean() {
+        let ps: ProjectSettings = serde_json::from_value(serde_json::json!({
+            "apiVersion": "vteam.ambient-code/v1alpha1", "kind": "ProjectSettings",
+            "metadata": {"name": "projectsettings", "namespace": "p", "uid": "u", "resourceVersion": "1"},
+            "spec": {"groupAccess": [{"groupName": "team-a", "role": "view"}], "runnerSecretsName": "very-private-secret-name"},
+        }))
+        .unwrap();
+        let r = settings_rec(&ps);
+        assert!(r.view.runner_secret_configured);
+        assert!(!serde_json::to_string(&r.view).unwrap().contains("very-private"));
+        assert_eq!(r.view.group_access.len(), 1);
     }
 }

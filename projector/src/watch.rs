@@ -2,11 +2,12 @@
 //! [`Rec`]s at once (so no prompt, env value or token is ever kept) and feeding them, in watch
 //! order, to the projection loop.
 //!
-//! Jobs, pods and ProjectSettings are deliberately not watched: the reconciler folds Job and
-//! pod state into the session's status (the only thing the public session view shows), and no
-//! public view carries a ProjectSettings field (its group grants surface as permission
-//! RoleBindings, which are watched). Watching them would cost list memory and RBAC for no
-//! status event.
+//! Sessions' runner Jobs and pods are watched (label `agentic-session` only) for the runner
+//! view: why a run waits or failed (`Unschedulable`, `ImagePullBackOff`, `OOMKilled`, an exit
+//! code), which the session's phase does not say. They are read through status-only types
+//! (`runner::JobStatusOnly`, `runner::PodStatusOnly`), so the runner's environment is never
+//! even deserialized. ProjectSettings (name `projectsettings` only) feed the settings view.
+//! Secrets are never watched.
 
 use std::time::Instant;
 
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{self, ACCESS_KEY_SELECTOR, PERMISSION_SELECTOR, ProjectSelector, Rec, Res};
+use crate::runner::{self, JobStatusOnly, PodStatusOnly};
 
 /// One watch observation, in the order the watch delivered it.
 #[derive(Debug)]
@@ -75,9 +77,33 @@ pub fn spawn_all(client: Client, selector: ProjectSelector, tx: mpsc::Sender<(In
     );
     spawn(
         Res::KeyBindings,
-        Api::<RoleBinding>::all(client),
+        Api::<RoleBinding>::all(client.clone()),
         watcher::Config::default().labels(ACCESS_KEY_SELECTOR),
         |o| Rec::KeyBinding(model::key_binding_rec(o)),
+        tx.clone(),
+        cancel.clone(),
+    );
+    spawn(
+        Res::Jobs,
+        Api::<JobStatusOnly>::all(client.clone()),
+        watcher::Config::default().labels(runner::SESSION_LABEL),
+        |o| Rec::Job(runner::job_rec(o)),
+        tx.clone(),
+        cancel.clone(),
+    );
+    spawn(
+        Res::Pods,
+        Api::<PodStatusOnly>::all(client.clone()),
+        watcher::Config::default().labels(runner::SESSION_LABEL),
+        |o| Rec::Pod(runner::pod_rec(o)),
+        tx.clone(),
+        cancel.clone(),
+    );
+    spawn(
+        Res::Settings,
+        Api::<events::crd::ProjectSettings>::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={}", events::crd::PROJECT_SETTINGS_NAME)),
+        |o| Rec::Settings(model::settings_rec(o)),
         tx,
         cancel,
     );

@@ -179,12 +179,13 @@ async fn restart_catches_up_without_loss_or_duplicates() -> anyhow::Result<()> {
 }
 
 /// The same run with a real Job owned by the session, run by kwok: the test plays the
-/// reconciler's part (status follows the Job), the projector reports each transition once.
+/// reconciler's part (status follows the Job), the projector reports each transition once, and
+/// the runner view follows the Job and its pod (created → pod Running → succeeded).
 #[tokio::test]
 async fn session_run_through_a_kwok_job() -> anyhow::Result<()> {
     use k8s_openapi::api::batch::v1::Job;
     use k8s_openapi::api::core::v1::Pod;
-    use kube::api::{ListParams, PostParams};
+    use kube::api::ListParams;
 
     let env = TestEnv::shared().await?;
     let scope = Scope::new();
@@ -194,18 +195,8 @@ async fn session_run_through_a_kwok_job() -> anyhow::Result<()> {
     wait_events(&env, &p, "created", |e| of(e, "session", "job1").len() == 2).await?;
 
     set_phase(&env, &p, "job1", Phase::Creating).await?;
-    let job: Job = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "job1-job", "ownerReferences": [{
-            "apiVersion": "vteam.ambient-code/v1alpha1", "kind": "AgenticSession", "name": "job1",
-            "uid": session.metadata.uid, "controller": true, "blockOwnerDeletion": true}]},
-        "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600, "template": {
-            "metadata": {"labels": {"agentic-session": "job1"}},
-            "spec": {"restartPolicy": "Never", "containers": [{
-                "name": "runner", "image": "example.invalid/runner:test",
-                "env": [{"name": "KWOK_RUN_DURATION", "value": "3s"}]}]}}}
-    }))?;
+    create_runner_job(&env, &p, &session, 1, "3s", "v", None).await?;
     let jobs = Api::<Job>::namespaced(env.admin(), &p);
-    jobs.create(&PostParams::default(), &job).await?;
     let pods = Api::<Pod>::namespaced(env.admin(), &p);
     // kwok runs the pod briefly: Running, or already past it.
     ambient_tests::components::wait_for("runner pod started", Duration::from_secs(60), || async {
@@ -221,6 +212,29 @@ async fn session_run_through_a_kwok_job() -> anyhow::Result<()> {
     set_phase(&env, &p, "job1", Phase::Completed).await?;
     wait_events(&env, &p, "completed", |e| of(e, "session", "job1").len() == 8).await?;
 
+    // The runner view: the Job first, its pod running, then the Job and pod succeeded. The
+    // steps between (scheduling, counts) depend on timing; each event is a change.
+    let evs = wait_events(&env, &p, "runner succeeded", |e| {
+        runner_views(e, "job1").last().is_some_and(|(_, v)| {
+            v.job.as_ref().is_some_and(|j| j.succeeded == 1 && j.conditions.iter().any(|c| c.type_ == "Complete"))
+                && v.pod.as_ref().is_some_and(|p| p.phase == "Succeeded")
+        })
+    })
+    .await?;
+    let runner = runner_views(&evs, "job1");
+    let first_running = runner.iter().position(|(_, v)| v.pod.as_ref().is_some_and(|p| p.phase == "Running"));
+    let first_succeeded = runner.iter().position(|(_, v)| v.job.as_ref().is_some_and(|j| j.succeeded == 1));
+    assert!(runner[0].1.job.as_ref().is_some_and(|j| j.name == "job1-job" && j.succeeded == 0), "{}", summary(&evs));
+    assert_eq!(runner[0].1.run, Some(1));
+    assert!(first_running.is_some() && first_running < first_succeeded, "{}", summary(&evs));
+    assert!(runner.windows(2).all(|w| w[0].1 != w[1].1), "only changes are published:\n{}", summary(&evs));
+    let done = runner.last().and_then(|(_, v)| v.pod.clone()).expect("pod");
+    assert_eq!(done.node_name.as_deref(), Some("kwok-node-0"));
+    assert!(done.container.as_ref().is_some_and(|c| c.exit_code == Some(0)), "{done:?}");
+    // Runner events are on the session's subject, between its phase events.
+    assert!(runner.iter().all(|(s, _)| s.subject == format!("ambient.status.{p}.session.job1")));
+    let runner_count = runner.len();
+
     delete_session(&env, &p, "job1").await?;
     wait_events(&env, &p, "deleted", |e| of(e, "session", "job1").len() == 9).await?;
     // The Job goes with its session (garbage collection); the projector reports nothing more.
@@ -232,6 +246,9 @@ async fn session_run_through_a_kwok_job() -> anyhow::Result<()> {
     let evs = status_events(&env, &p).await?;
     let s = of(&evs, "session", "job1");
     assert_eq!(kinds(&s), ["changed", "phase", "changed", "phase", "changed", "phase", "changed", "phase", "deleted"], "{}", summary(&evs));
+    // The session's deletion ends its story: its Job's collection publishes no runner event.
+    assert_eq!(runner_views(&evs, "job1").len(), runner_count, "{}", summary(&evs));
+    assert!(!kv_entries(&env, &p).await?.iter().any(|(_, k, _)| k.contains("job1")));
     assert_eq!(
         transitions(&s),
         [

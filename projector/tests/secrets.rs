@@ -1,6 +1,7 @@
 //! Access keys and permissions are projected as public views, and no status event, read-model
 //! value or projector log line contains a planted secret: a Secret's value, a session's
-//! environment value, an access key's token.
+//! environment value (also in its runner pod's environment), an access key's token, the name of
+//! the project's runner Secret.
 
 mod common;
 
@@ -38,7 +39,13 @@ async fn keys_and_permissions_are_public_views_and_no_secret_leaks() -> anyhow::
             })),
         )
         .await?;
-    create_session(&env, &p, "s", &planted_env).await?;
+    let session = create_session(&env, &p, "s", &planted_env).await?;
+    // The project's runner Secret is named in ProjectSettings (only *whether* one is may be
+    // published), and the runner pod carries the env value and references the Secret.
+    let planted_secret_name = format!("runner-secret-name-{}", uuid::Uuid::new_v4().simple());
+    put_settings(&env, &p, serde_json::json!({"groupAccess": [{"groupName": "team-a", "role": "view"}], "runnerSecretsName": planted_secret_name}))
+        .await?;
+    create_runner_job(&env, &p, &session, 1, "2s", &planted_env, Some(&planted_secret_name)).await?;
 
     // An access key as the reconciler makes it: a ServiceAccount and its RoleBinding.
     let key_id = "ambient-key-ci-1700000000";
@@ -107,11 +114,18 @@ async fn keys_and_permissions_are_public_views_and_no_secret_leaks() -> anyhow::
         .await?;
     }
 
-    let evs = wait_events(&env, &p, "key and permissions", |e| {
+    let evs = wait_events(&env, &p, "key, permissions, settings and runner", |e| {
         e.iter().filter(|s| matches!(&s.event.body, StatusBody::PermissionChanged(_))).count() >= 2
             && e.iter().any(|s| matches!(&s.event.body, StatusBody::KeyChanged(k) if k.role == Some(Role::Edit)))
+            && !settings_views(e, &p).is_empty()
+            && runner_views(e, "s").last().is_some_and(|(_, v)| {
+                v.pod.as_ref().is_some_and(|p| p.phase == "Succeeded")
+                    && v.job.as_ref().is_some_and(|j| j.conditions.iter().any(|c| c.type_ == "Complete"))
+            })
     })
     .await?;
+    let settings = settings_views(&evs, &p);
+    assert!(settings.last().is_some_and(|(_, v)| v.runner_secret_configured && v.exists), "{}", summary(&evs));
     let key = evs
         .iter()
         .rev()
@@ -154,7 +168,9 @@ async fn keys_and_permissions_are_public_views_and_no_secret_leaks() -> anyhow::
     assert!(!kv.iter().any(|(_, k, _)| k.contains(".key.")), "{kv:?}");
 
     // Scan everything for the planted values.
-    let planted = [planted_secret.as_str(), planted_env.as_str(), token.as_str(), legacy_token.as_str()];
+    assert!(evs_final.iter().any(|s| matches!(&s.event.body, StatusBody::SessionRunner(_))), "runner events are scanned");
+    assert!(kv.iter().any(|(_, k, _)| k == &format!("{p}.s.runner")) && kv.iter().any(|(_, k, _)| k.contains(".settings.")), "{kv:?}");
+    let planted = [planted_secret.as_str(), planted_env.as_str(), token.as_str(), legacy_token.as_str(), planted_secret_name.as_str()];
     let log = projector.log();
     assert!(log.contains("status event published"), "the log is scanned, so it must be the real one");
     for v in planted {

@@ -478,6 +478,44 @@ async fn component_rbac_is_least_privilege() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The projector only reads, and only what it watches (projector/README.md): no verb beyond
+/// get/list/watch cluster-wide, no Secrets, no tokens, no subresources.
+#[test]
+fn the_projector_cluster_role_only_reads_what_it_watches() -> anyhow::Result<()> {
+    let file = repo_dir().join("deploy/base/rbac/projector.yaml");
+    let docs = parse_yaml(&std::fs::read_to_string(&file)?)?;
+    let role = docs
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "ambient-projector")
+        .ok_or_else(|| anyhow!("no ClusterRole ambient-projector"))?;
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        for verb in strs(&rule["verbs"]) {
+            ensure!(matches!(verb, "get" | "list" | "watch"), "the projector's ClusterRole grants {verb:?}: {rule}");
+        }
+        ensure!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none(), "unexpected rule {rule}");
+        for g in strs(&rule["apiGroups"]) {
+            for r in strs(&rule["resources"]) {
+                granted.insert(format!("{g}/{r}"));
+            }
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "/namespaces",
+        "/pods",
+        "/serviceaccounts",
+        "batch/jobs",
+        "rbac.authorization.k8s.io/rolebindings",
+        "vteam.ambient-code/agenticsessions",
+        "vteam.ambient-code/projectsettings",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(granted, expected, "the projector's ClusterRole reads exactly what it watches");
+    Ok(())
+}
+
 // ---- (d) NATS permissions ---------------------------------------------------------------------
 
 /// Connects to the deploy/ NATS as `user`, recording the server's permission errors.

@@ -12,6 +12,7 @@ use ambient_tests::{TestEnv, eventually, unique_name};
 use anyhow::Context as _;
 use async_nats::jetstream::consumer;
 use events::crd::AgenticSession;
+use events::status::{RunnerView, SettingsView};
 use events::{Phase, StatusBody, StatusEvent};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -216,13 +217,109 @@ fn phase_of(b: &StatusBody) -> String {
     match b {
         StatusBody::SessionPhase(t) => format!("{:?}->{:?}", t.previous_phase, t.phase),
         StatusBody::SessionChanged(v) => format!("[{:?}]", v.phase),
+        StatusBody::SessionRunner(v) => runner_summary(v),
+        StatusBody::ProjectSettings(v) => format!("exists={} groups={} secret={}", v.exists, v.group_access.len(), v.runner_secret_configured),
         _ => String::new(),
     }
 }
 
-/// The events about one object, in order.
+/// `job(active/succeeded/failed) pod(phase container-state reason exit)` of a runner view.
+pub fn runner_summary(v: &RunnerView) -> String {
+    let job = v.job.as_ref().map(|j| format!("job({}/{}/{} {:?})", j.active, j.succeeded, j.failed, j.conditions.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>()));
+    let pod = v.pod.as_ref().map(|p| {
+        let c = p.container.as_ref().map(|c| format!(" {:?} {:?} {:?}", c.state, c.reason, c.exit_code)).unwrap_or_default();
+        format!("pod({}{c})", p.phase)
+    });
+    format!("{} {}", job.unwrap_or_else(|| "job(null)".into()), pod.unwrap_or_else(|| "pod(null)".into()))
+}
+
+/// Sub-view events: a session's runner, a project's settings.
+fn is_subview(b: &StatusBody) -> bool {
+    matches!(b, StatusBody::SessionRunner(_) | StatusBody::ProjectSettings(_))
+}
+
+/// The events about one object itself (changed, phase, deleted), in order: not its runner or
+/// settings views (see [`runner_views`], [`settings_views`]).
 pub fn of<'a>(evs: &'a [Stored], kind: &str, name: &str) -> Vec<&'a Stored> {
-    evs.iter().filter(|s| s.event.body.kind().as_str() == kind && s.event.name == name).collect()
+    evs.iter().filter(|s| s.event.body.kind().as_str() == kind && s.event.name == name && !is_subview(&s.event.body)).collect()
+}
+
+/// The runner views of session `name`, in order, with their stored messages.
+pub fn runner_views<'a>(evs: &'a [Stored], name: &str) -> Vec<(&'a Stored, &'a RunnerView)> {
+    evs.iter()
+        .filter(|s| s.event.name == name)
+        .filter_map(|s| match &s.event.body {
+            StatusBody::SessionRunner(v) => Some((s, v)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The settings views of `project`, in order.
+pub fn settings_views<'a>(evs: &'a [Stored], project: &str) -> Vec<(&'a Stored, &'a SettingsView)> {
+    evs.iter()
+        .filter(|s| s.event.name == project)
+        .filter_map(|s| match &s.event.body {
+            StatusBody::ProjectSettings(v) => Some((s, v)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Creates the runner Job of `session` as the reconciler does (name `<session>-job`, labels
+/// `agentic-session` and `ambient-code.io/run` on the Job and its pods, owned by the session);
+/// kwok runs its pod for `run_for` (e.g. `3s`). `env` goes into the container (and must never be
+/// projected), `env_secret` is referenced with `envFrom`.
+pub async fn create_runner_job(
+    env: &TestEnv,
+    ns: &str,
+    session: &AgenticSession,
+    run: i64,
+    run_for: &str,
+    env_value: &str,
+    env_secret: Option<&str>,
+) -> anyhow::Result<k8s_openapi::api::batch::v1::Job> {
+    let name = session.metadata.name.clone().unwrap_or_default();
+    let labels = serde_json::json!({"agentic-session": name, "app": "ambient-code-runner", "ambient-code.io/run": run.to_string()});
+    let env_from: Vec<serde_json::Value> =
+        env_secret.iter().map(|s| serde_json::json!({"secretRef": {"name": s, "optional": true}})).collect();
+    let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{name}-job"), "labels": labels, "ownerReferences": [{
+            "apiVersion": "vteam.ambient-code/v1alpha1", "kind": "AgenticSession", "name": name,
+            "uid": session.metadata.uid, "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": false, "containers": [{
+                "name": "ambient-code-runner", "image": "example.invalid/runner:test",
+                "env": [
+                    {"name": "KWOK_RUN_DURATION", "value": run_for},
+                    {"name": "PROMPT", "value": "summarise the repository"},
+                    {"name": "API_KEY", "value": env_value},
+                ],
+                "envFrom": env_from}]}}}
+    }))?;
+    Ok(Api::namespaced(env.admin(), ns).create(&PostParams::default(), &job).await?)
+}
+
+/// Removes a session's runner Job and its pods as the reconciler's stop does.
+pub async fn delete_runner_job(env: &TestEnv, ns: &str, session: &str) -> anyhow::Result<()> {
+    let job = format!("{session}-job");
+    Api::<k8s_openapi::api::batch::v1::Job>::namespaced(env.admin(), ns).delete(&job, &DeleteParams::background()).await?;
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(env.admin(), ns)
+        .delete_collection(&DeleteParams::background(), &kube::api::ListParams::default().labels(&format!("job-name={job}")))
+        .await?;
+    Ok(())
+}
+
+/// Creates or replaces the project's ProjectSettings spec.
+pub async fn put_settings(env: &TestEnv, ns: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+    let api = Api::<events::crd::ProjectSettings>::namespaced(env.admin(), ns);
+    let ps = serde_json::json!({
+        "apiVersion": "vteam.ambient-code/v1alpha1", "kind": "ProjectSettings",
+        "metadata": {"name": "projectsettings"}, "spec": spec,
+    });
+    api.patch("projectsettings", &PatchParams::apply("ambient-tests").force(), &Patch::Apply(&ps)).await?;
+    Ok(())
 }
 
 /// Short type names (`changed`, `phase`, `deleted`) of `evs`.
