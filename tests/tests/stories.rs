@@ -396,3 +396,39 @@ async fn runner() {
     let sibling = c.get(&session_path(&p, "sibling"), &alice).await.body;
     assert!(sibling["spec"]["displayName"].is_null() && sibling["spec"]["prompt"] == "x", "the sibling is unchanged: {sibling}");
 }
+
+/// A session's runner and a project's settings reach a UI through the api's SSE streams: the
+/// session stream follows the reconciler's Job and pod to Running, a stop reports the runner
+/// gone, and the project stream carries the settings the reconciler created.
+#[tokio::test]
+async fn runner_and_settings_views_over_sse() {
+    let env = TestEnv::shared().await.unwrap();
+    let s = stack(&env).await;
+    let c = Client::new(&s.api_url);
+    let alice = token(&env, DemoUser::Alice);
+    let p = create_project(&c, &alice, "story-view").await;
+    // From the start (`Last-Event-ID: 0`): the settings were created with the project.
+    let mut project_events = ambient_tests::sse::open(&c, &format!("/api/projects/{p}/events"), &alice, Some(0)).await.expect("project stream");
+    let body = json!({"name": "watched", "prompt": "work for a while", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}});
+    let r = c.post(&format!("/api/projects/{p}/agentic-sessions"), &alice, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let mut session_events =
+        ambient_tests::sse::open(&c, &format!("{}/events", session_path(&p, "watched")), &alice, None).await.expect("session stream");
+    let runner = |e: &SseEvent| e.event == "ambient.session.runner.v1";
+    let evs = session_events.read_until(LONG, |e| runner(e) && e.data["data"]["pod"]["phase"] == "Running").await;
+    let last = evs.last().filter(|e| runner(e)).unwrap_or_else(|| panic!("no running runner view: {evs:?}"));
+    assert_eq!(last.data["kind"], "session");
+    assert_eq!(last.data["data"]["job"]["name"], "watched-job");
+    assert_eq!(last.data["data"]["run"], 1);
+    assert!(!last.data.to_string().contains("work for a while"), "the prompt is never in a runner view");
+
+    let r = c.post(&format!("{}/stop", session_path(&p, "watched")), &alice, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let evs = session_events.read_until(LONG, |e| runner(e) && e.data["data"]["job"].is_null()).await;
+    assert!(evs.last().is_some_and(|e| runner(e) && e.data["data"]["pod"].is_null()), "the runner is reported gone: {evs:?}");
+
+    let evs = project_events.read_until(LONG, |e| e.event == "ambient.project.settings.v1").await;
+    let settings = evs.last().filter(|e| e.event == "ambient.project.settings.v1").unwrap_or_else(|| panic!("no settings view: {evs:?}"));
+    assert_eq!((settings.data["kind"].as_str(), settings.data["name"].as_str()), (Some("project"), Some(p.as_str())));
+    assert_eq!(settings.data["data"]["exists"], true);
+}
