@@ -95,21 +95,18 @@ impl Commands {
 
     /// Publishes `cmd` and waits (bounded) for its result.
     pub async fn submit(&self, cmd: Command, opts: SubmitOptions) -> Result<Submitted, ApiError> {
-        match &opts.idempotency_key {
-            Some(k) => {
-                if k.is_empty() || k.len() > 255 {
-                    return Err(ApiError::bad_field("Idempotency-Key", "Idempotency-Key must be 1 to 255 characters"));
-                }
-                let key = hex(&Sha256::digest(format!("{}\0{}", cmd.principal.user, k).as_bytes()));
-                match self.idempotency.create(&key, cmd.id.to_string().into_bytes().into()).await {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                        return self.replay(&key, &cmd, opts.respond_async).await;
-                    }
-                    Err(e) => return Err(ApiError::Unavailable(format!("the command bus is unavailable: {e}"))),
-                }
+        if let Some(k) = &opts.idempotency_key {
+            if k.is_empty() || k.len() > 255 {
+                return Err(ApiError::bad_field("Idempotency-Key", "Idempotency-Key must be 1 to 255 characters"));
             }
-            None => {}
+            let key = hex(&Sha256::digest(format!("{}\0{}", cmd.principal.user, k).as_bytes()));
+            match self.idempotency.create(&key, cmd.id.to_string().into_bytes().into()).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    return self.replay(&key, &cmd, opts.respond_async).await;
+                }
+                Err(e) => return Err(ApiError::Unavailable(format!("the command bus is unavailable: {e}"))),
+            }
         }
         // The key stays even when the publish fails: its ack may be what got lost, and a retry
         // re-publishes under this command's id (see `replay`), so it can never act twice.

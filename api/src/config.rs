@@ -62,6 +62,11 @@ pub struct Config {
     /// How long authorization decisions are cached (revocations take effect after at most this).
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub authz_cache_ttl: Duration,
+    /// Narrow project lists to namespaces with a RoleBinding naming the caller (plus one
+    /// cluster-scoped review) before asking RBAC about each. Turn off when a non-RBAC
+    /// authorizer grants access to single namespaces.
+    #[arg(long, env = "API_PROJECT_LIST_PREFILTER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub project_list_prefilter: bool,
     /// Messages one session may hold (the stream's own cap, 10 000, still applies).
     #[arg(long, env = "API_MESSAGES_MAX_PER_SESSION", default_value_t = 10_000)]
     pub messages_max_per_session: u64,

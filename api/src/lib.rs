@@ -17,6 +17,7 @@ pub mod routes;
 pub mod sse;
 pub mod state;
 pub mod telemetry;
+pub mod visibility;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let key_usage = ensure_bucket(&js, KEY_USAGE_BUCKET, Duration::from_secs(400 * 24 * 3600)).await?;
     let shutdown = CancellationToken::new();
     let (session_changes, session_changes_rx) = tokio::sync::mpsc::unbounded_channel();
-    let reads = Reads::start(kube.clone(), Some(key_usage), shutdown.clone(), Some(session_changes));
+    let reads = Reads::start(kube.clone(), Some(key_usage), shutdown.clone(), Some(session_changes), config.project_list_prefilter);
     let messages = MessageLog::new(
         js.clone(),
         messages::Limits {

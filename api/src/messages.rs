@@ -234,7 +234,7 @@ impl MessageLog {
             page.cursor = info.stream_sequence;
             let pending = info.pending;
             let Some(msg) = decode(&m.payload, page.cursor) else { continue };
-            if q.types.as_ref().is_none_or(|t| t.iter().any(|t| *t == msg.ty)) {
+            if q.types.as_ref().is_none_or(|t| t.contains(&msg.ty)) {
                 page.messages.push(msg);
                 if page.messages.len() >= q.limit {
                     page.more = pending > 0;

@@ -19,8 +19,10 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt as _};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::visibility::Visibility;
 
 /// Label of a managed namespace.
 pub const MANAGED_LABEL: &str = "ambient-code.io/managed";
@@ -43,6 +45,10 @@ pub struct Reads {
     pub serviceaccounts: Store<ServiceAccount>,
     /// ProjectSettings.
     pub settings: Store<ProjectSettings>,
+    /// Which namespaces have a RoleBinding naming a caller (narrows project lists).
+    pub visibility: Arc<Visibility>,
+    /// Bumped after every change any cache applied: read-your-writes waits wake on it.
+    changed: Arc<watch::Sender<u64>>,
     key_usage: Option<kv::Store>,
     ready: std::sync::atomic::AtomicBool,
     last_noted: Mutex<HashMap<String, Instant>>,
@@ -61,6 +67,7 @@ fn spawn_reflector<K>(
     api: Api<K>,
     cfg: watcher::Config,
     shutdown: CancellationToken,
+    changed: Arc<watch::Sender<u64>>,
     changes: Option<mpsc::UnboundedSender<SessionsChange>>,
 ) -> Store<K>
 where
@@ -71,6 +78,10 @@ where
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream.take_until(shutdown.cancelled_owned()));
         while let Some(ev) = stream.next().await {
+            // The store has applied the event by now (reflect() writes before passing it on).
+            if ev.is_ok() {
+                changed.send_modify(|n| *n = n.wrapping_add(1));
+            }
             let change = match ev {
                 Err(e) => {
                     tracing::warn!(error = %e, kind = %K::kind(&()), "watch error; retrying");
@@ -92,23 +103,33 @@ where
 }
 
 impl Reads {
-    /// Starts every reflector.
+    /// Starts every reflector (and the RoleBinding index when `project_list_prefilter`).
     /// Deletions and relists of sessions go to `session_changes` when given.
     pub fn start(
         client: kube::Client,
         key_usage: Option<kv::Store>,
         shutdown: CancellationToken,
         session_changes: Option<mpsc::UnboundedSender<SessionsChange>>,
+        project_list_prefilter: bool,
     ) -> Self {
+        let changed = Arc::new(watch::Sender::new(0));
         let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true"));
         let rbs = watcher::Config::default().labels(&format!("app in ({PERMISSION_APP},{ACCESS_KEY_APP})"));
         let sas = watcher::Config::default().labels(&format!("app={ACCESS_KEY_APP}"));
         Self {
-            namespaces: spawn_reflector(Api::all(client.clone()), managed, shutdown.clone(), None),
-            sessions: spawn_reflector(Api::all(client.clone()), watcher::Config::default(), shutdown.clone(), session_changes),
-            rolebindings: spawn_reflector(Api::all(client.clone()), rbs, shutdown.clone(), None),
-            serviceaccounts: spawn_reflector(Api::all(client.clone()), sas, shutdown.clone(), None),
-            settings: spawn_reflector(Api::all(client), watcher::Config::default(), shutdown, None),
+            namespaces: spawn_reflector(Api::all(client.clone()), managed, shutdown.clone(), changed.clone(), None),
+            sessions: spawn_reflector(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                shutdown.clone(),
+                changed.clone(),
+                session_changes,
+            ),
+            rolebindings: spawn_reflector(Api::all(client.clone()), rbs, shutdown.clone(), changed.clone(), None),
+            serviceaccounts: spawn_reflector(Api::all(client.clone()), sas, shutdown.clone(), changed.clone(), None),
+            settings: spawn_reflector(Api::all(client.clone()), watcher::Config::default(), shutdown.clone(), changed.clone(), None),
+            visibility: Visibility::start(client, project_list_prefilter, shutdown),
+            changed,
             key_usage,
             ready: std::sync::atomic::AtomicBool::new(false),
             last_noted: Mutex::new(HashMap::new()),
@@ -123,6 +144,9 @@ impl Reads {
             let _ = self.rolebindings.wait_until_ready().await;
             let _ = self.serviceaccounts.wait_until_ready().await;
             let _ = self.settings.wait_until_ready().await;
+            while !self.visibility.ready() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         };
         let ok = tokio::time::timeout(Duration::from_secs(60), all).await.is_ok();
         self.ready.store(ok, std::sync::atomic::Ordering::Relaxed);
@@ -132,6 +156,24 @@ impl Reads {
     /// Whether every cache has been filled once.
     pub fn ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (at most `timeout`) until `ready()` holds, re-checking whenever a cache changes;
+    /// returns whether it held.
+    pub async fn wait_until(&self, timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Mark the current version seen before checking, so a change right after the
+            // check still wakes us.
+            rx.borrow_and_update();
+            if ready() {
+                return true;
+            }
+            if !matches!(tokio::time::timeout_at(deadline, rx.changed()).await, Ok(Ok(()))) {
+                return ready();
+            }
+        }
     }
 
     /// The managed namespace `name`, if it exists.
@@ -258,20 +300,6 @@ pub fn rv_at_least(have: Option<&str>, want: &str) -> bool {
     match (have.and_then(|h| h.parse::<u64>().ok()), want.parse::<u64>().ok()) {
         (Some(h), Some(w)) => h >= w,
         _ => have == Some(want),
-    }
-}
-
-/// Polls until `ready()` holds or `timeout` passes.
-pub async fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if ready() {
-            return true;
-        }
-        if start.elapsed() >= timeout {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

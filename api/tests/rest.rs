@@ -21,6 +21,7 @@ async fn api_end_to_end() {
     error_classes_are_json_and_openapi_lists_every_route(&env, &s).await;
     projects_sessions_permissions_keys_and_secrets(&env, &s).await;
     foreign_and_missing_projects_answer_alike_on_every_route(&env, &s).await;
+    project_list_follows_rbac_from_any_source(&env, &s).await;
     floods_get_429_with_retry_after(&env, &s).await;
 }
 
@@ -321,6 +322,92 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     let r = c.get(&format!("{sp}/s1"), &alice).await;
     assert!(r.status == StatusCode::NOT_FOUND || r.body["metadata"]["deletionTimestamp"].is_string());
     assert_eq!(c.delete(&format!("/api/projects/{other}"), &alice).await.status, StatusCode::NO_CONTENT);
+}
+
+fn listed(r: &common::Resp, project: &str) -> bool {
+    r.body["items"].as_array().is_some_and(|items| items.iter().any(|i| i["name"] == project))
+}
+
+/// The project list narrows candidates by RoleBinding subjects and cluster-wide grants (see
+/// `api/src/visibility.rs`); grants made outside the api, with a namespaced Role or a
+/// ClusterRoleBinding, still show (and stop showing) in it.
+async fn project_list_follows_rbac_from_any_source(env: &TestEnv, s: &Stack) {
+    use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+
+    let c = Client::new(&s.api_url);
+    let (alice, carol, admin) = (token(env, DemoUser::Alice), token(env, DemoUser::Carol), token(env, DemoUser::Admin));
+    let p = project(&c, &alice, "api-list").await;
+    assert!(!listed(&c.get("/api/projects", &carol).await, &p), "carol has no grant yet");
+    let carol_subject = Subject { kind: "User".into(), name: "carol".into(), api_group: Some("rbac.authorization.k8s.io".into()), ..Default::default() };
+    let meta = |name: &str, ns: Option<&str>| ObjectMeta { name: Some(name.into()), namespace: ns.map(Into::into), ..Default::default() };
+    let within = Duration::from_secs(10);
+
+    // A kubectl-made Role and RoleBinding (no labels of ours) granting what visibility needs.
+    let role = Role {
+        metadata: meta("peek", Some(&p)),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![events::crd::GROUP.into()]),
+            resources: Some(vec!["projectsettings".into()]),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        }]),
+    };
+    Api::<Role>::namespaced(env.admin(), &p).create(&PostParams::default(), &role).await.unwrap();
+    let rb = RoleBinding {
+        metadata: meta("peek", Some(&p)),
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: "peek".into() },
+        subjects: Some(vec![carol_subject.clone()]),
+    };
+    let rbs = Api::<RoleBinding>::namespaced(env.admin(), &p);
+    rbs.create(&PostParams::default(), &rb).await.unwrap();
+    eventually("carol sees the project through a kubectl RoleBinding", within, || async {
+        Ok(listed(&c.get("/api/projects", &carol).await, &p).then_some(()))
+    })
+    .await
+    .unwrap();
+    rbs.delete("peek", &DeleteParams::default()).await.unwrap();
+    eventually("carol no longer sees it once the RoleBinding is gone", within, || async {
+        Ok((!listed(&c.get("/api/projects", &carol).await, &p)).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // A cluster-wide grant shows every project, as it does to the cluster admin.
+    let crb_name = ambient_tests::unique_name("api-list-carol");
+    let crb = ClusterRoleBinding {
+        metadata: meta(&crb_name, None),
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name: "ambient-project-view".into() },
+        subjects: Some(vec![carol_subject]),
+    };
+    let crbs = Api::<ClusterRoleBinding>::all(env.admin());
+    crbs.create(&PostParams::default(), &crb).await.unwrap();
+    let everything = c.get("/api/projects", &admin).await;
+    assert!(listed(&everything, &p), "the cluster admin sees every project");
+    let seen = eventually("carol sees every project through a ClusterRoleBinding", within, || async {
+        let r = c.get("/api/projects", &carol).await;
+        Ok(listed(&r, &p).then_some(r))
+    })
+    .await
+    .unwrap();
+    let names = |r: &common::Resp| -> Vec<String> {
+        let mut v: Vec<String> = r.body["items"].as_array().into_iter().flatten().filter_map(|i| i["name"].as_str().map(String::from)).collect();
+        v.sort();
+        v
+    };
+    // Projects made by tests running meanwhile may differ; ours and alice's must be in both.
+    let alices: Vec<String> = names(&c.get("/api/projects", &alice).await);
+    for n in &alices {
+        assert!(names(&seen).contains(n), "carol (cluster-wide view) misses {n}");
+        assert!(names(&everything).contains(n), "the admin misses {n}");
+    }
+    crbs.delete(&crb_name, &DeleteParams::default()).await.unwrap();
+    eventually("the cluster-wide grant is gone", within, || async {
+        Ok((!listed(&c.get("/api/projects", &carol).await, &p)).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.delete(&format!("/api/projects/{p}"), &alice).await.status, StatusCode::NO_CONTENT);
 }
 
 async fn foreign_and_missing_projects_answer_alike_on_every_route(env: &TestEnv, s: &Stack) {

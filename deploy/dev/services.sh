@@ -50,8 +50,19 @@ if [[ ! -s "$state/keys/sealing.key" ]]; then
   "$repo_dir/deploy/gen-secrets.sh" "$state/keys" >/dev/null
 fi
 
-# A free loopback port (asks the kernel, like the cluster's ports).
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Below the ephemeral range (as up.sh does): no outgoing connection can take the port first.
+free_port() {
+  python3 -c '
+import random, socket
+while True:
+    p = random.randint(20000, 32000); s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()'
+}
 [[ -f "$state/services.env" ]] || {
   echo "API_PORT=$(free_port)"
   for s in "${SERVICES[@]}"; do echo "${s^^}_HEALTH_PORT=$(free_port)"; done

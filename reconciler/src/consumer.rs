@@ -436,9 +436,13 @@ impl Consumer {
             return Ok(AckKind::Term);
         }
         let delivery = if delivered > 1 { Delivery::Redelivered } else { Delivery::First };
+        // Time since the api accepted it (its clock), and the apply itself: where latency goes.
+        let queued_ms = (chrono::Utc::now() - cmd.time).num_milliseconds();
+        let started = Instant::now();
         let outcome = match self.applier.apply(cmd, delivery).await {
             Ok(applied) => {
-                tracing::info!(kind = %applied.resource.kind, name = %applied.resource.name, "applied");
+                let apply_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(kind = %applied.resource.kind, name = %applied.resource.name, queued_ms, apply_ms, "applied");
                 Outcome::Succeeded { resource: applied.resource, sealed_token: applied.sealed_token }
             }
             Err(ApplyError::Permanent { reason, message }) => {

@@ -256,11 +256,26 @@ impl BusKeys {
     }
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port for a service to listen on (bound, then released).
+///
+/// Chosen below Linux's ephemeral range (32768–60999): a port the kernel hands out for
+/// `:0` is also what it hands out as the source port of outgoing connections, and with many
+/// clients connecting meanwhile one of them could take it before the service binds it. Ports
+/// already handed out by this process are never handed out again.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    const LOW: u16 = 20_000;
+    const SPAN: u128 = 12_000;
+    for _ in 0..200 {
+        let port = LOW + (uuid::Uuid::new_v4().as_u128() % SPAN) as u16;
+        let Ok(mut given) = GIVEN.lock() else { anyhow::bail!("port registry poisoned") };
+        if given.contains(&port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        given.insert(port);
+        return Ok(port);
+    }
+    anyhow::bail!("no free loopback port between {LOW} and {}", LOW as u128 + SPAN)
 }
 
 /// A service running as a child process, with its log in `<state_dir>/logs/`. Terminated

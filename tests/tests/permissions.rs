@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Role {
-    NoRole,
+    Nothing,
     View,
     Edit,
     Admin,
@@ -91,7 +91,7 @@ fn expected(r: &Route, role: Role) -> Option<Want> {
         return Some(Want::NotFound);
     }
     let (least, allowed) = least_role(r)?;
-    Some(if role == Role::NoRole {
+    Some(if role == Role::Nothing {
         Want::NotFound
     } else if role >= least {
         allowed
@@ -157,7 +157,7 @@ impl Env {
         self.ok(Method::POST, "/api/projects", json!({"name": p})).await;
         self.ok(Method::POST, &format!("/api/projects/{p}/agentic-sessions"), json!({"name": "s1", "prompt": "probe target", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})).await;
         let r = match role {
-            Role::NoRole => return Fixture { project: p, key: None },
+            Role::Nothing => return Fixture { project: p, key: None },
             Role::View => "view",
             Role::Edit => "edit",
             Role::Admin => "admin",
@@ -217,11 +217,11 @@ async fn permission_matrix() {
     assert!(unknown.is_empty(), "operations without a row in the expected-outcome table: {unknown:?}");
 
     // The foreign project: nobody probing has any role there.
-    let foreign = e.fixture(Role::NoRole).await;
+    let foreign = e.fixture(Role::Nothing).await;
     let missing = unique_name("perm-missing");
     let mut callers = vec![
-        Caller { label: "carol (user, no role)".into(), kind: Kind::User, role: Role::NoRole, token: carol.clone(), own: foreign.project.clone() },
-        Caller { label: "bob (group, no role)".into(), kind: Kind::Group, role: Role::NoRole, token: bob.clone(), own: foreign.project.clone() },
+        Caller { label: "carol (user, no role)".into(), kind: Kind::User, role: Role::Nothing, token: carol.clone(), own: foreign.project.clone() },
+        Caller { label: "bob (group, no role)".into(), kind: Kind::Group, role: Role::Nothing, token: bob.clone(), own: foreign.project.clone() },
     ];
     for role in [Role::View, Role::Edit, Role::Admin] {
         let f = e.fixture(role).await;
@@ -267,14 +267,14 @@ async fn permission_matrix() {
             let there = e.call(route.method(), &Params::new(&foreign.project, "s1").fill(&route.template), &caller.token, body.clone()).await;
             let absent = e.call(route.method(), &Params::new(&missing, "s1").fill(&route.template), &caller.token, body.clone()).await;
             let same = there.body == absent.body;
-            if caller.role != Role::NoRole {
+            if caller.role != Role::Nothing {
                 record(format!("{} {} [foreign]", caller.label, route.label()), Want::NotFound, &there, same);
             }
             // Own project.
             let want = expected(route, caller.role).expect("checked above");
             let params = e.target(route, &caller.own, n).await;
             let r = e.call(route.method(), &params.fill(&route.template), &caller.token, body).await;
-            let same = caller.role != Role::NoRole || r.body == absent.body;
+            let same = caller.role != Role::Nothing || r.body == absent.body;
             record(format!("{} {} [own]", caller.label, route.label()), want, &r, same);
         }
     }
@@ -297,7 +297,7 @@ async fn permission_matrix() {
         };
         let r = e.call(Method::DELETE, &format!("/api/projects/{project}"), &caller.token, None).await;
         record(format!("{} {} [own]", caller.label, del.label()), want, &r, true);
-        if caller.role != Role::NoRole {
+        if caller.role != Role::Nothing {
             let r = e.call(Method::DELETE, &format!("/api/projects/{}", foreign.project), &caller.token, None).await;
             record(format!("{} {} [foreign]", caller.label, del.label()), Want::NotFound, &r, true);
         }

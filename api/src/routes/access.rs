@@ -15,7 +15,6 @@ use crate::auth::Caller;
 use crate::authz::{RBAC, check};
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
-use crate::reads::wait_until;
 use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
 
 fn role(field: &str, r: &str) -> Result<Role, ApiError> {
@@ -59,7 +58,7 @@ async fn grant(st: &AppState, caller: &Caller, project: ProjectName, ty: Subject
     match st.mutate(caller, project, body, headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { .. } => {
-            wait_until(READ_YOUR_WRITES, || has_grant(st, &p, ty, name.as_str(), Some(role))).await;
+            st.reads.wait_until(READ_YOUR_WRITES, || has_grant(st, &p, ty, name.as_str(), Some(role))).await;
             Ok((StatusCode::CREATED, axum::Json(json!({"message": message}))).into_response())
         }
     }
@@ -71,7 +70,7 @@ async fn revoke(st: &AppState, caller: &Caller, project: ProjectName, ty: Subjec
     match st.mutate(caller, project, body, headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { .. } => {
-            wait_until(READ_YOUR_WRITES, || !has_grant(st, &p, ty, name.as_str(), None)).await;
+            st.reads.wait_until(READ_YOUR_WRITES, || !has_grant(st, &p, ty, name.as_str(), None)).await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
     }
@@ -201,7 +200,7 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { resource, token, replayed } => {
             let id = resource.name.clone();
-            wait_until(READ_YOUR_WRITES, || st.reads.keys_of_sync(&p, &id)).await;
+            st.reads.wait_until(READ_YOUR_WRITES, || st.reads.keys_of_sync(&p, &id)).await;
             let mut body = json!({"id": id, "name": name.as_str(), "description": req.description.unwrap_or_default(),
                 "role": role.as_str(), "lastUsedAt": ""});
             match token {
@@ -223,7 +222,7 @@ pub async fn delete_key(State(st): State<Arc<AppState>>, caller: Caller, Path((p
     match st.mutate(&caller, project, CommandBody::KeyRevoke(KeyRevoke { key_id: k.clone() }), &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { .. } => {
-            wait_until(READ_YOUR_WRITES, || !st.reads.keys_of_sync(&p, &k)).await;
+            st.reads.wait_until(READ_YOUR_WRITES, || !st.reads.keys_of_sync(&p, &k)).await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
     }

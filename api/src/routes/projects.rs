@@ -16,7 +16,7 @@ use crate::auth::Caller;
 use crate::authz::{RBAC, check, project_visible};
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
-use crate::reads::{project_json, rv_at_least, wait_until};
+use crate::reads::{project_json, rv_at_least};
 use crate::routes::{Page, paginate};
 use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
 
@@ -55,28 +55,38 @@ fn check_display(display_name: &Option<String>, description: &Option<String>) ->
 #[utoipa::path(get, path = "/api/projects", tag = "projects", params(Page),
     responses((status = 200, description = "`{items: [AmbientProject]}`"), (status = 401, description = "no or invalid token")))]
 pub async fn list_projects(State(st): State<Arc<AppState>>, caller: Caller, Query(page): Query<Page>) -> Result<Response, ApiError> {
-    let all = st.reads.projects();
-    // One SAR per managed namespace, concurrently, each cached briefly per identity.
-    let checks = futures::stream::iter(all.into_iter().map(|ns| {
-        let st = st.clone();
-        let who = caller.principal.clone();
-        async move {
-            let name = ns.name_any();
-            let ok = st.authz.allowed(&who, &project_visible(&name)).await;
-            (ns, ok)
+    let who = &caller.principal;
+    let mut all = st.reads.projects();
+    // A cluster-wide grant shows every project: one review instead of one per project.
+    let visible = if st.authz.allowed(who, &project_visible("")).await? {
+        all
+    } else {
+        // Otherwise RBAC can only grant a project through a RoleBinding in it (see
+        // `visibility`); each remaining candidate is still decided by the API server.
+        if let Some(named) = st.reads.visibility.candidates(who) {
+            all.retain(|ns| named.contains(ns.name_any().as_str()));
         }
-    }))
-    .buffer_unordered(64)
-    .collect::<Vec<_>>()
-    .await;
-    let mut visible = Vec::new();
-    for (ns, ok) in checks {
-        if ok? {
-            visible.push(ns);
+        let checks = futures::stream::iter(all.into_iter().map(|ns| {
+            let st = st.clone();
+            async move {
+                let ok = st.authz.allowed(who, &project_visible(&ns.name_any())).await;
+                (ns, ok)
+            }
+        }))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+        let mut visible = Vec::with_capacity(checks.len());
+        for (ns, ok) in checks {
+            if ok? {
+                visible.push(ns);
+            }
         }
-    }
-    visible.sort_by_key(|n| n.name_any());
-    let items: Vec<_> = visible.iter().map(|n| project_json(n)).collect();
+        visible
+    };
+    let mut items: Vec<_> = visible.iter().map(|n| (n.name_any(), n)).collect();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let items: Vec<_> = items.into_iter().map(|(_, n)| project_json(n)).collect();
     Ok(axum::Json(paginate(items, &page)?).into_response())
 }
 
@@ -92,7 +102,7 @@ pub async fn create_project(State(st): State<Arc<AppState>>, caller: Caller, hea
     match st.mutate(&caller, name.clone(), body, &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { .. } => {
-            wait_until(READ_YOUR_WRITES, || st.reads.project(name.as_str()).is_some()).await;
+            st.reads.wait_until(READ_YOUR_WRITES, || st.reads.project(name.as_str()).is_some()).await;
             let body = match st.reads.project(name.as_str()) {
                 Some(ns) => project_json(&ns),
                 None => json!({"name": name.as_str(), "displayName": req.display_name.unwrap_or_else(|| name.to_string()),
@@ -129,7 +139,7 @@ pub async fn update_project(State(st): State<Arc<AppState>>, caller: Caller, Pat
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { resource, .. } => {
             if let Some(rv) = &resource.resource_version {
-                wait_until(READ_YOUR_WRITES, || {
+                st.reads.wait_until(READ_YOUR_WRITES, || {
                     st.reads.project(&p).is_some_and(|n| rv_at_least(n.metadata.resource_version.as_deref(), rv))
                 })
                 .await;

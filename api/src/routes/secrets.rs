@@ -17,7 +17,7 @@ use crate::auth::Caller;
 use crate::authz::check;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
-use crate::reads::{rv_at_least, wait_until};
+use crate::reads::rv_at_least;
 use crate::routes::sessions::is_env_name;
 use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
 
@@ -114,7 +114,7 @@ pub async fn put_runner_config(State(st): State<Arc<AppState>>, caller: Caller, 
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { resource, .. } => {
             if let Some(rv) = &resource.resource_version {
-                wait_until(READ_YOUR_WRITES, || st.reads.settings_of(&p).is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))).await;
+                st.reads.wait_until(READ_YOUR_WRITES, || st.reads.settings_of(&p).is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))).await;
             }
             Ok(axum::Json(json!({"secretName": req.secret_name})).into_response())
         }

@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::authz::check;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, refuse_server_owned, strict};
-use crate::reads::{rv_at_least, session_json, wait_until};
+use crate::reads::{rv_at_least, session_json};
 use crate::routes::{Page, paginate};
 use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
 
@@ -107,7 +107,7 @@ pub fn is_env_name(k: &str) -> bool {
 
 async fn wait_session(st: &AppState, ns: &str, name: &str, rv: Option<&str>) {
     if let Some(rv) = rv {
-        wait_until(READ_YOUR_WRITES, || st.reads.session(ns, name).is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))).await;
+        st.reads.wait_until(READ_YOUR_WRITES, || st.reads.session(ns, name).is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))).await;
     }
 }
 
@@ -210,7 +210,7 @@ pub async fn delete_session(State(st): State<Arc<AppState>>, caller: Caller, Pat
     match st.mutate(&caller, project, CommandBody::SessionDelete(SessionRef { name: s.clone() }), &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { .. } => {
-            wait_until(READ_YOUR_WRITES, || st.reads.session(&p, s.as_str()).is_none_or(|o| o.metadata.deletion_timestamp.is_some())).await;
+            st.reads.wait_until(READ_YOUR_WRITES, || st.reads.session(&p, s.as_str()).is_none_or(|o| o.metadata.deletion_timestamp.is_some())).await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
     }

@@ -7,7 +7,7 @@ use ambient_tests::{DemoUser, TestEnv};
 use reqwest::StatusCode;
 
 #[allow(unused_imports)]
-pub use ambient_tests::http::{Client, read_events};
+pub use ambient_tests::http::{Client, Resp, read_events};
 
 pub async fn stack(env: &TestEnv, api_args: &[&str]) -> Stack {
     let opts = StackOptions { api_args: api_args.iter().map(|s| s.to_string()).collect(), ..Default::default() };

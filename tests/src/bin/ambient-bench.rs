@@ -5,9 +5,9 @@
 //!   cargo run --release -p ambient-tests --bin ambient-bench -- [--quick] [--json PATH]
 //!
 //! `--quick` (seconds; CI's smoke test) uses small counts; the full mode is for people.
+//! `--only accept,applied,throughput,sse,scale` runs some parts (the footprint is always shown).
 //! Attaches to the cluster named by `AMBIENT_STATE_DIR`, or starts one (see `TestEnv`).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ambient_tests::bench::{Figure, Row, Samples, markdown};
@@ -52,6 +52,12 @@ async fn main() -> anyhow::Result<()> {
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| ambient_tests::repo_dir().join("target/bench/report.json").display().to_string());
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(|p| p.trim().to_string()).collect());
+    let runs = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
     let mode = Mode::new(quick);
     let env = TestEnv::shared().await.context("dev cluster")?;
     eprintln!("==> starting the stack (api, reconciler, projector under their ServiceAccounts)");
@@ -66,16 +72,26 @@ async fn main() -> anyhow::Result<()> {
     let b = Bench { env: env.clone(), http, api: stack.api_url.clone(), alice: env.token(DemoUser::Alice)?.to_string(), admin: env.token(DemoUser::Admin)?.to_string() };
 
     let mut rows = Vec::new();
-    eprintln!("==> accept latency");
-    rows.push(b.accept_latency(&mode).await?);
-    eprintln!("==> command → applied");
-    rows.push(b.applied_latency(&mode).await?);
-    eprintln!("==> sustained throughput (open loop)");
-    rows.extend(b.throughput(&mode).await?);
-    eprintln!("==> status → SSE");
-    rows.push(b.status_propagation(&mode).await?);
-    eprintln!("==> scale");
-    rows.extend(b.scale(&mode, &mut stack).await?);
+    if runs("accept") {
+        eprintln!("==> accept latency");
+        rows.push(b.accept_latency(&mode).await?);
+    }
+    if runs("applied") {
+        eprintln!("==> command → applied");
+        rows.push(b.applied_latency(&mode).await?);
+    }
+    if runs("throughput") {
+        eprintln!("==> sustained throughput (open loop)");
+        rows.extend(b.throughput(&mode).await?);
+    }
+    if runs("sse") {
+        eprintln!("==> status → SSE");
+        rows.push(b.status_propagation(&mode).await?);
+    }
+    if runs("scale") {
+        eprintln!("==> scale");
+        rows.extend(b.scale(&mode, &mut stack).await?);
+    }
     eprintln!("==> footprint");
     rows.extend(footprint(&stack));
 
@@ -87,6 +103,22 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&json_path, serde_json::to_vec_pretty(&rows)?)?;
     eprintln!("JSON written to {json_path}");
     Ok(())
+}
+
+/// Which way an open-loop create goes.
+#[derive(Clone, Copy)]
+enum Path {
+    /// Straight to the API server (the baseline).
+    Direct,
+    /// Through the api and the bus.
+    Api,
+}
+
+/// What one open-loop run saw.
+struct OpenLoop {
+    latency: Samples,
+    failed: usize,
+    lost: usize,
 }
 
 struct Bench {
@@ -120,7 +152,18 @@ impl Bench {
         };
         Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await?;
         grant(&admin, &name, "alice", "ambient-project-admin").await?;
-        Ok(name)
+        // Ready when the api shows it to alice (its watch caches and RBAC have caught up).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.http.get(format!("{}/api/projects/{name}", self.api)).bearer_auth(&self.alice).send().await?;
+            if r.status().is_success() {
+                return Ok(name);
+            }
+            if Instant::now() > deadline {
+                bail!("project {name} not visible to alice through the api after 30 s ({})", r.status());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn session_body(name: &str) -> serde_json::Value {
@@ -154,22 +197,20 @@ impl Bench {
         .await?;
         let mut base = Samples::default();
         let payload = serde_json::to_vec(&Self::session_body("x"))?;
-        for _ in 0..m.samples {
+        let project = self.project_for_alice("bench-accept").await?;
+        let mut s = Samples::default();
+        // Alternating samples: both see the same machine noise.
+        for i in 0..m.samples {
             let t = Instant::now();
             js.publish(format!("bench.{stream}"), payload.clone().into()).await?.await?;
             base.push(t.elapsed());
-        }
-        js.delete_stream(&stream).await?;
-
-        let project = self.project_for_alice("bench-accept").await?;
-        let mut s = Samples::default();
-        for i in 0..m.samples {
             let (code, d) = self.post_session(&project, &format!("a-{i}"), true).await?;
             if code != reqwest::StatusCode::ACCEPTED {
                 bail!("async create answered {code}");
             }
             s.push(d);
         }
+        js.delete_stream(&stream).await?;
         Ok(Row {
             what: "accept: async POST session → 202".into(),
             met: p99_under(&s, 10.0),
@@ -181,19 +222,18 @@ impl Bench {
 
     async fn applied_latency(&self, m: &Mode) -> anyhow::Result<Row> {
         // Baseline (the floor): the same AgenticSession created directly on the API server.
+        // Samples alternate with the measured ones, so both see the same machine noise.
         let floor_ns = self.project_for_alice("bench-floor").await?;
         let direct = Api::<AgenticSession>::namespaced(self.env.admin(), &floor_ns);
         let spec: AgenticSessionSpec = serde_json::from_value(json!({"prompt": "benchmark", "timeout": 600}))?;
+        let project = self.project_for_alice("bench-sync").await?;
         let mut base = Samples::default();
+        let mut s = Samples::default();
         for i in 0..m.samples {
             let obj = AgenticSession::new(&format!("d-{i}"), spec.clone());
             let t = Instant::now();
             direct.create(&PostParams::default(), &obj).await?;
             base.push(t.elapsed());
-        }
-        let project = self.project_for_alice("bench-sync").await?;
-        let mut s = Samples::default();
-        for i in 0..m.samples {
             let (code, d) = self.post_session(&project, &format!("s-{i}"), false).await?;
             if code != reqwest::StatusCode::CREATED {
                 bail!("sync create answered {code}");
@@ -214,76 +254,35 @@ impl Bench {
     }
 
     /// Open loop: requests are sent on a fixed schedule whatever the answers do, and latency
-    /// counts from the scheduled time (no coordinated omission).
+    /// counts from the scheduled time (no coordinated omission). At each rate the same creates
+    /// are first written straight to the API server (the baseline: can the cluster itself,
+    /// session controller and Jobs included, hold this rate?), then sent through the api.
     async fn throughput(&self, m: &Mode) -> anyhow::Result<Vec<Row>> {
         let mut projects = Vec::new();
         for _ in 0..m.rate_projects {
             projects.push(self.project_for_alice("bench-rate").await?);
         }
-        let projects = Arc::new(projects);
         let mut rows = Vec::new();
         let mut best: Option<u32> = None;
         for &rate in &m.rates {
-            let total = rate as u64 * m.rate_seconds;
-            let interval = Duration::from_secs_f64(1.0 / rate as f64);
-            let start = tokio::time::Instant::now();
-            let mut tasks = Vec::new();
-            for i in 0..total {
-                let at = start + interval * i as u32;
-                let project = projects[i as usize % projects.len()].clone();
-                let name = format!("r{rate}-{i}");
-                let http = self.http.clone();
-                let url = format!("{}/api/projects/{project}/agentic-sessions", self.api);
-                let token = self.alice.clone();
-                tasks.push(tokio::spawn(async move {
-                    tokio::time::sleep_until(at).await;
-                    // Short runs: the fake runners finish, so load does not pile up as pods.
-                    let body = json!({"name": name, "prompt": "benchmark", "timeout": 600});
-                    let r = http.post(url).bearer_auth(token).json(&body).send().await;
-                    (r.map(|r| r.status()).ok(), at.elapsed(), project, name)
-                }));
-            }
-            let mut s = Samples::default();
-            let mut failed = 0usize;
-            let mut created = Vec::new();
-            for t in tasks {
-                let (code, d, project, name) = t.await?;
-                match code {
-                    Some(c) if c == reqwest::StatusCode::CREATED || c == reqwest::StatusCode::ACCEPTED => {
-                        s.push(d);
-                        created.push((project, name));
-                    }
-                    _ => failed += 1,
-                }
-            }
-            // Nothing lost: every accepted create exists in the cluster.
-            let mut lost = 0usize;
-            for (p, n) in &created {
-                let api = Api::<AgenticSession>::namespaced(self.env.admin(), p);
-                let mut found = false;
-                for _ in 0..50 {
-                    if api.get_opt(n).await?.is_some() {
-                        found = true;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                lost += usize::from(!found);
-            }
-            let ok = failed == 0 && lost == 0 && p99_under(&s, 1000.0) == Some(true);
+            let direct = self.open_loop(rate, m.rate_seconds, &projects, Path::Direct).await?;
+            let bus = self.open_loop(rate, m.rate_seconds, &projects, Path::Api).await?;
+            let ok = bus.failed == 0 && bus.lost == 0 && p99_under(&bus.latency, 1000.0) == Some(true);
             if ok {
                 best = Some(rate);
             }
-            let stop = !ok;
             rows.push(Row {
-                what: format!("open loop {rate} creates/s for {} s ({} projects): failed {failed}, lost {lost}", m.rate_seconds, m.rate_projects),
-                value: lat(&s),
-                baseline: None,
+                what: format!(
+                    "open loop {rate} creates/s for {} s ({} projects): failed {}, lost {} (direct: failed {}, lost {})",
+                    m.rate_seconds, m.rate_projects, bus.failed, bus.lost, direct.failed, direct.lost
+                ),
+                value: lat(&bus.latency),
+                baseline: Some(("direct creates at the same rate".into(), lat(&direct.latency))),
                 target: "p99 < 1 s, nothing lost".into(),
                 met: Some(ok),
             });
             // Higher rates only pile up more backlog once one rate fails.
-            if stop {
+            if !ok {
                 break;
             }
         }
@@ -298,6 +297,68 @@ impl Bench {
             met: best.map(|r| r >= 200),
         });
         Ok(rows)
+    }
+
+    /// Sends `rate` session creates per second for `secs` seconds across `projects` on a fixed
+    /// schedule, then checks that every accepted create exists in the cluster.
+    async fn open_loop(&self, rate: u32, secs: u64, projects: &[String], path: Path) -> anyhow::Result<OpenLoop> {
+        let total = rate as u64 * secs;
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = tokio::time::Instant::now();
+        let prefix = match path {
+            Path::Direct => format!("d{rate}"),
+            Path::Api => format!("r{rate}"),
+        };
+        // Short runs: the fake runners finish, so load does not pile up as pods.
+        let spec: AgenticSessionSpec = serde_json::from_value(json!({"prompt": "benchmark", "timeout": 600}))?;
+        let mut tasks = Vec::new();
+        for i in 0..total {
+            let at = start + interval * i as u32;
+            let project = projects[i as usize % projects.len()].clone();
+            let name = format!("{prefix}-{i}");
+            let http = self.http.clone();
+            let url = format!("{}/api/projects/{project}/agentic-sessions", self.api);
+            let token = self.alice.clone();
+            let direct = Api::<AgenticSession>::namespaced(self.env.admin(), &project);
+            let spec = spec.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                let ok = match path {
+                    Path::Api => {
+                        let body = json!({"name": name, "prompt": "benchmark", "timeout": 600});
+                        let r = http.post(url).bearer_auth(token).json(&body).send().await;
+                        r.is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED || r.status() == reqwest::StatusCode::ACCEPTED)
+                    }
+                    Path::Direct => direct.create(&PostParams::default(), &AgenticSession::new(&name, spec)).await.is_ok(),
+                };
+                (ok, at.elapsed(), project, name)
+            }));
+        }
+        let mut out = OpenLoop { latency: Samples::default(), failed: 0, lost: 0 };
+        let mut created = Vec::new();
+        for t in tasks {
+            let (ok, d, project, name) = t.await?;
+            if ok {
+                out.latency.push(d);
+                created.push((project, name));
+            } else {
+                out.failed += 1;
+            }
+        }
+        // Nothing lost: every accepted create exists in the cluster.
+        for (p, n) in &created {
+            let api = Api::<AgenticSession>::namespaced(self.env.admin(), p);
+            let mut found = false;
+            for _ in 0..50 {
+                if api.get_opt(n).await?.is_some() {
+                    found = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            out.lost += usize::from(!found);
+        }
+        Ok(out)
     }
 
     async fn status_propagation(&self, m: &Mode) -> anyhow::Result<Row> {
@@ -413,9 +474,9 @@ impl Bench {
             .collect::<anyhow::Result<Vec<()>>>()?;
 
         // Reconciler recovery: restart it and time until a new command is applied.
+        let probe = self.project_for_alice("bench-recovery").await?;
         let t = Instant::now();
         stack.reconciler.restart().await?;
-        let probe = self.project_for_alice("bench-recovery").await?;
         let (code, _) = self.post_session(&probe, "after-restart", false).await?;
         let recovery = t.elapsed();
         let mut rows = vec![Row {
