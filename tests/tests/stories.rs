@@ -412,8 +412,9 @@ async fn runner_and_settings_views_over_sse() {
     let body = json!({"name": "watched", "prompt": "work for a while", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}});
     let r = c.post(&format!("/api/projects/{p}/agentic-sessions"), &alice, body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    // From the start as well: kwok may run the pod before the stream is open.
     let mut session_events =
-        ambient_tests::sse::open(&c, &format!("{}/events", session_path(&p, "watched")), &alice, None).await.expect("session stream");
+        ambient_tests::sse::open(&c, &format!("{}/events", session_path(&p, "watched")), &alice, Some(0)).await.expect("session stream");
     let runner = |e: &SseEvent| e.event == "ambient.session.runner.v1";
     let evs = session_events.read_until(LONG, |e| runner(e) && e.data["data"]["pod"]["phase"] == "Running").await;
     let last = evs.last().filter(|e| runner(e)).unwrap_or_else(|| panic!("no running runner view: {evs:?}"));
