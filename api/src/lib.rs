@@ -40,18 +40,6 @@ use crate::messages::MessageLog;
 use crate::reads::{KEY_USAGE_BUCKET, Reads};
 use crate::state::AppState;
 
-/// Builds the kube client from `--kubeconfig`, or in-cluster / the usual discovery.
-pub async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match path {
-        Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(p).with_context(|| format!("reading {}", p.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
-
 /// The whole HTTP application (routes, OpenAPI, layers) over `state`.
 pub fn app(state: Arc<AppState>) -> axum::Router {
     let (router, doc) = routes::api_router();
@@ -105,7 +93,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let signer = CommandSigner::from_pem(&pem).context("command signing key")?;
     let reconciler_key =
         SealingPublicKey::from_base64(&config.reconciler_sealing_public_key).context("--reconciler-sealing-public-key")?;
-    let kube = kube_client(config.kubeconfig.as_deref()).await?;
+    let kube = events::service::kube_client(config.kubeconfig.as_deref()).await?;
     let nats = config
         .bus
         .connect_options("ambient-api")
@@ -151,12 +139,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(messages::run_purger(state.clone(), session_changes_rx));
     tracing::info!(listen = %config.listen, health = %config.health_addr, "api serving");
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        signal.cancel();
-    });
+    events::service::cancel_on_signal(shutdown.clone());
     let h = axum::serve(health, health_app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let m = serve(main, app(state.clone()), shutdown.clone());
     let (a, b) = tokio::join!(h.into_future(), m);
@@ -214,16 +197,4 @@ pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, shutdow
     // Open SSE streams end on the same shutdown signal; don't wait forever for stragglers.
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-            return;
-        }
-    }
-    let _ = ctrl_c.await;
 }

@@ -24,6 +24,8 @@ pub mod messages;
 pub mod names;
 pub mod results;
 pub mod sealing;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod signing;
 pub mod status;
 pub mod streams;

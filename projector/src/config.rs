@@ -3,14 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable.
-    Text,
-}
+pub use events::service::LogFormat;
 
 /// The projector: watches the cluster, publishes status events, keeps the read model and
 /// pushes status events to HTTP sinks.

@@ -21,55 +21,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LogFormat};
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => b.json().flatten_event(true).with_current_span(true).init(),
-        LogFormat::Text => b.init(),
-    }
-}
-
-async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {
-    let config = match &cfg.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
-
-fn shutdown_signal(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
-        cancel.cancel();
-    });
-}
+use crate::config::Config;
 
 /// Runs the projector until SIGTERM (exit 0) or a fatal error (exit 1).
 pub async fn run(cfg: Config) -> ExitCode {
-    init_logging(cfg.log_format);
+    events::service::init_logging(cfg.log_format);
     match run_inner(cfg).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -81,7 +37,7 @@ pub async fn run(cfg: Config) -> ExitCode {
 
 async fn run_inner(cfg: Config) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    shutdown_signal(cancel.clone());
+    events::service::cancel_on_signal(cancel.clone());
     let selector = model::ProjectSelector::parse(cfg.project_selector.as_deref().unwrap_or(""))
         .map_err(|e| anyhow::anyhow!("--project-selector: {e}"))?;
     let sinks = match &cfg.sinks_file {
@@ -95,7 +51,7 @@ async fn run_inner(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.health_addr))?;
 
-    let client = kube_client(&cfg).await.context("building the Kubernetes client")?;
+    let client = events::service::kube_client(cfg.kubeconfig.as_deref()).await.context("building the Kubernetes client")?;
     let nats = cfg
         .bus
         .connect_options("ambient-projector")

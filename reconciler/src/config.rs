@@ -4,16 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line, with span fields (command id, project, session).
-    Json,
-    /// Human-readable.
-    Text,
-}
+pub use events::service::LogFormat;
 
 /// The reconciler: applies commands from JetStream to the cluster exactly once and runs the
 /// session, namespace and group-access controllers.

@@ -23,38 +23,13 @@ use events::streams::{bootstrap_consumers, bootstrap_streams};
 
 use crate::config::Config;
 
-async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {
-    let config = match &cfg.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
-
-fn shutdown_signal(stop: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            }
-        }
-        tracing::info!("shutting down");
-        stop.cancel();
-    });
-}
-
 /// Runs the reconciler until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    telemetry::init_logging(cfg.log_format);
+    events::service::init_logging(cfg.log_format);
     let metrics = telemetry::init_metrics()?;
     let ready = telemetry::Readiness::default();
     let stop = CancellationToken::new();
-    shutdown_signal(stop.clone());
+    events::service::cancel_on_signal(stop.clone());
     let health = tokio::spawn(telemetry::serve_health(cfg.health_addr, metrics, ready.clone(), stop.clone().cancelled_owned()));
 
     let verifier = CommandVerifier::from_pem(
@@ -64,7 +39,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let sealing = SealingSecretKey::from_base64(
         &std::fs::read_to_string(&cfg.sealing_key_file).with_context(|| format!("reading {}", cfg.sealing_key_file.display()))?,
     )?;
-    let client = kube_client(&cfg).await?;
+    let client = events::service::kube_client(cfg.kubeconfig.as_deref()).await?;
     let nats = cfg
         .bus
         .connect_options("ambient-reconciler")

@@ -8,19 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
-
-/// Installs the global tracing subscriber.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
 
 /// Installs the Prometheus recorder.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
