@@ -10,6 +10,7 @@ pub mod controllers;
 pub mod error;
 pub mod labels;
 pub mod ledger;
+pub mod namespaces;
 pub mod telemetry;
 
 use std::time::Duration;
@@ -53,11 +54,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     bootstrap_consumers(&js, &bus).await?;
 
     let resync = Duration::from_secs(cfg.resync_seconds.max(5));
+    let projects = namespaces::Projects::start(client.clone(), stop.clone());
     let applier = apply::Applier {
         client: client.clone(),
         policy: authz::SelfProvision { group: cfg.self_provisioner_group.clone(), quota: cfg.project_quota },
         sealing,
         key_token_seconds: cfg.key_token_seconds,
+        projects: projects.clone(),
     };
     let settings = consumer::Settings {
         bus,
@@ -71,6 +74,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         runner_image: cfg.runner_image.clone(),
         backend_api_url: cfg.backend_api_url.clone(),
         resync,
+        projects,
     };
     let concurrency = u16::try_from(cfg.concurrency).unwrap_or(u16::MAX);
     let tasks = vec![

@@ -34,6 +34,7 @@ use super::{ControllerError, ERROR_REQUEUE};
 use crate::apply::is_managed;
 use crate::apply::session::delete_job_and_pods;
 use crate::labels;
+use crate::namespaces::Projects;
 
 /// Shared state of the session controller.
 pub struct Ctx {
@@ -45,6 +46,8 @@ pub struct Ctx {
     pub backend_api_url: String,
     /// Periodic resync of finished sessions.
     pub resync: Duration,
+    /// Managed namespaces, cached (a reconcile pass skips its namespace GET).
+    pub projects: Projects,
 }
 
 /// Now, as a Kubernetes `Time`.
@@ -335,9 +338,11 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
     let client = &ctx.client;
     let api = Api::<AgenticSession>::namespaced(client.clone(), &ns);
     // Sessions outside projects are not ours.
-    match Api::<Namespace>::all(client.clone()).get_opt(&ns).await? {
-        Some(n) if is_managed(&n) => {}
-        _ => return Ok(Action::await_change()),
+    if !ctx.projects.known_managed(&ns) {
+        match Api::<Namespace>::all(client.clone()).get_opt(&ns).await? {
+            Some(n) if is_managed(&n) => {}
+            _ => return Ok(Action::await_change()),
+        }
     }
     let Some(cur) = Observed::of(&s) else {
         let run = s.status.as_ref().and_then(|st| st.run).unwrap_or(1);
