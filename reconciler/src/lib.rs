@@ -54,7 +54,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     bootstrap_consumers(&js, &bus).await?;
 
     let resync = Duration::from_secs(cfg.resync_seconds.max(5));
-    let projects = namespaces::Projects::start(client.clone(), stop.clone());
+    let (namespace_store, project_controllers) = controllers::project::start(client.clone(), resync, stop.clone());
+    let projects = namespaces::Projects::new(namespace_store, client.clone());
     let applier = apply::Applier {
         client: client.clone(),
         policy: authz::SelfProvision { group: cfg.self_provisioner_group.clone(), quota: cfg.project_quota },
@@ -80,7 +81,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let tasks = vec![
         tokio::spawn(consumer.run()),
         tokio::spawn(controllers::session::run(sessions, concurrency, stop.clone())),
-        tokio::spawn(controllers::project::run(client, resync, stop.clone())),
+        tokio::spawn(project_controllers),
     ];
     ready.set(true);
     tracing::info!("reconciler running");

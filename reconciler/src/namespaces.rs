@@ -1,46 +1,51 @@
-//! The managed namespaces (projects), from a metadata watch.
+//! The managed namespaces (projects), as the namespace controller's watch already holds them.
 //!
 //! Every session create and every session reconcile must know that its namespace is a managed
-//! project. Asking the API server each time was one GET per command and per reconcile pass; this
-//! cache answers the common case. It only ever says "yes": a namespace it does not hold (not
-//! listed yet, just created) is still looked up, so its staleness can only be a namespace that
-//! lost its label or was deleted milliseconds ago, and the write that follows fails then anyway.
+//! project. Asking the API server each time was one GET per command and per reconcile pass; the
+//! namespace controller's store answers the common case without a second watch. The store only
+//! ever says "yes": a namespace it does not hold (not listed yet, just created) is still looked
+//! up, so its staleness can only be a namespace that lost its label or was deleted milliseconds
+//! ago, and the write that follows fails then anyway.
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::Api;
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
-use tokio_util::sync::CancellationToken;
+use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::labels;
+use events::ProjectName;
 
-/// Managed namespaces by name.
+use crate::apply::{is_managed, managed_namespace};
+use crate::error::ApplyError;
+
+/// Managed namespaces by name, with a lookup for those the store does not hold.
 #[derive(Clone)]
 pub struct Projects {
-    store: Store<PartialObjectMeta<Namespace>>,
+    store: Store<Namespace>,
+    client: kube::Client,
 }
 
 impl Projects {
-    /// Starts the watch; it stops on `stop`.
-    pub fn start(client: kube::Client, stop: CancellationToken) -> Self {
-        let (store, writer) = reflector::store();
-        let managed = watcher::Config::default().labels(&format!("{}=true", labels::MANAGED));
-        let stream = watcher(Api::<PartialObjectMeta<Namespace>>::all(client), managed).default_backoff().reflect(writer);
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream.take_until(stop.cancelled_owned()));
-            while let Some(ev) = stream.next().await {
-                if let Err(e) = ev {
-                    tracing::warn!(error = %e, "namespace watch error; retrying");
-                }
-            }
-        });
-        Self { store }
+    /// Over the namespace controller's store (see `controllers::project::start`).
+    pub fn new(store: Store<Namespace>, client: kube::Client) -> Self {
+        Self { store, client }
     }
 
-    /// True when the cache holds `name` as a managed namespace (false: look it up).
-    pub fn known_managed(&self, name: &str) -> bool {
-        self.store.get(&ObjectRef::new(name)).is_some_and(|ns| ns.metadata.deletion_timestamp.is_none())
+    fn cached(&self, name: &str) -> bool {
+        self.store.get(&ObjectRef::new(name)).is_some_and(|ns| is_managed(&ns) && ns.metadata.deletion_timestamp.is_none())
+    }
+
+    /// Fails with "project not found" unless `project` is a managed namespace.
+    pub async fn require(&self, project: &ProjectName) -> Result<(), ApplyError> {
+        if !self.cached(project.as_str()) {
+            managed_namespace(&self.client, project).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the namespace `name` is a managed project.
+    pub async fn is_managed(&self, name: &str) -> Result<bool, kube::Error> {
+        if self.cached(name) {
+            return Ok(true);
+        }
+        let ns = kube::Api::<Namespace>::all(self.client.clone()).get_opt(name).await?;
+        Ok(ns.is_some_and(|n| is_managed(&n)))
     }
 }

@@ -101,17 +101,12 @@ impl Applier {
     pub async fn apply(&self, cmd: &Command, delivery: Delivery) -> Result<Applied, ApplyError> {
         let c = &self.client;
         if let CommandBody::SessionCreate(r) = &cmd.body {
-            // The hottest command: its project is usually known from the cache.
-            if self.projects.known_managed(cmd.project.as_str()) {
-                authz::authorize(c, cmd, &self.policy).await?;
-            } else {
-                // Check the principal and the project in parallel (one round trip less); a
-                // refusal still wins over a missing project.
-                let (allowed, project) =
-                    tokio::join!(authz::authorize(c, cmd, &self.policy), managed_namespace(c, &cmd.project));
-                allowed?;
-                project?;
-            }
+            // The hottest command: check the principal and the project in parallel (the project
+            // is usually known from the namespace cache); a refusal still wins over a missing
+            // project.
+            let (allowed, project) = tokio::join!(authz::authorize(c, cmd, &self.policy), self.projects.require(&cmd.project));
+            allowed?;
+            project?;
             return session::create_in_project(c, cmd, r).await;
         }
         authz::authorize(c, cmd, &self.policy).await?;

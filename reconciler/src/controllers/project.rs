@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
@@ -60,11 +60,15 @@ fn error_policy<K>(_: Arc<K>, e: &ControllerError, _: Arc<Ctx>) -> Action {
     Action::requeue(ERROR_REQUEUE)
 }
 
-/// Runs both project controllers until `stop` is cancelled.
-pub async fn run(client: kube::Client, resync: Duration, stop: CancellationToken) {
+/// Builds both project controllers: the namespace controller's store of managed namespaces
+/// (shared with the rest of the reconciler, see `namespaces::Projects`) and a future that runs
+/// them until `stop` is cancelled.
+pub fn start(client: kube::Client, resync: Duration, stop: CancellationToken) -> (Store<Namespace>, impl Future<Output = ()>) {
     let ctx = Arc::new(Ctx { client: client.clone(), resync });
     let managed = watcher::Config::default().labels(&format!("{}=true", labels::MANAGED));
-    let namespaces = Controller::new(Api::<Namespace>::all(client.clone()), managed)
+    let controller = Controller::new(Api::<Namespace>::all(client.clone()), managed);
+    let store = controller.store();
+    let namespaces = controller
         .watches(Api::<ProjectSettings>::all(client.clone()), watcher::Config::default(), |ps| {
             ps.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns))
         })
@@ -85,5 +89,7 @@ pub async fn run(client: kube::Client, resync: Duration, stop: CancellationToken
                 tracing::debug!(error = %e, "projectsettings controller");
             }
         });
-    tokio::join!(namespaces, settings);
+    (store, async move {
+        tokio::join!(namespaces, settings);
+    })
 }

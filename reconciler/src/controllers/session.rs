@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, Namespace, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, SecretEnvSource,
+    Container, EnvFromSource, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, SecretEnvSource,
     ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -31,7 +31,6 @@ use events::crd::{AgenticSession, GROUP, PROJECT_SETTINGS_NAME, ProjectSettings}
 use events::Phase;
 
 use super::{ControllerError, ERROR_REQUEUE};
-use crate::apply::is_managed;
 use crate::apply::session::delete_job_and_pods;
 use crate::labels;
 use crate::namespaces::Projects;
@@ -338,11 +337,8 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
     let client = &ctx.client;
     let api = Api::<AgenticSession>::namespaced(client.clone(), &ns);
     // Sessions outside projects are not ours.
-    if !ctx.projects.known_managed(&ns) {
-        match Api::<Namespace>::all(client.clone()).get_opt(&ns).await? {
-            Some(n) if is_managed(&n) => {}
-            _ => return Ok(Action::await_change()),
-        }
+    if !ctx.projects.is_managed(&ns).await? {
+        return Ok(Action::await_change());
     }
     let Some(cur) = Observed::of(&s) else {
         let run = s.status.as_ref().and_then(|st| st.run).unwrap_or(1);
