@@ -308,3 +308,19 @@ mod tests {
         assert!(ps.contains("self.metadata.name == 'projectsettings'"));
     }
 }
+
+/// How the reconciler runs a session, as far as watchers of its Jobs and pods (the projector)
+/// rely on it: one definition for the writer and its readers.
+pub mod runner {
+    /// Label on a session's Job and pods: the session's name.
+    pub const SESSION_LABEL: &str = "agentic-session";
+    /// Label on a session's Job and pods: the run number they belong to.
+    pub const RUN_LABEL: &str = "ambient-code.io/run";
+    /// Name of the runner container in the Job's pod.
+    pub const CONTAINER: &str = "ambient-code-runner";
+
+    /// The Job of session `session`: `<session>-job`.
+    pub fn job_name(session: &str) -> String {
+        format!("{session}-job")
+    }
+}

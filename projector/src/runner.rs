@@ -18,18 +18,7 @@ use serde::Deserialize;
 
 use crate::model::{Meta, meta_of, to_chrono};
 
-/// Label on a session's Job and pods naming the session (`reconciler/src/labels.rs`); the
-/// watches select on it, so only runner Jobs and pods are listed.
-pub const SESSION_LABEL: &str = "agentic-session";
-/// Label on a session's Job and pods: the run it belongs to.
-pub const RUN_LABEL: &str = "ambient-code.io/run";
-/// The runner container's name (the first container is used if none has it).
-pub const RUNNER_CONTAINER: &str = "ambient-code-runner";
-
-/// The Job of session `session` (the reconciler's naming).
-pub fn job_name(session: &str) -> String {
-    format!("{session}-job")
-}
+pub use events::crd::runner::{CONTAINER as RUNNER_CONTAINER, RUN_LABEL, SESSION_LABEL, job_name};
 
 macro_rules! narrow_resource {
     ($ty:ident, $api_version:literal, $group:literal, $kind:literal, $plural:literal) => {

@@ -50,10 +50,7 @@ pub const KEY_CREATED_AT: &str = "ambient-code.io/created-at";
 /// The ServiceAccount an access-key RoleBinding belongs to.
 pub const SA_NAME: &str = "ambient-code.io/sa-name";
 
-/// Label on a session's Job and pods: the session.
-pub const SESSION_LABEL: &str = "agentic-session";
-/// Label on a session's Job: the run number it belongs to.
-pub const RUN_LABEL: &str = "ambient-code.io/run";
+pub use events::crd::runner::{RUN_LABEL, SESSION_LABEL, job_name};
 
 /// The creator's admin RoleBinding: `ambient-admin-<subject suffix>`.
 pub fn creator_binding(user: &SubjectName) -> String {
@@ -75,11 +72,6 @@ pub fn group_binding(role: Role, group: &SubjectName) -> String {
 /// The ServiceAccount (and key id) of an access key.
 pub fn key_service_account(name: &events::KeyName) -> String {
     format!("ambient-key-{name}")
-}
-
-/// The Job of a session.
-pub fn job_name(session: &str) -> String {
-    format!("{session}-job")
 }
 
 /// The runner identity (ServiceAccount, Role, RoleBinding) of a session.

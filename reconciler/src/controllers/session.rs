@@ -291,7 +291,7 @@ fn build_job(ctx: &Ctx, s: &AgenticSession, ns: &str, run: i64, sa: &str, secret
                     automount_service_account_token: Some(true),
                     priority_class_name: s.spec.resource_overrides.as_ref().and_then(|r| r.priority_class.clone()),
                     containers: vec![Container {
-                        name: "ambient-code-runner".into(),
+                        name: events::crd::runner::CONTAINER.into(),
                         image: Some(ctx.runner_image.clone()),
                         env: Some(runner_env(s, ns, &ctx.backend_api_url)),
                         env_from: Some(vec![EnvFromSource {
