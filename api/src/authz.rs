@@ -31,6 +31,22 @@ struct Key {
     name: Option<String>,
 }
 
+impl Key {
+    fn new(who: &Principal, check: &ResourceCheck) -> Self {
+        Key {
+            user: who.user.clone(),
+            uid: who.uid.clone(),
+            groups: who.groups.clone(),
+            namespace: check.namespace.clone(),
+            verb: check.verb,
+            group: check.group,
+            resource: check.resource,
+            subresource: check.subresource,
+            name: check.name.clone(),
+        }
+    }
+}
+
 /// SubjectAccessReviews with a short cache.
 pub struct Authorizer {
     client: kube::Client,
@@ -46,37 +62,52 @@ impl Authorizer {
 
     /// Whether `who` may do `check`.
     pub async fn allowed(&self, who: &Principal, check: &ResourceCheck) -> Result<bool, AuthzError> {
-        let key = Key {
-            user: who.user.clone(),
-            uid: who.uid.clone(),
-            groups: who.groups.clone(),
-            namespace: check.namespace.clone(),
-            verb: check.verb,
-            group: check.group,
-            resource: check.resource,
-            subresource: check.subresource,
-            name: check.name.clone(),
-        };
+        let key = Key::new(who, check);
         if let Ok(c) = self.cache.lock()
             && let Some((at, v)) = c.get(&key)
             && at.elapsed() < self.ttl
         {
             return Ok(*v);
         }
+        let allowed = self.review(who, check).await?;
+        self.remember(key, allowed);
+        Ok(allowed)
+    }
+
+    /// Waits up to `within` for the API server to allow `check`, asking it each time rather than
+    /// the cache; whether it did. Used right after our own write granted the access: the API
+    /// server's authorizer follows RoleBindings through its own watch, so it may refuse for a
+    /// moment after they exist, and the caller must not see that moment.
+    pub async fn wait_allowed(&self, who: &Principal, check: &ResourceCheck, within: Duration) -> Result<bool, AuthzError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let allowed = self.review(who, check).await?;
+            if allowed || tokio::time::Instant::now() >= deadline {
+                self.remember(Key::new(who, check), allowed);
+                return Ok(allowed);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn review(&self, who: &Principal, check: &ResourceCheck) -> Result<bool, AuthzError> {
         let sar = check.review_for(who);
         let res = Api::<SubjectAccessReview>::all(self.client.clone())
             .create(&PostParams::default(), &sar)
             .await
             .map_err(|e| AuthzError(e.to_string()))?;
         let allowed = events::access::is_allowed(res.status.as_ref());
+        metrics::counter!("ambient_api_access_reviews_total", "allowed" => allowed.to_string()).increment(1);
+        Ok(allowed)
+    }
+
+    fn remember(&self, key: Key, allowed: bool) {
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= MAX_CACHE {
                 c.clear();
             }
             c.insert(key, (Instant::now(), allowed));
         }
-        metrics::counter!("ambient_api_access_reviews_total", "allowed" => allowed.to_string()).increment(1);
-        Ok(allowed)
     }
 
     /// Whether every check is allowed (evaluated concurrently).

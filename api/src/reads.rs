@@ -128,7 +128,7 @@ impl Reads {
             rolebindings: spawn_reflector(Api::all(client.clone()), rbs, shutdown.clone(), changed.clone(), None),
             serviceaccounts: spawn_reflector(Api::all(client.clone()), sas, shutdown.clone(), changed.clone(), None),
             settings: spawn_reflector(Api::all(client.clone()), watcher::Config::default(), shutdown.clone(), changed.clone(), None),
-            visibility: Visibility::start(client, project_list_prefilter, shutdown),
+            visibility: Visibility::start(client, project_list_prefilter, changed.clone(), shutdown),
             changed,
             key_usage,
             ready: std::sync::atomic::AtomicBool::new(false),

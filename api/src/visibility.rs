@@ -69,12 +69,14 @@ pub struct Visibility {
     bindings: RwLock<Bindings>,
     ready: AtomicBool,
     enabled: bool,
+    /// Bumped on every change, like the read caches, so `Reads::wait_until` wakes on it too.
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Visibility {
     /// Starts watching RoleBindings (when `enabled`); stops on `shutdown`.
-    pub fn start(client: kube::Client, enabled: bool, shutdown: CancellationToken) -> Arc<Self> {
-        let this = Arc::new(Self { bindings: RwLock::new(HashMap::new()), ready: AtomicBool::new(false), enabled });
+    pub fn start(client: kube::Client, enabled: bool, changed: Arc<tokio::sync::watch::Sender<u64>>, shutdown: CancellationToken) -> Arc<Self> {
+        let this = Arc::new(Self::empty(enabled, false, changed));
         if enabled {
             tokio::spawn(this.clone().watch(Api::all(client), shutdown));
         }
@@ -115,12 +117,27 @@ impl Visibility {
                 }
                 Err(e) => tracing::warn!(error = %e, "rolebinding watch error; retrying"),
             }
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    fn empty(enabled: bool, ready: bool, changed: Arc<tokio::sync::watch::Sender<u64>>) -> Self {
+        Self { bindings: RwLock::new(HashMap::new()), ready: AtomicBool::new(ready), enabled, changed }
     }
 
     /// Whether the index is on and has its first full list.
     pub fn ready(&self) -> bool {
         !self.enabled || self.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether `namespace` is a candidate for `who` (always, when the index cannot tell).
+    pub fn is_candidate(&self, who: &Principal, namespace: &str) -> bool {
+        if !self.enabled || !self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        self.bindings
+            .read()
+            .is_ok_and(|b| b.iter().any(|((ns, _), subjects)| ns == namespace && subjects.iter().any(|s| s.names(who))))
     }
 
     /// The namespaces with a RoleBinding naming `who`; `None` when the index cannot tell (off,
@@ -158,7 +175,7 @@ mod tests {
     }
 
     fn index(rbs: &[RoleBinding]) -> Visibility {
-        let v = Visibility { bindings: RwLock::new(HashMap::new()), ready: AtomicBool::new(true), enabled: true };
+        let v = Visibility::empty(true, true, Arc::default());
         if let Ok(mut b) = v.bindings.write() {
             for r in rbs {
                 let (k, s) = reduce(r);
@@ -193,6 +210,8 @@ mod tests {
         assert_eq!(sorted(v.candidates(&who("system:serviceaccount:p3:bot", &["system:authenticated"]))), ["p3", "p5"]);
         assert_eq!(sorted(v.candidates(&who("system:serviceaccount:p4:bot", &[]))), ["p4"]);
         assert_eq!(sorted(v.candidates(&who("carol", &[]))), Vec::<String>::new());
+        assert!(v.is_candidate(&who("alice", &[]), "p1"));
+        assert!(!v.is_candidate(&who("alice", &[]), "p6"));
     }
 
     #[test]
@@ -203,9 +222,10 @@ mod tests {
 
     #[test]
     fn an_index_that_cannot_tell_says_so() {
-        let v = Visibility { bindings: RwLock::new(HashMap::new()), ready: AtomicBool::new(false), enabled: true };
+        let v = Visibility::empty(true, false, Arc::default());
         assert_eq!(v.candidates(&who("alice", &[])), None, "not listed yet");
-        let off = Visibility { bindings: RwLock::new(HashMap::new()), ready: AtomicBool::new(true), enabled: false };
+        let off = Visibility::empty(false, true, Arc::default());
         assert_eq!(off.candidates(&who("alice", &[])), None, "turned off");
+        assert!(v.is_candidate(&who("alice", &[]), "p1") && off.is_candidate(&who("alice", &[]), "p1"), "then every project is");
     }
 }

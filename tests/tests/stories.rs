@@ -40,6 +40,10 @@ async fn create_project(c: &Client, who: &str, prefix: &str) -> String {
     let name = unique_name(prefix);
     let r = c.post("/api/projects", who, json!({"name": name, "displayName": format!("Story {prefix}")})).await;
     assert_eq!(r.status, StatusCode::CREATED, "creating {name}: {:?}", r.body);
+    // Read-your-writes: once created, the project is the creator's at once, with no retry.
+    assert_eq!(c.get(&format!("/api/projects/{name}"), who).await.status, StatusCode::OK, "the creator sees {name} right away");
+    let listed = c.get("/api/projects", who).await;
+    assert!(listed.body["items"].as_array().is_some_and(|i| i.iter().any(|p| p["name"] == name.as_str())), "the creator lists {name} right away");
     name
 }
 
