@@ -14,6 +14,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use sha2::{Digest, Sha256};
 
+use crate::cache::TtlCache;
 use crate::errors::ApiError;
 use crate::state::AppState;
 
@@ -35,66 +36,68 @@ enum Review {
     Rejected,
 }
 
-/// TokenReview with a short, bounded cache.
+/// TokenReview with a short, bounded cache (refreshed ahead while in use, see `cache`).
 pub struct Authenticator {
     client: kube::Client,
-    ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], (Instant, Review)>>,
+    cache: Arc<TtlCache<[u8; 32], Review>>,
 }
 
 impl Authenticator {
     /// A new authenticator using the api's own client (which needs `create tokenreviews`).
     pub fn new(client: kube::Client, ttl: Duration) -> Self {
-        Self { client, ttl, cache: Mutex::new(HashMap::new()) }
+        Self { client, cache: Arc::new(TtlCache::new(ttl, MAX_CACHE)) }
     }
 
     /// Reviews `token`; `Ok(None)` when the API server does not authenticate it.
     pub async fn review(&self, token: &str) -> Result<Option<Principal>, ApiError> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((at, r)) = self.cache.lock().map_err(poisoned)?.get(&hash).cloned()
-            && at.elapsed() < self.ttl
-        {
-            return Ok(match r {
-                Review::Authenticated(p) => Some(p),
-                Review::Rejected => None,
-            });
-        }
-        let tr = TokenReview {
-            spec: TokenReviewSpec { token: Some(token.to_string()), ..Default::default() },
-            ..Default::default()
-        };
-        let res = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &tr)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("token review failed: {}", redact_kube_error(&e))))?;
-        let status = res.status.unwrap_or_default();
-        let review = match (status.authenticated, status.user) {
-            (Some(true), Some(u)) => Review::Authenticated(Principal {
-                user: u.username.unwrap_or_default(),
-                uid: u.uid.unwrap_or_default(),
-                groups: u.groups.unwrap_or_default(),
-            }),
-            _ => Review::Rejected,
-        };
-        let mut cache = self.cache.lock().map_err(poisoned)?;
-        if cache.len() >= MAX_CACHE {
-            let ttl = self.ttl;
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-            if cache.len() >= MAX_CACHE {
-                cache.clear();
+        let review = match self.cache.get(&hash) {
+            Some(hit) => {
+                if hit.refresh {
+                    // The token stays in this task only until its review returns.
+                    let (client, cache, token) = (self.client.clone(), self.cache.clone(), token.to_string());
+                    tokio::spawn(async move {
+                        match token_review(&client, &token).await {
+                            Ok(r) => cache.insert(hash, r),
+                            Err(_) => cache.refresh_failed(&hash),
+                        }
+                    });
+                }
+                hit.value
             }
-        }
-        cache.insert(hash, (Instant::now(), review.clone()));
+            None => {
+                let r = token_review(&self.client, token).await?;
+                self.cache.insert(hash, r.clone());
+                r
+            }
+        };
         Ok(match review {
-            Review::Authenticated(p) if !p.user.is_empty() => Some(p),
-            _ => None,
+            Review::Authenticated(p) => Some(p),
+            Review::Rejected => None,
         })
     }
 }
 
-fn poisoned<T>(_: T) -> ApiError {
-    ApiError::Internal("cache lock poisoned".into())
+async fn token_review(client: &kube::Client, token: &str) -> Result<Review, ApiError> {
+    let tr = TokenReview {
+        spec: TokenReviewSpec { token: Some(token.to_string()), ..Default::default() },
+        ..Default::default()
+    };
+    let res = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &tr)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("token review failed: {}", redact_kube_error(&e))))?;
+    let status = res.status.unwrap_or_default();
+    Ok(match (status.authenticated, status.user) {
+        (Some(true), Some(u)) if u.username.as_deref().is_some_and(|n| !n.is_empty()) => Review::Authenticated(Principal {
+            user: u.username.unwrap_or_default(),
+            uid: u.uid.unwrap_or_default(),
+            groups: u.groups.unwrap_or_default(),
+        }),
+        _ => Review::Rejected,
+    })
 }
+
 
 /// A kube error without any request detail (the TokenReview body holds the token).
 fn redact_kube_error(e: &kube::Error) -> String {

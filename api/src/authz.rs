@@ -1,15 +1,16 @@
 //! Authorization: a SubjectAccessReview for the reviewed identity (user, uid, groups) on the
 //! resource and verb a route touches, cached for a short time (so a revoked role takes effect
-//! within that time plus the SAR's own latency).
+//! within that time plus the SAR's own latency) and refreshed ahead while in use (`cache`).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use events::Principal;
 use events::access::ResourceCheck;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use kube::api::{Api, PostParams};
+
+use crate::cache::TtlCache;
 
 const MAX_CACHE: usize = 200_000;
 
@@ -18,59 +19,37 @@ const MAX_CACHE: usize = 200_000;
 #[error("{0}")]
 pub struct AuthzError(String);
 
-#[derive(Hash, PartialEq, Eq, Clone)]
-struct Key {
-    user: String,
-    uid: String,
-    groups: Vec<String>,
-    namespace: String,
-    verb: &'static str,
-    group: &'static str,
-    resource: &'static str,
-    subresource: Option<&'static str>,
-    name: Option<String>,
-}
-
-impl Key {
-    fn new(who: &Principal, check: &ResourceCheck) -> Self {
-        Key {
-            user: who.user.clone(),
-            uid: who.uid.clone(),
-            groups: who.groups.clone(),
-            namespace: check.namespace.clone(),
-            verb: check.verb,
-            group: check.group,
-            resource: check.resource,
-            subresource: check.subresource,
-            name: check.name.clone(),
-        }
-    }
-}
+type Key = (Principal, ResourceCheck);
 
 /// SubjectAccessReviews with a short cache.
 pub struct Authorizer {
     client: kube::Client,
-    ttl: Duration,
-    cache: Mutex<HashMap<Key, (Instant, bool)>>,
+    cache: Arc<TtlCache<Key, bool>>,
 }
 
 impl Authorizer {
     /// A new authorizer using the api's client (which needs `create subjectaccessreviews`).
     pub fn new(client: kube::Client, ttl: Duration) -> Self {
-        Self { client, ttl, cache: Mutex::new(HashMap::new()) }
+        Self { client, cache: Arc::new(TtlCache::new(ttl, MAX_CACHE)) }
     }
 
     /// Whether `who` may do `check`.
     pub async fn allowed(&self, who: &Principal, check: &ResourceCheck) -> Result<bool, AuthzError> {
-        let key = Key::new(who, check);
-        if let Ok(c) = self.cache.lock()
-            && let Some((at, v)) = c.get(&key)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(*v);
+        let key = (who.clone(), check.clone());
+        if let Some(hit) = self.cache.get(&key) {
+            if hit.refresh {
+                let (client, cache) = (self.client.clone(), self.cache.clone());
+                tokio::spawn(async move {
+                    match review(&client, &key.0, &key.1).await {
+                        Ok(allowed) => cache.insert(key, allowed),
+                        Err(_) => cache.refresh_failed(&key),
+                    }
+                });
+            }
+            return Ok(hit.value);
         }
-        let allowed = self.review(who, check).await?;
-        self.remember(key, allowed);
+        let allowed = review(&self.client, who, check).await?;
+        self.cache.insert(key, allowed);
         Ok(allowed)
     }
 
@@ -81,32 +60,12 @@ impl Authorizer {
     pub async fn wait_allowed(&self, who: &Principal, check: &ResourceCheck, within: Duration) -> Result<bool, AuthzError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let allowed = self.review(who, check).await?;
+            let allowed = review(&self.client, who, check).await?;
             if allowed || tokio::time::Instant::now() >= deadline {
-                self.remember(Key::new(who, check), allowed);
+                self.cache.insert((who.clone(), check.clone()), allowed);
                 return Ok(allowed);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn review(&self, who: &Principal, check: &ResourceCheck) -> Result<bool, AuthzError> {
-        let sar = check.review_for(who);
-        let res = Api::<SubjectAccessReview>::all(self.client.clone())
-            .create(&PostParams::default(), &sar)
-            .await
-            .map_err(|e| AuthzError(e.to_string()))?;
-        let allowed = events::access::is_allowed(res.status.as_ref());
-        metrics::counter!("ambient_api_access_reviews_total", "allowed" => allowed.to_string()).increment(1);
-        Ok(allowed)
-    }
-
-    fn remember(&self, key: Key, allowed: bool) {
-        if let Ok(mut c) = self.cache.lock() {
-            if c.len() >= MAX_CACHE {
-                c.clear();
-            }
-            c.insert(key, (Instant::now(), allowed));
         }
     }
 
@@ -115,6 +74,16 @@ impl Authorizer {
         let res = futures::future::try_join_all(checks.iter().map(|c| self.allowed(who, c))).await?;
         Ok(res.into_iter().all(|a| a))
     }
+}
+
+async fn review(client: &kube::Client, who: &Principal, check: &ResourceCheck) -> Result<bool, AuthzError> {
+    let res = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &check.review_for(who))
+        .await
+        .map_err(|e| AuthzError(e.to_string()))?;
+    let allowed = events::access::is_allowed(res.status.as_ref());
+    metrics::counter!("ambient_api_access_reviews_total", "allowed" => allowed.to_string()).increment(1);
+    Ok(allowed)
 }
 
 /// A check in `namespace` on one of our resources.

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod authz;
+pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod errors;

@@ -11,7 +11,7 @@ use crate::crd::{GROUP, PROJECT_SETTINGS_NAME};
 use crate::domain::Principal;
 
 /// One SubjectAccessReview's resource attributes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ResourceCheck {
     /// Namespace (project) the check is made in.
     pub namespace: String,

@@ -150,7 +150,7 @@ impl fmt::Display for Phase {
 
 /// The identity a request was made by, exactly as the API server's TokenReview resolved it.
 /// Commands carry it so that the reconciler can re-authorize them at apply time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Principal {
     /// The user name (`alice`, `system:serviceaccount:<ns>:<sa>`).
@@ -164,6 +164,16 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The identity Kubernetes authenticates a token of ServiceAccount `name` in `namespace` as:
+    /// its user name and the groups every ServiceAccount token carries.
+    pub fn of_service_account(namespace: &str, name: &str) -> Self {
+        Principal {
+            user: format!("system:serviceaccount:{namespace}:{name}"),
+            uid: String::new(),
+            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{namespace}"), "system:authenticated".into()],
+        }
+    }
+
     /// When the principal is a ServiceAccount, its namespace and name.
     pub fn service_account(&self) -> Option<(&str, &str)> {
         let rest = self.user.strip_prefix("system:serviceaccount:")?;
@@ -188,6 +198,9 @@ mod tests {
 
     #[test]
     fn service_account_principal() {
+        let p = Principal::of_service_account("p1", "ambient-key-ci");
+        assert_eq!(p.service_account(), Some(("p1", "ambient-key-ci")));
+        assert!(p.groups.contains(&"system:serviceaccounts:p1".to_string()));
         let p = Principal { user: "system:serviceaccount:ns1:runner".into(), uid: String::new(), groups: vec![] };
         assert_eq!(p.service_account(), Some(("ns1", "runner")));
         let u = Principal { user: "alice".into(), uid: String::new(), groups: vec![] };

@@ -70,7 +70,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         retry_for: Duration::from_secs(cfg.retry_for_seconds),
     };
     let consumer = consumer::Consumer::new(js, applier, verifier, settings, stop.clone());
-    let sessions = controllers::session::Ctx {
+    let sessions = controllers::session::Config {
         client: client.clone(),
         runner_image: cfg.runner_image.clone(),
         backend_api_url: cfg.backend_api_url.clone(),

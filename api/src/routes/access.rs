@@ -7,12 +7,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use events::commands::{KeyCreate, KeyRevoke, PermissionGrant, PermissionRevoke};
 use events::sealing::SealingSecretKey;
-use events::{CommandBody, KeyName, ProjectName, Role, SubjectName, SubjectType};
+use events::{CommandBody, KeyName, Principal, ProjectName, Role, SubjectName, SubjectType};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
-use crate::authz::{RBAC, check};
+use crate::authz::{RBAC, check, project_visible};
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
 use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
@@ -200,7 +200,15 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { resource, token, replayed } => {
             let id = resource.name.clone();
-            st.reads.wait_until(READ_YOUR_WRITES, || st.reads.keys_of_sync(&p, &id)).await;
+            // The token works on its first use: the API server's RBAC already sees the key's binding.
+            let (key, visible) = (Principal::of_service_account(&p, &id), project_visible(&p));
+            let (_, allowed) = tokio::join!(
+                st.reads.wait_until(READ_YOUR_WRITES, || st.reads.keys_of_sync(&p, &id)),
+                st.authz.wait_allowed(&key, &visible, READ_YOUR_WRITES),
+            );
+            if let Err(e) = allowed {
+                tracing::warn!(project = %p, key = %id, error = %e, "could not confirm the new key's access");
+            }
             let mut body = json!({"id": id, "name": name.as_str(), "description": req.description.unwrap_or_default(),
                 "role": role.as_str(), "lastUsedAt": ""});
             match token {

@@ -17,6 +17,9 @@ pub enum ControllerError {
     /// A shared apply helper failed.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// A watch cache was shut down (the reconciler is stopping).
+    #[error("a watch cache closed")]
+    CacheClosed,
 }
 
 /// Delay before a failed reconcile is retried.

@@ -14,15 +14,16 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, SecretEnvSource,
-    ServiceAccount,
+    Container, EnvFromSource, EnvVar, Pod, PodSpec, PodStatus, PodTemplateSpec, ResourceRequirements,
+    SecretEnvSource, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -35,8 +36,8 @@ use crate::apply::session::delete_job_and_pods;
 use crate::labels;
 use crate::namespaces::Projects;
 
-/// Shared state of the session controller.
-pub struct Ctx {
+/// What the session controller is configured with.
+pub struct Config {
     /// Cluster client.
     pub client: kube::Client,
     /// Runner image.
@@ -47,6 +48,39 @@ pub struct Ctx {
     pub resync: Duration,
     /// Managed namespaces, cached (a reconcile pass skips its namespace GET).
     pub projects: Projects,
+}
+
+/// Shared state of a reconcile pass: the configuration and the runner Jobs and pods as the
+/// controller's own watches hold them, so that a pass reads nothing from the API server.
+struct Ctx {
+    cfg: Config,
+    jobs: Store<Job>,
+    pods: Store<Pod>,
+}
+
+impl Ctx {
+    /// Waits for both caches' first full list: before it, a missing Job would look deleted.
+    async fn caches_ready(&self) -> Result<(), ControllerError> {
+        let (jobs, pods) = tokio::join!(self.jobs.wait_until_ready(), self.pods.wait_until_ready());
+        jobs.and(pods).map_err(|_| ControllerError::CacheClosed)
+    }
+
+    fn job(&self, ns: &str, session: &str) -> Option<Arc<Job>> {
+        self.jobs.get(&ObjectRef::new(&labels::job_name(session)).within(ns))
+    }
+
+    /// Whether a pod of run `run` of the session is running.
+    fn runner_running(&self, ns: &str, session: &str, run: i64) -> bool {
+        let run = run.to_string();
+        self.pods
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && p.labels().get(labels::SESSION_LABEL).map(String::as_str) == Some(session)
+                    && p.labels().get(labels::RUN_LABEL) == Some(&run)
+                    && p.status.as_ref().and_then(|st| st.phase.as_deref()) == Some("Running")
+            })
+            .is_some()
+    }
 }
 
 /// Now, as a Kubernetes `Time`.
@@ -254,7 +288,7 @@ fn runner_env(s: &AgenticSession, ns: &str, backend: &str) -> Vec<EnvVar> {
     out
 }
 
-fn build_job(ctx: &Ctx, s: &AgenticSession, ns: &str, run: i64, sa: &str, secret: &str) -> Job {
+fn build_job(cfg: &Config, s: &AgenticSession, ns: &str, run: i64, sa: &str, secret: &str) -> Job {
     let session = s.name_any();
     let job_labels: BTreeMap<String, String> = crate::apply::string_map([
         (labels::SESSION_LABEL, session.as_str()),
@@ -292,8 +326,8 @@ fn build_job(ctx: &Ctx, s: &AgenticSession, ns: &str, run: i64, sa: &str, secret
                     priority_class_name: s.spec.resource_overrides.as_ref().and_then(|r| r.priority_class.clone()),
                     containers: vec![Container {
                         name: events::crd::runner::CONTAINER.into(),
-                        image: Some(ctx.runner_image.clone()),
-                        env: Some(runner_env(s, ns, &ctx.backend_api_url)),
+                        image: Some(cfg.runner_image.clone()),
+                        env: Some(runner_env(s, ns, &cfg.backend_api_url)),
                         env_from: Some(vec![EnvFromSource {
                             secret_ref: Some(SecretEnvSource { name: secret.into(), optional: Some(true) }),
                             ..Default::default()
@@ -334,12 +368,14 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
     if s.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let client = &ctx.client;
+    let client = &ctx.cfg.client;
+    let resync = ctx.cfg.resync;
     let api = Api::<AgenticSession>::namespaced(client.clone(), &ns);
     // Sessions outside projects are not ours.
-    if !ctx.projects.is_managed(&ns).await? {
+    if !ctx.cfg.projects.is_managed(&ns).await? {
         return Ok(Action::await_change());
     }
+    ctx.caches_ready().await?;
     let Some(cur) = Observed::of(&s) else {
         let run = s.status.as_ref().and_then(|st| st.run).unwrap_or(1);
         let first = Observed {
@@ -354,20 +390,27 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
         write_status(&api, &s, &first).await?;
         return Ok(Action::requeue(Duration::from_millis(200)));
     };
-    let jobs = Api::<Job>::namespaced(client.clone(), &ns);
     let job_name = labels::job_name(&name);
-    let job = jobs.get_opt(&job_name).await?;
+    let job = match ctx.job(&ns, &name) {
+        Some(j) => Some(j),
+        // The Job watch may not show a Job created a moment ago yet: ask before creating it
+        // again or calling it gone.
+        None if matches!(cur.phase, Phase::Creating | Phase::Running) => {
+            Api::<Job>::namespaced(client.clone(), &ns).get_opt(&job_name).await?.map(Arc::new)
+        }
+        None => None,
+    };
     match cur.phase {
         Phase::Stopped => {
             if job.is_some() {
                 delete_job_and_pods(client, &ns, &name).await?;
             }
             write_status(&api, &s, &cur).await?;
-            return Ok(Action::requeue(ctx.resync));
+            return Ok(Action::requeue(resync));
         }
         Phase::Completed | Phase::Failed | Phase::Error => {
             write_status(&api, &s, &cur).await?;
-            return Ok(Action::requeue(ctx.resync));
+            return Ok(Action::requeue(resync));
         }
         Phase::Pending | Phase::Creating | Phase::Running => {}
     }
@@ -384,7 +427,7 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
     let Some(job) = job else {
         if cur.phase == Phase::Running {
             write_status(&api, &s, &cur.with(Phase::Failed, Some("JobMissing"), "the runner Job disappeared")).await?;
-            return Ok(Action::requeue(ctx.resync));
+            return Ok(Action::requeue(resync));
         }
         let secret = Api::<ProjectSettings>::namespaced(client.clone(), &ns)
             .get_opt(PROJECT_SETTINGS_NAME)
@@ -392,30 +435,31 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             .and_then(|ps| ps.spec.runner_secrets_name);
         if let Err(msg) = validate(&s, &secret) {
             write_status(&api, &s, &cur.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
-            return Ok(Action::requeue(ctx.resync));
+            return Ok(Action::requeue(resync));
         }
         let creating = Observed { job_name: Some(job_name.clone()), ..cur.with(Phase::Creating, None, "creating the runner Job") };
         let written = write_status(&api, &s, &creating).await?;
         let sa = ensure_identity(client, &s, &ns).await?;
         let secret = secret.unwrap_or_else(|| labels::RUNNER_SECRET_NAME.into());
-        let job = build_job(&ctx, &s, &ns, cur.run, &sa, &secret);
-        match jobs.create(&PostParams::default(), &job).await {
+        let job = build_job(&ctx.cfg, &s, &ns, cur.run, &sa, &secret);
+        match Api::<Job>::namespaced(client.clone(), &ns).create(&PostParams::default(), &job).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
                 let msg = format!("the runner Job is invalid: {}", e.message);
                 let latest = written.as_ref().unwrap_or(&s);
                 write_status(&api, latest, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
-                return Ok(Action::requeue(ctx.resync));
+                return Ok(Action::requeue(resync));
             }
             Err(e) => return Err(e.into()),
         }
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        // The Job and pod watches bring what happens next; the requeue only backs them up.
+        return Ok(Action::requeue(WATCH_BACKSTOP));
     };
     let base = Observed { job_name: Some(job_name.clone()), ..cur.clone() };
     if job_condition(&job, "Complete").is_some() {
         write_status(&api, &s, &base.with(Phase::Completed, Some("Completed"), "the runner finished")).await?;
-        return Ok(Action::requeue(ctx.resync));
+        return Ok(Action::requeue(resync));
     }
     if let Some(c) = job_condition(&job, "Failed") {
         let next = if c.reason.as_deref() == Some("DeadlineExceeded") {
@@ -424,42 +468,71 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             base.with(Phase::Failed, Some("RunnerFailed"), c.message.as_deref().unwrap_or("the runner failed"))
         };
         write_status(&api, &s, &next).await?;
-        return Ok(Action::requeue(ctx.resync));
+        return Ok(Action::requeue(resync));
     }
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("job-name={job_name}")))
-        .await?;
-    let running = pods
-        .items
-        .iter()
-        .any(|p| p.status.as_ref().and_then(|st| st.phase.as_deref()) == Some("Running"));
+    let running = ctx.runner_running(&ns, &name, cur.run);
     if running {
         // While it runs, the runner's own progress message (PUT …/status) stays; ours only
         // marks the transition into Running.
         let mut next = if cur.phase == Phase::Running { base } else { base.with(Phase::Running, None, "the runner is running") };
         next.start_time = next.start_time.or_else(|| Some(Utc::now()));
         write_status(&api, &s, &next).await?;
-        return Ok(Action::requeue(Duration::from_secs(5)));
+        return Ok(Action::requeue(WATCH_BACKSTOP));
     }
     if cur.phase == Phase::Pending {
         write_status(&api, &s, &base.with(Phase::Creating, None, "waiting for the runner pod")).await?;
     }
-    Ok(Action::requeue(Duration::from_secs(1)))
+    Ok(Action::requeue(WATCH_BACKSTOP))
 }
+
+/// Requeue of a session waiting on its runner. The Job and pod watches wake it on every change;
+/// this only bounds the wait should an event be missed.
+const WATCH_BACKSTOP: Duration = Duration::from_secs(30);
 
 fn error_policy(s: Arc<AgenticSession>, e: &ControllerError, _: Arc<Ctx>) -> Action {
     tracing::warn!(project = ?s.namespace(), session = %s.name_any(), error = %e, "session reconcile failed");
     Action::requeue(ERROR_REQUEUE)
 }
 
+/// Keeps what the controller reads of a runner Job: its name, labels, owner and status. The
+/// pod template (the prompt and environment of every session) would be most of the cache.
+fn job_view(job: &mut Job) {
+    job.metadata.managed_fields = None;
+    job.metadata.annotations = None;
+    job.spec = None;
+}
+
+/// Keeps what the controller reads of a runner pod: its labels and phase.
+fn pod_view(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.spec = None;
+    if let Some(st) = pod.status.as_mut() {
+        *st = PodStatus { phase: st.phase.take(), ..Default::default() };
+    }
+}
+
 /// Runs the session controller until `stop` is cancelled.
-pub async fn run(ctx: Ctx, concurrency: u16, stop: CancellationToken) {
-    let client = ctx.client.clone();
-    Controller::new(Api::<AgenticSession>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Job>::all(client), watcher::Config::default().labels(labels::SESSION_LABEL))
+///
+/// Sessions, their Jobs (by owner) and their pods (by the session label) trigger reconciles;
+/// Jobs and pods are cached, trimmed, for the reconcile passes to read.
+pub async fn run(cfg: Config, concurrency: u16, stop: CancellationToken) {
+    let client = cfg.client.clone();
+    let runners = watcher::Config::default().labels(labels::SESSION_LABEL);
+    let (jobs, jobs_writer) = reflector::store();
+    let job_events = watcher(Api::<Job>::all(client.clone()), runners.clone()).default_backoff().modify(job_view).reflect(jobs_writer).touched_objects();
+    let (pods, pods_writer) = reflector::store();
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), runners).default_backoff().modify(pod_view).reflect(pods_writer).touched_objects();
+    let ctx = Arc::new(Ctx { cfg, jobs, pods });
+    Controller::new(Api::<AgenticSession>::all(client), watcher::Config::default())
+        .owns_stream(job_events)
+        .watches_stream(pod_events, |pod: Pod| {
+            let session = pod.labels().get(labels::SESSION_LABEL)?;
+            Some(ObjectRef::<AgenticSession>::new(session).within(&pod.namespace()?))
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
-        .run(reconcile, error_policy, Arc::new(ctx))
+        .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "session controller");
