@@ -1,7 +1,7 @@
 //! The short-lived cache behind TokenReviews and SubjectAccessReviews, with refresh-ahead.
 //!
 //! An entry is served while it is younger than the TTL and never after, so a revoked token or
-//! role still stops working within the TTL. The first read in the second half of an entry's life
+//! role still stops working within the TTL. The first read in the last quarter of an entry's life
 //! is told to refresh it in the background: a caller who keeps asking (a UI polling its project
 //! list, a CI key) is answered from memory and never waits for the API server on the request
 //! path, while entries nobody reads simply expire.
@@ -28,7 +28,7 @@ pub struct TtlCache<K, V> {
 pub struct Hit<V> {
     /// The value (younger than the TTL).
     pub value: V,
-    /// Past half its TTL, and nobody refreshes it yet: this reader should (then `insert` the
+    /// In the last quarter of its TTL, and nobody refreshes it yet: this reader should (then `insert` the
     /// new value, or `refresh_failed`).
     pub refresh: bool,
 }
@@ -52,7 +52,9 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
         if age >= self.ttl {
             return None;
         }
-        let refresh = age >= self.ttl / 2 && !e.refreshing;
+        // Late enough that a hot entry costs the API server about one review per 3/4 TTL (not
+        // much over expiring it), early enough that the review usually lands before expiry.
+        let refresh = age >= self.ttl * 3 / 4 && !e.refreshing;
         e.refreshing |= refresh;
         Some(Hit { value: e.value.clone(), refresh })
     }
@@ -74,7 +76,7 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
         map.insert(key, Entry { at: now, value, refreshing: false });
     }
 
-    /// A background refresh of `key` failed: the next reader past half-life tries again.
+    /// A background refresh of `key` failed: the next reader in the last quarter tries again.
     pub fn refresh_failed(&self, key: &K) {
         if let Ok(mut map) = self.map.lock()
             && let Some(e) = map.get_mut(key)
@@ -91,15 +93,15 @@ mod tests {
     const TTL: Duration = Duration::from_secs(10);
 
     #[test]
-    fn served_until_the_ttl_and_refreshed_once_after_half_of_it() {
+    fn served_until_the_ttl_and_refreshed_once_in_its_last_quarter() {
         let c = TtlCache::new(TTL, 10);
         let t0 = Instant::now();
         c.insert_at("k", 1, t0);
-        let early = c.get_at(&"k", t0 + Duration::from_secs(4)).expect("fresh");
+        let early = c.get_at(&"k", t0 + Duration::from_secs(7)).expect("fresh");
         assert_eq!((early.value, early.refresh), (1, false));
-        let late = c.get_at(&"k", t0 + Duration::from_secs(6)).expect("still served");
-        assert!(late.refresh, "the first reader past half-life refreshes");
-        assert!(!c.get_at(&"k", t0 + Duration::from_secs(7)).expect("served").refresh, "only one refresh at a time");
+        let late = c.get_at(&"k", t0 + Duration::from_secs(8)).expect("still served");
+        assert!(late.refresh, "the first reader in the last quarter refreshes");
+        assert!(!c.get_at(&"k", t0 + Duration::from_secs(9)).expect("served").refresh, "only one refresh at a time");
         assert!(c.get_at(&"k", t0 + TTL).is_none(), "never served at or after the TTL");
     }
 
@@ -108,10 +110,10 @@ mod tests {
         let c = TtlCache::new(TTL, 10);
         let t0 = Instant::now();
         c.insert_at("k", false, t0);
-        assert!(c.get_at(&"k", t0 + Duration::from_secs(6)).expect("served").refresh);
+        assert!(c.get_at(&"k", t0 + Duration::from_secs(8)).expect("served").refresh);
         c.refresh_failed(&"k");
-        assert!(c.get_at(&"k", t0 + Duration::from_secs(7)).expect("served").refresh, "asked again");
-        let t1 = t0 + Duration::from_secs(8);
+        assert!(c.get_at(&"k", t0 + Duration::from_secs(9)).expect("served").refresh, "asked again");
+        let t1 = t0 + Duration::from_secs(9);
         c.insert_at("k", true, t1);
         let hit = c.get_at(&"k", t1 + Duration::from_secs(9)).expect("the new value lives a full TTL");
         assert_eq!((hit.value, hit.refresh), (true, true));

@@ -49,6 +49,9 @@ pub struct Config {
     /// Largest request body in bytes.
     #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive (a client that stops sending gets 408).
+    #[arg(long, env = "API_BODY_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub body_read_timeout: Duration,
     /// How long authentication results are cached.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub token_cache_ttl: Duration,

@@ -29,6 +29,9 @@ pub enum ApiError {
     /// 413.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 408: the body did not arrive in time.
+    #[error("the request body did not arrive within {} s", .0.as_secs_f64())]
+    RequestTimeout(std::time::Duration),
     /// 413 with a sentence (e.g. a session message over its size limit).
     #[error("{0}")]
     TooLarge(String),
@@ -81,6 +84,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) | ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -1,5 +1,5 @@
-//! Strict JSON request bodies: `application/json` only (415), bounded (413), and every field
-//! must be known (400 naming the unknown field).
+//! Strict JSON request bodies: `application/json` only (415), bounded in size (413) and in time
+//! (408), and every field must be known (400 naming the unknown field).
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
@@ -25,7 +25,12 @@ impl FromRequest<Arc<AppState>> for JsonBody {
             return Err(ApiError::UnsupportedMediaType);
         }
         let limit = state.config.max_body_bytes;
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| ApiError::PayloadTooLarge(limit))?;
+        // Bounded in time as well as size: a client that stops sending holds no task for long.
+        let wait = state.config.body_read_timeout;
+        let bytes = tokio::time::timeout(wait, axum::body::to_bytes(req.into_body(), limit))
+            .await
+            .map_err(|_| ApiError::RequestTimeout(wait))?
+            .map_err(|_| ApiError::PayloadTooLarge(limit))?;
         let v: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest { message: format!("request body is not valid JSON: {e}"), field: None })?;
         if !v.is_object() {

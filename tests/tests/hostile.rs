@@ -27,7 +27,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_input() {
     let env = TestEnv::shared().await.unwrap();
-    let stack = Stack::start(&env, StackOptions::default()).await.expect("stack starts");
+    let opts = StackOptions { api_args: vec![format!("--body-read-timeout={}s", BODY_TIMEOUT.as_secs())], ..Default::default() };
+    let stack = Stack::start(&env, opts).await.expect("stack starts");
     let client = Client::new(&stack.api_url);
     let alice = env.token(DemoUser::Alice).unwrap().to_string();
     let project = ambient_tests::unique_name("hostile");
@@ -37,6 +38,9 @@ async fn hostile_input() {
     poison_commands_are_refused_counted_and_never_block(&env, &stack, &client, &alice, &project).await;
     http_abuse_gets_4xx_or_a_closed_connection(&stack, &client, &alice).await;
 }
+
+/// The api's body read timeout in this test (short, so that waiting for it is cheap).
+const BODY_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn principal() -> Principal {
     Principal { user: "alice".into(), uid: String::new(), groups: vec!["team-a".into(), "system:authenticated".into()] }
@@ -225,6 +229,12 @@ async fn http_abuse_gets_4xx_or_a_closed_connection(stack: &Stack, c: &Client, a
     for (what, head, body) in cases {
         assert_refused(what, raw(&addr, &head, &body).await);
     }
+    // A body that stops half-way is answered 408 once the body timeout passes (not held open).
+    let stalled = Instant::now();
+    let status = raw(&addr, &post(100, "application/json"), b"{\"name\": \"stal").await;
+    println!("stalled body: {status:?} after {:?}", stalled.elapsed());
+    assert_eq!(status, Some(408), "a stalled body is answered 408");
+    assert!(stalled.elapsed() >= BODY_TIMEOUT, "not before the body timeout: {:?}", stalled.elapsed());
     for scheme in ["Basic YWxpY2U6c2VjcmV0", "Bearer", "Bearer ", "Negotiate abc", "bearer", "Bearer a b c", &format!("Bearer {}", "x".repeat(16 * 1024))] {
         let head = format!("GET /api/me HTTP/1.1\r\nHost: x\r\nAuthorization: {scheme}\r\nConnection: close\r\n\r\n");
         let status = raw(&addr, head.as_bytes(), b"").await;

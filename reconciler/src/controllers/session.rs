@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, Pod, PodSpec, PodStatus, PodTemplateSpec, ResourceRequirements,
-    SecretEnvSource, ServiceAccount,
+    Container, EnvFromSource, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements, SecretEnvSource,
+    ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -50,37 +50,23 @@ pub struct Config {
     pub projects: Projects,
 }
 
-/// Shared state of a reconcile pass: the configuration and the runner Jobs and pods as the
-/// controller's own watches hold them, so that a pass reads nothing from the API server.
+/// Shared state of a reconcile pass: the configuration and the runner Jobs as the controller's
+/// own watch holds them, so that a pass reads nothing from the API server.
 struct Ctx {
     cfg: Config,
     jobs: Store<Job>,
-    pods: Store<Pod>,
 }
 
 impl Ctx {
-    /// Waits for both caches' first full list: before it, a missing Job would look deleted.
-    async fn caches_ready(&self) -> Result<(), ControllerError> {
-        let (jobs, pods) = tokio::join!(self.jobs.wait_until_ready(), self.pods.wait_until_ready());
-        jobs.and(pods).map_err(|_| ControllerError::CacheClosed)
+    /// Waits for the Job cache's first full list: before it, a missing Job would look deleted.
+    async fn cache_ready(&self) -> Result<(), ControllerError> {
+        self.jobs.wait_until_ready().await.map_err(|_| ControllerError::CacheClosed)
     }
 
     fn job(&self, ns: &str, session: &str) -> Option<Arc<Job>> {
         self.jobs.get(&ObjectRef::new(&labels::job_name(session)).within(ns))
     }
 
-    /// Whether a pod of run `run` of the session is running.
-    fn runner_running(&self, ns: &str, session: &str, run: i64) -> bool {
-        let run = run.to_string();
-        self.pods
-            .find(|p| {
-                p.metadata.namespace.as_deref() == Some(ns)
-                    && p.labels().get(labels::SESSION_LABEL).map(String::as_str) == Some(session)
-                    && p.labels().get(labels::RUN_LABEL) == Some(&run)
-                    && p.status.as_ref().and_then(|st| st.phase.as_deref()) == Some("Running")
-            })
-            .is_some()
-    }
 }
 
 /// Now, as a Kubernetes `Time`.
@@ -375,7 +361,7 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
     if !ctx.cfg.projects.is_managed(&ns).await? {
         return Ok(Action::await_change());
     }
-    ctx.caches_ready().await?;
+    ctx.cache_ready().await?;
     let Some(cur) = Observed::of(&s) else {
         let run = s.status.as_ref().and_then(|st| st.run).unwrap_or(1);
         let first = Observed {
@@ -453,7 +439,7 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             }
             Err(e) => return Err(e.into()),
         }
-        // The Job and pod watches bring what happens next; the requeue only backs them up.
+        // The Job watch brings what happens next; the requeue only backs it up.
         return Ok(Action::requeue(WATCH_BACKSTOP));
     };
     let base = Observed { job_name: Some(job_name.clone()), ..cur.clone() };
@@ -470,7 +456,9 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
         write_status(&api, &s, &next).await?;
         return Ok(Action::requeue(resync));
     }
-    let running = ctx.runner_running(&ns, &name, cur.run);
+    // The Job counts its ready pods (the runner has no readiness probe: ready once started), so
+    // neither pods nor a pod watch are needed to see the run start.
+    let running = job.status.as_ref().and_then(|st| st.ready).unwrap_or(0) > 0;
     if running {
         // While it runs, the runner's own progress message (PUT …/status) stays; ours only
         // marks the transition into Running.
@@ -485,8 +473,8 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
     Ok(Action::requeue(WATCH_BACKSTOP))
 }
 
-/// Requeue of a session waiting on its runner. The Job and pod watches wake it on every change;
-/// this only bounds the wait should an event be missed.
+/// Requeue of a session waiting on its runner. The Job watch wakes it on every change; this only
+/// bounds the wait should an event be missed.
 const WATCH_BACKSTOP: Duration = Duration::from_secs(30);
 
 fn error_policy(s: Arc<AgenticSession>, e: &ControllerError, _: Arc<Ctx>) -> Action {
@@ -502,34 +490,18 @@ fn job_view(job: &mut Job) {
     job.spec = None;
 }
 
-/// Keeps what the controller reads of a runner pod: its labels and phase.
-fn pod_view(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    pod.spec = None;
-    if let Some(st) = pod.status.as_mut() {
-        *st = PodStatus { phase: st.phase.take(), ..Default::default() };
-    }
-}
-
 /// Runs the session controller until `stop` is cancelled.
 ///
-/// Sessions, their Jobs (by owner) and their pods (by the session label) trigger reconciles;
-/// Jobs and pods are cached, trimmed, for the reconcile passes to read.
+/// Sessions and their Jobs (by owner) trigger reconciles; the Jobs are cached, trimmed, for the
+/// reconcile passes to read.
 pub async fn run(cfg: Config, concurrency: u16, stop: CancellationToken) {
     let client = cfg.client.clone();
     let runners = watcher::Config::default().labels(labels::SESSION_LABEL);
     let (jobs, jobs_writer) = reflector::store();
-    let job_events = watcher(Api::<Job>::all(client.clone()), runners.clone()).default_backoff().modify(job_view).reflect(jobs_writer).touched_objects();
-    let (pods, pods_writer) = reflector::store();
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), runners).default_backoff().modify(pod_view).reflect(pods_writer).touched_objects();
-    let ctx = Arc::new(Ctx { cfg, jobs, pods });
+    let job_events = watcher(Api::<Job>::all(client.clone()), runners).default_backoff().modify(job_view).reflect(jobs_writer).touched_objects();
+    let ctx = Arc::new(Ctx { cfg, jobs });
     Controller::new(Api::<AgenticSession>::all(client), watcher::Config::default())
         .owns_stream(job_events)
-        .watches_stream(pod_events, |pod: Pod| {
-            let session = pod.labels().get(labels::SESSION_LABEL)?;
-            Some(ObjectRef::<AgenticSession>::new(session).within(&pod.namespace()?))
-        })
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
