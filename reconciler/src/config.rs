@@ -46,9 +46,13 @@ pub struct Config {
     /// Default lifetime of access-key tokens, seconds (90 days).
     #[arg(long, env = "KEY_TOKEN_SECONDS", default_value_t = 90 * 24 * 3600)]
     pub key_token_seconds: i64,
-    /// Commands applied in parallel (different objects) per replica.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    /// Commands applied in parallel (different objects) per replica. An apply mostly waits on
+    /// two API-server round trips, so this bounds throughput at about concurrency / latency.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
+    /// Sessions reconciled in parallel by the session controller.
+    #[arg(long, env = "SESSION_CONCURRENCY", default_value_t = 16)]
+    pub session_concurrency: u16,
     /// Cap of the in-process retry backoff for transient failures, seconds.
     #[arg(long, env = "RETRY_MAX_BACKOFF_SECONDS", default_value_t = 30)]
     pub retry_max_backoff_seconds: u64,

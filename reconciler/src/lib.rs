@@ -77,10 +77,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         resync,
         projects,
     };
-    let concurrency = u16::try_from(cfg.concurrency).unwrap_or(u16::MAX);
     let tasks = vec![
         tokio::spawn(consumer.run()),
-        tokio::spawn(controllers::session::run(sessions, concurrency, stop.clone())),
+        tokio::spawn(controllers::session::run(sessions, cfg.session_concurrency, stop.clone())),
         tokio::spawn(project_controllers),
     ];
     ready.set(true);
