@@ -1,7 +1,8 @@
 //! Authentication: the bearer token (`Authorization: Bearer`, or `X-Forwarded-Access-Token` set
 //! by an OAuth proxy) is reviewed by the API server (TokenReview). The identity comes only from
 //! that review: forwarded user or group headers are ignored. Reviews are cached by the token's
-//! SHA-256 for a few seconds, in a bounded cache; the token itself is never stored or logged.
+//! SHA-256 for a few seconds, in a bounded cache (see `cache`); the token itself is never logged
+//! or cached, only held by the task that reviews it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,23 +52,17 @@ impl Authenticator {
     /// Reviews `token`; `Ok(None)` when the API server does not authenticate it.
     pub async fn review(&self, token: &str) -> Result<Option<Principal>, ApiError> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let review = match self.cache.get(&hash) {
-            Some(hit) => {
-                if hit.refresh {
-                    // The token stays in this task only until its review returns.
-                    let (client, cache, token) = (self.client.clone(), self.cache.clone(), token.to_string());
-                    tokio::spawn(async move {
-                        match token_review(&client, &token).await {
-                            Ok(r) => cache.insert(hash, r),
-                            Err(_) => cache.refresh_failed(&hash),
-                        }
-                    });
-                }
-                hit.value
-            }
+        let cached = self.cache.get(&hash, || {
+            // A refresh holds the token only until its review returns.
+            let (client, token) = (self.client.clone(), token.to_string());
+            async move { token_review(&client, &token).await }
+        });
+        let review = match cached {
+            Some(r) => r,
             None => {
+                let asked = Instant::now();
                 let r = token_review(&self.client, token).await?;
-                self.cache.insert(hash, r.clone());
+                self.cache.insert(hash, r.clone(), asked);
                 r
             }
         };

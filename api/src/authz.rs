@@ -3,7 +3,7 @@
 //! within that time plus the SAR's own latency) and refreshed ahead while in use (`cache`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use events::Principal;
 use events::access::ResourceCheck;
@@ -36,34 +36,34 @@ impl Authorizer {
     /// Whether `who` may do `check`.
     pub async fn allowed(&self, who: &Principal, check: &ResourceCheck) -> Result<bool, AuthzError> {
         let key = (who.clone(), check.clone());
-        if let Some(hit) = self.cache.get(&key) {
-            if hit.refresh {
-                let (client, cache) = (self.client.clone(), self.cache.clone());
-                tokio::spawn(async move {
-                    match review(&client, &key.0, &key.1).await {
-                        Ok(allowed) => cache.insert(key, allowed),
-                        Err(_) => cache.refresh_failed(&key),
-                    }
-                });
-            }
-            return Ok(hit.value);
+        let client = &self.client;
+        if let Some(allowed) = self.cache.get(&key, || {
+            let (client, (who, check)) = (client.clone(), key.clone());
+            async move { review(&client, &who, &check).await }
+        }) {
+            return Ok(allowed);
         }
-        let allowed = review(&self.client, who, check).await?;
-        self.cache.insert(key, allowed);
+        let asked = Instant::now();
+        let allowed = review(client, who, check).await?;
+        self.cache.insert(key, allowed, asked);
         Ok(allowed)
     }
 
     /// Waits up to `within` for the API server to allow `check`, asking it each time rather than
     /// the cache; whether it did. Used right after our own write granted the access: the API
     /// server's authorizer follows RoleBindings through its own watch, so it may refuse for a
-    /// moment after they exist, and the caller must not see that moment.
+    /// moment after they exist, and the caller should not see that moment. Only a yes is cached:
+    /// a no at the deadline must not outlive RBAC catching up.
     pub async fn wait_allowed(&self, who: &Principal, check: &ResourceCheck, within: Duration) -> Result<bool, AuthzError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let allowed = review(&self.client, who, check).await?;
-            if allowed || tokio::time::Instant::now() >= deadline {
-                self.cache.insert((who.clone(), check.clone()), allowed);
-                return Ok(allowed);
+            let asked = Instant::now();
+            if review(&self.client, who, check).await? {
+                self.cache.insert((who.clone(), check.clone()), true, asked);
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,18 +1,21 @@
 //! The short-lived cache behind TokenReviews and SubjectAccessReviews, with refresh-ahead.
 //!
-//! An entry is served while it is younger than the TTL and never after, so a revoked token or
-//! role still stops working within the TTL. The first read in the last quarter of an entry's life
-//! is told to refresh it in the background: a caller who keeps asking (a UI polling its project
-//! list, a CI key) is answered from memory and never waits for the API server on the request
-//! path, while entries nobody reads simply expire.
+//! An entry is stamped with the time its review was *sent* and is served for at most the TTL
+//! from then, so a revoked token or role stops working within the TTL of the revocation, however
+//! slow a review is. The first read in the last quarter of an entry's life refreshes it in the
+//! background: a caller who keeps asking (a UI polling its project list, a CI key) is answered
+//! from memory and does not wait for the API server on the request path, while entries nobody
+//! reads simply expire. An answer never replaces one from a later review.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Entry<V> {
-    at: Instant,
+    /// When the review that gave `value` was sent.
+    asked: Instant,
     value: V,
     refreshing: bool,
 }
@@ -25,59 +28,77 @@ pub struct TtlCache<K, V> {
 }
 
 /// A cached value.
-pub struct Hit<V> {
-    /// The value (younger than the TTL).
-    pub value: V,
-    /// In the last quarter of its TTL, and nobody refreshes it yet: this reader should (then `insert` the
-    /// new value, or `refresh_failed`).
-    pub refresh: bool,
+struct Hit<V> {
+    value: V,
+    /// In the last quarter of its TTL, and nobody refreshes it yet: this reader does.
+    refresh: bool,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
+impl<K, V> TtlCache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
     /// A cache of at most `max` entries living `ttl` each.
     pub fn new(ttl: Duration, max: usize) -> Self {
         Self { ttl, max, map: Mutex::new(HashMap::new()) }
     }
 
-    /// The value of `key`, unless missing or expired.
-    pub fn get(&self, key: &K) -> Option<Hit<V>> {
-        self.get_at(key, Instant::now())
+    /// The value of `key`, unless missing or expired. When it is due, `review()` is sent now and
+    /// its answer replaces the value in the background (a failed one is tried again by a later
+    /// reader).
+    pub fn get<F, E>(self: &Arc<Self>, key: &K, review: impl FnOnce() -> F) -> Option<V>
+    where
+        F: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let hit = self.get_at(key, Instant::now())?;
+        if hit.refresh {
+            let (cache, key, asked, answer) = (self.clone(), key.clone(), Instant::now(), review());
+            tokio::spawn(async move {
+                match answer.await {
+                    Ok(v) => cache.insert(key, v, asked),
+                    Err(_) => cache.refresh_failed(&key),
+                }
+            });
+        }
+        Some(hit.value)
     }
 
     fn get_at(&self, key: &K, now: Instant) -> Option<Hit<V>> {
         // A poisoned lock only loses the cache, never the answer: the caller asks the API server.
         let mut map = self.map.lock().ok()?;
         let e = map.get_mut(key)?;
-        let age = now.saturating_duration_since(e.at);
+        let age = now.saturating_duration_since(e.asked);
         if age >= self.ttl {
             return None;
         }
         // Late enough that a hot entry costs the API server about one review per 3/4 TTL (not
         // much over expiring it), early enough that the review usually lands before expiry.
-        let refresh = age >= self.ttl * 3 / 4 && !e.refreshing;
+        let refresh = age >= self.ttl - self.ttl / 4 && !e.refreshing;
         e.refreshing |= refresh;
         Some(Hit { value: e.value.clone(), refresh })
     }
 
-    /// Stores a fresh value for `key`.
-    pub fn insert(&self, key: K, value: V) {
-        self.insert_at(key, value, Instant::now());
-    }
-
-    fn insert_at(&self, key: K, value: V, now: Instant) {
+    /// Stores the answer of a review sent at `asked`, unless a later review's answer is there.
+    pub fn insert(&self, key: K, value: V, asked: Instant) {
         let Ok(mut map) = self.map.lock() else { return };
-        if map.len() >= self.max && !map.contains_key(&key) {
-            let ttl = self.ttl;
-            map.retain(|_, e| now.saturating_duration_since(e.at) < ttl);
-            if map.len() >= self.max {
-                map.clear();
+        match map.get_mut(&key) {
+            Some(e) if e.asked > asked => e.refreshing = false,
+            Some(e) => *e = Entry { asked, value, refreshing: false },
+            None => {
+                if map.len() >= self.max {
+                    let ttl = self.ttl;
+                    map.retain(|_, e| asked.saturating_duration_since(e.asked) < ttl);
+                    if map.len() >= self.max {
+                        map.clear();
+                    }
+                }
+                map.insert(key, Entry { asked, value, refreshing: false });
             }
         }
-        map.insert(key, Entry { at: now, value, refreshing: false });
     }
 
-    /// A background refresh of `key` failed: the next reader in the last quarter tries again.
-    pub fn refresh_failed(&self, key: &K) {
+    fn refresh_failed(&self, key: &K) {
         if let Ok(mut map) = self.map.lock()
             && let Some(e) = map.get_mut(key)
         {
@@ -96,7 +117,7 @@ mod tests {
     fn served_until_the_ttl_and_refreshed_once_in_its_last_quarter() {
         let c = TtlCache::new(TTL, 10);
         let t0 = Instant::now();
-        c.insert_at("k", 1, t0);
+        c.insert("k", 1, t0);
         let early = c.get_at(&"k", t0 + Duration::from_secs(7)).expect("fresh");
         assert_eq!((early.value, early.refresh), (1, false));
         let late = c.get_at(&"k", t0 + Duration::from_secs(8)).expect("still served");
@@ -109,28 +130,62 @@ mod tests {
     fn a_failed_refresh_is_tried_again_and_an_insert_restarts_the_clock() {
         let c = TtlCache::new(TTL, 10);
         let t0 = Instant::now();
-        c.insert_at("k", false, t0);
+        c.insert("k", false, t0);
         assert!(c.get_at(&"k", t0 + Duration::from_secs(8)).expect("served").refresh);
         c.refresh_failed(&"k");
         assert!(c.get_at(&"k", t0 + Duration::from_secs(9)).expect("served").refresh, "asked again");
         let t1 = t0 + Duration::from_secs(9);
-        c.insert_at("k", true, t1);
+        c.insert("k", true, t1);
         let hit = c.get_at(&"k", t1 + Duration::from_secs(9)).expect("the new value lives a full TTL");
         assert_eq!((hit.value, hit.refresh), (true, true));
+    }
+
+    #[test]
+    fn an_answer_never_replaces_a_later_one() {
+        let c = TtlCache::new(TTL, 10);
+        let t0 = Instant::now();
+        // A slow refresh sent at t0 returns after a newer review (sent at t0+1) was stored.
+        c.insert("k", true, t0 + Duration::from_secs(1));
+        c.insert("k", false, t0);
+        assert_eq!(c.get_at(&"k", t0 + Duration::from_secs(2)).map(|h| h.value), Some(true));
+        // Stamped when sent: an answer that took 6 s is served 4 s more, not 10.
+        c.insert("slow", true, t0);
+        assert!(c.get_at(&"slow", t0 + TTL).is_none(), "expires at TTL after it was asked");
+    }
+
+    #[tokio::test]
+    async fn a_due_entry_is_refreshed_in_the_background_once() {
+        let c = Arc::new(TtlCache::new(Duration::from_secs(40), 10));
+        c.insert("k", 1, Instant::now().checked_sub(Duration::from_secs(35)).expect("the clock has run 35 s"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = c.get(&"k", || async move {
+            let _ = rx.await;
+            Ok::<_, ()>(2)
+        });
+        assert_eq!(served, Some(1), "the old value answers at once");
+        assert_eq!(c.get(&"k", || async { Err::<i32, ()>(()) }), Some(1), "no second refresh while one runs");
+        let _ = tx.send(());
+        for _ in 0..100 {
+            if c.get_at(&"k", Instant::now()).is_some_and(|h| h.value == 2) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the refreshed value never arrived");
     }
 
     #[test]
     fn bounded_expired_entries_go_first() {
         let c = TtlCache::new(TTL, 2);
         let t0 = Instant::now();
-        c.insert_at("old", 1, t0);
-        c.insert_at("new", 2, t0 + Duration::from_secs(9));
-        c.insert_at("newest", 3, t0 + Duration::from_secs(11));
+        c.insert("old", 1, t0);
+        c.insert("new", 2, t0 + Duration::from_secs(9));
+        c.insert("newest", 3, t0 + Duration::from_secs(11));
         let now = t0 + Duration::from_secs(12);
         assert!(c.get_at(&"old", now).is_none());
         assert_eq!(c.get_at(&"new", now).map(|h| h.value), Some(2), "a live entry survives while room is made");
         assert_eq!(c.get_at(&"newest", now).map(|h| h.value), Some(3));
-        c.insert_at("fourth", 4, now);
+        c.insert("fourth", 4, now);
         assert_eq!(c.get_at(&"fourth", now).map(|h| h.value), Some(4), "a full cache of live entries starts over");
         assert!(c.get_at(&"new", now).is_none());
     }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use events::access::{Requirement, ResourceCheck};
 use events::results::{Outcome, ResourceRef};
 use events::sealing::{SealingPublicKey, SealingSecretKey};
-use events::{Command, CommandBody, ProjectName};
+use events::{Command, CommandBody, Principal, ProjectName};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -68,6 +68,23 @@ impl AppState {
             return Err(ApiError::project_not_found());
         }
         Ok(project)
+    }
+
+    /// Read-your-writes for access our own write just granted: waits (up to READ_YOUR_WRITES)
+    /// until `cached` holds for our watch caches and the API server's RBAC lets `who` see
+    /// `project` (its authorizer follows RoleBindings through its own watch and may lag). Best
+    /// effort: the write stands either way.
+    pub async fn wait_granted(&self, who: &Principal, project: &str, cached: impl FnMut() -> bool) {
+        let visible = project_visible(project);
+        let (_, allowed) = tokio::join!(
+            self.reads.wait_until(READ_YOUR_WRITES, cached),
+            self.authz.wait_allowed(who, &visible, READ_YOUR_WRITES),
+        );
+        match allowed {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(project, user = %who.user, "RBAC did not show the new access in time"),
+            Err(e) => tracing::warn!(project, user = %who.user, error = %e, "could not confirm the new access"),
+        }
     }
 
     /// Fails with 403 unless every check is allowed.

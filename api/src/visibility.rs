@@ -56,12 +56,30 @@ impl Bound {
     }
 }
 
-type Bindings = HashMap<(String, String), Vec<Bound>>;
+/// Subjects by namespace, then by RoleBinding name.
+#[derive(Default)]
+struct Bindings(HashMap<String, HashMap<String, Vec<Bound>>>);
 
-fn reduce(rb: &RoleBinding) -> ((String, String), Vec<Bound>) {
-    let ns = rb.namespace().unwrap_or_default();
-    let subjects = rb.subjects.iter().flatten().filter_map(|s| Bound::of(s, &ns)).collect();
-    ((ns, rb.name_any()), subjects)
+impl Bindings {
+    fn apply(&mut self, rb: &RoleBinding) {
+        let ns = rb.namespace().unwrap_or_default();
+        let subjects = rb.subjects.iter().flatten().filter_map(|s| Bound::of(s, &ns)).collect();
+        self.0.entry(ns).or_default().insert(rb.name_any(), subjects);
+    }
+
+    fn delete(&mut self, rb: &RoleBinding) {
+        let ns = rb.namespace().unwrap_or_default();
+        if let Some(in_ns) = self.0.get_mut(&ns) {
+            in_ns.remove(&rb.name_any());
+            if in_ns.is_empty() {
+                self.0.remove(&ns);
+            }
+        }
+    }
+
+    fn names(&self, namespace: &str, who: &Principal) -> bool {
+        self.0.get(namespace).is_some_and(|in_ns| in_ns.values().flatten().any(|s| s.names(who)))
+    }
 }
 
 /// The RoleBinding subject index.
@@ -90,12 +108,13 @@ impl Visibility {
         let mut relist: Option<Bindings> = None;
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(watcher::Event::Init) => relist = Some(HashMap::new()),
+                Ok(watcher::Event::Init) => relist = Some(Bindings::default()),
                 Ok(watcher::Event::InitApply(rb)) => {
                     if let Some(r) = relist.as_mut() {
-                        let (k, v) = reduce(&rb);
-                        r.insert(k, v);
+                        r.apply(&rb);
                     }
+                    // Readers see nothing of a relist before it is swapped in.
+                    continue;
                 }
                 Ok(watcher::Event::InitDone) => {
                     if let (Some(r), Ok(mut b)) = (relist.take(), self.bindings.write()) {
@@ -104,25 +123,26 @@ impl Visibility {
                     self.ready.store(true, Ordering::Release);
                 }
                 Ok(watcher::Event::Apply(rb)) => {
-                    let (k, v) = reduce(&rb);
                     if let Ok(mut b) = self.bindings.write() {
-                        b.insert(k, v);
+                        b.apply(&rb);
                     }
                 }
                 Ok(watcher::Event::Delete(rb)) => {
-                    let (k, _) = reduce(&rb);
                     if let Ok(mut b) = self.bindings.write() {
-                        b.remove(&k);
+                        b.delete(&rb);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "rolebinding watch error; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "rolebinding watch error; retrying");
+                    continue;
+                }
             }
             self.changed.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
     fn empty(enabled: bool, ready: bool, changed: Arc<tokio::sync::watch::Sender<u64>>) -> Self {
-        Self { bindings: RwLock::new(HashMap::new()), ready: AtomicBool::new(ready), enabled, changed }
+        Self { bindings: RwLock::new(Bindings::default()), ready: AtomicBool::new(ready), enabled, changed }
     }
 
     /// Whether the index is on and has its first full list.
@@ -135,9 +155,7 @@ impl Visibility {
         if !self.enabled || !self.ready.load(Ordering::Acquire) {
             return true;
         }
-        self.bindings
-            .read()
-            .is_ok_and(|b| b.iter().any(|((ns, _), subjects)| ns == namespace && subjects.iter().any(|s| s.names(who))))
+        self.bindings.read().is_ok_and(|b| b.names(namespace, who))
     }
 
     /// The namespaces with a RoleBinding naming `who`; `None` when the index cannot tell (off,
@@ -147,12 +165,7 @@ impl Visibility {
             return None;
         }
         let b = self.bindings.read().ok()?;
-        Some(
-            b.iter()
-                .filter(|(_, subjects)| subjects.iter().any(|s| s.names(who)))
-                .map(|((ns, _), _)| ns.clone())
-                .collect(),
-        )
+        Some(b.0.keys().filter(|ns| b.names(ns, who)).cloned().collect())
     }
 }
 
@@ -178,8 +191,7 @@ mod tests {
         let v = Visibility::empty(true, true, Arc::default());
         if let Ok(mut b) = v.bindings.write() {
             for r in rbs {
-                let (k, s) = reduce(r);
-                b.insert(k, s);
+                b.apply(r);
             }
         }
         v
@@ -212,6 +224,21 @@ mod tests {
         assert_eq!(sorted(v.candidates(&who("carol", &[]))), Vec::<String>::new());
         assert!(v.is_candidate(&who("alice", &[]), "p1"));
         assert!(!v.is_candidate(&who("alice", &[]), "p6"));
+    }
+
+    #[test]
+    fn a_deleted_binding_no_longer_counts() {
+        let (a, b) = (rb("p1", "a", vec![subject("User", "alice", None)]), rb("p1", "b", vec![subject("User", "alice", None)]));
+        let v = index(&[a.clone(), b.clone()]);
+        if let Ok(mut w) = v.bindings.write() {
+            w.delete(&a);
+        }
+        assert!(v.is_candidate(&who("alice", &[]), "p1"), "another binding still names her");
+        if let Ok(mut w) = v.bindings.write() {
+            w.delete(&b);
+        }
+        assert!(!v.is_candidate(&who("alice", &[]), "p1"));
+        assert_eq!(sorted(v.candidates(&who("alice", &[]))), Vec::<String>::new());
     }
 
     #[test]

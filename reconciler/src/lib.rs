@@ -79,7 +79,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let tasks = vec![
         tokio::spawn(consumer.run()),
-        tokio::spawn(controllers::session::run(sessions, cfg.session_concurrency, stop.clone())),
+        tokio::spawn(controllers::session::run(sessions, cfg.session_concurrency.max(1), stop.clone())),
         tokio::spawn(project_controllers),
     ];
     ready.set(true);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
-use crate::authz::{RBAC, check, project_visible};
+use crate::authz::{RBAC, check};
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
 use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
@@ -200,15 +200,8 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { resource, token, replayed } => {
             let id = resource.name.clone();
-            // The token works on its first use: the API server's RBAC already sees the key's binding.
-            let (key, visible) = (Principal::of_service_account(&p, &id), project_visible(&p));
-            let (_, allowed) = tokio::join!(
-                st.reads.wait_until(READ_YOUR_WRITES, || st.reads.keys_of_sync(&p, &id)),
-                st.authz.wait_allowed(&key, &visible, READ_YOUR_WRITES),
-            );
-            if let Err(e) = allowed {
-                tracing::warn!(project = %p, key = %id, error = %e, "could not confirm the new key's access");
-            }
+            // The key is listed, and its token is likely to work on first use (RBAC sees its binding).
+            st.wait_granted(&Principal::of_service_account(&p, &id), &p, || st.reads.keys_of_sync(&p, &id)).await;
             let mut body = json!({"id": id, "name": name.as_str(), "description": req.description.unwrap_or_default(),
                 "role": role.as_str(), "lastUsedAt": ""});
             match token {

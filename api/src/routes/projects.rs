@@ -102,18 +102,12 @@ pub async fn create_project(State(st): State<Arc<AppState>>, caller: Caller, hea
     match st.mutate(&caller, name.clone(), body, &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { .. } => {
-            // Read-your-writes for the creator: the project is in our caches (and in their project
-            // list) and the API server's RBAC already lets them see it, so their next request finds it.
-            let visible = project_visible(name.as_str());
-            let (_, allowed) = tokio::join!(
-                st.reads.wait_until(READ_YOUR_WRITES, || {
-                    st.reads.project(name.as_str()).is_some() && st.reads.visibility.is_candidate(&caller.principal, name.as_str())
-                }),
-                st.authz.wait_allowed(&caller.principal, &visible, READ_YOUR_WRITES),
-            );
-            if let Err(e) = allowed {
-                tracing::warn!(project = %name, error = %e, "could not confirm the creator's access to the new project");
-            }
+            // The creator's next request finds the project: in our caches, in their project list
+            // and allowed by RBAC.
+            st.wait_granted(&caller.principal, name.as_str(), || {
+                st.reads.project(name.as_str()).is_some() && st.reads.visibility.is_candidate(&caller.principal, name.as_str())
+            })
+            .await;
             let body = match st.reads.project(name.as_str()) {
                 Some(ns) => project_json(&ns),
                 None => json!({"name": name.as_str(), "displayName": req.display_name.unwrap_or_else(|| name.to_string()),

@@ -51,7 +51,7 @@ pub struct Config {
 }
 
 /// Shared state of a reconcile pass: the configuration and the runner Jobs as the controller's
-/// own watch holds them, so that a pass reads nothing from the API server.
+/// own watch holds them, so that a pass does not GET its Job (only one the cache lacks).
 struct Ctx {
     cfg: Config,
     jobs: Store<Job>,
@@ -66,7 +66,6 @@ impl Ctx {
     fn job(&self, ns: &str, session: &str) -> Option<Arc<Job>> {
         self.jobs.get(&ObjectRef::new(&labels::job_name(session)).within(ns))
     }
-
 }
 
 /// Now, as a Kubernetes `Time`.
