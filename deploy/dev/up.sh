@@ -189,15 +189,20 @@ write_cmd kube-apiserver "$bin/kube-apiserver" \
   --allow-privileged=true --profiling=false --v=1 \
   --shutdown-watch-termination-grace-period=2s
 
+# Client rate limits as a production control plane sets them: the defaults (20 requests/s for
+# the whole controller manager, 5 Jobs synced at once) let the Job controller start about four
+# runner Jobs a second, which would make the cluster, not the control plane, the bottleneck.
 write_cmd kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig="$state/kubeconfig/admin.yaml" \
   --controllers='*' --leader-elect=false \
+  --kube-api-qps=300 --kube-api-burst=600 --concurrent-job-syncs=50 \
   --bind-address=127.0.0.1 --secure-port="$KCM_PORT" \
   --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
   --profiling=false --v=1
 
 write_cmd kube-scheduler "$bin/kube-scheduler" \
   --kubeconfig="$state/kubeconfig/admin.yaml" --leader-elect=false \
+  --kube-api-qps=300 --kube-api-burst=600 \
   --bind-address=127.0.0.1 --secure-port="$SCHEDULER_PORT" --profiling=false --v=1
 
 # kwok: the Stages it plays (copied from its module by build.sh), one multi-document config.

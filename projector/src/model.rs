@@ -228,6 +228,43 @@ impl Rec {
     }
 }
 
+/// Which read-model objects a watch observation can change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Any object of the project: namespaces, settings, permissions and keys change rarely.
+    Project,
+    /// One session and its runner view: sessions, their Jobs and pods, the busy path, where
+    /// re-deriving a whole project per change would cost as much as the project is large.
+    Session(String),
+}
+
+impl Scope {
+    /// The read-model keys of project `ns` this scope covers beyond what is desired now (so
+    /// that what went is deleted); `None` for the whole project.
+    pub fn keys(&self, ns: &str) -> Option<[ObjKey; 2]> {
+        match self {
+            Scope::Project => None,
+            Scope::Session(s) => Some([ObjKey::Session(ns.into(), s.clone()), ObjKey::Runner(ns.into(), s.clone())]),
+        }
+    }
+}
+
+impl Rec {
+    /// What a change of this object can change in the read model.
+    pub fn scope(&self) -> Scope {
+        match self {
+            Rec::Session(s) => Scope::Session(s.meta.name.clone()),
+            // A Job counts only for the session whose runner Job name it has (see `JobRec::runs`).
+            Rec::Job(j) => match j.meta.name.strip_suffix(runner::job_name("").as_str()) {
+                Some(session) if !session.is_empty() => Scope::Session(session.to_string()),
+                _ => Scope::Project,
+            },
+            Rec::Pod(p) => p.session.clone().map_or(Scope::Project, Scope::Session),
+            _ => Scope::Project,
+        }
+    }
+}
+
 /// Kubernetes timestamps (jiff) as chrono.
 pub fn to_chrono(t: &k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
@@ -606,6 +643,17 @@ impl ClusterState {
             .collect()
     }
 
+    /// Objects of `res` in `ns` whose names start with `prefix`.
+    fn in_ns_prefixed<'a>(&'a self, res: Res, ns: &'a str, prefix: &'a str) -> impl Iterator<Item = &'a Rec> {
+        self.maps
+            .get(&res)
+            .into_iter()
+            .flat_map(move |m| {
+                m.range((ns.to_string(), prefix.to_string())..).take_while(move |((n, name), _)| n == ns && name.starts_with(prefix))
+            })
+            .map(|(_, r)| r)
+    }
+
     fn in_all(&self, res: Res) -> impl Iterator<Item = &Rec> {
         self.maps.get(&res).into_iter().flat_map(|m| m.values())
     }
@@ -622,14 +670,75 @@ fn is_token(s: &str) -> bool {
     events::names::check_dns1123_label("name", s, 63).is_ok()
 }
 
+/// The namespace of project `ns`, if it is a managed project this projector owns.
+fn owned_project<'a>(state: &'a ClusterState, ns: &str) -> Option<&'a NamespaceRec> {
+    match state.in_ns(Res::Namespaces, ns).next() {
+        Some(Rec::Namespace(nsr)) if nsr.managed && nsr.in_scope && ProjectName::new(ns).is_ok() => Some(nsr),
+        _ => None,
+    }
+}
+
+/// What the read model should hold for session `session` of project `ns`: its view and its
+/// runner's (empty if the session or the project is gone, so that both are projected as
+/// deleted). The same as [`desired_for_project`] restricted to those keys.
+pub fn desired_for_session(state: &ClusterState, ns: &str, session: &str) -> BTreeMap<ObjKey, Desired> {
+    let mut out = BTreeMap::new();
+    let Some(nsr) = owned_project(state, ns) else { return out };
+    let Some(Rec::Session(s)) = state.get(Res::Sessions, ns, session) else { return out };
+    // The Job controller names a Job's pods `<job>-<suffix>`.
+    let prefix = format!("{}-", runner::job_name(session));
+    let newest_pod = |job_uid: &str| {
+        let mut newest: Option<&PodRec> = None;
+        for r in state.in_ns_prefixed(Res::Pods, ns, &prefix) {
+            if let Rec::Pod(p) = r
+                && p.job_uid.as_deref() == Some(job_uid)
+                && newest.is_none_or(|q| p.newer_than(q))
+            {
+                newest = Some(p);
+            }
+        }
+        newest
+    };
+    insert_session(&mut out, state, ns, s, nsr.view.status == "Terminating", newest_pod);
+    out
+}
+
+/// Adds the views of session `s` and its runner; `newest_pod` finds the newest pod of a Job.
+fn insert_session<'a>(
+    out: &mut BTreeMap<ObjKey, Desired>,
+    state: &'a ClusterState,
+    ns: &str,
+    s: &SessionRec,
+    terminating: bool,
+    newest_pod: impl Fn(&str) -> Option<&'a PodRec>,
+) {
+    if !is_token(&s.meta.name) {
+        return;
+    }
+    out.insert(
+        ObjKey::Session(ns.to_string(), s.meta.name.clone()),
+        Desired { uid: s.meta.uid.clone(), version: s.meta.resource_version.clone(), view: View::Session(Box::new(s.view.clone())) },
+    );
+    // The runner's identity is its session's: every run of the session is one story.
+    let job = match state.get(Res::Jobs, ns, &runner::job_name(&s.meta.name)) {
+        Some(Rec::Job(j)) if j.runs(&s.meta.name, &s.meta.uid) => Some(j),
+        _ => None,
+    };
+    let runner = match job {
+        Some(j) => Some(runner::runner_view(&s.meta.name, j, newest_pod(j.meta.uid.as_str()))),
+        None if terminating => None,
+        None => Some((String::new(), runner::gone(&s.meta.name))),
+    };
+    if let Some((version, view)) = runner {
+        out.insert(ObjKey::Runner(ns.to_string(), s.meta.name.clone()), Desired { uid: s.meta.uid.clone(), version, view: View::Runner(view) });
+    }
+}
+
 /// Everything the read model should hold for project `ns` (empty if it is not a managed
 /// namespace, so that all its objects are projected as deleted).
 pub fn desired_for_project(state: &ClusterState, ns: &str) -> BTreeMap<ObjKey, Desired> {
     let mut out = BTreeMap::new();
-    let Some(Rec::Namespace(nsr)) = state.in_ns(Res::Namespaces, ns).next() else { return out };
-    if !nsr.managed || !nsr.in_scope || ProjectName::new(ns).is_err() {
-        return out;
-    }
+    let Some(nsr) = owned_project(state, ns) else { return out };
     out.insert(
         ObjKey::Project(ns.to_string()),
         Desired {
@@ -661,33 +770,8 @@ pub fn desired_for_project(state: &ClusterState, ns: &str) -> BTreeMap<ObjKey, D
         }
     }
     for r in state.in_ns(Res::Sessions, ns) {
-        if let Rec::Session(s) = r
-            && is_token(&s.meta.name)
-        {
-            out.insert(
-                ObjKey::Session(ns.to_string(), s.meta.name.clone()),
-                Desired {
-                    uid: s.meta.uid.clone(),
-                    version: s.meta.resource_version.clone(),
-                    view: View::Session(Box::new(s.view.clone())),
-                },
-            );
-            // The runner's identity is its session's: every run of the session is one story.
-            let job = match state.get(Res::Jobs, ns, &runner::job_name(&s.meta.name)) {
-                Some(Rec::Job(j)) if j.runs(&s.meta.name, &s.meta.uid) => Some(j),
-                _ => None,
-            };
-            let runner = match job {
-                Some(j) => Some(runner::runner_view(&s.meta.name, j, newest_pod.get(j.meta.uid.as_str()).copied())),
-                None if terminating => None,
-                None => Some((String::new(), runner::gone(&s.meta.name))),
-            };
-            if let Some((version, view)) = runner {
-                out.insert(
-                    ObjKey::Runner(ns.to_string(), s.meta.name.clone()),
-                    Desired { uid: s.meta.uid.clone(), version, view: View::Runner(view) },
-                );
-            }
+        if let Rec::Session(s) = r {
+            insert_session(&mut out, state, ns, s, terminating, |uid| newest_pod.get(uid).copied());
         }
     }
     // Permissions: one per subject; the strongest role wins while a role change briefly
@@ -976,9 +1060,34 @@ mod tests {
         }))
     }
 
+    #[test]
+    fn a_change_reaches_the_session_it_belongs_to() {
+        assert_eq!(Rec::Job(job("p", "s1", "o", "j", "1", 0, 0)).scope(), Scope::Session("s1".into()));
+        assert_eq!(Rec::Pod(pod("p", "s1-job-abc", "j", "1", "Running")).scope(), Scope::Session("s1".into()));
+        let mut unlabelled = pod("p", "x", "j", "1", "Running");
+        unlabelled.session = None;
+        assert_eq!(Rec::Pod(unlabelled).scope(), Scope::Project);
+        let mut foreign = job("p", "s1", "o", "j", "1", 0, 0);
+        foreign.meta.name = "-job".into();
+        assert_eq!(Rec::Job(foreign).scope(), Scope::Project);
+        assert_eq!(Rec::Settings(settings("p", "1", false)).scope(), Scope::Project);
+    }
+
+    /// The projection of one session's change sees what the whole project's does, for that
+    /// session's keys (every test that projects goes through here).
+    fn assert_session_scope_agrees(state: &ClusterState, ns: &str, desired: &BTreeMap<ObjKey, Desired>) {
+        let sessions: Vec<String> = state.in_ns(Res::Sessions, ns).map(|r| r.meta().name.clone()).chain(["absent".to_string()]).collect();
+        for s in sessions {
+            let keys = Scope::Session(s.clone()).keys(ns).unwrap();
+            let whole: BTreeMap<ObjKey, Desired> = desired.iter().filter(|(k, _)| keys.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert_eq!(desired_for_session(state, ns, &s), whole, "session {s} of {ns}");
+        }
+    }
+
     fn apply_all(state: &ClusterState, store: &mut BTreeMap<ObjKey, Projected>, ns: &str) -> Vec<StatusEvent> {
         let p = ProjectName::new(ns).unwrap();
         let desired = desired_for_project(state, ns);
+        assert_session_scope_agrees(state, ns, &desired);
         let keys: std::collections::BTreeSet<ObjKey> =
             desired.keys().cloned().chain(store.keys().filter(|k| k.project() == ns).cloned()).collect();
         let mut out = vec![];
@@ -1187,6 +1296,7 @@ mod tests {
         PodRec {
             meta: meta(ns, name, &format!("{name}-uid"), rv),
             job_uid: Some(job_uid.into()),
+            session: name.split_once("-job-").map(|(s, _)| s.to_string()),
             created: None,
             view: events::status::RunnerPod {
                 name: name.into(),

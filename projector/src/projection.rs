@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::bus::{Bus, BusError};
-use crate::model::{self, ClusterState, ObjKey, Projected, Rec, Res};
+use crate::model::{self, ClusterState, ObjKey, Projected, Rec, Res, Scope};
 use crate::watch::WatchMsg;
 
 /// The projection state.
@@ -92,9 +92,10 @@ impl Projection {
             }
             WatchMsg::Applied(res, rec) => {
                 let ns = rec.meta().namespace.clone();
+                let scope = rec.scope();
                 self.state.apply(res, rec);
                 if self.all_listed() {
-                    self.sync_project(&ns).await?;
+                    self.sync(&ns, &scope).await?;
                 }
             }
             WatchMsg::Deleted(res, rec) => {
@@ -104,7 +105,7 @@ impl Projection {
                 // Another shard's project: its projector reports the deletion.
                 let foreign = matches!(&rec, Rec::Namespace(n) if !n.in_scope);
                 if self.all_listed() && !foreign {
-                    self.sync_project(&ns).await?;
+                    self.sync(&ns, &rec.scope()).await?;
                 }
             }
         }
@@ -118,23 +119,30 @@ impl Projection {
         let projects: BTreeSet<String> =
             self.state.projects().into_iter().chain(self.projected.keys().cloned()).collect();
         for p in &projects {
-            self.sync_project(p).await?;
+            self.sync(p, &Scope::Project).await?;
         }
         metrics::histogram!("projector_full_sync_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("projector_read_model_objects").set(self.projected.values().map(BTreeMap::len).sum::<usize>() as f64);
         Ok(())
     }
 
-    /// Brings the read model and the status stream of project `ns` in step with the cluster.
-    async fn sync_project(&mut self, ns: &str) -> Result<(), BusError> {
+    /// Brings the read model and the status stream of project `ns` in step with the cluster,
+    /// for the objects of `scope`.
+    async fn sync(&mut self, ns: &str, scope: &Scope) -> Result<(), BusError> {
         let Ok(project) = ProjectName::new(ns) else { return Ok(()) };
         if self.state.out_of_scope(ns) {
             return Ok(());
         }
-        let desired = model::desired_for_project(&self.state, ns);
+        let desired = match scope {
+            Scope::Project => model::desired_for_project(&self.state, ns),
+            Scope::Session(s) => model::desired_for_session(&self.state, ns, s),
+        };
         let empty = BTreeMap::new();
         let current = self.projected.get(ns).unwrap_or(&empty);
-        let keys: BTreeSet<ObjKey> = desired.keys().chain(current.keys()).cloned().collect();
+        let keys: BTreeSet<ObjKey> = match scope.keys(ns) {
+            None => desired.keys().chain(current.keys()).cloned().collect(),
+            Some(keys) => desired.keys().cloned().chain(keys).collect(),
+        };
         let now = Utc::now();
         let mut steps = Vec::new();
         for k in keys {

@@ -111,6 +111,8 @@ pub struct PodRec {
     pub meta: Meta,
     /// uid of the Job that owns it (so a new Job of the same name does not adopt old pods).
     pub job_uid: Option<String>,
+    /// The session it runs (label `agentic-session`, copied from its Job's pod template).
+    pub session: Option<String>,
     /// When it was created (the newest pod of a Job is shown).
     pub created: Option<DateTime<Utc>>,
     /// Its public part.
@@ -199,6 +201,7 @@ pub fn pod_rec(pod: &PodStatusOnly) -> PodRec {
     PodRec {
         meta: meta_of(pod),
         job_uid: controller_uid(&pod.metadata, "Job"),
+        session: pod.labels().get(SESSION_LABEL).cloned(),
         created: pod.metadata.creation_timestamp.as_ref().and_then(|t| to_chrono(&t.0)),
         view: RunnerPod {
             name: pod.name_any(),

@@ -48,7 +48,7 @@ pub struct Config {
     pub key_token_seconds: i64,
     /// Commands applied in parallel (different objects) per replica. An apply mostly waits on
     /// two API-server round trips, so this bounds throughput at about concurrency / latency.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "CONCURRENCY", default_value_t = 128)]
     pub concurrency: usize,
     /// Sessions reconciled in parallel by the session controller.
     #[arg(long, env = "SESSION_CONCURRENCY", default_value_t = 16)]

@@ -132,6 +132,49 @@ pub fn markdown(rows: &[Row]) -> String {
     s
 }
 
+/// CPU time (user + system, seconds) of one process, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / tick)
+}
+
+/// CPU time of named processes at one instant; the difference of two tells where a run's CPU
+/// went (on a small machine the API server, etcd and our services share the same cores).
+#[derive(Debug, Clone, Default)]
+pub struct CpuSnapshot {
+    at: Option<std::time::Instant>,
+    used: Vec<(String, f64)>,
+}
+
+impl CpuSnapshot {
+    /// Reads the CPU time of each `(name, pid)` now; processes that are gone are left out.
+    pub fn take(processes: &[(String, u32)]) -> Self {
+        let used = processes.iter().filter_map(|(n, pid)| Some((n.clone(), cpu_seconds(*pid)?))).collect();
+        CpuSnapshot { at: Some(std::time::Instant::now()), used }
+    }
+
+    /// Cores used in all between `earlier` and this snapshot, and by each process, busiest
+    /// first, as text ("kube-apiserver 1.21, etcd 0.30, …").
+    pub fn cores_since(&self, earlier: &CpuSnapshot) -> (f64, String) {
+        let (Some(now), Some(then)) = (self.at, earlier.at) else { return (0.0, String::new()) };
+        let wall = now.duration_since(then).as_secs_f64().max(1e-3);
+        let mut cores: Vec<(String, f64)> = self
+            .used
+            .iter()
+            .filter_map(|(n, c)| {
+                let before = earlier.used.iter().find(|(m, _)| m == n)?.1;
+                Some((n.clone(), (c - before) / wall))
+            })
+            .collect();
+        cores.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = cores.iter().map(|(_, c)| c).sum();
+        let parts: Vec<String> = cores.iter().map(|(n, c)| format!("{n} {c:.2}")).collect();
+        (total, parts.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +189,18 @@ mod tests {
         assert_eq!(s.quantile(0.99), Some(Duration::from_millis(99)));
         assert_eq!(s.quantile(1.0), Some(Duration::from_millis(100)));
         assert!(Samples::default().summary().is_none());
+    }
+
+    #[test]
+    fn cores_between_snapshots() {
+        let t = std::time::Instant::now();
+        let before = CpuSnapshot { at: Some(t), used: vec![("etcd".into(), 1.0), ("api".into(), 5.0), ("gone".into(), 1.0)] };
+        let after = CpuSnapshot {
+            at: Some(t + Duration::from_secs(10)),
+            used: vec![("etcd".into(), 3.0), ("api".into(), 20.0), ("new".into(), 9.0)],
+        };
+        let (total, text) = after.cores_since(&before);
+        assert!((total - 1.7).abs() < 1e-9, "{total}");
+        assert_eq!(text, "api 1.50, etcd 0.20");
     }
 }

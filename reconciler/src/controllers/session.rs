@@ -177,12 +177,7 @@ fn owner(s: &AgenticSession) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::
 }
 
 /// Why a spec cannot run.
-fn validate(s: &AgenticSession, secret_name: &Option<String>) -> Result<(), String> {
-    if let Some(n) = secret_name
-        && !crate::apply::runner_secret_name_ok(n)
-    {
-        return Err(format!("runner secret name {n:?} is not a valid Secret name"));
-    }
+fn validate_env(s: &AgenticSession) -> Result<(), String> {
     for k in s.spec.environment_variables.keys() {
         if !crate::apply::env_name_ok(k) {
             return Err(format!("environment variable name {k:?} is invalid"));
@@ -191,10 +186,19 @@ fn validate(s: &AgenticSession, secret_name: &Option<String>) -> Result<(), Stri
     Ok(())
 }
 
+/// Why the project's runner secret cannot be used.
+fn validate_secret(secret_name: &Option<String>) -> Result<(), String> {
+    match secret_name {
+        Some(n) if !crate::apply::runner_secret_name_ok(n) => Err(format!("runner secret name {n:?} is not a valid Secret name")),
+        _ => Ok(()),
+    }
+}
+
+/// The runner's own ServiceAccount, allowed (Role and RoleBinding of the same name) to read its
+/// session and report its status, and nothing else.
 async fn ensure_identity(client: &kube::Client, s: &AgenticSession, ns: &str) -> Result<String, kube::Error> {
     let session = s.name_any();
     let name = labels::session_identity(&session);
-    let pp = PatchParams::apply(labels::FIELD_MANAGER).force();
     let meta = || ObjectMeta {
         name: Some(name.clone()),
         namespace: Some(ns.into()),
@@ -203,8 +207,6 @@ async fn ensure_identity(client: &kube::Client, s: &AgenticSession, ns: &str) ->
         ..Default::default()
     };
     let sa = ServiceAccount { metadata: meta(), ..Default::default() };
-    Api::<ServiceAccount>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&sa)).await?;
-    // Only its own session: read it, and report status.
     let role = Role {
         metadata: meta(),
         rules: Some(vec![
@@ -224,14 +226,36 @@ async fn ensure_identity(client: &kube::Client, s: &AgenticSession, ns: &str) ->
             },
         ]),
     };
-    Api::<Role>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&role)).await?;
     let rb = RoleBinding {
         metadata: meta(),
         role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.clone() },
         subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: name.clone(), namespace: Some(ns.into()), api_group: None }]),
     };
-    Api::<RoleBinding>::namespaced(client.clone(), ns).patch(&name, &pp, &Patch::Apply(&rb)).await?;
+    // The ServiceAccount and Role are written together; the RoleBinding needs its Role (the API
+    // server checks that binding it grants nothing we lack); all three exist before the Job (a
+    // pod naming a missing ServiceAccount is refused, and the Job controller backs off).
+    tokio::try_join!(
+        create_or_apply(Api::<ServiceAccount>::namespaced(client.clone(), ns), &name, &sa),
+        create_or_apply(Api::<Role>::namespaced(client.clone(), ns), &name, &role),
+    )?;
+    create_or_apply(Api::<RoleBinding>::namespaced(client.clone(), ns), &name, &rb).await?;
     Ok(name)
+}
+
+/// Creates `obj`, or server-side applies it over one that exists (a retried pass, a second run;
+/// the apply also repairs drift). A create is the common case and costs the API server less.
+async fn create_or_apply<K>(api: Api<K>, name: &str, obj: &K) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let pp = PostParams { field_manager: Some(labels::FIELD_MANAGER.into()), ..Default::default() };
+    match api.create(&pp, obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            api.patch(name, &PatchParams::apply(labels::FIELD_MANAGER).force(), &Patch::Apply(obj)).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -361,20 +385,17 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
         return Ok(Action::await_change());
     }
     ctx.cache_ready().await?;
-    let Some(cur) = Observed::of(&s) else {
-        let run = s.status.as_ref().and_then(|st| st.run).unwrap_or(1);
-        let first = Observed {
-            phase: Phase::Pending,
-            reason: None,
-            message: Some("waiting to run".into()),
-            start_time: None,
-            completion_time: None,
-            job_name: None,
-            run,
-        };
-        write_status(&api, &s, &first).await?;
-        return Ok(Action::requeue(Duration::from_millis(200)));
-    };
+    // A new session (no status yet) reads as Pending everywhere; this pass moves it on at once,
+    // so Pending is not written on its own (one write less per session on a busy API server).
+    let cur = Observed::of(&s).unwrap_or_else(|| Observed {
+        phase: Phase::Pending,
+        reason: None,
+        message: Some("waiting to run".into()),
+        start_time: None,
+        completion_time: None,
+        job_name: None,
+        run: s.status.as_ref().and_then(|st| st.run).unwrap_or(1),
+    });
     let job_name = labels::job_name(&name);
     let job = match ctx.job(&ns, &name) {
         Some(j) => Some(j),
@@ -414,17 +435,26 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             write_status(&api, &s, &cur.with(Phase::Failed, Some("JobMissing"), "the runner Job disappeared")).await?;
             return Ok(Action::requeue(resync));
         }
-        let secret = Api::<ProjectSettings>::namespaced(client.clone(), &ns)
-            .get_opt(PROJECT_SETTINGS_NAME)
-            .await?
-            .and_then(|ps| ps.spec.runner_secrets_name);
-        if let Err(msg) = validate(&s, &secret) {
+        if let Err(msg) = validate_env(&s) {
             write_status(&api, &s, &cur.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
             return Ok(Action::requeue(resync));
         }
         let creating = Observed { job_name: Some(job_name.clone()), ..cur.with(Phase::Creating, None, "creating the runner Job") };
-        let written = write_status(&api, &s, &creating).await?;
-        let sa = ensure_identity(client, &s, &ns).await?;
+        // Recording Creating, reading the project's settings and making the runner's identity
+        // do not depend on each other: one round trip's wait instead of three (a crash in
+        // between leaves nothing the next pass does not redo idempotently).
+        let settings = Api::<ProjectSettings>::namespaced(client.clone(), &ns);
+        let (settings, written, sa) = tokio::try_join!(
+            settings.get_opt(PROJECT_SETTINGS_NAME),
+            write_status(&api, &s, &creating),
+            ensure_identity(client, &s, &ns),
+        )?;
+        let latest = written.as_ref().unwrap_or(&s);
+        let secret = settings.and_then(|ps| ps.spec.runner_secrets_name);
+        if let Err(msg) = validate_secret(&secret) {
+            write_status(&api, latest, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
+            return Ok(Action::requeue(resync));
+        }
         let secret = secret.unwrap_or_else(|| labels::RUNNER_SECRET_NAME.into());
         let job = build_job(&ctx.cfg, &s, &ns, cur.run, &sa, &secret);
         match Api::<Job>::namespaced(client.clone(), &ns).create(&PostParams::default(), &job).await {
@@ -432,7 +462,6 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
                 let msg = format!("the runner Job is invalid: {}", e.message);
-                let latest = written.as_ref().unwrap_or(&s);
                 write_status(&api, latest, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
                 return Ok(Action::requeue(resync));
             }
@@ -489,17 +518,29 @@ fn job_view(job: &mut Job) {
     job.spec = None;
 }
 
+/// Keeps all of a session but its field-manager bookkeeping, which no pass reads and which is a
+/// large part of an object that several managers write.
+fn session_view(s: &mut AgenticSession) {
+    s.metadata.managed_fields = None;
+}
+
 /// Runs the session controller until `stop` is cancelled.
 ///
-/// Sessions and their Jobs (by owner) trigger reconciles; the Jobs are cached, trimmed, for the
+/// Sessions and their Jobs (by owner) trigger reconciles; both are cached, trimmed, for the
 /// reconcile passes to read.
 pub async fn run(cfg: Config, concurrency: u16, stop: CancellationToken) {
     let client = cfg.client.clone();
     let runners = watcher::Config::default().labels(labels::SESSION_LABEL);
     let (jobs, jobs_writer) = reflector::store();
     let job_events = watcher(Api::<Job>::all(client.clone()), runners).default_backoff().modify(job_view).reflect(jobs_writer).touched_objects();
+    let (sessions, sessions_writer) = reflector::store();
+    let session_events = watcher(Api::<AgenticSession>::all(client), watcher::Config::default())
+        .default_backoff()
+        .modify(session_view)
+        .reflect(sessions_writer)
+        .applied_objects();
     let ctx = Arc::new(Ctx { cfg, jobs });
-    Controller::new(Api::<AgenticSession>::all(client), watcher::Config::default())
+    Controller::for_stream(session_events, sessions)
         .owns_stream(job_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())

@@ -6,17 +6,19 @@
 //!
 //! `--quick` (seconds; CI's smoke test) uses small counts; the full mode is for people.
 //! `--only accept,applied,throughput,sse,scale` runs some parts (the footprint is always shown).
+//! `--rates 100,200` and `--rate-seconds 30` change the open loop's rates and their length.
 //! Attaches to the cluster named by `AMBIENT_STATE_DIR`, or starts one (see `TestEnv`).
 
 use std::time::{Duration, Instant};
 
-use ambient_tests::bench::{Figure, Row, Samples, markdown};
+use ambient_tests::bench::{CpuSnapshot, Figure, Row, Samples, markdown};
 use ambient_tests::components::Component;
 use ambient_tests::stack::{Stack, StackOptions};
 use ambient_tests::{DemoUser, TestEnv, unique_name};
 use anyhow::{Context as _, bail};
 use events::crd::{AgenticSession, AgenticSessionSpec};
 use futures::StreamExt as _;
+use kube::runtime::WatchStreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -58,7 +60,14 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .map(|v| v.split(',').map(|p| p.trim().to_string()).collect());
     let runs = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
-    let mode = Mode::new(quick);
+    let mut mode = Mode::new(quick);
+    let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
+    if let Some(v) = value_of("--rates") {
+        mode.rates = v.split(',').map(|r| r.trim().parse()).collect::<Result<_, _>>().context("--rates: comma-separated integers")?;
+    }
+    if let Some(v) = value_of("--rate-seconds") {
+        mode.rate_seconds = v.parse().context("--rate-seconds: an integer")?;
+    }
     let env = TestEnv::shared().await.context("dev cluster")?;
     eprintln!("==> starting the stack (api, reconciler, projector under their ServiceAccounts)");
     // The benchmark measures the bus path, not the per-principal abuse limiter (20 req/s by
@@ -69,7 +78,19 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut stack = Stack::start(&env, opts).await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let b = Bench { env: env.clone(), http, api: stack.api_url.clone(), alice: env.token(DemoUser::Alice)?.to_string(), admin: env.token(DemoUser::Admin)?.to_string() };
+    let mut processes = cluster_processes(&env);
+    for (c, p) in [(Component::Api, &stack.api), (Component::Reconciler, &stack.reconciler), (Component::Projector, &stack.projector)] {
+        processes.extend(p.pid().map(|pid| (c.binary().to_string(), pid)));
+    }
+    let b = Bench {
+        env: env.clone(),
+        http,
+        api: stack.api_url.clone(),
+        alice: env.token(DemoUser::Alice)?.to_string(),
+        admin: env.token(DemoUser::Admin)?.to_string(),
+        processes,
+        alice_kube: kube::Client::try_from(env.info().kube_config(env.token(DemoUser::Alice)?).await?)?,
+    };
 
     let mut rows = Vec::new();
     if runs("accept") {
@@ -119,7 +140,12 @@ struct OpenLoop {
     latency: Samples,
     failed: usize,
     lost: usize,
+    /// Sessions created.
+    names: Vec<String>,
 }
+
+/// How long the benchmark waits for an open loop's sessions to finish before the next run.
+const DRAIN_LIMIT: Duration = Duration::from_secs(300);
 
 struct Bench {
     env: TestEnv,
@@ -127,6 +153,71 @@ struct Bench {
     api: String,
     alice: String,
     admin: String,
+    /// Every process of the stack and the cluster, for CPU accounting.
+    processes: Vec<(String, u32)>,
+    /// alice's own client to the API server: the direct baselines are her creates, so they
+    /// pass the same authorization and API priority and fairness as the reconciler's (the
+    /// admin's requests skip the API server's queues).
+    alice_kube: kube::Client,
+}
+
+/// The cluster's own processes (etcd, kube-apiserver, …, nats-server), from the PID files of
+/// the state directory.
+fn cluster_processes(env: &TestEnv) -> Vec<(String, u32)> {
+    let Some(dir) = &env.info().state_dir else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir.join("pids")) else { return Vec::new() };
+    let mut out: Vec<(String, u32)> = entries
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_stem()?.to_str()?.to_string();
+            let pid = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+            Some((name, pid))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Names of sessions that reached a terminal phase, from one watch on all sessions: tells when
+/// the runs an open loop started have all finished.
+#[derive(Clone, Default)]
+struct Finished(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl Finished {
+    fn watch(client: kube::Client) -> Self {
+        let finished = Finished::default();
+        let seen = finished.clone();
+        tokio::spawn(async move {
+            let mut stream = kube::runtime::watcher(Api::<AgenticSession>::all(client), Default::default())
+                .default_backoff()
+                .boxed();
+            while let Some(ev) = stream.next().await {
+                let (Ok(kube::runtime::watcher::Event::Apply(s)) | Ok(kube::runtime::watcher::Event::InitApply(s))) = ev else { continue };
+                if s.status.as_ref().and_then(|st| st.phase).is_some_and(|p| p.is_terminal())
+                    && let Ok(mut set) = seen.0.lock()
+                {
+                    set.insert(s.metadata.name.unwrap_or_default());
+                }
+            }
+        });
+        finished
+    }
+
+    fn count(&self, names: &[String]) -> usize {
+        self.0.lock().map(|set| names.iter().filter(|n| set.contains(*n)).count()).unwrap_or(0)
+    }
+
+    /// Waits (at most `limit`) until every one of `names` finished; how long that took.
+    async fn wait_all(&self, names: &[String], limit: Duration) -> Option<Duration> {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if self.count(names) == names.len() {
+                return Some(t.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        None
+    }
 }
 
 fn lat(s: &Samples) -> Figure {
@@ -224,7 +315,7 @@ impl Bench {
         // Baseline (the floor): the same AgenticSession created directly on the API server.
         // Samples alternate with the measured ones, so both see the same machine noise.
         let floor_ns = self.project_for_alice("bench-floor").await?;
-        let direct = Api::<AgenticSession>::namespaced(self.env.admin(), &floor_ns);
+        let direct = Api::<AgenticSession>::namespaced(self.alice_kube.clone(), &floor_ns);
         let spec: AgenticSessionSpec = serde_json::from_value(json!({"prompt": "benchmark", "timeout": 600}))?;
         let project = self.project_for_alice("bench-sync").await?;
         let mut base = Samples::default();
@@ -262,11 +353,37 @@ impl Bench {
         for _ in 0..m.rate_projects {
             projects.push(self.project_for_alice("bench-rate").await?);
         }
+        let finished = Finished::watch(self.env.admin());
         let mut rows = Vec::new();
         let mut best: Option<u32> = None;
         for &rate in &m.rates {
+            let cpu0 = CpuSnapshot::take(&self.processes);
             let direct = self.open_loop(rate, m.rate_seconds, &projects, Path::Direct).await?;
+            let cpu1 = CpuSnapshot::take(&self.processes);
+            // Each run starts on a quiet cluster: the previous run's sessions (their Jobs and
+            // pods) have finished, so neither path pays for the other's backlog.
+            let direct_drain = finished.wait_all(&direct.names, DRAIN_LIMIT).await;
+            let cpu2 = CpuSnapshot::take(&self.processes);
             let bus = self.open_loop(rate, m.rate_seconds, &projects, Path::Api).await?;
+            let cpu3 = CpuSnapshot::take(&self.processes);
+            let bus_drain = finished.wait_all(&bus.names, DRAIN_LIMIT).await;
+            let drained = |d: Option<Duration>, names: &[String]| match d {
+                Some(d) => format!("all finished {:.1} s after the last create", d.as_secs_f64()),
+                None => format!("{} of {} finished {} s after the last create", finished.count(names), names.len(), DRAIN_LIMIT.as_secs()),
+            };
+            let (bus_cores, bus_split) = cpu3.cores_since(&cpu2);
+            let (direct_cores, direct_split) = cpu1.cores_since(&cpu0);
+            rows.push(Row {
+                what: format!(
+                    "CPU during the open loop at {rate}/s (through the api: {bus_split}; direct: {direct_split}); sessions through the api {}, direct {}",
+                    drained(bus_drain, &bus.names),
+                    drained(direct_drain, &direct.names),
+                ),
+                value: Figure::Scalar { value: bus_cores, unit: "cores".into() },
+                baseline: Some(("direct creates at the same rate".into(), Figure::Scalar { value: direct_cores, unit: "cores".into() })),
+                target: format!("{} cores on this machine", std::thread::available_parallelism().map_or(0, |n| n.get())),
+                met: None,
+            });
             let ok = bus.failed == 0 && bus.lost == 0 && p99_under(&bus.latency, 1000.0) == Some(true);
             if ok {
                 best = Some(rate);
@@ -281,6 +398,15 @@ impl Bench {
                 target: "p99 < 1 s, nothing lost".into(),
                 met: Some(ok),
             });
+            if rate == 50 {
+                rows.push(Row {
+                    what: "command → applied at 50 commands/s: sync POST session → 201 in the open loop".into(),
+                    met: p99_under(&bus.latency, 100.0),
+                    value: lat(&bus.latency),
+                    baseline: Some(("direct creates at the same rate".into(), lat(&direct.latency))),
+                    target: "p99 ≤ 100 ms".into(),
+                });
+            }
             // Higher rates only pile up more backlog once one rate fails.
             if !ok {
                 break;
@@ -319,7 +445,7 @@ impl Bench {
             let http = self.http.clone();
             let url = format!("{}/api/projects/{project}/agentic-sessions", self.api);
             let token = self.alice.clone();
-            let direct = Api::<AgenticSession>::namespaced(self.env.admin(), &project);
+            let direct = Api::<AgenticSession>::namespaced(self.alice_kube.clone(), &project);
             let spec = spec.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep_until(at).await;
@@ -334,12 +460,13 @@ impl Bench {
                 (ok, at.elapsed(), project, name)
             }));
         }
-        let mut out = OpenLoop { latency: Samples::default(), failed: 0, lost: 0 };
+        let mut out = OpenLoop { latency: Samples::default(), failed: 0, lost: 0, names: Vec::new() };
         let mut created = Vec::new();
         for t in tasks {
             let (ok, d, project, name) = t.await?;
             if ok {
                 out.latency.push(d);
+                out.names.push(name.clone());
                 created.push((project, name));
             } else {
                 out.failed += 1;
@@ -554,16 +681,13 @@ async fn grant(admin: &kube::Client, ns: &str, user: &str, role: &str) -> anyhow
 
 /// RSS and CPU time of each service, from /proc.
 fn footprint(stack: &Stack) -> Vec<Row> {
-    let tick = 100.0; // USER_HZ on Linux
     [(Component::Api, &stack.api), (Component::Reconciler, &stack.reconciler), (Component::Projector, &stack.projector)]
         .into_iter()
         .map(|(c, p)| {
             let figure = p.pid().and_then(|pid| {
                 let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
                 let rss_kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-                let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / tick;
+                let cpu = ambient_tests::bench::cpu_seconds(pid)?;
                 Some((rss_kb / 1024.0, cpu))
             });
             match figure {
