@@ -74,7 +74,9 @@ where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, cfg).default_backoff().reflect(writer);
+    // No read shows field-manager bookkeeping, and it is a large part of an object several
+    // managers write (a session: the api, the reconciler, the runner).
+    let stream = watcher(api, cfg).default_backoff().modify(|o| o.meta_mut().managed_fields = None).reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream.take_until(shutdown.cancelled_owned()));
         while let Some(ev) = stream.next().await {
