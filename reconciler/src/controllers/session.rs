@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use events::crd::{AgenticSession, GROUP, PROJECT_SETTINGS_NAME, ProjectSettings};
 use events::Phase;
 
-use super::{ControllerError, ERROR_REQUEUE};
+use super::{ControllerError, Retries};
 use crate::apply::session::delete_job_and_pods;
 use crate::labels;
 use crate::namespaces::Projects;
@@ -55,6 +55,7 @@ pub struct Config {
 struct Ctx {
     cfg: Config,
     jobs: Store<Job>,
+    retries: Retries,
 }
 
 impl Ctx {
@@ -359,8 +360,13 @@ fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::
 
 async fn reconcile(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
     let span = tracing::info_span!("session", project = %s.namespace().unwrap_or_default(), session = %s.name_any());
+    let key = retry_key(&s);
     // Instrument, never enter: an entered guard held across awaits leaks into other tasks.
-    match tracing::Instrument::instrument(reconcile_session(s, ctx), span).await {
+    let result = tracing::Instrument::instrument(reconcile_session(s, ctx.clone()), span).await;
+    if result.is_ok() {
+        ctx.retries.succeeded(&key);
+    }
+    match result {
         // Our view was stale (a command or the runner wrote first); the watch brings the new
         // version, and the short requeue covers a missed event.
         Err(ControllerError::Kube(kube::Error::Api(e))) if e.code == 409 && e.reason == "Conflict" => {
@@ -505,9 +511,14 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
 /// bounds the wait should an event be missed.
 const WATCH_BACKSTOP: Duration = Duration::from_secs(30);
 
-fn error_policy(s: Arc<AgenticSession>, e: &ControllerError, _: Arc<Ctx>) -> Action {
-    tracing::warn!(project = ?s.namespace(), session = %s.name_any(), error = %e, "session reconcile failed");
-    Action::requeue(ERROR_REQUEUE)
+fn retry_key(s: &AgenticSession) -> String {
+    format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any())
+}
+
+fn error_policy(s: Arc<AgenticSession>, e: &ControllerError, ctx: Arc<Ctx>) -> Action {
+    let retry_in = ctx.retries.failed(&retry_key(&s));
+    tracing::warn!(project = ?s.namespace(), session = %s.name_any(), error = %e, retry_in_ms = retry_in.as_millis() as u64, "session reconcile failed");
+    Action::requeue(retry_in)
 }
 
 /// Keeps what the controller reads of a runner Job: its name, labels, owner and status. The
@@ -539,7 +550,7 @@ pub async fn run(cfg: Config, concurrency: u16, stop: CancellationToken) {
         .modify(session_view)
         .reflect(sessions_writer)
         .applied_objects();
-    let ctx = Arc::new(Ctx { cfg, jobs });
+    let ctx = Arc::new(Ctx { cfg, jobs, retries: Retries::default() });
     Controller::for_stream(session_events, sessions)
         .owns_stream(job_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
