@@ -320,16 +320,17 @@ pub fn project_json(ns: &Namespace) -> Value {
     })
 }
 
-/// A session as the full `{apiVersion, kind, metadata, spec, status}` object (managedFields
-/// dropped: noise to the UI).
+/// A session of the cache (which holds no managedFields) as the full `{apiVersion, kind,
+/// metadata, spec, status}` object. A session the reconciler has not reached yet has no status
+/// and shows phase Pending, as the status stream does.
 pub fn session_json(s: &AgenticSession) -> Value {
-    let mut s = s.clone();
-    s.metadata.managed_fields = None;
-    let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
+    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         m.insert("apiVersion".into(), Value::String(events::crd::API_VERSION.into()));
         m.insert("kind".into(), Value::String("AgenticSession".into()));
-        m.entry("status").or_insert_with(|| json!({}));
+        if let Value::Object(status) = m.entry("status").or_insert_with(|| json!({})) {
+            status.entry("phase").or_insert_with(|| Value::String(events::Phase::Pending.as_str().into()));
+        }
     }
     v
 }
@@ -341,5 +342,20 @@ impl Reads {
     /// Whether the access key `id` of `ns` is in the cache.
     pub fn keys_of_sync(&self, ns: &str, id: &str) -> bool {
         self.serviceaccounts.get(&reflector::ObjectRef::new(id).within(ns)).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_without_status_shows_pending() {
+        let spec: events::crd::AgenticSessionSpec = serde_json::from_value(json!({"prompt": "hi"})).unwrap();
+        let mut s = AgenticSession::new("s1", spec);
+        assert_eq!(session_json(&s)["status"]["phase"], "Pending");
+        assert_eq!(session_json(&s)["kind"], "AgenticSession");
+        s.status = Some(events::crd::AgenticSessionStatus { phase: Some(events::Phase::Running), ..Default::default() });
+        assert_eq!(session_json(&s)["status"]["phase"], "Running", "a written phase is never replaced");
     }
 }

@@ -286,6 +286,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_job_name_leads_back_to_its_session() {
+        assert_eq!(runner::session_of_job(&runner::job_name("s1")), Some("s1"));
+        assert_eq!(runner::session_of_job("a-job-job"), Some("a-job"));
+        assert_eq!(runner::session_of_job("-job"), None);
+        assert_eq!(runner::session_of_job("s1"), None);
+    }
+
+    #[test]
     fn spec_defaults_and_names() {
         let s: AgenticSessionSpec = serde_json::from_str(r#"{"prompt":"hi"}"#).unwrap();
         assert_eq!(s.timeout, 3600);
@@ -322,5 +330,10 @@ pub mod runner {
     /// The Job of session `session`: `<session>-job`.
     pub fn job_name(session: &str) -> String {
         format!("{session}-job")
+    }
+
+    /// The session whose Job name `job` is (the inverse of [`job_name`]), if any.
+    pub fn session_of_job(job: &str) -> Option<&str> {
+        job.strip_suffix("-job").filter(|s| !s.is_empty())
     }
 }

@@ -255,10 +255,7 @@ impl Rec {
         match self {
             Rec::Session(s) => Scope::Session(s.meta.name.clone()),
             // A Job counts only for the session whose runner Job name it has (see `JobRec::runs`).
-            Rec::Job(j) => match j.meta.name.strip_suffix(runner::job_name("").as_str()) {
-                Some(session) if !session.is_empty() => Scope::Session(session.to_string()),
-                _ => Scope::Project,
-            },
+            Rec::Job(j) => runner::session_of_job(&j.meta.name).map_or(Scope::Project, |s| Scope::Session(s.to_string())),
             Rec::Pod(p) => p.session.clone().map_or(Scope::Project, Scope::Session),
             _ => Scope::Project,
         }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::model::{Meta, meta_of, to_chrono};
 
-pub use events::crd::runner::{CONTAINER as RUNNER_CONTAINER, RUN_LABEL, SESSION_LABEL, job_name};
+pub use events::crd::runner::{CONTAINER as RUNNER_CONTAINER, RUN_LABEL, SESSION_LABEL, job_name, session_of_job};
 
 macro_rules! narrow_resource {
     ($ty:ident, $api_version:literal, $group:literal, $kind:literal, $plural:literal) => {
