@@ -87,19 +87,13 @@ impl AppState {
         }
     }
 
-    /// Fails with 403 unless every check is allowed.
+    /// Fails with 403, naming the first check refused, unless every check is allowed.
     pub async fn require(&self, caller: &Caller, checks: &[ResourceCheck]) -> Result<(), ApiError> {
-        if self.authz.all_allowed(&caller.principal, checks).await? {
-            Ok(())
-        } else {
-            let c = &checks[0];
-            Err(ApiError::Forbidden(format!(
-                "you may not {} {}{} in project {}",
-                c.verb,
-                c.resource,
-                c.subresource.map(|s| format!("/{s}")).unwrap_or_default(),
-                c.namespace
-            )))
+        let decisions =
+            futures::future::try_join_all(checks.iter().map(|c| self.authz.allowed(&caller.principal, c))).await?;
+        match checks.iter().zip(decisions).find(|(_, allowed)| !allowed) {
+            Some((c, _)) => Err(ApiError::Forbidden(format!("you may not {c}"))),
+            None => Ok(()),
         }
     }
 

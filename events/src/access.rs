@@ -8,7 +8,7 @@ use k8s_openapi::api::authorization::v1::{
 
 use crate::commands::{Command, CommandBody};
 use crate::crd::{GROUP, PROJECT_SETTINGS_NAME};
-use crate::domain::Principal;
+use crate::domain::{Principal, Role};
 
 /// One SubjectAccessReview's resource attributes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,6 +65,21 @@ impl ResourceCheck {
     }
 }
 
+/// `bind clusterroles/ambient-project-admin in project p1`: what was asked, for error messages.
+impl std::fmt::Display for ResourceCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.verb, self.resource)?;
+        if let Some(s) = self.subresource {
+            write!(f, "/{s}")?;
+        }
+        // A named check is shown by name only where the name is ours to show (a role).
+        if let (Some(n), "clusterroles") = (&self.name, self.resource) {
+            write!(f, " {n}")?;
+        }
+        write!(f, " in project {}", self.namespace)
+    }
+}
+
 /// The decision of a reviewed SubjectAccessReview: allowed, and not explicitly denied.
 pub fn is_allowed(status: Option<&SubjectAccessReviewStatus>) -> bool {
     status.is_some_and(|s| s.allowed && !s.denied.unwrap_or(false))
@@ -85,6 +100,14 @@ const RBAC: &str = "rbac.authorization.k8s.io";
 
 fn check(ns: &str, verb: &'static str, group: &'static str, resource: &'static str, name: Option<&str>) -> ResourceCheck {
     ResourceCheck { namespace: ns.into(), verb, group, resource, subresource: None, name: name.map(Into::into) }
+}
+
+/// `bind` on `role`'s ClusterRole in the project: what handing that role out requires. The
+/// reconciler writes the RoleBinding with its own `bind` right, so Kubernetes' escalation check
+/// never sees the caller; this is that check, made for the caller (a role is handed out only
+/// by who holds it: the project admin role has `bind` on the three project roles).
+pub fn bind_role(ns: &str, role: Role) -> ResourceCheck {
+    check(ns, "bind", RBAC, "clusterroles", Some(role.cluster_role()))
 }
 
 impl Command {
@@ -108,12 +131,64 @@ impl Command {
             ]),
             CommandBody::SessionStatus(c) => one(ResourceCheck::session_status(ns, c.name.as_str())),
             CommandBody::SessionDisplayName(c) => one(ResourceCheck::session_status(ns, c.name.as_str())),
-            CommandBody::PermissionGrant(_) => one(check(ns, "create", RBAC, "rolebindings", None)),
+            CommandBody::PermissionGrant(c) => {
+                Requirement::All(vec![check(ns, "create", RBAC, "rolebindings", None), bind_role(ns, c.role)])
+            }
             CommandBody::PermissionRevoke(_) => one(check(ns, "delete", RBAC, "rolebindings", None)),
-            CommandBody::KeyCreate(_) => one(check(ns, "create", "", "serviceaccounts", None)),
+            CommandBody::KeyCreate(c) => Requirement::All(vec![check(ns, "create", "", "serviceaccounts", None), bind_role(ns, c.role)]),
             CommandBody::KeyRevoke(c) => one(check(ns, "delete", "", "serviceaccounts", Some(c.key_id.as_str()))),
             CommandBody::RunnerSecretPut(_) => one(check(ns, "update", "", "secrets", None)),
             CommandBody::RunnerSecretConfig(_) => one(settings("update")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::{KeyCreate, PermissionGrant, PermissionRevoke};
+    use crate::names::{KeyName, ProjectName, SubjectName};
+    use crate::sealing::SealingSecretKey;
+    use crate::domain::SubjectType;
+
+    fn checks(body: CommandBody) -> Vec<(String, &'static str, &'static str, Option<String>)> {
+        let alice = Principal { user: "alice".into(), uid: String::new(), groups: vec![] };
+        let cmd = Command::new(ProjectName::new("p1").unwrap(), alice, body);
+        match cmd.requirement() {
+            Requirement::All(cs) => cs.into_iter().map(|c| (c.namespace, c.verb, c.resource, c.name)).collect(),
+            Requirement::SelfProvision => panic!("not a namespaced requirement"),
+        }
+    }
+
+    /// Handing out a role needs `bind` on that role's ClusterRole, in the project, for keys and
+    /// grants alike; taking a grant away does not.
+    #[test]
+    fn handing_out_a_role_requires_bind_on_it() {
+        for role in Role::ALL {
+            let bind = ("p1".to_string(), "bind", "clusterroles", Some(role.cluster_role().to_string()));
+            let key = KeyCreate {
+                name: KeyName::new("ci").unwrap(),
+                description: None,
+                role,
+                expiration_seconds: None,
+                reply_key: SealingSecretKey::generate().public_key(),
+            };
+            assert_eq!(checks(CommandBody::KeyCreate(key)), vec![("p1".into(), "create", "serviceaccounts", None), bind.clone()]);
+            let grant = PermissionGrant { subject_type: SubjectType::User, subject_name: SubjectName::new("bob").unwrap(), role };
+            assert_eq!(checks(CommandBody::PermissionGrant(grant)), vec![("p1".into(), "create", "rolebindings", None), bind]);
+        }
+        let revoke = PermissionRevoke { subject_type: SubjectType::Group, subject_name: SubjectName::new("team-b").unwrap() };
+        assert_eq!(checks(CommandBody::PermissionRevoke(revoke)), vec![("p1".into(), "delete", "rolebindings", None)]);
+    }
+
+    #[test]
+    fn bind_review_names_the_cluster_role() {
+        let sar = bind_role("p1", Role::Admin).review_for(&Principal { user: "bob".into(), uid: String::new(), groups: vec!["g".into()] });
+        let attrs = sar.spec.resource_attributes.unwrap();
+        assert_eq!(attrs.verb.as_deref(), Some("bind"));
+        assert_eq!(attrs.group.as_deref(), Some(RBAC));
+        assert_eq!(attrs.resource.as_deref(), Some("clusterroles"));
+        assert_eq!(attrs.name.as_deref(), Some("ambient-project-admin"));
+        assert_eq!(attrs.namespace.as_deref(), Some("p1"));
     }
 }

@@ -133,10 +133,38 @@ dns_label_name!(
     KeyName, field = "name", max = 40
 );
 
+impl ProjectName {
+    /// Namespace names no tenant may take: the cluster's own (`default`, `kube-*`) and
+    /// OpenShift's (`openshift`, `openshift-*`), where a project would sit beside system
+    /// workloads, and whose existence a create must not probe (it is refused before any lookup).
+    pub fn check_creatable(&self) -> Result<(), ValidationError> {
+        let n = self.0.as_str();
+        let reserved = matches!(n, "default" | "openshift") || n.starts_with("kube-") || n.starts_with("openshift-");
+        if reserved {
+            return Err(ValidationError::new("project", "is reserved for the cluster (default, kube-*, openshift, openshift-*)"));
+        }
+        Ok(())
+    }
+}
+
+/// Characters that render as nothing or reorder the text around them (Unicode general category
+/// Cf: zero-width spaces and joiners, bidi embeddings, overrides and isolates, the BOM, tag
+/// characters), and private-use or non-characters: a name holding one can look like another
+/// name (`alice\u{202E}` or `ali\u{200B}ce` shown as `alice`).
+pub fn is_deceptive_char(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2 | 0x180E
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF
+        | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F
+        | 0xE000..=0xF8FF | 0xF0000..=0x10FFFF | 0xFDD0..=0xFDEF | 0xFFFE | 0xFFFF)
+}
+
 /// A user or group name in a permission grant. Kubernetes accepts almost any string here (e.g.
 /// `alice@example.com`, `system:serviceaccount:ns:sa`); we refuse what cannot be a real identity
 /// or would be unsafe in a URL path or a label value derived from it: empty, over 253 bytes,
-/// control characters, whitespace or `/`.
+/// control characters, whitespace, `/`, or characters that hide or reorder text
+/// ([`is_deceptive_char`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct SubjectName(#[schemars(length(min = 1, max = 253))] String);
@@ -157,6 +185,9 @@ impl SubjectName {
         }
         if value.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/') {
             return err("must not contain whitespace, control characters or '/'");
+        }
+        if value.chars().any(is_deceptive_char) {
+            return err("must not contain invisible, bidirectional-control or private-use characters");
         }
         Ok(Self(value))
     }
@@ -219,6 +250,16 @@ mod tests {
     }
 
     #[test]
+    fn reserved_project_names() {
+        for n in ["default", "kube-system", "kube-public", "kube-node-lease", "openshift", "openshift-config"] {
+            assert!(ProjectName::new(n).unwrap().check_creatable().is_err(), "{n}");
+        }
+        for n in ["team-a", "kube", "kubex", "defaults", "my-openshift-x"] {
+            assert!(ProjectName::new(n).unwrap().check_creatable().is_ok(), "{n}");
+        }
+    }
+
+    #[test]
     fn deserialize_validates() {
         let e = serde_json::from_str::<ProjectName>("\"Bad Name\"").unwrap_err();
         assert!(e.to_string().contains("DNS-1123"), "{e}");
@@ -230,8 +271,11 @@ mod tests {
     fn subject_names() {
         assert!(SubjectName::new("alice@example.com").is_ok());
         assert!(SubjectName::new("system:serviceaccount:a:b").is_ok());
-        for bad in ["", "a b", "a/b", "a\nb", &"x".repeat(254)] {
+        for bad in ["", "a b", "a/b", "a\nb", &"x".repeat(254), "alice\u{202E}", "ali\u{200B}ce", "\u{FEFF}bob", "bob\u{2066}", "x\u{E0041}", "\u{E000}"] {
             assert!(SubjectName::new(bad).is_err(), "{bad:?}");
+        }
+        for good in ["josé@example.com", "Zoë", "用户", "team:a.b_c"] {
+            assert!(SubjectName::new(good).is_ok(), "{good:?}");
         }
         let a = SubjectName::new("Alice").unwrap().object_suffix(30);
         let b = SubjectName::new("alice").unwrap().object_suffix(30);

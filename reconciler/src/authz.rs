@@ -64,14 +64,7 @@ pub async fn authorize(client: &kube::Client, cmd: &Command, policy: &SelfProvis
         Requirement::All(checks) => {
             for check in &checks {
                 if !allowed(client, &cmd.principal, check).await? {
-                    return Err(ApplyError::forbidden(format!(
-                        "{} may not {} {}{} in project {}",
-                        cmd.principal.user,
-                        check.verb,
-                        check.resource,
-                        check.subresource.map(|s| format!("/{s}")).unwrap_or_default(),
-                        check.namespace
-                    )));
+                    return Err(ApplyError::forbidden(format!("{} may not {check}", cmd.principal.user)));
                 }
             }
             Ok(())

@@ -11,6 +11,7 @@ use ambient_tests::routes::{Params, Route, operations, sample_body};
 use ambient_tests::stack::{Stack, StackOptions};
 use ambient_tests::{DemoUser, TestEnv, unique_name};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -21,6 +22,21 @@ enum Role {
     View,
     Edit,
     Admin,
+    /// Kubernetes' own `edit` ClusterRole (with what deploy/ aggregates into it), bound directly.
+    StockEdit,
+    /// Kubernetes' own `admin` ClusterRole, bound directly (e.g. by an OpenShift project template).
+    StockAdmin,
+}
+
+impl Role {
+    /// The built-in ClusterRole of a stock role.
+    fn stock_cluster_role(self) -> Option<&'static str> {
+        match self {
+            Role::StockEdit => Some("edit"),
+            Role::StockAdmin => Some("admin"),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,10 +101,34 @@ fn runner_only(r: &Route) -> bool {
     r.template.ends_with("/{session}/status") || r.template.ends_with("/{session}/displayname")
 }
 
+/// The stock `edit` ClusterRole: what deploy/ aggregates into it (sessions CRUD, settings read)
+/// plus Kubernetes' own rules (ServiceAccounts and Secrets, but no RoleBindings and no `bind`).
+/// Handing out a role needs `bind` on it, so an editor cannot create an access key of any role:
+/// the escalation this row guards (an `edit` key-creator minting an admin key).
+fn stock_edit(r: &Route) -> Option<Want> {
+    let path = r.template.trim_start_matches("/api/projects/{project}");
+    Some(match (r.method.as_str(), path) {
+        ("POST", "/keys") => Want::Forbidden,
+        // Kubernetes' edit role reads ServiceAccounts and Secrets and deletes and updates them.
+        ("GET", "/keys") | ("DELETE", "/keys/{keyId}") => Want::Ok,
+        ("GET", "/runner-secrets") | ("PUT", "/runner-secrets") => Want::Ok,
+        // No RoleBinding reads or writes, no settings writes.
+        ("GET", "/permissions") | ("GET", "/groups") => Want::Forbidden,
+        _ => return expected(r, Role::Edit),
+    })
+}
+
 /// Expected answer of a route in the caller's own project.
 fn expected(r: &Route, role: Role) -> Option<Want> {
     if runner_only(r) {
         return Some(Want::NotFound);
+    }
+    match role {
+        Role::StockEdit => return stock_edit(r),
+        // The stock admin holds every permission of the project admin role (aggregated `bind`
+        // included), so it answers as the project admin does.
+        Role::StockAdmin => return expected(r, Role::Admin),
+        _ => {}
     }
     let (least, allowed) = least_role(r)?;
     Some(if role == Role::Nothing {
@@ -132,6 +172,18 @@ struct Fixture {
 struct Env {
     c: Client,
     alice: String,
+    admin: kube::Client,
+}
+
+/// A RoleBinding of `user` to the built-in ClusterRole `cluster_role` in `ns`.
+async fn bind_stock(admin: &kube::Client, ns: &str, user: &str, cluster_role: &str) {
+    let rb: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("stock-{cluster_role}-{user}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))
+    .expect("a RoleBinding");
+    Api::<RoleBinding>::namespaced(admin.clone(), ns).create(&Default::default(), &rb).await.expect("stock binding created");
 }
 
 impl Env {
@@ -153,11 +205,17 @@ impl Env {
     }
 
     async fn fixture(&self, role: Role) -> Fixture {
-        let p = unique_name(&format!("perm-{role:?}"));
+        let p = unique_name(&format!("perm-{role:?}").to_lowercase());
         self.ok(Method::POST, "/api/projects", json!({"name": p})).await;
         self.ok(Method::POST, &format!("/api/projects/{p}/agentic-sessions"), json!({"name": "s1", "prompt": "probe target", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})).await;
+        if let Some(cluster_role) = role.stock_cluster_role() {
+            // Bound by the cluster admin, as a platform's own tooling would: the api grants
+            // only the project roles.
+            bind_stock(&self.admin, &p, "carol", cluster_role).await;
+            return Fixture { project: p, key: None };
+        }
         let r = match role {
-            Role::Nothing => return Fixture { project: p, key: None },
+            Role::Nothing | Role::StockEdit | Role::StockAdmin => return Fixture { project: p, key: None },
             Role::View => "view",
             Role::Edit => "edit",
             Role::Admin => "admin",
@@ -202,7 +260,7 @@ async fn permission_matrix() {
     let env = TestEnv::shared().await.unwrap();
     let api_args = vec!["--rate-limit-rps=1000".into(), "--rate-limit-burst=10000".into(), "--result-timeout=60s".into()];
     let s: Stack = Stack::start(&env, StackOptions { api_args, ..Default::default() }).await.expect("stack starts");
-    let e = Env { c: Client::new(&s.api_url), alice: env.token(DemoUser::Alice).unwrap().to_string() };
+    let e = Env { c: Client::new(&s.api_url), alice: env.token(DemoUser::Alice).unwrap().to_string(), admin: env.admin() };
     let carol = env.token(DemoUser::Carol).unwrap().to_string();
     let bob = env.token(DemoUser::Bob).unwrap().to_string();
 
@@ -229,6 +287,10 @@ async fn permission_matrix() {
         callers.push(Caller { label: format!("carol (user, {role:?})"), kind: Kind::User, role, token: carol.clone(), own: f.project.clone() });
         callers.push(Caller { label: format!("bob (group team-b, {role:?})"), kind: Kind::Group, role, token: bob.clone(), own: f.project.clone() });
         callers.push(Caller { label: format!("key ({role:?})"), kind: Kind::Key, role, token: key, own: f.project.clone() });
+    }
+    for role in [Role::StockEdit, Role::StockAdmin] {
+        let f = e.fixture(role).await;
+        callers.push(Caller { label: format!("carol (user, {role:?})"), kind: Kind::User, role, token: carol.clone(), own: f.project.clone() });
     }
     // Give grants time to reach the api's caches (revocations and grants take effect within 5 s).
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;

@@ -97,6 +97,7 @@ pub async fn list_projects(State(st): State<Arc<AppState>>, caller: Caller, Quer
 pub async fn create_project(State(st): State<Arc<AppState>>, caller: Caller, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
     let req: CreateProject = strict(&v)?;
     let name = ProjectName::new(req.name.clone()).map_err(|e| ApiError::from(e.at("name")))?;
+    name.check_creatable().map_err(|e| ApiError::from(e.at("name")))?;
     check_display(&req.display_name, &req.description)?;
     let body = CommandBody::ProjectCreate(ProjectCreate { display_name: req.display_name.clone(), description: req.description.clone() });
     match st.mutate(&caller, name.clone(), body, &headers, None).await? {

@@ -16,10 +16,15 @@ use crate::labels;
 pub async fn create(client: &kube::Client, cmd: &Command, req: &ProjectCreate) -> Result<Applied, ApplyError> {
     let api = Api::<Namespace>::all(client.clone());
     let name = cmd.project.as_str();
+    // Refused before any lookup, so that a create cannot probe system namespaces.
+    cmd.project.check_creatable().map_err(|e| ApplyError::invalid(e.to_string()))?;
     let id = cmd.id.to_string();
+    // One answer whoever holds the name (another tenant's project, a namespace that is not a
+    // project, one being deleted): a create learns only that the name is taken.
+    let taken = || ApplyError::conflict(format!("the project name {name} is not available"));
     let ns = match api.get_opt(name).await? {
         Some(ns) if last_command(&ns) == Some(id.as_str()) => ns,
-        Some(_) => return Err(ApplyError::conflict(format!("project {name} already exists"))),
+        Some(_) => return Err(taken()),
         None => {
             let mut annotations = string_map([(labels::REQUESTER, cmd.principal.user.as_str()), (labels::LAST_COMMAND, &id)]);
             annotations.insert(labels::DISPLAY_NAME.into(), req.display_name.clone().unwrap_or_else(|| name.to_string()));
@@ -37,15 +42,13 @@ pub async fn create(client: &kube::Client, cmd: &Command, req: &ProjectCreate) -
             };
             match api.create(&PostParams::default(), &ns).await {
                 Ok(ns) => ns,
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    return Err(ApplyError::conflict(format!("project {name} already exists")));
-                }
+                Err(kube::Error::Api(s)) if s.code == 409 => return Err(taken()),
                 Err(e) => return Err(e.into()),
             }
         }
     };
     if ns.metadata.deletion_timestamp.is_some() {
-        return Err(ApplyError::conflict(format!("project {name} is being deleted")));
+        return Err(taken());
     }
     ensure_creator_binding(client, name, &cmd.principal, &id).await?;
     ensure_project_settings(client, name).await?;
