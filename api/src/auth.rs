@@ -1,11 +1,14 @@
 //! Authentication: the bearer token (`Authorization: Bearer`, or `X-Forwarded-Access-Token` set
 //! by an OAuth proxy) is reviewed by the API server (TokenReview). The identity comes only from
 //! that review: forwarded user or group headers are ignored. Reviews are cached by the token's
-//! SHA-256 for a few seconds, in a bounded cache (see `cache`); the token itself is never logged
+//! SHA-256 for a few seconds, in bounded caches (see `cache`); the token itself is never logged
 //! or cached, only held by the task that reviews it.
+//!
+//! Rejected tokens are remembered in a cache of their own (shorter-lived, see `Authenticator`),
+//! so a flood of bogus tokens costs one TokenReview per distinct token and never evicts the
+//! reviews of valid ones.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -18,8 +21,6 @@ use sha2::{Digest, Sha256};
 use crate::cache::TtlCache;
 use crate::errors::ApiError;
 use crate::state::AppState;
-
-const MAX_CACHE: usize = 10_000;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -37,32 +38,57 @@ enum Review {
     Rejected,
 }
 
-/// TokenReview with a short, bounded cache (refreshed ahead while in use, see `cache`).
+/// Sizes and lifetimes of the authentication caches.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    /// How long a valid token's review is served.
+    pub ttl: Duration,
+    /// Most valid tokens remembered.
+    pub max: usize,
+    /// How long a rejected token is remembered.
+    pub rejected_ttl: Duration,
+    /// Most rejected tokens remembered.
+    pub rejected_max: usize,
+}
+
+/// TokenReview with short, bounded caches: one for tokens the API server authenticated
+/// (refreshed ahead while in use, see `cache`) and one, not refreshed, for tokens it rejected.
+/// Only reviews that authenticated enter the first (a refresh of one may find it rejected), so
+/// no number of bogus tokens evicts a valid token's review.
 pub struct Authenticator {
     client: kube::Client,
-    cache: Arc<TtlCache<[u8; 32], Review>>,
+    valid: Arc<TtlCache<[u8; 32], Review>>,
+    rejected: TtlCache<[u8; 32], ()>,
 }
 
 impl Authenticator {
     /// A new authenticator using the api's own client (which needs `create tokenreviews`).
-    pub fn new(client: kube::Client, ttl: Duration) -> Self {
-        Self { client, cache: Arc::new(TtlCache::new(ttl, MAX_CACHE)) }
+    pub fn new(client: kube::Client, limits: CacheLimits) -> Self {
+        Self {
+            client,
+            valid: Arc::new(TtlCache::new(limits.ttl, limits.max)),
+            rejected: TtlCache::new(limits.rejected_ttl, limits.rejected_max),
+        }
     }
 
     /// Reviews `token`; `Ok(None)` when the API server does not authenticate it.
     pub async fn review(&self, token: &str) -> Result<Option<Principal>, ApiError> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let cached = self.cache.get(&hash, || {
+        let cached = self.valid.get(&hash, || {
             // A refresh holds the token only until its review returns.
             let (client, token) = (self.client.clone(), token.to_string());
-            async move { token_review(&client, &token).await }
+            async move { counted_review(&client, &token).await }
         });
         let review = match cached {
             Some(r) => r,
+            None if self.rejected.peek(&hash).is_some() => Review::Rejected,
             None => {
                 let asked = Instant::now();
-                let r = token_review(&self.client, token).await?;
-                self.cache.insert(hash, r.clone(), asked);
+                let r = counted_review(&self.client, token).await?;
+                match &r {
+                    Review::Authenticated(_) => self.valid.insert(hash, r.clone(), asked),
+                    Review::Rejected => self.rejected.insert(hash, (), asked),
+                }
                 r
             }
         };
@@ -71,6 +97,18 @@ impl Authenticator {
             Review::Rejected => None,
         })
     }
+}
+
+/// A TokenReview, counted in `ambient_api_token_reviews_total{result}`.
+async fn counted_review(client: &kube::Client, token: &str) -> Result<Review, ApiError> {
+    let r = token_review(client, token).await;
+    let result = match &r {
+        Ok(Review::Authenticated(_)) => "authenticated",
+        Ok(Review::Rejected) => "rejected",
+        Err(_) => "error",
+    };
+    metrics::counter!("ambient_api_token_reviews_total", "result" => result).increment(1);
+    r
 }
 
 async fn token_review(client: &kube::Client, token: &str) -> Result<Review, ApiError> {
@@ -123,38 +161,6 @@ pub fn bearer_token(parts: &Parts) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Per-principal token buckets.
-pub struct RateLimiter {
-    rps: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    /// `rps` sustained, `burst` at most.
-    pub fn new(rps: f64, burst: f64) -> Self {
-        Self { rps: rps.max(0.001), burst: burst.max(1.0), buckets: Mutex::new(HashMap::new()) }
-    }
-
-    /// Takes one token for `who`; `Err(seconds to wait)` when the bucket is empty.
-    pub fn take(&self, who: &str) -> Result<(), u64> {
-        let Ok(mut b) = self.buckets.lock() else { return Ok(()) };
-        if b.len() > 100_000 {
-            b.clear();
-        }
-        let now = Instant::now();
-        let (tokens, last) = b.entry(who.to_string()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rps).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / self.rps).ceil() as u64)
-        }
-    }
-}
-
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
@@ -170,8 +176,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .await?
             .ok_or(ApiError::Unauthenticated("the token is invalid or expired"))?;
         state
-            .limiter
-            .take(&principal.user)
+            .limits
+            .per_principal
+            .check(&principal.user)
             .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
         state.reads.note_key_use(&principal).await;
         let caller = Caller { principal, token_hash };
@@ -202,20 +209,5 @@ mod tests {
         assert_eq!(bearer_token(&req.into_parts().0).as_deref(), Some("def"));
         let req = axum::http::Request::builder().header("authorization", "Basic xyz").body(()).unwrap();
         assert_eq!(bearer_token(&req.into_parts().0), None);
-    }
-
-    #[test]
-    fn bucket_limits_and_refills() {
-        let l = RateLimiter::new(1000.0, 3.0);
-        assert!(l.take("a").is_ok());
-        assert!(l.take("a").is_ok());
-        assert!(l.take("a").is_ok());
-        assert!(l.take("a").is_err());
-        assert!(l.take("b").is_ok());
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(l.take("a").is_ok());
-        let slow = RateLimiter::new(0.5, 1.0);
-        assert!(slow.take("x").is_ok());
-        assert_eq!(slow.take("x"), Err(2));
     }
 }

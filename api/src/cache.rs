@@ -86,16 +86,43 @@ where
             Some(e) if e.asked > asked => e.refreshing = false,
             Some(e) => *e = Entry { asked, value, refreshing: false },
             None => {
+                if self.max == 0 {
+                    return;
+                }
                 if map.len() >= self.max {
                     let ttl = self.ttl;
                     map.retain(|_, e| asked.saturating_duration_since(e.asked) < ttl);
                     if map.len() >= self.max {
-                        map.clear();
+                        // Full of live entries: drop the oldest quarter (not everything, so a
+                        // flood of new keys costs the others little; a quarter, so making room
+                        // is O(1) per insert on average).
+                        let mut ages: Vec<Instant> = map.values().map(|e| e.asked).collect();
+                        let k = (ages.len() / 4).max(1) - 1;
+                        let (_, cutoff, _) = ages.select_nth_unstable(k);
+                        let cutoff = *cutoff;
+                        map.retain(|_, e| e.asked > cutoff);
                     }
                 }
                 map.insert(key, Entry { asked, value, refreshing: false });
             }
         }
+    }
+
+    /// The value of `key` unless missing or expired, without refreshing it.
+    pub fn peek(&self, key: &K) -> Option<V> {
+        let map = self.map.lock().ok()?;
+        let e = map.get(key)?;
+        (Instant::now().saturating_duration_since(e.asked) < self.ttl).then(|| e.value.clone())
+    }
+
+    /// Entries held (live or not yet dropped).
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// No entries held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn refresh_failed(&self, key: &K) {
@@ -186,7 +213,48 @@ mod tests {
         assert_eq!(c.get_at(&"new", now).map(|h| h.value), Some(2), "a live entry survives while room is made");
         assert_eq!(c.get_at(&"newest", now).map(|h| h.value), Some(3));
         c.insert("fourth", 4, now);
-        assert_eq!(c.get_at(&"fourth", now).map(|h| h.value), Some(4), "a full cache of live entries starts over");
-        assert!(c.get_at(&"new", now).is_none());
+        assert_eq!(c.get_at(&"fourth", now).map(|h| h.value), Some(4), "a full cache of live entries makes room");
+        assert!(c.get_at(&"new", now).is_none(), "for the oldest");
+        assert_eq!(c.get_at(&"newest", now).map(|h| h.value), Some(3), "and only the oldest");
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_evicts_the_oldest_quarter_at_a_time() {
+        let c = TtlCache::new(TTL, 100);
+        let t0 = Instant::now();
+        c.insert("precious", 0, t0 + Duration::from_secs(5));
+        for i in 0..99 {
+            c.insert(format!("old-{i}").leak() as &str, i, t0 + Duration::from_millis(i));
+        }
+        assert_eq!(c.len(), 100);
+        // 25 newer keys push out the 25 oldest, never the newer "precious" one.
+        for i in 0..25 {
+            c.insert(format!("new-{i}").leak() as &str, i, t0 + Duration::from_secs(6));
+        }
+        assert!(c.len() <= 100);
+        let now = t0 + Duration::from_secs(7);
+        assert_eq!(c.get_at(&"precious", now).map(|h| h.value), Some(0));
+        assert!(c.get_at(&"old-0", now).is_none());
+        assert!(c.get_at(&"old-98", now).is_some(), "only the oldest went");
+    }
+
+    #[test]
+    fn peek_serves_live_entries_and_never_refreshes() {
+        let c = TtlCache::new(TTL, 10);
+        let old = Instant::now().checked_sub(Duration::from_secs(9)).expect("the clock has run 9 s");
+        c.insert("due", 1, old);
+        assert_eq!(c.peek(&"due"), Some(1));
+        assert!(c.get_at(&"due", Instant::now()).expect("served").refresh, "peeking did not take the refresh");
+        c.insert("gone", 2, old.checked_sub(TTL).expect("the clock has run 19 s"));
+        assert_eq!(c.peek(&"gone"), None);
+        assert_eq!(c.peek(&"missing"), None);
+    }
+
+    #[test]
+    fn a_zero_sized_cache_holds_nothing() {
+        let c = TtlCache::new(TTL, 0);
+        c.insert("k", 1, Instant::now());
+        assert!(c.is_empty());
+        assert_eq!(c.peek(&"k"), None);
     }
 }

@@ -37,6 +37,21 @@ pub struct Config {
     /// Group whose members may create projects.
     #[arg(long, env = "API_SELF_PROVISIONER_GROUP", default_value = "system:authenticated")]
     pub self_provisioner_group: String,
+    /// Requests per second allowed from one client address, counted before authentication
+    /// (sustained): a flood, bogus tokens included, gets 429 without a TokenReview. IPv6
+    /// clients are counted per /64. Behind a proxy or NAT every client shares its address:
+    /// raise this, or name the proxy with `--trusted-proxy`.
+    #[arg(long, env = "API_PRE_AUTH_RATE_LIMIT_RPS", default_value_t = 100.0)]
+    pub pre_auth_rate_limit_rps: f64,
+    /// Burst of requests allowed from one client address before authentication.
+    #[arg(long, env = "API_PRE_AUTH_RATE_LIMIT_BURST", default_value_t = 200.0)]
+    pub pre_auth_rate_limit_burst: f64,
+    /// A proxy (address or CIDR network; repeatable or comma-separated) whose
+    /// `X-Forwarded-For` is believed: a request from it is counted against the nearest
+    /// forwarded address that is not itself a trusted proxy. None by default: the header is
+    /// ignored, since any client can send it.
+    #[arg(long = "trusted-proxy", env = "API_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::limits::parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Requests per second allowed to one principal (sustained).
     #[arg(long, env = "API_RATE_LIMIT_RPS", default_value_t = 20.0)]
     pub rate_limit_rps: f64,
@@ -55,6 +70,18 @@ pub struct Config {
     /// How long authentication results are cached.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub token_cache_ttl: Duration,
+    /// Most valid tokens whose review is cached.
+    #[arg(long, env = "API_TOKEN_CACHE_MAX_ENTRIES", default_value_t = 10_000)]
+    pub token_cache_max_entries: usize,
+    /// How long a rejected token is remembered (answered 401 without another TokenReview).
+    #[arg(long, env = "API_REJECTED_TOKEN_CACHE_TTL", value_parser = parse_duration, default_value = "2s")]
+    pub rejected_token_cache_ttl: Duration,
+    /// Most rejected tokens remembered (kept apart from valid ones, which they never evict).
+    #[arg(long, env = "API_REJECTED_TOKEN_CACHE_MAX_ENTRIES", default_value_t = 4096)]
+    pub rejected_token_cache_max_entries: usize,
+    /// Event streams (SSE) one principal may hold open at once; the next gets 429.
+    #[arg(long, env = "API_SSE_MAX_STREAMS_PER_CALLER", default_value_t = 20)]
+    pub sse_max_streams_per_caller: usize,
     /// How long authorization decisions are cached (revocations take effect after at most this).
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub authz_cache_ttl: Duration,

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod errors;
 pub mod extract;
+pub mod limits;
 pub mod messages;
 pub mod ops;
 pub mod reads;
@@ -33,15 +34,17 @@ use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{Authenticator, RateLimiter};
+use crate::auth::{Authenticator, CacheLimits};
 use crate::authz::Authorizer;
 use crate::commands::{Commands, ensure_bucket};
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::messages::MessageLog;
 use crate::reads::{KEY_USAGE_BUCKET, Reads};
 use crate::state::AppState;
 
-/// The whole HTTP application (routes, OpenAPI, layers) over `state`.
+/// The whole public HTTP application (routes, OpenAPI, layers) over `state`. Health, readiness
+/// and metrics are not part of it: they are served on the operations port (`health_app`).
 pub fn app(state: Arc<AppState>) -> axum::Router {
     let (router, doc) = routes::api_router();
     ops::set_openapi(&doc);
@@ -49,6 +52,8 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
     let mut router = router
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        // Before anything else a request costs (authentication included): the client's bucket.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::per_address))
         .layer(axum::middleware::from_fn(ops::json_errors))
         .layer(CatchPanicLayer::custom(ops::panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -75,7 +80,8 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
     router.with_state(state)
 }
 
-/// Health and metrics only, for `--health-addr`.
+/// Health, readiness and metrics only, for `--health-addr` (the operations port, not exposed to
+/// clients).
 pub fn health_app(state: Arc<AppState>) -> axum::Router {
     use axum::routing::get;
     axum::Router::new()
@@ -121,9 +127,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let commands = Commands::new(nats, js, signer, config.result_timeout).await?;
     let state = Arc::new(AppState {
-        auth: Authenticator::new(kube.clone(), config.token_cache_ttl),
+        auth: Authenticator::new(
+            kube.clone(),
+            CacheLimits {
+                ttl: config.token_cache_ttl,
+                max: config.token_cache_max_entries,
+                rejected_ttl: config.rejected_token_cache_ttl,
+                rejected_max: config.rejected_token_cache_max_entries,
+            },
+        ),
         authz: Authorizer::new(kube.clone(), config.authz_cache_ttl),
-        limiter: RateLimiter::new(config.rate_limit_rps, config.rate_limit_burst),
+        limits: Limits::new(&config),
         kube,
         reads,
         commands,
@@ -139,6 +153,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("watch caches did not fill within 60 s (RBAC of the api's ServiceAccount?)");
     }
     tokio::spawn(messages::run_purger(state.clone(), session_changes_rx));
+    tokio::spawn(forget_idle_buckets(state.clone()));
     tracing::info!(listen = %config.listen, health = %config.health_addr, "api serving");
     events::service::cancel_on_signal(shutdown.clone());
     let h = axum::serve(health, health_app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -147,6 +162,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     a?;
     b?;
     Ok(())
+}
+
+/// Drops idle rate-limit buckets every minute, so their memory follows recent clients only.
+async fn forget_idle_buckets(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => state.limits.forget_idle(),
+        }
+    }
 }
 
 /// How long a client may take to send a request's headers before the connection is closed.
@@ -174,9 +200,9 @@ pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, shutdow
     builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -186,7 +212,12 @@ pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, shutdow
             },
             _ = shutdown.cancelled() => break,
         };
-        let service = app.clone().map_request(|r: axum::http::Request<_>| r.map(axum::body::Body::new));
+        // The peer address, for the per-address limit (`limits::per_address`).
+        let service = app.clone().map_request(move |r: axum::http::Request<_>| {
+            let mut r = r.map(axum::body::Body::new);
+            r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            r
+        });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service));
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {

@@ -1,12 +1,13 @@
-//! Operations: health, readiness, metrics, the OpenAPI document, and the layers every response
-//! goes through (JSON errors, request ids, metrics, panics).
+//! Operations: health, readiness, metrics (served only on the operations port, see
+//! `health_app`), the OpenAPI document, and the layers every response goes through (JSON
+//! errors, request ids, metrics, panics).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -29,13 +30,11 @@ pub fn set_openapi(doc: &utoipa::openapi::OpenApi) {
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "running")))]
 pub async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
 /// Readiness: NATS connected, the API server reachable and the watch caches filled.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     let nats = st.commands.connected();
     let apiserver = tokio::time::timeout(Duration::from_secs(2), st.kube.apiserver_version()).await.is_ok_and(|r| r.is_ok());
@@ -50,7 +49,6 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let text = st.prometheus.as_ref().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -82,14 +80,39 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<St
     r
 }
 
+/// The `method` label of a request: one of a fixed set, `other` for any method a client makes
+/// up (a label per made-up method would grow the metrics without bound).
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// The `route` label of a request: the template of the route it matched (from the route
+/// table, never from the request), `unmatched` when none did.
+pub fn route_label(matched: Option<&MatchedPath>) -> String {
+    matched.map_or("unmatched", |m| m.as_str()).to_string()
+}
+
 /// Counts and times requests, and turns every non-JSON error (extractor rejections, axum's own
 /// answers) into a JSON error body.
 pub async fn json_errors(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
+    let route = route_label(req.extensions().get::<MatchedPath>());
     let resp = next.run(req).await;
     let status = resp.status();
-    metrics::counter!("ambient_api_requests_total", "method" => method, "status" => status.as_u16().to_string()).increment(1);
+    metrics::counter!("ambient_api_requests_total", "method" => method, "route" => route, "status" => status.as_u16().to_string())
+        .increment(1);
     metrics::histogram!("ambient_api_request_seconds").record(start.elapsed().as_secs_f64());
     let is_json = resp
         .headers()
@@ -106,4 +129,35 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
         return Response::from_parts(parts, Body::from(body));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_come_from_a_fixed_set() {
+        for (m, want) in [("GET", "GET"), ("POST", "POST"), ("PUT", "PUT"), ("DELETE", "DELETE"), ("PATCH", "PATCH"),
+            ("HEAD", "HEAD"), ("OPTIONS", "OPTIONS"), ("CONNECT", "CONNECT"), ("TRACE", "TRACE"),
+            ("get", "other"), ("PROPFIND", "other"), ("X-MADE-UP", "other")]
+        {
+            assert_eq!(method_label(&Method::from_bytes(m.as_bytes()).unwrap()), want, "{m}");
+        }
+        let huge = Method::from_bytes("A".repeat(30 * 1024).as_bytes()).unwrap();
+        assert_eq!(method_label(&huge), "other");
+    }
+
+    #[tokio::test]
+    async fn route_labels_are_templates_or_unmatched() {
+        use tower::ServiceExt as _;
+        // What the middleware sees: MatchedPath of the route the router picked.
+        let label = |req: Request| async move { route_label(req.extensions().get::<MatchedPath>()) };
+        let router = axum::Router::new().route("/api/projects/{project}", axum::routing::get(label)).fallback(label);
+        for (path, want) in [("/api/projects/secret-name-1234", "/api/projects/{project}"), ("/caller-chosen-9876", "unmatched")] {
+            let resp = router.clone().oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+            let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+            assert_eq!(body, want.as_bytes(), "{path}");
+        }
+        assert_eq!(route_label(None), "unmatched");
+    }
 }

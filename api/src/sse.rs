@@ -1,6 +1,8 @@
 //! Live streams (Server-Sent Events) fed by JetStream through ordered consumers. Authorization
-//! is checked on connect and again every 2 s: a caller whose access is revoked has the stream
-//! closed.
+//! is checked on connect and again every 2 s: a caller whose access is revoked, or whose access
+//! cannot be checked (the API server does not answer), has the stream closed; a client
+//! reconnects with `Last-Event-ID` and is authorized afresh. One principal holds at most
+//! `--sse-max-streams-per-caller` streams at once; the next gets 429.
 //!
 //! - A project's stream carries its status events; the SSE `id` is the AMBIENT_STATUS sequence,
 //!   so `Last-Event-ID: <seq>` resumes exactly after the last event seen.
@@ -29,9 +31,13 @@ use tokio::sync::mpsc;
 use crate::auth::Caller;
 use crate::authz::{check, project_visible};
 use crate::errors::ApiError;
+use crate::limits::StreamSlot;
 use crate::state::AppState;
 
 const RECHECK: Duration = Duration::from_secs(2);
+/// Longest a re-check may take before the stream is closed as undecidable (generous: a busy API
+/// server answers slowly, and most re-checks are answered from the authorization cache).
+const RECHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Status events of a project.
 #[utoipa::path(get, path = "/api/projects/{project}/events", tag = "events", params(("project" = String, Path),
@@ -42,7 +48,8 @@ pub async fn project_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
     let checks = vec![project_visible(&p), check(&p, "list", events::crd::GROUP, "agenticsessions", None)];
     st.require(&caller, &checks[1..]).await?;
     let filter = events::subjects::status_of_project(&project);
-    stream(st, caller, filter, checks, &headers).await
+    let slot = st.limits.streams.open(&caller.principal.user)?;
+    stream(st, caller, filter, checks, &headers, slot).await
 }
 
 /// Status events of one session.
@@ -54,6 +61,7 @@ pub async fn session_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
     let s = SessionName::new(s).map_err(|_| ApiError::NotFound("session not found".into()))?;
     let checks = vec![project_visible(&p), check(&p, "get", events::crd::GROUP, "agenticsessions", Some(s.as_str()))];
     st.require(&caller, &checks[1..]).await?;
+    let slot = st.limits.streams.open(&caller.principal.user)?;
     let cursor = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(SessionCursor::parse).unwrap_or_default();
     let unavailable = |e: String| ApiError::Unavailable(format!("the session stream is unavailable: {e}"));
     let js = st.commands.jetstream();
@@ -68,6 +76,7 @@ pub async fn session_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     metrics::gauge!("ambient_api_sse_streams").increment(1.0);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut at = SessionCursor { status: Some(status_seq), messages: Some(msg_seq) };
         let mut tick = tokio::time::interval(RECHECK);
         tick.tick().await;
@@ -76,7 +85,7 @@ pub async fn session_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
                 _ = st.shutdown.cancelled() => break,
                 _ = tx.closed() => break,
                 _ = tick.tick() => match still_allowed(&st, &caller, &checks).await {
-                    Some(revoked) => { let _ = tx.send(Ok(revoked)).await; break; }
+                    Some(end) => { let _ = tx.send(Ok(end)).await; break; }
                     None => continue,
                 },
                 m = status.next() => {
@@ -101,7 +110,7 @@ pub async fn session_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
     Ok(sse_response(rx))
 }
 
-async fn stream(st: Arc<AppState>, caller: Caller, filter: String, checks: Vec<ResourceCheck>, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn stream(st: Arc<AppState>, caller: Caller, filter: String, checks: Vec<ResourceCheck>, headers: &HeaderMap, slot: StreamSlot) -> Result<Response, ApiError> {
     let deliver_policy = match headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()) {
         Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.saturating_add(1) },
         None => DeliverPolicy::New,
@@ -112,6 +121,7 @@ async fn stream(st: Arc<AppState>, caller: Caller, filter: String, checks: Vec<R
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     metrics::gauge!("ambient_api_sse_streams").increment(1.0);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut tick = tokio::time::interval(RECHECK);
         tick.tick().await;
         loop {
@@ -119,8 +129,8 @@ async fn stream(st: Arc<AppState>, caller: Caller, filter: String, checks: Vec<R
                 _ = st.shutdown.cancelled() => break,
                 _ = tx.closed() => break,
                 _ = tick.tick() => {
-                    if let Some(revoked) = still_allowed(&st, &caller, &checks).await {
-                        let _ = tx.send(Ok(revoked)).await;
+                    if let Some(end) = still_allowed(&st, &caller, &checks).await {
+                        let _ = tx.send(Ok(end)).await;
                         break;
                     }
                 }
@@ -182,14 +192,20 @@ async fn ordered(js: &jetstream::Context, stream: &str, filter: String, deliver_
         .map_err(|e| e.to_string())
 }
 
-/// `Some(revoked event)` when the caller lost access (an undecidable check keeps the stream).
+/// `None` while the caller keeps access; otherwise the last event of the stream: `revoked` when
+/// access was lost, `unavailable` when it could not be checked (fail closed: the stream ends, and a
+/// reconnect is authorized afresh). A check that takes over RECHECK_TIMEOUT counts as failed.
 async fn still_allowed(st: &AppState, caller: &Caller, checks: &[ResourceCheck]) -> Option<Event> {
-    match st.authz.all_allowed(&caller.principal, checks).await {
-        Ok(true) => None,
-        Ok(false) => Some(Event::default().event("revoked").data("{\"error\":\"access revoked\"}")),
-        Err(e) => {
-            tracing::warn!(error = %e, "SSE access re-check failed; keeping the stream");
-            None
+    match tokio::time::timeout(RECHECK_TIMEOUT, st.authz.all_allowed(&caller.principal, checks)).await {
+        Ok(Ok(true)) => None,
+        Ok(Ok(false)) => Some(Event::default().event("revoked").data("{\"error\":\"access revoked\"}")),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "SSE access re-check failed; closing the stream");
+            Some(Event::default().event("unavailable").data("{\"error\":\"access could not be re-checked; reconnect\"}"))
+        }
+        Err(_) => {
+            tracing::warn!("SSE access re-check timed out; closing the stream");
+            Some(Event::default().event("unavailable").data("{\"error\":\"access could not be re-checked; reconnect\"}"))
         }
     }
 }

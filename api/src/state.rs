@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::auth::{Authenticator, Caller, RateLimiter};
+use crate::auth::{Authenticator, Caller};
 use crate::authz::{Authorizer, project_visible};
 use crate::commands::{Commands, SubmitOptions, Submitted};
 use crate::config::Config;
@@ -30,8 +30,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// SubjectAccessReview.
     pub authz: Authorizer,
-    /// Per-principal rate limit.
-    pub limiter: RateLimiter,
+    /// Rate limits (per client address, per principal) and the cap on open streams.
+    pub limits: crate::limits::Limits,
     /// Watch caches.
     pub reads: Reads,
     /// The command bus.

@@ -73,8 +73,15 @@ async fn error_classes_are_json_and_openapi_lists_every_route(env: &TestEnv, s: 
     // Request id header on every answer.
     assert!(r.headers.get("x-request-id").is_some());
 
-    // Operations.
-    assert_eq!(c.call(Method::GET, "/healthz", None, None, &[]).await.status, StatusCode::OK);
+    // Operations: health, readiness and metrics only on the operations port.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = c.call(Method::GET, path, None, None, &[]).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path} on the public port: {:?}", r.body);
+        assert!(r.body["error"].is_string());
+    }
+    let ops = Client::new(&format!("http://{}", s.api.health_addr()));
+    assert_eq!(ops.call(Method::GET, "/healthz", None, None, &[]).await.status, StatusCode::OK);
+    assert_eq!(ops.call(Method::GET, "/readyz", None, None, &[]).await.status, StatusCode::OK);
     let m = s.api.metrics().await.unwrap();
     assert!(m.contains("ambient_api_requests_total"), "{m}");
     let doc = c.call(Method::GET, "/openapi.json", None, None, &[]).await.body;
@@ -127,9 +134,6 @@ const EVERY_ROUTE: &[(&str, &str)] = &[
     ("get", "/api/projects/{project}/events"),
     ("get", "/api/commands/{id}"),
     ("get", "/api/me"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
     ("get", "/openapi.json"),
 ];
 

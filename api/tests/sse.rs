@@ -39,7 +39,7 @@ async fn publish(js: &async_nats::jetstream::Context, project: &ProjectName, ses
 #[tokio::test]
 async fn sse_resumes_after_disconnect_and_closes_on_revocation() {
     let env = TestEnv::shared().await.unwrap();
-    let s = stack(&env, &[]).await;
+    let s = stack(&env, &[&format!("--sse-max-streams-per-caller={STREAM_CAP}")]).await;
     let c = Client::new(&s.api_url);
     let alice = token(&env, DemoUser::Alice);
     let bob = token(&env, DemoUser::Bob);
@@ -100,4 +100,49 @@ async fn sse_resumes_after_disconnect_and_closes_on_revocation() {
     assert!(ended, "the revoked caller's stream must be closed");
     assert!(start.elapsed() < Duration::from_secs(6), "closed after {:?}", start.elapsed());
     assert!(evs.iter().any(|e| e.event == "revoked"));
+
+    streams_per_caller_are_capped(&c, &s.api_url, &alice, &bob, &p).await;
+}
+
+/// Streams one caller may hold open in this test.
+const STREAM_CAP: usize = 3;
+
+/// One caller's open streams are capped (the next gets 429 with Retry-After), another caller is
+/// not affected, and a closed stream frees its slot.
+async fn streams_per_caller_are_capped(c: &Client, base: &str, alice: &str, bob: &str, p: &str) {
+    let open = |who: &str, path: String| {
+        let (http, who) = (c.http.clone(), who.to_string());
+        async move { http.get(format!("{base}{path}")).bearer_auth(who).timeout(Duration::from_secs(60)).send().await.unwrap() }
+    };
+    let mut held = Vec::new();
+    for i in 0..STREAM_CAP {
+        // Project and session streams count alike.
+        let path = if i % 2 == 0 { format!("/api/projects/{p}/events") } else { format!("/api/projects/{p}/agentic-sessions/s{i}/events") };
+        let r = open(alice, path).await;
+        assert_eq!(r.status(), StatusCode::OK, "stream {i}");
+        held.push(r);
+    }
+    let r = open(alice, format!("/api/projects/{p}/events")).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "stream {} of one caller", STREAM_CAP + 1);
+    let secs: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(secs >= 1);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body:?}");
+    // Another caller still can.
+    let bobs = project(c, bob, "api-sse-bob").await;
+    let r = open(bob, format!("/api/projects/{bobs}/events")).await;
+    assert_eq!(r.status(), StatusCode::OK, "another caller is not affected");
+    // A closed stream frees its slot (once the server notices the disconnect).
+    drop(held.pop());
+    let reopened = ambient_tests::eventually("a slot is free again", Duration::from_secs(15), || {
+        let f = open(alice, format!("/api/projects/{p}/events"));
+        async move {
+            let r = f.await;
+            Ok((r.status() == StatusCode::OK).then_some(r))
+        }
+    })
+    .await
+    .unwrap();
+    held.push(reopened);
+    assert_eq!(open(alice, format!("/api/projects/{p}/events")).await.status(), StatusCode::TOO_MANY_REQUESTS);
 }

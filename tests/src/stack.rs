@@ -88,6 +88,12 @@ impl Stack {
             a.push(format!("--listen=127.0.0.1:{api_port}"));
             a.push(format!("--signing-key-file={}", k.signing_key_file.display()));
             a.push(format!("--reconciler-sealing-public-key={}", k.sealing_public_key));
+            // Every test and the benchmark talk to the api from 127.0.0.1, far faster than one
+            // client should: the per-address limit stays out of their way unless they set it.
+            if !opts.api_args.iter().any(|x| x.starts_with("--pre-auth-rate-limit")) {
+                a.push("--pre-auth-rate-limit-rps=1000000".into());
+                a.push("--pre-auth-rate-limit-burst=1000000".into());
+            }
             a.extend(opts.api_args.clone());
             a
         })

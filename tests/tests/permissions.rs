@@ -144,7 +144,7 @@ fn expected(r: &Route, role: Role) -> Option<Want> {
 fn expected_global(r: &Route, kind: Kind) -> Option<Want> {
     Some(match (r.method.as_str(), r.template.as_str()) {
         ("GET", "/api/projects") | ("GET", "/api/me") => Want::Ok,
-        ("GET", "/healthz") | ("GET", "/readyz") | ("GET", "/metrics") | ("GET", "/openapi.json") => Want::Ok,
+        ("GET", "/openapi.json") => Want::Ok,
         // Users self-provision; access keys are scoped to one project and create none.
         ("POST", "/api/projects") if kind == Kind::Key => Want::Forbidden,
         ("POST", "/api/projects") => Want::Ok,

@@ -85,9 +85,6 @@ pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(crate::sse::session_events))
         .routes(routes!(me::me))
         .routes(routes!(me::get_command))
-        .routes(routes!(crate::ops::healthz))
-        .routes(routes!(crate::ops::readyz))
-        .routes(routes!(crate::ops::metrics))
         .routes(routes!(crate::ops::openapi_json))
         .split_for_parts()
 }

@@ -4,8 +4,8 @@
 #
 # Usage: api/tests/fuzz/run.sh <api-url> <bearer-token> [max-examples-per-operation]
 # The SSE streams (…/events) never end and are left out. Run it against an api started with a
-# generous --rate-limit-rps/--rate-limit-burst and a short --messages-max-wait, or most requests
-# only exercise the 429 path and the long-poll.
+# generous --rate-limit-rps/--rate-limit-burst and --pre-auth-rate-limit-rps/-burst and a short
+# --messages-max-wait, or most requests only exercise the 429 path and the long-poll.
 set -euo pipefail
 url=${1:?usage: run.sh <api-url> <bearer-token> [max-examples]}
 token=${2:?usage: run.sh <api-url> <bearer-token> [max-examples]}
