@@ -42,13 +42,15 @@ impl ResourceCheck {
     }
 
     /// The SubjectAccessReview asking whether `who` (as the authenticator resolved it: user,
-    /// uid, groups) may do this.
+    /// uid, groups and extra, e.g. token scopes) may do this.
     pub fn review_for(&self, who: &Principal) -> SubjectAccessReview {
         SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(who.user.clone()),
                 uid: (!who.uid.is_empty()).then(|| who.uid.clone()),
                 groups: Some(who.groups.clone()),
+                // Without it a scope authorizer would judge the user's full rights.
+                extra: (!who.extra.is_empty()).then(|| who.extra.clone()),
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(self.namespace.clone()),
                     verb: Some(self.verb.into()),
@@ -68,6 +70,20 @@ impl ResourceCheck {
 /// The decision of a reviewed SubjectAccessReview: allowed, and not explicitly denied.
 pub fn is_allowed(status: Option<&SubjectAccessReviewStatus>) -> bool {
     status.is_some_and(|s| s.allowed && !s.denied.unwrap_or(false))
+}
+
+/// An authorizer explicitly denied the review (e.g. a token-scope authorizer: the token's scopes
+/// do not cover it), which no grant overrides.
+pub fn is_denied(status: Option<&SubjectAccessReviewStatus>) -> bool {
+    status.is_some_and(|s| s.denied == Some(true))
+}
+
+/// What creating a project does on the principal's behalf: `create namespaces`, cluster-wide.
+/// Self-provisioning is granted by configuration (a group), not by RBAC, so RBAC's silence on it
+/// means nothing; but an explicit deny (a token scoped to `user:info`) refuses it, in the api and
+/// again at apply time.
+pub fn self_provision_check() -> ResourceCheck {
+    ResourceCheck { namespace: String::new(), verb: "create", group: "", resource: "namespaces", subresource: None, name: None }
 }
 
 /// What a command needs.
