@@ -415,6 +415,18 @@ async fn scoped_tokens_act_only_within_their_scopes() {
     let r = c.post("/api/projects", &alice, json!({"name": p})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 
+    // The dev cluster's authorizer itself: the same list straight at the API server.
+    let direct = |token: String| {
+        let (env, p) = (env.clone(), p.clone());
+        async move {
+            let client = env.client_with_token(&token).await.unwrap();
+            Api::<events::crd::AgenticSession>::namespaced(client, &p).list(&Default::default()).await.map(|_| ())
+        }
+    };
+    direct(full.clone()).await.expect("a user:full token lists alice's sessions at the API server");
+    let refused = direct(info.clone()).await.expect_err("a user:info token lists alice's sessions at the API server");
+    assert_eq!(ambient_tests::api_status(&refused), Some(403), "{refused}");
+
     // The api shows the identity with its extra, exactly as the TokenReview resolved it.
     let me = c.get("/api/me", &info).await;
     assert_eq!(me.status, StatusCode::OK, "{:?}", me.body);
