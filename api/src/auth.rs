@@ -126,6 +126,8 @@ async fn token_review(client: &kube::Client, token: &str) -> Result<Review, ApiE
             user: u.username.unwrap_or_default(),
             uid: u.uid.unwrap_or_default(),
             groups: u.groups.unwrap_or_default(),
+            // Token scopes and other authenticator attributes: every review must carry them.
+            extra: u.extra.unwrap_or_default(),
         }),
         _ => Review::Rejected,
     })

@@ -69,6 +69,16 @@ impl Authorizer {
         }
     }
 
+    /// Whether an authorizer explicitly denies `who` the check (`events::access::is_denied`).
+    /// Not cached: it guards project creation only, which is rare and rate-limited.
+    pub async fn denied(&self, who: &Principal, check: &ResourceCheck) -> Result<bool, AuthzError> {
+        let res = Api::<SubjectAccessReview>::all(self.client.clone())
+            .create(&PostParams::default(), &check.review_for(who))
+            .await
+            .map_err(|e| AuthzError(e.to_string()))?;
+        Ok(events::access::is_denied(res.status.as_ref()))
+    }
+
     /// Whether every check is allowed (evaluated concurrently).
     pub async fn all_allowed(&self, who: &Principal, checks: &[ResourceCheck]) -> Result<bool, AuthzError> {
         let res = futures::future::try_join_all(checks.iter().map(|c| self.allowed(who, c))).await?;

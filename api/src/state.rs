@@ -123,6 +123,10 @@ impl AppState {
                 if !caller.principal.groups.iter().any(|g| g == &self.config.self_provisioner_group) {
                     return Err(ApiError::Forbidden("you may not create projects".into()));
                 }
+                // E.g. a token whose scopes do not cover it.
+                if self.authz.denied(&caller.principal, &events::access::self_provision_check()).await? {
+                    return Err(ApiError::Forbidden("your token may not create projects (an authorizer denies it, e.g. its scopes)".into()));
+                }
             }
             Requirement::All(checks) => self.require(caller, &checks).await?,
         }

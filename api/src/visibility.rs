@@ -198,7 +198,7 @@ mod tests {
     }
 
     fn who(user: &str, groups: &[&str]) -> Principal {
-        Principal { user: user.into(), uid: String::new(), groups: groups.iter().map(|g| g.to_string()).collect() }
+        Principal { user: user.into(), groups: groups.iter().map(|g| g.to_string()).collect(), ..Default::default() }
     }
 
     fn sorted(s: Option<HashSet<String>>) -> Vec<String> {

@@ -5,7 +5,7 @@
 #   deploy/dev/ctl.sh stop|kill|start|restart nats|apiserver|<component> [--state DIR]
 #   deploy/dev/ctl.sh status [--state DIR]
 #
-# Components: etcd kube-apiserver (alias apiserver) kube-controller-manager kube-scheduler kwok
+# Components: etcd authwebhook kube-apiserver (alias apiserver) kube-controller-manager kube-scheduler kwok
 # nats. `stop` sends SIGTERM (SIGKILL after 20 s), `kill` SIGKILL (a crash). `start` waits until
 # the component is healthy again; starting a running one is a no-op.
 set -euo pipefail

@@ -14,8 +14,10 @@ repo_dir="$(cd "$dev_dir/../.." && pwd)"
 # shellcheck source=versions.env
 source "$dev_dir/versions.env"
 
-# Components in start order; nats is independent of the rest.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok nats)
+# Components in start order; nats is independent of the rest. authwebhook (deploy/dev/
+# authwebhook.py) authenticates the scoped test tokens and authorizes by their scopes: the API
+# server calls it, so it starts first.
+COMPONENTS=(etcd authwebhook kube-apiserver kube-controller-manager kube-scheduler kwok nats)
 STATE_MARKER=.ambient-dev-state
 
 say() { printf '[dev %4ds] %s\n' "$SECONDS" "$*" >&2; }
@@ -60,6 +62,7 @@ nats_server_bin() {
 component_exe() {
   case "$1" in
     nats) echo nats-server ;;
+    authwebhook) echo 'python3*' ;;   # a glob: the interpreter's versioned name
     *) echo "$1" ;;
   esac
 }
@@ -81,7 +84,8 @@ component_pid() {
   [[ "$pid" =~ ^[0-9]+$ ]] && pid_alive "$pid" || return 1
   exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || return 1
   exe="${exe% (deleted)}"
-  [[ "$(basename "$exe")" == "$(component_exe "$name")" ]] || return 1
+  # shellcheck disable=SC2053  # the right side is a glob on purpose (component_exe)
+  [[ "$(basename "$exe")" == $(component_exe "$name") ]] || return 1
   tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$state/" || return 1
   echo "$pid"
 }
@@ -166,6 +170,7 @@ wait_until() {
 etcd_healthy() { curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
 apiserver_ready() { curl -sf --max-time 3 --cacert "$state/pki/ca.crt" "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null; }
 secure_healthz() { curl -skf --max-time 2 "https://127.0.0.1:$1/healthz" >/dev/null; }
+authwebhook_healthy() { curl -sf --max-time 2 --cacert "$state/pki/ca.crt" "https://127.0.0.1:$AUTHWEBHOOK_PORT/healthz" >/dev/null; }
 nats_healthy() { curl -sf --max-time 2 "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true" >/dev/null; }
 
 load_ports() {
@@ -178,6 +183,7 @@ load_ports() {
 wait_healthy() {
   case "$1" in
     etcd) wait_until etcd 60 "etcd /health" etcd_healthy ;;
+    authwebhook) wait_until authwebhook 30 "authwebhook /healthz" authwebhook_healthy ;;
     kube-apiserver) wait_until kube-apiserver 180 "kube-apiserver /readyz" apiserver_ready ;;
     kube-controller-manager) wait_until kube-controller-manager 120 "kube-controller-manager /healthz" secure_healthz "$KCM_PORT" ;;
     kube-scheduler) wait_until kube-scheduler 120 "kube-scheduler /healthz" secure_healthz "$SCHEDULER_PORT" ;;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local development cluster and NATS, loopback only, no Docker:
-#   etcd -> kube-apiserver (RBAC, static-token users, ServiceAccount tokens) -> CRDs from
+#   etcd -> authwebhook (scoped test tokens) -> kube-apiserver (RBAC behind a token-scope
+#   webhook authorizer, static-token users, ServiceAccount tokens) -> CRDs from
 #   deploy/crds/ -> kube-controller-manager -> kube-scheduler -> kwok (one fake node; pods reach
 #   Running, Job pods Succeeded) ; nats-server with JetStream.
 #
@@ -26,7 +27,7 @@ Dev cluster and NATS are running (state: $state).
 
   source $state/env                    # KUBECONFIG (admin), AMBIENT_* variables
   $AMBIENT_BIN_DIR/kubectl get nodes
-  kubectl with another user:  --kubeconfig $AMBIENT_KUBECONFIG_DIR/<admin|alice|bob|carol>.yaml
+  kubectl with another user:  --kubeconfig $AMBIENT_KUBECONFIG_DIR/<admin|alice|bob|carol|alice-scoped|alice-full>.yaml
 
   API server   $AMBIENT_APISERVER_URL   (CA: $AMBIENT_CA_FILE)
   NATS         $AMBIENT_NATS_URL   (JetStream; monitoring $AMBIENT_NATS_MONITOR_URL)
@@ -36,6 +37,9 @@ Dev cluster and NATS are running (state: $state).
     alice  team-a           AMBIENT_TOKEN_ALICE=$AMBIENT_TOKEN_ALICE
     bob    team-b           AMBIENT_TOKEN_BOB=$AMBIENT_TOKEN_BOB
     carol  (no group)       AMBIENT_TOKEN_CAROL=$AMBIENT_TOKEN_CAROL
+  scoped tokens (webhook authenticator deploy/dev/authwebhook.py; OpenShift token scopes)
+    alice  [user:info]      AMBIENT_TOKEN_ALICE_SCOPED=$AMBIENT_TOKEN_ALICE_SCOPED
+    alice  [user:full]      AMBIENT_TOKEN_ALICE_FULL=$AMBIENT_TOKEN_ALICE_FULL
 
   logs: $state/logs/    stop: deploy/dev/down.sh --state $state
 EOF
@@ -169,6 +173,108 @@ current-context: $u@ambient-dev
 EOF
 done
 
+# ---- scoped tokens: a test authenticator and a scope authorizer --------------------------------
+# A static-token user cannot carry `extra`, so tokens scoped as OpenShift scopes them come from a
+# token webhook, deploy/dev/authwebhook.py (loopback, TLS from the dev CA, tokens random per
+# cluster in auth/webhook-tokens.json). The same process is a webhook authorizer placed before
+# RBAC by a structured authorization config: its matchCondition calls it only when the user
+# carries `scopes.authorization.openshift.io`, so every other request goes to RBAC as before. It
+# denies what the scopes do not cover (`user:info`: nothing in any project) and has no opinion on
+# the rest (`user:full`: RBAC decides). `--authorization-config` replaces
+# `--authorization-mode=RBAC` (the flags are exclusive; RBAC was the only mode). A ServiceAccount
+# token bound to a pod carries real extra too, but RBAC ignores it: it would show that extra
+# travels, not that it is enforced.
+#   AMBIENT_TOKEN_ALICE_SCOPED   alice (team-a), scopes [user:info]
+#   AMBIENT_TOKEN_ALICE_FULL     alice (team-a), scopes [user:full]
+declare -A SCOPED
+setup_scoped_tokens() {
+  local auth="$state/auth" py path k
+  AUTHWEBHOOK_PORT="$(python3 - "$state/ports.env" <<'PY'
+import random, socket, sys
+taken = {int(l.split("=")[1]) for l in open(sys.argv[1]) if "=" in l}
+while True:
+    p = random.randint(20000, 32000)
+    if p in taken:
+        continue
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        print(p)
+        break
+    except OSError:
+        pass
+    finally:
+        s.close()
+PY
+)"
+  echo "AUTHWEBHOOK_PORT=$AUTHWEBHOOK_PORT" >>"$state/ports.env"
+  openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=ambient-dev-authwebhook" \
+    -keyout "$pki/authwebhook.key" -out "$pki/authwebhook.csr" 2>/dev/null
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+    "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1" >"$pki/authwebhook.ext"
+  openssl x509 -req -sha256 -days 365 -in "$pki/authwebhook.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -CAcreateserial -extfile "$pki/authwebhook.ext" -out "$pki/authwebhook.crt" 2>/dev/null
+  SCOPED[alice_scoped]="$(openssl rand -hex 24)"
+  SCOPED[alice_full]="$(openssl rand -hex 24)"
+  cat >"$auth/webhook-tokens.json" <<JSON
+[
+  {"token": "${SCOPED[alice_scoped]}", "user": {"username": "alice", "uid": "uid-alice", "groups": ["team-a"],
+   "extra": {"scopes.authorization.openshift.io": ["user:info"]}}},
+  {"token": "${SCOPED[alice_full]}", "user": {"username": "alice", "uid": "uid-alice", "groups": ["team-a"],
+   "extra": {"scopes.authorization.openshift.io": ["user:full"]}}}
+]
+JSON
+  for path in authenticate authorize; do
+    cat >"$auth/webhook-$path.yaml" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: authwebhook
+  cluster:
+    server: https://127.0.0.1:$AUTHWEBHOOK_PORT/$path
+    certificate-authority: $pki/ca.crt
+users:
+- name: kube-apiserver
+  user: {}
+contexts:
+- name: webhook
+  context: {cluster: authwebhook, user: kube-apiserver}
+current-context: webhook
+YAML
+  done
+  # failurePolicy Deny: if the webhook cannot answer, a scoped request is refused, never let
+  # through to RBAC with the user's full rights.
+  cat >"$auth/authorization-config.yaml" <<YAML
+apiVersion: apiserver.config.k8s.io/v1
+kind: AuthorizationConfiguration
+authorizers:
+- type: Webhook
+  name: token-scopes.ambient.dev
+  webhook:
+    timeout: 3s
+    authorizedTTL: 60s
+    unauthorizedTTL: 60s
+    subjectAccessReviewVersion: v1
+    matchConditionSubjectAccessReviewVersion: v1
+    failurePolicy: Deny
+    connectionInfo:
+      type: KubeConfigFile
+      kubeConfigFile: $auth/webhook-authorize.yaml
+    matchConditions:
+    - expression: "'scopes.authorization.openshift.io' in request.extra"
+- type: RBAC
+  name: rbac
+YAML
+  for k in alice_scoped alice_full; do
+    sed -e "s|^    token: .*|    token: ${SCOPED[$k]}|" -e "s|alice|${k//_/-}|g" \
+      "$state/kubeconfig/alice.yaml" >"$state/kubeconfig/${k//_/-}.yaml"
+  done
+  py="$(python3 -c 'import sys; print(sys.executable)')"
+  write_cmd authwebhook "$py" "$dev_dir/authwebhook.py" --listen "127.0.0.1:$AUTHWEBHOOK_PORT" \
+    --cert "$pki/authwebhook.crt" --key "$pki/authwebhook.key" --tokens "$auth/webhook-tokens.json"
+}
+setup_scoped_tokens
+
 # ---- command lines ------------------------------------------------------------------------------
 write_cmd etcd "$bin/etcd" \
   --name=dev --data-dir="$state/etcd" \
@@ -182,7 +288,9 @@ write_cmd kube-apiserver "$bin/kube-apiserver" \
   --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
   --endpoint-reconciler-type=none \
   --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
-  --authorization-mode=RBAC --token-auth-file="$state/auth/tokens.csv" \
+  --authorization-config="$state/auth/authorization-config.yaml" --token-auth-file="$state/auth/tokens.csv" \
+  --authentication-token-webhook-config-file="$state/auth/webhook-authenticate.yaml" \
+  --authentication-token-webhook-version=v1 \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
   --service-cluster-ip-range=10.0.0.0/24 \
@@ -242,7 +350,9 @@ write_cmd nats "$nats_bin" -js -c "$state/nats/nats.conf"
 say "starting etcd and nats"
 launch etcd
 launch nats
+launch authwebhook
 wait_healthy etcd
+wait_healthy authwebhook
 say "starting kube-apiserver on $server"
 launch kube-apiserver
 wait_healthy kube-apiserver
@@ -298,6 +408,7 @@ wait_healthy nats
   echo "export AMBIENT_APISERVER_URL=$server"
   echo "export AMBIENT_CA_FILE=$pki/ca.crt"
   for u in admin alice bob carol; do echo "export AMBIENT_TOKEN_${u^^}=${TOKEN[$u]}"; done
+  for k in alice_scoped alice_full; do echo "export AMBIENT_TOKEN_${k^^}=${SCOPED[$k]}"; done
   echo "export AMBIENT_NATS_URL=nats://127.0.0.1:$NATS_PORT"
   echo "export AMBIENT_NATS_MONITOR_URL=http://127.0.0.1:$NATS_MONITOR_PORT"
 } >"$state/env.tmp"

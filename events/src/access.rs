@@ -42,13 +42,15 @@ impl ResourceCheck {
     }
 
     /// The SubjectAccessReview asking whether `who` (as the authenticator resolved it: user,
-    /// uid, groups) may do this.
+    /// uid, groups and extra, e.g. token scopes) may do this.
     pub fn review_for(&self, who: &Principal) -> SubjectAccessReview {
         SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(who.user.clone()),
                 uid: (!who.uid.is_empty()).then(|| who.uid.clone()),
                 groups: Some(who.groups.clone()),
+                // Without it a scope authorizer would judge the user's full rights.
+                extra: (!who.extra.is_empty()).then(|| who.extra.clone()),
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(self.namespace.clone()),
                     verb: Some(self.verb.into()),
@@ -83,6 +85,20 @@ impl std::fmt::Display for ResourceCheck {
 /// The decision of a reviewed SubjectAccessReview: allowed, and not explicitly denied.
 pub fn is_allowed(status: Option<&SubjectAccessReviewStatus>) -> bool {
     status.is_some_and(|s| s.allowed && !s.denied.unwrap_or(false))
+}
+
+/// An authorizer explicitly denied the review (e.g. a token-scope authorizer: the token's scopes
+/// do not cover it), which no grant overrides.
+pub fn is_denied(status: Option<&SubjectAccessReviewStatus>) -> bool {
+    status.is_some_and(|s| s.denied == Some(true))
+}
+
+/// What creating a project does on the principal's behalf: `create namespaces`, cluster-wide.
+/// Self-provisioning is granted by configuration (a group), not by RBAC, so RBAC's silence on it
+/// means nothing; but an explicit deny (a token scoped to `user:info`) refuses it, in the api and
+/// again at apply time.
+pub fn self_provision_check() -> ResourceCheck {
+    ResourceCheck { namespace: String::new(), verb: "create", group: "", resource: "namespaces", subresource: None, name: None }
 }
 
 /// What a command needs.
@@ -152,7 +168,7 @@ mod tests {
     use crate::domain::SubjectType;
 
     fn checks(body: CommandBody) -> Vec<(String, &'static str, &'static str, Option<String>)> {
-        let alice = Principal { user: "alice".into(), uid: String::new(), groups: vec![] };
+        let alice = Principal { user: "alice".into(), ..Default::default() };
         let cmd = Command::new(ProjectName::new("p1").unwrap(), alice, body);
         match cmd.requirement() {
             Requirement::All(cs) => cs.into_iter().map(|c| (c.namespace, c.verb, c.resource, c.name)).collect(),
@@ -183,7 +199,7 @@ mod tests {
 
     #[test]
     fn bind_review_names_the_cluster_role() {
-        let sar = bind_role("p1", Role::Admin).review_for(&Principal { user: "bob".into(), uid: String::new(), groups: vec!["g".into()] });
+        let sar = bind_role("p1", Role::Admin).review_for(&Principal { user: "bob".into(), groups: vec!["g".into()], ..Default::default() });
         let attrs = sar.spec.resource_attributes.unwrap();
         assert_eq!(attrs.verb.as_deref(), Some("bind"));
         assert_eq!(attrs.group.as_deref(), Some(RBAC));

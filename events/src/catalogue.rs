@@ -82,7 +82,7 @@ pub fn example_command_bodies() -> Vec<(CommandBody, &'static str)> {
 /// Every example: commands, results, status events.
 pub fn examples() -> Vec<Example> {
     let project: ProjectName = name("team-a");
-    let principal = Principal { user: "alice".into(), uid: "4b1c…".into(), groups: vec!["team-a".into(), "system:authenticated".into()] };
+    let principal = Principal { user: "alice".into(), uid: "4b1c…".into(), groups: vec!["team-a".into(), "system:authenticated".into()], ..Default::default() };
     let signer = example_signer();
     let mut out = Vec::new();
     for (i, (body, doc)) in example_command_bodies().into_iter().enumerate() {

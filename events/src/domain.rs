@@ -1,5 +1,6 @@
 //! Closed sets of values (roles, subject types, phases) and the authenticated principal.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use schemars::JsonSchema;
@@ -150,7 +151,7 @@ impl fmt::Display for Phase {
 
 /// The identity a request was made by, exactly as the API server's TokenReview resolved it.
 /// Commands carry it so that the reconciler can re-authorize them at apply time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Principal {
     /// The user name (`alice`, `system:serviceaccount:<ns>:<sa>`).
@@ -161,6 +162,14 @@ pub struct Principal {
     /// Groups, including `system:authenticated`.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The authenticator's extra attributes (`user.extra` of the TokenReview), e.g. OpenShift's
+    /// token scopes `scopes.authorization.openshift.io: ["user:info"]`. Every
+    /// SubjectAccessReview made for the principal carries them, so that an authorizer that
+    /// restricts by them (a scope authorizer) decides as it would for the token itself.
+    /// Ordered, so that equal principals hash alike (the api caches reviews by principal).
+    /// Omitted when empty: commands signed before it existed decode unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 impl Principal {
@@ -171,6 +180,7 @@ impl Principal {
             user: format!("system:serviceaccount:{namespace}:{name}"),
             uid: String::new(),
             groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{namespace}"), "system:authenticated".into()],
+            extra: BTreeMap::new(),
         }
     }
 
@@ -201,9 +211,25 @@ mod tests {
         let p = Principal::of_service_account("p1", "ambient-key-ci");
         assert_eq!(p.service_account(), Some(("p1", "ambient-key-ci")));
         assert!(p.groups.contains(&"system:serviceaccounts:p1".to_string()));
-        let p = Principal { user: "system:serviceaccount:ns1:runner".into(), uid: String::new(), groups: vec![] };
+        let p = Principal { user: "system:serviceaccount:ns1:runner".into(), ..Default::default() };
         assert_eq!(p.service_account(), Some(("ns1", "runner")));
-        let u = Principal { user: "alice".into(), uid: String::new(), groups: vec![] };
+        let u = Principal { user: "alice".into(), ..Default::default() };
         assert_eq!(u.service_account(), None);
+    }
+
+    #[test]
+    fn extra_is_omitted_when_empty_and_kept_otherwise() {
+        let plain = Principal { user: "alice".into(), groups: vec!["team-a".into()], ..Default::default() };
+        let v = serde_json::to_value(&plain).unwrap();
+        assert_eq!(v, serde_json::json!({"user": "alice", "groups": ["team-a"]}));
+        // A principal serialized before `extra` existed still decodes.
+        let old: Principal = serde_json::from_value(serde_json::json!({"user": "alice", "groups": ["team-a"]})).unwrap();
+        assert_eq!(old, plain);
+        let mut scoped = plain.clone();
+        scoped.extra.insert("scopes.authorization.openshift.io".into(), vec!["user:info".into()]);
+        let v = serde_json::to_value(&scoped).unwrap();
+        assert_eq!(v["extra"], serde_json::json!({"scopes.authorization.openshift.io": ["user:info"]}));
+        assert_eq!(serde_json::from_value::<Principal>(v).unwrap(), scoped);
+        assert_ne!(scoped, plain);
     }
 }

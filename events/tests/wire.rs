@@ -12,7 +12,14 @@ use events::*;
 use proptest::prelude::*;
 
 fn principal(user: &str) -> Principal {
-    Principal { user: user.into(), uid: "uid-1".into(), groups: vec!["system:authenticated".into(), "team ü%".into()] }
+    Principal { user: user.into(), uid: "uid-1".into(), groups: vec!["system:authenticated".into(), "team ü%".into()], ..Default::default() }
+}
+
+/// A principal as an OpenShift token scoped to `scope` is reviewed.
+fn scoped(user: &str, scope: &str) -> Principal {
+    let mut p = principal(user);
+    p.extra.insert("scopes.authorization.openshift.io".into(), vec![scope.into()]);
+    p
 }
 
 /// One example payload per command type.
@@ -119,6 +126,57 @@ fn forged_and_tampered_commands_are_refused() {
 }
 
 #[test]
+fn commands_without_extra_are_signed_over_the_same_bytes_as_before_it_existed() {
+    // The signature covers the data bytes: a principal without extra must encode exactly as
+    // before (`{user, uid, groups}`), so commands already on the bus still verify and decode.
+    let signer = CommandSigner::from_seed([7; 32]);
+    let cmd = Command::new(ProjectName::new("team-a").unwrap(), principal("alice"), sample_bodies().remove(3));
+    let out = wire::encode_command(&cmd, &signer);
+    let before = serde_json::json!({
+        "principal": {"user": "alice", "uid": "uid-1", "groups": ["system:authenticated", "team ü%"]},
+        "request": cmd.body.request_json(),
+    });
+    assert_eq!(out.payload.as_ref(), serde_json::to_vec(&before).unwrap().as_slice());
+    let back = wire::decode_command(&out.subject, Some(&out.headers), &out.payload, &signer.verifier()).unwrap();
+    assert!(back.principal.extra.is_empty());
+    assert_eq!(back, cmd);
+}
+
+#[test]
+fn the_signature_covers_the_principals_extra() {
+    let signer = CommandSigner::generate();
+    let verifier = signer.verifier();
+    let cmd = Command::new(ProjectName::new("team-a").unwrap(), scoped("alice", "user:info"), sample_bodies().remove(3));
+    let out = wire::encode_command(&cmd, &signer);
+    let back = wire::decode_command(&out.subject, Some(&out.headers), &out.payload, &verifier).unwrap();
+    assert_eq!(back.principal.extra["scopes.authorization.openshift.io"], vec!["user:info".to_string()]);
+    assert_eq!(back, cmd);
+    let text = String::from_utf8(out.payload.to_vec()).unwrap();
+    // Widening the scope, or dropping the extra altogether, breaks the signature.
+    let widened = text.replace("user:info", "user:full");
+    let dropped = text.replace(r#""extra":{"scopes.authorization.openshift.io":["user:info"]},"#, "");
+    assert_ne!(dropped, text, "the payload spells the extra as expected: {text}");
+    for tampered in [widened, dropped] {
+        let e = wire::decode_command(&out.subject, Some(&out.headers), tampered.as_bytes(), &verifier).unwrap_err();
+        assert!(matches!(e.0, DecodeError::NotGenuine(_)), "{e:?}");
+    }
+}
+
+#[test]
+fn every_review_carries_the_principals_extra() {
+    let cmd = Command::new(ProjectName::new("team-a").unwrap(), scoped("alice", "user:info"), sample_bodies().remove(3));
+    let events::access::Requirement::All(checks) = cmd.requirement() else { panic!("session create is a namespaced check") };
+    for check in checks {
+        let spec = check.review_for(&cmd.principal).spec;
+        assert_eq!(spec.user.as_deref(), Some("alice"));
+        assert_eq!(spec.extra.as_ref(), Some(&cmd.principal.extra));
+    }
+    // No extra: none sent (not an empty map).
+    let plain = events::access::ResourceCheck::session_status("team-a", "s1").review_for(&principal("alice"));
+    assert_eq!(plain.spec.extra, None);
+}
+
+#[test]
 fn results_round_trip() {
     let sk = SealingSecretKey::generate();
     let ok = CommandResult {
@@ -183,7 +241,7 @@ proptest! {
     #[test]
     fn odd_values_survive(user in "\\PC{0,40}", group in "[ %\"a-zü✓]{0,20}", display in proptest::option::of("\\PC{0,60}")) {
         let signer = CommandSigner::generate();
-        let p = Principal { user, uid: String::new(), groups: vec![group] };
+        let p = Principal { user, groups: vec![group], ..Default::default() };
         let body = CommandBody::ProjectCreate(ProjectCreate { display_name: display, description: None });
         let mut cmd = Command::new(ProjectName::new("p").unwrap(), p, body);
         cmd.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());

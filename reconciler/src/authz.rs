@@ -27,6 +27,13 @@ pub async fn allowed(client: &kube::Client, principal: &Principal, check: &Resou
     Ok(events::access::is_allowed(out.status.as_ref()))
 }
 
+/// Whether an authorizer explicitly denies `principal` the check (e.g. its token's scopes).
+pub async fn denied(client: &kube::Client, principal: &Principal, check: &ResourceCheck) -> Result<bool, ApplyError> {
+    let sar = check.review_for(principal);
+    let out = Api::<SubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &sar).await?;
+    Ok(events::access::is_denied(out.status.as_ref()))
+}
+
 /// Checks every requirement of `cmd`; the first denied check is a 403.
 pub async fn authorize(client: &kube::Client, cmd: &Command, policy: &SelfProvision) -> Result<(), ApplyError> {
     match cmd.requirement() {
@@ -40,6 +47,9 @@ pub async fn authorize(client: &kube::Client, cmd: &Command, policy: &SelfProvis
                     "{} may not create projects (not in group {})",
                     cmd.principal.user, policy.group
                 )));
+            }
+            if denied(client, &cmd.principal, &events::access::self_provision_check()).await? {
+                return Err(ApplyError::forbidden(format!("{} may not create projects (an authorizer denies it, e.g. its token's scopes)", cmd.principal.user)));
             }
             let managed = Api::<Namespace>::all(client.clone())
                 .list_metadata(&ListParams::default().labels(&format!("{}=true", labels::MANAGED)))

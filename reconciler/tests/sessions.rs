@@ -91,6 +91,7 @@ async fn session_lifecycle() -> anyhow::Result<()> {
         user: format!("system:serviceaccount:{p}:ambient-session-quick"),
         uid: String::new(),
         groups: vec!["system:serviceaccounts".into(), "system:authenticated".into()],
+        ..Default::default()
     };
     let report = CommandBody::SessionStatus(SessionStatusReport {
         name: SessionName::new("quick")?,

@@ -103,6 +103,47 @@ impl DemoUser {
     }
 }
 
+/// The `user.extra` key under which OpenShift's TokenReview carries a token's scopes.
+pub const SCOPES_EXTRA: &str = "scopes.authorization.openshift.io";
+
+/// Tokens of the dev cluster's test authenticator (`deploy/dev/authwebhook.py`, a token
+/// webhook): a demo user as a token scoped the way OpenShift scopes tokens ([`SCOPES_EXTRA`]
+/// in the TokenReview's `user.extra`), which a static token cannot carry. The same webhook,
+/// before RBAC, denies what the scopes do not cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ScopedToken {
+    /// alice (`team-a`) scoped to `user:info`: her own user info, nothing in any project.
+    AliceInfo,
+    /// alice (`team-a`) scoped to `user:full`: whatever RBAC lets alice do.
+    AliceFull,
+}
+
+impl ScopedToken {
+    /// All scoped tokens.
+    pub const ALL: [ScopedToken; 2] = [ScopedToken::AliceInfo, ScopedToken::AliceFull];
+
+    /// Whose token it is.
+    pub fn user(self) -> DemoUser {
+        DemoUser::Alice
+    }
+
+    /// Its scopes (the value of [`SCOPES_EXTRA`]).
+    pub fn scopes(self) -> &'static [&'static str] {
+        match self {
+            ScopedToken::AliceInfo => &["user:info"],
+            ScopedToken::AliceFull => &["user:full"],
+        }
+    }
+
+    /// The environment variable holding the token.
+    pub fn token_var(self) -> &'static str {
+        match self {
+            ScopedToken::AliceInfo => "AMBIENT_TOKEN_ALICE_SCOPED",
+            ScopedToken::AliceFull => "AMBIENT_TOKEN_ALICE_FULL",
+        }
+    }
+}
+
 /// Where the cluster and NATS are: read from a state directory's `env` file or from the
 /// process environment. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -122,6 +163,7 @@ pub struct ClusterInfo {
     /// NATS monitoring endpoint (`http://127.0.0.1:<port>`), if known.
     pub nats_monitor_url: Option<String>,
     tokens: BTreeMap<DemoUser, String>,
+    scoped_tokens: BTreeMap<ScopedToken, String>,
 }
 
 impl ClusterInfo {
@@ -160,6 +202,10 @@ impl ClusterInfo {
                 tokens.insert(u, t);
             }
         }
+        let scoped_tokens = ScopedToken::ALL
+            .into_iter()
+            .filter_map(|t| get(t.token_var()).map(|v| (t, v)))
+            .collect();
         if !tokens.contains_key(&DemoUser::Admin) {
             bail!("{} is not set", DemoUser::Admin.token_var());
         }
@@ -172,6 +218,18 @@ impl ClusterInfo {
             nats_url: need("AMBIENT_NATS_URL")?,
             nats_monitor_url: get("AMBIENT_NATS_MONITOR_URL"),
             tokens,
+            scoped_tokens,
+        })
+    }
+
+    /// A token of the test authenticator; missing on a cluster started before it existed.
+    pub fn scoped_token(&self, token: ScopedToken) -> anyhow::Result<&str> {
+        self.scoped_tokens.get(&token).map(String::as_str).ok_or_else(|| {
+            anyhow!(
+                "{} is not set: the cluster predates the scoped test tokens; restart it \
+                 (deploy/dev/down.sh --state <its state dir>)",
+                token.token_var()
+            )
         })
     }
 
@@ -412,6 +470,11 @@ impl TestEnv {
         self.info.token(user)
     }
 
+    /// A token of the dev cluster's test authenticator, scoped as OpenShift scopes tokens.
+    pub fn scoped_token(&self, token: ScopedToken) -> anyhow::Result<&str> {
+        self.info.scoped_token(token)
+    }
+
     /// The kubeconfig file of a demo user, if the cluster was started by `up.sh`.
     pub fn kubeconfig(&self, user: DemoUser) -> Option<PathBuf> {
         self.info
@@ -613,7 +676,7 @@ mod tests {
             dir.path().join("env"),
             "# comment\nexport KUBECONFIG=/s/kubeconfig/admin.yaml\nexport AMBIENT_APISERVER_URL=https://127.0.0.1:1\n\
              export AMBIENT_CA_FILE=/s/pki/ca.crt\nexport AMBIENT_NATS_URL=nats://127.0.0.1:2\n\
-             export AMBIENT_TOKEN_ADMIN=aaa\nexport AMBIENT_TOKEN_CAROL='ccc'\n",
+             export AMBIENT_TOKEN_ADMIN=aaa\nexport AMBIENT_TOKEN_CAROL='ccc'\nexport AMBIENT_TOKEN_ALICE_SCOPED=sss\n",
         )
         .unwrap();
         let info = ClusterInfo::from_state_dir(dir.path()).unwrap();
@@ -621,6 +684,8 @@ mod tests {
         assert_eq!(info.token(DemoUser::Admin).unwrap(), "aaa");
         assert_eq!(info.token(DemoUser::Carol).unwrap(), "ccc");
         assert!(info.token(DemoUser::Bob).is_err());
+        assert_eq!(info.scoped_token(ScopedToken::AliceInfo).unwrap(), "sss");
+        assert!(info.scoped_token(ScopedToken::AliceFull).is_err());
         assert_eq!(info.state_dir.as_deref(), Some(dir.path()));
     }
 }

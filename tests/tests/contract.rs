@@ -105,7 +105,7 @@ async fn bootstrap_is_idempotent_and_applies_changes() -> anyhow::Result<()> {
 }
 
 fn principal() -> Principal {
-    Principal { user: "alice".into(), uid: "u1".into(), groups: vec!["system:authenticated".into()] }
+    Principal { user: "alice".into(), uid: "u1".into(), groups: vec!["system:authenticated".into()], ..Default::default() }
 }
 
 #[tokio::test]

@@ -43,7 +43,7 @@ async fn hostile_input() {
 const BODY_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn principal() -> Principal {
-    Principal { user: "alice".into(), uid: String::new(), groups: vec!["team-a".into(), "system:authenticated".into()] }
+    Principal { user: "alice".into(), groups: vec!["team-a".into(), "system:authenticated".into()], ..Default::default() }
 }
 
 fn create(project: &ProjectName, name: &str) -> Command {

@@ -2,14 +2,21 @@
 //! (no role, view, edit, admin; as a user, as a group member, as an access key) × own or foreign
 //! project, each against the expected outcome written down in `expected` below, plus
 //! mass-assignment probes of server-owned fields. One stack and a handful of projects for the
-//! whole file; probes that delete something get a fresh object to delete.
+//! whole matrix; probes that delete something get a fresh object to delete. A scoped identity
+//! (alice's token scoped to `user:info` by the dev cluster's test authenticator) is a row of the
+//! matrix; `scoped_tokens_act_only_within_their_scopes` follows such a token through the api and
+//! the reconciler.
 
 use std::collections::BTreeSet;
 
 use ambient_tests::http::{Client, Resp};
 use ambient_tests::routes::{Params, Route, operations, sample_body};
 use ambient_tests::stack::{Stack, StackOptions};
-use ambient_tests::{DemoUser, TestEnv, unique_name};
+use ambient_tests::{DemoUser, SCOPES_EXTRA, ScopedToken, TestEnv, eventually, unique_name};
+use events::commands::{CommandBody, ProjectCreate, SessionCreate};
+use events::results::{FailureReason, Outcome};
+use events::signing::CommandSigner;
+use events::{Command, Principal, ProjectName, SessionName};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
@@ -44,6 +51,8 @@ enum Kind {
     User,
     Group,
     Key,
+    /// A user's token scoped to `user:info`: RBAC roles of the user, none of them usable.
+    Scoped,
 }
 
 /// The expected answer class.
@@ -145,8 +154,9 @@ fn expected_global(r: &Route, kind: Kind) -> Option<Want> {
     Some(match (r.method.as_str(), r.template.as_str()) {
         ("GET", "/api/projects") | ("GET", "/api/me") => Want::Ok,
         ("GET", "/openapi.json") => Want::Ok,
-        // Users self-provision; access keys are scoped to one project and create none.
-        ("POST", "/api/projects") if kind == Kind::Key => Want::Forbidden,
+        // Users self-provision; access keys are scoped to one project and create none; nor
+        // does a token whose scopes do not cover it.
+        ("POST", "/api/projects") if kind == Kind::Key || kind == Kind::Scoped => Want::Forbidden,
         ("POST", "/api/projects") => Want::Ok,
         // A command id that is not the caller's.
         ("GET", "/api/commands/{id}") => Want::NotFound,
@@ -292,6 +302,11 @@ async fn permission_matrix() {
         let f = e.fixture(role).await;
         callers.push(Caller { label: format!("carol (user, {role:?})"), kind: Kind::User, role, token: carol.clone(), own: f.project.clone() });
     }
+    // alice's own token scoped to `user:info`: RBAC makes her admin of every fixture project,
+    // but the scope covers nothing in a project, so she sees none (the missing-project answer).
+    let admin_fixture = callers.iter().find(|c| c.role == Role::Admin).expect("admin fixture").own.clone();
+    let scoped = env.scoped_token(ScopedToken::AliceInfo).unwrap().to_string();
+    callers.push(Caller { label: "alice [user:info] (admin by RBAC)".into(), kind: Kind::Scoped, role: Role::Nothing, token: scoped, own: admin_fixture });
     // Give grants time to reach the api's caches (revocations and grants take effect within 5 s).
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
 
@@ -428,4 +443,137 @@ async fn permission_matrix() {
         println!("WRONG {w}");
     }
     assert!(wrong.is_empty(), "{} of {total} probes wrong:\n{}", wrong.len(), wrong.join("\n"));
+}
+
+/// The session-create command a token scoped to `scopes` would make the api publish.
+fn scoped_create(project: &ProjectName, name: &str, scopes: &[&str]) -> Command {
+    let body = CommandBody::SessionCreate(SessionCreate {
+        name: SessionName::new(name).unwrap(),
+        spec: serde_json::from_value(json!({"prompt": "scoped"})).unwrap(),
+    });
+    Command::new(project.clone(), scoped_alice(scopes), body)
+}
+
+/// alice as the test authenticator resolves a token of hers scoped to `scopes`.
+fn scoped_alice(scopes: &[&str]) -> Principal {
+    let mut who = Principal { user: "alice".into(), uid: "uid-alice".into(), groups: vec!["team-a".into(), "system:authenticated".into()], ..Default::default() };
+    who.extra.insert(SCOPES_EXTRA.into(), scopes.iter().map(|s| s.to_string()).collect());
+    who
+}
+
+/// alice's token scoped to `user:info` (deploy/dev/authwebhook.py) reaches nothing in her own
+/// project through the api, and a command carrying that scope, published straight to the bus
+/// with the api's key as if the api had let it through, is refused by the reconciler at apply
+/// time; the same alice with a `user:full` token keeps her rights on both paths.
+#[tokio::test]
+async fn scoped_tokens_act_only_within_their_scopes() {
+    let env = TestEnv::shared().await.unwrap();
+    let s: Stack = Stack::start(&env, StackOptions::default()).await.expect("stack starts");
+    let c = Client::new(&s.api_url);
+    let alice = env.token(DemoUser::Alice).unwrap().to_string();
+    let info = env.scoped_token(ScopedToken::AliceInfo).unwrap().to_string();
+    let full = env.scoped_token(ScopedToken::AliceFull).unwrap().to_string();
+    let p = unique_name("scoped");
+    let r = c.post("/api/projects", &alice, json!({"name": p})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+
+    // The dev cluster's authorizer itself: the same list straight at the API server.
+    let direct = |token: String| {
+        let (env, p) = (env.clone(), p.clone());
+        async move {
+            let client = env.client_with_token(&token).await.unwrap();
+            Api::<events::crd::AgenticSession>::namespaced(client, &p).list(&Default::default()).await.map(|_| ())
+        }
+    };
+    direct(full.clone()).await.expect("a user:full token lists alice's sessions at the API server");
+    let refused = direct(info.clone()).await.expect_err("a user:info token lists alice's sessions at the API server");
+    assert_eq!(ambient_tests::api_status(&refused), Some(403), "{refused}");
+
+    // The api shows the identity with its extra, exactly as the TokenReview resolved it.
+    let me = c.get("/api/me", &info).await;
+    assert_eq!(me.status, StatusCode::OK, "{:?}", me.body);
+    assert_eq!(me.body["userId"], "alice");
+    assert_eq!(me.body["extra"][SCOPES_EXTRA], json!(["user:info"]), "{}", me.body);
+    assert_eq!(c.get("/api/me", &alice).await.body["extra"], json!({}));
+
+    // user:full: alice's rights, unchanged.
+    let sessions = format!("/api/projects/{p}/agentic-sessions");
+    let r = c.get(&sessions, &full).await;
+    assert_eq!(r.status, StatusCode::OK, "full token lists sessions: {:?}", r.body);
+    let r = c.post(&sessions, &full, json!({"name": "by-full", "prompt": "x"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "full token creates a session: {:?}", r.body);
+    let r = c.post(&format!("/api/projects/{p}/permissions"), &full, json!({"subjectType": "user", "subjectName": "dave", "role": "view"})).await;
+    assert!(r.status.is_success(), "full token grants: {:?}", r.body);
+
+    // user:info: nothing in the project alice administers, and no project creation.
+    let missing = unique_name("scoped-missing");
+    let probes: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, format!("/api/projects/{p}"), None),
+        (Method::GET, sessions.clone(), None),
+        (Method::POST, sessions.clone(), Some(json!({"name": "by-info", "prompt": "x"}))),
+        (Method::POST, format!("/api/projects/{p}/permissions"), Some(json!({"subjectType": "user", "subjectName": "mallory", "role": "admin"}))),
+        (Method::DELETE, format!("/api/projects/{p}"), None),
+    ];
+    for (m, path, body) in probes {
+        let r = c.call(m.clone(), &path, Some(&info), body.clone(), &[]).await;
+        let absent = c.call(m.clone(), &path.replace(&p, &missing), Some(&info), body, &[]).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "user:info token {m} {path}: {:?}", r.body);
+        assert_eq!(r.body, absent.body, "{m} {path}: not the missing-project answer");
+    }
+    let r = c.get("/api/projects", &info).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let listed = r.body.to_string();
+    assert!(!listed.contains(&p), "user:info token lists {p}: {listed}");
+    let r = c.post("/api/projects", &info, json!({"name": unique_name("scoped-new")})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "user:info token creates a project: {:?}", r.body);
+
+    // Nothing of it happened.
+    let names: Vec<String> = c.get(&sessions, &alice).await.body["items"].as_array().cloned().unwrap_or_default().iter()
+        .filter_map(|i| i["metadata"]["name"].as_str().map(String::from)).collect();
+    assert!(names.contains(&"by-full".to_string()) && !names.contains(&"by-info".to_string()), "{names:?}");
+    let grants = c.get(&format!("/api/projects/{p}/permissions"), &alice).await.body.to_string();
+    assert!(!grants.contains("mallory"), "{grants}");
+
+    // Apply time: signed commands as the api would publish them had it let them through.
+    let js = env.jetstream();
+    let project = ProjectName::new(&p).unwrap();
+    let signer = CommandSigner::from_pem(&std::fs::read_to_string(&s.keys.signing_key_file).unwrap()).unwrap();
+    let outcome = |cmd: Command| {
+        let js = js.clone();
+        let signer = &signer;
+        async move {
+            let out = events::wire::encode_command(&cmd, signer);
+            js.publish_with_headers(out.subject, out.headers, out.payload).await.unwrap().await.unwrap();
+            let subject = events::subjects::result(&cmd.project, cmd.id);
+            eventually("the command's result", std::time::Duration::from_secs(60), || {
+                let (js, subject) = (js.clone(), subject.clone());
+                async move {
+                    let stream = js.get_stream(events::streams::RESULTS_STREAM).await?;
+                    Ok(stream.direct_get_last_for_subject(subject).await.ok().and_then(|m| events::wire::decode_result(Some(&m.headers), &m.payload).ok()))
+                }
+            })
+            .await
+            .unwrap()
+            .outcome
+        }
+    };
+    match outcome(scoped_create(&project, "bus-info", &["user:info"])).await {
+        Outcome::Failed { reason: FailureReason::Forbidden, .. } => {}
+        other => panic!("the reconciler applied a user:info command: {other:?}"),
+    }
+    match outcome(scoped_create(&project, "bus-full", &["user:full"])).await {
+        Outcome::Succeeded { .. } => {}
+        other => panic!("the reconciler refused a user:full command: {other:?}"),
+    }
+    let sessions_api = kube::Api::<events::crd::AgenticSession>::namespaced(env.admin(), &p);
+    assert!(sessions_api.get_opt("bus-info").await.unwrap().is_none(), "the user:info command created its session");
+    assert!(sessions_api.get_opt("bus-full").await.unwrap().is_some());
+    // Nor does a user:info command create a project.
+    let new = ProjectName::new(unique_name("scoped-bus")).unwrap();
+    let create = Command::new(new.clone(), scoped_alice(&["user:info"]), CommandBody::ProjectCreate(ProjectCreate { display_name: None, description: None }));
+    match outcome(create).await {
+        Outcome::Failed { reason: FailureReason::Forbidden, .. } => {}
+        other => panic!("the reconciler created a project for a user:info command: {other:?}"),
+    }
+    assert!(Api::<Namespace>::all(env.admin()).get_opt(new.as_str()).await.unwrap().is_none());
 }

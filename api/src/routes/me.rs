@@ -16,10 +16,10 @@ use crate::state::AppState;
 
 /// The identity and groups the server resolved from the token.
 #[utoipa::path(get, path = "/api/me", tag = "identity",
-    responses((status = 200, description = "`{authenticated, userId, username, uid, groups}`"), (status = 401, description = "no or invalid token")))]
+    responses((status = 200, description = "`{authenticated, userId, username, displayName, uid, groups, extra}`; `extra` is the authenticator's extra attributes (e.g. token scopes), `{}` when none"), (status = 401, description = "no or invalid token")))]
 pub async fn me(caller: Caller) -> Response {
     let p = caller.principal;
-    axum::Json(json!({"authenticated": true, "userId": p.user, "username": p.user, "displayName": p.user, "uid": p.uid, "groups": p.groups}))
+    axum::Json(json!({"authenticated": true, "userId": p.user, "username": p.user, "displayName": p.user, "uid": p.uid, "groups": p.groups, "extra": p.extra}))
         .into_response()
 }
 

@@ -22,7 +22,7 @@ pub struct Harness {
 pub fn principal(user: DemoUser) -> Principal {
     let mut groups: Vec<String> = user.groups().iter().map(|g| g.to_string()).collect();
     groups.push("system:authenticated".into());
-    Principal { user: user.name().into(), uid: String::new(), groups }
+    Principal { user: user.name().into(), groups, ..Default::default() }
 }
 
 impl Harness {
