@@ -25,6 +25,8 @@ use crate::watch::WatchMsg;
 /// The projection state.
 pub struct Projection {
     bus: Bus,
+    /// Asks the API server directly before purging an orphan's history.
+    kube: kube::Client,
     state: ClusterState,
     /// The read model as last written, by project.
     projected: BTreeMap<String, BTreeMap<ObjKey, Projected>>,
@@ -35,13 +37,14 @@ pub struct Projection {
 
 impl Projection {
     /// Starts from the read model's last state.
-    pub fn new(bus: Bus, projected: BTreeMap<ObjKey, Projected>, ready: Arc<AtomicBool>) -> Self {
+    pub fn new(bus: Bus, kube: kube::Client, projected: BTreeMap<ObjKey, Projected>, ready: Arc<AtomicBool>) -> Self {
         let mut by_project: BTreeMap<String, BTreeMap<ObjKey, Projected>> = BTreeMap::new();
         for (k, v) in projected {
             by_project.entry(k.project().to_string()).or_default().insert(k, v);
         }
         Projection {
             bus,
+            kube,
             state: ClusterState::default(),
             projected: by_project,
             lists: BTreeMap::new(),
@@ -235,7 +238,10 @@ impl Projection {
     /// Purges the status history of projects that have some in the stream but neither a
     /// namespace of ours nor a read-model entry (e.g. deleted while the read model was lost, or
     /// before this projector purged on deletion). A project's own deletion tombstone, when it
-    /// is the last event of the project subject, is kept; everything before it goes.
+    /// is the last event of the project subject, is kept and everything before it goes (which
+    /// never touches a later owner's events). Without one, the history goes whole, but only
+    /// once the API server, asked directly, says there is no such namespace: our watch may not
+    /// show a project created a moment ago whose events another projector (shard) published.
     async fn purge_orphans(&mut self) -> Result<(), BusError> {
         let projects = match self.bus.projects_with_status().await {
             Ok(p) => p,
@@ -252,6 +258,16 @@ impl Projection {
                 continue;
             }
             let below = self.bus.last_tombstone(&project).await?;
+            if below.is_none() {
+                match kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(self.kube.clone()).get_opt(&p).await {
+                    Ok(None) => {}
+                    Ok(Some(_)) => continue,
+                    Err(e) => {
+                        tracing::warn!(project = %p, error = %e, "namespace lookup failed; orphaned status history not purged");
+                        continue;
+                    }
+                }
+            }
             self.bus.purge_project(&project, below).await?;
         }
         Ok(())

@@ -316,3 +316,43 @@ async fn crash_between_publish_and_read_model_is_deduplicated() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// History a purge missed (the project was deleted while the read model was lost, or before
+/// purging existed) is purged at start: with a deletion tombstone last, everything before it;
+/// without one, everything, once the API server confirms there is no such namespace.
+#[tokio::test]
+async fn orphaned_status_history_is_purged_at_start() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let scope = Scope::new();
+    let (tombstoned, bare) = (ambient_tests::unique_name("ghost-t"), ambient_tests::unique_name("ghost-b"));
+    let publish = |project: String, name: String, body: StatusBody| {
+        let env = &env;
+        async move {
+            let ev = events::StatusEvent {
+                id: format!("orphan-{}", uuid::Uuid::now_v7()),
+                project: events::ProjectName::new(&project)?,
+                name,
+                time: chrono::Utc::now(),
+                project_uid: Some("gone-uid".into()),
+                body,
+            };
+            let out = events::wire::encode_status(&ev)?;
+            env.jetstream().publish_with_headers(out.subject, out.headers, out.payload).await?.await?;
+            anyhow::Ok(())
+        }
+    };
+    let tomb = |n: &str| events::status::Tombstone { name: n.into(), uid: Some("gone-uid".into()), at: chrono::Utc::now() };
+    publish(tombstoned.clone(), "s".into(), StatusBody::SessionDeleted(tomb("s"))).await?;
+    publish(tombstoned.clone(), tombstoned.clone(), StatusBody::ProjectDeleted(tomb(&tombstoned))).await?;
+    publish(bare.clone(), "s".into(), StatusBody::SessionDeleted(tomb("s"))).await?;
+    publish(bare.clone(), bare.clone(), StatusBody::ProjectDeleted(tomb(&bare))).await?;
+    publish(bare.clone(), "s2".into(), StatusBody::SessionDeleted(tomb("s2"))).await?;
+    // The bare one's project subject must not end in a tombstone: re-use it for a non-tombstone.
+    publish(bare.clone(), bare.clone(), StatusBody::ProjectSettings(events::status::SettingsView { exists: false, group_access: vec![], runner_secret_configured: false })).await?;
+
+    let _projector = start_projector(&env, &scope, None).await?;
+    let t = wait_events(&env, &tombstoned, "purged below the tombstone", |e| e.len() == 1).await?;
+    assert_eq!(kinds(&of(&t, "project", &tombstoned)), ["deleted"]);
+    wait_events(&env, &bare, "purged whole", |e| e.is_empty()).await?;
+    Ok(())
+}
