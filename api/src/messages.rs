@@ -10,6 +10,12 @@
 //! the tail and tries again.
 //!
 //! Message bodies are the users' data: nothing here logs them.
+//!
+//! A session name can be deleted and created again (in a project someone else re-created,
+//! too): every message carries the uid of the session it was appended to
+//! (`Ambient-Session-Uid`), reads serve only the current session's ([`belongs`]), the first
+//! append to a new session purges what an earlier one left on the subject (and its count
+//! and bytes do not carry over), and the sweep purges such leftovers too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +25,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use chrono::Utc;
 use events::crd::AgenticSession;
 use events::messages::SessionMessage;
+use events::status::Incarnation;
 use events::streams::MESSAGES_STREAM;
 use events::{ProjectName, SessionName};
 use futures::StreamExt as _;
@@ -33,6 +40,8 @@ const H_TYPE: &str = "Ambient-Msg-Type";
 const H_COUNT: &str = "Ambient-Msg-Count";
 const H_BYTES: &str = "Ambient-Msg-Bytes";
 const H_EXPECTED_LAST: &str = "Nats-Expected-Last-Subject-Sequence";
+/// The uid of the session a message was appended to.
+pub const H_SESSION_UID: &str = "Ambient-Session-Uid";
 /// Appends racing on one session retry this often before giving up with 503.
 const APPEND_ATTEMPTS: u32 = 20;
 /// How long a read waits for a message it knows is stored.
@@ -123,26 +132,39 @@ impl MessageLog {
         self.js.get_stream_no_info(MESSAGES_STREAM).await.map_err(|e| e.to_string())
     }
 
-    /// The last stored message of `subject`: (sequence, count, bytes); zeros when none.
-    async fn tail(&self, stream: &stream::Stream<()>, subject: &str) -> Result<(u64, u64, u64), String> {
+    /// The last stored message of `subject`: (sequence, count, bytes); zeros when none. With
+    /// `of`, a last message of another session than `of` (an earlier one of the same name)
+    /// reads as `Err(Tail::Foreign(seq))`.
+    async fn tail(&self, stream: &stream::Stream<()>, subject: &str, of: Option<&Incarnation>) -> Result<(u64, u64, u64), Tail> {
         match stream.direct_get_last_for_subject(subject).await {
-            Ok(m) => Ok((m.sequence, header_u64(&m.headers, H_COUNT), header_u64(&m.headers, H_BYTES))),
+            Ok(m) => {
+                if let Some(inc) = of {
+                    let mine = decode(&m.payload, m.sequence).is_some_and(|msg| belongs(Some(&m.headers), &msg, inc));
+                    if !mine {
+                        return Err(Tail::Foreign(m.sequence));
+                    }
+                }
+                Ok((m.sequence, header_u64(&m.headers, H_COUNT), header_u64(&m.headers, H_BYTES)))
+            }
             Err(e) if matches!(e.kind(), stream::DirectGetErrorKind::NotFound) => Ok((0, 0, 0)),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Tail::Unavailable(e.to_string())),
         }
     }
 
-    /// The sequence of the last message of the session (0 when it has none).
-    pub async fn last_seq(&self, project: &ProjectName, session: &SessionName) -> Result<u64, ReadError> {
-        let stream = self.stream().await.map_err(ReadError)?;
-        Ok(self.tail(&stream, &events::subjects::messages(project, session)).await.map_err(ReadError)?.0)
+    /// Purges the messages of `subject` up to and including sequence `upto` (what an earlier
+    /// session of the same name left), never a later one.
+    async fn purge_upto(&self, stream: &stream::Stream<()>, subject: &str, upto: u64) -> Result<u64, String> {
+        let r = stream.purge().filter(subject).sequence(upto.saturating_add(1)).await.map_err(|e| e.to_string())?;
+        Ok(r.purged)
     }
 
-    /// Appends one message; the api sets its timestamp, the stream its sequence.
+    /// Appends one message to the session `inc` (the api sets its timestamp, the stream its
+    /// sequence). Messages an earlier session of the same name left are purged first.
     pub async fn append(
         &self,
         project: &ProjectName,
         session: &SessionName,
+        inc: &Incarnation,
         ty: &str,
         payload: Value,
     ) -> Result<SessionMessage, AppendError> {
@@ -155,7 +177,15 @@ impl MessageLog {
         let unavailable = AppendError::Unavailable;
         let stream = self.stream().await.map_err(unavailable)?;
         for attempt in 0..APPEND_ATTEMPTS {
-            let (last, count, bytes) = self.tail(&stream, &subject).await.map_err(unavailable)?;
+            let (last, count, bytes) = match self.tail(&stream, &subject, Some(inc)).await {
+                Ok(t) => t,
+                Err(Tail::Foreign(upto)) => {
+                    let n = self.purge_upto(&stream, &subject, upto).await.map_err(unavailable)?;
+                    tracing::info!(project = %project, session = %session, purged = n, "messages of an earlier session of this name purged");
+                    continue;
+                }
+                Err(Tail::Unavailable(e)) => return Err(unavailable(e)),
+            };
             if count >= self.limits.max_count {
                 return Err(AppendError::Full(format!("{} messages", self.limits.max_count)));
             }
@@ -165,6 +195,7 @@ impl MessageLog {
             }
             let mut headers = HeaderMap::new();
             headers.insert(H_EXPECTED_LAST, last.to_string().as_str());
+            headers.insert(H_SESSION_UID, inc.uid.as_str());
             headers.insert(H_TYPE, ty);
             headers.insert(H_COUNT, (count + 1).to_string().as_str());
             headers.insert(H_BYTES, total.to_string().as_str());
@@ -198,11 +229,16 @@ impl MessageLog {
         Err(AppendError::Unavailable("too many concurrent appends to this session; retry".into()))
     }
 
-    /// Reads messages of the session after `q.after`, waiting up to `q.wait` when none matches.
-    pub async fn read(&self, project: &ProjectName, session: &SessionName, q: &ReadQuery) -> Result<Page, ReadError> {
+    /// Reads messages of the session `inc` after `q.after`, waiting up to `q.wait` when none
+    /// matches. Messages of an earlier session of the same name are skipped.
+    pub async fn read(&self, project: &ProjectName, session: &SessionName, inc: &Incarnation, q: &ReadQuery) -> Result<Page, ReadError> {
         let subject = events::subjects::messages(project, session);
         let stream = self.stream().await.map_err(ReadError)?;
-        let (last, _, _) = self.tail(&stream, &subject).await.map_err(ReadError)?;
+        let last = match self.tail(&stream, &subject, None).await {
+            Ok((last, _, _)) => last,
+            Err(Tail::Foreign(last)) => last,
+            Err(Tail::Unavailable(e)) => return Err(ReadError(e)),
+        };
         let mut page = Page { cursor: q.after, ..Default::default() };
         if last <= q.after && q.wait.is_zero() {
             return Ok(page);
@@ -234,6 +270,9 @@ impl MessageLog {
             page.cursor = info.stream_sequence;
             let pending = info.pending;
             let Some(msg) = decode(&m.payload, page.cursor) else { continue };
+            if !belongs(m.headers.as_ref(), &msg, inc) {
+                continue;
+            }
             if q.types.as_ref().is_none_or(|t| t.contains(&msg.ty)) {
                 page.messages.push(msg);
                 if page.messages.len() >= q.limit {
@@ -251,6 +290,18 @@ impl MessageLog {
         let subject = format!("{}.{project}.{session}", events::subjects::MESSAGES);
         let r = stream.purge().filter(subject).await.map_err(|e| e.to_string())?;
         Ok(r.purged)
+    }
+
+    /// Purges the messages of `project/session` left by an earlier session of the same name
+    /// when its last message is not of `inc` (an append to `inc` does the same); how many.
+    pub async fn purge_foreign(&self, project: &str, session: &str, inc: &Incarnation) -> Result<u64, String> {
+        let stream = self.stream().await?;
+        let subject = format!("{}.{project}.{session}", events::subjects::MESSAGES);
+        match self.tail(&stream, &subject, Some(inc)).await {
+            Ok(_) => Ok(0),
+            Err(Tail::Foreign(upto)) => self.purge_upto(&stream, &subject, upto).await,
+            Err(Tail::Unavailable(e)) => Err(e),
+        }
     }
 
     /// The (project, session) of every session that has messages.
@@ -273,6 +324,21 @@ impl MessageLog {
         }
         Ok(out)
     }
+}
+
+/// Why the tail of a session's log could not be used.
+enum Tail {
+    /// The last message is of an earlier session of the same name (its sequence).
+    Foreign(u64),
+    /// The bus did not answer.
+    Unavailable(String),
+}
+
+/// Whether a stored message (its headers and envelope) was appended to the session `inc`: its
+/// `Ambient-Session-Uid` decides; a message stored before the stamp existed only by its time.
+pub fn belongs(headers: Option<&HeaderMap>, msg: &SessionMessage, inc: &Incarnation) -> bool {
+    let uid = headers.and_then(|h| h.get(H_SESSION_UID)).map(|v| v.as_str());
+    inc.admits(uid, msg.timestamp)
 }
 
 /// How often every api replica sweeps the messages of sessions that no longer exist (catches an
@@ -312,7 +378,13 @@ async fn sweep_orphans(st: &AppState) {
         }
     };
     for (p, s) in subjects {
-        if st.reads.session(&p, &s).is_some() {
+        if let Some(inc) = st.reads.session_incarnation(&p, &s) {
+            // The session exists: purge only what an earlier session of its name left.
+            match st.messages.purge_foreign(&p, &s, &inc).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(project = %p, session = %s, purged = n, "messages of an earlier session of this name purged"),
+                Err(e) => tracing::warn!(project = %p, session = %s, error = %e, "purging an earlier session's messages failed"),
+            }
             continue;
         }
         match Api::<AgenticSession>::namespaced(st.kube.clone(), &p).get_opt(&s).await {

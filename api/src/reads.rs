@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use events::crd::{AgenticSession, ProjectSettings};
+use events::status::Incarnation;
 use events::{Principal, Role};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -183,6 +184,17 @@ impl Reads {
         self.namespaces.get(&reflector::ObjectRef::new(name))
     }
 
+    /// The incarnation of project `name`: its namespace's uid and creation. Streams serve a
+    /// project's events only of this namespace, never of an earlier one of the same name.
+    pub fn project_incarnation(&self, name: &str) -> Option<Incarnation> {
+        self.project(name).as_deref().and_then(incarnation_of)
+    }
+
+    /// The incarnation of session `ns/name` (messages are served only of it).
+    pub fn session_incarnation(&self, ns: &str, name: &str) -> Option<Incarnation> {
+        self.session(ns, name).as_deref().and_then(incarnation_of)
+    }
+
     /// Every managed namespace.
     pub fn projects(&self) -> Vec<Arc<Namespace>> {
         self.namespaces.state()
@@ -294,6 +306,14 @@ impl Reads {
             tracing::warn!(error = %e, "recording access key use failed");
         }
     }
+}
+
+/// The uid and creation of an object (both are set on every stored object).
+pub fn incarnation_of<K: Resource>(o: &K) -> Option<Incarnation> {
+    let m = o.meta();
+    let t = m.creation_timestamp.as_ref()?;
+    let created = DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)?;
+    Some(Incarnation { uid: m.uid.clone().filter(|u| !u.is_empty())?, created })
 }
 
 /// Whether `have` is at or after `want` (etcd resourceVersions are integers in practice; when

@@ -12,6 +12,13 @@
 //!   this event), so one `Last-Event-ID` resumes both exactly, whichever kind of event came
 //!   last. A plain `<statusSeq>` (the project stream's form) resumes the status events and
 //!   starts the messages live.
+//!
+//! History never crosses owners: a project name can be deleted and taken by someone else, so
+//! both streams serve only the status events of the namespace that holds the name when the
+//! stream opens (its uid, [`Incarnation`]), and only the messages of the session that exists
+//! now, however old the `Last-Event-ID`. And a project stream shows each event only to a
+//! caller the REST read of the same facts would answer ([`StatusAudience`]: keys need
+//! `list serviceaccounts`, grants `list rolebindings`), re-evaluated with the access re-check.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,8 +29,9 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use events::access::ResourceCheck;
-use events::{ProjectName, SessionName};
+use events::access::{ResourceCheck, StatusAudience};
+use events::status::Incarnation;
+use events::{ProjectName, SessionName, StatusEvent};
 use futures::StreamExt as _;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -47,9 +55,10 @@ pub async fn project_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
     let project = st.visible_project(&caller, &p).await?;
     let checks = vec![project_visible(&p), check(&p, "list", events::crd::GROUP, "agenticsessions", None)];
     st.require(&caller, &checks[1..]).await?;
+    let inc = st.reads.project_incarnation(&p).ok_or_else(ApiError::project_not_found)?;
     let filter = events::subjects::status_of_project(&project);
     let slot = st.limits.streams.open(&caller.principal.user)?;
-    stream(st, caller, filter, checks, &headers, slot).await
+    stream(st, caller, filter, checks, &headers, slot, inc, Audience::new(&p)).await
 }
 
 /// Status events of one session.
@@ -61,6 +70,9 @@ pub async fn session_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
     let s = SessionName::new(s).map_err(|_| ApiError::NotFound("session not found".into()))?;
     let checks = vec![project_visible(&p), check(&p, "get", events::crd::GROUP, "agenticsessions", Some(s.as_str()))];
     st.require(&caller, &checks[1..]).await?;
+    // Only this session's status events reach this stream, and their REST read (`GET` of the
+    // session) is the check above: no per-event audience here.
+    let inc = st.reads.project_incarnation(&p).ok_or_else(ApiError::project_not_found)?;
     let slot = st.limits.streams.open(&caller.principal.user)?;
     let cursor = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(SessionCursor::parse).unwrap_or_default();
     let unavailable = |e: String| ApiError::Unavailable(format!("the session stream is unavailable: {e}"));
@@ -90,14 +102,18 @@ pub async fn session_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
                 },
                 m = status.next() => {
                     let Some(m) = m else { break };
-                    let Some((seq, data, ty)) = status_event(m) else { continue };
+                    let Some((seq, ev)) = status_event(m) else { continue };
+                    // Skipped events still move the cursor: a resume never re-reads them.
                     at.status = Some(seq);
+                    if !admitted(&ev, &inc) { continue }
+                    let (data, ty) = render(&ev);
                     Event::default().event(ty).data(data)
                 }
                 m = messages.next() => {
                     let Some(m) = m else { break };
-                    let Some((seq, data)) = message_event(m) else { continue };
+                    let Some((seq, data, of_session)) = message_event(m, &st, &project, &s) else { continue };
                     at.messages = Some(seq);
+                    if !of_session { continue }
                     Event::default().event("message").data(data)
                 }
             };
@@ -110,7 +126,17 @@ pub async fn session_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
     Ok(sse_response(rx))
 }
 
-async fn stream(st: Arc<AppState>, caller: Caller, filter: String, checks: Vec<ResourceCheck>, headers: &HeaderMap, slot: StreamSlot) -> Result<Response, ApiError> {
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    st: Arc<AppState>,
+    caller: Caller,
+    filter: String,
+    checks: Vec<ResourceCheck>,
+    headers: &HeaderMap,
+    slot: StreamSlot,
+    inc: Incarnation,
+    mut audience: Audience,
+) -> Result<Response, ApiError> {
     let deliver_policy = match headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()) {
         Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.saturating_add(1) },
         None => DeliverPolicy::New,
@@ -118,6 +144,7 @@ async fn stream(st: Arc<AppState>, caller: Caller, filter: String, checks: Vec<R
     let unavailable = |e: String| ApiError::Unavailable(format!("the status stream is unavailable: {e}"));
     let mut messages =
         ordered(st.commands.jetstream(), events::streams::STATUS_STREAM, filter, deliver_policy).await.map_err(unavailable)?;
+    audience.refresh(&st, &caller).await;
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     metrics::gauge!("ambient_api_sse_streams").increment(1.0);
     tokio::spawn(async move {
@@ -133,10 +160,13 @@ async fn stream(st: Arc<AppState>, caller: Caller, filter: String, checks: Vec<R
                         let _ = tx.send(Ok(end)).await;
                         break;
                     }
+                    audience.refresh(&st, &caller).await;
                 }
                 m = messages.next() => {
                     let Some(m) = m else { break };
-                    let Some((seq, data, ty)) = status_event(m) else { continue };
+                    let Some((seq, ev)) = status_event(m) else { continue };
+                    if !admitted(&ev, &inc) || !audience.shows(&ev) { continue }
+                    let (data, ty) = render(&ev);
                     let sse = Event::default().id(seq.to_string()).event(ty).data(data);
                     if tx.send(Ok(sse)).await.is_err() { break; }
                 }
@@ -210,33 +240,75 @@ async fn still_allowed(st: &AppState, caller: &Caller, checks: &[ResourceCheck])
     }
 }
 
-type Delivered = Result<jetstream::Message, consumer::pull::OrderedError>;
-
-/// A status message as (sequence, SSE data, event type).
-fn status_event(m: Delivered) -> Option<(u64, String, &'static str)> {
-    let m = m.map_err(|e| tracing::warn!(error = %e, "status stream error")).ok()?;
-    let seq = m.info().ok()?.stream_sequence;
-    let ev = match events::wire::decode_status(m.headers.as_ref(), &m.payload) {
-        Ok(ev) => ev,
-        Err(e) => {
-            tracing::warn!(error = %e, seq, "undecodable status event skipped");
-            return None;
-        }
-    };
-    let data = json!({"id": ev.id, "type": ev.body.type_str(), "project": ev.project.as_str(),
-        "kind": ev.body.kind().as_str(), "name": ev.name, "time": ev.time.to_rfc3339(), "data": ev.body.data_json()});
-    Some((seq, data.to_string(), ev.body.type_str()))
+/// Which status events a project stream shows its caller: those of each [`StatusAudience`]
+/// whose check (the REST read's) the caller passes. Refreshed with the access re-check; a
+/// check the API server cannot decide keeps the last decision, and hides at first.
+pub(crate) struct Audience {
+    project: String,
+    shown: [bool; StatusAudience::ALL.len()],
 }
 
-/// A session message as (sequence, SSE data: its envelope).
-fn message_event(m: Delivered) -> Option<(u64, String)> {
+impl Audience {
+    pub(crate) fn new(project: &str) -> Self {
+        Audience { project: project.to_string(), shown: [false; StatusAudience::ALL.len()] }
+    }
+
+    async fn refresh(&mut self, st: &AppState, caller: &Caller) {
+        let checks = StatusAudience::ALL.map(|a| a.check(&self.project));
+        let decided = futures::future::join_all(checks.iter().map(|c| st.authz.allowed(&caller.principal, c))).await;
+        for (i, d) in decided.into_iter().enumerate() {
+            match d {
+                Ok(allowed) => self.shown[i] = allowed,
+                Err(e) => tracing::warn!(error = %e, "SSE audience check failed; keeping the last decision"),
+            }
+        }
+    }
+
+    fn shows(&self, ev: &StatusEvent) -> bool {
+        let a = StatusAudience::of(&ev.body);
+        StatusAudience::ALL.iter().position(|x| *x == a).is_some_and(|i| self.shown[i])
+    }
+}
+
+/// Whether a status event is of the project namespace the stream serves.
+fn admitted(ev: &StatusEvent, inc: &Incarnation) -> bool {
+    inc.admits(ev.project_uid.as_deref(), ev.time)
+}
+
+type Delivered = Result<jetstream::Message, consumer::pull::OrderedError>;
+
+/// A status message as (sequence, event).
+fn status_event(m: Delivered) -> Option<(u64, StatusEvent)> {
+    let m = m.map_err(|e| tracing::warn!(error = %e, "status stream error")).ok()?;
+    let seq = m.info().ok()?.stream_sequence;
+    match events::wire::decode_status(m.headers.as_ref(), &m.payload) {
+        Ok(ev) => Some((seq, ev)),
+        Err(e) => {
+            tracing::warn!(error = %e, seq, "undecodable status event skipped");
+            None
+        }
+    }
+}
+
+/// A status event as (SSE data, event type).
+fn render(ev: &StatusEvent) -> (String, &'static str) {
+    let data = json!({"id": ev.id, "type": ev.body.type_str(), "project": ev.project.as_str(),
+        "kind": ev.body.kind().as_str(), "name": ev.name, "time": ev.time.to_rfc3339(), "data": ev.body.data_json()});
+    (data.to_string(), ev.body.type_str())
+}
+
+/// A session message as (sequence, SSE data: its envelope, whether it is of the session that
+/// exists now: a message of an earlier session of the same name is not served).
+fn message_event(m: Delivered, st: &AppState, project: &ProjectName, session: &SessionName) -> Option<(u64, String, bool)> {
     let m = m.map_err(|e| tracing::warn!(error = %e, "message stream error")).ok()?;
     let seq = m.info().ok()?.stream_sequence;
     let Some(msg) = crate::messages::decode(&m.payload, seq) else {
         tracing::warn!(seq, "undecodable session message skipped");
         return None;
     };
-    serde_json::to_string(&msg).ok().map(|d| (seq, d))
+    let now = st.reads.session_incarnation(project.as_str(), session.as_str());
+    let of_session = now.is_some_and(|inc| crate::messages::belongs(m.headers.as_ref(), &msg, &inc));
+    serde_json::to_string(&msg).ok().map(|d| (seq, d, of_session))
 }
 
 fn sse_response(rx: mpsc::Receiver<Result<Event, Infallible>>) -> Response {
@@ -250,6 +322,27 @@ fn sse_response(rx: mpsc::Receiver<Result<Event, Infallible>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_audience_shows_only_what_its_checks_allowed() {
+        use events::status::Tombstone;
+        let mut a = Audience::new("p");
+        let at = |x: StatusAudience| StatusAudience::ALL.iter().position(|y| *y == x).unwrap();
+        a.shown[at(StatusAudience::Project)] = true;
+        a.shown[at(StatusAudience::Sessions)] = true;
+        let ev = |body| StatusEvent { id: "i".into(), project: ProjectName::new("p").unwrap(), name: "n".into(), time: chrono::Utc::now(), project_uid: None, body };
+        let t = Tombstone { name: "n".into(), uid: None, at: chrono::Utc::now() };
+        assert!(a.shows(&ev(events::StatusBody::SessionDeleted(t.clone()))));
+        assert!(a.shows(&ev(events::StatusBody::ProjectDeleted(t.clone()))));
+        assert!(!a.shows(&ev(events::StatusBody::KeyDeleted(t.clone()))), "keys need list serviceaccounts");
+        assert!(!a.shows(&ev(events::StatusBody::PermissionDeleted(t.clone()))), "grants need list rolebindings");
+        assert!(!Audience::new("p").shows(&ev(events::StatusBody::ProjectDeleted(t))), "nothing before the first decision");
+    }
+
+    #[test]
+    fn the_project_audience_is_the_project_visibility_check() {
+        assert_eq!(StatusAudience::Project.check("p"), project_visible("p"));
+    }
 
     #[test]
     fn session_cursors_round_trip_and_accept_a_status_sequence() {

@@ -14,12 +14,14 @@ use events::{Phase, ProjectName};
 use reqwest::StatusCode;
 use serde_json::json;
 
-async fn publish(js: &async_nats::jetstream::Context, project: &ProjectName, session: &str, phase: Phase, n: u32) {
+async fn publish(js: &async_nats::jetstream::Context, project: &ProjectName, project_uid: &str, session: &str, phase: Phase, n: u32) {
     let ev = StatusEvent {
         id: format!("fixture-{}-{n}", uuid::Uuid::now_v7()),
         project: project.clone(),
         name: session.to_string(),
         time: Utc::now(),
+        // Stamped as the projector stamps: streams serve only the current namespace's events.
+        project_uid: Some(project_uid.to_string()),
         body: StatusBody::SessionPhase(PhaseTransition {
             name: session.to_string(),
             previous_phase: None,
@@ -48,14 +50,15 @@ async fn sse_resumes_after_disconnect_and_closes_on_revocation() {
     let session = "fixture-session";
     let url = format!("{}/api/projects/{p}/agentic-sessions/{session}/events", s.api_url);
     let js = env.jetstream();
+    let ns_uid = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(env.admin()).get(&p).await.unwrap().metadata.uid.unwrap();
 
     // Connect, receive two events.
     let mut resp = c.http.get(&url).bearer_auth(&alice).timeout(Duration::from_secs(60)).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    publish(js, &pn, session, Phase::Creating, 1).await;
-    publish(js, &pn, session, Phase::Running, 2).await;
+    publish(js, &pn, &ns_uid, session, Phase::Creating, 1).await;
+    publish(js, &pn, &ns_uid, session, Phase::Running, 2).await;
     let (evs, _) = read_events(&mut resp, 2, Duration::from_secs(15)).await;
     assert_eq!(evs.len(), 2, "both events delivered live");
     assert_eq!(evs[0].event, "ambient.session.phase.v1");
@@ -66,8 +69,8 @@ async fn sse_resumes_after_disconnect_and_closes_on_revocation() {
     drop(resp);
 
     // While disconnected, more happens; resuming yields exactly what was missed, in order.
-    publish(js, &pn, session, Phase::Completed, 3).await;
-    publish(js, &pn, session, Phase::Completed, 4).await;
+    publish(js, &pn, &ns_uid, session, Phase::Completed, 3).await;
+    publish(js, &pn, &ns_uid, session, Phase::Completed, 4).await;
     let mut resp = c
         .http
         .get(&url)

@@ -1,6 +1,10 @@
 //! What each command requires of its principal, as Kubernetes RBAC checks. The api checks it
 //! before accepting a command and the reconciler checks it again at apply time, so a role
 //! revoked in between wins. One table, used by both.
+//!
+//! Also what each status event requires of its reader ([`StatusAudience`]): the check of the
+//! REST read that shows the same facts, so a live stream never tells a reader more than the
+//! REST reads would.
 
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec, SubjectAccessReviewStatus,
@@ -9,6 +13,7 @@ use k8s_openapi::api::authorization::v1::{
 use crate::commands::{Command, CommandBody};
 use crate::crd::{GROUP, PROJECT_SETTINGS_NAME};
 use crate::domain::{Principal, Role};
+use crate::status::StatusBody;
 
 /// One SubjectAccessReview's resource attributes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -114,6 +119,51 @@ pub enum Requirement {
 
 const RBAC: &str = "rbac.authorization.k8s.io";
 
+/// Who may read a status event: the readers of the REST route that shows what it tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusAudience {
+    /// The project itself (`GET /api/projects/{p}`): `get projectsettings/projectsettings`.
+    Project,
+    /// Sessions (`GET …/agentic-sessions`): `list agenticsessions`.
+    Sessions,
+    /// Grants: permissions and the settings' group access (`GET …/permissions`,
+    /// `GET …/groups`): `list rolebindings`.
+    Grants,
+    /// Access keys (`GET …/keys`): `list serviceaccounts`.
+    Keys,
+}
+
+impl StatusAudience {
+    /// Every audience.
+    pub const ALL: [StatusAudience; 4] =
+        [StatusAudience::Project, StatusAudience::Sessions, StatusAudience::Grants, StatusAudience::Keys];
+
+    /// The audience of a status event.
+    pub fn of(body: &StatusBody) -> Self {
+        match body {
+            StatusBody::ProjectChanged(_) | StatusBody::ProjectDeleted(_) => StatusAudience::Project,
+            // Group access is what `GET …/groups` shows.
+            StatusBody::ProjectSettings(_) => StatusAudience::Grants,
+            StatusBody::SessionChanged(_)
+            | StatusBody::SessionPhase(_)
+            | StatusBody::SessionDeleted(_)
+            | StatusBody::SessionRunner(_) => StatusAudience::Sessions,
+            StatusBody::PermissionChanged(_) | StatusBody::PermissionDeleted(_) => StatusAudience::Grants,
+            StatusBody::KeyChanged(_) | StatusBody::KeyDeleted(_) => StatusAudience::Keys,
+        }
+    }
+
+    /// The check a reader must pass in project `ns`.
+    pub fn check(self, ns: &str) -> ResourceCheck {
+        match self {
+            StatusAudience::Project => check(ns, "get", GROUP, "projectsettings", Some(PROJECT_SETTINGS_NAME)),
+            StatusAudience::Sessions => check(ns, "list", GROUP, "agenticsessions", None),
+            StatusAudience::Grants => check(ns, "list", RBAC, "rolebindings", None),
+            StatusAudience::Keys => check(ns, "list", "", "serviceaccounts", None),
+        }
+    }
+}
+
 fn check(ns: &str, verb: &'static str, group: &'static str, resource: &'static str, name: Option<&str>) -> ResourceCheck {
     ResourceCheck { namespace: ns.into(), verb, group, resource, subresource: None, name: name.map(Into::into) }
 }
@@ -162,10 +212,11 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::{KeyView, PermissionView, SettingsView, Tombstone};
+    use crate::{Role, SubjectType};
     use crate::commands::{KeyCreate, PermissionGrant, PermissionRevoke};
     use crate::names::{KeyName, ProjectName, SubjectName};
     use crate::sealing::SealingSecretKey;
-    use crate::domain::SubjectType;
 
     fn checks(body: CommandBody) -> Vec<(String, &'static str, &'static str, Option<String>)> {
         let alice = Principal { user: "alice".into(), ..Default::default() };
@@ -206,5 +257,26 @@ mod tests {
         assert_eq!(attrs.resource.as_deref(), Some("clusterroles"));
         assert_eq!(attrs.name.as_deref(), Some("ambient-project-admin"));
         assert_eq!(attrs.namespace.as_deref(), Some("p1"));
+    }
+
+    #[test]
+    fn every_status_event_has_the_audience_of_the_rest_read_that_shows_it() {
+        let t = Tombstone { name: "x".into(), uid: None, at: chrono::Utc::now() };
+        let key = KeyView { id: "k".into(), name: "k".into(), description: None, role: Some(Role::Admin), created_at: None, last_used_at: None };
+        let perm = PermissionView { subject_type: SubjectType::User, subject_name: "bob".into(), role: Role::View };
+        let settings = SettingsView { exists: true, group_access: vec![], runner_secret_configured: false };
+        let cases = [
+            (StatusBody::KeyChanged(key), "list", "", "serviceaccounts"),
+            (StatusBody::KeyDeleted(t.clone()), "list", "", "serviceaccounts"),
+            (StatusBody::PermissionChanged(perm), "list", RBAC, "rolebindings"),
+            (StatusBody::PermissionDeleted(t.clone()), "list", RBAC, "rolebindings"),
+            (StatusBody::ProjectSettings(settings), "list", RBAC, "rolebindings"),
+            (StatusBody::SessionDeleted(t.clone()), "list", GROUP, "agenticsessions"),
+            (StatusBody::ProjectDeleted(t), "get", GROUP, "projectsettings"),
+        ];
+        for (body, verb, group, resource) in cases {
+            let c = StatusAudience::of(&body).check("team-a");
+            assert_eq!((c.verb, c.group, c.resource, c.namespace.as_str()), (verb, group, resource, "team-a"), "{}", body.type_str());
+        }
     }
 }

@@ -131,7 +131,7 @@ pub fn examples() -> Vec<Example> {
         });
     }
     for (body, obj, doc) in example_status_bodies() {
-        let ev = StatusEvent { id: StatusEvent::derive_id("9e0f…", "48230", body.type_str()), project: project.clone(), name: obj.into(), time: at(), body };
+        let ev = StatusEvent { id: StatusEvent::derive_id("9e0f…", "48230", body.type_str()), project: project.clone(), name: obj.into(), time: at(), project_uid: Some("3c1d…".into()), body };
         let subject = ev.subject().unwrap_or_else(|e| panic!("{e}"));
         out.push(Example { family: "status", ty: ev.body.type_str().into(), subject, doc: doc.into(), event: wire::status_event(&ev) });
     }

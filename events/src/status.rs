@@ -4,8 +4,13 @@
 //! The JetStream stream sequence is the resume point (`Last-Event-ID` of the SSE streams). The
 //! event id is derived from the object's uid, its resourceVersion and the event type, so that
 //! a replay after a restart is de-duplicated by JetStream.
-
-
+//!
+//! A project name can be deleted and created again by someone else. Every status event
+//! therefore carries the uid of the project namespace it was observed in
+//! ([`StatusEvent::project_uid`], the CloudEvent extension `ambientprojectuid`), and a reader
+//! serves a project's stream only with the events of the namespace that exists now
+//! ([`Incarnation::admits`]). The projector also purges a project's status subjects when its
+//! namespace goes (keeping only the `ambient.project.deleted.v1` tombstone).
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -421,8 +426,37 @@ pub struct StatusEvent {
     pub name: String,
     /// When the change was observed.
     pub time: DateTime<Utc>,
+    /// The uid of the project's namespace the event was observed in (extension
+    /// `ambientprojectuid`): a project deleted and created again under the same name is
+    /// another namespace with another uid. `None` only for events published before the
+    /// projector stamped it.
+    pub project_uid: Option<String>,
     /// What changed.
     pub body: StatusBody,
+}
+
+/// One life of a name: the uid and creation time of the object (a project's namespace, a
+/// session) that holds the name now. Events and messages of an earlier object of the same
+/// name, e.g. of a deleted project whose name someone else took, are not this one's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incarnation {
+    /// The object's uid.
+    pub uid: String,
+    /// Its `creationTimestamp` (whole seconds, as the API server records it).
+    pub created: DateTime<Utc>,
+}
+
+impl Incarnation {
+    /// Whether an event or message stamped with the object uid `uid`, recorded at `time`,
+    /// belongs to this incarnation. A stamp decides exactly. Without one (recorded before
+    /// stamps existed) only the time can tell, and `creationTimestamp` is truncated to the
+    /// second: only what was recorded a full second after it is surely younger than the object.
+    pub fn admits(&self, uid: Option<&str>, time: DateTime<Utc>) -> bool {
+        match uid {
+            Some(uid) => uid == self.uid,
+            None => time >= self.created + chrono::Duration::seconds(1),
+        }
+    }
 }
 
 impl StatusEvent {
@@ -438,3 +472,25 @@ impl StatusEvent {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incarnation_admits_its_own_stamp_and_only_surely_younger_unstamped_records() {
+        let created = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z").unwrap().with_timezone(&Utc);
+        let now = Incarnation { uid: "u2".into(), created };
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let cases = [
+            (Some("u2"), "2026-12-01T09:00:00Z", true, "own stamp decides, whatever the clock says"),
+            (Some("u1"), "2026-12-01T11:00:00Z", false, "another incarnation's stamp, however late"),
+            (Some(""), "2026-12-01T11:00:00Z", false, "an empty stamp is no match"),
+            (None, "2026-12-01T09:59:59Z", false, "unstamped, before creation"),
+            (None, "2026-12-01T10:00:00.900Z", false, "unstamped, within the truncated second"),
+            (None, "2026-12-01T10:00:01Z", true, "unstamped, a full second after"),
+        ];
+        for (uid, t, want, why) in cases {
+            assert_eq!(now.admits(uid, at(t)), want, "{why}");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | command | `/ambient/api` | object key (`session/<name>`, `project`, …) | `ambientproject`, `ambientsig`, `traceparent` |
 //! | result | `/ambient/reconciler` | the command id | `ambientproject`, `traceparent` |
-//! | status | `/ambient/projector` | `<kind>/<name>` | `ambientproject` |
+//! | status | `/ambient/projector` | `<kind>/<name>` | `ambientproject`, `ambientprojectuid` |
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -28,6 +28,9 @@ pub const RECONCILER_SOURCE: &str = "/ambient/reconciler";
 pub const PROJECTOR_SOURCE: &str = "/ambient/projector";
 /// Extension naming the project.
 pub const PROJECT_EXTENSION: &str = "ambientproject";
+/// Extension of status events: the uid of the project's namespace (see
+/// [`StatusEvent::project_uid`]).
+pub const PROJECT_UID_EXTENSION: &str = "ambientprojectuid";
 /// W3C trace context extension (CloudEvents distributed tracing).
 pub const TRACEPARENT_EXTENSION: &str = "traceparent";
 /// Largest command accepted, in bytes of data (the commands stream refuses larger messages).
@@ -216,16 +219,17 @@ pub fn decode_result(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Comm
 
 /// A status event as a CloudEvent.
 pub fn status_event(event: &StatusEvent) -> Event {
-    build(
-        EventBuilderV10::new()
-            .id(event.id.as_str())
-            .ty(event.body.type_str())
-            .source(PROJECTOR_SOURCE)
-            .subject(format!("{}/{}", event.body.kind().as_str(), event.name))
-            .time(time_str(&event.time))
-            .extension(PROJECT_EXTENSION, event.project.as_str())
-            .data("application/json", event.body.data_json()),
-    )
+    let mut b = EventBuilderV10::new()
+        .id(event.id.as_str())
+        .ty(event.body.type_str())
+        .source(PROJECTOR_SOURCE)
+        .subject(format!("{}/{}", event.body.kind().as_str(), event.name))
+        .time(time_str(&event.time))
+        .extension(PROJECT_EXTENSION, event.project.as_str());
+    if let Some(uid) = &event.project_uid {
+        b = b.extension(PROJECT_UID_EXTENSION, uid.as_str());
+    }
+    build(b.data("application/json", event.body.data_json()))
 }
 
 /// Encodes a status event for publishing on `ambient.status.<project>.<kind>.<name>`.
@@ -248,5 +252,6 @@ pub fn decode_status(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Stat
         .map(|(_, n)| n.to_string())
         .ok_or_else(|| DecodeError::Invalid("missing subject".into()))?;
     let time = ev.time().copied().ok_or_else(|| DecodeError::Invalid("missing time".into()))?;
-    Ok(StatusEvent { id: ev.id().to_string(), project, name, time, body })
+    let project_uid = ext(&ev, PROJECT_UID_EXTENSION);
+    Ok(StatusEvent { id: ev.id().to_string(), project, name, time, project_uid, body })
 }

@@ -230,9 +230,13 @@ fn status_events_round_trip() {
     let gone = StatusBody::SessionRunner(RunnerView { name: "s1".into(), run: None, job: None, pod: None }).data_json();
     assert_eq!(gone, serde_json::json!({"name": "s1", "job": null, "pod": null}));
     for body in bodies {
-        let ev = StatusEvent { id: StatusEvent::derive_id("u", "1", body.type_str()), project: ProjectName::new("p").unwrap(), name: "s1".into(), time: at, body };
-        let out = wire::encode_status(&ev).unwrap();
-        assert_eq!(wire::decode_status(Some(&out.headers), &out.payload).unwrap(), ev);
+        // Stamped with the project namespace's uid, and (published before the stamp) not.
+        for project_uid in [Some("ns-uid-1".to_string()), None] {
+            let ev = StatusEvent { id: StatusEvent::derive_id("u", "1", body.type_str()), project: ProjectName::new("p").unwrap(), name: "s1".into(), time: at, project_uid: project_uid.clone(), body: body.clone() };
+            let out = wire::encode_status(&ev).unwrap();
+            assert_eq!(out.headers.get("ce-ambientprojectuid").map(|v| v.as_str().to_string()), project_uid);
+            assert_eq!(wire::decode_status(Some(&out.headers), &out.payload).unwrap(), ev);
+        }
     }
 }
 

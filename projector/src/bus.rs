@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
-use events::StatusEvent;
-use events::streams::{ACCESS_BUCKET, PROJECTS_BUCKET, SESSIONS_BUCKET};
+use events::streams::{ACCESS_BUCKET, PROJECTS_BUCKET, SESSIONS_BUCKET, STATUS_STREAM};
+use events::{ProjectName, StatusEvent, StatusKind};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,9 @@ pub enum BusError {
         /// What went wrong.
         message: String,
     },
+    /// The status stream could not be read.
+    #[error("status stream: {0}")]
+    Status(String),
     /// Shutting down before the operation could complete.
     #[error("shutting down")]
     Cancelled,
@@ -137,14 +140,15 @@ impl Bus {
     }
 
     /// Publishes one status event and waits for JetStream to store it (a duplicate id is
-    /// acknowledged without storing it again).
-    pub async fn publish(&self, ev: &StatusEvent) -> Result<(), BusError> {
+    /// acknowledged without storing it again). Returns its stream sequence (a duplicate's is
+    /// the stored original's), or `None` when the event was skipped.
+    pub async fn publish(&self, ev: &StatusEvent) -> Result<Option<u64>, BusError> {
         let out = match events::wire::encode_status(ev) {
             Ok(o) => o,
             Err(e) => {
                 // Names are validated before a view is built; this is a bug, not a bus fault.
                 tracing::error!(event_id = %ev.id, error = %e, "status event has no valid subject; skipped");
-                return Ok(());
+                return Ok(None);
             }
         };
         let ack = self
@@ -170,7 +174,69 @@ impl Bus {
             duplicate = ack.duplicate,
             "status event published"
         );
-        Ok(())
+        Ok(Some(ack.sequence))
+    }
+
+    /// Purges the status events of project `project` stored before sequence `below` (all of
+    /// them with `None`): a deleted project's history must not reach whoever creates the
+    /// name next. Idempotent; retried until it succeeds.
+    pub async fn purge_project(&self, project: &ProjectName, below: Option<u64>) -> Result<u64, BusError> {
+        let filter = events::subjects::status_of_project(project);
+        let purged = self
+            .retry("purge", || async {
+                let stream = self.js.get_stream_no_info(STATUS_STREAM).await.map_err(|e| e.to_string())?;
+                let r = match below {
+                    Some(seq) => stream.purge().filter(filter.clone()).sequence(seq).await,
+                    None => stream.purge().filter(filter.clone()).await,
+                };
+                r.map(|r| r.purged).map_err(|e| e.to_string())
+            })
+            .await?;
+        metrics::counter!("projector_status_purged_total").increment(purged);
+        tracing::info!(project = %project, purged, below, "status history of a gone project purged");
+        Ok(purged)
+    }
+
+    /// The projects that have a project subject in the status stream (`ambient.status.<p>.project.<p>`).
+    pub async fn projects_with_status(&self) -> Result<Vec<String>, BusError> {
+        let err = |e: &dyn std::fmt::Display| BusError::Status(e.to_string());
+        let stream = self.js.get_stream_no_info(STATUS_STREAM).await.map_err(|e| err(&e))?;
+        let mut info = stream
+            .info_builder()
+            .subjects(format!("{}.*.{}.*", events::subjects::STATUS, StatusKind::Project.as_str()))
+            .fetch()
+            .await
+            .map_err(|e| err(&e))?;
+        let mut out = Vec::new();
+        while let Some(entry) = info.next().await {
+            let (subject, _count) = entry.map_err(|e| err(&e))?;
+            let tokens: Vec<&str> = subject.split('.').collect();
+            if let [_, _, p, _, n] = tokens.as_slice()
+                && p == n
+            {
+                out.push(p.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sequence of the last status event of `project`'s own subject if it is its
+    /// deletion tombstone.
+    pub async fn last_tombstone(&self, project: &ProjectName) -> Result<Option<u64>, BusError> {
+        let subject = events::subjects::status(project, StatusKind::Project, project.as_str())
+            .map_err(|e| BusError::Status(e.to_string()))?;
+        self.retry("last-status", || async {
+            let stream = self.js.get_stream_no_info(STATUS_STREAM).await.map_err(|e| e.to_string())?;
+            match stream.direct_get_last_for_subject(subject.clone()).await {
+                Ok(m) => Ok(events::wire::decode_status(Some(&m.headers), &m.payload)
+                    .ok()
+                    .filter(|ev| matches!(ev.body, events::StatusBody::ProjectDeleted(_)))
+                    .map(|_| m.sequence)),
+                Err(e) if matches!(e.kind(), jetstream::stream::DirectGetErrorKind::NotFound) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
     }
 
     /// Writes (or, with `None`, deletes) the read-model value of `key`.

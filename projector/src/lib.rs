@@ -101,8 +101,8 @@ async fn run_inner(cfg: Config) -> anyhow::Result<()> {
     let projected = bus.load().await?;
     tracing::info!(objects = projected.len(), "read model loaded");
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    watch::spawn_all(client, selector, tx, leading.clone());
-    let projection = projection::Projection::new(bus, projected, ready.clone());
+    watch::spawn_all(client.clone(), selector, tx, leading.clone());
+    let projection = projection::Projection::new(bus, client, projected, ready.clone());
     let result = tokio::select! {
         r = projection.run(rx) => r,
         _ = leading.cancelled() => Ok(()),

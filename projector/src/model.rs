@@ -675,6 +675,47 @@ fn owned_project<'a>(state: &'a ClusterState, ns: &str) -> Option<&'a NamespaceR
     }
 }
 
+/// The incarnation of project `ns` the read model holds (`projected_uid`, the uid of its
+/// projected project view) and the one the cluster has now: [`Incarnation::Current`] while
+/// they are the same namespace, [`Incarnation::Over`] once that namespace is gone, is no
+/// longer a managed project of ours, or the name belongs to another namespace.
+pub fn incarnation(state: &ClusterState, ns: &str, projected_uid: Option<&str>) -> Incarnation {
+    let now = project_uid(state, ns).map(String::from);
+    match projected_uid {
+        Some(old) if now.as_deref() != Some(old) => Incarnation::Over { old: old.to_string(), now },
+        _ => Incarnation::Current(now),
+    }
+}
+
+/// See [`incarnation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incarnation {
+    /// The read model is of the namespace that exists now (its uid; `None` if there is none
+    /// and nothing of it is projected).
+    Current(Option<String>),
+    /// The read model is of namespace `old`, which is over: everything of it is projected as
+    /// deleted and its history purged before anything of `now` (if any) is projected.
+    Over {
+        /// The projected namespace's uid.
+        old: String,
+        /// The current namespace's uid, if the name is a project again.
+        now: Option<String>,
+    },
+}
+
+/// The uid of project `ns`'s namespace, if it is a managed project this projector owns.
+pub fn project_uid<'a>(state: &'a ClusterState, ns: &str) -> Option<&'a str> {
+    owned_project(state, ns).map(|n| n.meta.uid.as_str())
+}
+
+/// The uid to stamp events of project `ns` with while its incarnation is `inc`.
+pub fn stamp_for(inc: &Incarnation) -> Option<&str> {
+    match inc {
+        Incarnation::Current(uid) => uid.as_deref(),
+        Incarnation::Over { old, .. } => Some(old),
+    }
+}
+
 /// What the read model should hold for session `session` of project `ns`: its view and its
 /// runner's (empty if the session or the project is gone, so that both are projected as
 /// deleted). The same as [`desired_for_project`] restricted to those keys.
@@ -877,22 +918,25 @@ fn deleted_body(key: &ObjKey, t: Tombstone) -> Option<StatusBody> {
 /// Ids are `StatusEvent::derive_id(uid, version, type)`: a replay after a crash (events
 /// published, read model not yet written) derives the same ids, which JetStream drops as
 /// duplicates. A deletion uses the last projected version, known to both the live path and
-/// the catch-up after downtime.
+/// the catch-up after downtime. Every event is stamped with `project_uid`, the uid of the
+/// project namespace the events are about (see [`stamp_for`]).
 pub fn diff(
     project: &ProjectName,
+    project_uid: Option<&str>,
     key: &ObjKey,
     desired: Option<&Desired>,
     projected: Option<&Projected>,
     now: DateTime<Utc>,
 ) -> Option<Step> {
     if key.is_subview() {
-        return diff_subview(project, key, desired, projected, now);
+        return diff_subview(project, project_uid, key, desired, projected, now);
     }
     let event = |uid: &str, version: &str, body: StatusBody| StatusEvent {
         id: StatusEvent::derive_id(uid, version, body.type_str()),
         project: project.clone(),
         name: key.name().to_string(),
         time: now,
+        project_uid: project_uid.map(String::from),
         body,
     };
     let tombstone = |p: &Projected| -> Vec<StatusEvent> {
@@ -955,6 +999,7 @@ pub fn diff(
 /// parent goes, and a projected view of an earlier parent of the same name does not count.
 fn diff_subview(
     project: &ProjectName,
+    project_uid: Option<&str>,
     key: &ObjKey,
     desired: Option<&Desired>,
     projected: Option<&Projected>,
@@ -968,6 +1013,7 @@ fn diff_subview(
             project: project.clone(),
             name: key.name().to_string(),
             time: now,
+            project_uid: project_uid.map(String::from),
             body,
         };
         Step {
@@ -1089,7 +1135,7 @@ mod tests {
             desired.keys().cloned().chain(store.keys().filter(|k| k.project() == ns).cloned()).collect();
         let mut out = vec![];
         for k in keys {
-            if let Some(step) = diff(&p, &k, desired.get(&k), store.get(&k), Utc::now()) {
+            if let Some(step) = diff(&p, Some("ns-uid"), &k, desired.get(&k), store.get(&k), Utc::now()) {
                 out.extend(step.events);
                 match step.store {
                     Some(v) => store.insert(k, v),
@@ -1149,6 +1195,33 @@ mod tests {
         let mut t = types(&evs);
         t.sort();
         assert_eq!(t, ["ambient.project.deleted.v1", "ambient.session.deleted.v1"]);
+    }
+
+    #[test]
+    fn a_projects_incarnation_is_over_when_its_namespace_goes_or_is_another() {
+        let mut st = ClusterState::default();
+        assert_eq!(incarnation(&st, "p9", None), Incarnation::Current(None), "nothing projected, nothing there");
+        st.apply(Res::Namespaces, ns_rec("p9", true));
+        assert_eq!(incarnation(&st, "p9", None), Incarnation::Current(Some("ns-uid".into())), "a new project");
+        assert_eq!(incarnation(&st, "p9", Some("ns-uid")), Incarnation::Current(Some("ns-uid".into())));
+        let over = |now: Option<&str>| Incarnation::Over { old: "old-uid".into(), now: now.map(String::from) };
+        assert_eq!(incarnation(&st, "p9", Some("old-uid")), over(Some("ns-uid")), "the name was taken by another namespace");
+        assert_eq!(stamp_for(&over(Some("ns-uid"))), Some("old-uid"), "the old one's events are stamped as the old one's");
+        st.apply(Res::Namespaces, ns_rec("p9", false));
+        assert_eq!(incarnation(&st, "p9", Some("ns-uid")), Incarnation::Over { old: "ns-uid".into(), now: None }, "no longer managed");
+        st.remove(Res::Namespaces, "p9", "p9");
+        assert_eq!(incarnation(&st, "p9", Some("ns-uid")), Incarnation::Over { old: "ns-uid".into(), now: None }, "gone");
+    }
+
+    #[test]
+    fn events_carry_the_project_namespace_uid() {
+        let mut st = ClusterState::default();
+        let mut store = BTreeMap::new();
+        st.apply(Res::Namespaces, ns_rec("p8", true));
+        st.apply(Res::Sessions, session("p8", "s", "1", Phase::Pending));
+        let evs = apply_all(&st, &mut store, "p8");
+        assert!(!evs.is_empty());
+        assert!(evs.iter().all(|e| e.project_uid.as_deref() == Some("ns-uid")), "{evs:?}");
     }
 
     #[test]
@@ -1388,8 +1461,8 @@ mod tests {
         let desired = desired_for_project(&st, "r2");
         let k = ObjKey::Runner("r2".into(), "s".into());
         let p = ProjectName::new("r2").unwrap();
-        let a = diff(&p, &k, desired.get(&k), store.get(&k), Utc::now()).unwrap();
-        let b = diff(&p, &k, desired.get(&k), store.get(&k), Utc::now()).unwrap();
+        let a = diff(&p, Some("ns-uid"), &k, desired.get(&k), store.get(&k), Utc::now()).unwrap();
+        let b = diff(&p, Some("ns-uid"), &k, desired.get(&k), store.get(&k), Utc::now()).unwrap();
         assert_eq!(a.events.len(), 1);
         assert_eq!(a.events[0].id, b.events[0].id, "a replay after a crash is de-duplicated");
         apply_all(&st, &mut store, "r2");

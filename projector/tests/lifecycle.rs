@@ -96,12 +96,14 @@ async fn session_run_yields_ordered_events_and_one_deletion() -> anyhow::Result<
     assert_eq!(s.len(), 9, "exactly one deleted event:\n{}", summary(&evs));
     assert!(!kv_entries(&env, &p).await?.iter().any(|(_, k, _)| k == &format!("{p}.run1")));
 
-    // Unlabelled (no longer a project): the project is deleted once.
+    // Unlabelled (no longer a project): the project is deleted once, and its history purged:
+    // only the deletion tombstone (stamped with the namespace's uid) stays for consumers.
+    let ns_uid = Api::<Namespace>::all(env.admin()).get(&p).await?.metadata.uid;
     Api::<Namespace>::all(env.admin())
         .patch(&p, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"ambient-code.io/managed": null}}})))
         .await?;
-    let evs = wait_events(&env, &p, "project deleted", |e| of(e, "project", &p).len() == 2).await?;
-    assert_eq!(kinds(&of(&evs, "project", &p)), ["changed", "deleted"]);
+    let evs = wait_events(&env, &p, "project deleted and purged", |e| e.len() == 1 && kinds(&of(e, "project", &p)) == ["deleted"]).await?;
+    assert_eq!(evs[0].event.project_uid, ns_uid);
     assert!(kv_entries(&env, &p).await?.is_empty());
     let metrics = projector.metrics().await?;
     assert!(metrics.contains("projector_events_emitted_total"), "{metrics}");
@@ -158,9 +160,9 @@ async fn restart_catches_up_without_loss_or_duplicates() -> anyhow::Result<()> {
         StatusBody::ProjectChanged(v) => assert_eq!(v.description.as_deref(), Some("changed while down")),
         b => panic!("{b:?}"),
     }
-    let g = wait_events(&env, &gone, "project gone while down", |e| of(e, "project", &gone).len() == 2).await?;
-    assert_eq!(kinds(&of(&g, "session", "g1")), ["changed", "phase", "deleted"]);
-    assert_eq!(kinds(&of(&g, "project", &gone)), ["changed", "deleted"]);
+    // Gone while down: reported deleted on restart, and its history purged but the tombstone.
+    let g = wait_events(&env, &gone, "project gone while down", |e| kinds(&of(e, "project", &gone)) == ["deleted"]).await?;
+    assert_eq!(g.len(), 1, "only the tombstone stays:\n{}", summary(&g));
 
     // Another crash and restart with nothing changed: nothing is emitted again.
     let before = status_events(&env, &p).await?.len();
@@ -291,6 +293,7 @@ async fn crash_between_publish_and_read_model_is_deduplicated() -> anyhow::Resul
         project: events::ProjectName::new(&p)?,
         name: "c1".into(),
         time: chrono::Utc::now(),
+        project_uid: Api::<Namespace>::all(env.admin()).get(&p).await?.metadata.uid,
         body: StatusBody::SessionChanged(rec.view.clone()),
     };
     let out = events::wire::encode_status(&ev)?;
@@ -311,5 +314,45 @@ async fn crash_between_publish_and_read_model_is_deduplicated() -> anyhow::Resul
         metrics.lines().any(|l| l.starts_with("projector_events_duplicate_total") && !l.ends_with(" 0")),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// History a purge missed (the project was deleted while the read model was lost, or before
+/// purging existed) is purged at start: with a deletion tombstone last, everything before it;
+/// without one, everything, once the API server confirms there is no such namespace.
+#[tokio::test]
+async fn orphaned_status_history_is_purged_at_start() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let scope = Scope::new();
+    let (tombstoned, bare) = (ambient_tests::unique_name("ghost-t"), ambient_tests::unique_name("ghost-b"));
+    let publish = |project: String, name: String, body: StatusBody| {
+        let env = &env;
+        async move {
+            let ev = events::StatusEvent {
+                id: format!("orphan-{}", uuid::Uuid::now_v7()),
+                project: events::ProjectName::new(&project)?,
+                name,
+                time: chrono::Utc::now(),
+                project_uid: Some("gone-uid".into()),
+                body,
+            };
+            let out = events::wire::encode_status(&ev)?;
+            env.jetstream().publish_with_headers(out.subject, out.headers, out.payload).await?.await?;
+            anyhow::Ok(())
+        }
+    };
+    let tomb = |n: &str| events::status::Tombstone { name: n.into(), uid: Some("gone-uid".into()), at: chrono::Utc::now() };
+    publish(tombstoned.clone(), "s".into(), StatusBody::SessionDeleted(tomb("s"))).await?;
+    publish(tombstoned.clone(), tombstoned.clone(), StatusBody::ProjectDeleted(tomb(&tombstoned))).await?;
+    publish(bare.clone(), "s".into(), StatusBody::SessionDeleted(tomb("s"))).await?;
+    publish(bare.clone(), bare.clone(), StatusBody::ProjectDeleted(tomb(&bare))).await?;
+    publish(bare.clone(), "s2".into(), StatusBody::SessionDeleted(tomb("s2"))).await?;
+    // The bare one's project subject must not end in a tombstone: re-use it for a non-tombstone.
+    publish(bare.clone(), bare.clone(), StatusBody::ProjectSettings(events::status::SettingsView { exists: false, group_access: vec![], runner_secret_configured: false })).await?;
+
+    let _projector = start_projector(&env, &scope, None).await?;
+    let t = wait_events(&env, &tombstoned, "purged below the tombstone", |e| e.len() == 1).await?;
+    assert_eq!(kinds(&of(&t, "project", &tombstoned)), ["deleted"]);
+    wait_events(&env, &bare, "purged whole", |e| e.is_empty()).await?;
     Ok(())
 }

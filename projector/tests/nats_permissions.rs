@@ -100,6 +100,28 @@ async fn projector_works_under_its_deploy_nats_permissions() -> anyhow::Result<(
     assert_eq!(got.lock().unwrap().len(), 7, "nothing re-sent after the restart: {:?}", got.lock().unwrap());
     let log = projector.log();
     assert!(log.contains("\"read model loaded\",\"objects\":2"), "the restart loaded the read model: {log}");
+
+    // The project goes (unlabelled): its history is purged, under these permissions too; the
+    // tombstone stays and reaches the sink.
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(env.admin())
+        .patch(&p, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {"ambient-code.io/managed": null}}})))
+        .await?;
+    wait_for("the sink got the deletion", Duration::from_secs(60), || async {
+        Ok(got.lock().unwrap().iter().any(|t| t == "ambient.project.deleted.v1"))
+    })
+    .await
+    .with_context(|| projector.log())?;
+    let status = js.get_stream(events::streams::STATUS_STREAM).await?;
+    let tombstone_only = [(format!("ambient.status.{p}.project.{p}"), 1)];
+    wait_for("only the tombstone stays", Duration::from_secs(30), || async {
+        let left = status.info_builder().subjects(format!("ambient.status.{p}.>")).fetch().await?;
+        let left: Vec<(String, usize)> = futures::TryStreamExt::try_collect(left).await?;
+        Ok(left == tombstone_only)
+    })
+    .await
+    .with_context(|| projector.log())?;
+    let log = projector.log();
+    assert!(log.contains("status history of a gone project purged"), "{log}");
     assert!(!log.contains("Permissions Violation") && !log.contains("bus operation failed"), "{log}");
     assert!(!nats.log().contains("Permissions Violation"), "{}", nats.log());
     Ok(())

@@ -750,6 +750,20 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
     let m = futures::StreamExt::next(&mut batch).await.ok_or_else(|| anyhow!("sink got nothing"))?.map_err(anyhow::Error::from_boxed)?;
     m.double_ack().await.map_err(anyhow::Error::from_boxed).context("projector acks a sink delivery")?;
     api.refused("$JS.ACK.AMBIENT_STATUS.projector-sink-test.1.1.1.0.0").await?;
+    // The projector purges a deleted project's status history; nobody else may purge status.
+    for b in [&api, &rec] {
+        b.refused("$JS.API.STREAM.PURGE.AMBIENT_STATUS").await?;
+    }
+    assert_eq!(messages_in(&proj.js, streams::STATUS_STREAM).await?, 1, "the refused purges removed nothing");
+    let purged = proj
+        .js
+        .get_stream(streams::STATUS_STREAM)
+        .await?
+        .purge()
+        .filter("ambient.status.team-a.>")
+        .await
+        .context("projector purges a deleted project's status")?;
+    assert_eq!(purged.purged, 1);
 
     // Read model: the projector writes, the api reads, nobody else writes.
     let sessions = proj.js.get_key_value(streams::SESSIONS_BUCKET).await?;

@@ -134,11 +134,11 @@ async fn read(st: Arc<AppState>, caller: Caller, p: String, s: String, q: Messag
     if party == Party::Member {
         st.require(&caller, &[check(&p, "get", GROUP, "agenticsessions", Some(session.as_str()))]).await?;
     }
-    if st.reads.session(&p, session.as_str()).is_none() {
+    let Some(inc) = st.reads.session_incarnation(&p, session.as_str()) else {
         return Err(ApiError::NotFound("session not found".into()));
-    }
+    };
     let (query, include_partials) = read_query(&q, st.config.messages_max_wait)?;
-    let page = st.messages.read(&project, &session, &query).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let page = st.messages.read(&project, &session, &inc, &query).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let messages = if include_partials { page.messages } else { fold_partials(page.messages) };
     Ok(axum::Json(json!({
         "sessionId": session.as_str(),
@@ -178,7 +178,10 @@ async fn append(st: Arc<AppState>, caller: Caller, p: String, s: String, v: Valu
             message: format!("session {session} is not interactive: it takes no {} messages", req.ty),
         });
     }
-    match st.messages.append(&project, &session, &req.ty, req.payload).await {
+    let Some(inc) = crate::reads::incarnation_of(obj.as_ref()) else {
+        return Err(ApiError::NotFound("session not found".into()));
+    };
+    match st.messages.append(&project, &session, &inc, &req.ty, req.payload).await {
         Ok(m) => Ok((StatusCode::CREATED, axum::Json(m)).into_response()),
         Err(e @ AppendError::TooLarge { .. }) => Err(ApiError::TooLarge(e.to_string())),
         Err(e @ AppendError::Full(_)) => Err(ApiError::Conflict { reason: "MessageLogFull", message: e.to_string() }),
