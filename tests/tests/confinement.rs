@@ -36,11 +36,10 @@ fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("a valid object")
 }
 
-/// Every kind of write the reconciler makes in a project, tried in `ns` with its credentials:
-/// the outcome of each, by name.
-async fn project_writes(rec: &kube::Client, ns: &str) -> Vec<(&'static str, Result<(), kube::Error>)> {
+/// Every kind of write the reconciler makes in a project, tried in `ns` with its credentials,
+/// on objects named `name` (and `<name>-ssa`): the outcome of each, by what it tried.
+async fn project_writes(rec: &kube::Client, ns: &str, name: &str) -> Vec<(&'static str, Result<(), kube::Error>)> {
     let pp = PostParams::default();
-    let name = unique_name("confine");
     let mut out = Vec::new();
     let sas = Api::<ServiceAccount>::namespaced(rec.clone(), ns);
     out.push(("create a ServiceAccount", sas.create(&pp, &from(json!({"metadata": {"name": name}}))).await.map(drop)));
@@ -126,8 +125,9 @@ async fn the_reconciler_writes_in_kube_system_and_unmanaged_namespaces_are_refus
     // A namespace that is not a project (an operator's, or a tenant's own).
     let plain = env.namespace("confine-plain").await?;
 
+    let name = unique_name("confine");
     for ns in ["kube-system", plain.as_str()] {
-        let writes = project_writes(&rec, ns).await;
+        let writes = project_writes(&rec, ns, &name).await;
         assert_eq!(writes.len(), 8);
         for (what, r) in &writes {
             let says = if *what == "patch the namespace" {
@@ -142,15 +142,12 @@ async fn the_reconciler_writes_in_kube_system_and_unmanaged_namespaces_are_refus
     let admin = env.admin();
     let lp = ListParams::default();
     for ns in ["kube-system", plain.as_str()] {
-        let leaked: Vec<String> = Api::<Secret>::namespaced(admin.clone(), ns)
-            .list(&lp)
-            .await?
-            .items
-            .into_iter()
-            .filter_map(|s| s.metadata.name)
-            .filter(|n| n.starts_with("confine-"))
-            .collect();
-        assert!(leaked.is_empty(), "{ns}: {leaked:?}");
+        let secrets = Api::<Secret>::namespaced(admin.clone(), ns);
+        for n in [name.clone(), format!("{name}-ssa")] {
+            assert!(secrets.get_opt(&n).await?.is_none(), "Secret {ns}/{n} written");
+        }
+        assert!(Api::<Job>::namespaced(admin.clone(), ns).get_opt(&name).await?.is_none(), "Job {ns}/{name} written");
+        assert!(Api::<RoleBinding>::namespaced(admin.clone(), ns).get_opt(&name).await?.is_none(), "RoleBinding {ns}/{name} written");
     }
     // Neither deleted nor adopted as a project.
     let namespaces = Api::<Namespace>::all(rec.clone());
@@ -206,7 +203,7 @@ async fn the_reconciler_creates_changes_and_deletes_only_labelled_namespaces_and
         Ok(sas.get_opt("default").await?.map(drop))
     })
     .await?;
-    for (what, r) in project_writes(&rec, &project).await {
+    for (what, r) in project_writes(&rec, &project, &unique_name("confine")).await {
         r.with_context(|| format!("{what} in the project {project}"))?;
     }
 
