@@ -3,7 +3,8 @@
 //! namespace labelled `ambient-code.io/managed=true` is refused by the admission policy
 //! `ambient-reconciler-confinement` (deploy/base/rbac/reconciler-confinement.yaml): tokens for
 //! kube-system ServiceAccounts, Jobs, Roles, RoleBindings, Secrets, namespace changes and
-//! deletions, unlabelled namespaces. The same writes in a project succeed. Reads its code does
+//! deletions, unlabelled namespaces. The same writes in a project succeed, except Jobs that
+//! would reach the node (privileged, host namespaces, ports or paths). Reads its code does
 //! not make (Secrets, pods) are not in its ClusterRole at all. And its ProjectSettings
 //! controller does not even try to write RoleBindings for a ProjectSettings outside a project.
 
@@ -205,6 +206,42 @@ async fn the_reconciler_creates_changes_and_deletes_only_labelled_namespaces_and
     .await?;
     for (what, r) in project_writes(&rec, &project, &unique_name("confine")).await {
         r.with_context(|| format!("{what} in the project {project}"))?;
+    }
+
+    // Its Jobs cannot reach the node.
+    let jobs = Api::<Job>::namespaced(rec.clone(), &project);
+    let container = json!({"name": "c", "image": "example.invalid/confine:1"});
+    let with = |pod: Value, c: Value| -> Job {
+        let mut spec = json!({"restartPolicy": "Never", "containers": [c]});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), pod.as_object()) {
+            spec.extend(extra.clone());
+        }
+        from(json!({"metadata": {"name": unique_name("confine-host")}, "spec": {"backoffLimit": 0, "template": {"spec": spec}}}))
+    };
+    let container_with = |k: &str, v: Value| {
+        let mut c = container.clone();
+        c[k] = v;
+        c
+    };
+    for (what, job) in [
+        ("privileged", with(json!({}), container_with("securityContext", json!({"privileged": true})))),
+        ("added capabilities", with(json!({}), container_with("securityContext", json!({"capabilities": {"add": ["SYS_ADMIN"]}})))),
+        ("a host port", with(json!({}), container_with("ports", json!([{"containerPort": 80, "hostPort": 80}])))),
+        ("the host network", with(json!({"hostNetwork": true}), container.clone())),
+        ("the host PID namespace", with(json!({"hostPID": true}), container.clone())),
+        (
+            "a hostPath volume",
+            with(
+                json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}),
+                container_with("volumeMounts", json!([{"name": "root", "mountPath": "/host"}])),
+            ),
+        ),
+    ] {
+        refused_by_policy(
+            &format!("a Job with {what} in the project"),
+            &jobs.create(&PostParams::default(), &job).await.map(drop),
+            "the reconciler's Jobs may not be privileged",
+        );
     }
 
     // Changed only while it stays one.
