@@ -44,6 +44,19 @@ cargo_flags=(--locked --bins -p api -p reconciler -p projector)
 
 say "applying the components' RBAC (deploy/base/rbac)"
 $kubectl apply --server-side --force-conflicts --field-manager=ambient-dev -f "$repo_dir/deploy/base/rbac" >/dev/null
+# The API server loads admission policies asynchronously; the reconciler starts only once its
+# confinement is in force: a dry-run write as the reconciler outside a project is refused by it.
+# (A changed policy counts once the cluster has compiled its generation.)
+confined() {
+  local out gen
+  gen="$($kubectl get validatingadmissionpolicies.v1.admissionregistration.k8s.io ambient-reconciler-confinement \
+    -o 'jsonpath={.metadata.generation} {.status.observedGeneration}')" || return 1
+  [[ ${gen% *} == "${gen#* }" ]] || return 1
+  ! out="$($kubectl --as=system:serviceaccount:ambient-system:ambient-reconciler -n ambient-system \
+    create serviceaccount ambient-confinement-probe --dry-run=server 2>&1)" &&
+    [[ $out == *ambient-reconciler-confinement* ]]
+}
+wait_until kube-apiserver 60 "the reconciler's confinement policy (ambient-reconciler-confinement)" confined
 
 if [[ ! -s "$state/keys/sealing.key" ]]; then
   say "generating bus keys (deploy/gen-secrets.sh)"

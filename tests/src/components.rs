@@ -143,8 +143,17 @@ pub fn state_dir() -> PathBuf {
 
 static RBAC: OnceCell<Result<(), String>> = OnceCell::const_new();
 
-/// Applies `deploy/base/rbac/*.yaml` (ClusterRoles, ServiceAccounts, bindings) with the dev
-/// cluster's kubectl, server-side, once per process.
+/// Name of the ValidatingAdmissionPolicy (and its binding) that confines the reconciler's
+/// writes to projects (`deploy/base/rbac/reconciler-confinement.yaml`).
+pub const RECONCILER_CONFINEMENT: &str = "ambient-reconciler-confinement";
+
+/// The reconciler's user name, as the API server sees its ServiceAccount token.
+pub const RECONCILER_USER: &str = "system:serviceaccount:ambient-system:ambient-reconciler";
+
+/// Applies `deploy/base/rbac/*.yaml` (ClusterRoles, ServiceAccounts, bindings and the
+/// reconciler's confinement policy) with the dev cluster's kubectl, server-side, once per
+/// process, and returns only once the policy is in force (the API server loads a new policy
+/// asynchronously): no reconciler may act before it is confined.
 pub async fn apply_rbac(env: &TestEnv) -> anyhow::Result<()> {
     RBAC.get_or_init(|| async {
         let run = async {
@@ -155,7 +164,7 @@ pub async fn apply_rbac(env: &TestEnv) -> anyhow::Result<()> {
                 .kubeconfig(DemoUser::Admin)
                 .ok_or_else(|| anyhow!("no admin kubeconfig"))?;
             let dir = repo_dir().join("deploy/base/rbac");
-            let out = Command::new(kubectl)
+            let out = Command::new(&kubectl)
                 .arg(format!("--kubeconfig={}", kubeconfig.display()))
                 .args([
                     "apply",
@@ -175,13 +184,53 @@ pub async fn apply_rbac(env: &TestEnv) -> anyhow::Result<()> {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            anyhow::Ok(())
+            wait_for_confinement(&kubectl, &kubeconfig).await
         };
         run.await.map_err(|e| format!("{e:#}"))
     })
     .await
     .clone()
     .map_err(|e| anyhow!(e))
+}
+
+/// Waits until the confinement policy refuses a write of the reconciler outside projects: a
+/// server-side dry-run of a ServiceAccount in its own namespace (not a project; dry-runs pass
+/// admission but store nothing), made as the reconciler by impersonation. Until the policy is
+/// loaded the dry-run succeeds (or RBAC, itself loaded asynchronously, refuses it). A changed
+/// policy (one applied over an older version) is waited for until the cluster has compiled
+/// this generation (its status' observedGeneration).
+async fn wait_for_confinement(kubectl: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let generations = Command::new(kubectl)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(["get", "validatingadmissionpolicies.v1.admissionregistration.k8s.io", RECONCILER_CONFINEMENT])
+            .args(["-o", "jsonpath={.metadata.generation} {.status.observedGeneration}"])
+            .output()
+            .await
+            .context("running kubectl get")?;
+        let generations = String::from_utf8_lossy(&generations.stdout).to_string();
+        let compiled = generations.split_once(' ').is_some_and(|(g, o)| !g.is_empty() && g == o);
+        let out = Command::new(kubectl)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--as={RECONCILER_USER}"))
+            .args(["-n", SYSTEM_NAMESPACE, "create", "serviceaccount", "ambient-confinement-probe", "--dry-run=server"])
+            .output()
+            .await
+            .context("running kubectl create --dry-run=server")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if compiled && !out.status.success() && stderr.contains(RECONCILER_CONFINEMENT) {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "the policy {RECONCILER_CONFINEMENT} is not in force 60 s after applying it (generation and observed \
+                 generation: {generations:?}); last probe: {}{stderr}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The keys that tie the api to the reconciler, generated fresh for a test: the api's command

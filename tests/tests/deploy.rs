@@ -1,6 +1,7 @@
 //! `deploy/`: every overlay renders with the dev cluster's kubectl, every rendered object is
 //! accepted by a real API server (server-side dry-run), the components' RBAC is least
-//! privilege, the manifests keep the restricted security profile, and the NATS accounts file
+//! privilege (and the reconciler's writes confined to projects by an admission policy), the
+//! manifests keep the restricted security profile, and the NATS accounts file
 //! really enforces who may publish, consume and write what (against a real nats-server).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
-use ambient_tests::components::{DeployNats, apply_rbac, nats_server_bin, wait_for};
+use ambient_tests::components::{DeployNats, RECONCILER_CONFINEMENT, apply_rbac, nats_server_bin, wait_for};
 use ambient_tests::{DemoUser, TestEnv, repo_dir};
 
 /// Every installable directory under deploy/ (kustomization roots).
@@ -424,6 +425,108 @@ rules:
     assert_eq!(rbac_violations(&parse_yaml(good).unwrap()), Vec::<String>::new());
 }
 
+/// Reads of the reconciler's ClusterRole: exactly those its code makes (watch caches, GETs).
+/// Admission cannot confine reads, so each one here is one someone needs; a cluster-wide read
+/// of Secrets or pods (whose environment may hold credentials) is never among them.
+const RECONCILER_READS: &[(&str, &[&str])] = &[
+    ("namespaces", &["get", "list", "watch"]),
+    ("vteam.ambient-code/agenticsessions", &["get", "list", "watch"]),
+    ("vteam.ambient-code/projectsettings", &["get", "list", "watch"]),
+    // Only because per-session Roles grant it to the runner (one grants only what one holds).
+    ("vteam.ambient-code/agenticsessions/status", &["get"]),
+    ("rbac.authorization.k8s.io/rolebindings", &["list", "watch"]),
+    ("serviceaccounts", &["get"]),
+    ("batch/jobs", &["get", "list", "watch"]),
+];
+
+/// Cluster-scoped objects the reconciler may write (not their subresources); the confinement
+/// policy (reconciler-confinement.yaml) refuses every other cluster-scoped write of it.
+const RECONCILER_CLUSTER_WRITES: &[&str] = &["namespaces", "authorization.k8s.io/subjectaccessreviews"];
+
+const READ_VERBS: &[&str] = &["get", "list", "watch"];
+
+/// `group/resource` (core group: `resource`) of the cluster-scoped resources the dev API server
+/// serves, from discovery.
+async fn cluster_scoped_resources(kubectl: &Path, kubeconfig: &Path) -> anyhow::Result<BTreeSet<String>> {
+    let out = Command::new(kubectl)
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(["api-resources", "--namespaced=false", "--no-headers", "-o", "name"])
+        .output()
+        .await?;
+    ensure!(out.status.success(), "kubectl api-resources: {}", String::from_utf8_lossy(&out.stderr));
+    let names: BTreeSet<String> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(|l| match l.split_once('.') {
+            Some((resource, group)) => format!("{group}/{resource}"),
+            None => l.to_string(),
+        })
+        .collect();
+    ensure!(names.contains("namespaces") && names.contains("rbac.authorization.k8s.io/clusterroles"), "discovery: {names:?}");
+    Ok(names)
+}
+
+/// Where the reconciler's ClusterRole reads more than [`RECONCILER_READS`] or writes a
+/// cluster-scoped object beyond [`RECONCILER_CLUSTER_WRITES`].
+fn reconciler_rule_violations(objects: &[Value], cluster_scoped: &BTreeSet<String>) -> Vec<String> {
+    let mut v = Vec::new();
+    let roles: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "ambient-reconciler")
+        .collect();
+    if roles.len() != 1 {
+        return vec![format!("{} ClusterRoles ambient-reconciler", roles.len())];
+    }
+    for (i, rule) in roles[0]["rules"].as_array().into_iter().flatten().enumerate() {
+        for group in strs(&rule["apiGroups"]) {
+            for resource in strs(&rule["resources"]) {
+                let key = if group.is_empty() { resource.to_string() } else { format!("{group}/{resource}") };
+                let object = key.split('/').take(if group.is_empty() { 1 } else { 2 }).collect::<Vec<_>>().join("/");
+                for verb in strs(&rule["verbs"]) {
+                    if READ_VERBS.contains(&verb) {
+                        if !RECONCILER_READS.iter().any(|(r, verbs)| *r == key && verbs.contains(&verb)) {
+                            v.push(format!("rule {i}: reads {key} ({verb}), which the reconciler's code does not"));
+                        }
+                    } else if verb != "bind" && cluster_scoped.contains(&object) && !RECONCILER_CLUSTER_WRITES.contains(&key.as_str()) {
+                        v.push(format!("rule {i}: {verb} on the cluster-scoped {key}, which the confinement policy refuses"));
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn the_reconciler_rule_check_catches_extra_reads_and_cluster_writes() {
+    let role = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: ambient-reconciler}
+rules:
+  - {apiGroups: [""], resources: ["secrets"], verbs: ["get", "create"]}
+  - {apiGroups: [""], resources: ["pods"], verbs: ["list", "deletecollection"]}
+  - {apiGroups: [""], resources: ["namespaces"], verbs: ["get", "create", "delete"]}
+  - {apiGroups: ["rbac.authorization.k8s.io"], resources: ["clusterrolebindings"], verbs: ["create"]}
+  - {apiGroups: ["rbac.authorization.k8s.io"], resources: ["clusterroles"], verbs: ["bind"], resourceNames: ["ambient-project-view"]}
+  - {apiGroups: ["authorization.k8s.io"], resources: ["subjectaccessreviews"], verbs: ["create"]}
+  - {apiGroups: [""], resources: ["namespaces/finalize"], verbs: ["update"]}
+"#;
+    let scoped: BTreeSet<String> = ["namespaces", "rbac.authorization.k8s.io/clusterroles", "rbac.authorization.k8s.io/clusterrolebindings", "authorization.k8s.io/subjectaccessreviews"]
+        .map(String::from)
+        .into();
+    let v = reconciler_rule_violations(&parse_yaml(role).unwrap(), &scoped);
+    assert_eq!(
+        v,
+        [
+            "rule 0: reads secrets (get), which the reconciler's code does not",
+            "rule 1: reads pods (list), which the reconciler's code does not",
+            "rule 3: create on the cluster-scoped rbac.authorization.k8s.io/clusterrolebindings, which the confinement policy refuses",
+            "rule 6: update on the cluster-scoped namespaces/finalize, which the confinement policy refuses",
+        ],
+        "{v:#?}"
+    );
+}
+
 #[tokio::test]
 async fn component_rbac_is_least_privilege() -> anyhow::Result<()> {
     // The files the harness applies (deploy/base/rbac/, what every component test runs under)...
@@ -461,12 +564,20 @@ async fn component_rbac_is_least_privilege() -> anyhow::Result<()> {
         );
     }
 
-    // ...and nothing an overlay adds or patches widens it.
+    // ...the reconciler reads only what its code reads, and writes no cluster-scoped object
+    // but those its confinement policy lets through...
     let env = TestEnv::shared().await?;
-    let (kubectl, _) = kubectl(&env)?;
+    let (kubectl, kubeconfig) = kubectl(&env)?;
+    let cluster_scoped = cluster_scoped_resources(&kubectl, &kubeconfig).await?;
+    let v = reconciler_rule_violations(&base, &cluster_scoped);
+    assert!(v.is_empty(), "deploy/base/rbac/reconciler.yaml:\n{}", v.join("\n"));
+
+    // ...and nothing an overlay adds or patches widens it.
     for root in ROOTS {
         let objects = render(&kubectl, root).await?;
         let v = rbac_violations(&objects);
+        assert!(v.is_empty(), "{root}:\n{}", v.join("\n"));
+        let v = reconciler_rule_violations(&objects, &cluster_scoped);
         assert!(v.is_empty(), "{root}:\n{}", v.join("\n"));
         for c in COMPONENTS {
             ensure!(
@@ -513,6 +624,119 @@ fn the_projector_cluster_role_only_reads_what_it_watches() -> anyhow::Result<()>
     .map(String::from)
     .collect();
     assert_eq!(granted, expected, "the projector's ClusterRole reads exactly what it watches");
+    Ok(())
+}
+
+// ---- (c') the reconciler's confinement (admission policy) --------------------------------------
+
+/// Where a rendering's confinement policy (reconciler-confinement.yaml) fails to confine every
+/// write of the reconciler that rendering runs: missing, narrowed, not failing closed, not
+/// denying, or matching another identity than its Deployment's ServiceAccount.
+fn confinement_violations(objects: &[Value]) -> Vec<String> {
+    let named = |kind: &str| -> Vec<&Value> {
+        objects.iter().filter(|o| o["kind"] == kind && o["metadata"]["name"] == RECONCILER_CONFINEMENT).collect()
+    };
+    let (policies, bindings) = (named("ValidatingAdmissionPolicy"), named("ValidatingAdmissionPolicyBinding"));
+    if policies.len() != 1 || bindings.len() != 1 {
+        return vec![format!("{} policies and {} bindings named {RECONCILER_CONFINEMENT}", policies.len(), bindings.len())];
+    }
+    let mut v = Vec::new();
+    let (policy, binding) = (&policies[0]["spec"], &bindings[0]["spec"]);
+    for o in [policies[0], bindings[0]] {
+        if o["apiVersion"] != "admissionregistration.k8s.io/v1" {
+            v.push(format!("{}: apiVersion {}", name_of(o), o["apiVersion"]));
+        }
+    }
+    if policy["failurePolicy"] != "Fail" {
+        v.push("the policy does not fail closed (failurePolicy is not Fail)".into());
+    }
+    let mc = &policy["matchConstraints"];
+    let rules = mc["resourceRules"].as_array().cloned().unwrap_or_default();
+    let every_write = rules.len() == 1 && {
+        let r = &rules[0];
+        let ops: BTreeSet<&str> = strs(&r["operations"]).into_iter().collect();
+        strs(&r["apiGroups"]) == ["*"]
+            && strs(&r["apiVersions"]) == ["*"]
+            && strs(&r["resources"]) == ["*/*"]
+            && r["scope"] == "*"
+            && (ops == BTreeSet::from(["CREATE", "UPDATE", "DELETE", "CONNECT"]) || ops == BTreeSet::from(["*"]))
+    };
+    if !every_write {
+        v.push(format!("the policy does not match every write of every resource and subresource: {rules:?}"));
+    }
+    for narrowing in [&mc["namespaceSelector"], &mc["objectSelector"], &mc["excludeResourceRules"], &binding["matchResources"], &binding["paramRef"]] {
+        if !(narrowing.is_null() || narrowing.as_object().is_some_and(|m| m.is_empty()) || narrowing.as_array().is_some_and(|a| a.is_empty())) {
+            v.push(format!("the policy or its binding is narrowed: {narrowing}"));
+        }
+    }
+    match objects.iter().find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "ambient-reconciler") {
+        Some(d) => {
+            let user = format!(
+                "system:serviceaccount:{}:{}",
+                d["metadata"]["namespace"].as_str().unwrap_or("?"),
+                pod_spec(d)["serviceAccountName"].as_str().unwrap_or("?")
+            );
+            let conditions: Vec<&str> =
+                policy["matchConditions"].as_array().into_iter().flatten().filter_map(|c| c["expression"].as_str()).collect();
+            if conditions != [format!("request.userInfo.username == '{user}'")] {
+                v.push(format!("the policy's matchConditions {conditions:?} do not select exactly the reconciler ({user})"));
+            }
+        }
+        None => v.push("no Deployment ambient-reconciler".into()),
+    }
+    let validations = policy["validations"].as_array().cloned().unwrap_or_default();
+    if validations.is_empty() || validations.iter().any(|x| x["reason"] != "Forbidden") {
+        v.push("the policy's validations are missing or not all Forbidden".into());
+    }
+    if binding["policyName"] != RECONCILER_CONFINEMENT || strs(&binding["validationActions"]) != ["Deny"] {
+        v.push(format!("the binding does not deny with the policy: {binding}"));
+    }
+    v
+}
+
+#[test]
+fn the_confinement_check_catches_a_weakened_policy() {
+    let good = std::fs::read_to_string(repo_dir().join("deploy/base/rbac/reconciler-confinement.yaml")).unwrap()
+        + "\n---\n"
+        + &std::fs::read_to_string(repo_dir().join("deploy/base/reconciler/deployment.yaml")).unwrap();
+    assert_eq!(confinement_violations(&parse_yaml(&good).unwrap()), Vec::<String>::new());
+    for (weaken, expect) in [
+        (("failurePolicy: Fail", "failurePolicy: Ignore"), "fail closed"),
+        (("resources: [\"*/*\"]", "resources: [\"*\"]"), "every write"),
+        (("\"DELETE\", ", ""), "every write"),
+        (("ambient-system:ambient-reconciler'", "ambient-system:someone-else'"), "exactly the reconciler"),
+        (("validationActions: [Deny]", "validationActions: [Warn]"), "does not deny"),
+        (("namespaceSelector: {}", "namespaceSelector: {matchLabels: {x: y}}"), "narrowed"),
+        (("objectSelector: {}", "objectSelector: {matchLabels: {x: y}}"), "narrowed"),
+    ] {
+        let text = good.replacen(weaken.0, weaken.1, 1);
+        assert_ne!(text, good, "{weaken:?} changes nothing");
+        let v = confinement_violations(&parse_yaml(&text).unwrap());
+        assert!(v.len() == 1 && v[0].contains(expect), "{weaken:?}: {v:#?}");
+    }
+}
+
+/// Every installable rendering ships the policy confining its reconciler, and the dev API
+/// server (where deploy/base/rbac/ is applied) serves admissionregistration.k8s.io/v1 policies
+/// and compiled this one without a type-checking warning.
+#[tokio::test]
+async fn the_reconciler_confinement_is_shipped_with_every_overlay_and_compiles() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let (kubectl, kubeconfig) = kubectl(&env)?;
+    for root in ROOTS {
+        let v = confinement_violations(&render(&kubectl, root).await?);
+        assert!(v.is_empty(), "{root}:\n{}", v.join("\n"));
+    }
+    apply_rbac(&env).await?;
+    let out = Command::new(&kubectl)
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(["get", "validatingadmissionpolicies.v1.admissionregistration.k8s.io", RECONCILER_CONFINEMENT, "-o", "json"])
+        .output()
+        .await?;
+    ensure!(out.status.success(), "kubectl get the policy: {}", String::from_utf8_lossy(&out.stderr));
+    let policy: Value = serde_json::from_slice(&out.stdout)?;
+    let warnings = &policy["status"]["typeChecking"]["expressionWarnings"];
+    ensure!(warnings.as_array().is_none_or(Vec::is_empty), "type-checking warnings: {warnings}");
     Ok(())
 }
 

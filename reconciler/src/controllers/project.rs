@@ -1,5 +1,7 @@
 //! Managed namespace → its ProjectSettings exists; ProjectSettings.groupAccess → group
-//! RoleBindings (stale ones removed, deleted ones recreated).
+//! RoleBindings (stale ones removed, deleted ones recreated). Only in projects: anyone who may
+//! create a ProjectSettings in a namespace of his own must not get RoleBindings written there
+//! with the reconciler's `bind` right.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use events::crd::{PROJECT_SETTINGS_NAME, ProjectSettings};
 use super::{ControllerError, ERROR_REQUEUE};
 use crate::apply::{ensure_project_settings, sync_group_bindings};
 use crate::labels;
+use crate::namespaces::Projects;
 
 /// Shared state of both controllers.
 pub struct Ctx {
@@ -27,6 +30,8 @@ pub struct Ctx {
     pub client: kube::Client,
     /// Periodic resync.
     pub resync: Duration,
+    /// The managed namespaces (the namespace controller's store).
+    pub projects: Projects,
 }
 
 async fn reconcile_namespace(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
@@ -41,6 +46,13 @@ async fn reconcile_settings(ps: Arc<ProjectSettings>, ctx: Arc<Ctx>) -> Result<A
     if ps.metadata.deletion_timestamp.is_some() || ps.name_any() != PROJECT_SETTINGS_NAME {
         return Ok(Action::await_change());
     }
+    let ns = ps.namespace().unwrap_or_default();
+    // Settings outside projects are not ours: nothing is written for them. Looked at again
+    // each resync, so that a namespace adopted as a project later gets its bindings.
+    if !ctx.projects.is_managed(&ns).await? {
+        tracing::debug!(namespace = %ns, "ignoring ProjectSettings outside a project");
+        return Ok(Action::requeue(ctx.resync));
+    }
     sync_group_bindings(&ctx.client, &ps).await?;
     let generation = ps.metadata.generation;
     let observed = ps.status.as_ref().and_then(|s| s.observed_generation);
@@ -48,7 +60,7 @@ async fn reconcile_settings(ps: Arc<ProjectSettings>, ctx: Arc<Ctx>) -> Result<A
     if observed != generation {
         let ready = super::session::condition("Ready", "True", "BindingsInSync", "group RoleBindings match groupAccess", generation);
         let patch = json!({"status": {"observedGeneration": generation, "conditions": [ready]}});
-        Api::<ProjectSettings>::namespaced(ctx.client.clone(), &ps.namespace().unwrap_or_default())
+        Api::<ProjectSettings>::namespaced(ctx.client.clone(), &ns)
             .patch_status(PROJECT_SETTINGS_NAME, &PatchParams::default(), &Patch::Merge(patch))
             .await?;
     }
@@ -64,10 +76,10 @@ fn error_policy<K>(_: Arc<K>, e: &ControllerError, _: Arc<Ctx>) -> Action {
 /// (shared with the rest of the reconciler, see `namespaces::Projects`) and a future that runs
 /// them until `stop` is cancelled.
 pub fn start(client: kube::Client, resync: Duration, stop: CancellationToken) -> (Store<Namespace>, impl Future<Output = ()>) {
-    let ctx = Arc::new(Ctx { client: client.clone(), resync });
     let managed = watcher::Config::default().labels(&format!("{}=true", labels::MANAGED));
     let controller = Controller::new(Api::<Namespace>::all(client.clone()), managed);
     let store = controller.store();
+    let ctx = Arc::new(Ctx { client: client.clone(), resync, projects: Projects::new(store.clone(), client.clone()) });
     let namespaces = controller
         .watches(Api::<ProjectSettings>::all(client.clone()), watcher::Config::default(), |ps| {
             ps.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns))
