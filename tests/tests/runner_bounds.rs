@@ -351,7 +351,7 @@ impl T<'_> {
     async fn runner_secret_wins(&self) -> anyhow::Result<()> {
         let r = self.c.put(&format!("/api/projects/{}/runner-secrets", self.project), &self.alice, json!({"data": {"API_TOKEN": "from-the-admin"}})).await;
         ensure!(r.status == StatusCode::OK, "runner secret: {} {}", r.status, r.body);
-        let body = json!({"name": "envs", "prompt": "p", "environmentVariables": {"API_TOKEN": "from-the-session", "KWOK_RUN_DURATION": "1h"}});
+        let body = json!({"name": "envs", "prompt": "p", "environmentVariables": {"API_TOKEN": "from-the-session", "COPY": "$(API_TOKEN)", "KWOK_RUN_DURATION": "1h"}});
         let r = self.c.post(&self.sessions_path(), &self.alice, body).await;
         ensure!(r.status == StatusCode::CREATED, "{} {}", r.status, r.body);
         let job = self.job("envs").await?;
@@ -363,6 +363,9 @@ impl T<'_> {
         ensure!(i < j && literal.value.as_deref() == Some("from-the-session"), "{tokens:?}");
         let r = from_secret.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).context("the second API_TOKEN is a secretKeyRef")?;
         ensure!(r.name == "ambient-runner-secrets" && r.key == "API_TOKEN" && r.optional == Some(true), "{r:?}");
+        // Nor can a session variable copy the Secret's value: `$(…)` reaches the runner verbatim.
+        let copy = env.iter().find(|e| e.name == "COPY").and_then(|e| e.value.as_deref());
+        ensure!(copy == Some("$$(API_TOKEN)"), "COPY is expanded by the kubelet: {copy:?}");
         // No other entry overrides it, and the rest of the Secret still comes in via envFrom.
         ensure!(env[*j + 1..].iter().all(|e| e.name != "API_TOKEN"), "{env:?}");
         let from = c.env_from.clone().unwrap_or_default();

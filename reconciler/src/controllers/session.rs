@@ -261,8 +261,12 @@ where
     }
 }
 
+/// A literal variable. The kubelet expands `$(NAME)` in `env` values with the variables defined
+/// before (the runner Secret's included), so a session's variable or prompt could copy a secret
+/// into a value of its choosing; `$$` is the kubelet's escape for `$`, so every value reaches
+/// the runner exactly as written.
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+    EnvVar { name: name.into(), value: Some(value.into().replace('$', "$$")), ..Default::default() }
 }
 
 /// The runner's environment (see reconciler/README.md, "Runner contract").
@@ -632,6 +636,15 @@ mod tests {
         let urls: Vec<_> = env.iter().filter(|e| e.name == "BACKEND_API_URL").collect();
         assert_eq!(urls.len(), 1);
         assert_eq!(urls[0].value.as_deref(), Some("http://api"));
+    }
+
+    #[test]
+    fn values_are_never_expanded_by_the_kubelet() {
+        let s = session(serde_json::json!({"prompt": "say $(API_TOKEN)", "environmentVariables": {"X": "a$(API_TOKEN)b$$c$d"}}));
+        let env = runner_env(&s, "p1", "http://api", "x");
+        let value = |n: &str| env.iter().find(|e| e.name == n).and_then(|e| e.value.clone()).unwrap();
+        assert_eq!(value("X"), "a$$(API_TOKEN)b$$$$c$$d");
+        assert_eq!(value("PROMPT"), "say $$(API_TOKEN)");
     }
 
     #[test]
