@@ -46,7 +46,7 @@ async fn runner_resources_are_bounded() {
     let bounds = vec![format!("--runner-priority-classes={ALLOWED}")];
     let api_args = [bounds.clone(), vec!["--rate-limit-rps=1000".into(), "--rate-limit-burst=10000".into(), "--result-timeout=60s".into()]].concat();
     let stack = Stack::start(&env, StackOptions { api_args, reconciler_args: bounds, ..Default::default() }).await.expect("stack starts");
-    let t = T { env: &env, c: Client::new(&stack.api_url), alice: env.token(DemoUser::Alice).unwrap().to_string(), project: unique_name("bounds") };
+    let t = T { env: &env, stack: &stack, c: Client::new(&stack.api_url), alice: env.token(DemoUser::Alice).unwrap().to_string(), project: unique_name("bounds") };
     let r = t.c.post("/api/projects", &t.alice, json!({"name": t.project})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 
@@ -83,6 +83,7 @@ async fn ensure_priority_class(env: &TestEnv) -> anyhow::Result<()> {
 
 struct T<'a> {
     env: &'a TestEnv,
+    stack: &'a Stack,
     c: Client,
     alice: String,
     project: String,
@@ -180,6 +181,12 @@ impl T<'_> {
         }
         // Through the api there is no route for them at all; and the objects are unchanged.
         ensure!(quotas.get(QUOTA).await?.spec == q.spec, "the quota changed");
+
+        // Applied once: the controller's later passes (its own writes wake it) find both current.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let log = self.stack.reconciler.log();
+        let applies = log.lines().filter(|l| l.contains("applied the project's ResourceQuota and LimitRange") && l.contains(self.project.as_str())).count();
+        ensure!(applies == 1, "the project's limits were applied {applies} times");
 
         // Level-triggered: a deleted quota or LimitRange is put back.
         let old = (q.metadata.uid.clone(), lr.metadata.uid.clone());
