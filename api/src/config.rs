@@ -16,6 +16,11 @@ pub struct Config {
     /// The bus: NATS URL and credentials, partitions, replicas.
     #[command(flatten)]
     pub bus: events::bus::BusArgs,
+    /// Bounds on runner pods (`--runner-max-cpu`, `--runner-max-memory`,
+    /// `--runner-priority-classes`): the reconciler takes the same flags and decides; these
+    /// only refuse early (422 before anything is published).
+    #[command(flatten)]
+    pub runner: events::crd::RunnerBounds,
     /// Main HTTP listener.
     #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,

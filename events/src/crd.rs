@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Phase, Role};
 
+// Bounds of resourceOverrides and environmentVariables (doc comments of the CRD fields are
+// their schema descriptions: changing them changes deploy/crds/).
+pub mod resources;
+pub use resources::{Amount, QuantityError, RUNNER_PLATFORM_ENV, RunnerBounds, RunnerResources};
+
 /// The API group of both resources.
 pub const GROUP: &str = "vteam.ambient-code";
 /// The served (and stored) version.

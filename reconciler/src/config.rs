@@ -7,6 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 
 pub use events::service::LogFormat;
+use events::crd::{Amount, RunnerBounds};
+
+use crate::controllers::limits::{CpuMemory, ProjectLimits, QuotaItem};
 
 /// The reconciler: applies commands from JetStream to the cluster exactly once and runs the
 /// session, namespace and group-access controllers.
@@ -59,14 +62,82 @@ pub struct Config {
     /// How long a command is retried in-process before it fails with `Unavailable`, seconds.
     #[arg(long, env = "RETRY_FOR_SECONDS", default_value_t = 3600)]
     pub retry_for_seconds: u64,
+    /// Bounds on runner pods (`--runner-max-cpu` 4, `--runner-max-memory` 8Gi,
+    /// `--runner-priority-classes` none): every session's `resourceOverrides` is checked against
+    /// them when its command is applied and again before its Job is created. The api takes the
+    /// same flags (to refuse early); these decide.
+    #[command(flatten)]
+    pub runner: RunnerBounds,
+    /// Hard limits of every project's ResourceQuota `ambient-project-quota`, comma-separated
+    /// `resource=quantity` pairs. The default admits 100 runners at the default size, or 5 at
+    /// the largest (4 CPUs each).
+    #[arg(
+        long,
+        env = "PROJECT_RESOURCE_QUOTA",
+        value_delimiter = ',',
+        value_parser = QuotaItem::parse,
+        default_value = "requests.cpu=20,requests.memory=80Gi,limits.cpu=100,limits.memory=200Gi,pods=100"
+    )]
+    pub project_resource_quota: Vec<QuotaItem>,
+    /// CPU request of a runner without `resourceOverrides.cpu` (every project's LimitRange
+    /// `ambient-project-limits`).
+    #[arg(long, env = "RUNNER_DEFAULT_CPU_REQUEST", default_value = "100m", value_parser = Amount::parse_positive)]
+    pub runner_default_cpu_request: Amount,
+    /// Memory request of a runner without `resourceOverrides.memory`.
+    #[arg(long, env = "RUNNER_DEFAULT_MEMORY_REQUEST", default_value = "256Mi", value_parser = Amount::parse_positive)]
+    pub runner_default_memory_request: Amount,
+    /// CPU limit of a runner without `resourceOverrides.cpu`.
+    #[arg(long, env = "RUNNER_DEFAULT_CPU", default_value = "1", value_parser = Amount::parse_positive)]
+    pub runner_default_cpu: Amount,
+    /// Memory limit of a runner without `resourceOverrides.memory`.
+    #[arg(long, env = "RUNNER_DEFAULT_MEMORY", default_value = "2Gi", value_parser = Amount::parse_positive)]
+    pub runner_default_memory: Amount,
     /// Periodic resync of every controller object, seconds.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
 }
 
 impl Config {
+    /// Every project's quota and container defaults, checked against the runner bounds.
+    pub fn project_limits(&self) -> Result<ProjectLimits, String> {
+        ProjectLimits::new(
+            self.project_resource_quota.clone(),
+            CpuMemory { cpu: self.runner_default_cpu_request, memory: self.runner_default_memory_request },
+            CpuMemory { cpu: self.runner_default_cpu, memory: self.runner_default_memory },
+            &self.runner,
+        )
+    }
+
     /// Cap of the retry backoff.
     pub fn retry_max_backoff(&self) -> Duration {
         Duration::from_secs(self.retry_max_backoff_seconds.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
+        let base = ["reconciler", "--command-verify-keys-file", "k", "--sealing-key-file", "s"];
+        Config::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn runner_bounds_and_project_limits_default_and_parse() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.runner, RunnerBounds::default());
+        let l = c.project_limits().unwrap();
+        assert_eq!(l.quota.len(), 5);
+        assert_eq!(l.max.cpu.cpu_string(), "4");
+        let c = parse(&["--runner-priority-classes", "a,b", "--runner-max-cpu", "8", "--project-resource-quota", "pods=3"]).unwrap();
+        assert_eq!(c.runner.priority_classes, ["a", "b"]);
+        assert_eq!(c.runner.max_cpu.cpu_string(), "8");
+        assert_eq!(c.project_limits().unwrap().quota.len(), 1);
+        assert!(parse(&["--runner-max-cpu", "lots"]).is_err());
+        assert!(parse(&["--runner-max-memory", "0"]).is_err());
+        assert!(parse(&["--project-resource-quota", "pods"]).is_err());
+        // Defaults beyond the bounds are refused at start-up.
+        assert!(parse(&["--runner-max-cpu", "500m"]).unwrap().project_limits().is_err());
     }
 }

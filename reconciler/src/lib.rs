@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod namespaces;
 pub mod telemetry;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -27,6 +28,8 @@ use crate::config::Config;
 /// Runs the reconciler until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     events::service::init_logging(cfg.log_format);
+    let project_limits = Arc::new(cfg.project_limits().map_err(|e| anyhow::anyhow!("project limits: {e}"))?);
+    let runner_bounds = Arc::new(cfg.runner.clone());
     let metrics = telemetry::init_metrics()?;
     let ready = telemetry::Readiness::default();
     let stop = CancellationToken::new();
@@ -56,12 +59,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let resync = Duration::from_secs(cfg.resync_seconds.max(5));
     let (namespace_store, project_controllers) = controllers::project::start(client.clone(), resync, stop.clone());
     let projects = namespaces::Projects::new(namespace_store, client.clone());
+    let (limits, limits_controller) = controllers::limits::start(client.clone(), project_limits, stop.clone());
     let applier = apply::Applier {
         client: client.clone(),
         policy: authz::SelfProvision { group: cfg.self_provisioner_group.clone(), quota: cfg.project_quota },
         sealing,
         key_token_seconds: cfg.key_token_seconds,
         projects: projects.clone(),
+        runner: runner_bounds.clone(),
     };
     let settings = consumer::Settings {
         bus,
@@ -76,11 +81,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         backend_api_url: cfg.backend_api_url.clone(),
         resync,
         projects,
+        bounds: runner_bounds,
+        limits,
     };
     let tasks = vec![
         tokio::spawn(consumer.run()),
         tokio::spawn(controllers::session::run(sessions, cfg.session_concurrency.max(1), stop.clone())),
         tokio::spawn(project_controllers),
+        tokio::spawn(limits_controller),
     ];
     ready.set(true);
     tracing::info!("reconciler running");

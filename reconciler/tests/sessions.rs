@@ -137,13 +137,14 @@ async fn session_lifecycle() -> anyhow::Result<()> {
     let failed = wait_phase(&env, &p, "slow", Phase::Failed, Duration::from_secs(150)).await?;
     assert_eq!(failed.status.unwrap().reason.as_deref(), Some("Timeout"));
 
-    // Error on an unusable spec.
-    let bad = CommandBody::SessionCreate(SessionCreate {
-        name: SessionName::new("bad-env")?,
-        spec: serde_json::from_value(serde_json::json!({"prompt": "x", "environmentVariables": {"NOT-VALID": "1"}}))?,
-    });
-    h.ok(&p, Alice, bad).await?;
-    wait_phase(&env, &p, "bad-env", Phase::Error, Duration::from_secs(30)).await?;
+    // An unusable spec: refused when its command is applied (the rule of the api, checked
+    // again), and Error when written straight to the cluster, bypassing commands.
+    let spec: events::crd::AgenticSessionSpec = serde_json::from_value(serde_json::json!({"prompt": "x", "environmentVariables": {"NOT-VALID": "1"}}))?;
+    let bad = CommandBody::SessionCreate(SessionCreate { name: SessionName::new("bad-env")?, spec: spec.clone() });
+    assert_eq!(code(&h.run(&p, Alice, bad).await?), 422, "an invalid variable name is refused at apply time");
+    Api::<AgenticSession>::namespaced(env.admin(), p.as_str()).create(&Default::default(), &AgenticSession::new("bad-env", spec)).await?;
+    let errored = wait_phase(&env, &p, "bad-env", Phase::Error, Duration::from_secs(30)).await?;
+    assert_eq!(errored.status.unwrap().reason.as_deref(), Some("InvalidSpec"));
 
     // Delete garbage-collects the Job, pods and the runner identity.
     h.ok(&p, Alice, CommandBody::SessionDelete(sref("quick"))).await?;

@@ -437,6 +437,9 @@ const RECONCILER_READS: &[(&str, &[&str])] = &[
     ("rbac.authorization.k8s.io/rolebindings", &["list", "watch"]),
     ("serviceaccounts", &["get"]),
     ("batch/jobs", &["get", "list", "watch"]),
+    // Every project's ResourceQuota and LimitRange, kept level-triggered (controllers/limits.rs).
+    ("resourcequotas", &["get", "list", "watch"]),
+    ("limitranges", &["get", "list", "watch"]),
 ];
 
 /// Cluster-scoped objects the reconciler may write (not their subresources); the confinement
@@ -737,6 +740,46 @@ async fn the_reconciler_confinement_is_shipped_with_every_overlay_and_compiles()
     let policy: Value = serde_json::from_slice(&out.stdout)?;
     let warnings = &policy["status"]["typeChecking"]["expressionWarnings"];
     ensure!(warnings.as_array().is_none_or(Vec::is_empty), "type-checking warnings: {warnings}");
+    Ok(())
+}
+
+/// Tenants cannot loosen their project's ResourceQuota and LimitRange: no ClusterRole a tenant
+/// is bound to (the project roles and what the CRDs aggregate into the built-in admin/edit/view)
+/// writes resourcequotas or limitranges, while the reconciler, which keeps them, may create and
+/// server-side apply them (and never delete: they go with their namespace).
+#[test]
+fn only_the_reconciler_writes_project_quotas_and_limits() -> anyhow::Result<()> {
+    let dir = repo_dir().join("deploy/base/rbac");
+    let grants = |file: &str, role: &str| -> anyhow::Result<BTreeSet<String>> {
+        let docs = parse_yaml(&std::fs::read_to_string(dir.join(file))?)?;
+        let o = docs.iter().find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == role).ok_or_else(|| anyhow!("no ClusterRole {role}"))?;
+        let mut out = BTreeSet::new();
+        for rule in o["rules"].as_array().into_iter().flatten() {
+            for r in strs(&rule["resources"]).into_iter().filter(|r| matches!(*r, "resourcequotas" | "limitranges")) {
+                ensure!(strs(&rule["apiGroups"]) == [""], "{role}: {r} outside the core group: {rule}");
+                for v in strs(&rule["verbs"]) {
+                    out.insert(format!("{r}:{v}"));
+                }
+            }
+        }
+        Ok(out)
+    };
+    for (file, role) in [
+        ("project-roles.yaml", "ambient-project-admin"),
+        ("project-roles.yaml", "ambient-project-edit"),
+        ("project-roles.yaml", "ambient-project-view"),
+        ("aggregate-to-builtin.yaml", "ambient-aggregate-to-admin"),
+        ("aggregate-to-builtin.yaml", "ambient-aggregate-to-edit"),
+        ("aggregate-to-builtin.yaml", "ambient-aggregate-to-view"),
+    ] {
+        let writes: Vec<_> = grants(file, role)?.into_iter().filter(|g| !g.ends_with(":get") && !g.ends_with(":list") && !g.ends_with(":watch")).collect();
+        assert!(writes.is_empty(), "{role} lets tenants change their limits: {writes:?}");
+    }
+    let want: BTreeSet<String> = ["resourcequotas", "limitranges"]
+        .iter()
+        .flat_map(|r| ["get", "list", "watch", "create", "patch"].map(|v| format!("{r}:{v}")))
+        .collect();
+    assert_eq!(grants("reconciler.yaml", "ambient-reconciler")?, want, "the reconciler applies (never updates or deletes) quotas and limits");
     Ok(())
 }
 

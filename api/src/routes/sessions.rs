@@ -98,6 +98,12 @@ pub fn validate_spec(s: &AgenticSessionSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The operator's bounds on runner pods and the platform's own environment (the rule lives in
+/// `events`; the reconciler applies it again): a 422 naming the field, nothing published.
+fn check_runner(s: &AgenticSessionSpec, st: &AppState) -> Result<(), ApiError> {
+    s.check_runner(&st.config.runner).map(|_| ()).map_err(|e| ApiError::invalid(e.field, e.rule))
+}
+
 /// An environment variable name.
 pub fn is_env_name(k: &str) -> bool {
     !k.is_empty()
@@ -140,6 +146,7 @@ pub async fn create_session(State(st): State<Arc<AppState>>, caller: Caller, Pat
     };
     let spec: AgenticSessionSpec = strict(&v)?;
     validate_spec(&spec)?;
+    check_runner(&spec, &st)?;
     let body = CommandBody::SessionCreate(SessionCreate { name: name.clone(), spec });
     match st.mutate(&caller, project, body, &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
@@ -247,7 +254,8 @@ struct CloneRequest {
 #[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions/{session}/clone", tag = "sessions",
     params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{targetProject, newSessionName}`"),
     responses((status = 201, description = "AgenticSession (the copy)"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
-        (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "exists")))]
+        (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "exists"),
+        (status = 422, description = "the source's resourceOverrides or environmentVariables are outside the operator's bounds")))]
 pub async fn clone_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let s = session_name(&s)?;
@@ -256,6 +264,11 @@ pub async fn clone_session(State(st): State<Arc<AppState>>, caller: Caller, Path
     let new_name = SessionName::new(req.new_session_name).map_err(|e| ApiError::from(e.at("newSessionName")))?;
     // The target must be visible too; otherwise it answers like a missing project.
     st.visible_project(&caller, target.as_str()).await?;
+    // The copy runs under today's bounds: a source accepted under looser ones is refused here
+    // (and again by the reconciler, which reads the source itself).
+    if let Some(src) = st.reads.session(&p, s.as_str()) {
+        check_runner(&src.spec, &st)?;
+    }
     let body = CommandBody::SessionClone(SessionClone { name: s, target_project: target.clone(), new_session_name: new_name.clone() });
     match st.mutate(&caller, project, body, &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),

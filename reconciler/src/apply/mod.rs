@@ -42,6 +42,8 @@ pub struct Applier {
     pub key_token_seconds: i64,
     /// Managed namespaces, cached (the hot path skips its namespace GET).
     pub projects: Projects,
+    /// The operator's bounds on runner pods: a session create or clone beyond them fails (422).
+    pub runner: std::sync::Arc<events::crd::RunnerBounds>,
 }
 
 /// A successful apply.
@@ -107,19 +109,19 @@ impl Applier {
             let (allowed, project) = tokio::join!(authz::authorize(c, cmd, &self.policy), self.projects.require(&cmd.project));
             allowed?;
             project?;
-            return session::create_in_project(c, cmd, r).await;
+            return session::create_in_project(c, cmd, r, &self.runner).await;
         }
         authz::authorize(c, cmd, &self.policy).await?;
         match &cmd.body {
             CommandBody::ProjectCreate(r) => project::create(c, cmd, r).await,
             CommandBody::ProjectUpdate(r) => project::update(c, cmd, r).await,
             CommandBody::ProjectDelete(_) => project::delete(c, cmd, delivery).await,
-            CommandBody::SessionCreate(r) => session::create(c, cmd, r).await,
+            CommandBody::SessionCreate(r) => session::create(c, cmd, r, &self.runner).await,
             CommandBody::SessionUpdate(r) => session::update(c, cmd, r).await,
             CommandBody::SessionDelete(r) => session::delete(c, cmd, &r.name, delivery).await,
             CommandBody::SessionStart(r) => session::start(c, cmd, &r.name).await,
             CommandBody::SessionStop(r) => session::stop(c, cmd, &r.name).await,
-            CommandBody::SessionClone(r) => session::clone(c, cmd, r).await,
+            CommandBody::SessionClone(r) => session::clone(c, cmd, r, &self.runner).await,
             CommandBody::SessionStatus(r) => session::report_status(c, cmd, r).await,
             CommandBody::SessionDisplayName(r) => session::display_name(c, cmd, r).await,
             CommandBody::PermissionGrant(r) => permission::grant(c, cmd, r).await,

@@ -9,7 +9,7 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use serde_json::json;
 
 use events::commands::{SessionClone, SessionCreate, SessionDisplayName, SessionStatusReport, SessionUpdate};
-use events::crd::{AgenticSession, AgenticSessionSpec, AgenticSessionStatus, UserContext};
+use events::crd::{AgenticSession, AgenticSessionSpec, AgenticSessionStatus, RunnerBounds, UserContext};
 use events::{Command, Phase, Principal, SessionName};
 
 use super::{Applied, Delivery, gone, last_command, managed_namespace, string_map};
@@ -67,13 +67,20 @@ async fn create_session(
     }
 }
 
-pub async fn create(client: &kube::Client, cmd: &Command, req: &SessionCreate) -> Result<Applied, ApplyError> {
+/// The runner bounds, checked again at apply time (a command the api did not check, or bounds
+/// that tightened since): a failed result naming the field, nothing written.
+fn check_runner(spec: &AgenticSessionSpec, bounds: &RunnerBounds) -> Result<(), ApplyError> {
+    spec.check_runner(bounds).map(|_| ()).map_err(|e| ApplyError::invalid(e.to_string()))
+}
+
+pub async fn create(client: &kube::Client, cmd: &Command, req: &SessionCreate, bounds: &RunnerBounds) -> Result<Applied, ApplyError> {
     managed_namespace(client, &cmd.project).await?;
-    create_in_project(client, cmd, req).await
+    create_in_project(client, cmd, req, bounds).await
 }
 
 /// [`create`] once the project is known to be managed.
-pub async fn create_in_project(client: &kube::Client, cmd: &Command, req: &SessionCreate) -> Result<Applied, ApplyError> {
+pub async fn create_in_project(client: &kube::Client, cmd: &Command, req: &SessionCreate, bounds: &RunnerBounds) -> Result<Applied, ApplyError> {
+    check_runner(&req.spec, bounds)?;
     let api = Api::<AgenticSession>::namespaced(client.clone(), cmd.project.as_str());
     create_session(&api, cmd.project.as_str(), &req.name, req.spec.clone(), cmd, None).await
 }
@@ -188,8 +195,9 @@ pub async fn delete_job_and_pods(client: &kube::Client, ns: &str, session: &str)
     Ok(())
 }
 
-pub async fn clone(client: &kube::Client, cmd: &Command, req: &SessionClone) -> Result<Applied, ApplyError> {
+pub async fn clone(client: &kube::Client, cmd: &Command, req: &SessionClone, bounds: &RunnerBounds) -> Result<Applied, ApplyError> {
     let src = get(&Api::<AgenticSession>::namespaced(client.clone(), cmd.project.as_str()), &req.name).await?;
+    check_runner(&src.spec, bounds)?;
     managed_namespace(client, &req.target_project).await?;
     let api = Api::<AgenticSession>::namespaced(client.clone(), req.target_project.as_str());
     let from = format!("{}/{}", cmd.project, req.name);

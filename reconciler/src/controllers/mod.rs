@@ -1,6 +1,7 @@
 //! Level-triggered controllers (kube-runtime): everything they do is derived from the cluster's
 //! current state on every pass, so a restart resumes exactly where the cluster is.
 
+pub mod limits;
 pub mod project;
 pub mod session;
 

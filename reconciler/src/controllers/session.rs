@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements, SecretEnvSource,
-    ServiceAccount,
+    Container, EnvFromSource, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, ResourceRequirements, SecretEnvSource,
+    SecretKeySelector, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -28,9 +28,10 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use events::crd::{AgenticSession, GROUP, PROJECT_SETTINGS_NAME, ProjectSettings};
+use events::crd::{AgenticSession, GROUP, PROJECT_SETTINGS_NAME, ProjectSettings, RunnerBounds, RunnerResources};
 use events::Phase;
 
+use super::limits::Limits;
 use super::{ControllerError, Retries};
 use crate::apply::session::delete_job_and_pods;
 use crate::labels;
@@ -48,6 +49,10 @@ pub struct Config {
     pub resync: Duration,
     /// Managed namespaces, cached (a reconcile pass skips its namespace GET).
     pub projects: Projects,
+    /// The operator's bounds on runner pods, checked again before every Job.
+    pub bounds: Arc<RunnerBounds>,
+    /// Every project's ResourceQuota and LimitRange, made sure of before its first Job.
+    pub limits: Limits,
 }
 
 /// Shared state of a reconcile pass: the configuration and the runner Jobs as the controller's
@@ -177,14 +182,11 @@ fn owner(s: &AgenticSession) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::
     s.controller_owner_ref(&()).into_iter().collect()
 }
 
-/// Why a spec cannot run.
-fn validate_env(s: &AgenticSession) -> Result<(), String> {
-    for k in s.spec.environment_variables.keys() {
-        if !crate::apply::env_name_ok(k) {
-            return Err(format!("environment variable name {k:?} is invalid"));
-        }
-    }
-    Ok(())
+/// What the runner may get from the spec under today's bounds, or why the spec cannot run: a
+/// session written straight to the cluster, or accepted before the bounds tightened, is checked
+/// here against the same rule as at the api and at apply time.
+fn check_runner(s: &AgenticSession, bounds: &RunnerBounds) -> Result<RunnerResources, String> {
+    s.spec.check_runner(bounds).map_err(|e| e.to_string())
 }
 
 /// Why the project's runner secret cannot be used.
@@ -259,12 +261,25 @@ where
     }
 }
 
+/// A literal variable. The kubelet expands `$(NAME)` in `env` values with the variables defined
+/// before (the runner Secret's included), so a session's variable or prompt could copy a secret
+/// into a value of its choosing; `$$` is the kubelet's escape for `$`, so every value reaches
+/// the runner exactly as written.
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+    EnvVar { name: name.into(), value: Some(value.into().replace('$', "$$")), ..Default::default() }
 }
 
 /// The runner's environment (see reconciler/README.md, "Runner contract").
-fn runner_env(s: &AgenticSession, ns: &str, backend: &str) -> Vec<EnvVar> {
+///
+/// Precedence, highest first: the platform's variables (a session cannot name them; they are
+/// also the only `env` entries without a duplicate), then a key of the project's runner Secret,
+/// then the session's `environmentVariables`. The kubelet gives the last of duplicate `env`
+/// entries precedence and skips an optional `secretKeyRef` whose Secret or key is missing, so
+/// each session variable is followed by an optional reference to the runner Secret's key of
+/// the same name: the Secret wins when it has the key, at the container's start (no race with
+/// a later change of the Secret), without the reconciler reading the Secret. Every other key of
+/// the Secret comes in through `envFrom`, below every `env` entry.
+fn runner_env(s: &AgenticSession, ns: &str, backend: &str, secret: &str) -> Vec<EnvVar> {
     let spec = &s.spec;
     let llm = spec.llm_settings.clone().unwrap_or_default();
     let mut platform = vec![
@@ -287,34 +302,46 @@ fn runner_env(s: &AgenticSession, ns: &str, backend: &str) -> Vec<EnvVar> {
         platform.push(env("REPOS_JSON", serde_json::to_string(&spec.repos).unwrap_or_default()));
         platform.push(env("MAIN_REPO_INDEX", spec.main_repo_index.unwrap_or(0).to_string()));
     }
-    // The session's own variables first; a platform variable of the same name wins.
-    let mut out: Vec<EnvVar> = spec
-        .environment_variables
-        .iter()
-        .filter(|(k, _)| !platform.iter().any(|p| &p.name == *k))
-        .map(|(k, v)| env(k, v.clone()))
-        .collect();
+    // The session's own variables first, each overridden by the runner Secret's key of the
+    // same name; platform names never reach here (refused by check_runner), skipped if they do.
+    let mut out: Vec<EnvVar> = Vec::with_capacity(2 * spec.environment_variables.len() + platform.len());
+    for (k, v) in spec.environment_variables.iter().filter(|(k, _)| !platform.iter().any(|p| &p.name == *k)) {
+        out.push(env(k, v.clone()));
+        out.push(EnvVar {
+            name: k.clone(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: k.clone(), optional: Some(true) }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     out.extend(platform);
     out
 }
 
-fn build_job(cfg: &Config, s: &AgenticSession, ns: &str, run: i64, sa: &str, secret: &str) -> Job {
+/// The runner container's resources: an override is its request and its limit (the project's
+/// LimitRange supplies whatever is not overridden), written in canonical form from the checked
+/// amounts.
+fn container_resources(r: &RunnerResources) -> Option<ResourceRequirements> {
+    let mut q = BTreeMap::new();
+    if let Some(c) = r.cpu {
+        q.insert("cpu".to_string(), Quantity(c.cpu_string()));
+    }
+    if let Some(m) = r.memory {
+        q.insert("memory".to_string(), Quantity(m.memory_string()));
+    }
+    (!q.is_empty()).then(|| ResourceRequirements { requests: Some(q.clone()), limits: Some(q), ..Default::default() })
+}
+
+fn build_job(cfg: &Config, s: &AgenticSession, ns: &str, run: i64, sa: &str, secret: &str, resources: &RunnerResources) -> Job {
     let session = s.name_any();
     let job_labels: BTreeMap<String, String> = crate::apply::string_map([
         (labels::SESSION_LABEL, session.as_str()),
         (labels::APP, "ambient-code-runner"),
         (labels::RUN_LABEL, run.to_string().as_str()),
     ]);
-    let resources = s.spec.resource_overrides.as_ref().map(|r| {
-        let mut q = BTreeMap::new();
-        if let Some(c) = &r.cpu {
-            q.insert("cpu".to_string(), Quantity(c.clone()));
-        }
-        if let Some(m) = &r.memory {
-            q.insert("memory".to_string(), Quantity(m.clone()));
-        }
-        ResourceRequirements { requests: Some(q.clone()), limits: Some(q), ..Default::default() }
-    });
+
     Job {
         metadata: ObjectMeta {
             name: Some(labels::job_name(&session)),
@@ -333,16 +360,17 @@ fn build_job(cfg: &Config, s: &AgenticSession, ns: &str, run: i64, sa: &str, sec
                     service_account_name: Some(sa.into()),
                     // The runner calls the api with this token (PUT …/status).
                     automount_service_account_token: Some(true),
-                    priority_class_name: s.spec.resource_overrides.as_ref().and_then(|r| r.priority_class.clone()),
+                    // Only a class on the operator's allow-list; none: the cluster's default.
+                    priority_class_name: resources.priority_class.clone(),
                     containers: vec![Container {
                         name: events::crd::runner::CONTAINER.into(),
                         image: Some(cfg.runner_image.clone()),
-                        env: Some(runner_env(s, ns, &cfg.backend_api_url)),
+                        env: Some(runner_env(s, ns, &cfg.backend_api_url, secret)),
                         env_from: Some(vec![EnvFromSource {
                             secret_ref: Some(SecretEnvSource { name: secret.into(), optional: Some(true) }),
                             ..Default::default()
                         }]),
-                        resources,
+                        resources: container_resources(resources),
                         ..Default::default()
                     }],
                     ..Default::default()
@@ -441,19 +469,24 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             write_status(&api, &s, &cur.with(Phase::Failed, Some("JobMissing"), "the runner Job disappeared")).await?;
             return Ok(Action::requeue(resync));
         }
-        if let Err(msg) = validate_env(&s) {
-            write_status(&api, &s, &cur.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
-            return Ok(Action::requeue(resync));
-        }
+        let resources = match check_runner(&s, &ctx.cfg.bounds) {
+            Ok(r) => r,
+            Err(msg) => {
+                write_status(&api, &s, &cur.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
+                return Ok(Action::requeue(resync));
+            }
+        };
         let creating = Observed { job_name: Some(job_name.clone()), ..cur.with(Phase::Creating, None, "creating the runner Job") };
         // Recording Creating, reading the project's settings and making the runner's identity
         // do not depend on each other: one round trip's wait instead of three (a crash in
         // between leaves nothing the next pass does not redo idempotently).
         let settings = Api::<ProjectSettings>::namespaced(client.clone(), &ns);
-        let (settings, written, sa) = tokio::try_join!(
+        // No runner pod before its project's quota and limits (normally there long before).
+        let (settings, written, sa, ()) = tokio::try_join!(
             settings.get_opt(PROJECT_SETTINGS_NAME),
             write_status(&api, &s, &creating),
             ensure_identity(client, &s, &ns),
+            ctx.cfg.limits.ensure(&ns),
         )?;
         let latest = written.as_ref().unwrap_or(&s);
         let secret = settings.and_then(|ps| ps.spec.runner_secrets_name);
@@ -462,7 +495,7 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             return Ok(Action::requeue(resync));
         }
         let secret = secret.unwrap_or_else(|| labels::RUNNER_SECRET_NAME.into());
-        let job = build_job(&ctx.cfg, &s, &ns, cur.run, &sa, &secret);
+        let job = build_job(&ctx.cfg, &s, &ns, cur.run, &sa, &secret, &resources);
         match Api::<Job>::namespaced(client.clone(), &ns).create(&PostParams::default(), &job).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -562,4 +595,78 @@ pub async fn run(cfg: Config, concurrency: u16, stop: CancellationToken) {
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::crd::{AgenticSessionSpec, RUNNER_PLATFORM_ENV};
+
+    fn session(spec: serde_json::Value) -> AgenticSession {
+        let spec: AgenticSessionSpec = serde_json::from_value(spec).unwrap();
+        AgenticSession::new("s1", spec)
+    }
+
+    #[test]
+    fn a_runner_secret_key_wins_over_a_session_variable_and_the_platform_over_both() {
+        let s = session(serde_json::json!({"prompt": "p", "environmentVariables": {"API_KEY": "mine", "KWOK_RUN_DURATION": "1h"}}));
+        let env = runner_env(&s, "p1", "http://api", "runner-secret");
+        let of = |name: &str| env.iter().filter(|e| e.name == name).collect::<Vec<_>>();
+        for k in ["API_KEY", "KWOK_RUN_DURATION"] {
+            let entries = of(k);
+            assert_eq!(entries.len(), 2, "{k}: {entries:?}");
+            // First the session's value, then (overriding it when present) the Secret's key.
+            assert_eq!(entries[0].value.as_deref(), Some(if k == "API_KEY" { "mine" } else { "1h" }));
+            let r = entries[1].value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("a secretKeyRef");
+            assert_eq!((r.name.as_str(), r.key.as_str(), r.optional), ("runner-secret", k, Some(true)));
+            assert!(entries[1].value.is_none());
+            let first = env.iter().position(|e| e.name == k).unwrap();
+            assert_eq!(env[first + 1].name, k, "the reference directly follows the value");
+        }
+        // Platform variables: exactly once each, literal, and all of them reserved in events.
+        for e in &env {
+            if e.name != "API_KEY" && e.name != "KWOK_RUN_DURATION" {
+                assert!(RUNNER_PLATFORM_ENV.contains(&e.name.as_str()), "{} is set by the platform but not reserved", e.name);
+                assert_eq!(of(&e.name).len(), 1, "{}", e.name);
+            }
+        }
+        // A platform name slipped into a spec is dropped, never duplicated.
+        let s = session(serde_json::json!({"prompt": "p", "environmentVariables": {"BACKEND_API_URL": "http://evil"}}));
+        let env = runner_env(&s, "p1", "http://api", "runner-secret");
+        let urls: Vec<_> = env.iter().filter(|e| e.name == "BACKEND_API_URL").collect();
+        assert_eq!(urls.len(), 1);
+        assert_eq!(urls[0].value.as_deref(), Some("http://api"));
+    }
+
+    #[test]
+    fn values_are_never_expanded_by_the_kubelet() {
+        let s = session(serde_json::json!({"prompt": "say $(API_TOKEN)", "environmentVariables": {"X": "a$(API_TOKEN)b$$c$d"}}));
+        let env = runner_env(&s, "p1", "http://api", "x");
+        let value = |n: &str| env.iter().find(|e| e.name == n).and_then(|e| e.value.clone()).unwrap();
+        assert_eq!(value("X"), "a$$(API_TOKEN)b$$$$c$$d");
+        assert_eq!(value("PROMPT"), "say $$(API_TOKEN)");
+    }
+
+    #[test]
+    fn every_platform_variable_is_reserved() {
+        let s = session(serde_json::json!({"prompt": "p", "repos": [{"input": {"url": "https://x"}}],
+            "userContext": {"userId": "alice"}}));
+        for e in runner_env(&s, "p1", "http://api", "x") {
+            assert!(RUNNER_PLATFORM_ENV.contains(&e.name.as_str()), "{} is not in RUNNER_PLATFORM_ENV", e.name);
+        }
+    }
+
+    #[test]
+    fn overrides_become_request_and_limit_in_canonical_form() {
+        let bounds = RunnerBounds::default();
+        let s = session(serde_json::json!({"prompt": "p", "resourceOverrides": {"cpu": "0.5", "memory": "1073741824"}}));
+        let r = check_runner(&s, &bounds).unwrap();
+        let req = container_resources(&r).unwrap();
+        let want = BTreeMap::from([("cpu".to_string(), Quantity("500m".into())), ("memory".to_string(), Quantity("1Gi".into()))]);
+        assert_eq!(req.requests.as_ref(), Some(&want));
+        assert_eq!(req.limits.as_ref(), Some(&want));
+        assert!(container_resources(&RunnerResources::default()).is_none(), "no override: the LimitRange's defaults");
+        let s = session(serde_json::json!({"prompt": "p", "resourceOverrides": {"priorityClass": "system-node-critical"}}));
+        assert!(check_runner(&s, &bounds).unwrap_err().starts_with("resourceOverrides.priorityClass:"));
+    }
 }
