@@ -5,7 +5,7 @@
 
 mod key;
 mod permission;
-mod project;
+pub mod project;
 mod runner_secret;
 pub mod session;
 
@@ -42,6 +42,8 @@ pub struct Applier {
     pub key_token_seconds: i64,
     /// Managed namespaces, cached (the hot path skips its namespace GET).
     pub projects: Projects,
+    /// The per-user project quota and its claims (decided when a project is created).
+    pub quota: project::ProjectQuota,
 }
 
 /// A successful apply.
@@ -111,7 +113,7 @@ impl Applier {
         }
         authz::authorize(c, cmd, &self.policy).await?;
         match &cmd.body {
-            CommandBody::ProjectCreate(r) => project::create(c, cmd, r).await,
+            CommandBody::ProjectCreate(r) => project::create(c, cmd, r, &self.quota).await,
             CommandBody::ProjectUpdate(r) => project::update(c, cmd, r).await,
             CommandBody::ProjectDelete(_) => project::delete(c, cmd, delivery).await,
             CommandBody::SessionCreate(r) => session::create(c, cmd, r).await,
