@@ -190,6 +190,13 @@ impl Commands {
             Some(k) => Some(hex(&Sha256::digest(format!("{}\0{}", cmd.principal.user, k).as_bytes()))),
             None => None,
         };
+        // A retry of a request already keyed is answered from the first attempt, even while the
+        // project's backlog is full (only a re-publish needs admission, see `replay`).
+        if let Some(key) = &key
+            && matches!(self.idempotency.get(key).await, Ok(Some(_)))
+        {
+            return self.replay(key, &cmd, opts.respond_async).await;
+        }
         let guard = self.admit(&cmd).await?;
         if let Some(key) = &key {
             match self.idempotency.create(key, cmd.id.to_string().into_bytes().into()).await {
