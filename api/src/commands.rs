@@ -4,6 +4,15 @@
 //! be missed. The publish is acknowledged by JetStream before anything is promised: no ack means
 //! 503, never 202. Each accepted command is recorded (`ambient-api-commands`, with a TTL) with its
 //! project, submitter and type, so that `GET /api/commands/{id}` answers its submitter only.
+//!
+//! Before anything is recorded, keyed or published, a command must fit its bounds
+//! (`events::limits`: 422 naming the field, 413 for the whole command) and its project's backlog
+//! limits: the pending commands of the project (read from the commands stream's per-subject
+//! counts, which hold pending commands only) may not exceed a count and a charged byte size.
+//! A project at its limit gets 429 with `Retry-After`; other projects are unaffected. Admission
+//! and publish are serialized per project within this process, so parallel requests cannot all
+//! pass the check at once (api replicas can each overshoot by their in-flight publishes; the
+//! stream's per-subject cap is the backstop).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,6 +37,66 @@ pub const COMMANDS_BUCKET: &str = "ambient-api-commands";
 pub const IDEMPOTENCY_BUCKET: &str = "ambient-api-idempotency";
 /// How long an access-key token may wait in memory for its submitter after a 202.
 const PENDING_KEY_TTL: Duration = Duration::from_secs(10 * 60);
+/// Locks that serialize admission and publish per project (by hash; bounded memory).
+const ADMISSION_SHARDS: usize = 256;
+
+/// Per-project limits of pending (accepted, not yet applied) commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogLimits {
+    /// Pending commands.
+    pub max_commands: u64,
+    /// Pending bytes, each command charged its type's bound (`events::limits::charge_bytes`).
+    pub max_bytes: u64,
+}
+
+/// A project's pending commands, as the commands stream counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Pending commands.
+    pub commands: u64,
+    /// Their charged bytes.
+    pub bytes: u64,
+}
+
+impl Backlog {
+    /// The backlog from the stream's per-subject counts of one project (stored subjects,
+    /// `ambient.cmd.<partition>.<project>.<kind>.<action>`). A subject that names no known
+    /// command type is charged as large.
+    pub fn from_counts<'a>(counts: impl IntoIterator<Item = (&'a str, u64)>) -> Self {
+        let mut b = Backlog::default();
+        for (subject, n) in counts {
+            let charge = events::subjects::parse_command(subject)
+                .map(|c| events::limits::charge_bytes(c.ty))
+                .unwrap_or_else(|| events::limits::charge_bytes(CommandType::SessionCreate));
+            b.commands += n;
+            b.bytes += n * charge as u64;
+        }
+        b
+    }
+
+    /// Whether one more command of type `ty` fits; otherwise why not.
+    pub fn admit(&self, limits: &BacklogLimits, ty: CommandType) -> Result<(), String> {
+        if self.commands + 1 > limits.max_commands {
+            return Err(format!(
+                "the project has {} pending commands, its limit; retry once some are applied",
+                self.commands
+            ));
+        }
+        if self.bytes + events::limits::charge_bytes(ty) as u64 > limits.max_bytes {
+            return Err(format!(
+                "the project's pending commands hold {} of its {} bytes; retry once some are applied",
+                self.bytes, limits.max_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Seconds a client should wait before retrying (the backlog drains at tens to hundreds of
+    /// commands a second).
+    pub fn retry_after_secs(&self) -> u64 {
+        (self.commands / 100).clamp(1, 30)
+    }
+}
 
 /// What the api remembers about an accepted command.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -78,6 +147,9 @@ pub struct Commands {
     idempotency: kv::Store,
     result_timeout: Duration,
     pending_keys: Mutex<HashMap<Uuid, (Instant, SealingSecretKey)>>,
+    backlog: BacklogLimits,
+    partitions: u32,
+    admission: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Commands {
@@ -87,30 +159,95 @@ impl Commands {
         js: jetstream::Context,
         signer: CommandSigner,
         result_timeout: Duration,
+        backlog: BacklogLimits,
+        partitions: u32,
     ) -> anyhow::Result<Self> {
         let records = ensure_bucket(&js, COMMANDS_BUCKET, Duration::from_secs(24 * 3600)).await?;
         let idempotency = ensure_bucket(&js, IDEMPOTENCY_BUCKET, Duration::from_secs(24 * 3600)).await?;
-        Ok(Self { nats, js, signer, records, idempotency, result_timeout, pending_keys: Mutex::new(HashMap::new()) })
+        let admission = (0..ADMISSION_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect();
+        Ok(Self {
+            nats,
+            js,
+            signer,
+            records,
+            idempotency,
+            result_timeout,
+            pending_keys: Mutex::new(HashMap::new()),
+            backlog,
+            partitions,
+            admission,
+        })
     }
 
     /// Publishes `cmd` and waits (bounded) for its result.
     pub async fn submit(&self, cmd: Command, opts: SubmitOptions) -> Result<Submitted, ApiError> {
-        if let Some(k) = &opts.idempotency_key {
-            if k.is_empty() || k.len() > 255 {
+        // A command over its bounds is refused before it costs anything shared.
+        events::limits::check_command(&cmd)?;
+        let key = match &opts.idempotency_key {
+            Some(k) if k.is_empty() || k.len() > 255 => {
                 return Err(ApiError::bad_field("Idempotency-Key", "Idempotency-Key must be 1 to 255 characters"));
             }
-            let key = hex(&Sha256::digest(format!("{}\0{}", cmd.principal.user, k).as_bytes()));
-            match self.idempotency.create(&key, cmd.id.to_string().into_bytes().into()).await {
+            Some(k) => Some(hex(&Sha256::digest(format!("{}\0{}", cmd.principal.user, k).as_bytes()))),
+            None => None,
+        };
+        // A retry of a request already keyed is answered from the first attempt, even while the
+        // project's backlog is full (only a re-publish needs admission, see `replay`).
+        if let Some(key) = &key
+            && matches!(self.idempotency.get(key).await, Ok(Some(_)))
+        {
+            return self.replay(key, &cmd, opts.respond_async).await;
+        }
+        let guard = self.admit(&cmd).await?;
+        if let Some(key) = &key {
+            match self.idempotency.create(key, cmd.id.to_string().into_bytes().into()).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    return self.replay(&key, &cmd, opts.respond_async).await;
+                    drop(guard);
+                    return self.replay(key, &cmd, opts.respond_async).await;
                 }
                 Err(e) => return Err(ApiError::Unavailable(format!("the command bus is unavailable: {e}"))),
             }
         }
         // The key stays even when the publish fails: its ack may be what got lost, and a retry
         // re-publishes under this command's id (see `replay`), so it can never act twice.
-        self.publish_and_wait(&cmd, opts.respond_async, opts.reply_key).await
+        self.publish_and_wait(&cmd, opts.respond_async, opts.reply_key, guard).await
+    }
+
+    /// Admits one more command of `cmd`'s project, or refuses it: 429 when the project's backlog
+    /// is at a limit, 503 when the stream cannot take it (full, or the reconciler's consumers do
+    /// not exist yet: interest retention would drop the command). Returns the project's
+    /// admission lock, held until the publish is acknowledged.
+    async fn admit(&self, cmd: &Command) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
+        let shard = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            cmd.project.as_str().hash(&mut h);
+            (h.finish() % ADMISSION_SHARDS as u64) as usize
+        };
+        let guard = self.admission[shard].lock().await;
+        let unavailable = |e: String| ApiError::Unavailable(format!("the command bus is unavailable: {e}"));
+        let stream = self.js.get_stream_no_info(events::streams::COMMANDS_STREAM).await.map_err(|e| unavailable(e.to_string()))?;
+        let filter = format!("{}.*.{}.>", events::subjects::COMMANDS, cmd.project);
+        let mut info = stream.info_with_subjects(&filter).await.map_err(|e| unavailable(e.to_string()))?;
+        if info.info.state.consumer_count < self.partitions as usize {
+            return Err(ApiError::Unavailable("the command consumers do not exist yet (has the reconciler started?)".into()));
+        }
+        let max = info.info.config.max_bytes;
+        if max > 0 && info.info.state.bytes + events::limits::charge_bytes(cmd.body.command_type()) as u64 > max as u64 {
+            return Err(ApiError::Unavailable("the command stream is full; retry later".into()));
+        }
+        let mut counts = Vec::new();
+        while let Some(item) = info.next().await {
+            let (subject, n) = item.map_err(|e| unavailable(e.to_string()))?;
+            counts.push((subject, n as u64));
+        }
+        let backlog = Backlog::from_counts(counts.iter().map(|(s, n)| (s.as_str(), *n)));
+        if let Err(why) = backlog.admit(&self.backlog, cmd.body.command_type()) {
+            metrics::counter!("ambient_api_commands_refused_backlog_total").increment(1);
+            tracing::info!(project = %cmd.project, pending = backlog.commands, bytes = backlog.bytes, "project backlog full");
+            return Err(ApiError::Backlog { message: why, retry_after_secs: backlog.retry_after_secs() });
+        }
+        Ok(guard)
     }
 
     async fn replay(&self, key: &str, cmd: &Command, respond_async: bool) -> Result<Submitted, ApiError> {
@@ -140,7 +277,8 @@ impl Commands {
         // anyway. Only an acknowledged publish may be answered 202.
         let mut again = cmd.clone();
         again.id = id;
-        let out = self.publish_and_wait(&again, respond_async, None).await?;
+        let guard = self.admit(&again).await?;
+        let out = self.publish_and_wait(&again, respond_async, None, guard).await?;
         Ok(match out {
             Submitted::Done { result, token, .. } => Submitted::Done { result, token, replayed: true },
             accepted => accepted,
@@ -152,6 +290,7 @@ impl Commands {
         cmd: &Command,
         respond_async: bool,
         reply_key: Option<SealingSecretKey>,
+        admitted: tokio::sync::MutexGuard<'_, ()>,
     ) -> Result<Submitted, ApiError> {
         let unavailable = |e: String| ApiError::Unavailable(format!("the command bus did not accept the command: {e}"));
         let record = CommandRecord {
@@ -172,6 +311,18 @@ impl Commands {
                 .await
                 .map_err(|e| e.to_string())
         };
+        // The server's own caps refuse a command before storing it: not undetermined.
+        let refused = |e: &str| -> Option<ApiError> {
+            if e.contains("maximum messages per subject") {
+                Some(ApiError::Backlog { message: "the project has too many pending commands of this type".into(), retry_after_secs: 5 })
+            } else if e.contains("maximum bytes") || e.contains("insufficient resources") {
+                Some(ApiError::Unavailable("the command stream is full; retry later".into()))
+            } else if e.contains("message size exceeds maximum") {
+                Some(ApiError::TooLarge("the command is larger than the command stream accepts".into()))
+            } else {
+                None
+            }
+        };
         // From here the command may be stored even when the acknowledgement is lost: answer
         // with its id (its record exists, so its submitter can look the outcome up).
         let undetermined = |e: String| ApiError::Undetermined {
@@ -180,9 +331,10 @@ impl Commands {
         };
         match tokio::time::timeout(Duration::from_secs(5), ack).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(undetermined(e)),
+            Ok(Err(e)) => return Err(refused(&e).unwrap_or_else(|| undetermined(e))),
             Err(_) => return Err(undetermined("no acknowledgement from JetStream".into())),
         }
+        drop(admitted);
         metrics::counter!("ambient_api_commands_total", "type" => cmd.body.command_type().type_str()).increment(1);
         tracing::info!(command_id = %cmd.id, project = %cmd.project, r#type = cmd.body.command_type().type_str(), "command accepted");
         if respond_async {
@@ -302,4 +454,32 @@ pub fn result_json(r: &CommandResult) -> serde_json::Value {
 /// Every command type string (for docs and checks).
 pub fn command_types() -> Vec<&'static str> {
     CommandType::ALL.iter().map(|t| t.type_str()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_admission() {
+        let limits = BacklogLimits { max_commands: 3, max_bytes: 1_500 * 1024 };
+        let none = Backlog::from_counts([]);
+        assert_eq!(none, Backlog::default());
+        assert!(none.admit(&limits, CommandType::SessionCreate).is_ok());
+        // Counted across every type of the project; small types are charged little.
+        let small = Backlog::from_counts([("ambient.cmd.3.p.permission.grant", 1), ("ambient.cmd.3.p.session.stop", 1)]);
+        assert_eq!(small, Backlog { commands: 2, bytes: 2 * events::limits::SMALL_COMMAND_CHARGE as u64 });
+        assert!(small.admit(&limits, CommandType::SessionStop).is_ok());
+        let full = Backlog::from_counts([("ambient.cmd.3.p.permission.grant", 2), ("ambient.cmd.3.p.session.stop", 1)]);
+        assert!(full.admit(&limits, CommandType::SessionStop).unwrap_err().contains("3 pending commands"));
+        // Bytes: two large commands take most of 1 500 KiB; a third large one does not fit, a small one may.
+        let large = Backlog::from_counts([("ambient.cmd.0.p.session.create", 2)]);
+        assert!(large.admit(&limits, CommandType::SessionCreate).unwrap_err().contains("bytes"));
+        let one_large = Backlog::from_counts([("ambient.cmd.0.p.session.create", 1)]);
+        assert!(one_large.admit(&limits, CommandType::KeyRevoke).is_ok());
+        // An unknown subject is charged as large.
+        assert_eq!(Backlog::from_counts([("ambient.cmd.0.p.what.ever", 1)]).bytes, one_large.bytes);
+        assert_eq!(full.retry_after_secs(), 1);
+        assert_eq!(Backlog { commands: 100_000, bytes: 0 }.retry_after_secs(), 30);
+    }
 }

@@ -66,9 +66,19 @@ pub struct Config {
     /// Allowed CORS origin (repeatable); CORS is closed when none is given.
     #[arg(long = "cors-origin", env = "API_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
-    /// Largest request body in bytes.
-    #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    /// Largest request body in bytes (default: the largest command, 640 KiB; a body whose
+    /// command would be larger than that is refused anyway).
+    #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = events::limits::MAX_COMMAND_BYTES)]
     pub max_body_bytes: usize,
+    /// Pending commands (accepted, not yet applied) one project may have; more answer 429 with
+    /// `Retry-After`, for that project only.
+    #[arg(long, env = "API_MAX_PENDING_COMMANDS_PER_PROJECT", default_value_t = 1_000)]
+    pub max_pending_commands_per_project: u64,
+    /// Bytes of pending commands one project may have in the commands stream, each charged its
+    /// type's size bound (640 KiB for session creates, updates, status reports and runner
+    /// secrets, 16 KiB for the rest); more answer 429 with `Retry-After`, for that project only.
+    #[arg(long, env = "API_MAX_PENDING_BYTES_PER_PROJECT", default_value_t = 64 * 1024 * 1024)]
+    pub max_pending_bytes_per_project: u64,
     /// How long a request body may take to arrive (a client that stops sending gets 408).
     #[arg(long, env = "API_BODY_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub body_read_timeout: Duration,

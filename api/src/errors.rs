@@ -44,6 +44,10 @@ pub enum ApiError {
     /// 429 with the seconds to wait.
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
+    /// 429 for one project whose backlog of pending commands is at its limit: other projects
+    /// are unaffected. Carries `Retry-After` and the reason `ProjectBacklogFull`.
+    #[error("{message}")]
+    Backlog { message: String, retry_after_secs: u64 },
     /// 503: a dependency (NATS, the API server) is unavailable.
     #[error("{0}")]
     Unavailable(String),
@@ -88,7 +92,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) | ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } | ApiError::Backlog { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::Undetermined { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::CommandFailed { code, .. } => {
                 StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -107,6 +111,12 @@ impl From<crate::authz::AuthzError> for ApiError {
 impl From<events::ValidationError> for ApiError {
     fn from(e: events::ValidationError) -> Self {
         ApiError::bad_field(e.field.clone(), format!("invalid {}: {}", e.field, e.rule))
+    }
+}
+
+impl From<events::limits::LimitError> for ApiError {
+    fn from(e: events::limits::LimitError) -> Self {
+        if e.whole { ApiError::TooLarge(e.message) } else { ApiError::Invalid { message: e.message, field: e.field } }
     }
 }
 
@@ -136,6 +146,9 @@ impl IntoResponse for ApiError {
             ApiError::Undetermined { command_id, .. } => {
                 body.insert("commandId".into(), Value::String(command_id.to_string()));
             }
+            ApiError::Backlog { .. } => {
+                body.insert("reason".into(), Value::String("ProjectBacklogFull".into()));
+            }
             _ => {}
         }
         let mut resp = (status, axum::Json(Value::Object(body))).into_response();
@@ -144,7 +157,7 @@ impl IntoResponse for ApiError {
         {
             resp.headers_mut().insert(header::LOCATION, v);
         }
-        if let ApiError::TooManyRequests { retry_after_secs } = self {
+        if let ApiError::TooManyRequests { retry_after_secs } | ApiError::Backlog { retry_after_secs, .. } = self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
         }
         resp

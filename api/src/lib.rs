@@ -12,6 +12,7 @@ pub mod config;
 pub mod errors;
 pub mod extract;
 pub mod limits;
+pub mod limits_doc;
 pub mod messages;
 pub mod ops;
 pub mod reads;
@@ -125,7 +126,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_message_bytes: config.messages_max_message_bytes,
         },
     );
-    let commands = Commands::new(nats, js, signer, config.result_timeout).await?;
+    let backlog = crate::commands::BacklogLimits {
+        max_commands: config.max_pending_commands_per_project,
+        max_bytes: config.max_pending_bytes_per_project,
+    };
+    let commands = Commands::new(nats, js, signer, config.result_timeout, backlog, bus.partitions).await?;
     let state = Arc::new(AppState {
         auth: Authenticator::new(
             kube.clone(),

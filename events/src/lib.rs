@@ -6,6 +6,7 @@
 //! - [`names`] and [`domain`]: validated names and closed sets (roles, phases, principal);
 //! - [`crd`]: the `AgenticSession` and `ProjectSettings` custom resources;
 //! - [`commands`], [`results`], [`status`], [`messages`]: the catalogue of CloudEvents;
+//! - [`limits`]: the bounds of every command field and of whole commands;
 //! - [`subjects`]: the subject scheme; [`streams`]: JetStream streams, consumers and buckets;
 //! - [`binding`]: CloudEvents ⇄ NATS binary mode; [`wire`]: typed encode/decode of each event;
 //! - [`signing`]: how a consumer recognises a genuine command; [`sealing`]: secrets on the bus.
@@ -20,6 +21,7 @@ pub mod catalogue;
 pub mod commands;
 pub mod crd;
 pub mod domain;
+pub mod limits;
 pub mod messages;
 pub mod names;
 pub mod results;

@@ -2,7 +2,7 @@
 //!
 //! | stream | subjects | retention | why |
 //! |---|---|---|---|
-//! | `AMBIENT_COMMANDS` | `ambient.cmd.*.*.*`, stored as `ambient.cmd.<partition>.<project>.<kind>.<action>` | limits, 7 days, discard new | accepted work; a full stream refuses new commands (the api answers 503) rather than dropping old ones |
+//! | `AMBIENT_COMMANDS` | `ambient.cmd.*.*.*`, stored as `ambient.cmd.<partition>.<project>.<kind>.<action>` | interest, 7 days, discard new, per-subject cap | pending work only: a command leaves the stream when the reconciler acknowledges it (applied or refused); a full stream refuses new commands rather than dropping old ones |
 //! | `AMBIENT_RESULTS` | `ambient.result.>` | limits, 7 days, one per subject | outcome of every command; also the reconciler's exactly-once ledger |
 //! | `AMBIENT_STATUS` | `ambient.status.>` | limits, 7 days | status events for UIs, bridges, SSE resume |
 //! | `AMBIENT_MESSAGES` | `ambient.msg.>` | limits, per-session count and size caps | the agents' conversations |
@@ -11,6 +11,27 @@
 //! reconciler replicas share the load while every project's commands stay in one ordered
 //! partition. Each partition has one durable consumer with a pinned-client priority group: one
 //! replica at a time consumes a partition, and another takes over when it goes away.
+//!
+//! **Capacity of the commands stream.** It holds only pending commands (accepted, not yet
+//! acknowledged by the reconciler): with interest retention an applied or refused command is
+//! removed as soon as its partition consumer acknowledges it, so nothing a tenant was refused
+//! keeps occupying shared space. No single project can fill it: the api admits a command only
+//! while the project's backlog stays under its per-project limits (count and bytes, each pending
+//! command charged its type's size bound, see `events::limits::charge_bytes`; api flags
+//! `--max-pending-commands-per-project`, default 1 000, and `--max-pending-bytes-per-project`,
+//! default 64 MiB) and answers 429 with `Retry-After` to that project only. A user owns at most
+//! `--project-quota` projects (reconciler, default 50), so one tenant's backlogs total at most
+//! 50 × 64 MiB = 3.2 GiB, below the stream's 4 GiB: filling the stream takes several tenants
+//! each at the limit in all their projects, and only then do all tenants get 503. The server
+//! also caps each stored subject (project × command type) at [`BusConfig::max_commands_per_subject`]
+//! pending commands (discard new per subject), so an api replica that skipped the check still
+//! cannot flood the stream. Size `max_bytes` as (tenants expected to flood at once) × quota ×
+//! per-project bytes.
+//!
+//! Interest retention drops a message that no consumer is interested in when it is published,
+//! so commands must not be accepted before the reconciler created its partition consumers (the
+//! api checks the stream's consumer count before publishing; consumers are durable and no
+//! component may delete them).
 //!
 //! All streams use file storage. Durability of an acknowledged publish also depends on the
 //! server: run nats-server with `jetstream { sync_interval: always }` (deploy/ and the dev
@@ -38,6 +59,11 @@ pub const PROJECTS_BUCKET: &str = "ambient-projects";
 pub const SESSIONS_BUCKET: &str = "ambient-sessions";
 /// Key-value bucket of the read model: permissions and keys (`<project>.<kind>.<name>`).
 pub const ACCESS_BUCKET: &str = "ambient-access";
+/// Key-value bucket of the reconciler's project-quota claims (one key per user): project
+/// creates compare-and-set it, so that parallel creates cannot exceed a user's quota.
+pub const PROJECT_CLAIMS_BUCKET: &str = "ambient-project-claims";
+/// Largest size of the commands stream (pending commands only), bytes.
+pub const COMMANDS_MAX_BYTES: i64 = 4 * 1024 * 1024 * 1024;
 
 /// Tunables of the bus; defaults fit a small installation.
 #[derive(Debug, Clone)]
@@ -63,6 +89,9 @@ pub struct BusConfig {
     pub ack_wait: Duration,
     /// Deliveries of a command before it is given up (a failed result is published).
     pub max_deliver: i64,
+    /// Pending commands the server keeps per stored subject (one project's commands of one
+    /// type); the next one is refused. A backstop under the api's per-project limits.
+    pub max_commands_per_subject: i64,
 }
 
 impl Default for BusConfig {
@@ -76,6 +105,7 @@ impl Default for BusConfig {
             max_message_bytes: 256 * 1024,
             ack_wait: Duration::from_secs(10),
             max_deliver: 20,
+            max_commands_per_subject: 10_000,
         }
     }
 }
@@ -95,11 +125,14 @@ impl BusConfig {
                     self.partitions
                 ),
             }),
-            retention: stream::RetentionPolicy::Limits,
+            // Pending work only: acknowledged (applied or refused) commands leave the stream.
+            retention: stream::RetentionPolicy::Interest,
             discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
+            max_messages_per_subject: self.max_commands_per_subject,
             storage: stream::StorageType::File,
             max_age: self.max_age,
-            max_bytes: 4 * 1024 * 1024 * 1024,
+            max_bytes: COMMANDS_MAX_BYTES,
             max_message_size: crate::wire::MAX_COMMAND_BYTES as i32 + 64 * 1024,
             duplicate_window: self.duplicate_window,
             num_replicas: self.replicas,
@@ -193,6 +226,19 @@ impl BusConfig {
             priority_groups: vec![RECONCILER_GROUP.into()],
             // A replica that stops pulling loses its partitions after this long.
             priority_timeout: self.ack_wait,
+            ..Default::default()
+        }
+    }
+
+    /// The reconciler's project-quota claims bucket (created by the reconciler).
+    pub fn project_claims_bucket(&self) -> kv::Config {
+        kv::Config {
+            bucket: PROJECT_CLAIMS_BUCKET.into(),
+            description: "project-quota claims of the reconciler, one key per user".into(),
+            history: 1,
+            max_value_size: 256 * 1024,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
             ..Default::default()
         }
     }
@@ -310,6 +356,7 @@ fn limit(v: i64) -> i64 {
 // The server fills in defaults, so compare only the fields we set.
 fn stream_differs(have: &stream::Config, want: &stream::Config) -> bool {
     have.subjects != want.subjects
+        || have.retention != want.retention
         || have.max_age != want.max_age
         || limit(have.max_bytes) != limit(want.max_bytes)
         || limit(have.max_message_size.into()) != limit(want.max_message_size.into())

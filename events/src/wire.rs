@@ -34,7 +34,7 @@ pub const PROJECT_UID_EXTENSION: &str = "ambientprojectuid";
 /// W3C trace context extension (CloudEvents distributed tracing).
 pub const TRACEPARENT_EXTENSION: &str = "traceparent";
 /// Largest command accepted, in bytes of data (the commands stream refuses larger messages).
-pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
+pub const MAX_COMMAND_BYTES: usize = crate::limits::MAX_COMMAND_BYTES;
 
 /// A message ready to publish.
 #[derive(Debug, Clone)]

@@ -2,22 +2,19 @@
 //! check its command requires, so a role revoked after the api accepted the command wins.
 
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 
 use events::access::{Requirement, ResourceCheck};
 use events::{Command, Principal};
 
 use crate::error::ApplyError;
-use crate::labels;
 
 /// Project-creation policy.
 #[derive(Debug, Clone)]
 pub struct SelfProvision {
-    /// Members of this group may create projects.
+    /// Members of this group may create projects (the per-user quota is
+    /// `apply::project::ProjectQuota`).
     pub group: String,
-    /// Most projects one user may have requested.
-    pub quota: usize,
 }
 
 /// Asks the API server whether `principal` may do `check`.
@@ -51,24 +48,8 @@ pub async fn authorize(client: &kube::Client, cmd: &Command, policy: &SelfProvis
             if denied(client, &cmd.principal, &events::access::self_provision_check()).await? {
                 return Err(ApplyError::forbidden(format!("{} may not create projects (an authorizer denies it, e.g. its token's scopes)", cmd.principal.user)));
             }
-            let managed = Api::<Namespace>::all(client.clone())
-                .list_metadata(&ListParams::default().labels(&format!("{}=true", labels::MANAGED)))
-                .await?;
-            let mine = managed
-                .items
-                .iter()
-                .filter(|ns| {
-                    ns.metadata.annotations.as_ref().and_then(|a| a.get(labels::REQUESTER)) == Some(&cmd.principal.user)
-                        // The namespace this very command created does not count against it.
-                        && ns.metadata.name.as_deref() != Some(cmd.project.as_str())
-                })
-                .count();
-            if mine >= policy.quota {
-                return Err(ApplyError::permanent(
-                    events::FailureReason::LimitReached,
-                    format!("project quota of {} reached", policy.quota),
-                ));
-            }
+            // The per-user quota is decided where the namespace is created, serialized per user
+            // (apply/project.rs): a count here could be raced by parallel creates.
             Ok(())
         }
         Requirement::All(checks) => {

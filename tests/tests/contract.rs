@@ -114,6 +114,8 @@ async fn commands_survive_storage_signed_and_sealed() -> anyhow::Result<()> {
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     let cfg = BusConfig::default();
     bootstrap_streams(&js, &cfg).await?;
+    // Interest retention: without the reconciler's consumers a command would not be kept.
+    bootstrap_consumers(&js, &cfg).await?;
     let signer = CommandSigner::generate();
     let project = ProjectName::new(unique_name("p"))?;
 

@@ -1065,6 +1065,14 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
         b.refused("$JS.API.DIRECT.GET.KV_ambient-api-idempotency.$KV.ambient-api-idempotency.k").await?;
     }
 
+    // The reconciler's project-quota claims: its to use, nobody else's.
+    let claims = rec.js.create_key_value(cfg.project_claims_bucket()).await.context("reconciler creates its claims bucket")?;
+    claims.create("u.alice", "{}".into()).await.context("reconciler writes a claim")?;
+    claims.entry("u.alice").await.context("reconciler reads its claims")?;
+    for b in [&api, &proj] {
+        b.refused("$KV.ambient-project-claims.u.alice").await?;
+    }
+
     // Session messages: the api appends; the others do not.
     api.js.publish("ambient.msg.team-a.s1", "hello".into()).await?.await.context("api appends a session message")?;
     for b in [&rec, &proj] {

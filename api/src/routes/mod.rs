@@ -60,7 +60,7 @@ struct ApiDoc;
 
 /// The api's routes and their OpenAPI document.
 pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(projects::list_projects, projects::create_project))
         .routes(routes!(projects::get_project, projects::update_project, projects::delete_project))
         .routes(routes!(projects::project_access))
@@ -86,5 +86,7 @@ pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(me::me))
         .routes(routes!(me::get_command))
         .routes(routes!(crate::ops::openapi_json))
-        .split_for_parts()
+        .split_for_parts();
+    crate::limits_doc::document(&mut doc);
+    (router, doc)
 }

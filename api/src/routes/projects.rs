@@ -41,15 +41,6 @@ struct UpdateProject {
     description: Option<String>,
 }
 
-fn check_display(display_name: &Option<String>, description: &Option<String>) -> Result<(), ApiError> {
-    if display_name.as_ref().is_some_and(|d| d.chars().count() > 100) {
-        return Err(ApiError::invalid("displayName", "displayName must be at most 100 characters"));
-    }
-    if description.as_ref().is_some_and(|d| d.chars().count() > 2000) {
-        return Err(ApiError::invalid("description", "description must be at most 2000 characters"));
-    }
-    Ok(())
-}
 
 /// Projects the caller may see (and only those).
 #[utoipa::path(get, path = "/api/projects", tag = "projects", params(Page),
@@ -93,13 +84,15 @@ pub async fn list_projects(State(st): State<Arc<AppState>>, caller: Caller, Quer
 /// Creates a project: namespace, labels, the creator's admin RoleBinding and ProjectSettings.
 #[utoipa::path(post, path = "/api/projects", tag = "projects", request_body(content = Object, description = "`{name, displayName?, description?}`"),
     responses((status = 201, description = "AmbientProject"), (status = 202, description = "accepted; see Location"),
-        (status = 400, description = "invalid body"), (status = 403, description = "not a self-provisioner"), (status = 409, description = "exists")))]
+        (status = 400, description = "invalid body"), (status = 403, description = "not a self-provisioner"), (status = 409, description = "exists"),
+        (status = 422, description = "a field over its bound, named in `field`"), (status = 429, description = "the user's project quota is reached, or too many requests")))]
 pub async fn create_project(State(st): State<Arc<AppState>>, caller: Caller, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
     let req: CreateProject = strict(&v)?;
     let name = ProjectName::new(req.name.clone()).map_err(|e| ApiError::from(e.at("name")))?;
     name.check_creatable().map_err(|e| ApiError::from(e.at("name")))?;
-    check_display(&req.display_name, &req.description)?;
     let body = CommandBody::ProjectCreate(ProjectCreate { display_name: req.display_name.clone(), description: req.description.clone() });
+    // The bounds (events::limits) before any authorization or publish: 422 naming the field.
+    events::limits::check_body(&body)?;
     match st.mutate(&caller, name.clone(), body, &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { .. } => {
@@ -139,8 +132,8 @@ pub async fn update_project(State(st): State<Arc<AppState>>, caller: Caller, Pat
     if req.name.as_ref().is_some_and(|n| n != &p) {
         return Err(ApiError::bad_field("name", "name cannot be changed"));
     }
-    check_display(&req.display_name, &req.description)?;
     let body = CommandBody::ProjectUpdate(ProjectUpdate { display_name: req.display_name, description: req.description });
+    events::limits::check_body(&body)?;
     match st.mutate(&caller, project, body, &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { resource, .. } => {

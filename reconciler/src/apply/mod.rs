@@ -5,7 +5,7 @@
 
 mod key;
 mod permission;
-mod project;
+pub mod project;
 mod runner_secret;
 pub mod session;
 
@@ -44,6 +44,8 @@ pub struct Applier {
     pub projects: Projects,
     /// The operator's bounds on runner pods: a session create or clone beyond them fails (422).
     pub runner: std::sync::Arc<events::crd::RunnerBounds>,
+    /// The per-user project quota and its claims (decided when a project is created).
+    pub quota: project::ProjectQuota,
 }
 
 /// A successful apply.
@@ -113,7 +115,7 @@ impl Applier {
         }
         authz::authorize(c, cmd, &self.policy).await?;
         match &cmd.body {
-            CommandBody::ProjectCreate(r) => project::create(c, cmd, r).await,
+            CommandBody::ProjectCreate(r) => project::create(c, cmd, r, &self.quota).await,
             CommandBody::ProjectUpdate(r) => project::update(c, cmd, r).await,
             CommandBody::ProjectDelete(_) => project::delete(c, cmd, delivery).await,
             CommandBody::SessionCreate(r) => session::create(c, cmd, r, &self.runner).await,
