@@ -70,13 +70,15 @@ pub struct Config {
     pub runner: RunnerBounds,
     /// Hard limits of every project's ResourceQuota `ambient-project-quota`, comma-separated
     /// `resource=quantity` pairs. The default admits 100 runners at the default size, or 5 at
-    /// the largest (4 CPUs each).
+    /// the largest (4 CPUs each), and bounds the objects a project may hold in etcd (sessions,
+    /// and the ServiceAccount, Role, RoleBinding and Job each session's runner has; keys; Secrets),
+    /// so one tenant cannot fill the cluster's store.
     #[arg(
         long,
         env = "PROJECT_RESOURCE_QUOTA",
         value_delimiter = ',',
         value_parser = QuotaItem::parse,
-        default_value = "requests.cpu=20,requests.memory=80Gi,limits.cpu=100,limits.memory=200Gi,pods=100"
+        default_value = "requests.cpu=20,requests.memory=80Gi,limits.cpu=100,limits.memory=200Gi,pods=100,count/agenticsessions.vteam.ambient-code=5000,count/serviceaccounts=6000,count/roles.rbac.authorization.k8s.io=6000,count/rolebindings.rbac.authorization.k8s.io=6000,count/secrets=500,count/jobs.batch=5000"
     )]
     pub project_resource_quota: Vec<QuotaItem>,
     /// CPU request of a runner without `resourceOverrides.cpu` (every project's LimitRange
@@ -128,7 +130,7 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.runner, RunnerBounds::default());
         let l = c.project_limits().unwrap();
-        assert_eq!(l.quota.len(), 5);
+        assert_eq!(l.quota.len(), 11);
         assert_eq!(l.max.cpu.cpu_string(), "4");
         let c = parse(&["--runner-priority-classes", "a,b", "--runner-max-cpu", "8", "--project-resource-quota", "pods=3"]).unwrap();
         assert_eq!(c.runner.priority_classes, ["a", "b"]);

@@ -112,17 +112,16 @@ impl Component {
             .status
             .map(|s| s.token)
             .ok_or_else(|| anyhow!("TokenRequest returned no token"))?;
+        // One file per call, written whole before it is named: a process started from an
+        // earlier call may still be reading its own while a test starts another.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = state_dir().join("components");
         std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!(
-            "{}-{}.kubeconfig",
-            self.binary(),
-            std::process::id()
-        ));
-        std::fs::write(
-            &path,
-            kubeconfig_yaml(env.apiserver_url(), env.ca_file(), &token),
-        )?;
+        let name = format!("{}-{}-{n}.kubeconfig", self.binary(), std::process::id());
+        let (path, partial) = (dir.join(&name), dir.join(format!("{name}.partial")));
+        std::fs::write(&partial, kubeconfig_yaml(env.apiserver_url(), env.ca_file(), &token))?;
+        std::fs::rename(&partial, &path)?;
         Ok(path)
     }
 }

@@ -143,7 +143,8 @@ impl T<'_> {
         let ranges = Api::<LimitRange>::namespaced(admin.clone(), &self.project);
         let q = eventually("the project's ResourceQuota", Duration::from_secs(30), || async { Ok(quotas.get_opt(QUOTA).await?) }).await?;
         let hard = serde_json::to_value(q.spec.as_ref().and_then(|s| s.hard.clone()))?;
-        for (k, v) in [("requests.cpu", "20"), ("requests.memory", "80Gi"), ("limits.cpu", "100"), ("limits.memory", "200Gi"), ("pods", "100")] {
+        for (k, v) in [("requests.cpu", "20"), ("requests.memory", "80Gi"), ("limits.cpu", "100"), ("limits.memory", "200Gi"), ("pods", "100"),
+            ("count/agenticsessions.vteam.ambient-code", "5k"), ("count/serviceaccounts", "6k"), ("count/secrets", "500")] {
             ensure!(quantity(&hard, k).as_deref() == Some(v), "quota {k}: {hard}");
         }
         let lr = eventually("the project's LimitRange", Duration::from_secs(30), || async { Ok(ranges.get_opt(LIMITS).await?) }).await?;
