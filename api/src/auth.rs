@@ -71,6 +71,13 @@ impl Authenticator {
         }
     }
 
+    /// Whether `token` has a live, authenticated review in the cache: its request will make no
+    /// TokenReview (nothing is reviewed or refreshed here).
+    pub fn known_valid(&self, token: &str) -> bool {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        matches!(self.valid.peek(&hash), Some(Review::Authenticated(_)))
+    }
+
     /// Reviews `token`; `Ok(None)` when the API server does not authenticate it.
     pub async fn review(&self, token: &str) -> Result<Option<Principal>, ApiError> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();

@@ -150,6 +150,9 @@ pub struct Commands {
     backlog: BacklogLimits,
     partitions: u32,
     admission: Vec<tokio::sync::Mutex<()>>,
+    /// Keyed per process, so that nobody can pick a project name that shares another
+    /// project's admission lock.
+    admission_hasher: std::collections::hash_map::RandomState,
 }
 
 impl Commands {
@@ -176,6 +179,7 @@ impl Commands {
             backlog,
             partitions,
             admission,
+            admission_hasher: std::collections::hash_map::RandomState::new(),
         })
     }
 
@@ -219,10 +223,8 @@ impl Commands {
     /// admission lock, held until the publish is acknowledged.
     async fn admit(&self, cmd: &Command) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
         let shard = {
-            use std::hash::{Hash as _, Hasher as _};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            cmd.project.as_str().hash(&mut h);
-            (h.finish() % ADMISSION_SHARDS as u64) as usize
+            use std::hash::BuildHasher as _;
+            (self.admission_hasher.hash_one(cmd.project.as_str()) % ADMISSION_SHARDS as u64) as usize
         };
         let guard = self.admission[shard].lock().await;
         let unavailable = |e: String| ApiError::Unavailable(format!("the command bus is unavailable: {e}"));

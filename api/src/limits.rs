@@ -1,8 +1,9 @@
 //! Limits that protect the api and the API server behind it from one client:
 //!
-//! - **per client address, before authentication**: every request on the public listener takes a
-//!   cell from its address's bucket first, so a flood (bogus tokens included) is answered 429
-//!   without a TokenReview. IPv6 clients are keyed by their /64, which one host usually holds
+//! - **per client address, before authentication**: every request on the public listener that
+//!   could cost a TokenReview (no token, or one without a live review in the cache) takes a cell
+//!   from its address's bucket first, so a flood (bogus tokens included) is answered 429 without
+//!   a TokenReview, while users already signed in are not locked out by it. IPv6 clients are keyed by their /64, which one host usually holds
 //!   whole. Behind a proxy every client shares the proxy's address unless the proxy is trusted
 //!   (`--trusted-proxy`): then the client is the last `X-Forwarded-For` hop the trusted proxies
 //!   did not add themselves.
@@ -25,6 +26,7 @@ use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
 
+use crate::auth::bearer_token;
 use crate::config::Config;
 use crate::errors::ApiError;
 use crate::state::AppState;
@@ -100,13 +102,20 @@ impl Limits {
     }
 }
 
-/// The middleware of the public listener: one cell of the client's bucket per request, before
-/// anything else (authentication included) runs.
+/// The middleware of the public listener: one cell of the client's bucket per request that
+/// could cost a TokenReview (no token, an unknown or a rejected one), before anything else runs.
+/// A request whose token has a live review in the cache costs the API server nothing and is
+/// limited per principal instead: behind a proxy, where every client shares the proxy's address,
+/// an unauthenticated flood then cannot lock out the users already signed in.
 pub async fn per_address(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let client = client_address(peer, req.headers(), &st.limits.trusted_proxies);
+    let (parts, body) = req.into_parts();
+    if bearer_token(&parts).is_some_and(|t| st.auth.known_valid(&t)) {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = client_address(peer, &parts.headers, &st.limits.trusted_proxies);
     match st.limits.per_address.check(&client_key(client)) {
-        Ok(()) => next.run(req).await,
+        Ok(()) => next.run(Request::from_parts(parts, body)).await,
         Err(retry_after_secs) => {
             metrics::counter!("ambient_api_pre_auth_limited_total").increment(1);
             ApiError::TooManyRequests { retry_after_secs }.into_response()

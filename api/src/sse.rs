@@ -255,7 +255,12 @@ impl Audience {
 
     async fn refresh(&mut self, st: &AppState, caller: &Caller) {
         let checks = StatusAudience::ALL.map(|a| a.check(&self.project));
-        let decided = futures::future::join_all(checks.iter().map(|c| st.authz.allowed(&caller.principal, c))).await;
+        // Bounded like the access re-check: a hung review must not hold the stream (and its slot).
+        let decide = futures::future::join_all(checks.iter().map(|c| st.authz.allowed(&caller.principal, c)));
+        let Ok(decided) = tokio::time::timeout(RECHECK_TIMEOUT, decide).await else {
+            tracing::warn!("SSE audience checks timed out; keeping the last decisions");
+            return;
+        };
         for (i, d) in decided.into_iter().enumerate() {
             match d {
                 Ok(allowed) => self.shown[i] = allowed,
