@@ -13,7 +13,6 @@ use events::commands::{CommandBody, KeyCreate, PermissionGrant};
 use events::sealing::SealingSecretKey;
 use events::{KeyName, Role, SubjectName, SubjectType};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
 
 fn key(name: &str, role: Role) -> CommandBody {
@@ -26,23 +25,13 @@ fn key(name: &str, role: Role) -> CommandBody {
     })
 }
 
-async fn bind_stock(admin: &kube::Client, ns: &str, user: &str, cluster_role: &str) {
-    let rb: RoleBinding = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": format!("stock-{cluster_role}-{user}")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(admin.clone(), ns).create(&Default::default(), &rb).await.unwrap();
-}
-
 #[tokio::test]
 async fn handing_out_a_role_is_reauthorized_at_apply_time() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     let env = h.env.clone();
     let p = h.project("esc-apply", Alice).await?;
-    bind_stock(&env.admin(), p.as_str(), "carol", "edit").await;
-    bind_stock(&env.admin(), p.as_str(), "bob", "admin").await;
+    ambient_tests::bind_cluster_role(&env.admin(), p.as_str(), "carol", "edit").await.unwrap();
+    ambient_tests::bind_cluster_role(&env.admin(), p.as_str(), "bob", "admin").await.unwrap();
     // Wait for RBAC to show both bindings (a session create is within either role).
     tokio::time::sleep(Duration::from_secs(2)).await;
 

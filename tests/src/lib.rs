@@ -596,6 +596,19 @@ impl TestEnv {
     }
 }
 
+/// Binds `user` in namespace `ns` to the ClusterRole `cluster_role` directly (a RoleBinding
+/// `stock-<role>-<user>` made by the cluster admin), as a platform's own tooling would: e.g. to
+/// Kubernetes' built-in `edit` or `admin`, which the api never grants.
+pub async fn bind_cluster_role(admin: &kube::Client, ns: &str, user: &str, cluster_role: &str) -> anyhow::Result<()> {
+    let rb: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("stock-{cluster_role}-{user}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), ns).create(&PostParams::default(), &rb).await?;
+    Ok(())
+}
+
 /// `<prefix>-<8 random hex>`, a valid DNS-1123 label (the prefix is lower-cased, other
 /// characters become `-`, and it is cut to 50 characters).
 pub fn unique_name(prefix: &str) -> String {

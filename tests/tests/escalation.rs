@@ -14,16 +14,6 @@ use kube::api::{Api, ListParams};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-async fn bind_stock(admin: &kube::Client, ns: &str, user: &str, cluster_role: &str) {
-    let rb: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": format!("stock-{cluster_role}-{user}")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(admin.clone(), ns).create(&Default::default(), &rb).await.unwrap();
-}
-
 #[tokio::test]
 async fn an_editor_cannot_mint_an_admin_key_or_grant_admin() {
     let env = TestEnv::shared().await.unwrap();
@@ -35,8 +25,8 @@ async fn an_editor_cannot_mint_an_admin_key_or_grant_admin() {
     let p = unique_name("escalate");
     let r = c.call(Method::POST, "/api/projects", Some(alice), Some(json!({"name": p})), &[]).await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
-    bind_stock(&env.admin(), &p, "carol", "edit").await;
-    bind_stock(&env.admin(), &p, "bob", "admin").await;
+    ambient_tests::bind_cluster_role(&env.admin(), &p, "carol", "edit").await.unwrap();
+    ambient_tests::bind_cluster_role(&env.admin(), &p, "bob", "admin").await.unwrap();
     // The editor can work in the project (RBAC has caught up once she sees its sessions)...
     ambient_tests::eventually("carol's edit binding in force", Duration::from_secs(30), || {
         let c = c.clone();

@@ -18,7 +18,6 @@ use events::results::{FailureReason, Outcome};
 use events::signing::CommandSigner;
 use events::{Command, Principal, ProjectName, SessionName};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -185,17 +184,6 @@ struct Env {
     admin: kube::Client,
 }
 
-/// A RoleBinding of `user` to the built-in ClusterRole `cluster_role` in `ns`.
-async fn bind_stock(admin: &kube::Client, ns: &str, user: &str, cluster_role: &str) {
-    let rb: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": format!("stock-{cluster_role}-{user}")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-    }))
-    .expect("a RoleBinding");
-    Api::<RoleBinding>::namespaced(admin.clone(), ns).create(&Default::default(), &rb).await.expect("stock binding created");
-}
-
 impl Env {
     /// One probe; an SSE stream that opens counts as 200 and is closed at once.
     async fn call(&self, m: Method, path: &str, token: &str, body: Option<Value>) -> Resp {
@@ -221,7 +209,7 @@ impl Env {
         if let Some(cluster_role) = role.stock_cluster_role() {
             // Bound by the cluster admin, as a platform's own tooling would: the api grants
             // only the project roles.
-            bind_stock(&self.admin, &p, "carol", cluster_role).await;
+            ambient_tests::bind_cluster_role(&self.admin, &p, "carol", cluster_role).await.expect("stock binding created");
             return Fixture { project: p, key: None };
         }
         let r = match role {
