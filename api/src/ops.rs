@@ -109,8 +109,13 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = method_label(req.method());
     let route = route_label(req.extensions().get::<MatchedPath>());
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
     let status = resp.status();
+    // A body refused for its size or its pace was not read to its end, so the connection cannot
+    // carry another request: say so, or a client reusing it fails on its next request.
+    if matches!(status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     metrics::counter!("ambient_api_requests_total", "method" => method, "route" => route, "status" => status.as_u16().to_string())
         .increment(1);
     metrics::histogram!("ambient_api_request_seconds").record(start.elapsed().as_secs_f64());
