@@ -111,6 +111,12 @@ pub struct Config {
     /// Bytes (stored envelopes) one session's messages may hold.
     #[arg(long, env = "API_MESSAGES_MAX_BYTES_PER_SESSION", default_value_t = 64 * 1024 * 1024)]
     pub messages_max_bytes_per_session: u64,
+    /// Bytes (stored envelopes) all sessions of one project may hold together; the next append
+    /// is refused (409 `ProjectMessagesFull`) until sessions are deleted. The messages stream
+    /// holds 8 GiB: with the reconciler's default project quota (50 per user) one user's
+    /// projects hold at most 50 × 128 MiB = 6.4 GiB of it.
+    #[arg(long, env = "API_MESSAGES_MAX_BYTES_PER_PROJECT", default_value_t = 128 * 1024 * 1024)]
+    pub messages_max_bytes_per_project: u64,
     /// Largest single message (its stored envelope), bytes; larger ones are refused with 413
     /// (the stream's own limit is 256 KiB plus headers).
     #[arg(long, env = "API_MESSAGES_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]

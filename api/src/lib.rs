@@ -125,6 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_bytes: config.messages_max_bytes_per_session,
             max_message_bytes: config.messages_max_message_bytes,
         },
+        messages::budget::Budgets::open(&js, config.messages_max_bytes_per_project).await?,
     );
     let backlog = crate::commands::BacklogLimits {
         max_commands: config.max_pending_commands_per_project,

@@ -5,7 +5,7 @@
 //! | `AMBIENT_COMMANDS` | `ambient.cmd.*.*.*`, stored as `ambient.cmd.<partition>.<project>.<kind>.<action>` | interest, 7 days, discard new, per-subject cap | pending work only: a command leaves the stream when the reconciler acknowledges it (applied or refused); a full stream refuses new commands rather than dropping old ones |
 //! | `AMBIENT_RESULTS` | `ambient.result.>` | limits, 7 days, one per subject | outcome of every command; also the reconciler's exactly-once ledger |
 //! | `AMBIENT_STATUS` | `ambient.status.>` | limits, 7 days | status events for UIs, bridges, SSE resume |
-//! | `AMBIENT_MESSAGES` | `ambient.msg.>` | limits, per-session count and size caps | the agents' conversations |
+//! | `AMBIENT_MESSAGES` | `ambient.msg.>` | limits, per-session count and size caps, 8 GiB | the agents' conversations; the api keeps each project within a byte budget (`--messages-max-bytes-per-project`), so no project fills it |
 //!
 //! Commands are partitioned by project (`{{partition(N,1)}}` subject transform) so that several
 //! reconciler replicas share the load while every project's commands stay in one ordered

@@ -185,6 +185,7 @@ async fn append(st: Arc<AppState>, caller: Caller, p: String, s: String, v: Valu
         Ok(m) => Ok((StatusCode::CREATED, axum::Json(m)).into_response()),
         Err(e @ AppendError::TooLarge { .. }) => Err(ApiError::TooLarge(e.to_string())),
         Err(e @ AppendError::Full(_)) => Err(ApiError::Conflict { reason: "MessageLogFull", message: e.to_string() }),
+        Err(e @ AppendError::ProjectFull(_)) => Err(ApiError::Conflict { reason: "ProjectMessagesFull", message: e.to_string() }),
         Err(e @ AppendError::Unavailable(_)) => Err(ApiError::Unavailable(e.to_string())),
     }
 }
@@ -205,7 +206,7 @@ pub async fn list_messages(State(st): State<Arc<AppState>>, caller: Caller, Path
     params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{type, payload?}`"),
     responses((status = 201, description = "the stored message `{type, payload, timestamp, seq}`"), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"),
-        (status = 409, description = "the session is not interactive, or its message log is full"), (status = 413, description = "message too large"),
+        (status = 409, description = "the session is not interactive (`NotInteractive`), its message log is full (`MessageLogFull`), or its project's messages hold their whole budget (`ProjectMessagesFull`)"), (status = 413, description = "message too large"),
         (status = 415, description = "not JSON"), (status = 422, description = "unknown type"), (status = 503, description = "the bus is unavailable")))]
 pub async fn post_message(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
     append(st, caller, p, s, v).await
@@ -225,7 +226,7 @@ pub async fn list_messages_alias(State(st): State<Arc<AppState>>, caller: Caller
     params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{type, payload?}`"),
     responses((status = 201, description = "the stored message `{type, payload, timestamp, seq}`"), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"),
-        (status = 409, description = "the session is not interactive, or its message log is full"), (status = 413, description = "message too large"),
+        (status = 409, description = "the session is not interactive (`NotInteractive`), its message log is full (`MessageLogFull`), or its project's messages hold their whole budget (`ProjectMessagesFull`)"), (status = 413, description = "message too large"),
         (status = 415, description = "not JSON"), (status = 422, description = "unknown type"), (status = 503, description = "the bus is unavailable")))]
 pub async fn post_message_alias(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
     append(st, caller, p, s, v).await

@@ -16,6 +16,11 @@
 //! (`Ambient-Session-Uid`), reads serve only the current session's ([`belongs`]), the first
 //! append to a new session purges what an earlier one left on the subject (and its count
 //! and bytes do not carry over), and the sweep purges such leftovers too.
+//!
+//! Each project's messages together hold at most a budget of bytes ([`budget`]), so no project
+//! can fill the stream that every tenant shares.
+
+pub mod budget;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +38,7 @@ use kube::api::Api;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use self::budget::{BudgetError, Budgets};
 use crate::reads::SessionsChange;
 use crate::state::AppState;
 
@@ -67,6 +73,9 @@ pub enum AppendError {
     /// The session's log is full.
     #[error("the session's message log is full ({0}); no more messages can be added")]
     Full(String),
+    /// The project's messages hold their whole budget.
+    #[error("{0}")]
+    ProjectFull(String),
     /// The bus did not answer or refused for another reason.
     #[error("the message log is unavailable: {0}")]
     Unavailable(String),
@@ -105,6 +114,7 @@ pub struct Page {
 pub struct MessageLog {
     js: jetstream::Context,
     limits: Limits,
+    budgets: Budgets,
 }
 
 /// The user name of a session's runner ServiceAccount (`ambient-session-<session>`, created by
@@ -118,9 +128,15 @@ fn header_u64(h: &HeaderMap, name: &str) -> u64 {
 }
 
 impl MessageLog {
-    /// A log over the `AMBIENT_MESSAGES` stream (created by the bootstrap).
-    pub fn new(js: jetstream::Context, limits: Limits) -> Self {
-        Self { js, limits }
+    /// A log over the `AMBIENT_MESSAGES` stream (created by the bootstrap), each project's
+    /// messages within `budgets`.
+    pub fn new(js: jetstream::Context, limits: Limits, budgets: Budgets) -> Self {
+        Self { js, limits, budgets }
+    }
+
+    /// The per-project budgets.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
     }
 
     /// The limits in force.
@@ -134,14 +150,14 @@ impl MessageLog {
 
     /// The last stored message of `subject`: (sequence, count, bytes); zeros when none. With
     /// `of`, a last message of another session than `of` (an earlier one of the same name)
-    /// reads as `Err(Tail::Foreign(seq))`.
+    /// reads as `Err(Tail::Foreign { .. })`.
     async fn tail(&self, stream: &stream::Stream<()>, subject: &str, of: Option<&Incarnation>) -> Result<(u64, u64, u64), Tail> {
         match stream.direct_get_last_for_subject(subject).await {
             Ok(m) => {
                 if let Some(inc) = of {
                     let mine = decode(&m.payload, m.sequence).is_some_and(|msg| belongs(Some(&m.headers), &msg, inc));
                     if !mine {
-                        return Err(Tail::Foreign(m.sequence));
+                        return Err(Tail::Foreign { seq: m.sequence, bytes: header_u64(&m.headers, H_BYTES) });
                     }
                 }
                 Ok((m.sequence, header_u64(&m.headers, H_COUNT), header_u64(&m.headers, H_BYTES)))
@@ -152,9 +168,13 @@ impl MessageLog {
     }
 
     /// Purges the messages of `subject` up to and including sequence `upto` (what an earlier
-    /// session of the same name left), never a later one.
-    async fn purge_upto(&self, stream: &stream::Stream<()>, subject: &str, upto: u64) -> Result<u64, String> {
+    /// session of the same name left, `bytes` in all), never a later one; the bytes go back to
+    /// the project's budget when this call purged them.
+    async fn purge_upto(&self, stream: &stream::Stream<()>, project: &str, subject: &str, upto: u64, bytes: u64) -> Result<u64, String> {
         let r = stream.purge().filter(subject).sequence(upto.saturating_add(1)).await.map_err(|e| e.to_string())?;
+        if r.purged > 0 {
+            self.budgets.release(project, bytes).await;
+        }
         Ok(r.purged)
     }
 
@@ -174,13 +194,39 @@ impl MessageLog {
             return Err(AppendError::TooLarge { size: body.len(), limit: self.limits.max_message_bytes });
         }
         let subject = events::subjects::messages(project, session);
+        let stream = self.stream().await.map_err(AppendError::Unavailable)?;
+        let need = body.len() as u64;
+        self.budgets.reserve(project.as_str(), need).await.map_err(|e| match e {
+            e @ BudgetError::Full { .. } => AppendError::ProjectFull(e.to_string()),
+            BudgetError::Unavailable(e) => AppendError::Unavailable(e),
+        })?;
+        let appended = self.append_reserved(&stream, project, session, inc, &subject, &mut msg, body).await;
+        if appended.is_err() {
+            self.budgets.release(project.as_str(), need).await;
+        }
+        appended.map(|()| msg)
+    }
+
+    /// The append itself, its bytes reserved.
+    #[allow(clippy::too_many_arguments)]
+    async fn append_reserved(
+        &self,
+        stream: &stream::Stream<()>,
+        project: &ProjectName,
+        session: &SessionName,
+        inc: &Incarnation,
+        subject: &str,
+        msg: &mut SessionMessage,
+        body: Vec<u8>,
+    ) -> Result<(), AppendError> {
         let unavailable = AppendError::Unavailable;
-        let stream = self.stream().await.map_err(unavailable)?;
+        let ty = msg.ty.clone();
+        let ty = ty.as_str();
         for attempt in 0..APPEND_ATTEMPTS {
-            let (last, count, bytes) = match self.tail(&stream, &subject, Some(inc)).await {
+            let (last, count, bytes) = match self.tail(stream, subject, Some(inc)).await {
                 Ok(t) => t,
-                Err(Tail::Foreign(upto)) => {
-                    let n = self.purge_upto(&stream, &subject, upto).await.map_err(unavailable)?;
+                Err(Tail::Foreign { seq, bytes }) => {
+                    let n = self.purge_upto(stream, project.as_str(), subject, seq, bytes).await.map_err(unavailable)?;
                     tracing::info!(project = %project, session = %session, purged = n, "messages of an earlier session of this name purged");
                     continue;
                 }
@@ -200,13 +246,13 @@ impl MessageLog {
             headers.insert(H_COUNT, (count + 1).to_string().as_str());
             headers.insert(H_BYTES, total.to_string().as_str());
             let ack = async {
-                self.js.publish_with_headers(subject.clone(), headers, body.clone().into()).await?.await
+                self.js.publish_with_headers(subject.to_string(), headers, body.clone().into()).await?.await
             };
             match ack.await {
                 Ok(ack) => {
                     msg.seq = ack.sequence;
                     metrics::counter!("ambient_api_session_messages_total", "type" => msg.ty.clone()).increment(1);
-                    return Ok(msg);
+                    return Ok(());
                 }
                 Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
                     // Another append won the race: re-read the tail, after a short pause that
@@ -236,7 +282,7 @@ impl MessageLog {
         let stream = self.stream().await.map_err(ReadError)?;
         let last = match self.tail(&stream, &subject, None).await {
             Ok((last, _, _)) => last,
-            Err(Tail::Foreign(last)) => last,
+            Err(Tail::Foreign { seq, .. }) => seq,
             Err(Tail::Unavailable(e)) => return Err(ReadError(e)),
         };
         let mut page = Page { cursor: q.after, ..Default::default() };
@@ -284,22 +330,31 @@ impl MessageLog {
         Ok(page)
     }
 
-    /// Removes every message of the session (idempotent).
+    /// Removes every message of the session (idempotent); their bytes go back to the
+    /// project's budget (once, by whichever caller's purge removed them).
     pub async fn purge(&self, project: &str, session: &str) -> Result<u64, String> {
         let stream = self.stream().await?;
         let subject = format!("{}.{project}.{session}", events::subjects::MESSAGES);
-        let r = stream.purge().filter(subject).await.map_err(|e| e.to_string())?;
-        Ok(r.purged)
+        let (upto, bytes) = match self.tail(&stream, &subject, None).await {
+            Ok((seq, _, bytes)) => (seq, bytes),
+            Err(Tail::Foreign { seq, bytes }) => (seq, bytes),
+            Err(Tail::Unavailable(e)) => return Err(e),
+        };
+        if upto == 0 {
+            return Ok(0);
+        }
+        self.purge_upto(&stream, project, &subject, upto, bytes).await
     }
 
     /// Purges the messages of `project/session` left by an earlier session of the same name
-    /// when its last message is not of `inc` (an append to `inc` does the same); how many.
-    pub async fn purge_foreign(&self, project: &str, session: &str, inc: &Incarnation) -> Result<u64, String> {
+    /// when its last message is not of `inc` (an append to `inc` does the same): how many were
+    /// purged, and the bytes the session's messages hold after.
+    pub async fn purge_foreign(&self, project: &str, session: &str, inc: &Incarnation) -> Result<(u64, u64), String> {
         let stream = self.stream().await?;
         let subject = format!("{}.{project}.{session}", events::subjects::MESSAGES);
         match self.tail(&stream, &subject, Some(inc)).await {
-            Ok(_) => Ok(0),
-            Err(Tail::Foreign(upto)) => self.purge_upto(&stream, &subject, upto).await,
+            Ok((_, _, bytes)) => Ok((0, bytes)),
+            Err(Tail::Foreign { seq, bytes }) => self.purge_upto(&stream, project, &subject, seq, bytes).await.map(|n| (n, 0)),
             Err(Tail::Unavailable(e)) => Err(e),
         }
     }
@@ -328,8 +383,9 @@ impl MessageLog {
 
 /// Why the tail of a session's log could not be used.
 enum Tail {
-    /// The last message is of an earlier session of the same name (its sequence).
-    Foreign(u64),
+    /// The last message is of an earlier session of the same name: its sequence, and the bytes
+    /// that session's messages hold.
+    Foreign { seq: u64, bytes: u64 },
     /// The bus did not answer.
     Unavailable(String),
 }
@@ -368,7 +424,8 @@ pub async fn run_purger(st: Arc<AppState>, mut changes: mpsc::UnboundedReceiver<
 }
 
 /// Purges the messages of every session that exists neither in the watch cache nor, asked
-/// directly, in the API server (so a cache that lags a brand-new session purges nothing).
+/// directly, in the API server (so a cache that lags a brand-new session purges nothing), and
+/// recounts each project's budget from what its sessions hold.
 async fn sweep_orphans(st: &AppState) {
     let subjects = match st.messages.sessions_with_messages().await {
         Ok(s) => s,
@@ -377,23 +434,73 @@ async fn sweep_orphans(st: &AppState) {
             return;
         }
     };
+    let mut by_project: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
     for (p, s) in subjects {
-        if let Some(inc) = st.reads.session_incarnation(&p, &s) {
-            // The session exists: purge only what an earlier session of its name left.
-            match st.messages.purge_foreign(&p, &s, &inc).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(project = %p, session = %s, purged = n, "messages of an earlier session of this name purged"),
-                Err(e) => tracing::warn!(project = %p, session = %s, error = %e, "purging an earlier session's messages failed"),
+        by_project.entry(p).or_default().push(s);
+    }
+    match st.messages.budgets().projects().await {
+        Ok(projects) => projects.into_iter().for_each(|p| {
+            by_project.entry(p).or_default();
+        }),
+        Err(e) => tracing::warn!(error = %e, "listing message budgets failed"),
+    }
+    for (p, sessions) in by_project {
+        // Taken before counting: an append or purge during the count changes it, and then the
+        // count is not trusted.
+        let seen = match st.messages.budgets().snapshot(&p).await {
+            Ok(seen) => seen,
+            Err(e) => {
+                tracing::warn!(project = %p, error = %e, "reading a message budget failed");
+                continue;
             }
-            continue;
+        };
+        let mut counted = Some(0u64);
+        for s in sessions {
+            let held = sweep_session(st, &p, &s).await;
+            counted = counted.zip(held).map(|(a, b)| a.saturating_add(b));
         }
-        match Api::<AgenticSession>::namespaced(st.kube.clone(), &p).get_opt(&s).await {
-            Ok(None) => match st.messages.purge(&p, &s).await {
-                Ok(n) => tracing::info!(project = %p, session = %s, purged = n, "messages of a missing session purged"),
-                Err(e) => tracing::warn!(project = %p, session = %s, error = %e, "purging messages failed"),
-            },
-            Ok(Some(_)) => {}
-            Err(e) => tracing::warn!(project = %p, session = %s, error = %e, "session lookup failed; not purged"),
+        let Some(counted) = counted else { continue };
+        match st.messages.budgets().recount(&p, seen, counted).await {
+            Ok(true) => tracing::info!(project = %p, was = ?seen.map(|s| s.1), now = counted, "message budget recounted"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(project = %p, error = %e, "recounting a message budget failed"),
+        }
+    }
+}
+
+/// Purges what should not be kept of one session's messages; the bytes it holds after (`None`
+/// when unknown).
+async fn sweep_session(st: &AppState, p: &str, s: &str) -> Option<u64> {
+    if let Some(inc) = st.reads.session_incarnation(p, s) {
+        // The session exists: purge only what an earlier session of its name left.
+        return match st.messages.purge_foreign(p, s, &inc).await {
+            Ok((0, held)) => Some(held),
+            Ok((n, held)) => {
+                tracing::info!(project = %p, session = %s, purged = n, "messages of an earlier session of this name purged");
+                Some(held)
+            }
+            Err(e) => {
+                tracing::warn!(project = %p, session = %s, error = %e, "purging an earlier session's messages failed");
+                None
+            }
+        };
+    }
+    match Api::<AgenticSession>::namespaced(st.kube.clone(), p).get_opt(s).await {
+        Ok(None) => match st.messages.purge(p, s).await {
+            Ok(n) => {
+                tracing::info!(project = %p, session = %s, purged = n, "messages of a missing session purged");
+                Some(0)
+            }
+            Err(e) => {
+                tracing::warn!(project = %p, session = %s, error = %e, "purging messages failed");
+                None
+            }
+        },
+        // Just created (the cache lags): counted at the next sweep.
+        Ok(Some(_)) => None,
+        Err(e) => {
+            tracing::warn!(project = %p, session = %s, error = %e, "session lookup failed; not purged");
+            None
         }
     }
 }

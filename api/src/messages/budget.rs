@@ -1,0 +1,178 @@
+//! Each project's share of the `AMBIENT_MESSAGES` stream.
+//!
+//! The stream is shared by every tenant and refuses new messages when full, so a per-session cap
+//! alone lets one project (with many sessions) fill it for everyone. Every append therefore
+//! first reserves its bytes against its project's budget, a counter in the key-value bucket
+//! [`BUCKET`] updated with compare-and-set (so racing appends on any number of api replicas
+//! cannot both take the last bytes). Purging a session's messages gives its bytes back.
+//!
+//! The counter errs towards too high (a reservation whose publish failed and whose release
+//! failed too), never silently towards too low; the periodic sweep recounts each project from
+//! the stream itself (the byte totals every session's last message carries) and corrects it.
+
+use async_nats::jetstream::{self, kv};
+
+/// Key-value bucket of the budgets: key `<project>`, value the reserved bytes (decimal).
+pub const BUCKET: &str = "ambient-api-message-usage";
+/// Compare-and-set attempts before an append gives up (503).
+const ATTEMPTS: u32 = 30;
+
+/// Why a reservation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    /// The project's budget would be exceeded.
+    #[error("the project's session messages hold {used} of at most {max} bytes; this message needs {need} more (delete sessions to free space)")]
+    Full { used: u64, need: u64, max: u64 },
+    /// The bucket did not answer.
+    #[error("the message budget is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The counter after reserving `need` bytes on `used`, or why not (pure).
+pub fn reserve(used: u64, need: u64, max: u64) -> Result<u64, BudgetError> {
+    match used.checked_add(need) {
+        Some(total) if total <= max => Ok(total),
+        _ => Err(BudgetError::Full { used, need, max }),
+    }
+}
+
+/// Per-project message budgets.
+pub struct Budgets {
+    kv: kv::Store,
+    max_bytes: u64,
+}
+
+fn parse(value: &[u8]) -> u64 {
+    std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+impl Budgets {
+    /// Budgets of `max_bytes` per project, kept in [`BUCKET`] (created when missing).
+    pub async fn open(js: &jetstream::Context, max_bytes: u64) -> anyhow::Result<Self> {
+        let kv = crate::commands::ensure_bucket(js, BUCKET, std::time::Duration::ZERO).await?;
+        Ok(Self { kv, max_bytes })
+    }
+
+    /// The most a project's messages may hold.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Applies `step` to the project's counter with compare-and-set, retrying on a lost race;
+    /// returns the new value.
+    async fn change(&self, project: &str, step: impl Fn(u64) -> Result<u64, BudgetError>) -> Result<u64, BudgetError> {
+        let unavailable = |e: &dyn std::fmt::Display| BudgetError::Unavailable(e.to_string());
+        for attempt in 0..ATTEMPTS {
+            let current = self.kv.entry(project).await.map_err(|e| unavailable(&e))?;
+            let written = match current.filter(|e| e.operation == kv::Operation::Put) {
+                Some(entry) => {
+                    let next = step(parse(&entry.value))?;
+                    self.kv.update(project, next.to_string().into(), entry.revision).await.map(|_| next).map_err(|e| {
+                        (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())
+                    })
+                }
+                None => {
+                    let next = step(0)?;
+                    self.kv.create(project, next.to_string().into()).await.map(|_| next).map_err(|e| {
+                        (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())
+                    })
+                }
+            };
+            match written {
+                Ok(next) => return Ok(next),
+                Err((true, _)) => tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt % 8) + 1)).await,
+                Err((false, e)) => return Err(BudgetError::Unavailable(e)),
+            }
+        }
+        Err(BudgetError::Unavailable("too many concurrent appends in this project; retry".into()))
+    }
+
+    /// Reserves `need` bytes for one message of `project`.
+    pub async fn reserve(&self, project: &str, need: u64) -> Result<(), BudgetError> {
+        let max = self.max_bytes;
+        self.change(project, |used| reserve(used, need, max)).await.map(|_| ())
+    }
+
+    /// Gives `bytes` back to `project` (a failed append, purged messages). Best effort: a
+    /// failure leaves the counter high until the next recount.
+    pub async fn release(&self, project: &str, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        if let Err(e) = self.change(project, |used| Ok(used.saturating_sub(bytes))).await {
+            tracing::warn!(project, bytes, error = %e, "releasing message bytes failed; the next sweep recounts");
+        }
+    }
+
+    /// The bytes reserved for `project` now.
+    pub async fn used(&self, project: &str) -> Result<u64, BudgetError> {
+        let entry = self.kv.entry(project).await.map_err(|e| BudgetError::Unavailable(e.to_string()))?;
+        Ok(entry.filter(|e| e.operation == kv::Operation::Put).map(|e| parse(&e.value)).unwrap_or(0))
+    }
+
+    /// Every project with a counter.
+    pub async fn projects(&self) -> Result<Vec<String>, String> {
+        use futures::TryStreamExt as _;
+        let keys = self.kv.keys().await.map_err(|e| e.to_string())?;
+        keys.try_collect().await.map_err(|e| e.to_string())
+    }
+
+    /// The counter's revision and value now (none when the project has no counter); pass it to
+    /// [`Budgets::recount`] after counting the project's messages.
+    pub async fn snapshot(&self, project: &str) -> Result<Option<(u64, u64)>, String> {
+        let entry = self.kv.entry(project).await.map_err(|e| e.to_string())?;
+        Ok(entry.filter(|e| e.operation == kv::Operation::Put).map(|e| (e.revision, parse(&e.value))))
+    }
+
+    /// Sets `project`'s counter to `counted` (what the stream holds) unless it changed since
+    /// `seen` was taken (an append or a purge raced the count: the next sweep tries again); a
+    /// project with nothing left loses its key. Whether the counter was corrected.
+    pub async fn recount(&self, project: &str, seen: Option<(u64, u64)>, counted: u64) -> Result<bool, String> {
+        let done = match seen {
+            Some((_, value)) if value == counted => return Ok(false),
+            None if counted == 0 => return Ok(false),
+            None => self.kv.create(project, counted.to_string().into()).await.map(|_| ()).map_err(|e| e.to_string()),
+            Some((revision, _)) if counted == 0 => {
+                self.kv.purge_expect_revision(project, Some(revision)).await.map_err(|e| e.to_string())
+            }
+            Some((revision, _)) => {
+                self.kv.update(project, counted.to_string().into(), revision).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+        };
+        // A lost race is not a failure: the next sweep recounts.
+        Ok(done.is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_stay_within_the_budget() {
+        // (used, need, max) -> new total or full
+        let cases: &[(u64, u64, u64, Option<u64>)] = &[
+            (0, 10, 100, Some(10)),
+            (90, 10, 100, Some(100)),
+            (91, 10, 100, None),
+            (100, 1, 100, None),
+            (0, 101, 100, None),
+            (u64::MAX - 1, 5, u64::MAX, None),
+            (0, 0, 0, Some(0)),
+        ];
+        for &(used, need, max, want) in cases {
+            let got = reserve(used, need, max).ok();
+            assert_eq!(got, want, "reserve({used}, {need}, {max})");
+        }
+        let Err(BudgetError::Full { used, need, max }) = reserve(95, 10, 100) else { panic!("expected Full") };
+        assert_eq!((used, need, max), (95, 10, 100));
+    }
+
+    #[test]
+    fn a_counter_that_does_not_parse_reads_as_empty() {
+        assert_eq!(parse(b"123"), 123);
+        assert_eq!(parse(b""), 0);
+        assert_eq!(parse(b"x"), 0);
+        assert_eq!(parse(b"-5"), 0);
+    }
+}
