@@ -134,6 +134,8 @@ const EVERY_ROUTE: &[(&str, &str)] = &[
     ("put", "/api/projects/{project}/runner-secrets"),
     ("get", "/api/projects/{project}/runner-secrets/config"),
     ("put", "/api/projects/{project}/runner-secrets/config"),
+    ("get", "/api/projects/{project}/integration-secrets"),
+    ("put", "/api/projects/{project}/integration-secrets"),
     ("get", "/api/projects/{project}/events"),
     ("get", "/api/commands/{id}"),
     ("get", "/api/me"),
@@ -319,6 +321,7 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     assert!(!r.body.to_string().contains("sk-very-secret"));
     let r = c.put(&rs, &alice, json!({"data": {"bad key": "x"}})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    secrets_round_trip(&env, &c, &alice, &bob, &p).await;
     let r = c.get(&format!("{rs}/config"), &alice).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body["secretName"].is_string());
@@ -329,6 +332,55 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     let r = c.get(&format!("{sp}/s1"), &alice).await;
     assert!(r.status == StatusCode::NOT_FOUND || r.body["metadata"]["deletionTimestamp"].is_string());
     assert_eq!(c.delete(&format!("/api/projects/{other}"), &alice).await.status, StatusCode::NO_CONTENT);
+}
+
+/// The stored data of a Secret, as the cluster holds it.
+async fn secret_data(env: &TestEnv, p: &str, name: &str) -> std::collections::BTreeMap<String, String> {
+    let s = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.admin(), p).get_opt(name).await.unwrap();
+    s.and_then(|s| s.data).unwrap_or_default().into_iter().map(|(k, v)| (k, String::from_utf8(v.0).unwrap())).collect()
+}
+
+/// A form filled from a read shows every value as the mask and sends it back unchanged: the
+/// stored values survive a blind save, the mask is never stored, a key is removed only by an
+/// explicit null, and keys a form does not show are left alone. Same for integration secrets.
+/// Called the way the web UI's Next proxy calls (the token in `X-Forwarded-Access-Token`).
+async fn secrets_round_trip(env: &TestEnv, c: &Client, alice: &str, bob: &str, p: &str) {
+    let ui = |m: Method, path: String, body: Option<Value>| async move {
+        c.call(m, &path, None, body, &[("X-Forwarded-Access-Token", alice), ("X-Forwarded-User", "alice")]).await
+    };
+    for (route, secret, message) in [
+        ("runner-secrets", "ambient-runner-secrets", "runner secrets updated"),
+        ("integration-secrets", "ambient-non-vertex-integrations", "integration secrets updated"),
+    ] {
+        let path = format!("/api/projects/{p}/{route}");
+        let r = ui(Method::PUT, path.clone(), Some(json!({"data": {"ANTHROPIC_API_KEY": "sk-real", "GITHUB_TOKEN": "ghp-real", "OLD": "x"}}))).await;
+        assert_eq!((r.status, r.body["message"].clone()), (StatusCode::OK, json!(message)), "{route}: {:?}", r.body);
+        let shown = ui(Method::GET, path.clone(), None).await;
+        assert_eq!(shown.status, StatusCode::OK);
+        assert_eq!(shown.body["data"]["ANTHROPIC_API_KEY"], "********", "{route}: values read as the mask: {:?}", shown.body);
+        // The blind save: everything sent back as read.
+        let r = ui(Method::PUT, path.clone(), Some(json!({"data": shown.body["data"].clone()}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{route}: {:?}", r.body);
+        let want = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>();
+        assert_eq!(secret_data(env, p, secret).await, want(&[("ANTHROPIC_API_KEY", "sk-real"), ("GITHUB_TOKEN", "ghp-real"), ("OLD", "x")]), "{route}: a blind save keeps every value");
+        // The web UI's Anthropic form sends one key: the others stay.
+        let r = ui(Method::PUT, path.clone(), Some(json!({"data": {"ANTHROPIC_API_KEY": "********"}}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{route}: {:?}", r.body);
+        // A new value, a removal by null, a kept key, in one write.
+        let r = ui(Method::PUT, path.clone(), Some(json!({"data": {"ANTHROPIC_API_KEY": "sk-new", "OLD": null, "GITHUB_TOKEN": "********"}}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{route}: {:?}", r.body);
+        assert_eq!(secret_data(env, p, secret).await, want(&[("ANTHROPIC_API_KEY", "sk-new"), ("GITHUB_TOKEN", "ghp-real")]), "{route}");
+        // The mask for a key with no stored value is refused, naming it; nothing changes.
+        let r = ui(Method::PUT, path.clone(), Some(json!({"data": {"NEW_KEY": "********", "ANTHROPIC_API_KEY": "sk-lost"}}))).await;
+        assert_eq!((r.status, r.body["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("data.NEW_KEY")), "{route}: {:?}", r.body);
+        assert_eq!(secret_data(env, p, secret).await["ANTHROPIC_API_KEY"], "sk-new", "{route}: a refused write changes nothing");
+        // A stranger neither reads the keys nor learns which exist from a refusal.
+        let r = c.get(&path, bob).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{route}: {:?}", r.body);
+        let stored = c.put(&path, bob, json!({"data": {"GITHUB_TOKEN": "********"}})).await;
+        let absent = c.put(&path, bob, json!({"data": {"NOPE": "********"}})).await;
+        assert_eq!((stored.status, &stored.body), (StatusCode::NOT_FOUND, &absent.body), "{route}: the same refusal either way");
+    }
 }
 
 fn listed(r: &common::Resp, project: &str) -> bool {

@@ -74,7 +74,7 @@ pub fn example_command_bodies() -> Vec<(CommandBody, &'static str)> {
         (CommandBody::PermissionRevoke(PermissionRevoke { subject_type: SubjectType::User, subject_name: SubjectName::new("bob").unwrap_or_else(|e| panic!("{e}")) }), "Remove a user's or group's access."),
         (CommandBody::KeyCreate(KeyCreate { name: name::<KeyName>("ci-bot"), description: Some("CI pipeline".into()), role: Role::Edit, expiration_seconds: Some(7_776_000), reply_key: reply.clone() }), "Create an access key; its token comes back sealed to `replyKey`."),
         (CommandBody::KeyRevoke(KeyRevoke { key_id: "ambient-key-ci-bot".into() }), "Revoke an access key."),
-        (CommandBody::RunnerSecretPut(RunnerSecretPut { data: reply.seal(b"{\"ANTHROPIC_API_KEY\":\"...\"}").unwrap_or_else(|e| panic!("{e}")) }), "Replace the runner secret; `data` is sealed to the reconciler's key."),
+        (CommandBody::RunnerSecretPut(RunnerSecretPut { data: reply.seal(b"{\"ANTHROPIC_API_KEY\":\"...\",\"OLD_KEY\":null}").unwrap_or_else(|e| panic!("{e}")), secret: Default::default() }), "Change the runner secret (`secret: \"integration\"`: the integration secret); `data`, sealed to the reconciler's key, sets keys to strings and removes keys given null; other keys are unchanged."),
         (CommandBody::RunnerSecretConfig(RunnerSecretConfig { secret_name: "my-runner-secret".into() }), "Choose which Secret is the runner secret."),
     ]
 }

@@ -239,13 +239,22 @@ pub struct KeyRevoke {
     pub key_id: String,
 }
 
-/// Replace the project's runner secret. `data` is a JSON object of string values, sealed to the
-/// reconciler's key: plaintext never reaches the bus.
+/// Change one of the project's credential Secrets (the runner secret unless `secret` says
+/// otherwise). `data` is a [`crate::secrets::SecretChange`] (`{"KEY": "value" | null, …}`: set,
+/// or remove; keys not in it are unchanged), sealed to the reconciler's key: plaintext never
+/// reaches the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunnerSecretPut {
-    /// The sealed `{"KEY": "value", …}` object.
+    /// The sealed change.
     pub data: SealedBox,
+    /// Which Secret (absent: the runner secret).
+    #[serde(default, skip_serializing_if = "is_runner_secret")]
+    pub secret: crate::secrets::ProjectSecret,
+}
+
+fn is_runner_secret(s: &crate::secrets::ProjectSecret) -> bool {
+    *s == crate::secrets::ProjectSecret::Runner
 }
 
 /// Choose which Secret is the project's runner secret (`ProjectSettings.spec.runnerSecretsName`).

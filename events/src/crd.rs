@@ -17,7 +17,7 @@ use crate::domain::{Phase, Role};
 // Bounds of resourceOverrides and environmentVariables (doc comments of the CRD fields are
 // their schema descriptions: changing them changes deploy/crds/).
 pub mod resources;
-pub use resources::{Amount, QuantityError, RUNNER_PLATFORM_ENV, RunnerBounds, RunnerResources};
+pub use resources::{Amount, QuantityError, RUNNER_PLATFORM_ENV, RunnerBounds, RunnerResources, is_env_name};
 
 /// The API group of both resources.
 pub const GROUP: &str = "vteam.ambient-code";

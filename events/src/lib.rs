@@ -26,6 +26,7 @@ pub mod messages;
 pub mod names;
 pub mod results;
 pub mod sealing;
+pub mod secrets;
 #[cfg(feature = "service")]
 pub mod service;
 pub mod signing;

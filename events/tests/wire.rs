@@ -63,7 +63,7 @@ fn sample_bodies() -> Vec<CommandBody> {
             reply_key: key.clone(),
         }),
         CommandBody::KeyRevoke(KeyRevoke { key_id: "ambient-key-ci".into() }),
-        CommandBody::RunnerSecretPut(RunnerSecretPut { data: key.seal(b"{\"ANTHROPIC_API_KEY\":\"sk\"}").unwrap() }),
+        CommandBody::RunnerSecretPut(RunnerSecretPut { data: key.seal(b"{\"ANTHROPIC_API_KEY\":\"sk\"}").unwrap(), secret: Default::default() }),
         CommandBody::RunnerSecretConfig(RunnerSecretConfig { secret_name: "runner".into() }),
     ];
     assert_eq!(bodies.len(), CommandType::ALL.len(), "one sample per command type");

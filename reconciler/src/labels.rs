@@ -16,12 +16,8 @@ pub const APP: &str = "app";
 pub const APP_PERMISSION: &str = "ambient-permission";
 /// `app` value of access-key ServiceAccounts and RoleBindings.
 pub const APP_ACCESS_KEY: &str = "ambient-access-key";
-/// `app` value of the runner Secret.
-pub const APP_RUNNER_SECRETS: &str = "ambient-runner-secrets";
 /// `app` value of per-session runner identities.
 pub const APP_RUNNER: &str = "ambient-runner";
-/// Name of the project's runner Secret written by `runnersecret.put`.
-pub const RUNNER_SECRET_NAME: &str = "ambient-runner-secrets";
 
 /// Display name annotation.
 pub const DISPLAY_NAME: &str = "openshift.io/display-name";

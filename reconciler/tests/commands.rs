@@ -175,13 +175,26 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
 
     // --- runner secrets ---
     let reconciler_key = events::sealing::SealingPublicKey::from_base64(&h.keys.sealing_public_key)?;
-    let put = |plain: &[u8], to: &events::sealing::SealingPublicKey| CommandBody::RunnerSecretPut(RunnerSecretPut { data: to.seal(plain).unwrap() });
+    let put = |plain: &[u8], to: &events::sealing::SealingPublicKey| CommandBody::RunnerSecretPut(RunnerSecretPut { data: to.seal(plain).unwrap(), secret: Default::default() });
     h.ok(&p, Alice, put(br#"{"ANTHROPIC_API_KEY":"sk-very-secret"}"#, &reconciler_key)).await?;
     let secret = Api::<Secret>::namespaced(env.admin(), p.as_str()).get("ambient-runner-secrets").await?;
     assert_eq!(secret.data.unwrap()["ANTHROPIC_API_KEY"].0, b"sk-very-secret");
     assert!(!h.reconciler.log().contains("sk-very-secret"));
     let ps = Api::<ProjectSettings>::namespaced(env.admin(), p.as_str()).get("projectsettings").await?;
     assert_eq!(ps.spec.runner_secrets_name.as_deref(), Some("ambient-runner-secrets"));
+    // A write is a change: keys not sent stay, null removes one, the mask is never stored.
+    h.ok(&p, Alice, put(br#"{"OTHER":"o"}"#, &reconciler_key)).await?;
+    h.ok(&p, Alice, put(br#"{"ANTHROPIC_API_KEY":null}"#, &reconciler_key)).await?;
+    let data = Api::<Secret>::namespaced(env.admin(), p.as_str()).get("ambient-runner-secrets").await?.data.unwrap_or_default();
+    assert_eq!(data.keys().collect::<Vec<_>>(), vec!["OTHER"], "OTHER kept, ANTHROPIC_API_KEY removed");
+    assert_eq!(code(&h.run(&p, Alice, put(br#"{"OTHER":"********"}"#, &reconciler_key)).await?), 422);
+    let integration = CommandBody::RunnerSecretPut(RunnerSecretPut {
+        data: reconciler_key.seal(br#"{"GITHUB_TOKEN":"ghp"}"#).unwrap(),
+        secret: events::secrets::ProjectSecret::Integration,
+    });
+    h.ok(&p, Alice, integration).await?;
+    let data = Api::<Secret>::namespaced(env.admin(), p.as_str()).get("ambient-non-vertex-integrations").await?.data.unwrap_or_default();
+    assert_eq!(data["GITHUB_TOKEN"].0, b"ghp");
     assert_eq!(code(&h.run(&p, Alice, put(br#"{"A":"b"}"#, &SealingSecretKey::generate().public_key())).await?), 422);
     assert_eq!(code(&h.run(&p, Alice, put(br#"["not an object"]"#, &reconciler_key)).await?), 422);
     assert_eq!(code(&h.run(&p, Bob, put(br#"{"A":"b"}"#, &reconciler_key)).await?), 403);

@@ -104,7 +104,7 @@ pub fn sample_body(route: &Route, target: &str, unique: &str) -> Option<Value> {
         ("POST", "permissions") => json!({"subjectType": "user", "subjectName": unique, "role": "view"}),
         ("POST", "groups") => json!({"groupName": unique, "role": "view"}),
         ("POST", "keys") => json!({"name": unique, "role": "view"}),
-        ("PUT", "runner-secrets") => json!({"data": {"PROBE": unique}}),
+        ("PUT", "runner-secrets") | ("PUT", "integration-secrets") => json!({"data": {"PROBE": unique}}),
         ("PUT", "config") => json!({"secretName": "ambient-runner-secrets"}),
         ("POST", "messages") => json!({"type": "user.message", "payload": {"content": unique}}),
         ("POST", _) | ("PUT", _) => json!({}),

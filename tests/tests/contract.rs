@@ -123,7 +123,7 @@ async fn commands_survive_storage_signed_and_sealed() -> anyhow::Result<()> {
     let reconciler_key = SealingSecretKey::generate();
     let plaintext = format!("sk-ant-{}", uuid::Uuid::new_v4().simple());
     let sealed = reconciler_key.public_key().seal(json!({"ANTHROPIC_API_KEY": plaintext}).to_string().as_bytes())?;
-    let secret_cmd = Command::new(project.clone(), principal(), CommandBody::RunnerSecretPut(RunnerSecretPut { data: sealed }));
+    let secret_cmd = Command::new(project.clone(), principal(), CommandBody::RunnerSecretPut(RunnerSecretPut { data: sealed, secret: Default::default() }));
     let create = Command::new(
         project.clone(),
         principal(),

@@ -98,6 +98,7 @@ fn least_role(r: &Route) -> Option<(Role, Want)> {
         ("POST", "/groups") | ("DELETE", "/groups/{group}") => (Admin, Want::Ok),
         ("GET", "/keys") | ("POST", "/keys") | ("DELETE", "/keys/{keyId}") => (Admin, Want::Ok),
         ("GET", "/runner-secrets") | ("PUT", "/runner-secrets") | ("PUT", "/runner-secrets/config") => (Admin, Want::Ok),
+        ("GET", "/integration-secrets") | ("PUT", "/integration-secrets") => (Admin, Want::Ok),
         _ => return None,
     };
     Some(row)
@@ -120,6 +121,7 @@ fn stock_edit(r: &Route) -> Option<Want> {
         // Kubernetes' edit role reads ServiceAccounts and Secrets and deletes and updates them.
         ("GET", "/keys") | ("DELETE", "/keys/{keyId}") => Want::Ok,
         ("GET", "/runner-secrets") | ("PUT", "/runner-secrets") => Want::Ok,
+        ("GET", "/integration-secrets") | ("PUT", "/integration-secrets") => Want::Ok,
         // No RoleBinding reads or writes, no settings writes.
         ("GET", "/permissions") | ("GET", "/groups") => Want::Forbidden,
         _ => return expected(r, Role::Edit),

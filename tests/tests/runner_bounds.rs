@@ -367,9 +367,12 @@ impl T<'_> {
         let c: &Container = &spec.containers[0];
         let env = c.env.clone().unwrap_or_default();
         let tokens: Vec<_> = env.iter().enumerate().filter(|(_, e)| e.name == "API_TOKEN").collect();
-        let [(i, literal), (j, from_secret)] = tokens.as_slice() else { bail!("API_TOKEN entries: {tokens:?}") };
-        ensure!(i < j && literal.value.as_deref() == Some("from-the-session"), "{tokens:?}");
-        let r = from_secret.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).context("the second API_TOKEN is a secretKeyRef")?;
+        // The session's value, then the integration secret's key, then the runner secret's.
+        let [(i, literal), (h, from_integration), (j, from_secret)] = tokens.as_slice() else { bail!("API_TOKEN entries: {tokens:?}") };
+        ensure!(i < h && h < j && literal.value.as_deref() == Some("from-the-session"), "{tokens:?}");
+        let r = from_integration.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).context("the second API_TOKEN is a secretKeyRef")?;
+        ensure!(r.name == "ambient-non-vertex-integrations" && r.key == "API_TOKEN" && r.optional == Some(true), "{r:?}");
+        let r = from_secret.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).context("the third API_TOKEN is a secretKeyRef")?;
         ensure!(r.name == "ambient-runner-secrets" && r.key == "API_TOKEN" && r.optional == Some(true), "{r:?}");
         // Nor can a session variable copy the Secret's value: `$(…)` reaches the runner verbatim.
         let copy = env.iter().find(|e| e.name == "COPY").and_then(|e| e.value.as_deref());
@@ -377,7 +380,8 @@ impl T<'_> {
         // No other entry overrides it, and the rest of the Secret still comes in via envFrom.
         ensure!(env[*j + 1..].iter().all(|e| e.name != "API_TOKEN"), "{env:?}");
         let from = c.env_from.clone().unwrap_or_default();
-        ensure!(from.iter().any(|f| f.secret_ref.as_ref().is_some_and(|s| s.name == "ambient-runner-secrets")), "{from:?}");
+        let sources: Vec<&str> = from.iter().filter_map(|f| f.secret_ref.as_ref()).map(|s| s.name.as_str()).collect();
+        ensure!(sources == ["ambient-non-vertex-integrations", "ambient-runner-secrets"], "the runner secret is the last source: {from:?}");
         // The fake runner honours the session's own variables (first of duplicates): still running.
         self.phase("envs", "Running").await?;
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -78,6 +78,7 @@ pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(access::list_keys, access::create_key))
         .routes(routes!(access::delete_key))
         .routes(routes!(secrets::get_runner_secrets, secrets::put_runner_secrets))
+        .routes(routes!(secrets::get_integration_secrets, secrets::put_integration_secrets))
         .routes(routes!(secrets::get_runner_config, secrets::put_runner_config))
         .routes(routes!(messages::list_messages, messages::post_message))
         .routes(routes!(messages::list_messages_alias, messages::post_message_alias))

@@ -1,4 +1,7 @@
-//! Runner secrets: values go to the reconciler sealed to its key; reads show key names only.
+//! The project's credential Secrets (`events::secrets`): the runner secret and the integration
+//! secret. Reads show key names only (every value is the mask); a write is a change (a string
+//! sets a key, the mask keeps it, `null` removes it, an absent key is unchanged) sealed to the
+//! reconciler, so a form filled from a read can be saved unchanged without destroying anything.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use events::CommandBody;
 use events::commands::{RunnerSecretConfig, RunnerSecretPut};
+use events::secrets::{INTEGRATION_SECRET_NAME, MASK, MAX_KEYS, ProjectSecret, RUNNER_SECRET_NAME};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde::{Deserialize, Serialize};
@@ -18,18 +22,12 @@ use crate::authz::check;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
 use crate::reads::rv_at_least;
-use crate::routes::sessions::is_env_name;
 use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
-
-/// The runner secret's name when ProjectSettings names none.
-pub const DEFAULT_RUNNER_SECRET: &str = "ambient-runner-secrets";
-/// What a value reads as: values are never returned.
-pub const REDACTED: &str = "********";
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutSecrets {
-    data: BTreeMap<String, String>,
+    data: BTreeMap<String, Option<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -38,44 +36,93 @@ struct SecretConfig {
     secret_name: String,
 }
 
-/// The runner secret's keys, values redacted: `{"data": {"KEY": "********"}}`.
-#[utoipa::path(get, path = "/api/projects/{project}/runner-secrets", tag = "runner-secrets", params(("project" = String, Path)),
-    responses((status = 200, description = "`{data: {KEY: \"********\"}}` (values are never returned)"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn get_runner_secrets(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
-    st.visible_project(&caller, &p).await?;
-    let name = secret_name(&st, &p);
-    st.require(&caller, &[check(&p, "get", "", "secrets", Some(&name))]).await?;
-    // The api may read only Secrets with this fixed name (deploy/base/rbac/api.yaml); any other
-    // configured name reads as empty.
-    let data = match Api::<Secret>::namespaced(st.kube.clone(), &p).get_opt(&name).await {
-        Ok(Some(s)) => s.data.unwrap_or_default().into_keys().chain(s.string_data.unwrap_or_default().into_keys()).map(|k| (k, REDACTED)).collect(),
-        Ok(None) => BTreeMap::new(),
-        Err(kube::Error::Api(s)) if s.code == 403 => BTreeMap::new(),
-        Err(e) => return Err(ApiError::Unavailable(format!("reading the runner secret failed: {e}"))),
-    };
+/// The keys of the Secret `name` in `p` (none when it does not exist). The api may read only
+/// the two fixed names (deploy/base/rbac/api.yaml); any other name reads as empty.
+async fn stored_keys(st: &AppState, p: &str, name: &str) -> Result<Vec<String>, ApiError> {
+    match Api::<Secret>::namespaced(st.kube.clone(), p).get_opt(name).await {
+        Ok(Some(s)) => Ok(s.data.unwrap_or_default().into_keys().chain(s.string_data.unwrap_or_default().into_keys()).collect()),
+        Ok(None) => Ok(Vec::new()),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(Vec::new()),
+        Err(e) => Err(ApiError::Unavailable(format!("reading the secret failed: {e}"))),
+    }
+}
+
+/// `{"data": {"KEY": "********"}}` for the Secret `name`.
+async fn read_masked(st: &AppState, caller: &Caller, p: &str, name: &str) -> Result<Response, ApiError> {
+    st.visible_project(caller, p).await?;
+    st.require(caller, &[check(p, "get", "", "secrets", Some(name))]).await?;
+    let data: BTreeMap<String, &str> = stored_keys(st, p, name).await?.into_iter().map(|k| (k, MASK)).collect();
     Ok(axum::Json(json!({"data": data})).into_response())
 }
 
-/// Replaces the runner secret's data (sealed to the reconciler; never on the bus in plaintext).
-#[utoipa::path(put, path = "/api/projects/{project}/runner-secrets", tag = "runner-secrets", params(("project" = String, Path)),
-    request_body(content = Object, description = "`{data: {KEY: value}}`"),
-    responses((status = 200, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
-        (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 422, description = "invalid key")))]
-pub async fn put_runner_secrets(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
-    let project = st.visible_project(&caller, &p).await?;
+/// Applies a write to one of the project's Secrets.
+async fn write(st: &AppState, caller: &Caller, p: &str, which: ProjectSecret, headers: &HeaderMap, v: serde_json::Value) -> Result<Response, ApiError> {
+    let project = st.visible_project(caller, p).await?;
     let req: PutSecrets = strict(&v)?;
-    if req.data.len() > 100 {
-        return Err(ApiError::invalid("data", "at most 100 keys"));
+    if req.data.len() > MAX_KEYS {
+        return Err(ApiError::invalid("data", format!("at most {MAX_KEYS} keys")));
     }
-    if let Some(k) = req.data.keys().find(|k| !is_env_name(k)) {
-        return Err(ApiError::invalid(format!("data.{k}"), "keys must match [A-Za-z_][A-Za-z0-9_]*"));
-    }
-    let plain = serde_json::to_vec(&req.data).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Authorized before the stored keys are consulted: a refusal naming a key must not tell a
+    // stranger which keys exist.
+    st.require(caller, &[check(p, "update", "", "secrets", None)]).await?;
+    let name = match which {
+        ProjectSecret::Runner => RUNNER_SECRET_NAME,
+        ProjectSecret::Integration => INTEGRATION_SECRET_NAME,
+    };
+    let stored = stored_keys(st, p, name).await?;
+    let change = events::secrets::plan(&stored, req.data).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let plain = serde_json::to_vec(&change).map_err(|e| ApiError::Internal(e.to_string()))?;
     let sealed = st.reconciler_key.seal(&plain).map_err(|e| ApiError::Internal(e.to_string()))?;
-    match st.mutate(&caller, project, CommandBody::RunnerSecretPut(RunnerSecretPut { data: sealed }), &headers, None).await? {
+    let body = CommandBody::RunnerSecretPut(RunnerSecretPut { data: sealed, secret: which });
+    match st.mutate(caller, project, body, headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
-        Mutation::Applied { .. } => Ok(axum::Json(json!({"message": "runner secrets updated"})).into_response()),
+        Mutation::Applied { .. } => {
+            let message = match which {
+                ProjectSecret::Runner => "runner secrets updated",
+                ProjectSecret::Integration => "integration secrets updated",
+            };
+            Ok(axum::Json(json!({"message": message})).into_response())
+        }
     }
+}
+
+/// The runner secret's keys, values masked: `{"data": {"KEY": "********"}}`.
+#[utoipa::path(get, path = "/api/projects/{project}/runner-secrets", tag = "runner-secrets", params(("project" = String, Path)),
+    responses((status = 200, description = "`{data: {KEY: \"********\"}}` (values are never returned)"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+pub async fn get_runner_secrets(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+    let name = secret_name(&st, &p);
+    read_masked(&st, &caller, &p, &name).await
+}
+
+/// Changes the runner secret (sealed to the reconciler; never on the bus in plaintext). Each key
+/// of `data`: a string sets it, `"********"` (what a read shows) keeps the stored value, `null`
+/// removes it; keys not sent are unchanged.
+#[utoipa::path(put, path = "/api/projects/{project}/runner-secrets", tag = "runner-secrets", params(("project" = String, Path)),
+    request_body(content = Object, description = "`{data: {KEY: value | \"********\" | null}}`: set, keep, remove; other keys unchanged"),
+    responses((status = 200, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+        (status = 403, description = "forbidden"), (status = 404, description = "project not found"),
+        (status = 422, description = "invalid key, or the mask for a key with no stored value")))]
+pub async fn put_runner_secrets(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+    write(&st, &caller, &p, ProjectSecret::Runner, &headers, v).await
+}
+
+/// The integration secret's keys (Git, GitHub, GitLab, Jira credentials the runner receives),
+/// values masked: `{"data": {"KEY": "********"}}`.
+#[utoipa::path(get, path = "/api/projects/{project}/integration-secrets", tag = "runner-secrets", params(("project" = String, Path)),
+    responses((status = 200, description = "`{data: {KEY: \"********\"}}` (values are never returned)"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+pub async fn get_integration_secrets(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+    read_masked(&st, &caller, &p, INTEGRATION_SECRET_NAME).await
+}
+
+/// Changes the integration secret, as the runner secret: a string sets a key, `"********"`
+/// keeps it, `null` removes it; keys not sent are unchanged.
+#[utoipa::path(put, path = "/api/projects/{project}/integration-secrets", tag = "runner-secrets", params(("project" = String, Path)),
+    request_body(content = Object, description = "`{data: {KEY: value | \"********\" | null}}`: set, keep, remove; other keys unchanged"),
+    responses((status = 200, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+        (status = 403, description = "forbidden"), (status = 404, description = "project not found"),
+        (status = 422, description = "invalid key, or the mask for a key with no stored value")))]
+pub async fn put_integration_secrets(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+    write(&st, &caller, &p, ProjectSecret::Integration, &headers, v).await
 }
 
 fn secret_name(st: &AppState, p: &str) -> String {
@@ -83,7 +130,7 @@ fn secret_name(st: &AppState, p: &str) -> String {
         .settings_of(p)
         .and_then(|s| s.spec.runner_secrets_name.clone())
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| DEFAULT_RUNNER_SECRET.into())
+        .unwrap_or_else(|| RUNNER_SECRET_NAME.into())
 }
 
 /// Which Secret is the runner secret: `{secretName}`.

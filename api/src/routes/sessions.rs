@@ -104,12 +104,7 @@ fn check_runner(s: &AgenticSessionSpec, st: &AppState) -> Result<(), ApiError> {
     s.check_runner(&st.config.runner).map(|_| ()).map_err(|e| ApiError::invalid(e.field, e.rule))
 }
 
-/// An environment variable name.
-pub fn is_env_name(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 253
-        && k.bytes().enumerate().all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()))
-}
+pub use events::crd::is_env_name;
 
 async fn wait_session(st: &AppState, ns: &str, name: &str, rv: Option<&str>) {
     if let Some(rv) = rv {

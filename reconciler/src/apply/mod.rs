@@ -27,7 +27,7 @@ use crate::error::ApplyError;
 use crate::labels;
 
 pub use permission::sync_group_bindings;
-pub use runner_secret::{valid_env_name as env_name_ok, valid_secret_name as runner_secret_name_ok};
+pub use runner_secret::valid_secret_name as runner_secret_name_ok;
 
 /// What the reconciler needs to apply commands.
 #[derive(Clone)]

@@ -28,6 +28,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use events::secrets::INTEGRATION_SECRET_NAME;
 use events::crd::{AgenticSession, GROUP, PROJECT_SETTINGS_NAME, ProjectSettings, RunnerBounds, RunnerResources};
 use events::Phase;
 
@@ -273,12 +274,13 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
 ///
 /// Precedence, highest first: the platform's variables (a session cannot name them; they are
 /// also the only `env` entries without a duplicate), then a key of the project's runner Secret,
-/// then the session's `environmentVariables`. The kubelet gives the last of duplicate `env`
+/// then of its integration Secret, then the session's `environmentVariables`. The kubelet gives the last of duplicate `env`
 /// entries precedence and skips an optional `secretKeyRef` whose Secret or key is missing, so
-/// each session variable is followed by an optional reference to the runner Secret's key of
-/// the same name: the Secret wins when it has the key, at the container's start (no race with
-/// a later change of the Secret), without the reconciler reading the Secret. Every other key of
-/// the Secret comes in through `envFrom`, below every `env` entry.
+/// each session variable is followed by optional references to the integration Secret's and
+/// the runner Secret's key of the same name: a Secret wins when it has the key, at the
+/// container's start (no race with a later change of the Secret), without the reconciler
+/// reading the Secret. Every other key of both Secrets comes in through `envFrom`, below every
+/// `env` entry.
 fn runner_env(s: &AgenticSession, ns: &str, backend: &str, secret: &str) -> Vec<EnvVar> {
     let spec = &s.spec;
     let llm = spec.llm_settings.clone().unwrap_or_default();
@@ -307,14 +309,17 @@ fn runner_env(s: &AgenticSession, ns: &str, backend: &str, secret: &str) -> Vec<
     let mut out: Vec<EnvVar> = Vec::with_capacity(2 * spec.environment_variables.len() + platform.len());
     for (k, v) in spec.environment_variables.iter().filter(|(k, _)| !platform.iter().any(|p| &p.name == *k)) {
         out.push(env(k, v.clone()));
-        out.push(EnvVar {
-            name: k.clone(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: k.clone(), optional: Some(true) }),
+        // The integration secret, then the runner secret (the later entry wins).
+        for from in [INTEGRATION_SECRET_NAME, secret] {
+            out.push(EnvVar {
+                name: k.clone(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector { name: from.into(), key: k.clone(), optional: Some(true) }),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            });
+        }
     }
     out.extend(platform);
     out
@@ -366,10 +371,16 @@ fn build_job(cfg: &Config, s: &AgenticSession, ns: &str, run: i64, sa: &str, sec
                         name: events::crd::runner::CONTAINER.into(),
                         image: Some(cfg.runner_image.clone()),
                         env: Some(runner_env(s, ns, &cfg.backend_api_url, secret)),
-                        env_from: Some(vec![EnvFromSource {
-                            secret_ref: Some(SecretEnvSource { name: secret.into(), optional: Some(true) }),
-                            ..Default::default()
-                        }]),
+                        // Of a key in both, the runner secret's value (the last source wins).
+                        env_from: Some(
+                            [INTEGRATION_SECRET_NAME, secret]
+                                .into_iter()
+                                .map(|name| EnvFromSource {
+                                    secret_ref: Some(SecretEnvSource { name: name.into(), optional: Some(true) }),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        ),
                         resources: container_resources(resources),
                         ..Default::default()
                     }],
@@ -494,7 +505,7 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             write_status(&api, latest, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
             return Ok(Action::requeue(resync));
         }
-        let secret = secret.unwrap_or_else(|| labels::RUNNER_SECRET_NAME.into());
+        let secret = secret.unwrap_or_else(|| events::secrets::RUNNER_SECRET_NAME.into());
         let job = build_job(&ctx.cfg, &s, &ns, cur.run, &sa, &secret, &resources);
         match Api::<Job>::namespaced(client.clone(), &ns).create(&PostParams::default(), &job).await {
             Ok(_) => {}
@@ -614,14 +625,17 @@ mod tests {
         let of = |name: &str| env.iter().filter(|e| e.name == name).collect::<Vec<_>>();
         for k in ["API_KEY", "KWOK_RUN_DURATION"] {
             let entries = of(k);
-            assert_eq!(entries.len(), 2, "{k}: {entries:?}");
-            // First the session's value, then (overriding it when present) the Secret's key.
+            assert_eq!(entries.len(), 3, "{k}: {entries:?}");
+            // First the session's value, then (each overriding it when present) the integration
+            // Secret's key and the runner Secret's key.
             assert_eq!(entries[0].value.as_deref(), Some(if k == "API_KEY" { "mine" } else { "1h" }));
-            let r = entries[1].value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("a secretKeyRef");
-            assert_eq!((r.name.as_str(), r.key.as_str(), r.optional), ("runner-secret", k, Some(true)));
-            assert!(entries[1].value.is_none());
+            for (entry, secret) in entries[1..].iter().zip([INTEGRATION_SECRET_NAME, "runner-secret"]) {
+                let r = entry.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("a secretKeyRef");
+                assert_eq!((r.name.as_str(), r.key.as_str(), r.optional), (secret, k, Some(true)));
+                assert!(entry.value.is_none());
+            }
             let first = env.iter().position(|e| e.name == k).unwrap();
-            assert_eq!(env[first + 1].name, k, "the reference directly follows the value");
+            assert_eq!((env[first + 1].name.as_str(), env[first + 2].name.as_str()), (k, k), "the references directly follow the value");
         }
         // Platform variables: exactly once each, literal, and all of them reserved in events.
         for e in &env {
