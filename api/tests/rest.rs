@@ -321,7 +321,7 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     assert!(!r.body.to_string().contains("sk-very-secret"));
     let r = c.put(&rs, &alice, json!({"data": {"bad key": "x"}})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    secrets_round_trip(&env, &c, &alice, &bob, &p).await;
+    secrets_round_trip(env, &c, &alice, &bob, &p).await;
     let r = c.get(&format!("{rs}/config"), &alice).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body["secretName"].is_string());
