@@ -14,13 +14,10 @@
 //! pass the check at once (api replicas can each overshoot by their in-flight publishes; the
 //! stream's per-subject cap is the backstop).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use events::results::{CommandResult, Outcome};
-use events::sealing::SealingSecretKey;
+use events::results::CommandResult;
 use events::signing::CommandSigner;
 use events::{Command, CommandType, ProjectName};
 use futures::StreamExt as _;
@@ -30,13 +27,12 @@ use uuid::Uuid;
 
 use crate::auth::hex;
 use crate::errors::ApiError;
+use crate::parked::{ParkedKeys, Reply};
 
 /// Bucket of accepted commands (id → record).
 pub const COMMANDS_BUCKET: &str = "ambient-api-commands";
 /// Bucket of idempotency keys (hash of principal + key → command id).
 pub const IDEMPOTENCY_BUCKET: &str = "ambient-api-idempotency";
-/// How long an access-key token may wait in memory for its submitter after a 202.
-const PENDING_KEY_TTL: Duration = Duration::from_secs(10 * 60);
 /// Locks that serialize admission and publish per project (by hash; bounded memory).
 const ADMISSION_SHARDS: usize = 256;
 
@@ -118,7 +114,7 @@ pub enum Submitted {
     Done {
         /// The result.
         result: CommandResult,
-        /// For a key creation: the unsealed token (only in memory, returned once).
+        /// For a key creation: the unsealed token (taken from its parking place: shown once).
         token: Option<String>,
         /// True when this is the replay of an earlier request with the same Idempotency-Key.
         replayed: bool,
@@ -135,7 +131,7 @@ pub struct SubmitOptions {
     /// `Idempotency-Key` header.
     pub idempotency_key: Option<String>,
     /// For a key creation: the ephemeral key the token comes back sealed to.
-    pub reply_key: Option<SealingSecretKey>,
+    pub reply: Option<Reply>,
 }
 
 /// The command bus as the api uses it.
@@ -146,7 +142,8 @@ pub struct Commands {
     records: kv::Store,
     idempotency: kv::Store,
     result_timeout: Duration,
-    pending_keys: Mutex<HashMap<Uuid, (Instant, SealingSecretKey)>>,
+    key_result_timeout: Duration,
+    parked: ParkedKeys,
     backlog: BacklogLimits,
     partitions: u32,
     admission: Vec<tokio::sync::Mutex<()>>,
@@ -161,10 +158,12 @@ impl Commands {
         nats: async_nats::Client,
         js: jetstream::Context,
         signer: CommandSigner,
-        result_timeout: Duration,
+        timeouts: (Duration, Duration),
+        parked: ParkedKeys,
         backlog: BacklogLimits,
         partitions: u32,
     ) -> anyhow::Result<Self> {
+        let (result_timeout, key_result_timeout) = timeouts;
         let records = ensure_bucket(&js, COMMANDS_BUCKET, Duration::from_secs(24 * 3600)).await?;
         let idempotency = ensure_bucket(&js, IDEMPOTENCY_BUCKET, Duration::from_secs(24 * 3600)).await?;
         let admission = (0..ADMISSION_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect();
@@ -175,7 +174,8 @@ impl Commands {
             records,
             idempotency,
             result_timeout,
-            pending_keys: Mutex::new(HashMap::new()),
+            key_result_timeout,
+            parked,
             backlog,
             partitions,
             admission,
@@ -214,7 +214,7 @@ impl Commands {
         }
         // The key stays even when the publish fails: its ack may be what got lost, and a retry
         // re-publishes under this command's id (see `replay`), so it can never act twice.
-        self.publish_and_wait(&cmd, opts.respond_async, opts.reply_key, guard).await
+        self.publish_and_wait(&cmd, opts.respond_async, opts.reply.as_ref(), guard).await
     }
 
     /// Admits one more command of `cmd`'s project, or refuses it: 429 when the project's backlog
@@ -270,7 +270,9 @@ impl Commands {
             });
         }
         if let Some(result) = self.stored_result(&cmd.project, id).await? {
-            return Ok(Submitted::Done { result, token: None, replayed: true });
+            // A key creation's token goes to whichever request asks first, this retry too.
+            let token = self.parked.take(id, &result).await;
+            return Ok(Submitted::Done { result, token, replayed: true });
         }
         // No result yet: the first attempt may never have reached the bus (the api crashed or
         // lost NATS between recording the key and the publish's ack). Publish the same request
@@ -291,7 +293,7 @@ impl Commands {
         &self,
         cmd: &Command,
         respond_async: bool,
-        reply_key: Option<SealingSecretKey>,
+        reply: Option<&Reply>,
         admitted: tokio::sync::MutexGuard<'_, ()>,
     ) -> Result<Submitted, ApiError> {
         let unavailable = |e: String| ApiError::Unavailable(format!("the command bus did not accept the command: {e}"));
@@ -302,6 +304,10 @@ impl Commands {
         };
         let record = serde_json::to_vec(&record).map_err(|e| ApiError::Internal(e.to_string()))?;
         self.records.put(cmd.id.to_string(), record.into()).await.map_err(|e| unavailable(e.to_string()))?;
+        // Parked before the publish: once the command may exist, so may a way to its token.
+        if let Some(reply) = reply {
+            self.parked.park(cmd.id, reply).await.map_err(unavailable)?;
+        }
         let mut sub =
             self.nats.subscribe(events::subjects::result(&cmd.project, cmd.id)).await.map_err(|e| unavailable(e.to_string()))?;
         let out = events::wire::encode_command(cmd, &self.signer);
@@ -333,45 +339,43 @@ impl Commands {
         };
         match tokio::time::timeout(Duration::from_secs(5), ack).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(refused(&e).unwrap_or_else(|| undetermined(e))),
+            Ok(Err(e)) => {
+                let Some(refusal) = refused(&e) else { return Err(undetermined(e)) };
+                // Never stored: no token will ever come, and a retry must not wait for one.
+                if reply.is_some() {
+                    self.parked.forget(cmd.id).await;
+                }
+                return Err(refusal);
+            }
             Err(_) => return Err(undetermined("no acknowledgement from JetStream".into())),
         }
         drop(admitted);
         metrics::counter!("ambient_api_commands_total", "type" => cmd.body.command_type().type_str()).increment(1);
         tracing::info!(command_id = %cmd.id, project = %cmd.project, r#type = cmd.body.command_type().type_str(), "command accepted");
         if respond_async {
-            self.park_key(cmd.id, reply_key);
             return Ok(Submitted::Accepted(cmd.id));
         }
-        match self.wait(&mut sub).await {
+        // A key's token is shown once, to this answer if it can be: wait longer for it.
+        let timeout = if reply.is_some() { self.key_result_timeout } else { self.result_timeout };
+        match self.wait(&mut sub, timeout).await {
             Some(result) => {
-                let token = reply_key.as_ref().and_then(|k| unseal_token(&result, k));
+                let token = match reply {
+                    Some(_) => self.parked.take(cmd.id, &result).await,
+                    None => None,
+                };
                 Ok(Submitted::Done { result, token, replayed: false })
             }
-            None => {
-                self.park_key(cmd.id, reply_key);
-                Ok(Submitted::Accepted(cmd.id))
-            }
+            None => Ok(Submitted::Accepted(cmd.id)),
         }
     }
 
-    async fn wait(&self, sub: &mut async_nats::Subscriber) -> Option<CommandResult> {
-        let deadline = tokio::time::Instant::now() + self.result_timeout;
+    async fn wait(&self, sub: &mut async_nats::Subscriber, timeout: Duration) -> Option<CommandResult> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let msg = tokio::time::timeout_at(deadline, sub.next()).await.ok()??;
             match events::wire::decode_result(msg.headers.as_ref(), &msg.payload) {
                 Ok(r) => return Some(r),
                 Err(e) => tracing::warn!(error = %e, "undecodable result ignored"),
-            }
-        }
-    }
-
-    fn park_key(&self, id: Uuid, key: Option<SealingSecretKey>) {
-        let Some(key) = key else { return };
-        if let Ok(mut m) = self.pending_keys.lock() {
-            m.retain(|_, (at, _)| at.elapsed() < PENDING_KEY_TTL);
-            if m.len() < 10_000 {
-                m.insert(id, (Instant::now(), key));
             }
         }
     }
@@ -400,13 +404,9 @@ impl Commands {
         }
     }
 
-    /// The parked token of a key creation answered 202, opened at most once.
-    pub fn take_parked_token(&self, id: Uuid, result: &CommandResult) -> Option<String> {
-        let (at, key) = self.pending_keys.lock().ok()?.remove(&id)?;
-        if at.elapsed() > PENDING_KEY_TTL {
-            return None;
-        }
-        unseal_token(result, &key)
+    /// The parked access-key tokens.
+    pub fn parked(&self) -> &ParkedKeys {
+        &self.parked
     }
 
     /// Whether the bus answers.
@@ -417,13 +417,6 @@ impl Commands {
     /// The JetStream context.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
-    }
-}
-
-fn unseal_token(result: &CommandResult, key: &SealingSecretKey) -> Option<String> {
-    match &result.outcome {
-        Outcome::Succeeded { sealed_token: Some(b), .. } => key.open(b).ok().and_then(|t| String::from_utf8(t).ok()),
-        _ => None,
     }
 }
 

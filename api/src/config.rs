@@ -39,6 +39,11 @@ pub struct Config {
     /// How long a mutation waits for its result before answering 202.
     #[arg(long, env = "API_RESULT_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub result_timeout: Duration,
+    /// How long an access-key creation waits for its result (and so its one-time token) before
+    /// answering 503 `KeyCreationPending`; at least 30 s. The token stays parked for 30 minutes
+    /// for a retry of the same request or `GET /api/commands/{id}`.
+    #[arg(long, env = "API_KEY_RESULT_TIMEOUT", value_parser = parse_key_timeout, default_value = "45s")]
+    pub key_result_timeout: Duration,
     /// Group whose members may create projects.
     #[arg(long, env = "API_SELF_PROVISIONER_GROUP", default_value = "system:authenticated")]
     pub self_provisioner_group: String,
@@ -124,6 +129,16 @@ pub struct Config {
     /// Longest `wait` a message read (the runner's inbox long-poll) may ask for.
     #[arg(long, env = "API_MESSAGES_MAX_WAIT", value_parser = parse_duration, default_value = "30s")]
     pub messages_max_wait: Duration,
+}
+
+/// A key-creation wait: a duration of at least 30 s (below that a busy reconciler would lose
+/// tokens to the slow path all the time).
+fn parse_key_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(30) {
+        return Err(format!("{s}: at least 30s"));
+    }
+    Ok(d)
 }
 
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.

@@ -56,6 +56,11 @@ pub enum ApiError {
     /// instead of guessing; a retry with the same `Idempotency-Key` is also safe.
     #[error("{message}")]
     Undetermined { message: String, command_id: uuid::Uuid },
+    /// 503 for an access-key creation accepted but not applied within the key wait: its
+    /// one-time token waits (parked) for the same request again or `GET /api/commands/{id}`.
+    /// Carries `commandId`, `Location`, `Retry-After` and the reason `KeyCreationPending`.
+    #[error("{message}")]
+    KeyPending { message: String, command_id: uuid::Uuid },
     /// A command's failed result, with its HTTP-like code and reason.
     #[error("{message}")]
     CommandFailed { code: u16, reason: String, message: String },
@@ -93,7 +98,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } | ApiError::Backlog { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::Undetermined { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Undetermined { .. } | ApiError::KeyPending { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::CommandFailed { code, .. } => {
                 StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
@@ -146,19 +151,26 @@ impl IntoResponse for ApiError {
             ApiError::Undetermined { command_id, .. } => {
                 body.insert("commandId".into(), Value::String(command_id.to_string()));
             }
+            ApiError::KeyPending { command_id, .. } => {
+                body.insert("commandId".into(), Value::String(command_id.to_string()));
+                body.insert("reason".into(), Value::String("KeyCreationPending".into()));
+            }
             ApiError::Backlog { .. } => {
                 body.insert("reason".into(), Value::String("ProjectBacklogFull".into()));
             }
             _ => {}
         }
         let mut resp = (status, axum::Json(Value::Object(body))).into_response();
-        if let ApiError::Undetermined { command_id, .. } = &self
+        if let ApiError::Undetermined { command_id, .. } | ApiError::KeyPending { command_id, .. } = &self
             && let Ok(v) = HeaderValue::from_str(&format!("/api/commands/{command_id}"))
         {
             resp.headers_mut().insert(header::LOCATION, v);
         }
         if let ApiError::TooManyRequests { retry_after_secs } | ApiError::Backlog { retry_after_secs, .. } = self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+        }
+        if let ApiError::KeyPending { .. } = &self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5u64));
         }
         resp
     }

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod limits_doc;
 pub mod messages;
 pub mod ops;
+pub mod parked;
 pub mod reads;
 pub mod routes;
 pub mod sse;
@@ -131,7 +132,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_commands: config.max_pending_commands_per_project,
         max_bytes: config.max_pending_bytes_per_project,
     };
-    let commands = Commands::new(nats, js, signer, config.result_timeout, backlog, bus.partitions).await?;
+    let parked = parked::ParkedKeys::open(&js, pem.trim().as_bytes()).await?;
+    let commands = Commands::new(nats, js, signer, (config.result_timeout, config.key_result_timeout), parked, backlog, bus.partitions).await?;
     let state = Arc::new(AppState {
         auth: Authenticator::new(
             kube.clone(),

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use events::access::{Requirement, ResourceCheck};
 use events::results::{Outcome, ResourceRef};
-use events::sealing::{SealingPublicKey, SealingSecretKey};
+use events::sealing::SealingPublicKey;
 use events::{Command, CommandBody, Principal, ProjectName};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -105,7 +105,7 @@ impl AppState {
         project: ProjectName,
         body: CommandBody,
         headers: &HeaderMap,
-        reply_key: Option<SealingSecretKey>,
+        reply: Option<crate::parked::Reply>,
     ) -> Result<Mutation, ApiError> {
         let mut cmd = Command::new(project, caller.principal.clone(), body);
         cmd.traceparent = headers
@@ -135,7 +135,7 @@ impl AppState {
         let opts = SubmitOptions {
             respond_async: prefers_async(headers),
             idempotency_key: headers.get("idempotency-key").map(|v| v.to_str().unwrap_or("").to_string()),
-            reply_key,
+            reply,
         };
         match tracing::Instrument::instrument(self.commands.submit(cmd, opts), span).await? {
             Submitted::Accepted(id) => Ok(Mutation::Accepted(id)),

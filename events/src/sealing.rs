@@ -90,6 +90,19 @@ impl SealingSecretKey {
         Ok(Self(crypto_box::SecretKey::from(bytes)))
     }
 
+    /// A key derived from a secret several processes share (e.g. the api replicas' signing
+    /// key), distinct per `context`: each of them derives the same key, nobody without the
+    /// secret can.
+    pub fn derive(context: &str, secret: &[u8]) -> Self {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update((context.len() as u64).to_be_bytes());
+        h.update(context.as_bytes());
+        h.update(secret);
+        let bytes: [u8; 32] = h.finalize().into();
+        Self(crypto_box::SecretKey::from(bytes))
+    }
+
     /// Base64 of the secret, for writing a key file.
     pub fn to_base64(&self) -> String {
         B64.encode(self.0.to_bytes())
@@ -152,6 +165,16 @@ impl TryFrom<String> for SealedBox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_keys_agree_per_secret_and_context_only() {
+        let a = SealingSecretKey::derive("parked", b"secret");
+        let b = SealingSecretKey::derive("parked", b"secret");
+        let sealed = a.public_key().seal(b"x").unwrap();
+        assert_eq!(b.open(&sealed).unwrap(), b"x");
+        assert!(SealingSecretKey::derive("other", b"secret").open(&sealed).is_err());
+        assert!(SealingSecretKey::derive("parked", b"secret2").open(&sealed).is_err());
+    }
 
     #[test]
     fn seal_and_open() {

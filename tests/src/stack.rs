@@ -81,25 +81,44 @@ impl Stack {
         .await
         .context("starting the reconciler")?;
 
+        let api = start_api(env, &keys, api_port, &opts.api_args).await?;
+        Ok(Stack { api, reconciler, projector, api_url, keys })
+    }
+
+    /// Starts one more api replica of this stack (same keys, bus and cluster): its process and
+    /// URL.
+    pub async fn api_replica(&self, env: &TestEnv, api_args: &[String]) -> anyhow::Result<(ServiceProcess, String)> {
+        let port = free_port()?;
+        let api = start_api(env, &self.keys, port, api_args).await?;
+        Ok((api, format!("http://127.0.0.1:{port}")))
+    }
+}
+
+async fn start_api(env: &TestEnv, keys: &BusKeys, api_port: u16, api_args: &[String]) -> anyhow::Result<ServiceProcess> {
+        let common = |kubeconfig: PathBuf, health: SocketAddr| {
+            vec![
+                format!("--kubeconfig={}", kubeconfig.display()),
+                format!("--nats-url={}", env.nats_url()),
+                format!("--health-addr={health}"),
+                "--log-format=json".to_string(),
+            ]
+        };
         let kc = Component::Api.kubeconfig(env).await?;
         let k = keys.clone();
-        let api = ServiceProcess::start(Component::Api, |h| {
+        ServiceProcess::start(Component::Api, |h| {
             let mut a = common(kc, h);
             a.push(format!("--listen=127.0.0.1:{api_port}"));
             a.push(format!("--signing-key-file={}", k.signing_key_file.display()));
             a.push(format!("--reconciler-sealing-public-key={}", k.sealing_public_key));
             // Every test and the benchmark talk to the api from 127.0.0.1, far faster than one
             // client should: the per-address limit stays out of their way unless they set it.
-            if !opts.api_args.iter().any(|x| x.starts_with("--pre-auth-rate-limit")) {
+            if !api_args.iter().any(|x| x.starts_with("--pre-auth-rate-limit")) {
                 a.push("--pre-auth-rate-limit-rps=1000000".into());
                 a.push("--pre-auth-rate-limit-burst=1000000".into());
             }
-            a.extend(opts.api_args.clone());
+            a.extend(api_args.iter().cloned());
             a
         })
         .await
-        .context("starting the api")?;
-
-        Ok(Stack { api, reconciler, projector, api_url, keys })
-    }
+        .context("starting the api")
 }

@@ -6,8 +6,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use events::commands::{KeyCreate, KeyRevoke, PermissionGrant, PermissionRevoke};
-use events::sealing::SealingSecretKey;
-use events::{CommandBody, KeyName, Principal, ProjectName, Role, SubjectName, SubjectType};
+use events::access::Requirement;
+use events::results::Outcome;
+use events::{Command, CommandBody, KeyName, Principal, ProjectName, Role, SubjectName, SubjectType};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -15,6 +16,7 @@ use crate::auth::Caller;
 use crate::authz::{RBAC, check};
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
+use crate::parked::Reply;
 use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
 
 fn role(field: &str, r: &str) -> Result<Role, ApiError> {
@@ -169,11 +171,16 @@ pub async fn list_keys(State(st): State<Arc<AppState>>, caller: Caller, Path(p):
     Ok(axum::Json(json!({"items": st.reads.keys_of(&p).await})).into_response())
 }
 
-/// Creates an access key; the token is in this 201 body and nowhere else, ever.
+/// Creates an access key; the token is in this 201 body and nowhere else, ever. The request
+/// waits for it (`--key-result-timeout`, at least 30 s); past that 503 `KeyCreationPending`, and
+/// the same request again (same user, project and name; or the same `Idempotency-Key`, or
+/// `GET /api/commands/{id}`), on any api replica, returns the token once it exists, exactly once.
 #[utoipa::path(post, path = "/api/projects/{project}/keys", tag = "keys", params(("project" = String, Path)),
     request_body(content = Object, description = "`{name, description?, role? (default edit), expirationSeconds?}`"),
-    responses((status = 201, description = "`{id, name, key, description, role, lastUsedAt}`"), (status = 202, description = "accepted; the token is returned once by GET /api/commands/{id}"),
-        (status = 400, description = "invalid body"), (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 409, description = "exists")))]
+    responses((status = 201, description = "`{id, name, key, description, role, lastUsedAt}`"),
+        (status = 202, description = "accepted (only with `Prefer: respond-async`); the token is returned once by GET /api/commands/{id}"),
+        (status = 400, description = "invalid body"), (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 409, description = "exists"),
+        (status = 503, description = "`KeyCreationPending`: not created yet; send the same request again (`Retry-After`) to receive the token")))]
 pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let req: KeyRequest = strict(&v)?;
@@ -188,28 +195,63 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
     if req.expiration_seconds.is_some_and(|s| !(600..=10 * 365 * 24 * 3600).contains(&s)) {
         return Err(ApiError::invalid("expirationSeconds", "expirationSeconds must be between 600 and 315360000"));
     }
-    let reply = SealingSecretKey::generate();
+    let reply = Reply::new(&caller.principal.user, &p, name.as_str());
+    let created = |id: String, token: String| {
+        let body = json!({"id": id, "name": name.as_str(), "description": req.description.clone().unwrap_or_default(),
+            "role": role.as_str(), "lastUsedAt": "", "key": token});
+        (StatusCode::CREATED, axum::Json(body)).into_response()
+    };
+    let pending = |command_id: uuid::Uuid| ApiError::KeyPending {
+        message: format!(
+            "the access key {name} is being created, but its token is not ready yet; send the same request again in a few seconds to receive it (it is shown once)"
+        ),
+        command_id,
+    };
     let body = CommandBody::KeyCreate(KeyCreate {
         name: name.clone(),
         description: req.description.clone(),
         role,
         expiration_seconds: req.expiration_seconds,
-        reply_key: reply.public_key(),
+        reply_key: reply.key.public_key(),
     });
+    // The same creation asked again after an answer without its token: the token, once.
+    if let Some(earlier) = st.commands.parked().by_alias(&reply.alias).await.map_err(ApiError::Unavailable)? {
+        // Authorized as a new creation would be: the retry may come after a revocation.
+        if let Requirement::All(checks) = Command::new(project.clone(), caller.principal.clone(), body.clone()).requirement() {
+            st.require(&caller, &checks).await?;
+        }
+        match st.commands.stored_result(&project, earlier).await? {
+            None => return Err(pending(earlier)),
+            Some(result) => {
+                if let Outcome::Succeeded { resource, .. } = &result.outcome
+                    && st.reads.keys_of_sync(&p, &resource.name)
+                    && let Some(token) = st.commands.parked().take(earlier, &result).await
+                {
+                    return Ok(created(resource.name.clone(), token));
+                }
+                // Failed, or the key is gone: nothing to show; this request creates anew.
+                st.commands.parked().forget(earlier).await;
+            }
+        }
+    }
     match st.mutate(&caller, project, body, &headers, Some(reply)).await? {
-        Mutation::Accepted(id) => Ok(accepted(id)),
+        Mutation::Accepted(id) if crate::state::prefers_async(&headers) => Ok(accepted(id)),
+        // A client that did not ask for 202 (the web UI) would lose the token to one.
+        Mutation::Accepted(id) => Err(pending(id)),
         Mutation::Applied { resource, token, replayed } => {
             let id = resource.name.clone();
             // The key is listed, and its token is likely to work on first use (RBAC sees its binding).
             st.wait_granted(&Principal::of_service_account(&p, &id), &p, || st.reads.keys_of_sync(&p, &id)).await;
-            let mut body = json!({"id": id, "name": name.as_str(), "description": req.description.unwrap_or_default(),
-                "role": role.as_str(), "lastUsedAt": ""});
             match token {
-                Some(t) => body["key"] = Value::String(t),
-                None if replayed => body["message"] = json!("the key was created by an earlier request with this Idempotency-Key; its token was shown only then"),
-                None => return Err(ApiError::Internal("the key was created but its token could not be opened".into())),
+                Some(t) => Ok(created(id, t)),
+                None if replayed => {
+                    let body = json!({"id": id, "name": name.as_str(), "description": req.description.clone().unwrap_or_default(),
+                        "role": role.as_str(), "lastUsedAt": "",
+                        "message": "the key was created by an earlier request with this Idempotency-Key; its token was shown only then"});
+                    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+                }
+                None => Err(ApiError::Internal("the key was created but its token could not be opened".into())),
             }
-            Ok((StatusCode::CREATED, axum::Json(body)).into_response())
         }
     }
 }

@@ -40,7 +40,7 @@ pub async fn get_command(State(st): State<Arc<AppState>>, caller: Caller, Path(i
             Outcome::Succeeded { .. } => "succeeded",
             Outcome::Failed { .. } => "failed",
         });
-        if let Some(token) = st.commands.take_parked_token(id, &result) {
+        if let Some(token) = st.commands.parked().take(id, &result).await {
             body["key"] = json!(token);
         }
         body["result"] = result_json(&result);

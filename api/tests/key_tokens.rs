@@ -1,0 +1,112 @@
+//! The one-time access-key token is never lost (issue 16): a creation that outlives its wait
+//! answers 503 `KeyCreationPending` (never a 202 the web UI cannot read), and the same request
+//! again, on another api replica, returns the token once it exists, exactly once. A client that
+//! asks for 202 gets its token once from `GET /api/commands/{id}` on any replica. The slow path
+//! is forced by pausing the reconciler (SIGSTOP) for longer than the key wait.
+
+mod common;
+
+use std::time::Duration;
+
+use ambient_tests::{DemoUser, TestEnv, eventually};
+use common::{Client, project, stack, token};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_token_survives_a_slow_reconciler_and_is_shown_once() {
+    let env = TestEnv::shared().await.unwrap();
+    let s = stack(&env, &["--key-result-timeout=30s"]).await;
+    let (_replica, replica_url) = s.api_replica(&env, &["--key-result-timeout=30s".to_string()]).await.unwrap();
+    let one = Client::with_timeout(&s.api_url, Duration::from_secs(90));
+    let two = Client::with_timeout(&replica_url, Duration::from_secs(90));
+    let alice = token(&env, DemoUser::Alice);
+    let p = project(&one, &alice, "keytok").await;
+    let keys = format!("/api/projects/{p}/keys");
+    // As the web UI's Next proxy sends it: forwarded token, no Authorization, no Prefer, no
+    // Idempotency-Key.
+    let ui = |c: &Client, body: Value| {
+        let (c, keys, alice) = (c.clone(), keys.clone(), alice.clone());
+        async move { c.call(Method::POST, &keys, None, Some(body), &[("X-Forwarded-Access-Token", &alice), ("X-Forwarded-User", "alice")]).await }
+    };
+
+    let reconciler = s.reconciler.pid().expect("the reconciler runs");
+    signal(reconciler, "STOP");
+    let first = ui(&one, json!({"name": "ci", "role": "view"})).await;
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", first.body);
+    assert_eq!(first.body["reason"], "KeyCreationPending", "{:?}", first.body);
+    assert!(first.body["error"].as_str().is_some_and(|e| e.contains("same request again")), "the UI shows a sentence that says what to do: {:?}", first.body);
+    let command = first.body["commandId"].as_str().expect("commandId").to_string();
+    assert_eq!(first.headers.get("location").map(|v| v.to_str().unwrap().to_string()), Some(format!("/api/commands/{command}")));
+    assert!(first.headers.get("retry-after").is_some());
+    // The UI's automatic retry, on the other replica, while the reconciler is still paused:
+    // the same pending creation, not a second one.
+    let retry = ui(&two, json!({"name": "ci", "role": "view"})).await;
+    assert_eq!((retry.status, retry.body["commandId"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!(command)), "{:?}", retry.body);
+    signal(reconciler, "CONT");
+
+    // The user's next click, on the other replica: the token, once.
+    let created = eventually("the parked token is handed to the retry", Duration::from_secs(60), || {
+        let ui = &ui;
+        let two = &two;
+        async move {
+            let r = ui(two, json!({"name": "ci", "role": "view"})).await;
+            match r.status {
+                StatusCode::CREATED => Ok(Some(r)),
+                StatusCode::SERVICE_UNAVAILABLE => Ok(None),
+                _ => Err(anyhow::anyhow!("unexpected {} {}", r.status, r.body)),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(created.body["name"], "ci");
+    let key = created.body["key"].as_str().expect("the token").to_string();
+    let me = one.get("/api/me", &key).await;
+    assert_eq!(me.status, StatusCode::OK, "the token works: {:?}", me.body);
+    // Never again: not from another retry (the key exists now), not from the command URL.
+    let again = ui(&one, json!({"name": "ci", "role": "view"})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.body);
+    assert!(again.body.get("key").is_none());
+    for c in [&one, &two] {
+        let r = c.get(&format!("/api/commands/{command}"), &alice).await;
+        assert_eq!((r.status, r.body["state"].clone()), (StatusCode::OK, json!("succeeded")), "{:?}", r.body);
+        assert!(r.body.get("key").is_none(), "the token was already shown: {:?}", r.body);
+    }
+
+    // Asked for 202: the token comes from the command URL, on any replica, once.
+    let r = one.call(Method::POST, &keys, Some(&alice), Some(json!({"name": "cd", "role": "view"})), &[("prefer", "respond-async")]).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let location = r.headers.get("location").unwrap().to_str().unwrap().to_string();
+    let shown = eventually("the command succeeds", Duration::from_secs(60), || {
+        let (two, location, alice) = (&two, &location, &alice);
+        async move {
+            let r = two.get(location, alice).await;
+            Ok((r.body["state"] == "succeeded").then_some(r))
+        }
+    })
+    .await
+    .unwrap();
+    let cd = shown.body["key"].as_str().expect("the token on the first read").to_string();
+    assert_eq!(one.get("/api/me", &cd).await.status, StatusCode::OK);
+    let r = one.get(&location, &alice).await;
+    assert!(r.body.get("key").is_none(), "shown once: {:?}", r.body);
+    // Nobody else's command URL shows anything.
+    let bob = token(&env, DemoUser::Bob);
+    assert_eq!(two.get(&location, &bob).await.status, StatusCode::NOT_FOUND);
+    // The bus holds no token in the clear.
+    let kv = env.jetstream().get_key_value(api::parked::BUCKET).await.unwrap();
+    let mut keys_left = kv.keys().await.unwrap();
+    use futures::StreamExt as _;
+    while let Some(Ok(k)) = keys_left.next().await {
+        if let Ok(Some(v)) = kv.get(&k).await {
+            let text = String::from_utf8_lossy(&v);
+            assert!(!text.contains(&key) && !text.contains(&cd), "a token in the parking bucket");
+        }
+    }
+}
