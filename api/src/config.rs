@@ -126,6 +126,11 @@ pub struct Config {
     /// (the stream's own limit is 256 KiB plus headers).
     #[arg(long, env = "API_MESSAGES_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
     pub messages_max_message_bytes: usize,
+    /// Whether runners use Vertex AI (`CLAUDE_CODE_USE_VERTEX`): reported to the web UI as
+    /// `vertexEnabled` by `GET /api/cluster-info`, where it explains that a project's
+    /// `ANTHROPIC_API_KEY` is ignored.
+    #[arg(long, env = "API_VERTEX_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub vertex_enabled: bool,
     /// Longest `wait` a message read (the runner's inbox long-poll) may ask for.
     #[arg(long, env = "API_MESSAGES_MAX_WAIT", value_parser = parse_duration, default_value = "30s")]
     pub messages_max_wait: Duration,

@@ -64,6 +64,12 @@ pub enum ApiError {
     /// A command's failed result, with its HTTP-like code and reason.
     #[error("{message}")]
     CommandFailed { code: u16, reason: String, message: String },
+    /// 404 for a feature the existing web UI offers and this platform does not: the sentence
+    /// (`"<Feature> is not available on this platform"`, what the UI toasts) names the feature,
+    /// and the body carries `code: "not_available"` (the UI's `ApiClientError.code`), so it is
+    /// told apart from a missing object.
+    #[error("{0}")]
+    NotAvailable(&'static str),
     /// 500: a bug or an unexpected dependency answer (never client input).
     #[error("internal error: {0}")]
     Internal(String),
@@ -90,7 +96,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NotAvailable(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -157,6 +163,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::Backlog { .. } => {
                 body.insert("reason".into(), Value::String("ProjectBacklogFull".into()));
+            }
+            ApiError::NotAvailable(_) => {
+                body.insert("code".into(), Value::String("not_available".into()));
             }
             _ => {}
         }

@@ -154,6 +154,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         prometheus,
         shutdown: shutdown.clone(),
         config: config.clone(),
+        ui: Default::default(),
     });
     let health = tokio::net::TcpListener::bind(config.health_addr).await.with_context(|| format!("binding {}", config.health_addr))?;
     let main = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -162,6 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(messages::run_purger(state.clone(), session_changes_rx));
     tokio::spawn(forget_idle_buckets(state.clone()));
+    tokio::spawn(routes::ui::discover_cluster(state.clone()));
     tracing::info!(listen = %config.listen, health = %config.health_addr, "api serving");
     events::service::cancel_on_signal(shutdown.clone());
     let h = axum::serve(health, health_app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -44,6 +44,8 @@ pub struct AppState {
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Cancelled on shutdown (ends SSE streams).
     pub shutdown: CancellationToken,
+    /// What the web UI's compatibility routes know of the cluster (`routes::ui`).
+    pub ui: crate::routes::ui::UiState,
 }
 
 /// A synchronous mutation's outcome.

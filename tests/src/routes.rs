@@ -85,6 +85,8 @@ impl Params {
             .replace("{group}", &self.group)
             .replace("{keyId}", &self.key_id)
             .replace("{id}", &self.command_id)
+            // A session repository of the web UI's git routes (none exist: those answer not_available).
+            .replace("{repo}", "no-such-repo")
     }
 }
 

@@ -65,6 +65,8 @@ enum Want {
     Forbidden,
     /// 404, with the same body as for a project that does not exist.
     NotFound,
+    /// Authorized, and the feature does not exist here: 404 with `code: "not_available"`.
+    NotAvailable,
 }
 
 impl Want {
@@ -73,7 +75,7 @@ impl Want {
             Want::Ok => s.is_success(),
             Want::OkOrConflict => s.is_success() || s == StatusCode::CONFLICT,
             Want::Forbidden => s == StatusCode::FORBIDDEN,
-            Want::NotFound => s == StatusCode::NOT_FOUND,
+            Want::NotFound | Want::NotAvailable => s == StatusCode::NOT_FOUND,
         }
     }
 }
@@ -99,6 +101,27 @@ fn least_role(r: &Route) -> Option<(Role, Want)> {
         ("GET", "/keys") | ("POST", "/keys") | ("DELETE", "/keys/{keyId}") => (Admin, Want::Ok),
         ("GET", "/runner-secrets") | ("PUT", "/runner-secrets") | ("PUT", "/runner-secrets/config") => (Admin, Want::Ok),
         ("GET", "/integration-secrets") | ("PUT", "/integration-secrets") => (Admin, Want::Ok),
+        // The web UI's compatibility routes (api/src/routes/ui.rs) read like the session: its
+        // page-load reads and quiet answers need what `GET` of the session needs...
+        ("GET", "/agentic-sessions/{session}/k8s-resources")
+        | ("GET", "/agentic-sessions/{session}/workflow/metadata")
+        | ("GET", "/agentic-sessions/{session}/git/status")
+        | ("GET", "/agentic-sessions/{session}/git/merge-status")
+        | ("GET", "/agentic-sessions/{session}/git/list-branches")
+        | ("GET", "/agentic-sessions/{session}/workspace")
+        | ("POST", "/agentic-sessions/{session}/spawn-content-pod")
+        | ("GET", "/agentic-sessions/{session}/content-pod-status")
+        | ("DELETE", "/agentic-sessions/{session}/content-pod") => (View, Want::Ok),
+        // ... and its click-only actions answer 404 `not_available` to whoever may see the
+        // session (they change nothing, so no further right is exercised).
+        ("POST", "/agentic-sessions/{session}/workflow")
+        | ("POST", "/agentic-sessions/{session}/git/pull")
+        | ("POST", "/agentic-sessions/{session}/git/push")
+        | ("POST", "/agentic-sessions/{session}/git/synchronize")
+        | ("POST", "/agentic-sessions/{session}/git/create-branch")
+        | ("POST", "/agentic-sessions/{session}/git/configure-remote")
+        | ("POST", "/agentic-sessions/{session}/repos")
+        | ("DELETE", "/agentic-sessions/{session}/repos/{repo}") => (View, Want::NotAvailable),
         _ => return None,
     };
     Some(row)
@@ -155,6 +178,10 @@ fn expected_global(r: &Route, kind: Kind) -> Option<Want> {
     Some(match (r.method.as_str(), r.template.as_str()) {
         ("GET", "/api/projects") | ("GET", "/api/me") => Want::Ok,
         ("GET", "/openapi.json") => Want::Ok,
+        // The web UI's compatibility routes: public facts, and a GitHub App nobody can connect.
+        ("GET", "/api/cluster-info") | ("GET", "/api/workflows/ootb") => Want::Ok,
+        ("GET", "/api/auth/github/status") | ("POST", "/api/auth/github/disconnect") => Want::Ok,
+        ("POST", "/api/auth/github/install") => Want::NotAvailable,
         // Users self-provision; access keys are scoped to one project and create none; nor
         // does a token whose scopes do not cover it.
         ("POST", "/api/projects") if kind == Kind::Key || kind == Kind::Scoped => Want::Forbidden,
@@ -304,7 +331,10 @@ async fn permission_matrix() {
     let mut wrong: Vec<String> = Vec::new();
     let mut record = |label: String, want: Want, r: &Resp, extra_ok: bool| {
         total += 1;
-        if !(want.matches(r.status) && extra_ok && r.body.get("error").is_none_or(Value::is_string)) {
+        let not_available = r.body["code"] == "not_available";
+        // A feature that does not exist is told apart from an object that does not.
+        let code_ok = if want == Want::NotAvailable { not_available } else { !not_available };
+        if !(want.matches(r.status) && extra_ok && code_ok && r.body.get("error").is_none_or(Value::is_string)) {
             wrong.push(format!("{label}: want {want:?}, got {} {}", r.status, r.body));
         }
     };

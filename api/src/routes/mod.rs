@@ -1,4 +1,5 @@
-//! The router: every route of SPEC §3, its OpenAPI document, and the layers around it.
+//! The router: every route of SPEC §3, the routes the existing web UI calls beyond it (`ui`), its
+//! OpenAPI document, and the layers around it.
 
 pub mod access;
 pub mod me;
@@ -6,6 +7,7 @@ pub mod messages;
 pub mod projects;
 pub mod secrets;
 pub mod sessions;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -54,7 +56,8 @@ pub fn paginate(items: Vec<Value>, page: &Page) -> Result<Value, ApiError> {
 #[openapi(
     info(title = "Ambient control plane API", description = "Projects, agentic sessions, permissions, access keys and runner secrets over an event-sourced command bus."),
     components(schemas(crate::ops::ErrorBody)),
-    tags((name = "projects"), (name = "sessions"), (name = "permissions"), (name = "keys"), (name = "runner-secrets"), (name = "events"), (name = "messages"), (name = "commands"), (name = "identity"), (name = "operations"))
+    tags((name = "projects"), (name = "sessions"), (name = "permissions"), (name = "keys"), (name = "runner-secrets"), (name = "events"), (name = "messages"), (name = "commands"), (name = "identity"), (name = "operations"),
+        (name = "ui", description = "What the existing web UI calls beyond the platform's own routes: cluster facts, the runner's Kubernetes resources, and quiet answers for features this platform does not offer"))
 )]
 struct ApiDoc;
 
@@ -87,6 +90,28 @@ pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(me::me))
         .routes(routes!(me::get_command))
         .routes(routes!(crate::ops::openapi_json))
+        .routes(routes!(ui::cluster_info))
+        .routes(routes!(ui::ootb_workflows))
+        .routes(routes!(ui::github_status))
+        .routes(routes!(ui::github_install))
+        .routes(routes!(ui::github_disconnect))
+        .routes(routes!(ui::k8s_resources))
+        .routes(routes!(ui::workflow_metadata))
+        .routes(routes!(ui::set_workflow))
+        .routes(routes!(ui::git_status))
+        .routes(routes!(ui::git_merge_status))
+        .routes(routes!(ui::git_list_branches))
+        .routes(routes!(ui::git_pull))
+        .routes(routes!(ui::git_push))
+        .routes(routes!(ui::git_synchronize))
+        .routes(routes!(ui::git_create_branch))
+        .routes(routes!(ui::git_configure_remote))
+        .routes(routes!(ui::workspace))
+        .routes(routes!(ui::add_repo))
+        .routes(routes!(ui::remove_repo))
+        .routes(routes!(ui::spawn_content_pod))
+        .routes(routes!(ui::content_pod_status))
+        .routes(routes!(ui::delete_content_pod))
         .split_for_parts();
     crate::limits_doc::document(&mut doc);
     (router, doc)
