@@ -187,7 +187,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         state
             .limits
             .per_principal
-            .check(&principal.user)
+            .check(&principal.user, crate::limits::RequestKind::of(&parts.method))
             .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
         state.reads.note_key_use(&principal).await;
         let caller = Caller { principal, token_hash };

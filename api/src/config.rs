@@ -62,12 +62,20 @@ pub struct Config {
     /// ignored, since any client can send it.
     #[arg(long = "trusted-proxy", env = "API_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::limits::parse_proxy)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Requests per second allowed to one principal (sustained).
+    /// Writes (POST, PUT, PATCH, DELETE) per second allowed to one principal (sustained).
     #[arg(long, env = "API_RATE_LIMIT_RPS", default_value_t = 20.0)]
     pub rate_limit_rps: f64,
-    /// Burst of requests allowed to one principal.
+    /// Burst of writes allowed to one principal.
     #[arg(long, env = "API_RATE_LIMIT_BURST", default_value_t = 100.0)]
     pub rate_limit_burst: f64,
+    /// Reads (GET, HEAD, OPTIONS) per second allowed to one principal (sustained), counted
+    /// apart from its writes: a user's script that writes cannot starve the polling of the
+    /// user's web UI, whose reads are served from caches.
+    #[arg(long, env = "API_READ_RATE_LIMIT_RPS", default_value_t = 50.0)]
+    pub read_rate_limit_rps: f64,
+    /// Burst of reads allowed to one principal.
+    #[arg(long, env = "API_READ_RATE_LIMIT_BURST", default_value_t = 300.0)]
+    pub read_rate_limit_burst: f64,
     /// Allowed CORS origin (repeatable); CORS is closed when none is given.
     #[arg(long = "cors-origin", env = "API_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,

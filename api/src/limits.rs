@@ -7,7 +7,9 @@
 //!   whole. Behind a proxy every client shares the proxy's address unless the proxy is trusted
 //!   (`--trusted-proxy`): then the client is the last `X-Forwarded-For` hop the trusted proxies
 //!   did not add themselves.
-//! - **per principal, after authentication**: the same kind of bucket per user name.
+//! - **per principal, after authentication**: the same kind of bucket per user name, one for
+//!   reads and one for writes ([`RequestKind`]), so that writes (a script's flood) never starve
+//!   reads (the web UI's polling) and the other way round.
 //! - **open event streams per principal** (`StreamSlots`).
 //!
 //! The buckets are `governor`'s GCRA limiters; idle ones are dropped by [`Limits::forget_idle`].
@@ -72,12 +74,54 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedLimiter<K> {
     }
 }
 
+/// Which budget of a principal a request draws on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// GET, HEAD, OPTIONS: answered from caches.
+    Read,
+    /// Everything else: may publish a command.
+    Write,
+}
+
+impl RequestKind {
+    /// The kind of a request with `method`.
+    pub fn of(method: &axum::http::Method) -> Self {
+        use axum::http::Method;
+        if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS { RequestKind::Read } else { RequestKind::Write }
+    }
+}
+
+/// A principal's two budgets.
+pub struct PrincipalLimits {
+    /// Reads per user name.
+    pub reads: KeyedLimiter<String>,
+    /// Writes per user name.
+    pub writes: KeyedLimiter<String>,
+}
+
+impl PrincipalLimits {
+    /// Takes one cell of `user`'s `kind` budget; `Err(seconds to wait)` when it is empty.
+    pub fn check(&self, user: &str, kind: RequestKind) -> Result<(), u64> {
+        let user = user.to_string();
+        match kind {
+            RequestKind::Read => self.reads.check(&user),
+            RequestKind::Write => self.writes.check(&user),
+        }
+    }
+
+    /// Drops idle buckets.
+    pub fn forget_idle(&self) {
+        self.reads.forget_idle();
+        self.writes.forget_idle();
+    }
+}
+
 /// Every limit of the api.
 pub struct Limits {
     /// Per client address (see [`client_key`]), before authentication.
     pub per_address: KeyedLimiter<IpAddr>,
-    /// Per principal (user name), after authentication.
-    pub per_principal: KeyedLimiter<String>,
+    /// Per principal (user name) and kind of request, after authentication.
+    pub per_principal: PrincipalLimits,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Open event streams per principal.
@@ -89,7 +133,10 @@ impl Limits {
     pub fn new(config: &Config) -> Self {
         Self {
             per_address: KeyedLimiter::new(config.pre_auth_rate_limit_rps, config.pre_auth_rate_limit_burst),
-            per_principal: KeyedLimiter::new(config.rate_limit_rps, config.rate_limit_burst),
+            per_principal: PrincipalLimits {
+                reads: KeyedLimiter::new(config.read_rate_limit_rps, config.read_rate_limit_burst),
+                writes: KeyedLimiter::new(config.rate_limit_rps, config.rate_limit_burst),
+            },
             trusted_proxies: config.trusted_proxies.clone(),
             streams: Arc::new(StreamSlots::new(config.sse_max_streams_per_caller)),
         }
@@ -250,6 +297,26 @@ impl Drop for StreamSlot {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reads_and_writes_of_a_principal_draw_on_separate_budgets() {
+        use axum::http::Method;
+        for (m, kind) in [(Method::GET, RequestKind::Read), (Method::HEAD, RequestKind::Read), (Method::OPTIONS, RequestKind::Read),
+            (Method::POST, RequestKind::Write), (Method::PUT, RequestKind::Write), (Method::PATCH, RequestKind::Write), (Method::DELETE, RequestKind::Write)]
+        {
+            assert_eq!(RequestKind::of(&m), kind, "{m}");
+        }
+        let l = PrincipalLimits { reads: KeyedLimiter::new(0.001, 3.0), writes: KeyedLimiter::new(0.001, 2.0) };
+        assert!(l.check("u", RequestKind::Write).is_ok());
+        assert!(l.check("u", RequestKind::Write).is_ok());
+        assert!(l.check("u", RequestKind::Write).is_err(), "writes exhausted");
+        for _ in 0..3 {
+            assert!(l.check("u", RequestKind::Read).is_ok(), "reads untouched by the writes");
+        }
+        assert!(l.check("u", RequestKind::Read).is_err());
+        assert!(l.check("v", RequestKind::Write).is_ok(), "another principal untouched");
+    }
+
     use super::*;
 
     #[test]

@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use ambient_tests::{DemoUser, TestEnv, eventually};
-use ambient_tests::components::{Component, ServiceProcess};
 use ambient_tests::stack::Stack;
 use common::{Client, project, stack, token};
 use reqwest::{Method, StatusCode};
@@ -548,39 +547,33 @@ async fn foreign_and_missing_projects_answer_alike_on_every_route(env: &TestEnv,
 }
 
 async fn floods_get_429_with_retry_after(env: &TestEnv, s: &Stack) {
-    // A second api process with a tight limit, sharing the stack's keys.
-    let port = ambient_tests::components::free_port().unwrap();
-    let kc = Component::Api.kubeconfig(env).await.unwrap();
-    let k = s.keys.clone();
-    let _api = ServiceProcess::start(Component::Api, |h| {
-        vec![
-            format!("--kubeconfig={}", kc.display()),
-            format!("--nats-url={}", env.nats_url()),
-            format!("--health-addr={h}"),
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--signing-key-file={}", k.signing_key_file.display()),
-            format!("--reconciler-sealing-public-key={}", k.sealing_public_key),
-            "--rate-limit-rps=1".into(),
-            "--rate-limit-burst=5".into(),
-        ]
-    })
-    .await
-    .unwrap();
-    let c = Client::new(&format!("http://127.0.0.1:{port}"));
+    // A second api process with tight limits: 5 writes and 8 reads at once per principal.
+    let args: Vec<String> =
+        ["--rate-limit-rps=0.01", "--rate-limit-burst=5", "--read-rate-limit-rps=0.01", "--read-rate-limit-burst=8"].iter().map(|s| s.to_string()).collect();
+    let (_api, url) = s.api_replica(env, &args).await.unwrap();
+    let c = Client::new(&url);
     let bob = token(env, DemoUser::Bob);
     let alice = token(env, DemoUser::Alice);
+    // Bob's script floods writes (refused ones: nothing is created) until limited...
     let mut limited = None;
     for _ in 0..20 {
-        let r = c.get("/api/me", &bob).await;
+        let r = c.post("/api/projects", &bob, json!({"name": "Not A Valid Name"})).await;
         if r.status == StatusCode::TOO_MANY_REQUESTS {
             limited = Some(r);
             break;
         }
     }
-    let r = limited.expect("a flood is limited");
+    let r = limited.expect("a flood of writes is limited");
     assert!(r.body["error"].is_string());
     let secs: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(secs >= 1);
+    // ...and his web UI's reads still get through: reads have their own budget.
+    for _ in 0..8 {
+        assert_eq!(c.get("/api/me", &bob).await.status, StatusCode::OK, "reads are not starved by writes");
+    }
+    assert_eq!(c.get("/api/me", &bob).await.status, StatusCode::TOO_MANY_REQUESTS, "reads are limited too");
     // Per principal: alice is not affected.
     assert_eq!(c.get("/api/me", &alice).await.status, StatusCode::OK);
+    let r = c.post("/api/projects", &alice, json!({"name": "Not A Valid Name"})).await;
+    assert!(r.status.is_client_error() && r.status != StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
 }
