@@ -1050,7 +1050,7 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
         .await
         .context("api creates its idempotency bucket")?;
     idem.put("k", "v".into()).await.context("api writes its bucket")?;
-    for bucket in ["ambient-api-commands", "ambient-api-key-usage"] {
+    for bucket in ["ambient-api-commands", "ambient-api-key-usage", "ambient-api-message-usage", "ambient-api-parked-keys"] {
         let store = api
             .js
             .create_key_value(kv::Config { bucket: bucket.into(), history: 1, storage: stream::StorageType::File, ..Default::default() })
@@ -1058,9 +1058,18 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
             .with_context(|| format!("api creates its bucket {bucket}"))?;
         store.put("team-a.k", "v".into()).await.with_context(|| format!("api writes {bucket}"))?;
         assert_eq!(store.get("team-a.k").await?.as_deref(), Some(&b"v"[..]));
+        let entry = store.entry("team-a.k").await?.context("an entry")?;
+        store.update("team-a.k", "w".into(), entry.revision).await.with_context(|| format!("api updates {bucket} with compare-and-set"))?;
     }
+    // The message budgets' sweep lists the keys.
+    let usage = api.js.get_key_value("ambient-api-message-usage").await?;
+    let keys: Vec<String> = futures::TryStreamExt::try_collect(usage.keys().await.context("api lists message budgets")?).await?;
+    assert_eq!(keys, vec!["team-a.k".to_string()]);
     for b in [&rec, &proj] {
         b.refused("$KV.ambient-api-key-usage.team-a.k").await?;
+        b.refused("$KV.ambient-api-message-usage.team-a").await?;
+        b.refused("$KV.ambient-api-parked-keys.k.x").await?;
+        b.refused("$JS.API.DIRECT.GET.KV_ambient-api-parked-keys.$KV.ambient-api-parked-keys.k.x").await?;
         b.refused("$KV.ambient-api-idempotency.k").await?;
         b.refused("$JS.API.DIRECT.GET.KV_ambient-api-idempotency.$KV.ambient-api-idempotency.k").await?;
     }
