@@ -311,6 +311,10 @@ impl Commands {
         let mut sub =
             self.nats.subscribe(events::subjects::result(&cmd.project, cmd.id)).await.map_err(|e| unavailable(e.to_string()))?;
         let out = events::wire::encode_command(cmd, &self.signer);
+        // Announced to every replica once stored, for the reads to show (crate::pending).
+        let announcement = crate::pending::shows(cmd.body.command_type())
+            .then(|| crate::pending::announcement_subject(&out.subject).map(|s| (s, out.headers.clone(), out.payload.clone())))
+            .flatten();
         let ack = async {
             self.js
                 .publish_with_headers(out.subject, out.headers, out.payload)
@@ -350,6 +354,11 @@ impl Commands {
             Err(_) => return Err(undetermined("no acknowledgement from JetStream".into())),
         }
         drop(admitted);
+        if let Some((subject, headers, payload)) = announcement
+            && let Err(e) = self.nats.publish_with_headers(subject, headers, payload).await
+        {
+            tracing::warn!(command_id = %cmd.id, error = %e, "announcing an accepted command failed: reads show it once applied");
+        }
         metrics::counter!("ambient_api_commands_total", "type" => cmd.body.command_type().type_str()).increment(1);
         tracing::info!(command_id = %cmd.id, project = %cmd.project, r#type = cmd.body.command_type().type_str(), "command accepted");
         if respond_async {

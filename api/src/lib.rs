@@ -16,6 +16,7 @@ pub mod limits_doc;
 pub mod messages;
 pub mod ops;
 pub mod parked;
+pub mod pending;
 pub mod reads;
 pub mod routes;
 pub mod sse;
@@ -132,6 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_commands: config.max_pending_commands_per_project,
         max_bytes: config.max_pending_bytes_per_project,
     };
+    tokio::spawn(pending::run(nats.clone(), signer.verifier(), reads.pending.clone(), shutdown.clone()));
     let parked = parked::ParkedKeys::open(&js, pem.trim().as_bytes()).await?;
     let commands = Commands::new(nats, js, signer, (config.result_timeout, config.key_result_timeout), parked, backlog, bus.partitions).await?;
     let state = Arc::new(AppState {

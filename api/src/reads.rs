@@ -48,6 +48,8 @@ pub struct Reads {
     pub settings: Store<ProjectSettings>,
     /// Which namespaces have a RoleBinding naming a caller (narrows project lists).
     pub visibility: Arc<Visibility>,
+    /// Accepted, not yet applied commands, shown where the cluster has nothing yet.
+    pub pending: Arc<crate::pending::Pending>,
     /// Bumped after every change any cache applied: read-your-writes waits wake on it.
     changed: Arc<watch::Sender<u64>>,
     key_usage: Option<kv::Store>,
@@ -132,6 +134,7 @@ impl Reads {
             serviceaccounts: spawn_reflector(Api::all(client.clone()), sas, shutdown.clone(), changed.clone(), None),
             settings: spawn_reflector(Api::all(client.clone()), watcher::Config::default(), shutdown.clone(), changed.clone(), None),
             visibility: Visibility::start(client, project_list_prefilter, changed.clone(), shutdown),
+            pending: Arc::default(),
             changed,
             key_usage,
             ready: std::sync::atomic::AtomicBool::new(false),
@@ -200,15 +203,17 @@ impl Reads {
         self.namespaces.state()
     }
 
-    /// The session `ns/name`.
+    /// The session `ns/name`: the cluster's, else an accepted creation still queued.
     pub fn session(&self, ns: &str, name: &str) -> Option<Arc<AgenticSession>> {
-        self.sessions.get(&reflector::ObjectRef::new(name).within(ns))
+        self.sessions.get(&reflector::ObjectRef::new(name).within(ns)).or_else(|| self.pending.session(ns, name))
     }
 
-    /// Sessions of `ns`, sorted by name.
+    /// Sessions of `ns`, sorted by name, accepted creations still queued included.
     pub fn sessions_of(&self, ns: &str) -> Vec<Arc<AgenticSession>> {
         let mut v: Vec<_> =
             self.sessions.state().into_iter().filter(|s| s.namespace().as_deref() == Some(ns)).collect();
+        let queued: Vec<_> = self.pending.sessions_of(ns).into_iter().filter(|q| !v.iter().any(|s| s.name_any() == q.name_any())).collect();
+        v.extend(queued);
         v.sort_by_key(|s| s.name_any());
         v
     }

@@ -8,7 +8,7 @@ use events::access::{Requirement, ResourceCheck};
 use events::results::{Outcome, ResourceRef};
 use events::sealing::SealingPublicKey;
 use events::{Command, CommandBody, Principal, ProjectName};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -163,12 +163,20 @@ pub fn prefers_async(headers: &HeaderMap) -> bool {
 
 /// 202 with `Location: /api/commands/{id}`.
 pub fn accepted(id: Uuid) -> Response {
+    accepted_with(id, json!({}))
+}
+
+/// 202 as [`accepted`], the fields of `resource` (what a client reads of the created object,
+/// e.g. its `name`) added to the body.
+pub fn accepted_with(id: Uuid, resource: Value) -> Response {
     let location = format!("/api/commands/{id}");
-    let mut r = (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({"id": id.to_string(), "state": "pending", "location": location})),
-    )
-        .into_response();
+    let mut body = json!({"id": id.to_string(), "state": "pending", "location": location});
+    if let (Value::Object(b), Value::Object(extra)) = (&mut body, resource) {
+        for (k, v) in extra {
+            b.entry(k).or_insert(v);
+        }
+    }
+    let mut r = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         r.headers_mut().insert(header::LOCATION, v);
     }

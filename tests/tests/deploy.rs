@@ -1100,6 +1100,14 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
     for b in [&rec, &proj] {
         b.refused("$JS.API.STREAM.PURGE.AMBIENT_MESSAGES").await?;
     }
+    // The api replicas announce accepted commands to each other; nobody else can forge one.
+    let mut heard = api.client.subscribe("ambient.accepted.>").await?;
+    api.client.publish("ambient.accepted.team-a.session.create", "{}".into()).await.context("api announces")?;
+    api.client.flush().await?;
+    tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut heard)).await.context("api hears an announcement")?;
+    for b in [&rec, &proj] {
+        b.refused("ambient.accepted.team-a.session.create").await?;
+    }
     // Nobody but the api listens to live results or chat.
     proj.subscribe_refused("ambient.result.>").await?;
     rec.subscribe_refused("ambient.msg.>").await?;

@@ -17,7 +17,7 @@ use crate::errors::ApiError;
 use crate::extract::{JsonBody, refuse_server_owned, strict};
 use crate::reads::{rv_at_least, session_json};
 use crate::routes::{Page, paginate};
-use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
+use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted, accepted_with};
 
 const SERVER_OWNED: &[&str] = &["userContext", "status", "metadata", "apiVersion", "kind"];
 
@@ -144,7 +144,8 @@ pub async fn create_session(State(st): State<Arc<AppState>>, caller: Caller, Pat
     check_runner(&spec, &st)?;
     let body = CommandBody::SessionCreate(SessionCreate { name: name.clone(), spec });
     match st.mutate(&caller, project, body, &headers, None).await? {
-        Mutation::Accepted(id) => Ok(accepted(id)),
+        // The UI reads `name` and then the session itself, which reads show as queued.
+        Mutation::Accepted(id) => Ok(accepted_with(id, json!({"message": "Agentic session accepted", "name": name.as_str(), "uid": ""}))),
         Mutation::Applied { resource, .. } => {
             wait_session(&st, &p, name.as_str(), resource.resource_version.as_deref()).await;
             let uid = st.reads.session(&p, name.as_str()).and_then(|s| s.metadata.uid.clone()).or(resource.uid).unwrap_or_default();

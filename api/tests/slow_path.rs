@@ -1,8 +1,13 @@
-//! The one-time access-key token is never lost (issue 16): a creation that outlives its wait
-//! answers 503 `KeyCreationPending` (never a 202 the web UI cannot read), and the same request
-//! again, on another api replica, returns the token once it exists, exactly once. A client that
-//! asks for 202 gets its token once from `GET /api/commands/{id}` on any replica. The slow path
-//! is forced by pausing the reconciler (SIGSTOP) for longer than the key wait.
+//! Writes that outlive their wait, as the web UI meets them (issue 16); the slow path is forced by
+//! pausing the reconciler (SIGSTOP) for longer than the waits, with two api replicas.
+//!
+//! - Accepted means visible: a session creation answered 202 carries the `name` the UI reads,
+//!   and the session reads (get and list, on either replica) as Pending, queued, until the
+//!   cluster has it.
+//! - The one-time access-key token is never lost: a creation that outlives its wait answers 503
+//!   `KeyCreationPending` (never a 202 the UI cannot read), and the same request again, on
+//!   another replica, returns the token once it exists, exactly once. A client that asks for 202
+//!   gets its token once from `GET /api/commands/{id}` on any replica.
 
 mod common;
 
@@ -19,10 +24,11 @@ fn signal(pid: u32, sig: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_key_token_survives_a_slow_reconciler_and_is_shown_once() {
+async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     let env = TestEnv::shared().await.unwrap();
-    let s = stack(&env, &["--key-result-timeout=30s"]).await;
-    let (_replica, replica_url) = s.api_replica(&env, &["--key-result-timeout=30s".to_string()]).await.unwrap();
+    let args = ["--key-result-timeout=30s", "--result-timeout=2s"];
+    let s = stack(&env, &args).await;
+    let (_replica, replica_url) = s.api_replica(&env, &args.map(String::from)).await.unwrap();
     let one = Client::with_timeout(&s.api_url, Duration::from_secs(90));
     let two = Client::with_timeout(&replica_url, Duration::from_secs(90));
     let alice = token(&env, DemoUser::Alice);
@@ -37,6 +43,34 @@ async fn a_key_token_survives_a_slow_reconciler_and_is_shown_once() {
 
     let reconciler = s.reconciler.pid().expect("the reconciler runs");
     signal(reconciler, "STOP");
+
+    // A session created from the UI while the reconciler is paused: 202 with the name the UI
+    // reads, and the session readable at once, on the other replica too.
+    let sessions = format!("/api/projects/{p}/agentic-sessions");
+    let body = json!({"prompt": "hello", "interactive": true, "llmSettings": {"model": "sonnet", "temperature": 0.7, "maxTokens": 4000}, "timeout": 300});
+    let r = one.call(Method::POST, &sessions, None, Some(body), &[("X-Forwarded-Access-Token", &alice), ("X-Forwarded-User", "alice")]).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let name = r.body["name"].as_str().expect("the 202 names the session").to_string();
+    assert!(r.body["location"].as_str().is_some_and(|l| l.starts_with("/api/commands/")), "{:?}", r.body);
+    let queued = eventually("the queued session reads on the other replica", Duration::from_secs(10), || {
+        let (two, path, alice) = (&two, format!("{sessions}/{name}"), &alice);
+        async move {
+            let r = two.get(&path, alice).await;
+            Ok((r.status == StatusCode::OK).then_some(r))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(queued.body["metadata"]["name"], name.as_str());
+    assert_eq!(queued.body["status"]["phase"], "Pending");
+    assert!(queued.body["status"]["message"].as_str().is_some_and(|m| m.contains("queued")), "{:?}", queued.body);
+    assert!(queued.body["metadata"]["creationTimestamp"].is_string(), "the UI formats it: {:?}", queued.body);
+    assert_eq!(queued.body["spec"]["llmSettings"]["model"], "sonnet");
+    let listed = one.get(&sessions, &alice).await;
+    assert!(listed.body["items"].as_array().unwrap().iter().any(|i| i["metadata"]["name"] == name.as_str()), "listed: {:?}", listed.body);
+    // A stranger sees nothing of it.
+    let carol = token(&env, DemoUser::Carol);
+    assert_eq!(two.get(&format!("{sessions}/{name}"), &carol).await.status, StatusCode::NOT_FOUND);
     let first = ui(&one, json!({"name": "ci", "role": "view"})).await;
     assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", first.body);
     assert_eq!(first.body["reason"], "KeyCreationPending", "{:?}", first.body);
@@ -49,6 +83,13 @@ async fn a_key_token_survives_a_slow_reconciler_and_is_shown_once() {
     let retry = ui(&two, json!({"name": "ci", "role": "view"})).await;
     assert_eq!((retry.status, retry.body["commandId"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!(command)), "{:?}", retry.body);
     signal(reconciler, "CONT");
+    // Once applied, the cluster's session (with its uid) replaces the queued one.
+    eventually("the applied session replaces the queued one", Duration::from_secs(60), || {
+        let (two, path, alice) = (&two, format!("{sessions}/{name}"), &alice);
+        async move { Ok(two.get(&path, alice).await.body["metadata"]["uid"].as_str().is_some_and(|u| !u.is_empty()).then_some(())) }
+    })
+    .await
+    .unwrap();
 
     // The user's next click, on the other replica: the token, once.
     let created = eventually("the parked token is handed to the retry", Duration::from_secs(60), || {
