@@ -121,10 +121,10 @@ pub struct Config {
     /// Messages one session may hold (the stream's own cap, 10 000, still applies).
     #[arg(long, env = "API_MESSAGES_MAX_PER_SESSION", default_value_t = 10_000)]
     pub messages_max_per_session: u64,
-    /// Bytes (stored envelopes) one session's messages may hold.
+    /// Bytes one session's messages may hold (each message charged its stored size: body, subject and headers).
     #[arg(long, env = "API_MESSAGES_MAX_BYTES_PER_SESSION", default_value_t = 64 * 1024 * 1024)]
     pub messages_max_bytes_per_session: u64,
-    /// Bytes (stored envelopes) all sessions of one project may hold together; the next append
+    /// Bytes (charged as for a session) all sessions of one project may hold together; the next append
     /// is refused (409 `ProjectMessagesFull`) until sessions are deleted. The messages stream
     /// holds 8 GiB: with the reconciler's default project quota (50 per user) one user's
     /// projects hold at most 50 × 128 MiB = 6.4 GiB of it.

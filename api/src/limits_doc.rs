@@ -18,6 +18,7 @@ const BODIES: &[(&str, &str, CommandType)] = &[
     ("put", "/api/projects/{project}/agentic-sessions/{session}/displayname", CommandType::SessionDisplayName),
     ("post", "/api/projects/{project}/keys", CommandType::KeyCreate),
     ("put", "/api/projects/{project}/runner-secrets", CommandType::RunnerSecretPut),
+    ("put", "/api/projects/{project}/integration-secrets", CommandType::RunnerSecretPut),
     ("put", "/api/projects/{project}/runner-secrets/config", CommandType::RunnerSecretConfig),
 ];
 

@@ -89,11 +89,14 @@ impl ParkedKeys {
         if entry.operation != kv::Operation::Put {
             return None;
         }
-        // Whoever deletes this revision is the one who shows the token.
-        self.kv.delete_expect_revision(id_key(id), Some(entry.revision)).await.ok()?;
+        // Opened before it is taken: a replica that cannot open it (another signing key during a
+        // rotation) leaves it for one that can.
         let sealed = SealedBox::try_from(String::from_utf8(entry.value.to_vec()).ok()?).ok()?;
         let reply = SealingSecretKey::from_base64(std::str::from_utf8(&self.sealer.open(&sealed).ok()?).ok()?).ok()?;
-        String::from_utf8(reply.open(token).ok()?).ok()
+        let token = String::from_utf8(reply.open(token).ok()?).ok()?;
+        // Whoever deletes this revision is the one who shows the token.
+        self.kv.delete_expect_revision(id_key(id), Some(entry.revision)).await.ok()?;
+        Some(token)
     }
 
     /// Drops what is parked for `id` (its creation failed: there is no token to show).

@@ -403,6 +403,15 @@ async fn secrets_round_trip(env: &TestEnv, c: &Client, alice: &str, bob: &str, p
         let absent = c.put(&path, bob, json!({"data": {"NOPE": "********"}})).await;
         assert_eq!((stored.status, &stored.body), (StatusCode::NOT_FOUND, &absent.body), "{route}: the same refusal either way");
     }
+    // A runner pointed at a Secret of the project's own is not silently moved off it.
+    let config = format!("/api/projects/{p}/runner-secrets/config");
+    let r = c.put(&config, alice, json!({"secretName": "my-own-secret"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = ui(Method::PUT, format!("/api/projects/{p}/runner-secrets"), Some(json!({"data": {"ANTHROPIC_API_KEY": "sk-x"}}))).await;
+    assert_eq!((r.status, r.body["reason"].clone()), (StatusCode::CONFLICT, json!("CustomRunnerSecret")), "{:?}", r.body);
+    assert_eq!(c.get(&config, alice).await.body["secretName"], "my-own-secret");
+    let r = c.put(&config, alice, json!({"secretName": "ambient-runner-secrets"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 }
 
 fn listed(r: &common::Resp, project: &str) -> bool {

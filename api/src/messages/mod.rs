@@ -50,6 +50,18 @@ const H_EXPECTED_LAST: &str = "Nats-Expected-Last-Subject-Sequence";
 pub const H_SESSION_UID: &str = "Ambient-Session-Uid";
 /// Appends racing on one session retry this often before giving up with 503.
 const APPEND_ATTEMPTS: u32 = 20;
+/// What the stream stores per message beyond its body and subject: the headers above (uid,
+/// type, count, bytes, expected sequence) and the store's own record, rounded up. Charged with
+/// every message, so that many tiny messages cannot take far more of the stream than their
+/// bytes show.
+const STORED_OVERHEAD: u64 = 320;
+
+/// The bytes one message of `body_len` bytes on `subject` takes in the stream, as charged to
+/// its session's and project's limits.
+pub fn stored_size(subject: &str, body_len: usize) -> u64 {
+    body_len as u64 + subject.len() as u64 + STORED_OVERHEAD
+}
+
 /// How long a read waits for a message it knows is stored.
 const STORED_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -195,7 +207,7 @@ impl MessageLog {
         }
         let subject = events::subjects::messages(project, session);
         let stream = self.stream().await.map_err(AppendError::Unavailable)?;
-        let need = body.len() as u64;
+        let need = stored_size(&subject, body.len());
         self.budgets.reserve(project.as_str(), need).await.map_err(|e| match e {
             e @ BudgetError::Full { .. } => AppendError::ProjectFull(e.to_string()),
             BudgetError::Unavailable(e) => AppendError::Unavailable(e),
@@ -235,7 +247,7 @@ impl MessageLog {
             if count >= self.limits.max_count {
                 return Err(AppendError::Full(format!("{} messages", self.limits.max_count)));
             }
-            let total = bytes + body.len() as u64;
+            let total = bytes + stored_size(subject, body.len());
             if total > self.limits.max_bytes {
                 return Err(AppendError::Full(format!("{} bytes", self.limits.max_bytes)));
             }

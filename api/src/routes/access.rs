@@ -7,6 +7,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use events::commands::{KeyCreate, KeyRevoke, PermissionGrant, PermissionRevoke};
 use events::access::Requirement;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::Api;
 use events::results::Outcome;
 use events::{Command, CommandBody, KeyName, Principal, ProjectName, Role, SubjectName, SubjectType};
 use serde::{Deserialize, Serialize};
@@ -223,11 +225,21 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
         match st.commands.stored_result(&project, earlier).await? {
             None => return Err(pending(earlier)),
             Some(result) => {
-                if let Outcome::Succeeded { resource, .. } = &result.outcome
-                    && st.reads.keys_of_sync(&p, &resource.name)
-                    && let Some(token) = st.commands.parked().take(earlier, &result).await
-                {
-                    return Ok(created(resource.name.clone(), token));
+                if let Outcome::Succeeded { resource, .. } = &result.outcome {
+                    // The key that command created, asked of the API server (a replica's cache
+                    // may lag): still there, the very same object (not a namesake made since).
+                    let live = Api::<ServiceAccount>::namespaced(st.kube.clone(), &p)
+                        .get_opt(&resource.name)
+                        .await
+                        .map_err(|e| ApiError::Unavailable(format!("looking the key up failed: {e}")))?;
+                    let same = live.is_some_and(|sa| sa.metadata.uid.is_some() && sa.metadata.uid == resource.uid);
+                    if same && let Some(token) = st.commands.parked().take(earlier, &result).await {
+                        return Ok(created(resource.name.clone(), token));
+                    }
+                    if same {
+                        // Taken meanwhile by a parallel request: shown there, once.
+                        return Err(ApiError::Conflict { reason: "AlreadyExists", message: format!("the access key {name} exists; its token was shown once") });
+                    }
                 }
                 // Failed, or the key is gone: nothing to show; this request creates anew.
                 st.commands.parked().forget(earlier).await;
@@ -250,7 +262,8 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
                         "message": "the key was created by an earlier request with this Idempotency-Key; its token was shown only then"});
                     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
                 }
-                None => Err(ApiError::Internal("the key was created but its token could not be opened".into())),
+                // A parallel request for the same key took the token first (it is shown once).
+                None => Err(ApiError::Conflict { reason: "AlreadyExists", message: format!("the access key {name} exists; its token was shown once, to another request") }),
             }
         }
     }

@@ -10,6 +10,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::auth::Caller;
+use crate::authz::check;
 use crate::commands::result_json;
 use crate::errors::ApiError;
 use crate::state::AppState;
@@ -40,7 +41,14 @@ pub async fn get_command(State(st): State<Arc<AppState>>, caller: Caller, Path(i
             Outcome::Succeeded { .. } => "succeeded",
             Outcome::Failed { .. } => "failed",
         });
-        if let Some(token) = st.commands.parked().take(id, &result).await {
+        // A key's token, once, and only to a submitter who may still create keys there (one
+        // removed from the project since gets the outcome, not a credential of it).
+        let key_create = events::CommandType::KeyCreate.type_str();
+        if record.ty == key_create
+            && matches!(result.outcome, Outcome::Succeeded { .. })
+            && st.require(&caller, &[check(project.as_str(), "create", "", "serviceaccounts", None)]).await.is_ok()
+            && let Some(token) = st.commands.parked().take(id, &result).await
+        {
             body["key"] = json!(token);
         }
         body["result"] = result_json(&result);

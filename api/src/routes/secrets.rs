@@ -69,20 +69,36 @@ async fn write(st: &AppState, caller: &Caller, p: &str, which: ProjectSecret, he
         ProjectSecret::Runner => RUNNER_SECRET_NAME,
         ProjectSecret::Integration => INTEGRATION_SECRET_NAME,
     };
+    // A project may point its runner at a Secret of its own (runner-secrets/config): this api
+    // writes only its own, and writing it would silently move the runner off the chosen one.
+    if which == ProjectSecret::Runner && secret_name(st, p) != RUNNER_SECRET_NAME {
+        return Err(ApiError::Conflict {
+            reason: "CustomRunnerSecret",
+            message: format!(
+                "the project's runner secret is the Secret {}, which is managed outside this api; change it there, or set runner-secrets/config back to {RUNNER_SECRET_NAME}",
+                secret_name(st, p)
+            ),
+        });
+    }
     let stored = stored_keys(st, p, name).await?;
     let change = events::secrets::plan(&stored, req.data).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    if change.0.is_empty() {
+        // Nothing changes (a form saved as it was read): nothing to publish.
+        return Ok(axum::Json(json!({"message": updated(which)})).into_response());
+    }
     let plain = serde_json::to_vec(&change).map_err(|e| ApiError::Internal(e.to_string()))?;
     let sealed = st.reconciler_key.seal(&plain).map_err(|e| ApiError::Internal(e.to_string()))?;
     let body = CommandBody::RunnerSecretPut(RunnerSecretPut { data: sealed, secret: which });
     match st.mutate(caller, project, body, headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
-        Mutation::Applied { .. } => {
-            let message = match which {
-                ProjectSecret::Runner => "runner secrets updated",
-                ProjectSecret::Integration => "integration secrets updated",
-            };
-            Ok(axum::Json(json!({"message": message})).into_response())
-        }
+        Mutation::Applied { .. } => Ok(axum::Json(json!({"message": updated(which)})).into_response()),
+    }
+}
+
+fn updated(which: ProjectSecret) -> &'static str {
+    match which {
+        ProjectSecret::Runner => "runner secrets updated",
+        ProjectSecret::Integration => "integration secrets updated",
     }
 }
 
