@@ -36,9 +36,10 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A fresh reply key for `user` creating key `name` in `project`.
-    pub fn new(user: &str, project: &str, name: &str) -> Self {
-        let alias = hex(&Sha256::digest(format!("{user}\0{project}\0{name}").as_bytes()));
+    /// A fresh reply key for `user`'s `request` (all of it: a retry asking for another role is
+    /// another request) in `project`.
+    pub fn new(user: &str, project: &str, request: &str) -> Self {
+        let alias = hex(&Sha256::digest(format!("{user}\0{project}\0{request}").as_bytes()));
         Reply { key: SealingSecretKey::generate(), alias }
     }
 }
@@ -79,6 +80,16 @@ impl ParkedKeys {
         let Some(id) = std::str::from_utf8(&v).ok().and_then(|s| Uuid::parse_str(s).ok()) else { return Ok(None) };
         // The alias outlives a taken token: only a parked key counts.
         Ok(self.kv.get(id_key(id)).await.map_err(|e| e.to_string())?.map(|_| id))
+    }
+
+    /// The reply key parked for command `id` (left parked), to publish that command again.
+    pub async fn reply_key(&self, id: Uuid) -> Option<SealingSecretKey> {
+        let entry = self.kv.entry(id_key(id)).await.ok()??;
+        if entry.operation != kv::Operation::Put {
+            return None;
+        }
+        let sealed = SealedBox::try_from(String::from_utf8(entry.value.to_vec()).ok()?).ok()?;
+        SealingSecretKey::from_base64(std::str::from_utf8(&self.sealer.open(&sealed).ok()?).ok()?).ok()
     }
 
     /// Takes the token of command `id` out of its `result`: at most once across every caller

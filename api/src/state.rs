@@ -109,7 +109,13 @@ impl AppState {
         headers: &HeaderMap,
         reply: Option<crate::parked::Reply>,
     ) -> Result<Mutation, ApiError> {
-        let mut cmd = Command::new(project, caller.principal.clone(), body);
+        self.mutate_as(caller, Command::new(project, caller.principal.clone(), body), headers, reply).await
+    }
+
+    /// [`AppState::mutate`] of a command made by the caller (e.g. a retry under an earlier
+    /// command's id: JetStream drops it if the earlier one was stored, the reconciler applies
+    /// an id once).
+    pub async fn mutate_as(&self, caller: &Caller, mut cmd: Command, headers: &HeaderMap, reply: Option<crate::parked::Reply>) -> Result<Mutation, ApiError> {
         cmd.traceparent = headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())

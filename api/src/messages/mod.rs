@@ -183,11 +183,28 @@ impl MessageLog {
     /// session of the same name left, `bytes` in all), never a later one; the bytes go back to
     /// the project's budget when this call purged them.
     async fn purge_upto(&self, stream: &stream::Stream<()>, project: &str, subject: &str, upto: u64, bytes: u64) -> Result<u64, String> {
+        let held = self.held_through(stream, subject, upto, bytes).await?;
         let r = stream.purge().filter(subject).sequence(upto.saturating_add(1)).await.map_err(|e| e.to_string())?;
         if r.purged > 0 {
-            self.budgets.release(project, bytes).await;
+            self.budgets.release(project, held).await;
         }
         Ok(r.purged)
+    }
+
+    /// The bytes the messages of `subject` hold from its first through sequence `last`, whose
+    /// byte total is `last_bytes`: the totals run on from a session's first message, so after a
+    /// partial purge the survivors hold their last total minus what the first one's total
+    /// counted before it.
+    async fn held_through(&self, stream: &stream::Stream<()>, subject: &str, last: u64, last_bytes: u64) -> Result<u64, String> {
+        match stream.direct_get_first_for_subject(subject).await {
+            Ok(first) if first.sequence <= last => {
+                let before_first = header_u64(&first.headers, H_BYTES).saturating_sub(stored_size(subject, first.payload.len()));
+                Ok(last_bytes.saturating_sub(before_first))
+            }
+            Ok(_) => Ok(0),
+            Err(e) if matches!(e.kind(), stream::DirectGetErrorKind::NotFound) => Ok(0),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Appends one message to the session `inc` (the api sets its timestamp, the stream its
@@ -365,7 +382,8 @@ impl MessageLog {
         let stream = self.stream().await?;
         let subject = format!("{}.{project}.{session}", events::subjects::MESSAGES);
         match self.tail(&stream, &subject, Some(inc)).await {
-            Ok((_, _, bytes)) => Ok((0, bytes)),
+            Ok((0, _, _)) => Ok((0, 0)),
+            Ok((last, _, bytes)) => Ok((0, self.held_through(&stream, &subject, last, bytes).await?)),
             Err(Tail::Foreign { seq, bytes }) => self.purge_upto(&stream, project, &subject, seq, bytes).await.map(|n| (n, 0)),
             Err(Tail::Unavailable(e)) => Err(e),
         }
@@ -457,25 +475,62 @@ async fn sweep_orphans(st: &AppState) {
         Err(e) => tracing::warn!(error = %e, "listing message budgets failed"),
     }
     for (p, sessions) in by_project {
-        // Taken before counting: an append or purge during the count changes it, and then the
-        // count is not trusted.
-        let seen = match st.messages.budgets().snapshot(&p).await {
-            Ok(seen) => seen,
-            Err(e) => {
-                tracing::warn!(project = %p, error = %e, "reading a message budget failed");
-                continue;
+        // A busy project's counter moves while it is counted; a few quick tries usually find a
+        // quiet moment (the purges are done by the first).
+        for _ in 0..RECOUNT_TRIES {
+            match recount_project(st, &p, &sessions).await {
+                Recount::Same | Recount::Unknown => break,
+                Recount::Corrected { was, now } => {
+                    tracing::info!(project = %p, was, now, "message budget recounted");
+                    break;
+                }
+                Recount::Raced => continue,
             }
-        };
-        let mut counted = Some(0u64);
-        for s in sessions {
-            let held = sweep_session(st, &p, &s).await;
-            counted = counted.zip(held).map(|(a, b)| a.saturating_add(b));
         }
-        let Some(counted) = counted else { continue };
-        match st.messages.budgets().recount(&p, seen, counted).await {
-            Ok(true) => tracing::info!(project = %p, was = ?seen.map(|s| s.1), now = counted, "message budget recounted"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(project = %p, error = %e, "recounting a message budget failed"),
+    }
+}
+
+/// Tries per project and sweep to recount a counter that keeps moving.
+const RECOUNT_TRIES: usize = 5;
+
+/// How a recount went.
+enum Recount {
+    /// The counter was right.
+    Same,
+    /// It was `was`, it is `now`.
+    Corrected { was: u64, now: u64 },
+    /// An append or purge moved it during the count: not trusted.
+    Raced,
+    /// A read failed (logged).
+    Unknown,
+}
+
+/// Counts what `p`'s sessions hold (purging what should not be kept) and corrects its counter.
+async fn recount_project(st: &AppState, p: &str, sessions: &[String]) -> Recount {
+    // Taken before counting: an append or purge during the count changes it.
+    let seen = match st.messages.budgets().snapshot(p).await {
+        Ok(seen) => seen,
+        Err(e) => {
+            tracing::warn!(project = %p, error = %e, "reading a message budget failed");
+            return Recount::Unknown;
+        }
+    };
+    let mut counted = Some(0u64);
+    for s in sessions {
+        let held = sweep_session(st, p, s).await;
+        counted = counted.zip(held).map(|(a, b)| a.saturating_add(b));
+    }
+    let Some(counted) = counted else { return Recount::Unknown };
+    let was = seen.map_or(0, |s| s.1);
+    if was == counted {
+        return Recount::Same;
+    }
+    match st.messages.budgets().recount(p, seen, counted).await {
+        Ok(true) => Recount::Corrected { was, now: counted },
+        Ok(false) => Recount::Raced,
+        Err(e) => {
+            tracing::warn!(project = %p, error = %e, "recounting a message budget failed");
+            Recount::Unknown
         }
     }
 }

@@ -197,7 +197,9 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
     if req.expiration_seconds.is_some_and(|s| !(600..=10 * 365 * 24 * 3600).contains(&s)) {
         return Err(ApiError::invalid("expirationSeconds", "expirationSeconds must be between 600 and 315360000"));
     }
-    let reply = Reply::new(&caller.principal.user, &p, name.as_str());
+    // The whole request names the creation: a retry asking for something else is not a retry.
+    let request = serde_json::to_string(&json!([name.as_str(), role.as_str(), req.description, req.expiration_seconds])).unwrap_or_default();
+    let reply = Reply::new(&caller.principal.user, &p, &request);
     let created = |id: String, token: String| {
         let body = json!({"id": id, "name": name.as_str(), "description": req.description.clone().unwrap_or_default(),
             "role": role.as_str(), "lastUsedAt": "", "key": token});
@@ -209,13 +211,15 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
         ),
         command_id,
     };
-    let body = CommandBody::KeyCreate(KeyCreate {
+    let key_create = KeyCreate {
         name: name.clone(),
         description: req.description.clone(),
         role,
         expiration_seconds: req.expiration_seconds,
         reply_key: reply.key.public_key(),
-    });
+    };
+    let body = CommandBody::KeyCreate(key_create.clone());
+    let mut retried = None;
     // The same creation asked again after an answer without its token: the token, once.
     if let Some(earlier) = st.commands.parked().by_alias(&reply.alias).await.map_err(ApiError::Unavailable)? {
         // Authorized as a new creation would be: the retry may come after a revocation.
@@ -223,7 +227,17 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
             st.require(&caller, &checks).await?;
         }
         match st.commands.stored_result(&project, earlier).await? {
-            None => return Err(pending(earlier)),
+            None => {
+                // Not applied yet, or never stored (its publish was not acknowledged): publish it
+                // again under its own id and reply key, and wait as the first request did. Stored
+                // already, JetStream drops the copy; the reconciler applies an id once.
+                let Some(key) = st.commands.parked().reply_key(earlier).await else { return Err(pending(earlier)) };
+                let again = KeyCreate { reply_key: key.public_key(), ..key_create.clone() };
+                let mut cmd = Command::new(project.clone(), caller.principal.clone(), CommandBody::KeyCreate(again));
+                cmd.id = earlier;
+                let reply = Reply { key, alias: reply.alias.clone() };
+                retried = Some(st.mutate_as(&caller, cmd, &headers, Some(reply)).await?);
+            }
             Some(result) => {
                 if let Outcome::Succeeded { resource, .. } = &result.outcome {
                     // The key that command created, asked of the API server (a replica's cache
@@ -246,7 +260,11 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
             }
         }
     }
-    match st.mutate(&caller, project, body, &headers, Some(reply)).await? {
+    let mutation = match retried {
+        Some(m) => m,
+        None => st.mutate(&caller, project, body, &headers, Some(reply)).await?,
+    };
+    match mutation {
         Mutation::Accepted(id) if crate::state::prefers_async(&headers) => Ok(accepted(id)),
         // A client that did not ask for 202 (the web UI) would lose the token to one.
         Mutation::Accepted(id) => Err(pending(id)),

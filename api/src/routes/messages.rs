@@ -138,6 +138,8 @@ async fn read(st: Arc<AppState>, caller: Caller, p: String, s: String, q: Messag
         return Err(ApiError::NotFound("session not found".into()));
     };
     let (query, include_partials) = read_query(&q, st.config.messages_max_wait)?;
+    // A waiting read holds a consumer open like an event stream does, and counts as one.
+    let _slot = if query.wait.is_zero() { None } else { Some(st.limits.streams.open(&caller.principal.user)?) };
     let page = st.messages.read(&project, &session, &inc, &query).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let messages = if include_partials { page.messages } else { fold_partials(page.messages) };
     Ok(axum::Json(json!({
@@ -196,7 +198,7 @@ async fn append(st: Arc<AppState>, caller: Caller, p: String, s: String, v: Valu
 #[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions/{session}/messages", tag = "messages",
     params(("project" = String, Path), ("session" = String, Path), MessagesQuery),
     responses((status = 200, description = "`{sessionId, messages, lastSeq, hasMore}`"), (status = 400, description = "invalid query"),
-        (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"), (status = 503, description = "the bus is unavailable")))]
+        (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"), (status = 429, description = "with `wait`: the caller holds as many waiting reads and event streams as allowed"), (status = 503, description = "the bus is unavailable")))]
 pub async fn list_messages(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, Query(q): Query<MessagesQuery>) -> Result<Response, ApiError> {
     read(st, caller, p, s, q).await
 }
@@ -216,7 +218,7 @@ pub async fn post_message(State(st): State<Arc<AppState>>, caller: Caller, Path(
 #[utoipa::path(get, path = "/api/projects/{project}/sessions/{session}/messages", tag = "messages",
     params(("project" = String, Path), ("session" = String, Path), MessagesQuery),
     responses((status = 200, description = "`{sessionId, messages, lastSeq, hasMore}`"), (status = 400, description = "invalid query"),
-        (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"), (status = 503, description = "the bus is unavailable")))]
+        (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"), (status = 429, description = "with `wait`: the caller holds as many waiting reads and event streams as allowed"), (status = 503, description = "the bus is unavailable")))]
 pub async fn list_messages_alias(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, Query(q): Query<MessagesQuery>) -> Result<Response, ApiError> {
     read(st, caller, p, s, q).await
 }
