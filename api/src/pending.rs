@@ -8,14 +8,23 @@
 //! - after JetStream acknowledged a command, the api that published it announces it on
 //!   `ambient.accepted.<project>.<kind>.<action>` (core NATS, not stored; the command as
 //!   published, signature included, verified here like the reconciler does);
-//! - every replica keeps those it shows (session creations: a Pending session with a message
-//!   saying it is queued) until the command's result (`ambient.result.>`) or the cluster's own
-//!   object replaces it, or [`TTL`] passes (a replica that starts later sees no earlier
-//!   announcement: such a session shows once it is applied, as before).
+//! - every replica keeps those it shows until the command's result (`ambient.result.>`)
+//!   arrives, or [`TTL`] passes (a replica that starts later sees no earlier announcement: such
+//!   a change shows once it is applied, as before):
 //!
-//! The reads ([`crate::reads::Reads`]) consult the overlay only where the cluster has nothing.
+//! | queued command | what reads show meanwhile |
+//! |---|---|
+//! | session creation | a session in phase Pending whose message says it is queued (where the cluster has none) |
+//! | session stop | the session (if not already ended) in phase `Stopping`, message saying the stop is queued |
+//! | session deletion | the session left out of lists; read alone, a message saying the deletion is queued |
+//! | permission grant | a row `{subjectType, subjectName, role, pending: true}` |
+//! | permission revoke | its rows marked `pending: true, revoking: true` |
+//!
+//! The reads ([`crate::reads::Reads`]) apply the overlay; nothing else consults it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde_json::{Value, json};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -39,8 +48,14 @@ const SETTLED_MEMORY: usize = 4096;
 
 /// Whether commands of `ty` change what reads show while they wait (only those are announced).
 pub fn shows(ty: CommandType) -> bool {
-    ty == CommandType::SessionCreate
+    matches!(
+        ty,
+        CommandType::SessionCreate | CommandType::SessionStop | CommandType::SessionDelete | CommandType::PermissionGrant | CommandType::PermissionRevoke
+    )
 }
+
+/// The phase a session shows while its stop is queued (a view only, not a CRD phase).
+pub const STOPPING: &str = "Stopping";
 
 /// The announcement subject of a command published on `subject` (`ambient.cmd.…`).
 pub fn announcement_subject(command_subject: &str) -> Option<String> {
@@ -69,14 +84,38 @@ pub fn queued_session(cmd: &Command) -> Option<AgenticSession> {
 struct Queued {
     command: Uuid,
     at: DateTime<Utc>,
-    session: Arc<AgenticSession>,
+    change: Change,
+}
+
+/// What a queued command changes, as reads show it.
+enum Change {
+    Create(Arc<AgenticSession>),
+    Stop(String),
+    Delete(String),
+    Grant { subject_type: &'static str, subject_name: String, role: &'static str },
+    Revoke { subject_type: &'static str, subject_name: String },
+}
+
+impl Change {
+    fn of(cmd: &Command) -> Option<Change> {
+        Some(match &cmd.body {
+            CommandBody::SessionCreate(_) => Change::Create(Arc::new(queued_session(cmd)?)),
+            CommandBody::SessionStop(r) => Change::Stop(r.name.to_string()),
+            CommandBody::SessionDelete(r) => Change::Delete(r.name.to_string()),
+            CommandBody::PermissionGrant(g) => {
+                Change::Grant { subject_type: g.subject_type.as_str(), subject_name: g.subject_name.to_string(), role: g.role.as_str() }
+            }
+            CommandBody::PermissionRevoke(r) => Change::Revoke { subject_type: r.subject_type.as_str(), subject_name: r.subject_name.to_string() },
+            _ => return None,
+        })
+    }
 }
 
 /// The overlay.
 #[derive(Default)]
 pub struct Pending {
-    /// Queued session creations by (project, session).
-    sessions: RwLock<BTreeMap<(String, String), Queued>>,
+    /// Queued changes by project, oldest first.
+    queued: RwLock<BTreeMap<String, Vec<Queued>>>,
     /// Recently settled command ids, oldest first.
     settled: RwLock<(VecDeque<Uuid>, HashMap<Uuid, ()>)>,
 }
@@ -84,13 +123,15 @@ pub struct Pending {
 impl Pending {
     /// Notes an accepted command.
     pub fn accepted(&self, cmd: &Command) {
-        let Some(session) = queued_session(cmd) else { return };
+        let Some(change) = Change::of(cmd) else { return };
         if self.settled.read().is_ok_and(|s| s.1.contains_key(&cmd.id)) {
             return;
         }
-        if let Ok(mut m) = self.sessions.write() {
-            let key = (cmd.project.to_string(), session.metadata.name.clone().unwrap_or_default());
-            m.insert(key, Queued { command: cmd.id, at: cmd.time, session: Arc::new(session) });
+        if let Ok(mut m) = self.queued.write() {
+            let queued = m.entry(cmd.project.to_string()).or_default();
+            if !queued.iter().any(|q| q.command == cmd.id) {
+                queued.push(Queued { command: cmd.id, at: cmd.time, change });
+            }
         }
     }
 
@@ -106,9 +147,21 @@ impl Pending {
                 }
             }
         }
-        if let Ok(mut m) = self.sessions.write() {
-            m.retain(|_, q| q.command != id);
+        if let Ok(mut m) = self.queued.write() {
+            for queued in m.values_mut() {
+                queued.retain(|q| q.command != id);
+            }
+            m.retain(|_, queued| !queued.is_empty());
         }
+    }
+
+    /// The live queued changes of `project`, oldest first, through `f`.
+    fn with_queued<T>(&self, project: &str, f: impl FnOnce(&mut dyn Iterator<Item = &Change>) -> T) -> T {
+        let now = Utc::now();
+        let guard = self.queued.read();
+        let empty = Vec::new();
+        let queued = guard.as_ref().ok().and_then(|m| m.get(project)).unwrap_or(&empty);
+        f(&mut queued.iter().filter(|q| Self::live(q, now)).map(|q| &q.change))
     }
 
     fn live(q: &Queued, now: DateTime<Utc>) -> bool {
@@ -117,27 +170,82 @@ impl Pending {
 
     /// The queued creation of `project/name`, if one shows.
     pub fn session(&self, project: &str, name: &str) -> Option<Arc<AgenticSession>> {
-        let m = self.sessions.read().ok()?;
-        let q = m.get(&(project.to_string(), name.to_string()))?;
-        Self::live(q, Utc::now()).then(|| q.session.clone())
+        self.with_queued(project, |q| {
+            q.filter_map(|c| match c {
+                Change::Create(s) if s.metadata.name.as_deref() == Some(name) => Some(s.clone()),
+                _ => None,
+            })
+            .last()
+        })
     }
 
     /// The queued creations of `project`.
     pub fn sessions_of(&self, project: &str) -> Vec<Arc<AgenticSession>> {
-        let now = Utc::now();
-        let Ok(m) = self.sessions.read() else { return Vec::new() };
-        m.range((project.to_string(), String::new())..)
-            .take_while(|((p, _), _)| p == project)
-            .filter(|(_, q)| Self::live(q, now))
-            .map(|(_, q)| q.session.clone())
+        self.with_queued(project, |q| {
+            q.filter_map(|c| match c {
+                Change::Create(s) => Some(s.clone()),
+                _ => None,
+            })
             .collect()
+        })
+    }
+
+    /// Whether a deletion of `project/name` is queued.
+    pub fn deleting(&self, project: &str, name: &str) -> bool {
+        self.with_queued(project, |q| q.filter(|c| matches!(c, Change::Delete(n) if n == name)).count() > 0)
+    }
+
+    /// A session's JSON view (`session_json`) with its queued stop or deletion shown.
+    pub fn overlay_session(&self, project: &str, view: &mut Value) {
+        let Some(name) = view["metadata"]["name"].as_str().map(str::to_string) else { return };
+        let (stopping, deleting) = self.with_queued(project, |q| {
+            q.fold((false, false), |(s, d), c| match c {
+                Change::Stop(n) if *n == name => (true, d),
+                Change::Delete(n) if *n == name => (s, true),
+                _ => (s, d),
+            })
+        });
+        let ended = view["status"]["phase"].as_str().and_then(|p| serde_json::from_value::<Phase>(Value::String(p.into())).ok()).is_some_and(Phase::is_terminal);
+        if deleting {
+            view["status"]["message"] = Value::String("deletion requested; waiting to be applied".into());
+        } else if stopping && !ended {
+            view["status"]["phase"] = Value::String(STOPPING.into());
+            view["status"]["message"] = Value::String("stop requested; waiting to be applied".into());
+        }
+    }
+
+    /// A project's permission rows (`{subjectType, subjectName, role}`) with its queued grants
+    /// and revocations shown.
+    pub fn overlay_permissions(&self, project: &str, rows: &mut Vec<Value>) {
+        self.with_queued(project, |q| {
+            for c in q {
+                match c {
+                    Change::Grant { subject_type, subject_name, role } => {
+                        let shown = rows.iter().any(|r| r["subjectType"] == *subject_type && r["subjectName"] == subject_name.as_str() && r["role"] == *role);
+                        if !shown {
+                            rows.push(json!({"subjectType": subject_type, "subjectName": subject_name, "role": role, "pending": true}));
+                        }
+                    }
+                    Change::Revoke { subject_type, subject_name } => {
+                        for r in rows.iter_mut().filter(|r| r["subjectType"] == *subject_type && r["subjectName"] == subject_name.as_str()) {
+                            r["pending"] = Value::Bool(true);
+                            r["revoking"] = Value::Bool(true);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
     }
 
     /// Drops what expired.
     fn expire(&self) {
         let now = Utc::now();
-        if let Ok(mut m) = self.sessions.write() {
-            m.retain(|_, q| Self::live(q, now));
+        if let Ok(mut m) = self.queued.write() {
+            for queued in m.values_mut() {
+                queued.retain(|q| Self::live(q, now));
+            }
+            m.retain(|_, queued| !queued.is_empty());
         }
     }
 }
@@ -212,12 +320,67 @@ mod tests {
         assert_eq!(p.sessions_of("team-b").len(), 1);
     }
 
+    fn command(project: &str, body: CommandBody) -> Command {
+        Command::new(ProjectName::new(project).unwrap(), Principal { user: "alice".into(), ..Default::default() }, body)
+    }
+
     #[test]
-    fn only_creations_are_shown_and_announced() {
+    fn queued_stops_deletions_grants_and_revocations_show_until_their_results() {
+        let p = Pending::default();
+        let name = || SessionName::new("s1").unwrap();
+        let stop = command("team-a", CommandBody::SessionStop(events::commands::SessionRef { name: name() }));
+        p.accepted(&stop);
+        // (phase, queued stop) -> phase shown
+        for (phase, shown) in [("Running", "Stopping"), ("Pending", "Stopping"), ("Completed", "Completed"), ("Stopped", "Stopped")] {
+            let mut view = serde_json::json!({"metadata": {"name": "s1"}, "status": {"phase": phase}});
+            p.overlay_session("team-a", &mut view);
+            assert_eq!(view["status"]["phase"], shown, "{phase}");
+            let mut other = serde_json::json!({"metadata": {"name": "s2"}, "status": {"phase": phase}});
+            p.overlay_session("team-a", &mut other);
+            assert_eq!(other["status"]["phase"], phase, "another session is not touched");
+        }
+        p.settled(stop.id);
+        let mut view = serde_json::json!({"metadata": {"name": "s1"}, "status": {"phase": "Running"}});
+        p.overlay_session("team-a", &mut view);
+        assert_eq!(view["status"]["phase"], "Running");
+
+        let delete = command("team-a", CommandBody::SessionDelete(events::commands::SessionRef { name: name() }));
+        p.accepted(&delete);
+        assert!(p.deleting("team-a", "s1") && !p.deleting("team-a", "s2") && !p.deleting("team-b", "s1"));
+
+        let grant = command(
+            "team-a",
+            CommandBody::PermissionGrant(events::commands::PermissionGrant {
+                subject_type: events::SubjectType::User,
+                subject_name: events::SubjectName::new("bob").unwrap(),
+                role: events::Role::View,
+            }),
+        );
+        let revoke = command(
+            "team-a",
+            CommandBody::PermissionRevoke(events::commands::PermissionRevoke {
+                subject_type: events::SubjectType::Group,
+                subject_name: events::SubjectName::new("team").unwrap(),
+            }),
+        );
+        p.accepted(&grant);
+        p.accepted(&revoke);
+        let mut rows = vec![serde_json::json!({"subjectType": "group", "subjectName": "team", "role": "edit"})];
+        p.overlay_permissions("team-a", &mut rows);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0]["revoking"], true);
+        assert_eq!(rows[1], serde_json::json!({"subjectType": "user", "subjectName": "bob", "role": "view", "pending": true}));
+        let mut elsewhere = Vec::new();
+        p.overlay_permissions("team-b", &mut elsewhere);
+        assert!(elsewhere.is_empty());
+    }
+
+    #[test]
+    fn only_changes_reads_show_are_announced() {
         let mut stop = create("team-a", "s1");
         stop.body = CommandBody::SessionStop(events::commands::SessionRef { name: SessionName::new("s1").unwrap() });
         assert!(queued_session(&stop).is_none());
-        assert!(shows(CommandType::SessionCreate) && !shows(CommandType::SessionStop));
+        assert!(shows(CommandType::SessionCreate) && shows(CommandType::SessionStop) && !shows(CommandType::RunnerSecretPut) && !shows(CommandType::KeyCreate));
         assert_eq!(announcement_subject("ambient.cmd.team-a.session.create").as_deref(), Some("ambient.accepted.team-a.session.create"));
         assert_eq!(announcement_subject("other.team-a"), None);
     }
@@ -230,6 +393,6 @@ mod tests {
         p.accepted(&cmd);
         assert!(p.session("team-a", "old").is_none());
         p.expire();
-        assert!(p.sessions.read().unwrap().is_empty());
+        assert!(p.queued.read().unwrap().is_empty());
     }
 }

@@ -218,6 +218,26 @@ impl Reads {
         v
     }
 
+    /// A session as reads show it: its JSON with a queued stop or deletion shown.
+    pub fn session_view(&self, ns: &str, s: &AgenticSession) -> Value {
+        let mut v = session_json(s);
+        self.pending.overlay_session(ns, &mut v);
+        v
+    }
+
+    /// The sessions of `ns` as lists show them: queued creations in, queued deletions out.
+    pub fn sessions_view(&self, ns: &str) -> Vec<Value> {
+        self.sessions_of(ns).iter().filter(|s| !self.pending.deleting(ns, &s.name_any())).map(|s| self.session_view(ns, s)).collect()
+    }
+
+    /// The permission rows of `ns` as lists show them: queued grants and revocations marked
+    /// `pending`.
+    pub fn permissions_view(&self, ns: &str) -> Vec<Value> {
+        let mut rows = self.permissions_of(ns);
+        self.pending.overlay_permissions(ns, &mut rows);
+        rows
+    }
+
     /// The ProjectSettings of `ns`.
     pub fn settings_of(&self, ns: &str) -> Option<Arc<ProjectSettings>> {
         self.settings.get(&reflector::ObjectRef::new(events::crd::PROJECT_SETTINGS_NAME).within(ns))

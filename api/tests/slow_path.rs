@@ -41,12 +41,46 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
         async move { c.call(Method::POST, &keys, None, Some(body), &[("X-Forwarded-Access-Token", &alice), ("X-Forwarded-User", "alice")]).await }
     };
 
+    // Two sessions in the cluster before the pause: one to stop, one to delete.
+    let sessions = format!("/api/projects/{p}/agentic-sessions");
+    for name in ["to-stop", "to-delete"] {
+        let r = one.post(&sessions, &alice, json!({"name": name, "prompt": "p", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    }
+    eventually("to-stop runs", Duration::from_secs(60), || {
+        let (one, path, alice) = (&one, format!("{sessions}/to-stop"), &alice);
+        async move { Ok((one.get(&path, alice).await.body["status"]["phase"] == "Running").then_some(())) }
+    })
+    .await
+    .unwrap();
+
     let reconciler = s.reconciler.pid().expect("the reconciler runs");
     signal(reconciler, "STOP");
 
+    // Stop, delete, grant while paused: each shows at once, on the other replica too.
+    let async_ = [("prefer", "respond-async")];
+    let r = one.call(Method::POST, &format!("{sessions}/to-stop/stop"), Some(&alice), None, &async_).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let r = one.call(Method::DELETE, &format!("{sessions}/to-delete"), Some(&alice), None, &async_).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let perms = format!("/api/projects/{p}/permissions");
+    let r = one.call(Method::POST, &perms, Some(&alice), Some(json!({"subjectType": "user", "subjectName": "bob", "role": "view"})), &async_).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    eventually("queued stop, deletion and grant show on the other replica", Duration::from_secs(10), || {
+        let (two, sessions, perms, alice) = (&two, &sessions, &perms, &alice);
+        async move {
+            let stopping = two.get(&format!("{sessions}/to-stop"), alice).await.body["status"]["phase"] == "Stopping";
+            let list = two.get(sessions, alice).await.body;
+            let deleted = !list["items"].as_array().unwrap().iter().any(|i| i["metadata"]["name"] == "to-delete");
+            let granted = two.get(perms, alice).await.body["items"].as_array().unwrap().iter().any(|i| i["subjectName"] == "bob" && i["pending"] == true);
+            Ok((stopping && deleted && granted).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+
     // A session created from the UI while the reconciler is paused: 202 with the name the UI
     // reads, and the session readable at once, on the other replica too.
-    let sessions = format!("/api/projects/{p}/agentic-sessions");
     let body = json!({"prompt": "hello", "interactive": true, "llmSettings": {"model": "sonnet", "temperature": 0.7, "maxTokens": 4000}, "timeout": 300});
     let r = one.call(Method::POST, &sessions, None, Some(body), &[("X-Forwarded-Access-Token", &alice), ("X-Forwarded-User", "alice")]).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
@@ -83,6 +117,19 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     let retry = ui(&two, json!({"name": "ci", "role": "view"})).await;
     assert_eq!((retry.status, retry.body["commandId"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!(command)), "{:?}", retry.body);
     signal(reconciler, "CONT");
+    // Once applied, the cluster shows what was queued, without the marks.
+    eventually("the queued stop, deletion and grant are applied", Duration::from_secs(60), || {
+        let (two, sessions, perms, alice) = (&two, &sessions, &perms, &alice);
+        async move {
+            let stopped = two.get(&format!("{sessions}/to-stop"), alice).await.body["status"]["phase"] == "Stopped";
+            let gone = two.get(&format!("{sessions}/to-delete"), alice).await.status == StatusCode::NOT_FOUND;
+            let rows = two.get(perms, alice).await.body;
+            let granted = rows["items"].as_array().unwrap().iter().any(|i| i["subjectName"] == "bob" && i.get("pending").is_none());
+            Ok((stopped && gone && granted).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
     // Once applied, the cluster's session (with its uid) replaces the queued one.
     eventually("the applied session replaces the queued one", Duration::from_secs(60), || {
         let (two, path, alice) = (&two, format!("{sessions}/{name}"), &alice);

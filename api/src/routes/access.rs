@@ -85,7 +85,7 @@ async fn revoke(st: &AppState, caller: &Caller, project: ProjectName, ty: Subjec
     responses((status = 200, description = "`{items: [{subjectType, subjectName, role}]}`"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn list_permissions(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
     list_guard(&st, &caller, &p).await?;
-    Ok(axum::Json(json!({"items": st.reads.permissions_of(&p)})).into_response())
+    Ok(axum::Json(json!({"items": st.reads.permissions_view(&p)})).into_response())
 }
 
 /// Grants a role to a user or group.
@@ -121,10 +121,18 @@ pub async fn list_groups(State(st): State<Arc<AppState>>, caller: Caller, Path(p
     list_guard(&st, &caller, &p).await?;
     let items: Vec<Value> = st
         .reads
-        .permissions_of(&p)
+        .permissions_view(&p)
         .into_iter()
         .filter(|g| g["subjectType"] == "group")
-        .map(|g| json!({"groupName": g["subjectName"], "role": g["role"]}))
+        .map(|g| {
+            let mut row = json!({"groupName": g["subjectName"], "role": g["role"]});
+            for flag in ["pending", "revoking"] {
+                if let Some(v) = g.get(flag) {
+                    row[flag] = v.clone();
+                }
+            }
+            row
+        })
         .collect();
     Ok(axum::Json(json!({"items": items})).into_response())
 }

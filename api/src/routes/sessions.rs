@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::authz::check;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, refuse_server_owned, strict};
-use crate::reads::{rv_at_least, session_json};
+use crate::reads::rv_at_least;
 use crate::routes::{Page, paginate};
 use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted, accepted_with};
 
@@ -113,7 +113,7 @@ async fn wait_session(st: &AppState, ns: &str, name: &str, rv: Option<&str>) {
 }
 
 fn session_or_404(st: &AppState, ns: &str, name: &str) -> Result<Value, ApiError> {
-    st.reads.session(ns, name).map(|s| session_json(&s)).ok_or_else(|| ApiError::NotFound("session not found".into()))
+    st.reads.session(ns, name).map(|s| st.reads.session_view(ns, &s)).ok_or_else(|| ApiError::NotFound("session not found".into()))
 }
 
 /// Sessions of the project.
@@ -122,7 +122,7 @@ fn session_or_404(st: &AppState, ns: &str, name: &str) -> Result<Value, ApiError
 pub async fn list_sessions(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, Query(page): Query<Page>) -> Result<Response, ApiError> {
     st.visible_project(&caller, &p).await?;
     st.require(&caller, &[check(&p, "list", GROUP, "agenticsessions", None)]).await?;
-    let items: Vec<Value> = st.reads.sessions_of(&p).iter().map(|s| session_json(s)).collect();
+    let items: Vec<Value> = st.reads.sessions_view(&p);
     Ok(axum::Json(paginate(items, &page)?).into_response())
 }
 
