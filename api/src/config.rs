@@ -130,6 +130,12 @@ pub struct Config {
     /// projects hold at most 50 × 128 MiB = 6.4 GiB of it.
     #[arg(long, env = "API_MESSAGES_MAX_BYTES_PER_PROJECT", default_value_t = 128 * 1024 * 1024)]
     pub messages_max_bytes_per_project: u64,
+    /// Bytes the messages stream may hold as the nearly-full rule counts them (0: the stream's
+    /// own limit, 8 GiB). In the last tenth of it only projects holding under 1/512 of it (16 MiB of 8 GiB) may still
+    /// append (409 `ProjectMessagesFull` for the others), so tenants that filled it are refused
+    /// before anyone else. Set it lower to start that earlier.
+    #[arg(long, env = "API_MESSAGES_STORE_CAPACITY", default_value_t = 0)]
+    pub messages_store_capacity: u64,
     /// Largest single message (its stored envelope), bytes; larger ones are refused with 413
     /// (the stream's own limit is 256 KiB plus headers).
     #[arg(long, env = "API_MESSAGES_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]

@@ -126,6 +126,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_count: config.messages_max_per_session,
             max_bytes: config.messages_max_bytes_per_session,
             max_message_bytes: config.messages_max_message_bytes,
+            store_capacity: (config.messages_store_capacity > 0).then_some(config.messages_store_capacity),
         },
         messages::budget::Budgets::open(&js, config.messages_max_bytes_per_project).await?,
     );

@@ -6,6 +6,11 @@
 //! [`BUCKET`] updated with compare-and-set (so racing appends on any number of api replicas
 //! cannot both take the last bytes). Purging a session's messages gives its bytes back.
 //!
+//! Budgets alone cannot keep several tenants together from filling the stream (a user owns up
+//! to 50 projects). So when the stream is nearly full (past [`Pressure::reserve_from`]), only
+//! projects that hold little ([`Pressure::heavy`]) may still append: whoever filled the stream is
+//! refused first, and the other tenants keep the last part of it.
+//!
 //! The counter errs towards too high (a reservation whose publish failed and whose release
 //! failed too), never silently towards too low; the periodic sweep recounts each project from
 //! the stream itself (the byte totals every session's last message carries) and corrects it.
@@ -23,17 +28,53 @@ pub enum BudgetError {
     /// The project's budget would be exceeded.
     #[error("the project's session messages hold {used} of at most {max} bytes; this message needs {need} more (delete sessions to free space)")]
     Full { used: u64, need: u64, max: u64 },
+    /// The shared stream is nearly full and this project holds much of it.
+    #[error("the message store shared by all projects is nearly full ({used} of {capacity} bytes) and this project's messages hold {held} bytes; delete sessions to free space")]
+    StreamNearlyFull { used: u64, capacity: u64, held: u64 },
     /// The bucket did not answer.
     #[error("the message budget is unavailable: {0}")]
     Unavailable(String),
 }
 
-/// The counter after reserving `need` bytes on `used`, or why not (pure).
-pub fn reserve(used: u64, need: u64, max: u64) -> Result<u64, BudgetError> {
-    match used.checked_add(need) {
-        Some(total) if total <= max => Ok(total),
-        _ => Err(BudgetError::Full { used, need, max }),
+/// A project holding more than this is refused once an 8 GiB stream is nearly full.
+pub const HEAVY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How full the shared stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pressure {
+    /// Bytes it holds.
+    pub used: u64,
+    /// Bytes it may hold.
+    pub capacity: u64,
+}
+
+impl Pressure {
+    /// Past this many bytes only light projects may append: the last tenth of the stream.
+    pub fn reserve_from(&self) -> u64 {
+        self.capacity - self.capacity / 10
     }
+
+    /// A project holding more than this is refused in the reserve: 1/512 of the stream (so 50
+    /// light projects fit in the last tenth), at most [`HEAVY_BYTES`].
+    pub fn heavy(&self) -> u64 {
+        (self.capacity / 512).min(HEAVY_BYTES)
+    }
+}
+
+/// The counter after reserving `need` bytes on `used` (of `max`), or why not, given how full
+/// the stream is (pure).
+pub fn reserve(used: u64, need: u64, max: u64, pressure: Option<Pressure>) -> Result<u64, BudgetError> {
+    let total = match used.checked_add(need) {
+        Some(total) if total <= max => total,
+        _ => return Err(BudgetError::Full { used, need, max }),
+    };
+    if let Some(p) = pressure
+        && p.used.saturating_add(need) > p.reserve_from()
+        && total > p.heavy()
+    {
+        return Err(BudgetError::StreamNearlyFull { used: p.used, capacity: p.capacity, held: used });
+    }
+    Ok(total)
 }
 
 /// Per-project message budgets.
@@ -88,9 +129,9 @@ impl Budgets {
     }
 
     /// Reserves `need` bytes for one message of `project`.
-    pub async fn reserve(&self, project: &str, need: u64) -> Result<(), BudgetError> {
+    pub async fn reserve(&self, project: &str, need: u64, pressure: Option<Pressure>) -> Result<(), BudgetError> {
         let max = self.max_bytes;
-        self.change(project, |used| reserve(used, need, max)).await.map(|_| ())
+        self.change(project, |used| reserve(used, need, max, pressure)).await.map(|_| ())
     }
 
     /// Gives `bytes` back to `project` (a failed append, purged messages). Best effort: a
@@ -161,11 +202,32 @@ mod tests {
             (0, 0, 0, Some(0)),
         ];
         for &(used, need, max, want) in cases {
-            let got = reserve(used, need, max).ok();
+            let got = reserve(used, need, max, None).ok();
             assert_eq!(got, want, "reserve({used}, {need}, {max})");
         }
-        let Err(BudgetError::Full { used, need, max }) = reserve(95, 10, 100) else { panic!("expected Full") };
+        let Err(BudgetError::Full { used, need, max }) = reserve(95, 10, 100, None) else { panic!("expected Full") };
         assert_eq!((used, need, max), (95, 10, 100));
+    }
+
+    #[test]
+    fn a_nearly_full_stream_takes_only_light_projects() {
+        const MIB: u64 = 1024 * 1024;
+        let budget = 128 * MIB;
+        let stream = |used| Some(Pressure { used, capacity: 8 * 1024 * MIB });
+        // (project holds, stream holds) -> admitted
+        let cases = [
+            (0, 0, true),
+            (100 * MIB, 7000 * MIB, true),              // below the reserve: the budget alone decides
+            (100 * MIB, 7400 * MIB, false),             // in the reserve: a heavy project is refused
+            (HEAVY_BYTES - MIB, 7400 * MIB, true),      // ...a light one is not
+            (HEAVY_BYTES - MIB, 8 * 1024 * MIB, true),  // the server's own cap is the last word
+        ];
+        for (held, used, admitted) in cases {
+            assert_eq!(reserve(held, 1024, budget, stream(used)).is_ok(), admitted, "project {held}, stream {used}");
+        }
+        assert!(matches!(reserve(100 * MIB, 1024, budget, stream(7500 * MIB)), Err(BudgetError::StreamNearlyFull { .. })));
+        assert_eq!(Pressure { used: 0, capacity: 8 * 1024 * MIB }.heavy(), HEAVY_BYTES);
+        assert_eq!(Pressure { used: 0, capacity: 512 * 1000 }.heavy(), 1000, "a smaller store, a smaller share");
     }
 
     #[test]

@@ -74,7 +74,13 @@ pub struct Limits {
     pub max_bytes: u64,
     /// Largest single stored envelope.
     pub max_message_bytes: usize,
+    /// Bytes the stream may hold, as the nearly-full rule counts them (`None`: the stream's
+    /// own `max_bytes`).
+    pub store_capacity: Option<u64>,
 }
+
+/// How often an api replica asks how full the stream is (appends in between use the answer).
+const PRESSURE_EVERY: Duration = Duration::from_secs(1);
 
 /// An append that did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +133,7 @@ pub struct MessageLog {
     js: jetstream::Context,
     limits: Limits,
     budgets: Budgets,
+    pressure: std::sync::Mutex<Option<(tokio::time::Instant, budget::Pressure)>>,
 }
 
 /// The user name of a session's runner ServiceAccount (`ambient-session-<session>`, created by
@@ -143,7 +150,23 @@ impl MessageLog {
     /// A log over the `AMBIENT_MESSAGES` stream (created by the bootstrap), each project's
     /// messages within `budgets`.
     pub fn new(js: jetstream::Context, limits: Limits, budgets: Budgets) -> Self {
-        Self { js, limits, budgets }
+        Self { js, limits, budgets, pressure: std::sync::Mutex::new(None) }
+    }
+
+    /// How full the stream is (asked at most every [`PRESSURE_EVERY`]); `None` when unknown.
+    async fn pressure(&self) -> Option<budget::Pressure> {
+        let cached = self.pressure.lock().ok().and_then(|p| *p).filter(|(at, _)| at.elapsed() < PRESSURE_EVERY);
+        if let Some((_, p)) = cached {
+            return Some(p);
+        }
+        let stream = self.js.get_stream(MESSAGES_STREAM).await.ok()?;
+        let info = stream.cached_info();
+        let max = u64::try_from(info.config.max_bytes).ok().filter(|m| *m > 0)?;
+        let p = budget::Pressure { used: info.state.bytes, capacity: self.limits.store_capacity.map_or(max, |c| c.min(max)) };
+        if let Ok(mut cache) = self.pressure.lock() {
+            *cache = Some((tokio::time::Instant::now(), p));
+        }
+        Some(p)
     }
 
     /// The per-project budgets.
@@ -225,13 +248,20 @@ impl MessageLog {
         let subject = events::subjects::messages(project, session);
         let stream = self.stream().await.map_err(AppendError::Unavailable)?;
         let need = stored_size(&subject, body.len());
-        self.budgets.reserve(project.as_str(), need).await.map_err(|e| match e {
-            e @ BudgetError::Full { .. } => AppendError::ProjectFull(e.to_string()),
+        let pressure = self.pressure().await;
+        self.budgets.reserve(project.as_str(), need, pressure).await.map_err(|e| match e {
+            e @ (BudgetError::Full { .. } | BudgetError::StreamNearlyFull { .. }) => AppendError::ProjectFull(e.to_string()),
             BudgetError::Unavailable(e) => AppendError::Unavailable(e),
         })?;
         let appended = self.append_reserved(&stream, project, session, inc, &subject, &mut msg, body).await;
         if appended.is_err() {
             self.budgets.release(project.as_str(), need).await;
+        } else if let Ok(mut cache) = self.pressure.lock()
+            && let Some((_, p)) = cache.as_mut()
+        {
+            // Until the next look, this replica's own appends count too (a flood is faster
+            // than the look).
+            p.used = p.used.saturating_add(need);
         }
         appended.map(|()| msg)
     }
