@@ -87,6 +87,21 @@ impl Backlog {
         Ok(())
     }
 
+    /// Whether one more command of type `ty` fits in a stream holding `stream_bytes` of
+    /// `capacity`: in its last tenth only projects with little pending (under 1/512 of it) may
+    /// add more, so whoever filled it waits first and the other tenants keep the rest.
+    pub fn admit_near_full(&self, stream_bytes: u64, capacity: u64, ty: CommandType) -> Result<(), String> {
+        let charge = events::limits::charge_bytes(ty) as u64;
+        let reserve_from = capacity - capacity / 10;
+        if capacity > 0 && stream_bytes.saturating_add(charge) > reserve_from && self.bytes.saturating_add(charge) > capacity / 512 {
+            return Err(format!(
+                "the command store shared by all projects is nearly full and this project has {} pending commands; retry once some are applied",
+                self.commands
+            ));
+        }
+        Ok(())
+    }
+
     /// Seconds a client should wait before retrying (the backlog drains at tens to hundreds of
     /// commands a second).
     pub fn retry_after_secs(&self) -> u64 {
@@ -244,7 +259,11 @@ impl Commands {
             counts.push((subject, n as u64));
         }
         let backlog = Backlog::from_counts(counts.iter().map(|(s, n)| (s.as_str(), *n)));
-        if let Err(why) = backlog.admit(&self.backlog, cmd.body.command_type()) {
+        let capacity = u64::try_from(max).unwrap_or(0);
+        let admitted = backlog
+            .admit(&self.backlog, cmd.body.command_type())
+            .and_then(|()| backlog.admit_near_full(info.info.state.bytes, capacity, cmd.body.command_type()));
+        if let Err(why) = admitted {
             metrics::counter!("ambient_api_commands_refused_backlog_total").increment(1);
             tracing::info!(project = %cmd.project, pending = backlog.commands, bytes = backlog.bytes, "project backlog full");
             return Err(ApiError::Backlog { message: why, retry_after_secs: backlog.retry_after_secs() });
@@ -483,6 +502,15 @@ mod tests {
         assert!(one_large.admit(&limits, CommandType::KeyRevoke).is_ok());
         // An unknown subject is charged as large.
         assert_eq!(Backlog::from_counts([("ambient.cmd.0.p.what.ever", 1)]).bytes, one_large.bytes);
+        // A nearly full shared stream: a project with much pending waits, one with little does not.
+        let gib = 1024 * 1024 * 1024;
+        let busy = Backlog { commands: 1000, bytes: 64 * 1024 * 1024 };
+        let light = Backlog { commands: 1, bytes: events::limits::SMALL_COMMAND_CHARGE as u64 };
+        for (stream, busy_ok, light_ok) in [(gib, true, true), (3 * gib + gib / 2, true, true), (4 * gib - gib / 20, false, true)] {
+            assert_eq!(busy.admit_near_full(stream, 4 * gib, CommandType::SessionStop).is_ok(), busy_ok, "busy at {stream}");
+            assert_eq!(light.admit_near_full(stream, 4 * gib, CommandType::SessionStop).is_ok(), light_ok, "light at {stream}");
+        }
+        assert!(busy.admit_near_full(4 * gib, 0, CommandType::SessionStop).is_ok(), "no capacity known: no rule");
         assert_eq!(full.retry_after_secs(), 1);
         assert_eq!(Backlog { commands: 100_000, bytes: 0 }.retry_after_secs(), 30);
     }

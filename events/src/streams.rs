@@ -22,7 +22,8 @@
 //! default 64 MiB) and answers 429 with `Retry-After` to that project only. A user owns at most
 //! `--project-quota` projects (reconciler, default 50), so one tenant's backlogs total at most
 //! 50 × 64 MiB = 3.2 GiB, below the stream's 4 GiB: filling the stream takes several tenants
-//! each at the limit in all their projects, and only then do all tenants get 503. The server
+//! each at the limit in all their projects, and even then its last tenth is kept for projects
+//! with little pending (under 1/512 of the stream): those that filled it get 429 first. The server
 //! also caps each stored subject (project × command type) at [`BusConfig::max_commands_per_subject`]
 //! pending commands (discard new per subject), so an api replica that skipped the check still
 //! cannot flood the stream. Size `max_bytes` as (tenants expected to flood at once) × quota ×
