@@ -9,7 +9,7 @@ use clap::Parser;
 pub use events::service::LogFormat;
 use events::crd::{Amount, RunnerBounds};
 
-use crate::controllers::limits::{CpuMemory, ProjectLimits, QuotaItem};
+use crate::controllers::limits::{CpuMemory, Disk, ProjectLimits, QuotaItem};
 
 /// The reconciler: applies commands from JetStream to the cluster exactly once and runs the
 /// session, namespace and group-access controllers.
@@ -78,7 +78,7 @@ pub struct Config {
         env = "PROJECT_RESOURCE_QUOTA",
         value_delimiter = ',',
         value_parser = QuotaItem::parse,
-        default_value = "requests.cpu=20,requests.memory=80Gi,limits.cpu=100,limits.memory=200Gi,pods=100,count/agenticsessions.vteam.ambient-code=5000,count/serviceaccounts=6000,count/roles.rbac.authorization.k8s.io=6000,count/rolebindings.rbac.authorization.k8s.io=6000,count/secrets=500,count/jobs.batch=5000"
+        default_value = "requests.cpu=20,requests.memory=80Gi,limits.cpu=100,limits.memory=200Gi,pods=100,count/agenticsessions.vteam.ambient-code=5000,count/serviceaccounts=6000,count/roles.rbac.authorization.k8s.io=6000,count/rolebindings.rbac.authorization.k8s.io=6000,count/secrets=500,count/jobs.batch=5000,requests.ephemeral-storage=200Gi,limits.ephemeral-storage=1000Gi"
     )]
     pub project_resource_quota: Vec<QuotaItem>,
     /// CPU request of a runner without `resourceOverrides.cpu` (every project's LimitRange
@@ -94,6 +94,16 @@ pub struct Config {
     /// Memory limit of a runner without `resourceOverrides.memory`.
     #[arg(long, env = "RUNNER_DEFAULT_MEMORY", default_value = "2Gi", value_parser = Amount::parse_positive)]
     pub runner_default_memory: Amount,
+    /// Local disk (`ephemeral-storage`) request of every runner (and any other container of a
+    /// project that sets none).
+    #[arg(long, env = "RUNNER_DEFAULT_EPHEMERAL_STORAGE_REQUEST", default_value = "1Gi", value_parser = Amount::parse_positive)]
+    pub runner_default_ephemeral_storage_request: Amount,
+    /// Local disk limit of a container that sets none.
+    #[arg(long, env = "RUNNER_DEFAULT_EPHEMERAL_STORAGE", default_value = "10Gi", value_parser = Amount::parse_positive)]
+    pub runner_default_ephemeral_storage: Amount,
+    /// Most local disk one container of a project may have.
+    #[arg(long, env = "RUNNER_MAX_EPHEMERAL_STORAGE", default_value = "20Gi", value_parser = Amount::parse_positive)]
+    pub runner_max_ephemeral_storage: Amount,
     /// Periodic resync of every controller object, seconds.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
@@ -106,6 +116,11 @@ impl Config {
             self.project_resource_quota.clone(),
             CpuMemory { cpu: self.runner_default_cpu_request, memory: self.runner_default_memory_request },
             CpuMemory { cpu: self.runner_default_cpu, memory: self.runner_default_memory },
+            Disk {
+                request: self.runner_default_ephemeral_storage_request,
+                limit: self.runner_default_ephemeral_storage,
+                max: self.runner_max_ephemeral_storage,
+            },
             &self.runner,
         )
     }
@@ -130,7 +145,8 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.runner, RunnerBounds::default());
         let l = c.project_limits().unwrap();
-        assert_eq!(l.quota.len(), 11);
+        assert_eq!(l.quota.len(), 13);
+        assert!(l.quota.iter().any(|q| q.resource == "limits.ephemeral-storage"), "local disk is bounded by default");
         assert_eq!(l.max.cpu.cpu_string(), "4");
         let c = parse(&["--runner-priority-classes", "a,b", "--runner-max-cpu", "8", "--project-resource-quota", "pods=3"]).unwrap();
         assert_eq!(c.runner.priority_classes, ["a", "b"]);

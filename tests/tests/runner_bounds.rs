@@ -144,15 +144,16 @@ impl T<'_> {
         let q = eventually("the project's ResourceQuota", Duration::from_secs(30), || async { Ok(quotas.get_opt(QUOTA).await?) }).await?;
         let hard = serde_json::to_value(q.spec.as_ref().and_then(|s| s.hard.clone()))?;
         for (k, v) in [("requests.cpu", "20"), ("requests.memory", "80Gi"), ("limits.cpu", "100"), ("limits.memory", "200Gi"), ("pods", "100"),
-            ("count/agenticsessions.vteam.ambient-code", "5k"), ("count/serviceaccounts", "6k"), ("count/secrets", "500")] {
+            ("count/agenticsessions.vteam.ambient-code", "5k"), ("count/serviceaccounts", "6k"), ("count/secrets", "500"),
+            ("requests.ephemeral-storage", "200Gi"), ("limits.ephemeral-storage", "1000Gi")] {
             ensure!(quantity(&hard, k).as_deref() == Some(v), "quota {k}: {hard}");
         }
         let lr = eventually("the project's LimitRange", Duration::from_secs(30), || async { Ok(ranges.get_opt(LIMITS).await?) }).await?;
         let item = serde_json::to_value(&lr.spec.as_ref().context("LimitRange spec")?.limits)?;
         ensure!(item[0]["type"] == "Container", "{item}");
-        ensure!(item[0]["max"] == json!({"cpu": "4", "memory": "8Gi"}), "LimitRange max is the runner bounds: {item}");
-        ensure!(item[0]["default"] == json!({"cpu": "1", "memory": "2Gi"}), "{item}");
-        ensure!(item[0]["defaultRequest"] == json!({"cpu": "100m", "memory": "256Mi"}), "{item}");
+        ensure!(item[0]["max"] == json!({"cpu": "4", "memory": "8Gi", "ephemeral-storage": "20Gi"}), "LimitRange max is the runner bounds: {item}");
+        ensure!(item[0]["default"] == json!({"cpu": "1", "memory": "2Gi", "ephemeral-storage": "10Gi"}), "{item}");
+        ensure!(item[0]["defaultRequest"] == json!({"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "1Gi"}), "{item}");
         for meta in [&q.metadata, &lr.metadata] {
             let owners = meta.owner_references.clone().unwrap_or_default();
             ensure!(
@@ -268,7 +269,11 @@ impl T<'_> {
         let pod = self.pod("plain").await?;
         let ps = pod.spec.context("pod spec")?;
         let res = serde_json::to_value(&ps.containers[0].resources)?;
-        ensure!(res["requests"] == json!({"cpu": "100m", "memory": "256Mi"}) && res["limits"] == json!({"cpu": "1", "memory": "2Gi"}), "plain pod: {res}");
+        ensure!(
+            res["requests"] == json!({"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "1Gi"})
+                && res["limits"] == json!({"cpu": "1", "memory": "2Gi", "ephemeral-storage": "10Gi"}),
+            "plain pod (local disk bounded too): {res}"
+        );
         ensure!(ps.priority_class_name.is_none(), "plain pod: {:?}", ps.priority_class_name);
         self.phase("bounded", "Completed").await?;
         self.phase("plain", "Completed").await?;

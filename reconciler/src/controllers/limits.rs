@@ -85,6 +85,18 @@ impl CpuMemory {
     }
 }
 
+/// A container's local disk (`ephemeral-storage`): its default request and limit, and the most
+/// it may have. Without a bound one runner could fill its node's disk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Disk {
+    /// Request of a container that sets none.
+    pub request: Amount,
+    /// Limit of a container that sets none.
+    pub limit: Amount,
+    /// Most a container may have.
+    pub max: Amount,
+}
+
 /// What every project gets: its quota and its containers' defaults and maxima.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProjectLimits {
@@ -96,12 +108,14 @@ pub struct ProjectLimits {
     pub default_limit: CpuMemory,
     /// Most a container may have: the runner bounds.
     pub max: CpuMemory,
+    /// Local disk.
+    pub disk: Disk,
 }
 
 impl ProjectLimits {
     /// Checks that defaults fit: request ≤ limit ≤ the runner bounds (the API server would
     /// refuse such a LimitRange, or every pod under it).
-    pub fn new(quota: Vec<QuotaItem>, default_request: CpuMemory, default_limit: CpuMemory, bounds: &RunnerBounds) -> Result<Self, String> {
+    pub fn new(quota: Vec<QuotaItem>, default_request: CpuMemory, default_limit: CpuMemory, disk: Disk, bounds: &RunnerBounds) -> Result<Self, String> {
         let max = CpuMemory { cpu: bounds.max_cpu, memory: bounds.max_memory };
         if quota.is_empty() {
             return Err("the project quota has no hard limits".into());
@@ -112,7 +126,10 @@ impl ProjectLimits {
         if !default_limit.at_most(max) {
             return Err("a runner's default limits exceed --runner-max-cpu / --runner-max-memory".into());
         }
-        Ok(ProjectLimits { quota, default_request, default_limit, max })
+        if !(disk.request <= disk.limit && disk.limit <= disk.max) {
+            return Err("a runner's default ephemeral-storage request, limit and maximum must grow in that order".into());
+        }
+        Ok(ProjectLimits { quota, default_request, default_limit, max, disk })
     }
 
     fn hard(&self) -> BTreeMap<String, Quantity> {
@@ -120,11 +137,15 @@ impl ProjectLimits {
     }
 
     fn container(&self) -> LimitRangeItem {
+        let with_disk = |mut q: BTreeMap<String, Quantity>, disk: Amount| {
+            q.insert("ephemeral-storage".into(), Quantity(disk.memory_string()));
+            q
+        };
         LimitRangeItem {
             type_: "Container".into(),
-            default: Some(self.default_limit.quantities()),
-            default_request: Some(self.default_request.quantities()),
-            max: Some(self.max.quantities()),
+            default: Some(with_disk(self.default_limit.quantities(), self.disk.limit)),
+            default_request: Some(with_disk(self.default_request.quantities(), self.disk.request)),
+            max: Some(with_disk(self.max.quantities(), self.disk.max)),
             ..Default::default()
         }
     }
@@ -320,9 +341,14 @@ mod tests {
             quota,
             CpuMemory { cpu: amount("100m"), memory: amount("256Mi") },
             CpuMemory { cpu: amount("1"), memory: amount("2Gi") },
+            disk(),
             &RunnerBounds::default(),
         )
         .unwrap()
+    }
+
+    fn disk() -> Disk {
+        Disk { request: amount("1Gi"), limit: amount("10Gi"), max: amount("20Gi") }
     }
 
     fn ns() -> Namespace {
@@ -343,9 +369,11 @@ mod tests {
         let l = limits();
         let small = CpuMemory { cpu: amount("1"), memory: amount("1Gi") };
         let big = CpuMemory { cpu: amount("5"), memory: amount("1Gi") };
-        assert!(ProjectLimits::new(l.quota.clone(), big, big, &RunnerBounds::default()).is_err(), "limit above the runner bound");
-        assert!(ProjectLimits::new(l.quota.clone(), l.default_limit, small, &RunnerBounds::default()).is_err(), "request above limit");
-        assert!(ProjectLimits::new(Vec::new(), small, small, &RunnerBounds::default()).is_err(), "no quota");
+        assert!(ProjectLimits::new(l.quota.clone(), big, big, disk(), &RunnerBounds::default()).is_err(), "limit above the runner bound");
+        assert!(ProjectLimits::new(l.quota.clone(), l.default_limit, small, disk(), &RunnerBounds::default()).is_err(), "request above limit");
+        assert!(ProjectLimits::new(Vec::new(), small, small, disk(), &RunnerBounds::default()).is_err(), "no quota");
+        let bad_disk = Disk { request: amount("10Gi"), limit: amount("1Gi"), max: amount("20Gi") };
+        assert!(ProjectLimits::new(l.quota.clone(), small, small, bad_disk, &RunnerBounds::default()).is_err(), "disk request above limit");
     }
 
     #[test]
@@ -360,6 +388,8 @@ mod tests {
         assert_eq!(item.max.as_ref().unwrap()["cpu"].0, "4");
         assert_eq!(item.max.as_ref().unwrap()["memory"].0, "8Gi");
         assert_eq!(item.default_request.as_ref().unwrap()["cpu"].0, "100m");
+        assert_eq!(item.max.as_ref().unwrap()["ephemeral-storage"].0, "20Gi");
+        assert_eq!(item.default.as_ref().unwrap()["ephemeral-storage"].0, "10Gi");
         assert!(l.limit_range_current(&lr));
         // The API server's spelling of the same values is current; another value is not.
         let mut respelled = q.clone();
