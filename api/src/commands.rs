@@ -90,7 +90,17 @@ impl Backlog {
     /// Whether one more command of type `ty` fits in a stream holding `stream_bytes` of
     /// `capacity`: in its last tenth only projects with little pending (under 1/512 of it) may
     /// add more, so whoever filled it waits first and the other tenants keep the rest.
+    /// Commands that stop or take something away (revoke a key or a grant, stop or delete a
+    /// session, delete the project) are always admitted: an admin must be able to revoke a
+    /// leaked key while others keep the stream full.
     pub fn admit_near_full(&self, stream_bytes: u64, capacity: u64, ty: CommandType) -> Result<(), String> {
+        let remedial = matches!(
+            ty,
+            CommandType::KeyRevoke | CommandType::PermissionRevoke | CommandType::SessionStop | CommandType::SessionDelete | CommandType::ProjectDelete
+        );
+        if remedial {
+            return Ok(());
+        }
         let charge = events::limits::charge_bytes(ty) as u64;
         let reserve_from = capacity - capacity / 10;
         if capacity > 0 && stream_bytes.saturating_add(charge) > reserve_from && self.bytes.saturating_add(charge) > capacity / 512 {
@@ -507,10 +517,14 @@ mod tests {
         let busy = Backlog { commands: 1000, bytes: 64 * 1024 * 1024 };
         let light = Backlog { commands: 1, bytes: events::limits::SMALL_COMMAND_CHARGE as u64 };
         for (stream, busy_ok, light_ok) in [(gib, true, true), (3 * gib + gib / 2, true, true), (4 * gib - gib / 20, false, true)] {
-            assert_eq!(busy.admit_near_full(stream, 4 * gib, CommandType::SessionStop).is_ok(), busy_ok, "busy at {stream}");
-            assert_eq!(light.admit_near_full(stream, 4 * gib, CommandType::SessionStop).is_ok(), light_ok, "light at {stream}");
+            assert_eq!(busy.admit_near_full(stream, 4 * gib, CommandType::SessionCreate).is_ok(), busy_ok, "busy at {stream}");
+            assert_eq!(light.admit_near_full(stream, 4 * gib, CommandType::SessionCreate).is_ok(), light_ok, "light at {stream}");
         }
-        assert!(busy.admit_near_full(4 * gib, 0, CommandType::SessionStop).is_ok(), "no capacity known: no rule");
+        // Taking something away is never refused for pressure.
+        for ty in [CommandType::KeyRevoke, CommandType::PermissionRevoke, CommandType::SessionStop, CommandType::SessionDelete, CommandType::ProjectDelete] {
+            assert!(busy.admit_near_full(4 * gib - 1, 4 * gib, ty).is_ok(), "{ty:?}");
+        }
+        assert!(busy.admit_near_full(4 * gib, 0, CommandType::SessionCreate).is_ok(), "no capacity known: no rule");
         assert_eq!(full.retry_after_secs(), 1);
         assert_eq!(Backlog { commands: 100_000, bytes: 0 }.retry_after_secs(), 30);
     }

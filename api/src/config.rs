@@ -127,8 +127,8 @@ pub struct Config {
     /// Bytes (charged as for a session) all sessions of one project may hold together; the next append
     /// is refused (409 `ProjectMessagesFull`) until sessions are deleted. The messages stream
     /// holds 8 GiB: with the reconciler's default project quota (50 per user) one user's
-    /// projects hold at most 50 × 128 MiB = 6.4 GiB of it.
-    #[arg(long, env = "API_MESSAGES_MAX_BYTES_PER_PROJECT", default_value_t = 128 * 1024 * 1024)]
+    /// projects hold at most 50 × 64 MiB = 3.2 GiB of it, under half.
+    #[arg(long, env = "API_MESSAGES_MAX_BYTES_PER_PROJECT", default_value_t = 64 * 1024 * 1024)]
     pub messages_max_bytes_per_project: u64,
     /// Bytes the messages stream may hold as the nearly-full rule counts them (0: the stream's
     /// own limit, 8 GiB). In the last tenth of it only projects holding under 1/512 of it (16 MiB of 8 GiB) may still

@@ -45,6 +45,11 @@ pub const ACCEPTED: &str = "ambient.accepted";
 pub const TTL: Duration = Duration::from_secs(15 * 60);
 /// Results remembered so that an announcement arriving after its result is ignored.
 const SETTLED_MEMORY: usize = 4096;
+/// Queued changes kept per project (the oldest go first): memory stays bounded whatever one
+/// tenant queues.
+const MAX_PER_PROJECT: usize = 2000;
+/// Characters of a queued session's prompt kept for its view (the rest shows once applied).
+const PROMPT_SHOWN: usize = 2000;
 
 /// Whether commands of `ty` change what reads show while they wait (only those are announced).
 pub fn shows(ty: CommandType) -> bool {
@@ -66,7 +71,13 @@ pub fn announcement_subject(command_subject: &str) -> Option<String> {
 /// requested spec, created at the command's time (pure).
 pub fn queued_session(cmd: &Command) -> Option<AgenticSession> {
     let CommandBody::SessionCreate(c) = &cmd.body else { return None };
-    let mut s = AgenticSession::new(c.name.as_str(), c.spec.clone());
+    // Kept small: every replica holds every project's queue.
+    let mut spec = c.spec.clone();
+    if spec.prompt.chars().count() > PROMPT_SHOWN {
+        spec.prompt = spec.prompt.chars().take(PROMPT_SHOWN).chain(std::iter::once('…')).collect();
+    }
+    spec.environment_variables.clear();
+    let mut s = AgenticSession::new(c.name.as_str(), spec);
     s.metadata = ObjectMeta {
         name: Some(c.name.to_string()),
         namespace: Some(cmd.project.to_string()),
@@ -131,6 +142,9 @@ impl Pending {
             let queued = m.entry(cmd.project.to_string()).or_default();
             if !queued.iter().any(|q| q.command == cmd.id) {
                 queued.push(Queued { command: cmd.id, at: cmd.time, change });
+                if queued.len() > MAX_PER_PROJECT {
+                    queued.remove(0);
+                }
             }
         }
     }
@@ -155,13 +169,15 @@ impl Pending {
         }
     }
 
-    /// The live queued changes of `project`, oldest first, through `f`.
-    fn with_queued<T>(&self, project: &str, f: impl FnOnce(&mut dyn Iterator<Item = &Change>) -> T) -> T {
+    /// The live queued changes of `project`, oldest first, through `f`. Only those accepted
+    /// after `since` (the project's creation): a project deleted and created again under the same
+    /// name shows nothing queued for the earlier one.
+    fn with_queued<T>(&self, project: &str, since: Option<DateTime<Utc>>, f: impl FnOnce(&mut dyn Iterator<Item = &Change>) -> T) -> T {
         let now = Utc::now();
         let guard = self.queued.read();
         let empty = Vec::new();
         let queued = guard.as_ref().ok().and_then(|m| m.get(project)).unwrap_or(&empty);
-        f(&mut queued.iter().filter(|q| Self::live(q, now)).map(|q| &q.change))
+        f(&mut queued.iter().filter(|q| Self::live(q, now) && since.is_none_or(|t| q.at >= t)).map(|q| &q.change))
     }
 
     fn live(q: &Queued, now: DateTime<Utc>) -> bool {
@@ -169,8 +185,8 @@ impl Pending {
     }
 
     /// The queued creation of `project/name`, if one shows.
-    pub fn session(&self, project: &str, name: &str) -> Option<Arc<AgenticSession>> {
-        self.with_queued(project, |q| {
+    pub fn session(&self, project: &str, since: Option<DateTime<Utc>>, name: &str) -> Option<Arc<AgenticSession>> {
+        self.with_queued(project, since, |q| {
             q.filter_map(|c| match c {
                 Change::Create(s) if s.metadata.name.as_deref() == Some(name) => Some(s.clone()),
                 _ => None,
@@ -179,26 +195,34 @@ impl Pending {
         })
     }
 
-    /// The queued creations of `project`.
-    pub fn sessions_of(&self, project: &str) -> Vec<Arc<AgenticSession>> {
-        self.with_queued(project, |q| {
+    /// The queued creations of `project`, one per name (the latest).
+    pub fn sessions_of(&self, project: &str, since: Option<DateTime<Utc>>) -> Vec<Arc<AgenticSession>> {
+        self.with_queued(project, since, |q| {
+            let mut by_name = BTreeMap::new();
+            for c in q {
+                if let Change::Create(s) = c {
+                    by_name.insert(s.metadata.name.clone().unwrap_or_default(), s.clone());
+                }
+            }
+            by_name.into_values().collect()
+        })
+    }
+
+    /// The sessions of `project` with a deletion queued.
+    pub fn deleting(&self, project: &str, since: Option<DateTime<Utc>>) -> std::collections::BTreeSet<String> {
+        self.with_queued(project, since, |q| {
             q.filter_map(|c| match c {
-                Change::Create(s) => Some(s.clone()),
+                Change::Delete(n) => Some(n.clone()),
                 _ => None,
             })
             .collect()
         })
     }
 
-    /// Whether a deletion of `project/name` is queued.
-    pub fn deleting(&self, project: &str, name: &str) -> bool {
-        self.with_queued(project, |q| q.filter(|c| matches!(c, Change::Delete(n) if n == name)).count() > 0)
-    }
-
     /// A session's JSON view (`session_json`) with its queued stop or deletion shown.
-    pub fn overlay_session(&self, project: &str, view: &mut Value) {
+    pub fn overlay_session(&self, project: &str, since: Option<DateTime<Utc>>, view: &mut Value) {
         let Some(name) = view["metadata"]["name"].as_str().map(str::to_string) else { return };
-        let (stopping, deleting) = self.with_queued(project, |q| {
+        let (stopping, deleting) = self.with_queued(project, since, |q| {
             q.fold((false, false), |(s, d), c| match c {
                 Change::Stop(n) if *n == name => (true, d),
                 Change::Delete(n) if *n == name => (s, true),
@@ -216,8 +240,8 @@ impl Pending {
 
     /// A project's permission rows (`{subjectType, subjectName, role}`) with its queued grants
     /// and revocations shown.
-    pub fn overlay_permissions(&self, project: &str, rows: &mut Vec<Value>) {
-        self.with_queued(project, |q| {
+    pub fn overlay_permissions(&self, project: &str, since: Option<DateTime<Utc>>, rows: &mut Vec<Value>) {
+        self.with_queued(project, since, |q| {
             for c in q {
                 match c {
                     Change::Grant { subject_type, subject_name, role } => {
@@ -304,20 +328,20 @@ mod tests {
         let cmd = create("team-a", "s1");
         p.accepted(&cmd);
         p.accepted(&create("team-b", "s2"));
-        let s = p.session("team-a", "s1").expect("shown");
+        let s = p.session("team-a", None, "s1").expect("shown");
         assert_eq!(s.metadata.namespace.as_deref(), Some("team-a"));
         assert_eq!(s.status.as_ref().and_then(|st| st.phase), Some(Phase::Pending));
         assert!(s.status.as_ref().and_then(|st| st.message.clone()).is_some_and(|m| m.contains(&cmd.id.to_string())));
         assert_eq!(s.spec.prompt, "hi");
         assert!(s.metadata.uid.is_none(), "no uid until the cluster has it");
-        assert_eq!(p.sessions_of("team-a").len(), 1);
-        assert!(p.sessions_of("team").is_empty(), "a prefix of a project is another project");
+        assert_eq!(p.sessions_of("team-a", None).len(), 1);
+        assert!(p.sessions_of("team", None).is_empty(), "a prefix of a project is another project");
         p.settled(cmd.id);
-        assert!(p.session("team-a", "s1").is_none());
+        assert!(p.session("team-a", None, "s1").is_none());
         // An announcement that arrives after its result shows nothing.
         p.accepted(&cmd);
-        assert!(p.session("team-a", "s1").is_none());
-        assert_eq!(p.sessions_of("team-b").len(), 1);
+        assert!(p.session("team-a", None, "s1").is_none());
+        assert_eq!(p.sessions_of("team-b", None).len(), 1);
     }
 
     fn command(project: &str, body: CommandBody) -> Command {
@@ -333,20 +357,23 @@ mod tests {
         // (phase, queued stop) -> phase shown
         for (phase, shown) in [("Running", "Stopping"), ("Pending", "Stopping"), ("Completed", "Completed"), ("Stopped", "Stopped")] {
             let mut view = serde_json::json!({"metadata": {"name": "s1"}, "status": {"phase": phase}});
-            p.overlay_session("team-a", &mut view);
+            p.overlay_session("team-a", None, &mut view);
             assert_eq!(view["status"]["phase"], shown, "{phase}");
             let mut other = serde_json::json!({"metadata": {"name": "s2"}, "status": {"phase": phase}});
-            p.overlay_session("team-a", &mut other);
+            p.overlay_session("team-a", None, &mut other);
             assert_eq!(other["status"]["phase"], phase, "another session is not touched");
         }
         p.settled(stop.id);
         let mut view = serde_json::json!({"metadata": {"name": "s1"}, "status": {"phase": "Running"}});
-        p.overlay_session("team-a", &mut view);
+        p.overlay_session("team-a", None, &mut view);
         assert_eq!(view["status"]["phase"], "Running");
 
         let delete = command("team-a", CommandBody::SessionDelete(events::commands::SessionRef { name: name() }));
         p.accepted(&delete);
-        assert!(p.deleting("team-a", "s1") && !p.deleting("team-a", "s2") && !p.deleting("team-b", "s1"));
+        let deleting = p.deleting("team-a", None);
+        assert!(deleting.contains("s1") && !deleting.contains("s2") && p.deleting("team-b", None).is_empty());
+        // Queued before the project (of this name) was created: not this project's.
+        assert!(p.deleting("team-a", Some(Utc::now() + chrono::Duration::seconds(1))).is_empty());
 
         let grant = command(
             "team-a",
@@ -366,12 +393,12 @@ mod tests {
         p.accepted(&grant);
         p.accepted(&revoke);
         let mut rows = vec![serde_json::json!({"subjectType": "group", "subjectName": "team", "role": "edit"})];
-        p.overlay_permissions("team-a", &mut rows);
+        p.overlay_permissions("team-a", None, &mut rows);
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert_eq!(rows[0]["revoking"], true);
         assert_eq!(rows[1], serde_json::json!({"subjectType": "user", "subjectName": "bob", "role": "view", "pending": true}));
         let mut elsewhere = Vec::new();
-        p.overlay_permissions("team-b", &mut elsewhere);
+        p.overlay_permissions("team-b", None, &mut elsewhere);
         assert!(elsewhere.is_empty());
     }
 
@@ -391,7 +418,7 @@ mod tests {
         let mut cmd = create("team-a", "old");
         cmd.time = Utc::now() - chrono::Duration::from_std(TTL + Duration::from_secs(1)).unwrap();
         p.accepted(&cmd);
-        assert!(p.session("team-a", "old").is_none());
+        assert!(p.session("team-a", None, "old").is_none());
         p.expire();
         assert!(p.queued.read().unwrap().is_empty());
     }

@@ -205,36 +205,45 @@ impl Reads {
 
     /// The session `ns/name`: the cluster's, else an accepted creation still queued.
     pub fn session(&self, ns: &str, name: &str) -> Option<Arc<AgenticSession>> {
-        self.sessions.get(&reflector::ObjectRef::new(name).within(ns)).or_else(|| self.pending.session(ns, name))
+        self.sessions.get(&reflector::ObjectRef::new(name).within(ns)).or_else(|| self.pending.session(ns, self.project_since(ns), name))
     }
 
     /// Sessions of `ns`, sorted by name, accepted creations still queued included.
     pub fn sessions_of(&self, ns: &str) -> Vec<Arc<AgenticSession>> {
         let mut v: Vec<_> =
             self.sessions.state().into_iter().filter(|s| s.namespace().as_deref() == Some(ns)).collect();
-        let queued: Vec<_> = self.pending.sessions_of(ns).into_iter().filter(|q| !v.iter().any(|s| s.name_any() == q.name_any())).collect();
+        let cluster: BTreeSet<String> = v.iter().map(|s| s.name_any()).collect();
+        let queued: Vec<_> = self.pending.sessions_of(ns, self.project_since(ns)).into_iter().filter(|q| !cluster.contains(&q.name_any())).collect();
         v.extend(queued);
         v.sort_by_key(|s| s.name_any());
         v
     }
 
+    /// When the project `ns` (as the cache knows it) was created: queued commands before it were
+    /// for an earlier project of the name.
+    fn project_since(&self, ns: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        let created = self.project(ns)?.metadata.creation_timestamp.clone()?;
+        chrono::DateTime::from_timestamp(created.0.as_second(), 0)
+    }
+
     /// A session as reads show it: its JSON with a queued stop or deletion shown.
     pub fn session_view(&self, ns: &str, s: &AgenticSession) -> Value {
         let mut v = session_json(s);
-        self.pending.overlay_session(ns, &mut v);
+        self.pending.overlay_session(ns, self.project_since(ns), &mut v);
         v
     }
 
     /// The sessions of `ns` as lists show them: queued creations in, queued deletions out.
     pub fn sessions_view(&self, ns: &str) -> Vec<Value> {
-        self.sessions_of(ns).iter().filter(|s| !self.pending.deleting(ns, &s.name_any())).map(|s| self.session_view(ns, s)).collect()
+        let deleting = self.pending.deleting(ns, self.project_since(ns));
+        self.sessions_of(ns).iter().filter(|s| !deleting.contains(&s.name_any())).map(|s| self.session_view(ns, s)).collect()
     }
 
     /// The permission rows of `ns` as lists show them: queued grants and revocations marked
     /// `pending`.
     pub fn permissions_view(&self, ns: &str) -> Vec<Value> {
         let mut rows = self.permissions_of(ns);
-        self.pending.overlay_permissions(ns, &mut rows);
+        self.pending.overlay_permissions(ns, self.project_since(ns), &mut rows);
         rows
     }
 
