@@ -376,9 +376,14 @@ pub fn project_json(ns: &Namespace) -> Value {
 
 /// A session of the cache (which holds no managedFields) as the full `{apiVersion, kind,
 /// metadata, spec, status}` object. A session the reconciler has not reached yet has no status
-/// and shows phase Pending, as the status stream does.
+/// and shows phase Pending, as the status stream does. Its model parameters show as the runner
+/// gets them, defaults included (the web UI reads `spec.llmSettings.model` unguarded).
 pub fn session_json(s: &AgenticSession) -> Value {
     let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+    let llm = s.spec.llm_settings.clone().unwrap_or_default().effective();
+    if let (Some(spec), Ok(llm)) = (v.get_mut("spec"), serde_json::to_value(llm)) {
+        spec["llmSettings"] = llm;
+    }
     if let Value::Object(m) = &mut v {
         m.insert("apiVersion".into(), Value::String(events::crd::API_VERSION.into()));
         m.insert("kind".into(), Value::String("AgenticSession".into()));

@@ -53,6 +53,10 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     })
     .await
     .unwrap();
+    // Created without model parameters, the session shows those its runner gets (the UI reads
+    // `spec.llmSettings.model` unguarded and crashed on their absence).
+    let shown = one.get(&format!("{sessions}/to-stop"), &alice).await.body;
+    assert_eq!(shown["spec"]["llmSettings"], json!({"model": "sonnet", "temperature": 0.7, "maxTokens": 4000}), "{shown}");
 
     let reconciler = s.reconciler.pid().expect("the reconciler runs");
     signal(reconciler, "STOP");

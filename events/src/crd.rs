@@ -107,6 +107,24 @@ pub struct LlmSettings {
     pub max_tokens: Option<i64>,
 }
 
+impl LlmSettings {
+    /// The model a runner gets when none is set.
+    pub const DEFAULT_MODEL: &'static str = "sonnet";
+    /// The temperature a runner gets when none is set.
+    pub const DEFAULT_TEMPERATURE: f64 = 0.7;
+    /// The token limit a runner gets when none is set.
+    pub const DEFAULT_MAX_TOKENS: i64 = 4000;
+
+    /// Every parameter as the runner gets it: set, or its default.
+    pub fn effective(&self) -> LlmSettings {
+        LlmSettings {
+            model: Some(self.model.clone().unwrap_or_else(|| Self::DEFAULT_MODEL.into())),
+            temperature: Some(self.temperature.unwrap_or(Self::DEFAULT_TEMPERATURE)),
+            max_tokens: Some(self.max_tokens.unwrap_or(Self::DEFAULT_MAX_TOKENS)),
+        }
+    }
+}
+
 /// An input repository and where the runner pushes its output.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -283,14 +283,14 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
 /// `env` entry.
 fn runner_env(s: &AgenticSession, ns: &str, backend: &str, secret: &str) -> Vec<EnvVar> {
     let spec = &s.spec;
-    let llm = spec.llm_settings.clone().unwrap_or_default();
+    let llm = spec.llm_settings.clone().unwrap_or_default().effective();
     let mut platform = vec![
         env("AGENTIC_SESSION_NAME", s.name_any()),
         env("AGENTIC_SESSION_NAMESPACE", ns),
         env("PROMPT", spec.prompt.clone()),
-        env("LLM_MODEL", llm.model.unwrap_or_else(|| "sonnet".into())),
-        env("LLM_TEMPERATURE", llm.temperature.unwrap_or(0.7).to_string()),
-        env("LLM_MAX_TOKENS", llm.max_tokens.unwrap_or(4000).to_string()),
+        env("LLM_MODEL", llm.model.unwrap_or_default()),
+        env("LLM_TEMPERATURE", llm.temperature.unwrap_or_default().to_string()),
+        env("LLM_MAX_TOKENS", llm.max_tokens.unwrap_or_default().to_string()),
         env("TIMEOUT", spec.timeout.to_string()),
         env("BACKEND_API_URL", backend),
         env("INTERACTIVE", spec.interactive.unwrap_or(false).to_string()),
