@@ -145,8 +145,17 @@ impl AppState {
             idempotency_key: headers.get("idempotency-key").map(|v| v.to_str().unwrap_or("").to_string()),
             reply,
         };
+        // The overlay of this replica learns of the command before the answer leaves: a client's
+        // next read must show it even when the announcement to every replica runs behind.
+        let shown = crate::pending::shows(cmd.body.command_type()).then(|| cmd.clone());
         match tracing::Instrument::instrument(self.commands.submit(cmd, opts), span).await? {
-            Submitted::Accepted(id) => Ok(Mutation::Accepted(id)),
+            Submitted::Accepted(id) => {
+                if let Some(mut cmd) = shown {
+                    cmd.id = id;
+                    self.reads.pending.accepted(&cmd);
+                }
+                Ok(Mutation::Accepted(id))
+            }
             Submitted::Done { result, token, replayed } => match result.outcome {
                 Outcome::Succeeded { resource, .. } => Ok(Mutation::Applied { resource, token, replayed }),
                 Outcome::Failed { code, reason, message } => {

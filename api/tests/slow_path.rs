@@ -90,6 +90,10 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     let name = r.body["name"].as_str().expect("the 202 names the session").to_string();
     assert!(r.body["location"].as_str().is_some_and(|l| l.starts_with("/api/commands/")), "{:?}", r.body);
+    // The UI reads it at once, from the replica that answered: never a 404 (it would create a
+    // second session), however far behind the announcements to other replicas run.
+    let at_once = one.get(&format!("{sessions}/{name}"), &alice).await;
+    assert_eq!((at_once.status, at_once.body["status"]["phase"].clone()), (StatusCode::OK, json!("Pending")), "{:?}", at_once.body);
     let queued = eventually("the queued session reads on the other replica", Duration::from_secs(10), || {
         let (two, path, alice) = (&two, format!("{sessions}/{name}"), &alice);
         async move {
