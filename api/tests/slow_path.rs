@@ -94,6 +94,9 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     // second session), however far behind the announcements to other replicas run.
     let at_once = one.get(&format!("{sessions}/{name}"), &alice).await;
     assert_eq!((at_once.status, at_once.body["status"]["phase"].clone()), (StatusCode::OK, json!("Pending")), "{:?}", at_once.body);
+    // Its messages (the detail page polls them): none yet, not "not found".
+    let msgs = one.get(&format!("{sessions}/{name}/messages"), &alice).await;
+    assert_eq!((msgs.status, msgs.body["messages"].clone()), (StatusCode::OK, json!([])), "{:?}", msgs.body);
     let queued = eventually("the queued session reads on the other replica", Duration::from_secs(10), || {
         let (two, path, alice) = (&two, format!("{sessions}/{name}"), &alice);
         async move {

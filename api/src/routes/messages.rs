@@ -134,10 +134,14 @@ async fn read(st: Arc<AppState>, caller: Caller, p: String, s: String, q: Messag
     if party == Party::Member {
         st.require(&caller, &[check(&p, "get", GROUP, "agenticsessions", Some(session.as_str()))]).await?;
     }
+    let (query, include_partials) = read_query(&q, st.config.messages_max_wait)?;
     let Some(inc) = st.reads.session_incarnation(&p, session.as_str()) else {
+        // Accepted but not created yet (reads show it queued): no messages yet, not "missing".
+        if st.reads.session(&p, session.as_str()).is_some() {
+            return Ok(axum::Json(json!({"sessionId": session.as_str(), "messages": [], "lastSeq": query.after, "hasMore": false})).into_response());
+        }
         return Err(ApiError::NotFound("session not found".into()));
     };
-    let (query, include_partials) = read_query(&q, st.config.messages_max_wait)?;
     // A waiting read holds a consumer open like an event stream does, and counts as one.
     let _slot = if query.wait.is_zero() { None } else { Some(st.limits.streams.open(&caller.principal.user)?) };
     let page = st.messages.read(&project, &session, &inc, &query).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
