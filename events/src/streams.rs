@@ -90,6 +90,10 @@ pub struct BusConfig {
     pub ack_wait: Duration,
     /// Deliveries of a command before it is given up (a failed result is published).
     pub max_deliver: i64,
+    /// Commands a partition's consumer hands out before any is acknowledged: the reconciler
+    /// reads this far ahead so that it can share the apply fairly across projects (a project
+    /// with a larger backlog than this in one partition delays that partition's others).
+    pub max_ack_pending: i64,
     /// Pending commands the server keeps per stored subject (one project's commands of one
     /// type); the next one is refused. A backstop under the api's per-project limits.
     pub max_commands_per_subject: i64,
@@ -106,6 +110,7 @@ impl Default for BusConfig {
             max_message_bytes: 256 * 1024,
             ack_wait: Duration::from_secs(10),
             max_deliver: 20,
+            max_ack_pending: 20_000,
             max_commands_per_subject: 10_000,
         }
     }
@@ -222,7 +227,7 @@ impl BusConfig {
             deliver_policy: consumer::DeliverPolicy::All,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
-            max_ack_pending: 1_000,
+            max_ack_pending: self.max_ack_pending,
             priority_policy: consumer::PriorityPolicy::PinnedClient,
             priority_groups: vec![RECONCILER_GROUP.into()],
             // A replica that stops pulling loses its partitions after this long.

@@ -53,6 +53,15 @@ pub struct Config {
     /// two API-server round trips, so this bounds throughput at about concurrency / latency.
     #[arg(long, env = "CONCURRENCY", default_value_t = 128)]
     pub concurrency: usize,
+    /// Commands of one project applied in parallel: a project's fair share of `concurrency`.
+    /// Projects with pending work take turns, so one project's backlog delays another's next
+    /// command by about one apply.
+    #[arg(long, env = "PROJECT_CONCURRENCY", default_value_t = 16)]
+    pub project_concurrency: usize,
+    /// Commands read ahead and held in memory, MiB at most: beyond it, read-ahead pauses (and
+    /// fairness falls back to stream order within a partition).
+    #[arg(long, env = "MAX_HELD_MIB", default_value_t = 256)]
+    pub max_held_mib: u64,
     /// Sessions reconciled in parallel by the session controller.
     #[arg(long, env = "SESSION_CONCURRENCY", default_value_t = 16)]
     pub session_concurrency: u16,

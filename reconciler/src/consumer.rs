@@ -2,25 +2,30 @@
 //!
 //! One pull loop per command partition, on the durable consumer `reconciler-p<p>` with priority
 //! group `reconciler` (pinned client: one replica consumes a partition at a time, another takes
-//! over when it goes away). Decoded commands go to a worker per `(project, object key)`, so the
-//! same object's commands apply strictly in stream order while different objects and projects
-//! proceed in parallel (bounded by a semaphore). While a message waits or is applied, a ticker
-//! sends `Progress` so the server neither redelivers it nor lets a later command of the same
-//! object overtake it.
+//! over when it goes away). The consumer's window is wide (`BusConfig::max_ack_pending`), so a
+//! partition's whole backlog is read ahead and waits here, not in the stream: [`crate::fair`]
+//! hands it out round-robin across projects (a bounded share each) and one command at a time per
+//! object in stream order, so a project with thousands of pending commands does not delay the
+//! next command of another project by more than about one apply. One ticker extends every held
+//! message (`Progress`) so the server neither redelivers it nor lets a later command of the same
+//! object overtake it. Read-ahead stops while the held commands exceed a byte budget.
+//!
+//! After a crash, commands delivered before come back out of order; [`crate::order`] finds them
+//! once and holds back a command while an earlier one of the same object is still pending.
 //!
 //! Exactly once: before applying, the result subject is looked up in AMBIENT_RESULTS; after the
 //! cluster write, the result is published (and stored) before the command is acknowledged. The
 //! window between the two is covered by idempotent applies (see [`crate::apply`]).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -33,15 +38,17 @@ use events::{Command, FailureReason};
 
 use crate::apply::{Applier, Delivery};
 use crate::error::ApplyError;
+use crate::fair::{Fair, Taken};
 use crate::ledger::Ledger;
+use crate::order::{Check, ObjectId, Orphans};
 
-/// How often a held message is extended (well inside the consumer's ack wait).
+/// How often held messages are extended (well inside the consumer's ack wait).
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Longest wait for an earlier command of the same object to be redelivered (covers the
 /// pinned-client takeover and the redelivery backoff).
 const ORDER_WAIT: Duration = Duration::from_secs(120);
-/// A per-object worker with nothing to do for this long goes away.
-const WORKER_IDLE: Duration = Duration::from_secs(5);
+/// Bytes counted per held message beyond its payload (subject, reply, bookkeeping).
+const HELD_OVERHEAD: u64 = 512;
 
 /// Consumer settings.
 pub struct Settings {
@@ -49,41 +56,23 @@ pub struct Settings {
     pub bus: BusConfig,
     /// Commands applied in parallel.
     pub concurrency: usize,
+    /// Commands of one project applied in parallel (its fair share).
+    pub per_project: usize,
+    /// Read-ahead stops while the commands held by this replica exceed this many bytes.
+    pub max_held_bytes: u64,
     /// Cap of the transient-retry backoff.
     pub retry_max_backoff: Duration,
     /// Give up (failed result `Unavailable`) after retrying this long.
     pub retry_for: Duration,
 }
 
+/// A decoded command waiting for its turn.
 struct Work {
     msg: jetstream::Message,
     cmd: Command,
     delivered: i64,
-    seq: u64,
-    progress: tokio::task::JoinHandle<()>,
+    partition: u32,
 }
-
-/// Orders waiting work by stream sequence.
-struct Queued(Work);
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.seq == other.0.seq
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.seq.cmp(&other.0.seq)
-    }
-}
-
-type WorkerKey = (String, String);
 
 /// The command consumer of one replica.
 pub struct Consumer {
@@ -93,43 +82,73 @@ pub struct Consumer {
     verifier: CommandVerifier,
     settings: Settings,
     permits: Semaphore,
-    workers: Mutex<HashMap<WorkerKey, mpsc::UnboundedSender<Work>>>,
-    in_flight: Mutex<HashSet<u64>>,
-    /// Per partition: the highest stream sequence that may have been delivered to a replica
-    /// that is gone, or to an earlier pull of ours (0: none). Only commands at or below it can
-    /// be redelivered out of order; everything above arrives in stream order, so the costly
-    /// pending check runs only while such orphans remain.
-    orphan_ceiling: Vec<AtomicU64>,
+    fair: Mutex<Fair<Work>>,
+    /// Something may be ready in `fair`.
+    wake: Notify,
+    /// Held bytes went down.
+    room: Notify,
+    /// Every message received and not yet acknowledged, by stream sequence: extended by the
+    /// ticker; a redelivery of one of them is dropped.
+    held: Mutex<HashMap<u64, jetstream::Message>>,
+    held_bytes: AtomicU64,
+    /// Per partition: commands that may come back out of order.
+    orphans: Vec<tokio::sync::Mutex<Orphans>>,
     /// Per partition: whether this replica received from it, i.e. may hold its pin.
-    served: Vec<std::sync::atomic::AtomicBool>,
+    served: Vec<AtomicBool>,
     stop: CancellationToken,
+}
+
+/// Whether a command may be applied now.
+enum Turn {
+    Go,
+    /// An earlier command of the same object is waiting here: it goes first.
+    GiveBack,
 }
 
 impl Consumer {
     /// A consumer; call [`Consumer::run`].
     pub fn new(js: jetstream::Context, applier: Applier, verifier: CommandVerifier, settings: Settings, stop: CancellationToken) -> Arc<Self> {
-        let orphan_ceiling = (0..settings.bus.partitions).map(|_| AtomicU64::new(0)).collect();
-        let served = (0..settings.bus.partitions).map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
+        let orphans = (0..settings.bus.partitions).map(|_| tokio::sync::Mutex::new(Orphans::default())).collect();
+        let served = (0..settings.bus.partitions).map(|_| AtomicBool::new(false)).collect();
         Arc::new(Self {
-            orphan_ceiling,
+            orphans,
             served,
             ledger: Ledger::new(js.clone()),
             js,
             applier,
             verifier,
             permits: Semaphore::new(settings.concurrency.max(1)),
+            fair: Mutex::new(Fair::new(settings.per_project)),
+            wake: Notify::new(),
+            room: Notify::new(),
+            held: Mutex::new(HashMap::new()),
+            held_bytes: AtomicU64::new(0),
             settings,
-            workers: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashSet::new()),
             stop,
         })
     }
 
-    /// Consumes every partition until stopped.
+    /// Consumes this replica's share of the partitions (see [`crate::members`]) until stopped.
     pub async fn run(self: Arc<Self>) {
-        let loops: Vec<_> = (0..self.settings.bus.partitions).map(|p| tokio::spawn(self.clone().partition(p))).collect();
+        let bus = &self.settings.bus;
+        let (owned_tx, owned) = watch::channel(BTreeSet::new());
+        let members = tokio::spawn(crate::members::run(
+            self.js.clone(),
+            replica_id(),
+            bus.ack_wait,
+            bus.replicas,
+            bus.partitions,
+            owned_tx,
+            self.stop.clone(),
+        ));
+        let dispatch = tokio::spawn(self.clone().dispatch());
+        let ticker = tokio::spawn(self.clone().extend_held());
+        let loops: Vec<_> = (0..bus.partitions).map(|p| tokio::spawn(self.clone().partition(p, owned.clone()))).collect();
         futures::future::join_all(loops).await;
+        dispatch.abort();
+        ticker.abort();
         self.unpin_served().await;
+        let _ = members.await;
     }
 
     /// On shutdown, hand the partitions this replica served to the others at once instead of
@@ -154,8 +173,16 @@ impl Consumer {
         stream.get_consumer(&BusConfig::partition_consumer_name(p)).await
     }
 
-    async fn partition(self: Arc<Self>, p: u32) {
+    /// Pulls partition `p` while this replica owns it; hands it over when it no longer does.
+    async fn partition(self: Arc<Self>, p: u32, mut owned: watch::Receiver<BTreeSet<u32>>) {
         while !self.stop.is_cancelled() {
+            if !owned.borrow_and_update().contains(&p) {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    r = owned.changed() => if r.is_err() { return },
+                }
+                continue;
+            }
             let (mut handle, messages) = match self.consumer(p).await {
                 Ok(c) => {
                     let pull = c
@@ -184,8 +211,30 @@ impl Consumer {
             };
             let mut first = true;
             loop {
+                // Read ahead only while the held commands fit the budget.
+                while self.held_bytes.load(Ordering::SeqCst) >= self.settings.max_held_bytes {
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = self.room.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
                 let next = tokio::select! {
                     _ = self.stop.cancelled() => return,
+                    r = owned.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        if !owned.borrow_and_update().contains(&p) {
+                            // Dealt to another replica: stop pulling and let it in at once.
+                            // What this replica holds of it is still applied here; the new
+                            // owner keeps per-object order around it (crate::order).
+                            drop(messages);
+                            self.release(p).await;
+                            break;
+                        }
+                        continue;
+                    }
                     n = messages.next() => n,
                 };
                 match next {
@@ -196,7 +245,7 @@ impl Consumer {
                         if std::mem::take(&mut first) {
                             self.note_orphans(p, &mut handle).await;
                         }
-                        self.clone().receive(msg).await
+                        self.receive(p, msg).await
                     }
                     Some(Err(e)) => tracing::debug!(partition = p, error = %e, "pull"),
                     None => break,
@@ -206,25 +255,41 @@ impl Consumer {
         }
     }
 
+    /// Unpins partition `p` if this replica received from it, so that its new owner's pull is
+    /// pinned at once instead of after the pin times out.
+    async fn release(&self, p: u32) {
+        let Some(served) = self.served.get(p as usize) else { return };
+        if !served.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!(partition = p, "handing the partition over");
+        match self.js.get_stream(COMMANDS_STREAM).await {
+            Ok(stream) => {
+                if let Err(e) = stream.unpin_consumer(&BusConfig::partition_consumer_name(p), RECONCILER_GROUP).await {
+                    tracing::warn!(partition = p, error = %e, "cannot release the partition");
+                }
+            }
+            Err(e) => tracing::warn!(partition = p, error = %e, "cannot release the partition"),
+        }
+    }
+
     /// On the first message of a pull: if more messages are pending acknowledgement than this
     /// one, some were delivered before (to a replica that died, or to our previous pull) and may
     /// come back out of order; remember up to which sequence.
     async fn note_orphans(&self, p: u32, consumer: &mut PullConsumer) {
-        let Some(ceiling) = self.orphan_ceiling.get(p as usize) else { return };
+        let Some(orphans) = self.orphans.get(p as usize) else { return };
         match consumer.info().await {
-            Ok(info) if info.num_ack_pending > 1 => {
-                ceiling.fetch_max(info.delivered.stream_sequence, Ordering::SeqCst);
-            }
+            Ok(info) if info.num_ack_pending > 1 => orphans.lock().await.raise_ceiling(info.delivered.stream_sequence),
             Ok(_) => {}
-            // Unknown: assume the worst up to everything delivered so far.
+            // Unknown: assume the worst up to everything in the stream.
             Err(e) => {
                 tracing::warn!(partition = p, error = %e, "cannot read the consumer's state");
-                ceiling.store(u64::MAX, Ordering::SeqCst);
+                orphans.lock().await.raise_ceiling(u64::MAX);
             }
         }
     }
 
-    async fn receive(self: Arc<Self>, msg: jetstream::Message) {
+    async fn receive(&self, partition: u32, msg: jetstream::Message) {
         let (delivered, seq) = match msg.info() {
             Ok(i) => (i.delivered, i.stream_sequence),
             Err(e) => {
@@ -237,137 +302,181 @@ impl Consumer {
             Ok(cmd) => cmd,
             Err((e, address)) => return self.refuse(msg, e, address).await,
         };
-        if !self.in_flight.lock().map(|mut s| s.insert(seq)).unwrap_or(true) {
-            // The original delivery is still queued or being applied here.
-            return;
-        }
-        let progress = {
-            let msg = msg.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(PROGRESS_EVERY).await;
-                    let _ = msg.ack_with(AckKind::Progress).await;
-                }
-            })
-        };
-        let key = (cmd.project.to_string(), cmd.body.object_key());
-        let mut work = Work { msg, cmd, delivered, seq, progress };
-        let Ok(mut workers) = self.workers.lock() else { return };
-        if let Some(tx) = workers.get(&key) {
-            match tx.send(work) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(w)) => work = w,
+        let bytes = msg.payload.len() as u64 + HELD_OVERHEAD;
+        {
+            let Ok(mut held) = self.held.lock() else { return };
+            if held.contains_key(&seq) {
+                // The original delivery is still waiting or being applied here.
+                return;
             }
+            held.insert(seq, msg.clone());
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(work);
-        workers.insert(key.clone(), tx);
-        tokio::spawn(self.clone().worker(key, rx));
+        self.held_bytes.fetch_add(bytes, Ordering::SeqCst);
+        let project = cmd.project.to_string();
+        let object = cmd.body.object_key();
+        if let Ok(mut fair) = self.fair.lock() {
+            fair.push(&project, &object, seq, Work { msg, cmd, delivered, partition });
+            metrics::gauge!("reconciler_commands_waiting").set(fair.waiting() as f64);
+        }
+        self.wake.notify_one();
     }
 
-    /// Applies one object's commands in stream order; leaves when idle (under the map lock, so
-    /// that no command can be handed to a worker that is going away).
-    ///
-    /// Redelivery after a crash does not come in stream order (each message's redelivery timer
-    /// runs from its last progress), so waiting commands are kept sorted by stream sequence and
-    /// the lowest one is applied only when no earlier command of the same object is still
-    /// pending in the stream (unacknowledged and without a result): that one comes first.
-    async fn worker(self: Arc<Self>, key: WorkerKey, mut rx: mpsc::UnboundedReceiver<Work>) {
-        let mut heap: BinaryHeap<Reverse<Queued>> = BinaryHeap::new();
-        let mut waiting_since: Option<Instant> = None;
+    /// Extends every held message well inside the ack wait.
+    async fn extend_held(self: Arc<Self>) {
         loop {
-            while let Ok(w) = rx.try_recv() {
-                heap.push(Reverse(Queued(w)));
-            }
-            let Some(Reverse(Queued(first))) = heap.peek() else {
-                match tokio::time::timeout(WORKER_IDLE, rx.recv()).await {
-                    Ok(Some(work)) => heap.push(Reverse(Queued(work))),
-                    Ok(None) => return,
-                    Err(_) => {
-                        let Ok(mut workers) = self.workers.lock() else { return };
-                        if rx.is_empty() {
-                            workers.remove(&key);
-                            return;
-                        }
-                    }
-                }
-                continue;
+            tokio::time::sleep(PROGRESS_EVERY).await;
+            let held: Vec<jetstream::Message> = match self.held.lock() {
+                Ok(h) => h.values().cloned().collect(),
+                Err(_) => return,
             };
-            let blocked = match self.earlier_pending(first).await {
-                Ok(b) => b,
+            metrics::gauge!("reconciler_commands_held").set(held.len() as f64);
+            metrics::gauge!("reconciler_commands_held_bytes").set(self.held_bytes.load(Ordering::SeqCst) as f64);
+            for m in held {
+                let _ = m.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+
+    /// Hands out waiting commands as the fair share allows.
+    async fn dispatch(self: Arc<Self>) {
+        loop {
+            loop {
+                let taken = match self.fair.lock() {
+                    Ok(mut f) => f.take(),
+                    Err(_) => return,
+                };
+                let Some(taken) = taken else { break };
+                tokio::spawn(self.clone().run_one(taken));
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Applies one handed-out command once no earlier command of its object is pending, then
+    /// gives its slot back.
+    async fn run_one(self: Arc<Self>, taken: Taken<Work>) {
+        let Taken { project, object, seq, item: work } = taken;
+        let id: ObjectId = (project, object);
+        match self.await_turn(&work.cmd.project, &id, seq, work.partition).await {
+            Turn::GiveBack => {
+                if let Ok(mut fair) = self.fair.lock() {
+                    fair.push(&id.0, &id.1, seq, work);
+                    fair.done(&id.0, &id.1);
+                }
+            }
+            Turn::Go => {
+                let bytes = work.msg.payload.len() as u64 + HELD_OVERHEAD;
+                let partition = work.partition;
+                let acked = self.process(work, seq).await;
+                if acked && let Some(orphans) = self.orphans.get(partition as usize) {
+                    orphans.lock().await.resolve(&id, seq);
+                }
+                if let Ok(mut held) = self.held.lock() {
+                    held.remove(&seq);
+                }
+                self.held_bytes.fetch_sub(bytes, Ordering::SeqCst);
+                if let Ok(mut fair) = self.fair.lock() {
+                    fair.done(&id.0, &id.1);
+                    metrics::gauge!("reconciler_commands_waiting").set(fair.waiting() as f64);
+                }
+                self.room.notify_waiters();
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Redelivery after a crash does not come in stream order (each message's redelivery timer
+    /// runs from its last progress): a command waits while an earlier command of the same
+    /// object is still pending in the stream (unacknowledged and without a result), and steps
+    /// aside when that one has arrived here.
+    async fn await_turn(&self, project: &events::ProjectName, id: &ObjectId, seq: u64, partition: u32) -> Turn {
+        let since = Instant::now();
+        loop {
+            match self.earlier_pending(project, id, seq, partition).await {
+                Ok(false) => return Turn::Go,
+                Ok(true) if since.elapsed() >= ORDER_WAIT => {
+                    tracing::warn!(project = %id.0, object = %id.1, "an earlier command of this object never came back; applying the next one");
+                    return Turn::Go;
+                }
+                Ok(true) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot check for earlier commands; assuming none");
-                    false
+                    return Turn::Go;
                 }
-            };
-            let since = *waiting_since.get_or_insert_with(Instant::now);
-            if blocked && since.elapsed() < ORDER_WAIT {
-                tokio::select! {
-                    w = rx.recv() => if let Some(w) = w { heap.push(Reverse(Queued(w))) },
-                    _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-                }
-                continue;
             }
-            if blocked {
-                tracing::warn!("an earlier command of this object never came back; applying the next one");
+            if self.fair.lock().map(|f| f.has_earlier(&id.0, &id.1, seq)).unwrap_or(false) {
+                return Turn::GiveBack;
             }
-            waiting_since = None;
-            if let Some(Reverse(Queued(work))) = heap.pop() {
-                self.process(work).await;
+            tokio::select! {
+                _ = self.stop.cancelled() => return Turn::Go,
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
             }
         }
     }
 
     /// True when a command of the same object with a lower stream sequence is still pending:
     /// above the consumer's ack floor and without a result in the ledger.
-    async fn earlier_pending(&self, work: &Work) -> Result<bool, async_nats::Error> {
-        let Some(partition) = work.msg.subject.split('.').nth(2).and_then(|p| p.parse::<u32>().ok()) else {
-            return Ok(false);
-        };
-        let Some(orphans) = self.orphan_ceiling.get(partition as usize) else { return Ok(false) };
-        let ceiling = orphans.load(Ordering::SeqCst);
-        if ceiling == 0 {
+    async fn earlier_pending(&self, project: &events::ProjectName, id: &ObjectId, seq: u64, partition: u32) -> Result<bool, async_nats::Error> {
+        let Some(orphans) = self.orphans.get(partition as usize) else { return Ok(false) };
+        if !orphans.lock().await.any() {
             return Ok(false);
         }
-        let stream = self.js.get_stream(COMMANDS_STREAM).await?;
-        let mut consumer: PullConsumer = stream.get_consumer(&BusConfig::partition_consumer_name(partition)).await?;
-        let info = consumer.info().await?;
-        let floor = info.ack_floor.stream_sequence;
-        if floor >= ceiling.min(info.delivered.stream_sequence) {
-            // Every possible orphan has been acknowledged since.
-            let _ = orphans.compare_exchange(ceiling, 0, Ordering::SeqCst, Ordering::SeqCst);
+        let floor = self.consumer(partition).await?.info().await?.ack_floor.stream_sequence;
+        let mut index = orphans.lock().await;
+        if index.acknowledged_through(floor) {
             return Ok(false);
         }
-        let upto = work.seq.min(ceiling.saturating_add(1));
-        let filter = format!(
-            "{}.{partition}.{}.{}.*",
-            events::subjects::COMMANDS,
-            work.cmd.project,
-            work.cmd.body.command_type().kind().as_str()
-        );
-        let key = work.cmd.body.object_key();
-        let mut from = floor + 1;
-        while from < upto {
-            let m = match stream.direct_get_next_for_subject(filter.clone(), Some(from)).await {
-                Ok(m) => m,
-                Err(_) => return Ok(false),
-            };
-            if m.sequence >= upto {
-                return Ok(false);
-            }
-            from = m.sequence + 1;
-            let Ok(earlier) = events::wire::decode_command(&m.subject, Some(&m.headers), &m.payload, &self.verifier) else {
-                continue;
-            };
-            if earlier.body.object_key() == key && !self.ledger.has_result(&earlier.project, earlier.id).await.map_err(|e| e.to_string())? {
-                return Ok(true);
+        loop {
+            match index.check(id, seq) {
+                Check::Clear => return Ok(false),
+                Check::Scan { from, to } => self.scan(partition, &mut index, from, to).await?,
+                Check::Earlier(earlier) => {
+                    for (s, cmd_id) in earlier {
+                        if !self.ledger.has_result(project, cmd_id).await.map_err(|e| e.to_string())? {
+                            return Ok(true);
+                        }
+                        index.resolve(id, s);
+                    }
+                }
             }
         }
-        Ok(false)
     }
 
-    async fn process(&self, work: Work) {
-        let Work { msg, cmd, delivered, seq, progress } = work;
+    /// Records the objects of the partition's live messages in `from..=to` (once per crash:
+    /// acknowledged commands have left the stream, so this reads only what is pending).
+    async fn scan(&self, partition: u32, index: &mut Orphans, from: u64, to: u64) -> Result<(), async_nats::Error> {
+        let stream = self.js.get_stream(COMMANDS_STREAM).await?;
+        let filter = BusConfig::partition_filter(partition);
+        let started = Instant::now();
+        let mut next = from;
+        let mut read = 0u64;
+        while next <= to {
+            let m = match stream.direct_get_next_for_subject(filter.clone(), Some(next)).await {
+                Ok(m) => m,
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
+                Err(e) => return Err(e.into()),
+            };
+            if m.sequence > to {
+                break;
+            }
+            next = m.sequence + 1;
+            read += 1;
+            if let Ok(cmd) = events::wire::decode_command(&m.subject, Some(&m.headers), &m.payload, &self.verifier) {
+                index.record((cmd.project.to_string(), cmd.body.object_key()), m.sequence, cmd.id);
+            }
+        }
+        index.scanned_to(to);
+        tracing::info!(partition, from, to, read, took_ms = started.elapsed().as_millis() as u64, "indexed commands that may come back out of order");
+        Ok(())
+    }
+
+    /// Applies `work` (retrying transient failures) and acknowledges it; false when it was left
+    /// for redelivery (shutting down).
+    async fn process(&self, work: Work, seq: u64) -> bool {
+        let Work { msg, cmd, delivered, .. } = work;
         let session = match &cmd.body {
             CommandBody::SessionCreate(c) => Some(c.name.to_string()),
             CommandBody::SessionClone(c) => Some(c.new_session_name.to_string()),
@@ -382,7 +491,7 @@ impl Consumer {
             principal = %cmd.principal.user,
         );
         async {
-            let Ok(_permit) = self.permits.acquire().await else { return };
+            let Ok(_permit) = self.permits.acquire().await else { return false };
             let started = Instant::now();
             let mut backoff = Duration::from_millis(200);
             let ack = loop {
@@ -403,7 +512,6 @@ impl Consumer {
                 }
                 backoff = (backoff * 2).min(self.settings.retry_max_backoff);
             };
-            progress.abort();
             match ack {
                 Some(kind) => {
                     if let Err(e) = msg.double_ack_with(kind).await {
@@ -411,12 +519,13 @@ impl Consumer {
                         tracing::warn!(error = %e, "acknowledgement not confirmed");
                     }
                     metrics::histogram!("reconciler_command_apply_seconds").record(started.elapsed().as_secs_f64());
+                    true
                 }
                 // Shutting down: left unacknowledged for redelivery.
-                None => tracing::info!("shutting down; command left for redelivery"),
-            }
-            if let Ok(mut s) = self.in_flight.lock() {
-                s.remove(&seq);
+                None => {
+                    tracing::info!(seq, "shutting down; command left for redelivery");
+                    false
+                }
             }
         }
         .instrument(span)
@@ -481,6 +590,15 @@ impl Consumer {
         }
         let _ = msg.ack_with(AckKind::Term).await;
     }
+}
+
+/// This replica's id in the membership bucket: the pod (host) name, for people, and a random
+/// part, so that a restarted pod is a new member.
+fn replica_id() -> String {
+    let host = std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_default();
+    let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect();
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    if host.is_empty() { random } else { format!("{host}-{}", &random[..12]) }
 }
 
 fn result(cmd: &Command, outcome: Outcome) -> CommandResult {

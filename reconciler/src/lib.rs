@@ -8,9 +8,12 @@ pub mod config;
 pub mod consumer;
 pub mod controllers;
 pub mod error;
+pub mod fair;
 pub mod labels;
 pub mod ledger;
+pub mod members;
 pub mod namespaces;
+pub mod order;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -76,6 +79,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let settings = consumer::Settings {
         bus,
         concurrency: cfg.concurrency,
+        per_project: cfg.project_concurrency,
+        max_held_bytes: cfg.max_held_mib.saturating_mul(1024 * 1024),
         retry_max_backoff: cfg.retry_max_backoff(),
         retry_for: Duration::from_secs(cfg.retry_for_seconds),
     };

@@ -134,6 +134,12 @@ impl Op {
 
 /// The script of one project in one scenario: `n` operations on sessions `<tag>-a`, `<tag>-b`.
 pub fn script(tag: &str, n: usize) -> Vec<Op> {
+    script_of(tag, n, true)
+}
+
+/// [`script`], with or without grants and revokes (lanes sharing a project must not race on
+/// the same grant).
+pub fn script_of(tag: &str, n: usize, permissions: bool) -> Vec<Op> {
     let sessions = [format!("{tag}-a"), format!("{tag}-b")];
     let mut versions = [0u32; 2];
     let roles = ["view", "edit", "admin"];
@@ -142,10 +148,10 @@ pub fn script(tag: &str, n: usize) -> Vec<Op> {
         let k = i % 2;
         let session = sessions[k].clone();
         ops.push(match i % 12 {
-            3 => Op::Grant { role: roles[(i / 12) % roles.len()] },
+            3 if permissions => Op::Grant { role: roles[(i / 12) % roles.len()] },
             7 => Op::Stop { session },
             9 => Op::Start { session },
-            11 if (i / 12) % 2 == 1 => Op::Revoke,
+            11 if permissions && (i / 12) % 2 == 1 => Op::Revoke,
             _ => {
                 versions[k] += 1;
                 Op::Update { session, version: versions[k] }
@@ -245,6 +251,32 @@ impl Ledger {
         }
     }
 
+    /// Adds another ledger's entries (one oracle over several loads).
+    pub fn extend(&self, other: &Ledger) {
+        for e in other.entries() {
+            self.push(e);
+        }
+    }
+
+    /// Commands answered 202 (still pending when answered).
+    pub fn deferred(&self) -> usize {
+        self.entries().iter().filter(|e| matches!(e.last(), Some(Answer::Status { code: 202, .. }))).count()
+    }
+
+    /// How long each operation answered 2xx synchronously took (its last attempt); a 202 (the
+    /// api stopped waiting for the result) counts as the api's wait.
+    pub fn answer_times(&self) -> Vec<Duration> {
+        let mut v: Vec<Duration> = self
+            .entries()
+            .iter()
+            .filter_map(|e| e.attempts.last())
+            .filter(|a| matches!(a.answer, Answer::Status { code: 200..=299, .. }))
+            .map(|a| a.done.duration_since(a.sent))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Resolves every 202 through `GET /api/commands/{id}` (waiting up to `timeout` for results).
     pub async fn settle(&self, client: &Client, token: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -303,7 +335,7 @@ pub async fn run_load(client: &Client, token: &str, projects: &[String], tag: &s
         async move {
             for op in ops {
                 let started = Instant::now();
-                let entry = execute(&client, &token, &p, op, retry_for).await;
+                let entry = execute(&client, &token, &p, op, retry_for, false).await;
                 ledger.push(entry);
                 if let Some(rest) = pace.checked_sub(started.elapsed()) {
                     tokio::time::sleep(rest).await;
@@ -315,7 +347,25 @@ pub async fn run_load(client: &Client, token: &str, projects: &[String], tag: &s
     ledger
 }
 
-async fn execute(client: &Client, token: &str, project: &str, op: Op, retry_for: Duration) -> Entry {
+/// Floods one project: `lanes` concurrent lanes, each running `script_of(<tag>-l<i>, per_lane,
+/// false)` as fast as the api answers, asking for asynchronous answers (202 at once).
+pub async fn run_flood(client: &Client, token: &str, project: &str, tag: &str, lanes: usize, per_lane: usize, retry_for: Duration) -> Ledger {
+    let ledger = Ledger::default();
+    let workers = (0..lanes).map(|i| {
+        let (client, ledger, project) = (client.clone(), ledger.clone(), project.to_string());
+        let token = token.to_string();
+        let ops = script_of(&format!("{tag}-l{i}"), per_lane, false);
+        async move {
+            for op in ops {
+                ledger.push(execute(&client, &token, &project, op, retry_for, true).await);
+            }
+        }
+    });
+    futures::future::join_all(workers).await;
+    ledger
+}
+
+async fn execute(client: &Client, token: &str, project: &str, op: Op, retry_for: Duration, respond_async: bool) -> Entry {
     let key = Uuid::new_v4().to_string();
     let (method, path, body) = op.request(project);
     let mut entry = Entry { project: project.to_string(), op, idempotency_key: key.clone(), attempts: Vec::new(), settled: None };
@@ -323,7 +373,11 @@ async fn execute(client: &Client, token: &str, project: &str, op: Op, retry_for:
     let mut backoff = Duration::from_millis(200);
     loop {
         let sent = Instant::now();
-        let r = client.try_call(method.clone(), &path, Some(token), body.clone(), &[("idempotency-key", &key)]).await;
+        let mut headers = vec![("idempotency-key", key.as_str())];
+        if respond_async {
+            headers.push(("prefer", "respond-async"));
+        }
+        let r = client.try_call(method.clone(), &path, Some(token), body.clone(), &headers).await;
         let answer = match r {
             Ok(r) => {
                 let id = r.body.get("id").or_else(|| r.body.get("commandId")).and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok());

@@ -428,6 +428,16 @@ impl ServiceProcess {
         }
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the process: a hung replica, or a backlog built
+    /// up on purpose.
+    pub fn freeze(&self, frozen: bool) -> anyhow::Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow::anyhow!("the process is not running"))?;
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status()?.success();
+        anyhow::ensure!(ok, "kill {sig} {pid} failed");
+        Ok(())
+    }
+
     /// `SIGTERM` and, if it is still there after 15 s, `SIGKILL` — what Kubernetes does to a
     /// pod. The wait happens in a detached shell, so dropping never blocks the test.
     fn terminate(&mut self) {

@@ -68,25 +68,7 @@ impl Stack {
         .await
         .context("starting the projector")?;
 
-        let kc = Component::Reconciler.kubeconfig(env).await?;
-        let k = keys.clone();
-        let url = api_url.clone();
-        let reconciler = ServiceProcess::start(Component::Reconciler, |h| {
-            let mut a = common(kc, h);
-            a.push(format!(
-                "--command-verify-keys-file={}",
-                k.verify_keys_file.display()
-            ));
-            a.push(format!(
-                "--sealing-key-file={}",
-                k.sealing_key_file.display()
-            ));
-            a.push(format!("--backend-api-url={url}/api"));
-            a.extend(opts.reconciler_args.clone());
-            a
-        })
-        .await
-        .context("starting the reconciler")?;
+        let reconciler = start_reconciler(env, &keys, &api_url, &opts.reconciler_args).await?;
 
         let api = start_api(env, &keys, api_port, &opts.api_args).await?;
         Ok(Stack {
@@ -109,6 +91,28 @@ impl Stack {
         let api = start_api(env, &self.keys, port, api_args).await?;
         Ok((api, format!("http://127.0.0.1:{port}")))
     }
+}
+
+impl Stack {
+    /// Starts one more reconciler replica of this stack (same keys, bus and cluster).
+    pub async fn reconciler_replica(&self, env: &TestEnv, args: &[String]) -> anyhow::Result<ServiceProcess> {
+        start_reconciler(env, &self.keys, &self.api_url, args).await
+    }
+}
+
+async fn start_reconciler(env: &TestEnv, keys: &BusKeys, api_url: &str, args: &[String]) -> anyhow::Result<ServiceProcess> {
+    let kc = Component::Reconciler.kubeconfig(env).await?;
+    let k = keys.clone();
+    ServiceProcess::start(Component::Reconciler, |h| {
+        let mut a = common_args(env, &kc, h);
+        a.push(format!("--command-verify-keys-file={}", k.verify_keys_file.display()));
+        a.push(format!("--sealing-key-file={}", k.sealing_key_file.display()));
+        a.push(format!("--backend-api-url={api_url}/api"));
+        a.extend(args.iter().cloned());
+        a
+    })
+    .await
+    .context("starting the reconciler")
 }
 
 /// The arguments every service of a stack takes.

@@ -938,6 +938,15 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
         }
     }
     assert_eq!(messages_in(&rec.js, streams::COMMANDS_STREAM).await?, 1, "only the api's command is stored");
+    // After a crash the reconciler reads a partition's pending commands (reconciler/src/order.rs).
+    let stored = rec
+        .js
+        .get_stream(streams::COMMANDS_STREAM)
+        .await?
+        .direct_get_next_for_subject("ambient.cmd.>", Some(1))
+        .await
+        .context("the reconciler reads pending commands")?;
+    assert_eq!(&stored.payload[..], b"command");
 
     // The reconciler consumes it: delivered once, so none of the refused pulls got it.
     let commands = rec.js.get_stream(streams::COMMANDS_STREAM).await?;

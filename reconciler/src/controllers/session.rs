@@ -62,7 +62,12 @@ struct Ctx {
     cfg: Config,
     jobs: Store<Job>,
     retries: Retries,
+    /// Each project's share of the controller's workers.
+    shares: Arc<crate::fair::Shares>,
 }
+
+/// When a project holds its share of workers, its next session is looked at again after this.
+const SHARE_RETRY: Duration = Duration::from_millis(500);
 
 impl Ctx {
     /// Waits for the Job cache's first full list: before it, a missing Job would look deleted.
@@ -400,6 +405,11 @@ fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::
 async fn reconcile(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
     let span = tracing::info_span!("session", project = %s.namespace().unwrap_or_default(), session = %s.name_any());
     let key = retry_key(&s);
+    // A project with many sessions to reconcile (a flood of creates) must not take every
+    // worker: past its share, its sessions wait and other projects' go first.
+    let Some(_share) = ctx.shares.try_enter(&s.namespace().unwrap_or_default()) else {
+        return Ok(Action::requeue(SHARE_RETRY));
+    };
     // Instrument, never enter: an entered guard held across awaits leaks into other tasks.
     let result = tracing::Instrument::instrument(reconcile_session(s, ctx.clone()), span).await;
     if result.is_ok() {
@@ -594,7 +604,8 @@ pub async fn run(cfg: Config, concurrency: u16, stop: CancellationToken) {
         .modify(session_view)
         .reflect(sessions_writer)
         .applied_objects();
-    let ctx = Arc::new(Ctx { cfg, jobs, retries: Retries::default() });
+    let shares = crate::fair::Shares::new(usize::from(concurrency / 2));
+    let ctx = Arc::new(Ctx { cfg, jobs, retries: Retries::default(), shares });
     Controller::for_stream(session_events, sessions)
         .owns_stream(job_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))

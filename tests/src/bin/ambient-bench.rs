@@ -5,7 +5,7 @@
 //!   cargo run --release -p ambient-tests --bin ambient-bench -- [--quick] [--json PATH]
 //!
 //! `--quick` (seconds; CI's smoke test) uses small counts; the full mode is for people.
-//! `--only accept,applied,throughput,sse,scale` runs some parts (the footprint is always shown).
+//! `--only accept,applied,throughput,sse,scale,fairness,writes` runs some parts (the footprint is always shown).
 //! `--rates 100,200` and `--rate-seconds 30` change the open loop's rates and their length.
 //! Attaches to the cluster named by `AMBIENT_STATE_DIR`, or starts one (see `TestEnv`).
 
@@ -33,14 +33,18 @@ struct Mode {
     scale_projects: usize,
     scale_sessions_per_project: usize,
     big_project_sessions: usize,
+    /// Commands in the one-project backlog of the fairness part.
+    backlog: usize,
+    /// Sessions run to completion to count API-server writes.
+    write_sessions: usize,
 }
 
 impl Mode {
     fn new(quick: bool) -> Self {
         if quick {
-            Mode { quick, samples: 20, rates: vec![10, 20], rate_seconds: 5, rate_projects: 5, scale_projects: 30, scale_sessions_per_project: 2, big_project_sessions: 50 }
+            Mode { quick, samples: 20, rates: vec![10, 20], rate_seconds: 5, rate_projects: 5, scale_projects: 30, scale_sessions_per_project: 2, big_project_sessions: 50, backlog: 200, write_sessions: 20 }
         } else {
-            Mode { quick, samples: 300, rates: vec![25, 50, 100, 200, 300], rate_seconds: 60, rate_projects: 100, scale_projects: 1000, scale_sessions_per_project: 10, big_project_sessions: 1000 }
+            Mode { quick, samples: 300, rates: vec![25, 50, 100, 200, 300], rate_seconds: 60, rate_projects: 100, scale_projects: 1000, scale_sessions_per_project: 10, big_project_sessions: 1000, backlog: 2000, write_sessions: 100 }
         }
     }
 }
@@ -73,7 +77,13 @@ async fn main() -> anyhow::Result<()> {
     // The benchmark measures the bus path, not the per-principal abuse limiter (20 req/s by
     // default), so it lifts the limit.
     let opts = StackOptions {
-        api_args: vec!["--rate-limit-rps=1000000".into(), "--rate-limit-burst=1000000".into()],
+        // The fairness part builds one project's backlog of 2 000 session creates.
+        api_args: vec![
+            "--rate-limit-rps=1000000".into(),
+            "--rate-limit-burst=1000000".into(),
+            "--max-pending-commands-per-project=5000".into(),
+            "--max-pending-bytes-per-project=4294967296".into(),
+        ],
         ..StackOptions::default()
     };
     let mut stack = Stack::start(&env, opts).await?;
@@ -104,6 +114,14 @@ async fn main() -> anyhow::Result<()> {
     if runs("sse") {
         eprintln!("==> status → SSE");
         rows.push(b.status_propagation(&mode).await?);
+    }
+    if runs("writes") {
+        eprintln!("==> API-server writes per session");
+        rows.push(b.writes(&mode).await?);
+    }
+    if runs("fairness") {
+        eprintln!("==> fairness and recovery under one project's backlog");
+        rows.extend(b.fairness(&mode, &mut stack).await?);
     }
     if runs("scale") {
         eprintln!("==> scale");
@@ -553,6 +571,222 @@ impl Bench {
             baseline: None,
             target: "p99 ≤ 250 ms".into(),
         })
+    }
+
+    /// Writes the API server has served so far, per resource (`resource` or
+    /// `resource/subresource`), from its own `apiserver_request_total`.
+    async fn apiserver_writes(&self) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+        let req = http::Request::get("/metrics").body(Vec::new())?;
+        let text = self.env.admin().request_text(req).await?;
+        let mut writes = std::collections::BTreeMap::new();
+        for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+            let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+            let label = |k: &str| labels.split(&format!("{k}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+            if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&label("verb")) {
+                continue;
+            }
+            let key = match label("subresource") {
+                "" => label("resource").to_string(),
+                sub => format!("{}/{sub}", label("resource")),
+            };
+            *writes.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+        Ok(writes)
+    }
+
+    /// API-server writes per session from create to Completed (ours, and the Job controller's,
+    /// scheduler's and kwok's for its runner), beside a bare Job running a pod to completion on
+    /// the same cluster. Background writes (leases, node heartbeats) are measured while idle
+    /// and subtracted.
+    async fn writes(&self, m: &Mode) -> anyhow::Result<Row> {
+        let n = m.write_sessions;
+        let delta = |a: &std::collections::BTreeMap<String, f64>, b: &std::collections::BTreeMap<String, f64>| {
+            b.iter().map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0))).filter(|(_, v)| *v > 0.0).collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let idle_window = Duration::from_secs(10);
+        let w0 = self.apiserver_writes().await?;
+        tokio::time::sleep(idle_window).await;
+        let idle = delta(&w0, &self.apiserver_writes().await?);
+        let idle_per_sec: f64 = idle.values().sum::<f64>() / idle_window.as_secs_f64();
+
+        let project = self.project_for_alice("bench-writes").await?;
+        let finished = Finished::watch(self.env.admin());
+        let names: Vec<String> = (0..n).map(|i| format!("w-{i}")).collect();
+        let t = Instant::now();
+        let w0 = self.apiserver_writes().await?;
+        for name in &names {
+            let r = self
+                .http
+                .post(format!("{}/api/projects/{project}/agentic-sessions", self.api))
+                .bearer_auth(&self.alice)
+                .header("Prefer", "respond-async")
+                .json(&json!({"name": name, "prompt": "writes", "timeout": 600}))
+                .send()
+                .await?;
+            if r.status() != reqwest::StatusCode::ACCEPTED {
+                bail!("create answered {}", r.status());
+            }
+        }
+        finished.wait_all(&names, DRAIN_LIMIT).await.context("sessions did not finish")?;
+        // The last status events settle (Completed is written before the Job's last updates).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let ours = delta(&w0, &self.apiserver_writes().await?);
+        let ours_secs = t.elapsed().as_secs_f64();
+
+        // Baseline: bare Jobs running the same (kwok) pod to completion.
+        let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(self.env.admin(), &project);
+        let t = Instant::now();
+        let w0 = self.apiserver_writes().await?;
+        for i in 0..n {
+            let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(json!({
+                "metadata": {"name": format!("bare-{i}")},
+                "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "runner"}]}}}
+            }))?;
+            jobs.create(&PostParams::default(), &job).await?;
+        }
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        loop {
+            let done = jobs.list(&Default::default()).await?.items.iter().filter(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0).count();
+            if done >= n || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let bare = delta(&w0, &self.apiserver_writes().await?);
+        let bare_secs = t.elapsed().as_secs_f64();
+
+        let per = |w: &std::collections::BTreeMap<String, f64>, secs: f64| (w.values().sum::<f64>() - idle_per_sec * secs).max(0.0) / n as f64;
+        let breakdown = |w: &std::collections::BTreeMap<String, f64>| {
+            w.iter().filter(|(_, v)| **v / n as f64 >= 0.5).map(|(k, v)| format!("{k} {:.1}", v / n as f64)).collect::<Vec<_>>().join(", ")
+        };
+        let value = per(&ours, ours_secs);
+        eprintln!("    writes per session: {value:.1} ({}); bare Job: {:.1} ({}); idle {idle_per_sec:.1}/s", breakdown(&ours), per(&bare, bare_secs), breakdown(&bare));
+        Ok(Row {
+            what: format!("API-server writes per session, create → Completed ({n} sessions; per session: {})", breakdown(&ours)),
+            value: Figure::Scalar { value, unit: "writes".into() },
+            baseline: Some((format!("a bare Job run to completion ({})", breakdown(&bare)), Figure::Scalar { value: per(&bare, bare_secs), unit: "writes".into() })),
+            target: "≤ 10".into(),
+            met: Some(value <= 10.0),
+        })
+    }
+
+    /// Sessions in a project (created by applied commands).
+    async fn count_sessions(&self, project: &str) -> anyhow::Result<usize> {
+        let api = Api::<AgenticSession>::namespaced(self.env.admin(), project);
+        Ok(api.list_metadata(&Default::default()).await?.items.len())
+    }
+
+    /// `n` asynchronous session creates in `project`, 32 at a time (while the reconciler is
+    /// frozen they all wait in the bus).
+    async fn submit_backlog(&self, project: &str, prefix: &str, n: usize) -> anyhow::Result<()> {
+        let answers: Vec<anyhow::Result<(reqwest::StatusCode, Duration)>> = futures::stream::iter(0..n)
+            .map(|i| async move { self.post_session(project, &format!("{prefix}-{i}"), true).await })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        for a in answers {
+            let (code, _) = a?;
+            if code != reqwest::StatusCode::ACCEPTED {
+                bail!("a backlog create answered {code}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `project` has `n` sessions; how long that took.
+    async fn wait_sessions(&self, project: &str, n: usize) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        while self.count_sessions(project).await? < n {
+            if t.elapsed() > DRAIN_LIMIT {
+                bail!("{project}: fewer than {n} sessions after {DRAIN_LIMIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(t.elapsed())
+    }
+
+    /// One project's backlog of `m.backlog` creates (built while the reconciler is frozen):
+    /// how fast it drains, how fast it drains after the reconciler is killed with SIGKILL
+    /// mid-drain, and what a quiet project's command sees meanwhile.
+    async fn fairness(&self, m: &Mode, stack: &mut Stack) -> anyhow::Result<Vec<Row>> {
+        let n = m.backlog;
+        let quiet = self.project_for_alice("bench-quiet").await?;
+        let mut idle = Samples::default();
+        for i in 0..m.samples {
+            let (code, d) = self.post_session(&quiet, &format!("i-{i}"), false).await?;
+            if code != reqwest::StatusCode::CREATED {
+                bail!("quiet create answered {code}");
+            }
+            idle.push(d);
+        }
+
+        // Steady drain, the quiet project measured meanwhile.
+        let steady = self.project_for_alice("bench-steady").await?;
+        stack.reconciler.freeze(true)?;
+        let built = self.submit_backlog(&steady, "b", n).await;
+        stack.reconciler.freeze(false)?;
+        built?;
+        let t = Instant::now();
+        let mut busy = Samples::default();
+        let mut i = 0;
+        while self.count_sessions(&steady).await? < n && t.elapsed() < DRAIN_LIMIT {
+            let (code, d) = self.post_session(&quiet, &format!("b-{i}"), false).await?;
+            if code != reqwest::StatusCode::CREATED && code != reqwest::StatusCode::ACCEPTED {
+                bail!("quiet create during the drain answered {code}");
+            }
+            busy.push(d);
+            i += 1;
+        }
+        let steady_secs = (t.elapsed() + self.wait_sessions(&steady, n).await?).as_secs_f64();
+
+        // The same backlog, the reconciler killed one second into the drain.
+        let crashed = self.project_for_alice("bench-crash").await?;
+        stack.reconciler.freeze(true)?;
+        let built = self.submit_backlog(&crashed, "c", n).await;
+        stack.reconciler.freeze(false)?;
+        built?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stack.reconciler.kill9().await;
+        let t = Instant::now();
+        stack.reconciler.restart().await?;
+        // Until the first command after the restart: the dead replica's pin and its held
+        // commands' ack wait must run out (both `ack_wait`).
+        let before = self.count_sessions(&crashed).await?;
+        while self.count_sessions(&crashed).await? == before && t.elapsed() < DRAIN_LIMIT {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let takeover = t.elapsed();
+        let resumed_at = self.count_sessions(&crashed).await?;
+        let drain = self.wait_sessions(&crashed, n).await?;
+        let crash_secs = drain.as_secs_f64().max(0.001);
+        let steady_rate = n as f64 / steady_secs;
+        let crash_rate = (n - resumed_at) as f64 / crash_secs;
+        let quiet_met = match (busy.summary(), idle.summary()) {
+            (Some(b), Some(i)) => Some(b.p99_ms <= 2.0 * i.p99_ms),
+            _ => None,
+        };
+        Ok(vec![
+            Row {
+                what: format!("quiet project: sync POST session → 201 while another project drains {n} pending creates"),
+                value: lat(&busy),
+                baseline: Some(("the same, nothing else pending".into(), lat(&idle))),
+                target: "p99 ≤ 2× idle p99".into(),
+                met: quiet_met,
+            },
+            Row {
+                what: format!(
+                    "drain after kill -9: {} of {n} pending creates, from the first applied after the restart ({:.1} s after it) to the last ({:.2}× steady)",
+                    n - resumed_at,
+                    takeover.as_secs_f64(),
+                    crash_rate / steady_rate
+                ),
+                value: Figure::Scalar { value: crash_rate, unit: "commands/s".into() },
+                baseline: Some(("steady drain of the same backlog".into(), Figure::Scalar { value: steady_rate, unit: "commands/s".into() })),
+                target: "≥ 0.8× steady".into(),
+                met: Some(crash_rate >= 0.8 * steady_rate),
+            },
+        ])
     }
 
     async fn scale(&self, m: &Mode, stack: &mut Stack) -> anyhow::Result<Vec<Row>> {

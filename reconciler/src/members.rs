@@ -1,0 +1,139 @@
+//! Which replica consumes which command partition.
+//!
+//! Every replica writes its id into the key-value bucket `ambient-reconcilers` every
+//! [`beat`] (entries expire after the consumers' ack wait), and the partitions are dealt
+//! round-robin over the sorted live ids: N replicas share them evenly and deal again when one
+//! joins or leaves. A replica consumes only its own partitions and hands the others over
+//! (unpins them) at once. While views differ for a moment, the partition consumers' pinned-client
+//! group still lets only one replica receive from a partition, and the ordering check
+//! ([`crate::order`]) keeps per-object order across the change of hands. When the bucket cannot
+//! be read, a replica consumes every partition (the pinned client alone decides, as with one
+//! replica).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The membership bucket.
+pub const MEMBERS_BUCKET: &str = "ambient-reconcilers";
+
+/// The partitions `me` consumes when `members` are alive: round-robin over their sorted ids
+/// (`me` counts as alive even before its own entry is seen).
+pub fn assignment(members: &BTreeSet<String>, me: &str, partitions: u32) -> BTreeSet<u32> {
+    let mut all = members.clone();
+    all.insert(me.to_string());
+    let ids: Vec<&String> = all.iter().collect();
+    let Some(mine) = ids.iter().position(|id| id.as_str() == me) else { return (0..partitions).collect() };
+    (0..partitions).filter(|p| *p as usize % ids.len() == mine).collect()
+}
+
+/// How often a replica renews its entry: a third of the time the entry lives.
+pub fn beat(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).max(Duration::from_millis(500))
+}
+
+/// The bucket's configuration: an entry lives for `ack_wait`, so a replica that died stops
+/// counting about when its pin and its held commands time out.
+pub fn bucket(ack_wait: Duration, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: MEMBERS_BUCKET.into(),
+        description: "live reconciler replicas (command partitions are dealt over them)".into(),
+        history: 1,
+        max_age: ack_wait,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Keeps this replica's entry alive and publishes the partitions it owns, until stopped; then
+/// removes the entry so that the others take its partitions at once.
+pub async fn run(js: jetstream::Context, id: String, ack_wait: Duration, replicas: usize, partitions: u32, owned: watch::Sender<BTreeSet<u32>>, stop: CancellationToken) {
+    let everything: BTreeSet<u32> = (0..partitions).collect();
+    let mut store: Option<kv::Store> = None;
+    loop {
+        if store.is_none() {
+            store = match js.get_key_value(MEMBERS_BUCKET).await {
+                Ok(kv) => Some(kv),
+                Err(_) => js.create_key_value(bucket(ack_wait, replicas)).await.ok(),
+            };
+        }
+        let mine = match &store {
+            Some(kv) => match members(kv, &id).await {
+                Ok(alive) => assignment(&alive, &id, partitions),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the reconciler replicas; consuming every partition");
+                    everything.clone()
+                }
+            },
+            None => everything.clone(),
+        };
+        owned.send_if_modified(|have| {
+            if *have == mine {
+                return false;
+            }
+            tracing::info!(partitions = ?mine, "command partitions of this replica");
+            metrics::gauge!("reconciler_partitions_owned").set(mine.len() as f64);
+            *have = mine;
+            true
+        });
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(beat(ack_wait)) => {}
+        }
+    }
+    if let Some(kv) = store {
+        let _ = kv.purge(&id).await;
+    }
+}
+
+/// Renews `id`'s entry and lists the live ones.
+async fn members(kv: &kv::Store, id: &str) -> Result<BTreeSet<String>, async_nats::Error> {
+    kv.put(id, chrono::Utc::now().to_rfc3339().into()).await?;
+    let mut keys = kv.keys().await?;
+    let mut alive = BTreeSet::new();
+    while let Some(k) = keys.next().await {
+        alive.insert(k?);
+    }
+    Ok(alive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn partitions_are_dealt_evenly_and_each_exactly_once() {
+        let alive = set(&["b", "a", "c"]);
+        let parts: Vec<BTreeSet<u32>> = ["a", "b", "c"].iter().map(|me| assignment(&alive, me, 8)).collect();
+        assert_eq!(parts[0], [0, 3, 6].into());
+        assert_eq!(parts[1], [1, 4, 7].into());
+        assert_eq!(parts[2], [2, 5].into());
+        let union: BTreeSet<u32> = parts.iter().flatten().copied().collect();
+        assert_eq!(union.len(), 8);
+        assert_eq!(parts.iter().map(BTreeSet::len).sum::<usize>(), 8, "no partition twice");
+    }
+
+    #[test]
+    fn a_lone_replica_takes_everything_and_a_newcomer_counts_itself() {
+        assert_eq!(assignment(&set(&[]), "a", 4), [0, 1, 2, 3].into());
+        assert_eq!(assignment(&set(&["a"]), "a", 4), [0, 1, 2, 3].into());
+        // b's own entry is not visible yet: it already takes its half, as a will once it sees b.
+        assert_eq!(assignment(&set(&["a"]), "b", 4), [1, 3].into());
+        assert_eq!(assignment(&set(&["a", "b"]), "a", 4), [0, 2].into());
+    }
+
+    #[test]
+    fn the_entry_lives_three_beats() {
+        assert_eq!(beat(Duration::from_secs(9)), Duration::from_secs(3));
+        assert_eq!(beat(Duration::from_millis(300)), Duration::from_millis(500));
+    }
+}
