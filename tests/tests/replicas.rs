@@ -1,0 +1,75 @@
+//! Reconciler replicas share the command partitions (reconciler/src/members.rs): two replicas
+//! take half each and both apply commands; when one stops, the other takes everything and
+//! commands keep being applied. Its own binary: every reconciler on the shared bus counts as a
+//! replica, so no other test's reconciler may run beside it.
+
+use std::time::Duration;
+
+use ambient_tests::components::{ServiceProcess, wait_for};
+use ambient_tests::http::Client;
+use ambient_tests::stack::{Stack, StackOptions};
+use ambient_tests::{DemoUser, TestEnv, unique_name};
+use serde_json::json;
+
+/// The sum of a metric's samples (all label sets) in a Prometheus text page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+async fn owned(p: &ServiceProcess) -> anyhow::Result<f64> {
+    Ok(metric(&p.metrics().await?, "reconciler_partitions_owned"))
+}
+
+async fn applied(p: &ServiceProcess) -> anyhow::Result<f64> {
+    Ok(metric(&p.metrics().await?, "reconciler_commands_applied_total"))
+}
+
+async fn create_sessions(client: &Client, token: &str, projects: &[String], tag: &str) {
+    for p in projects {
+        let r = client
+            .post(&format!("/api/projects/{p}/agentic-sessions"), token, json!({"name": tag, "prompt": "replicas", "timeout": 600}))
+            .await;
+        assert_eq!(r.status.as_u16(), 201, "{p}: {:?}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_share_the_partitions_and_one_takes_over() {
+    let env = TestEnv::shared().await.unwrap();
+    let stack = Stack::start(&env, StackOptions::default()).await.expect("stack starts");
+    let second = stack.reconciler_replica(&env, &[]).await.expect("a second reconciler starts");
+    let first = &stack.reconciler;
+    // Entries of an earlier binary's reconcilers expire within the ack wait (10 s).
+    wait_for("each replica owns half of the 8 partitions", Duration::from_secs(60), || async {
+        Ok(owned(first).await? == 4.0 && owned(&second).await? == 4.0)
+    })
+    .await
+    .unwrap();
+
+    let client = Client::with_timeout(&stack.api_url, Duration::from_secs(60));
+    let token = env.token(DemoUser::Alice).unwrap().to_string();
+    // 16 projects: the chance that all land in one replica's partitions is 2 × 2⁻¹⁶.
+    let mut projects = Vec::new();
+    for _ in 0..16 {
+        let name = unique_name("repl");
+        let r = client.post("/api/projects", &token, json!({"name": name})).await;
+        assert_eq!(r.status.as_u16(), 201, "{:?}", r.body);
+        projects.push(name);
+    }
+    create_sessions(&client, &token, &projects, "s1").await;
+    let (a, b) = (applied(first).await.unwrap(), applied(&second).await.unwrap());
+    assert!(a > 0.0 && b > 0.0, "both replicas apply commands: {a} and {b}");
+
+    // A rolling update's stop: the survivor takes every partition and keeps applying.
+    drop(second);
+    wait_for("the remaining replica owns all 8 partitions", Duration::from_secs(30), || async { Ok(owned(first).await? == 8.0) })
+        .await
+        .unwrap();
+    let before = applied(first).await.unwrap();
+    create_sessions(&client, &token, &projects, "s2").await;
+    let after = applied(first).await.unwrap();
+    assert!(after - before >= 16.0, "the survivor applied every new command: {before} → {after}");
+}
