@@ -47,6 +47,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Longest wait for an earlier command of the same object to be redelivered (covers the
 /// pinned-client takeover and the redelivery backoff).
 const ORDER_WAIT: Duration = Duration::from_secs(120);
+/// How long shutdown waits for applies under way (the process gets 10 s in all).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(8);
 /// Bytes counted per held message beyond its payload (subject, reply, bookkeeping).
 const HELD_OVERHEAD: u64 = 512;
 
@@ -91,6 +93,8 @@ pub struct Consumer {
     /// ticker; a redelivery of one of them is dropped.
     held: Mutex<HashMap<u64, jetstream::Message>>,
     held_bytes: AtomicU64,
+    /// Handed-out commands not finished yet (shutdown waits for them).
+    active: std::sync::atomic::AtomicUsize,
     /// Per partition: commands that may come back out of order.
     orphans: Vec<tokio::sync::Mutex<Orphans>>,
     /// Per partition: whether this replica received from it, i.e. may hold its pin.
@@ -103,6 +107,35 @@ enum Turn {
     Go,
     /// An earlier command of the same object is waiting here: it goes first.
     GiveBack,
+    /// Shutting down: leave it unacknowledged for redelivery (applying it now could put it
+    /// before an earlier command that has not come back yet).
+    Leave,
+}
+
+/// A handed-out command's place: its held message, its bytes and its object's turn in
+/// [`Fair`]. Dropped (also on a panic), it lets them go, so nothing stays held or busy forever;
+/// a command not acknowledged by then is redelivered after the ack wait.
+struct Slot {
+    consumer: Arc<Consumer>,
+    id: ObjectId,
+    seq: u64,
+    bytes: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.consumer.held.lock() {
+            held.remove(&self.seq);
+        }
+        self.consumer.held_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+        if let Ok(mut fair) = self.consumer.fair.lock() {
+            fair.done(&self.id.0, &self.id.1);
+            metrics::gauge!("reconciler_commands_waiting").set(fair.waiting() as f64);
+        }
+        self.consumer.active.fetch_sub(1, Ordering::SeqCst);
+        self.consumer.room.notify_waiters();
+        self.consumer.wake.notify_one();
+    }
 }
 
 impl Consumer {
@@ -123,6 +156,7 @@ impl Consumer {
             room: Notify::new(),
             held: Mutex::new(HashMap::new()),
             held_bytes: AtomicU64::new(0),
+            active: std::sync::atomic::AtomicUsize::new(0),
             settings,
             stop,
         })
@@ -135,7 +169,6 @@ impl Consumer {
         let members = tokio::spawn(crate::members::run(
             self.js.clone(),
             replica_id(),
-            bus.ack_wait,
             bus.replicas,
             bus.partitions,
             owned_tx,
@@ -145,7 +178,13 @@ impl Consumer {
         let ticker = tokio::spawn(self.clone().extend_held());
         let loops: Vec<_> = (0..bus.partitions).map(|p| tokio::spawn(self.clone().partition(p, owned.clone()))).collect();
         futures::future::join_all(loops).await;
-        dispatch.abort();
+        let _ = dispatch.await;
+        // Applies under way finish (their messages still extended) before the partitions are
+        // handed over; the rest stays unacknowledged for redelivery.
+        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         ticker.abort();
         self.unpin_served().await;
         let _ = members.await;
@@ -212,7 +251,9 @@ impl Consumer {
             let mut first = true;
             loop {
                 // Read ahead only while the held commands fit the budget.
-                while self.held_bytes.load(Ordering::SeqCst) >= self.settings.max_held_bytes {
+                while self.held_bytes.load(Ordering::SeqCst) >= self.settings.max_held_bytes
+                    && owned.borrow().contains(&p)
+                {
                     tokio::select! {
                         _ = self.stop.cancelled() => return,
                         _ = self.room.notified() => {}
@@ -230,6 +271,7 @@ impl Consumer {
                             // What this replica holds of it is still applied here; the new
                             // owner keeps per-object order around it (crate::order).
                             drop(messages);
+                            self.return_waiting(p).await;
                             self.release(p).await;
                             break;
                         }
@@ -253,6 +295,26 @@ impl Consumer {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+
+    /// Gives back (`Nak`) the commands of partition `p` that wait here and have not started, so
+    /// that its new owner gets them at once instead of after their ack wait.
+    async fn return_waiting(&self, p: u32) {
+        let waiting = match self.fair.lock() {
+            Ok(mut f) => f.remove_where(|w| w.partition == p),
+            Err(_) => return,
+        };
+        for w in waiting {
+            if let Ok(info) = w.msg.info() {
+                let seq = info.stream_sequence;
+                if let Ok(mut held) = self.held.lock() {
+                    held.remove(&seq);
+                }
+                self.held_bytes.fetch_sub(w.msg.payload.len() as u64 + HELD_OVERHEAD, Ordering::SeqCst);
+            }
+            let _ = w.msg.ack_with(AckKind::Nak(None)).await;
+        }
+        self.room.notify_waiters();
     }
 
     /// Unpins partition `p` if this replica received from it, so that its new owner's pull is
@@ -339,13 +401,14 @@ impl Consumer {
 
     /// Hands out waiting commands as the fair share allows.
     async fn dispatch(self: Arc<Self>) {
-        loop {
+        while !self.stop.is_cancelled() {
             loop {
                 let taken = match self.fair.lock() {
                     Ok(mut f) => f.take(),
                     Err(_) => return,
                 };
                 let Some(taken) = taken else { break };
+                self.active.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(self.clone().run_one(taken));
             }
             tokio::select! {
@@ -366,26 +429,21 @@ impl Consumer {
                     fair.push(&id.0, &id.1, seq, work);
                     fair.done(&id.0, &id.1);
                 }
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                self.wake.notify_one();
             }
-            Turn::Go => {
+            turn => {
                 let bytes = work.msg.payload.len() as u64 + HELD_OVERHEAD;
                 let partition = work.partition;
-                let acked = self.process(work, seq).await;
-                if acked && let Some(orphans) = self.orphans.get(partition as usize) {
-                    orphans.lock().await.resolve(&id, seq);
+                let slot = Slot { consumer: self.clone(), id, seq, bytes };
+                if matches!(turn, Turn::Go) && self.process(work, seq).await
+                    && let Some(orphans) = self.orphans.get(partition as usize)
+                {
+                    orphans.lock().await.resolve(&slot.id, seq);
                 }
-                if let Ok(mut held) = self.held.lock() {
-                    held.remove(&seq);
-                }
-                self.held_bytes.fetch_sub(bytes, Ordering::SeqCst);
-                if let Ok(mut fair) = self.fair.lock() {
-                    fair.done(&id.0, &id.1);
-                    metrics::gauge!("reconciler_commands_waiting").set(fair.waiting() as f64);
-                }
-                self.room.notify_waiters();
+                drop(slot);
             }
         }
-        self.wake.notify_one();
     }
 
     /// Redelivery after a crash does not come in stream order (each message's redelivery timer
@@ -395,6 +453,12 @@ impl Consumer {
     async fn await_turn(&self, project: &events::ProjectName, id: &ObjectId, seq: u64, partition: u32) -> Turn {
         let since = Instant::now();
         loop {
+            if self.stop.is_cancelled() {
+                return Turn::Leave;
+            }
+            if self.fair.lock().map(|f| f.has_earlier(&id.0, &id.1, seq)).unwrap_or(false) {
+                return Turn::GiveBack;
+            }
             match self.earlier_pending(project, id, seq, partition).await {
                 Ok(false) => return Turn::Go,
                 Ok(true) if since.elapsed() >= ORDER_WAIT => {
@@ -402,16 +466,15 @@ impl Consumer {
                     return Turn::Go;
                 }
                 Ok(true) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot check for earlier commands; assuming none");
+                // Unknown: wait as if it were pending (the ORDER_WAIT bound still applies).
+                Err(e) if since.elapsed() >= ORDER_WAIT => {
+                    tracing::warn!(error = %e, "cannot check for earlier commands; applying");
                     return Turn::Go;
                 }
-            }
-            if self.fair.lock().map(|f| f.has_earlier(&id.0, &id.1, seq)).unwrap_or(false) {
-                return Turn::GiveBack;
+                Err(e) => tracing::warn!(error = %e, "cannot check for earlier commands yet"),
             }
             tokio::select! {
-                _ = self.stop.cancelled() => return Turn::Go,
+                _ = self.stop.cancelled() => return Turn::Leave,
                 _ = tokio::time::sleep(Duration::from_millis(300)) => {}
             }
         }
@@ -424,9 +487,10 @@ impl Consumer {
         if !orphans.lock().await.any() {
             return Ok(false);
         }
-        let floor = self.consumer(partition).await?.info().await?.ack_floor.stream_sequence;
+        let mut consumer = self.consumer(partition).await?;
+        let info = consumer.info().await?.clone();
         let mut index = orphans.lock().await;
-        if index.acknowledged_through(floor) {
+        if index.acknowledged_through(info.ack_floor.stream_sequence, info.delivered.stream_sequence) {
             return Ok(false);
         }
         loop {
@@ -492,6 +556,10 @@ impl Consumer {
         );
         async {
             let Ok(_permit) = self.permits.acquire().await else { return false };
+            if self.stop.is_cancelled() {
+                tracing::info!(seq, "shutting down; command left for redelivery");
+                return false;
+            }
             let started = Instant::now();
             let mut backoff = Duration::from_millis(200);
             let ack = loop {

@@ -121,6 +121,34 @@ impl<T> Fair<T> {
         None
     }
 
+    /// Takes every waiting command that `leave` picks out (not those handed out), e.g. those
+    /// of a partition dealt to another replica.
+    pub fn remove_where(&mut self, leave: impl Fn(&T) -> bool) -> Vec<T> {
+        let mut out = Vec::new();
+        self.projects.retain(|_, p| {
+            p.objects.retain(|name, o| {
+                let head = o.waiting.keys().next().copied();
+                let keep: BTreeMap<u64, T> = std::mem::take(&mut o.waiting)
+                    .into_iter()
+                    .filter_map(|(seq, item)| if leave(&item) { out.push(item); None } else { Some((seq, item)) })
+                    .collect();
+                o.waiting = keep;
+                if !o.busy {
+                    if let Some(h) = head {
+                        p.heads.remove(&(h, name.clone()));
+                    }
+                    if let Some(&h) = o.waiting.keys().next() {
+                        p.heads.insert((h, name.clone()));
+                    }
+                }
+                o.busy || !o.waiting.is_empty()
+            });
+            !p.is_empty()
+        });
+        self.waiting -= out.len();
+        out
+    }
+
     /// Whether a command of `object` in `project` with a sequence below `seq` is waiting.
     pub fn has_earlier(&self, project: &str, object: &str, seq: u64) -> bool {
         self.projects
@@ -285,6 +313,27 @@ mod tests {
         assert!(f.take().is_none());
         f.done("a", "x");
         assert_eq!(f.take().map(|t| t.seq), Some(2));
+    }
+
+    #[test]
+    fn removing_a_partitions_waiting_commands_keeps_the_rest_in_order() {
+        let mut f = Fair::new(4);
+        // (partition, label)
+        f.push("a", "o", 1, (0, "a1"));
+        f.push("a", "o", 2, (1, "a2"));
+        f.push("a", "o", 3, (0, "a3"));
+        f.push("b", "x", 4, (1, "b4"));
+        let busy = f.take().unwrap();
+        assert_eq!(busy.item.1, "a1");
+        let mut gone: Vec<&str> = f.remove_where(|(p, _)| *p == 1).into_iter().map(|(_, l)| l).collect();
+        gone.sort();
+        assert_eq!(gone, ["a2", "b4"]);
+        assert_eq!(f.waiting(), 1);
+        assert!(f.take().is_none(), "o is still busy");
+        f.done("a", "o");
+        assert_eq!(f.take().map(|t| t.item.1), Some("a3"));
+        f.done("a", "o");
+        assert!(f.projects.is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Which replica consumes which command partition.
 //!
 //! Every replica writes its id into the key-value bucket `ambient-reconcilers` every
-//! [`beat`] (entries expire after the consumers' ack wait), and the partitions are dealt
+//! [`BEAT`] (entries expire after [`MEMBER_TTL`]), and the partitions are dealt
 //! round-robin over the sorted live ids: N replicas share them evenly and deal again when one
 //! joins or leaves. A replica consumes only its own partitions and hands the others over
 //! (unpins them) at once. While views differ for a moment, the partition consumers' pinned-client
@@ -31,19 +31,20 @@ pub fn assignment(members: &BTreeSet<String>, me: &str, partitions: u32) -> BTre
     (0..partitions).filter(|p| *p as usize % ids.len() == mine).collect()
 }
 
-/// How often a replica renews its entry: a third of the time the entry lives.
-pub fn beat(ack_wait: Duration) -> Duration {
-    (ack_wait / 3).max(Duration::from_millis(500))
-}
+/// How long an entry lives: a replica that died (kill -9, lost node) stops counting after
+/// this, and its partitions are dealt to the others. Short, because those partitions wait
+/// for it; a replica that misses a few beats only hands its partitions over and back.
+pub const MEMBER_TTL: Duration = Duration::from_secs(4);
+/// How often a replica renews its entry.
+pub const BEAT: Duration = Duration::from_secs(1);
 
-/// The bucket's configuration: an entry lives for `ack_wait`, so a replica that died stops
-/// counting about when its pin and its held commands time out.
-pub fn bucket(ack_wait: Duration, replicas: usize) -> kv::Config {
+/// The bucket's configuration.
+pub fn bucket(replicas: usize) -> kv::Config {
     kv::Config {
         bucket: MEMBERS_BUCKET.into(),
         description: "live reconciler replicas (command partitions are dealt over them)".into(),
         history: 1,
-        max_age: ack_wait,
+        max_age: MEMBER_TTL,
         storage: jetstream::stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()
@@ -52,14 +53,17 @@ pub fn bucket(ack_wait: Duration, replicas: usize) -> kv::Config {
 
 /// Keeps this replica's entry alive and publishes the partitions it owns, until stopped; then
 /// removes the entry so that the others take its partitions at once.
-pub async fn run(js: jetstream::Context, id: String, ack_wait: Duration, replicas: usize, partitions: u32, owned: watch::Sender<BTreeSet<u32>>, stop: CancellationToken) {
+pub async fn run(js: jetstream::Context, id: String, replicas: usize, partitions: u32, owned: watch::Sender<BTreeSet<u32>>, stop: CancellationToken) {
     let everything: BTreeSet<u32> = (0..partitions).collect();
     let mut store: Option<kv::Store> = None;
     loop {
         if store.is_none() {
-            store = match js.get_key_value(MEMBERS_BUCKET).await {
+            store = match js.create_or_update_key_value(bucket(replicas)).await {
                 Ok(kv) => Some(kv),
-                Err(_) => js.create_key_value(bucket(ack_wait, replicas)).await.ok(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the reconciler membership bucket");
+                    None
+                }
             };
         }
         let mine = match &store {
@@ -83,7 +87,7 @@ pub async fn run(js: jetstream::Context, id: String, ack_wait: Duration, replica
         });
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(beat(ack_wait)) => {}
+            _ = tokio::time::sleep(BEAT) => {}
         }
     }
     if let Some(kv) = store {
@@ -132,8 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn the_entry_lives_three_beats() {
-        assert_eq!(beat(Duration::from_secs(9)), Duration::from_secs(3));
-        assert_eq!(beat(Duration::from_millis(300)), Duration::from_millis(500));
+    fn an_entry_outlives_a_few_missed_beats() {
+        assert!(MEMBER_TTL >= BEAT * 3);
     }
 }

@@ -54,9 +54,11 @@ impl Orphans {
         self.ceiling > 0
     }
 
-    /// The consumer's ack floor moved to `floor`: everything at or below it is acknowledged.
-    /// Returns true when no orphan can remain (the index is then empty).
-    pub fn acknowledged_through(&mut self, floor: u64) -> bool {
+    /// The consumer's ack floor is `floor` (everything at or below it is acknowledged) and it
+    /// has delivered up to `delivered` (nothing above can be an orphan). Returns true when no
+    /// orphan can remain (the index is then empty).
+    pub fn acknowledged_through(&mut self, floor: u64, delivered: u64) -> bool {
+        self.ceiling = self.ceiling.min(delivered);
         if floor >= self.ceiling {
             *self = Self::default();
             return true;
@@ -130,7 +132,7 @@ mod tests {
         let mut o = Orphans::default();
         o.raise_ceiling(100);
         assert_eq!(o.check(&obj("a"), 50), Check::Scan { from: 1, to: 49 });
-        o.acknowledged_through(40);
+        o.acknowledged_through(40, 100);
         // Only what is above the floor needs reading.
         assert_eq!(o.check(&obj("a"), 50), Check::Scan { from: 41, to: 49 });
         o.scanned_to(100);
@@ -163,10 +165,19 @@ mod tests {
         o.raise_ceiling(10);
         o.record(obj("a"), 3, Uuid::nil());
         o.scanned_to(10);
-        assert!(!o.acknowledged_through(5));
+        assert!(!o.acknowledged_through(5, 10));
         assert_eq!(o.check(&obj("a"), 8), Check::Clear, "acknowledged entries are dropped");
-        assert!(o.acknowledged_through(10));
+        assert!(o.acknowledged_through(10, 10));
         assert!(!o.any());
+    }
+
+    #[test]
+    fn an_unknown_ceiling_is_bounded_by_what_was_delivered() {
+        let mut o = Orphans::default();
+        o.raise_ceiling(u64::MAX);
+        assert!(!o.acknowledged_through(5, 20));
+        assert_eq!(o.check(&obj("a"), 500), Check::Scan { from: 6, to: 20 });
+        assert!(o.acknowledged_through(20, 20), "once the floor reaches it, the check ends");
     }
 
     #[test]

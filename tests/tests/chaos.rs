@@ -40,16 +40,23 @@ impl Run<'_> {
         let load = chaos::run_load(&self.client, &self.token, &self.projects, &tag, self.plan, retry_for);
         let (ledger, heals): (Ledger, Vec<Instant>) = tokio::join!(load, fault);
         ledger.settle(&self.client, &self.token, Duration::from_secs(120)).await;
+        let recovery = heals.iter().filter_map(|h| ledger.recovery_after(*h)).max();
+        self.judge(name, &ledger, mark, recovery).await
+    }
+
+    /// Asks the oracle about `ledger` (letting the status stream catch up for a while) and
+    /// prints its report.
+    async fn judge(&self, name: &str, ledger: &Ledger, mark: u64, recovery: Option<Duration>) -> Report {
         // The projector publishes status asynchronously: give it time to catch up.
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut report = loop {
-            let r = chaos::oracle(self.env, name, &ledger, &self.client, &self.token, mark).await.expect("oracle");
+            let r = chaos::oracle(self.env, name, ledger, &self.client, &self.token, mark).await.expect("oracle");
             if r.clean() || Instant::now() > deadline {
                 break r;
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         };
-        report.recovery = heals.iter().filter_map(|h| ledger.recovery_after(*h)).max();
+        report.recovery = recovery;
         println!("{}\n{report}", Report::header());
         for a in report.anomalies.iter().take(20) {
             println!("  ! {a}");
@@ -113,19 +120,7 @@ async fn backlog(run: &mut Run<'_>, reconciler: &mut ServiceProcess) -> Report {
     let all = Ledger::default();
     all.extend(&flood);
     all.extend(&trickle);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut report = loop {
-        let r = chaos::oracle(run.env, name, &all, &run.client, &run.token, mark).await.expect("oracle");
-        if r.clean() || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
-    report.recovery = all.recovery_after(healed);
-    println!("{}\n{report}", Report::header());
-    for a in report.anomalies.iter().take(20) {
-        println!("  ! {a}");
-    }
+    let report = run.judge(name, &all, mark, all.recovery_after(healed)).await;
     assert!(pending >= FLOOD_LANES * FLOOD_PER_LANE * 9 / 10, "the backlog was not built: {pending} pending");
     report
 }

@@ -42,7 +42,7 @@ async fn two_replicas_share_the_partitions_and_one_takes_over() {
     let stack = Stack::start(&env, StackOptions::default()).await.expect("stack starts");
     let second = stack.reconciler_replica(&env, &[]).await.expect("a second reconciler starts");
     let first = &stack.reconciler;
-    // Entries of an earlier binary's reconcilers expire within the ack wait (10 s).
+    // Entries of an earlier binary's reconcilers expire within 4 s.
     wait_for("each replica owns half of the 8 partitions", Duration::from_secs(60), || async {
         Ok(owned(first).await? == 4.0 && owned(&second).await? == 4.0)
     })

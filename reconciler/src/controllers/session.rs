@@ -67,7 +67,7 @@ struct Ctx {
 }
 
 /// When a project holds its share of workers, its next session is looked at again after this.
-const SHARE_RETRY: Duration = Duration::from_millis(500);
+const SHARE_RETRY: Duration = Duration::from_secs(1);
 
 impl Ctx {
     /// Waits for the Job cache's first full list: before it, a missing Job would look deleted.

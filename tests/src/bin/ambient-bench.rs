@@ -585,6 +585,11 @@ impl Bench {
             if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&label("verb")) {
                 continue;
             }
+            // Reviews and token requests are answered, not stored.
+            let resource = label("resource");
+            if resource.ends_with("reviews") || label("subresource") == "token" {
+                continue;
+            }
             let key = match label("subresource") {
                 "" => label("resource").to_string(),
                 sub => format!("{}/{sub}", label("resource")),
