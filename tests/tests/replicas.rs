@@ -30,7 +30,11 @@ async fn applied(p: &ServiceProcess) -> anyhow::Result<f64> {
 async fn create_sessions(client: &Client, token: &str, projects: &[String], tag: &str) {
     for p in projects {
         let r = client
-            .post(&format!("/api/projects/{p}/agentic-sessions"), token, json!({"name": tag, "prompt": "replicas", "timeout": 600}))
+            .post(
+                &format!("/api/projects/{p}/agentic-sessions"),
+                token,
+                json!({"name": tag, "prompt": "replicas", "timeout": 600}),
+            )
             .await;
         assert_eq!(r.status.as_u16(), 201, "{p}: {:?}", r.body);
     }
@@ -68,14 +72,33 @@ async fn two_replicas_share_the_partitions_and_one_takes_over() {
 
     // A rolling update's stop: the survivor takes every partition and keeps applying.
     drop(second);
-    wait_for("the remaining replica owns all 8 partitions", Duration::from_secs(30), || async { Ok(owned(first).await? == 8.0) })
-        .await
-        .unwrap();
+    wait_for("the remaining replica owns all 8 partitions", Duration::from_secs(30), || async {
+        Ok(owned(first).await? == 8.0)
+    })
+    .await
+    .unwrap();
     let before = applied(first).await.unwrap();
     create_sessions(&client, &token, &projects, "s2").await;
     // The counter moves just after the result is published, i.e. after the api answered.
     wait_for("the survivor counted every new command as applied", Duration::from_secs(10), || async {
         Ok(applied(first).await? - before >= 16.0)
+    })
+    .await
+    .unwrap();
+
+    // The projects count against alice's quota for the tests that follow: give them back.
+    for p in &projects {
+        let r = client.delete(&format!("/api/projects/{p}"), &token).await;
+        assert!(r.status.is_success(), "deleting {p}: {} {:?}", r.status, r.body);
+    }
+    let admin = env.admin();
+    wait_for("the projects are gone", Duration::from_secs(120), || async {
+        let namespaces = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone());
+        let mut left = 0;
+        for p in &projects {
+            left += usize::from(namespaces.get_opt(p).await?.is_some());
+        }
+        Ok(left == 0)
     })
     .await
     .unwrap();
