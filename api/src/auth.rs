@@ -129,17 +129,18 @@ async fn token_review(client: &kube::Client, token: &str) -> Result<Review, ApiE
         .map_err(|e| ApiError::Unavailable(format!("token review failed: {}", redact_kube_error(&e))))?;
     let status = res.status.unwrap_or_default();
     Ok(match (status.authenticated, status.user) {
-        (Some(true), Some(u)) if u.username.as_deref().is_some_and(|n| !n.is_empty()) => Review::Authenticated(Principal {
-            user: u.username.unwrap_or_default(),
-            uid: u.uid.unwrap_or_default(),
-            groups: u.groups.unwrap_or_default(),
-            // Token scopes and other authenticator attributes: every review must carry them.
-            extra: u.extra.unwrap_or_default(),
-        }),
+        (Some(true), Some(u)) if u.username.as_deref().is_some_and(|n| !n.is_empty()) => {
+            Review::Authenticated(Principal {
+                user: u.username.unwrap_or_default(),
+                uid: u.uid.unwrap_or_default(),
+                groups: u.groups.unwrap_or_default(),
+                // Token scopes and other authenticator attributes: every review must carry them.
+                extra: u.extra.unwrap_or_default(),
+            })
+        }
         _ => Review::Rejected,
     })
 }
-
 
 /// A kube error without any request detail (the TokenReview body holds the token).
 fn redact_kube_error(e: &kube::Error) -> String {
@@ -179,11 +180,8 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         }
         let token = bearer_token(parts).ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
         let token_hash = hex(&Sha256::digest(token.as_bytes()));
-        let principal = state
-            .auth
-            .review(&token)
-            .await?
-            .ok_or(ApiError::Unauthenticated("the token is invalid or expired"))?;
+        let principal =
+            state.auth.review(&token).await?.ok_or(ApiError::Unauthenticated("the token is invalid or expired"))?;
         state
             .limits
             .per_principal

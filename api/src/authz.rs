@@ -54,7 +54,12 @@ impl Authorizer {
     /// server's authorizer follows RoleBindings through its own watch, so it may refuse for a
     /// moment after they exist, and the caller should not see that moment. Only a yes is cached:
     /// a no at the deadline must not outlive RBAC catching up.
-    pub async fn wait_allowed(&self, who: &Principal, check: &ResourceCheck, within: Duration) -> Result<bool, AuthzError> {
+    pub async fn wait_allowed(
+        &self,
+        who: &Principal,
+        check: &ResourceCheck,
+        within: Duration,
+    ) -> Result<bool, AuthzError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let asked = Instant::now();

@@ -96,14 +96,21 @@ impl Backlog {
     pub fn admit_near_full(&self, stream_bytes: u64, capacity: u64, ty: CommandType) -> Result<(), String> {
         let remedial = matches!(
             ty,
-            CommandType::KeyRevoke | CommandType::PermissionRevoke | CommandType::SessionStop | CommandType::SessionDelete | CommandType::ProjectDelete
+            CommandType::KeyRevoke
+                | CommandType::PermissionRevoke
+                | CommandType::SessionStop
+                | CommandType::SessionDelete
+                | CommandType::ProjectDelete
         );
         if remedial {
             return Ok(());
         }
         let charge = events::limits::charge_bytes(ty) as u64;
         let reserve_from = capacity - capacity / 10;
-        if capacity > 0 && stream_bytes.saturating_add(charge) > reserve_from && self.bytes.saturating_add(charge) > capacity / 512 {
+        if capacity > 0
+            && stream_bytes.saturating_add(charge) > reserve_from
+            && self.bytes.saturating_add(charge) > capacity / 512
+        {
             return Err(format!(
                 "the command store shared by all projects is nearly full and this project has {} pending commands; retry once some are applied",
                 self.commands
@@ -253,14 +260,21 @@ impl Commands {
         };
         let guard = self.admission[shard].lock().await;
         let unavailable = |e: String| ApiError::Unavailable(format!("the command bus is unavailable: {e}"));
-        let stream = self.js.get_stream_no_info(events::streams::COMMANDS_STREAM).await.map_err(|e| unavailable(e.to_string()))?;
+        let stream = self
+            .js
+            .get_stream_no_info(events::streams::COMMANDS_STREAM)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
         let filter = format!("{}.*.{}.>", events::subjects::COMMANDS, cmd.project);
         let mut info = stream.info_with_subjects(&filter).await.map_err(|e| unavailable(e.to_string()))?;
         if info.info.state.consumer_count < self.partitions as usize {
-            return Err(ApiError::Unavailable("the command consumers do not exist yet (has the reconciler started?)".into()));
+            return Err(ApiError::Unavailable(
+                "the command consumers do not exist yet (has the reconciler started?)".into(),
+            ));
         }
         let max = info.info.config.max_bytes;
-        if max > 0 && info.info.state.bytes + events::limits::charge_bytes(cmd.body.command_type()) as u64 > max as u64 {
+        if max > 0 && info.info.state.bytes + events::limits::charge_bytes(cmd.body.command_type()) as u64 > max as u64
+        {
             return Err(ApiError::Unavailable("the command stream is full; retry later".into()));
         }
         let mut counts = Vec::new();
@@ -291,7 +305,10 @@ impl Commands {
             .and_then(|v| Uuid::parse_str(std::str::from_utf8(&v).ok()?).ok())
             .ok_or_else(|| ApiError::Unavailable("the idempotency record could not be read".into()))?;
         let record = self.record(id).await?;
-        if record.as_ref().is_some_and(|r| r.ty != cmd.body.command_type().type_str() || r.project != cmd.project.as_str()) {
+        if record
+            .as_ref()
+            .is_some_and(|r| r.ty != cmd.body.command_type().type_str() || r.project != cmd.project.as_str())
+        {
             return Err(ApiError::CommandFailed {
                 code: 422,
                 reason: "IdempotencyKeyReused".into(),
@@ -337,12 +354,18 @@ impl Commands {
         if let Some(reply) = reply {
             self.parked.park(cmd.id, reply).await.map_err(unavailable)?;
         }
-        let mut sub =
-            self.nats.subscribe(events::subjects::result(&cmd.project, cmd.id)).await.map_err(|e| unavailable(e.to_string()))?;
+        let mut sub = self
+            .nats
+            .subscribe(events::subjects::result(&cmd.project, cmd.id))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
         let out = events::wire::encode_command(cmd, &self.signer);
         // Announced to every replica once stored, for the reads to show (crate::pending).
         let announcement = crate::pending::shows(cmd.body.command_type())
-            .then(|| crate::pending::announcement_subject(&out.subject).map(|s| (s, out.headers.clone(), out.payload.clone())))
+            .then(|| {
+                crate::pending::announcement_subject(&out.subject)
+                    .map(|s| (s, out.headers.clone(), out.payload.clone()))
+            })
             .flatten();
         let ack = async {
             self.js
@@ -355,7 +378,10 @@ impl Commands {
         // The server's own caps refuse a command before storing it: not undetermined.
         let refused = |e: &str| -> Option<ApiError> {
             if e.contains("maximum messages per subject") {
-                Some(ApiError::Backlog { message: "the project has too many pending commands of this type".into(), retry_after_secs: 5 })
+                Some(ApiError::Backlog {
+                    message: "the project has too many pending commands of this type".into(),
+                    retry_after_secs: 5,
+                })
             } else if e.contains("maximum bytes") || e.contains("insufficient resources") {
                 Some(ApiError::Unavailable("the command stream is full; retry later".into()))
             } else if e.contains("message size exceeds maximum") {
@@ -500,7 +526,8 @@ mod tests {
         assert_eq!(none, Backlog::default());
         assert!(none.admit(&limits, CommandType::SessionCreate).is_ok());
         // Counted across every type of the project; small types are charged little.
-        let small = Backlog::from_counts([("ambient.cmd.3.p.permission.grant", 1), ("ambient.cmd.3.p.session.stop", 1)]);
+        let small =
+            Backlog::from_counts([("ambient.cmd.3.p.permission.grant", 1), ("ambient.cmd.3.p.session.stop", 1)]);
         assert_eq!(small, Backlog { commands: 2, bytes: 2 * events::limits::SMALL_COMMAND_CHARGE as u64 });
         assert!(small.admit(&limits, CommandType::SessionStop).is_ok());
         let full = Backlog::from_counts([("ambient.cmd.3.p.permission.grant", 2), ("ambient.cmd.3.p.session.stop", 1)]);
@@ -516,12 +543,28 @@ mod tests {
         let gib = 1024 * 1024 * 1024;
         let busy = Backlog { commands: 1000, bytes: 64 * 1024 * 1024 };
         let light = Backlog { commands: 1, bytes: events::limits::SMALL_COMMAND_CHARGE as u64 };
-        for (stream, busy_ok, light_ok) in [(gib, true, true), (3 * gib + gib / 2, true, true), (4 * gib - gib / 20, false, true)] {
-            assert_eq!(busy.admit_near_full(stream, 4 * gib, CommandType::SessionCreate).is_ok(), busy_ok, "busy at {stream}");
-            assert_eq!(light.admit_near_full(stream, 4 * gib, CommandType::SessionCreate).is_ok(), light_ok, "light at {stream}");
+        for (stream, busy_ok, light_ok) in
+            [(gib, true, true), (3 * gib + gib / 2, true, true), (4 * gib - gib / 20, false, true)]
+        {
+            assert_eq!(
+                busy.admit_near_full(stream, 4 * gib, CommandType::SessionCreate).is_ok(),
+                busy_ok,
+                "busy at {stream}"
+            );
+            assert_eq!(
+                light.admit_near_full(stream, 4 * gib, CommandType::SessionCreate).is_ok(),
+                light_ok,
+                "light at {stream}"
+            );
         }
         // Taking something away is never refused for pressure.
-        for ty in [CommandType::KeyRevoke, CommandType::PermissionRevoke, CommandType::SessionStop, CommandType::SessionDelete, CommandType::ProjectDelete] {
+        for ty in [
+            CommandType::KeyRevoke,
+            CommandType::PermissionRevoke,
+            CommandType::SessionStop,
+            CommandType::SessionDelete,
+            CommandType::ProjectDelete,
+        ] {
             assert!(busy.admit_near_full(4 * gib - 1, 4 * gib, ty).is_ok(), "{ty:?}");
         }
         assert!(busy.admit_near_full(4 * gib, 0, CommandType::SessionCreate).is_ok(), "no capacity known: no rule");

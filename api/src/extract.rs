@@ -31,8 +31,10 @@ impl FromRequest<Arc<AppState>> for JsonBody {
             .await
             .map_err(|_| ApiError::RequestTimeout(wait))?
             .map_err(|_| ApiError::PayloadTooLarge(limit))?;
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest { message: format!("request body is not valid JSON: {e}"), field: None })?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
+            message: format!("request body is not valid JSON: {e}"),
+            field: None,
+        })?;
         if !v.is_object() {
             return Err(ApiError::BadRequest { message: "request body must be a JSON object".into(), field: None });
         }

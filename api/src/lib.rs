@@ -65,7 +65,8 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
-    let origins: Vec<HeaderValue> = state.config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let origins: Vec<HeaderValue> =
+        state.config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
     if !origins.is_empty() {
         router = router.layer(
             CorsLayer::new()
@@ -101,8 +102,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let pem = std::fs::read_to_string(&config.signing_key_file)
         .with_context(|| format!("reading {}", config.signing_key_file.display()))?;
     let signer = CommandSigner::from_pem(&pem).context("command signing key")?;
-    let reconciler_key =
-        SealingPublicKey::from_base64(&config.reconciler_sealing_public_key).context("--reconciler-sealing-public-key")?;
+    let reconciler_key = SealingPublicKey::from_base64(&config.reconciler_sealing_public_key)
+        .context("--reconciler-sealing-public-key")?;
     let kube = events::service::kube_client(config.kubeconfig.as_deref()).await?;
     let nats = config
         .bus
@@ -119,7 +120,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let key_usage = ensure_bucket(&js, KEY_USAGE_BUCKET, Duration::from_secs(400 * 24 * 3600)).await?;
     let shutdown = CancellationToken::new();
     let (session_changes, session_changes_rx) = tokio::sync::mpsc::unbounded_channel();
-    let reads = Reads::start(kube.clone(), Some(key_usage), shutdown.clone(), Some(session_changes), config.project_list_prefilter);
+    let reads = Reads::start(
+        kube.clone(),
+        Some(key_usage),
+        shutdown.clone(),
+        Some(session_changes),
+        config.project_list_prefilter,
+    );
     let messages = MessageLog::new(
         js.clone(),
         messages::Limits {
@@ -136,7 +143,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tokio::spawn(pending::run(nats.clone(), signer.verifier(), reads.pending.clone(), shutdown.clone()));
     let parked = parked::ParkedKeys::open(&js, pem.trim().as_bytes()).await?;
-    let commands = Commands::new(nats, js, signer, (config.result_timeout, config.key_result_timeout), parked, backlog, bus.partitions).await?;
+    let commands = Commands::new(
+        nats,
+        js,
+        signer,
+        (config.result_timeout, config.key_result_timeout),
+        parked,
+        backlog,
+        bus.partitions,
+    )
+    .await?;
     let state = Arc::new(AppState {
         auth: Authenticator::new(
             kube.clone(),
@@ -159,8 +175,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         ui: Default::default(),
     });
-    let health = tokio::net::TcpListener::bind(config.health_addr).await.with_context(|| format!("binding {}", config.health_addr))?;
-    let main = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let health = tokio::net::TcpListener::bind(config.health_addr)
+        .await
+        .with_context(|| format!("binding {}", config.health_addr))?;
+    let main =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     if !state.reads.wait_ready().await {
         anyhow::bail!("watch caches did not fill within 60 s (RBAC of the api's ServiceAccount?)");
     }
@@ -198,7 +217,11 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Serves `app` on `listener` until `shutdown`, like `axum::serve` but with the limits it does
 /// not set: a header read timeout (a client sending a byte per second is cut off instead of
 /// holding a connection forever) and bounds on the number and size of headers.
-pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use tower::ServiceExt as _;
@@ -231,7 +254,10 @@ pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, shutdow
             r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             r
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service));
+        let conn = builder.serve_connection_with_upgrades(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             if let Err(e) = conn.await {

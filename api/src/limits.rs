@@ -44,7 +44,8 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedLimiter<K> {
     pub fn new(rps: f64, burst: f64) -> Self {
         let rps = if rps.is_finite() { rps.max(0.001) } else { 0.001 };
         let period = Duration::from_secs_f64(1.0 / rps).max(Duration::from_nanos(1));
-        let burst = NonZeroU32::new(if burst.is_finite() { burst.clamp(1.0, u32::MAX as f64) as u32 } else { 1 }).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(if burst.is_finite() { burst.clamp(1.0, u32::MAX as f64) as u32 } else { 1 })
+            .unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX)).allow_burst(burst);
         Self { limiter: DefaultKeyedRateLimiter::keyed(quota) }
     }
@@ -87,7 +88,11 @@ impl RequestKind {
     /// The kind of a request with `method`.
     pub fn of(method: &axum::http::Method) -> Self {
         use axum::http::Method;
-        if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS { RequestKind::Read } else { RequestKind::Write }
+        if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
+            RequestKind::Read
+        } else {
+            RequestKind::Write
+        }
     }
 }
 
@@ -301,9 +306,15 @@ mod tests {
     #[test]
     fn reads_and_writes_of_a_principal_draw_on_separate_budgets() {
         use axum::http::Method;
-        for (m, kind) in [(Method::GET, RequestKind::Read), (Method::HEAD, RequestKind::Read), (Method::OPTIONS, RequestKind::Read),
-            (Method::POST, RequestKind::Write), (Method::PUT, RequestKind::Write), (Method::PATCH, RequestKind::Write), (Method::DELETE, RequestKind::Write)]
-        {
+        for (m, kind) in [
+            (Method::GET, RequestKind::Read),
+            (Method::HEAD, RequestKind::Read),
+            (Method::OPTIONS, RequestKind::Read),
+            (Method::POST, RequestKind::Write),
+            (Method::PUT, RequestKind::Write),
+            (Method::PATCH, RequestKind::Write),
+            (Method::DELETE, RequestKind::Write),
+        ] {
             assert_eq!(RequestKind::of(&m), kind, "{m}");
         }
         let l = PrincipalLimits { reads: KeyedLimiter::new(0.001, 3.0), writes: KeyedLimiter::new(0.001, 2.0) };

@@ -37,7 +37,8 @@ pub async fn healthz() -> Response {
 /// Readiness: NATS connected, the API server reachable and the watch caches filled.
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     let nats = st.commands.connected();
-    let apiserver = tokio::time::timeout(Duration::from_secs(2), st.kube.apiserver_version()).await.is_ok_and(|r| r.is_ok());
+    let apiserver =
+        tokio::time::timeout(Duration::from_secs(2), st.kube.apiserver_version()).await.is_ok_and(|r| r.is_ok());
     let caches = st.reads.ready();
     let ok = nats && apiserver && caches;
     let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -126,8 +127,13 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
         .is_some_and(|v| v.starts_with("application/json"));
     if (status.is_client_error() || status.is_server_error()) && !is_json {
         let (mut parts, body) = resp.into_parts();
-        let detail = axum::body::to_bytes(body, 4096).await.ok().and_then(|b| String::from_utf8(b.to_vec()).ok()).unwrap_or_default();
-        let msg = if detail.trim().is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { detail };
+        let detail = axum::body::to_bytes(body, 4096)
+            .await
+            .ok()
+            .and_then(|b| String::from_utf8(b.to_vec()).ok())
+            .unwrap_or_default();
+        let msg =
+            if detail.trim().is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { detail };
         let body = json!({"error": msg}).to_string();
         parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -142,10 +148,20 @@ mod tests {
 
     #[test]
     fn method_labels_come_from_a_fixed_set() {
-        for (m, want) in [("GET", "GET"), ("POST", "POST"), ("PUT", "PUT"), ("DELETE", "DELETE"), ("PATCH", "PATCH"),
-            ("HEAD", "HEAD"), ("OPTIONS", "OPTIONS"), ("CONNECT", "CONNECT"), ("TRACE", "TRACE"),
-            ("get", "other"), ("PROPFIND", "other"), ("X-MADE-UP", "other")]
-        {
+        for (m, want) in [
+            ("GET", "GET"),
+            ("POST", "POST"),
+            ("PUT", "PUT"),
+            ("DELETE", "DELETE"),
+            ("PATCH", "PATCH"),
+            ("HEAD", "HEAD"),
+            ("OPTIONS", "OPTIONS"),
+            ("CONNECT", "CONNECT"),
+            ("TRACE", "TRACE"),
+            ("get", "other"),
+            ("PROPFIND", "other"),
+            ("X-MADE-UP", "other"),
+        ] {
             assert_eq!(method_label(&Method::from_bytes(m.as_bytes()).unwrap()), want, "{m}");
         }
         let huge = Method::from_bytes("A".repeat(30 * 1024).as_bytes()).unwrap();
@@ -158,8 +174,11 @@ mod tests {
         // What the middleware sees: MatchedPath of the route the router picked.
         let label = |req: Request| async move { route_label(req.extensions().get::<MatchedPath>()) };
         let router = axum::Router::new().route("/api/projects/{project}", axum::routing::get(label)).fallback(label);
-        for (path, want) in [("/api/projects/secret-name-1234", "/api/projects/{project}"), ("/caller-chosen-9876", "unmatched")] {
-            let resp = router.clone().oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        for (path, want) in
+            [("/api/projects/secret-name-1234", "/api/projects/{project}"), ("/caller-chosen-9876", "unmatched")]
+        {
+            let resp =
+                router.clone().oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
             let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
             assert_eq!(body, want.as_bytes(), "{path}");
         }

@@ -55,7 +55,11 @@ const PROMPT_SHOWN: usize = 2000;
 pub fn shows(ty: CommandType) -> bool {
     matches!(
         ty,
-        CommandType::SessionCreate | CommandType::SessionStop | CommandType::SessionDelete | CommandType::PermissionGrant | CommandType::PermissionRevoke
+        CommandType::SessionCreate
+            | CommandType::SessionStop
+            | CommandType::SessionDelete
+            | CommandType::PermissionGrant
+            | CommandType::PermissionRevoke
     )
 }
 
@@ -113,10 +117,14 @@ impl Change {
             CommandBody::SessionCreate(_) => Change::Create(Arc::new(queued_session(cmd)?)),
             CommandBody::SessionStop(r) => Change::Stop(r.name.to_string()),
             CommandBody::SessionDelete(r) => Change::Delete(r.name.to_string()),
-            CommandBody::PermissionGrant(g) => {
-                Change::Grant { subject_type: g.subject_type.as_str(), subject_name: g.subject_name.to_string(), role: g.role.as_str() }
+            CommandBody::PermissionGrant(g) => Change::Grant {
+                subject_type: g.subject_type.as_str(),
+                subject_name: g.subject_name.to_string(),
+                role: g.role.as_str(),
+            },
+            CommandBody::PermissionRevoke(r) => {
+                Change::Revoke { subject_type: r.subject_type.as_str(), subject_name: r.subject_name.to_string() }
             }
-            CommandBody::PermissionRevoke(r) => Change::Revoke { subject_type: r.subject_type.as_str(), subject_name: r.subject_name.to_string() },
             _ => return None,
         })
     }
@@ -172,7 +180,12 @@ impl Pending {
     /// The live queued changes of `project`, oldest first, through `f`. Only those accepted
     /// after `since` (the project's creation): a project deleted and created again under the same
     /// name shows nothing queued for the earlier one.
-    fn with_queued<T>(&self, project: &str, since: Option<DateTime<Utc>>, f: impl FnOnce(&mut dyn Iterator<Item = &Change>) -> T) -> T {
+    fn with_queued<T>(
+        &self,
+        project: &str,
+        since: Option<DateTime<Utc>>,
+        f: impl FnOnce(&mut dyn Iterator<Item = &Change>) -> T,
+    ) -> T {
         let now = Utc::now();
         let guard = self.queued.read();
         let empty = Vec::new();
@@ -229,7 +242,10 @@ impl Pending {
                 _ => (s, d),
             })
         });
-        let ended = view["status"]["phase"].as_str().and_then(|p| serde_json::from_value::<Phase>(Value::String(p.into())).ok()).is_some_and(Phase::is_terminal);
+        let ended = view["status"]["phase"]
+            .as_str()
+            .and_then(|p| serde_json::from_value::<Phase>(Value::String(p.into())).ok())
+            .is_some_and(Phase::is_terminal);
         if deleting {
             view["status"]["message"] = Value::String("deletion requested; waiting to be applied".into());
         } else if stopping && !ended {
@@ -280,7 +296,10 @@ pub async fn run(nats: async_nats::Client, verifier: CommandVerifier, pending: A
         let nats = nats.clone();
         async move { nats.subscribe(subject).await }
     };
-    let (announced, results) = match tokio::try_join!(subscribe(format!("{ACCEPTED}.>")), subscribe(format!("{}.>", events::subjects::RESULTS))) {
+    let (announced, results) = match tokio::try_join!(
+        subscribe(format!("{ACCEPTED}.>")),
+        subscribe(format!("{}.>", events::subjects::RESULTS))
+    ) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "subscribing to accepted commands failed: accepted writes show only once applied");
@@ -355,7 +374,9 @@ mod tests {
         let stop = command("team-a", CommandBody::SessionStop(events::commands::SessionRef { name: name() }));
         p.accepted(&stop);
         // (phase, queued stop) -> phase shown
-        for (phase, shown) in [("Running", "Stopping"), ("Pending", "Stopping"), ("Completed", "Completed"), ("Stopped", "Stopped")] {
+        for (phase, shown) in
+            [("Running", "Stopping"), ("Pending", "Stopping"), ("Completed", "Completed"), ("Stopped", "Stopped")]
+        {
             let mut view = serde_json::json!({"metadata": {"name": "s1"}, "status": {"phase": phase}});
             p.overlay_session("team-a", None, &mut view);
             assert_eq!(view["status"]["phase"], shown, "{phase}");
@@ -396,7 +417,10 @@ mod tests {
         p.overlay_permissions("team-a", None, &mut rows);
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert_eq!(rows[0]["revoking"], true);
-        assert_eq!(rows[1], serde_json::json!({"subjectType": "user", "subjectName": "bob", "role": "view", "pending": true}));
+        assert_eq!(
+            rows[1],
+            serde_json::json!({"subjectType": "user", "subjectName": "bob", "role": "view", "pending": true})
+        );
         let mut elsewhere = Vec::new();
         p.overlay_permissions("team-b", None, &mut elsewhere);
         assert!(elsewhere.is_empty());
@@ -407,8 +431,16 @@ mod tests {
         let mut stop = create("team-a", "s1");
         stop.body = CommandBody::SessionStop(events::commands::SessionRef { name: SessionName::new("s1").unwrap() });
         assert!(queued_session(&stop).is_none());
-        assert!(shows(CommandType::SessionCreate) && shows(CommandType::SessionStop) && !shows(CommandType::RunnerSecretPut) && !shows(CommandType::KeyCreate));
-        assert_eq!(announcement_subject("ambient.cmd.team-a.session.create").as_deref(), Some("ambient.accepted.team-a.session.create"));
+        assert!(
+            shows(CommandType::SessionCreate)
+                && shows(CommandType::SessionStop)
+                && !shows(CommandType::RunnerSecretPut)
+                && !shows(CommandType::KeyCreate)
+        );
+        assert_eq!(
+            announcement_subject("ambient.cmd.team-a.session.create").as_deref(),
+            Some("ambient.accepted.team-a.session.create")
+        );
         assert_eq!(announcement_subject("other.team-a"), None);
     }
 

@@ -132,7 +132,13 @@ impl Reads {
             ),
             rolebindings: spawn_reflector(Api::all(client.clone()), rbs, shutdown.clone(), changed.clone(), None),
             serviceaccounts: spawn_reflector(Api::all(client.clone()), sas, shutdown.clone(), changed.clone(), None),
-            settings: spawn_reflector(Api::all(client.clone()), watcher::Config::default(), shutdown.clone(), changed.clone(), None),
+            settings: spawn_reflector(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                shutdown.clone(),
+                changed.clone(),
+                None,
+            ),
             visibility: Visibility::start(client, project_list_prefilter, changed.clone(), shutdown),
             pending: Arc::default(),
             changed,
@@ -205,7 +211,9 @@ impl Reads {
 
     /// The session `ns/name`: the cluster's, else an accepted creation still queued.
     pub fn session(&self, ns: &str, name: &str) -> Option<Arc<AgenticSession>> {
-        self.sessions.get(&reflector::ObjectRef::new(name).within(ns)).or_else(|| self.pending.session(ns, self.project_since(ns), name))
+        self.sessions
+            .get(&reflector::ObjectRef::new(name).within(ns))
+            .or_else(|| self.pending.session(ns, self.project_since(ns), name))
     }
 
     /// Sessions of `ns`, sorted by name, accepted creations still queued included.
@@ -213,7 +221,12 @@ impl Reads {
         let mut v: Vec<_> =
             self.sessions.state().into_iter().filter(|s| s.namespace().as_deref() == Some(ns)).collect();
         let cluster: BTreeSet<String> = v.iter().map(|s| s.name_any()).collect();
-        let queued: Vec<_> = self.pending.sessions_of(ns, self.project_since(ns)).into_iter().filter(|q| !cluster.contains(&q.name_any())).collect();
+        let queued: Vec<_> = self
+            .pending
+            .sessions_of(ns, self.project_since(ns))
+            .into_iter()
+            .filter(|q| !cluster.contains(&q.name_any()))
+            .collect();
         v.extend(queued);
         v.sort_by_key(|s| s.name_any());
         v
@@ -236,7 +249,11 @@ impl Reads {
     /// The sessions of `ns` as lists show them: queued creations in, queued deletions out.
     pub fn sessions_view(&self, ns: &str) -> Vec<Value> {
         let deleting = self.pending.deleting(ns, self.project_since(ns));
-        self.sessions_of(ns).iter().filter(|s| !deleting.contains(&s.name_any())).map(|s| self.session_view(ns, s)).collect()
+        self.sessions_of(ns)
+            .iter()
+            .filter(|s| !deleting.contains(&s.name_any()))
+            .map(|s| self.session_view(ns, s))
+            .collect()
     }
 
     /// The permission rows of `ns` as lists show them: queued grants and revocations marked
@@ -257,7 +274,9 @@ impl Reads {
     pub fn permissions_of(&self, ns: &str) -> Vec<Value> {
         let mut seen = BTreeSet::new();
         for rb in self.rolebindings.state() {
-            if rb.namespace().as_deref() != Some(ns) || rb.labels().get("app").map(String::as_str) != Some(PERMISSION_APP) {
+            if rb.namespace().as_deref() != Some(ns)
+                || rb.labels().get("app").map(String::as_str) != Some(PERMISSION_APP)
+            {
                 continue;
             }
             let Some(role) = Role::from_cluster_role(&rb.role_ref.name) else { continue };
@@ -277,12 +296,8 @@ impl Reads {
 
     /// The access keys of `ns`: `{id, name, createdAt, lastUsedAt, description, role}`.
     pub async fn keys_of(&self, ns: &str) -> Vec<Value> {
-        let mut sas: Vec<_> = self
-            .serviceaccounts
-            .state()
-            .into_iter()
-            .filter(|s| s.namespace().as_deref() == Some(ns))
-            .collect();
+        let mut sas: Vec<_> =
+            self.serviceaccounts.state().into_iter().filter(|s| s.namespace().as_deref() == Some(ns)).collect();
         sas.sort_by_key(|s| s.name_any());
         let rbs = self.rolebindings.state();
         let mut out = Vec::with_capacity(sas.len());
@@ -292,9 +307,7 @@ impl Reads {
             let role = rbs
                 .iter()
                 .filter(|rb| rb.namespace().as_deref() == Some(ns))
-                .filter(|rb| {
-                    rb.subjects.iter().flatten().any(|s| s.kind == "ServiceAccount" && s.name == id)
-                })
+                .filter(|rb| rb.subjects.iter().flatten().any(|s| s.kind == "ServiceAccount" && s.name == id))
                 .find_map(|rb| Role::from_cluster_role(&rb.role_ref.name))
                 .or_else(|| ann.get("ambient-code.io/role").and_then(|r| Role::parse(r)));
             let last_used = self.last_used(ns, &id).await;
@@ -414,7 +427,8 @@ mod tests {
         let mut s = AgenticSession::new("s1", spec);
         assert_eq!(session_json(&s)["status"]["phase"], "Pending");
         assert_eq!(session_json(&s)["kind"], "AgenticSession");
-        s.status = Some(events::crd::AgenticSessionStatus { phase: Some(events::Phase::Running), ..Default::default() });
+        s.status =
+            Some(events::crd::AgenticSessionStatus { phase: Some(events::Phase::Running), ..Default::default() });
         assert_eq!(session_json(&s)["status"]["phase"], "Running", "a written phase is never replaced");
     }
 }

@@ -24,7 +24,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::{self, DeliverPolicy}};
+use async_nats::jetstream::{
+    self,
+    consumer::{self, DeliverPolicy},
+};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -51,7 +54,12 @@ const RECHECK_TIMEOUT: Duration = Duration::from_secs(10);
 #[utoipa::path(get, path = "/api/projects/{project}/events", tag = "events", params(("project" = String, Path),
         ("Last-Event-ID" = Option<u64>, Header, description = "resume after this stream sequence")),
     responses((status = 200, description = "text/event-stream of status events", content_type = "text/event-stream"), (status = 404, description = "project not found")))]
-pub async fn project_events(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn project_events(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let checks = vec![project_visible(&p), check(&p, "list", events::crd::GROUP, "agenticsessions", None)];
     st.require(&caller, &checks[1..]).await?;
@@ -65,7 +73,12 @@ pub async fn project_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
 #[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions/{session}/events", tag = "events",
     params(("project" = String, Path), ("session" = String, Path), ("Last-Event-ID" = Option<u64>, Header, description = "resume after this stream sequence")),
     responses((status = 200, description = "text/event-stream of status events", content_type = "text/event-stream"), (status = 404, description = "not found")))]
-pub async fn session_events(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn session_events(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let project: ProjectName = st.visible_project(&caller, &p).await?;
     let s = SessionName::new(s).map_err(|_| ApiError::NotFound("session not found".into()))?;
     let checks = vec![project_visible(&p), check(&p, "get", events::crd::GROUP, "agenticsessions", Some(s.as_str()))];
@@ -74,17 +87,22 @@ pub async fn session_events(State(st): State<Arc<AppState>>, caller: Caller, Pat
     // session) is the check above: no per-event audience here.
     let inc = st.reads.project_incarnation(&p).ok_or_else(ApiError::project_not_found)?;
     let slot = st.limits.streams.open(&caller.principal.user)?;
-    let cursor = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(SessionCursor::parse).unwrap_or_default();
+    let cursor =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(SessionCursor::parse).unwrap_or_default();
     let unavailable = |e: String| ApiError::Unavailable(format!("the session stream is unavailable: {e}"));
     let js = st.commands.jetstream();
-    let (status_from, status_seq) = start_of(js, events::streams::STATUS_STREAM, cursor.status).await.map_err(unavailable)?;
-    let (msg_from, msg_seq) = start_of(js, events::streams::MESSAGES_STREAM, cursor.messages).await.map_err(unavailable)?;
-    let mut status = ordered(js, events::streams::STATUS_STREAM, events::subjects::status_of_session(&project, &s), status_from)
-        .await
-        .map_err(unavailable)?;
-    let mut messages = ordered(js, events::streams::MESSAGES_STREAM, events::subjects::messages(&project, &s), msg_from)
-        .await
-        .map_err(unavailable)?;
+    let (status_from, status_seq) =
+        start_of(js, events::streams::STATUS_STREAM, cursor.status).await.map_err(unavailable)?;
+    let (msg_from, msg_seq) =
+        start_of(js, events::streams::MESSAGES_STREAM, cursor.messages).await.map_err(unavailable)?;
+    let mut status =
+        ordered(js, events::streams::STATUS_STREAM, events::subjects::status_of_session(&project, &s), status_from)
+            .await
+            .map_err(unavailable)?;
+    let mut messages =
+        ordered(js, events::streams::MESSAGES_STREAM, events::subjects::messages(&project, &s), msg_from)
+            .await
+            .map_err(unavailable)?;
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     metrics::gauge!("ambient_api_sse_streams").increment(1.0);
     tokio::spawn(async move {
@@ -137,13 +155,15 @@ async fn stream(
     inc: Incarnation,
     mut audience: Audience,
 ) -> Result<Response, ApiError> {
-    let deliver_policy = match headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()) {
-        Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.saturating_add(1) },
-        None => DeliverPolicy::New,
-    };
+    let deliver_policy =
+        match headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()) {
+            Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.saturating_add(1) },
+            None => DeliverPolicy::New,
+        };
     let unavailable = |e: String| ApiError::Unavailable(format!("the status stream is unavailable: {e}"));
-    let mut messages =
-        ordered(st.commands.jetstream(), events::streams::STATUS_STREAM, filter, deliver_policy).await.map_err(unavailable)?;
+    let mut messages = ordered(st.commands.jetstream(), events::streams::STATUS_STREAM, filter, deliver_policy)
+        .await
+        .map_err(unavailable)?;
     audience.refresh(&st, &caller).await;
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     metrics::gauge!("ambient_api_sse_streams").increment(1.0);
@@ -210,7 +230,12 @@ async fn start_of(js: &jetstream::Context, stream: &str, resume: Option<u64>) ->
     Ok((DeliverPolicy::ByStartSequence { start_sequence: seq.saturating_add(1) }, seq))
 }
 
-async fn ordered(js: &jetstream::Context, stream: &str, filter: String, deliver_policy: DeliverPolicy) -> Result<consumer::pull::Ordered, String> {
+async fn ordered(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: String,
+    deliver_policy: DeliverPolicy,
+) -> Result<consumer::pull::Ordered, String> {
     js.get_stream_no_info(stream)
         .await
         .map_err(|e| e.to_string())?
@@ -231,11 +256,15 @@ async fn still_allowed(st: &AppState, caller: &Caller, checks: &[ResourceCheck])
         Ok(Ok(false)) => Some(Event::default().event("revoked").data("{\"error\":\"access revoked\"}")),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "SSE access re-check failed; closing the stream");
-            Some(Event::default().event("unavailable").data("{\"error\":\"access could not be re-checked; reconnect\"}"))
+            Some(
+                Event::default().event("unavailable").data("{\"error\":\"access could not be re-checked; reconnect\"}"),
+            )
         }
         Err(_) => {
             tracing::warn!("SSE access re-check timed out; closing the stream");
-            Some(Event::default().event("unavailable").data("{\"error\":\"access could not be re-checked; reconnect\"}"))
+            Some(
+                Event::default().event("unavailable").data("{\"error\":\"access could not be re-checked; reconnect\"}"),
+            )
         }
     }
 }
@@ -304,7 +333,12 @@ fn render(ev: &StatusEvent) -> (String, &'static str) {
 
 /// A session message as (sequence, SSE data: its envelope, whether it is of the session that
 /// exists now: a message of an earlier session of the same name is not served).
-fn message_event(m: Delivered, st: &AppState, project: &ProjectName, session: &SessionName) -> Option<(u64, String, bool)> {
+fn message_event(
+    m: Delivered,
+    st: &AppState,
+    project: &ProjectName,
+    session: &SessionName,
+) -> Option<(u64, String, bool)> {
     let m = m.map_err(|e| tracing::warn!(error = %e, "message stream error")).ok()?;
     let seq = m.info().ok()?.stream_sequence;
     let Some(msg) = crate::messages::decode(&m.payload, seq) else {
@@ -317,7 +351,8 @@ fn message_event(m: Delivered, st: &AppState, project: &ProjectName, session: &S
 }
 
 fn sse_response(rx: mpsc::Receiver<Result<Event, Infallible>>) -> Response {
-    let body = Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
+    let body = Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
     let mut resp = body.into_response();
     resp.headers_mut().insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
     resp.headers_mut().insert("cache-control", axum::http::HeaderValue::from_static("no-cache"));
@@ -335,13 +370,23 @@ mod tests {
         let at = |x: StatusAudience| StatusAudience::ALL.iter().position(|y| *y == x).unwrap();
         a.shown[at(StatusAudience::Project)] = true;
         a.shown[at(StatusAudience::Sessions)] = true;
-        let ev = |body| StatusEvent { id: "i".into(), project: ProjectName::new("p").unwrap(), name: "n".into(), time: chrono::Utc::now(), project_uid: None, body };
+        let ev = |body| StatusEvent {
+            id: "i".into(),
+            project: ProjectName::new("p").unwrap(),
+            name: "n".into(),
+            time: chrono::Utc::now(),
+            project_uid: None,
+            body,
+        };
         let t = Tombstone { name: "n".into(), uid: None, at: chrono::Utc::now() };
         assert!(a.shows(&ev(events::StatusBody::SessionDeleted(t.clone()))));
         assert!(a.shows(&ev(events::StatusBody::ProjectDeleted(t.clone()))));
         assert!(!a.shows(&ev(events::StatusBody::KeyDeleted(t.clone()))), "keys need list serviceaccounts");
         assert!(!a.shows(&ev(events::StatusBody::PermissionDeleted(t.clone()))), "grants need list rolebindings");
-        assert!(!Audience::new("p").shows(&ev(events::StatusBody::ProjectDeleted(t))), "nothing before the first decision");
+        assert!(
+            !Audience::new("p").shows(&ev(events::StatusBody::ProjectDeleted(t))),
+            "nothing before the first decision"
+        );
     }
 
     #[test]

@@ -115,7 +115,13 @@ impl AppState {
     /// [`AppState::mutate`] of a command made by the caller (e.g. a retry under an earlier
     /// command's id: JetStream drops it if the earlier one was stored, the reconciler applies
     /// an id once).
-    pub async fn mutate_as(&self, caller: &Caller, mut cmd: Command, headers: &HeaderMap, reply: Option<crate::parked::Reply>) -> Result<Mutation, ApiError> {
+    pub async fn mutate_as(
+        &self,
+        caller: &Caller,
+        mut cmd: Command,
+        headers: &HeaderMap,
+        reply: Option<crate::parked::Reply>,
+    ) -> Result<Mutation, ApiError> {
         cmd.traceparent = headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
@@ -126,14 +132,18 @@ impl AppState {
                 // Access keys and runners are ServiceAccounts scoped to one project: they never
                 // create projects, whatever groups they are in.
                 if caller.principal.service_account().is_some() {
-                    return Err(ApiError::Forbidden("ServiceAccounts (access keys, runners) may not create projects".into()));
+                    return Err(ApiError::Forbidden(
+                        "ServiceAccounts (access keys, runners) may not create projects".into(),
+                    ));
                 }
                 if !caller.principal.groups.iter().any(|g| g == &self.config.self_provisioner_group) {
                     return Err(ApiError::Forbidden("you may not create projects".into()));
                 }
                 // E.g. a token whose scopes do not cover it.
                 if self.authz.denied(&caller.principal, &events::access::self_provision_check()).await? {
-                    return Err(ApiError::Forbidden("your token may not create projects (an authorizer denies it, e.g. its scopes)".into()));
+                    return Err(ApiError::Forbidden(
+                        "your token may not create projects (an authorizer denies it, e.g. its scopes)".into(),
+                    ));
                 }
             }
             Requirement::All(checks) => self.require(caller, &checks).await?,

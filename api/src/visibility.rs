@@ -19,9 +19,9 @@ use std::sync::{Arc, RwLock};
 use events::Principal;
 use futures::StreamExt as _;
 use k8s_openapi::api::rbac::v1::{RoleBinding, Subject};
+use kube::ResourceExt as _;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::ResourceExt as _;
 use tokio_util::sync::CancellationToken;
 
 /// Whom a RoleBinding binds, reduced to what matching needs.
@@ -93,7 +93,12 @@ pub struct Visibility {
 
 impl Visibility {
     /// Starts watching RoleBindings (when `enabled`); stops on `shutdown`.
-    pub fn start(client: kube::Client, enabled: bool, changed: Arc<tokio::sync::watch::Sender<u64>>, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn start(
+        client: kube::Client,
+        enabled: bool,
+        changed: Arc<tokio::sync::watch::Sender<u64>>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let this = Arc::new(Self::empty(enabled, false, changed));
         if enabled {
             tokio::spawn(this.clone().watch(Api::all(client), shutdown));
@@ -182,7 +187,11 @@ mod tests {
     fn rb(ns: &str, name: &str, subjects: Vec<Subject>) -> RoleBinding {
         RoleBinding {
             metadata: ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), ..Default::default() },
-            role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name: "view".into() },
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: "view".into(),
+            },
             subjects: Some(subjects),
         }
     }
@@ -228,7 +237,8 @@ mod tests {
 
     #[test]
     fn a_deleted_binding_no_longer_counts() {
-        let (a, b) = (rb("p1", "a", vec![subject("User", "alice", None)]), rb("p1", "b", vec![subject("User", "alice", None)]));
+        let (a, b) =
+            (rb("p1", "a", vec![subject("User", "alice", None)]), rb("p1", "b", vec![subject("User", "alice", None)]));
         let v = index(&[a.clone(), b.clone()]);
         if let Ok(mut w) = v.bindings.write() {
             w.delete(&a);
@@ -253,6 +263,9 @@ mod tests {
         assert_eq!(v.candidates(&who("alice", &[])), None, "not listed yet");
         let off = Visibility::empty(false, true, Arc::default());
         assert_eq!(off.candidates(&who("alice", &[])), None, "turned off");
-        assert!(v.is_candidate(&who("alice", &[]), "p1") && off.is_candidate(&who("alice", &[]), "p1"), "then every project is");
+        assert!(
+            v.is_candidate(&who("alice", &[]), "p1") && off.is_candidate(&who("alice", &[]), "p1"),
+            "then every project is"
+        );
     }
 }

@@ -21,7 +21,9 @@ async fn no_request_from_the_openapi_document_gets_a_5xx() {
             std::env::var("CI").as_deref() != Ok("true"),
             "schemathesis is not installed (pip install schemathesis==4.32.5); CI must run the fuzz test"
         );
-        eprintln!("SKIPPED: schemathesis is not installed (pip install schemathesis==4.32.5); the fuzz run did not happen");
+        eprintln!(
+            "SKIPPED: schemathesis is not installed (pip install schemathesis==4.32.5); the fuzz run did not happen"
+        );
         return;
     }
     let env = TestEnv::shared().await.unwrap();

@@ -69,14 +69,27 @@ async fn one_project_cannot_fill_the_messages_stream() {
     // they may hold only the project's 60 000 bytes.
     let attempts = 24;
     let results = futures::future::join_all((0..attempts).map(|i| {
-        let (c, alice, path) = (Client::new(&s.api_url), alice.clone(), format!("/api/projects/{flood}/agentic-sessions/{}/messages", sessions[i % 4]));
+        let (c, alice, path) = (
+            Client::new(&s.api_url),
+            alice.clone(),
+            format!("/api/projects/{flood}/agentic-sessions/{}/messages", sessions[i % 4]),
+        );
         async move { c.post(&path, &alice, user_message(i)).await }
     }))
     .await;
     let accepted = results.iter().filter(|r| r.status == StatusCode::CREATED).count();
     for r in results.iter().filter(|r| r.status != StatusCode::CREATED) {
-        assert_eq!((r.status, r.body["reason"].clone()), (StatusCode::CONFLICT, json!("ProjectMessagesFull")), "{:?}", r.body);
-        assert!(r.body["error"].as_str().is_some_and(|m| m.contains("60000")), "the refusal names the budget: {:?}", r.body);
+        assert_eq!(
+            (r.status, r.body["reason"].clone()),
+            (StatusCode::CONFLICT, json!("ProjectMessagesFull")),
+            "{:?}",
+            r.body
+        );
+        assert!(
+            r.body["error"].as_str().is_some_and(|m| m.contains("60000")),
+            "the refusal names the budget: {:?}",
+            r.body
+        );
     }
     // Each envelope is ~9 100 bytes (content plus type, timestamp and JSON): six fit, a seventh
     // would not; never more, whatever the interleaving.
@@ -130,7 +143,12 @@ async fn one_project_cannot_fill_the_messages_stream() {
     kv.put(&quiet, PROJECT_BUDGET.to_string().into()).await.unwrap();
     let quiet_path = format!("/api/projects/{quiet}/agentic-sessions/q1/messages");
     let r = c.post(&quiet_path, &alice, user_message(1)).await;
-    assert_eq!((r.status, r.body["reason"].clone()), (StatusCode::CONFLICT, json!("ProjectMessagesFull")), "{:?}", r.body);
+    assert_eq!(
+        (r.status, r.body["reason"].clone()),
+        (StatusCode::CONFLICT, json!("ProjectMessagesFull")),
+        "{:?}",
+        r.body
+    );
     let mut s = s;
     s.api.restart().await.unwrap();
     let c = Client::new(&s.api_url);

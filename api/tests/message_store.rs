@@ -14,11 +14,14 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_nearly_full_store_refuses_whoever_filled_it_first() {
     let env = TestEnv::shared().await.unwrap();
-    let held_now = env.jetstream().get_stream(events::streams::MESSAGES_STREAM).await.unwrap().cached_info().state.bytes;
+    let held_now =
+        env.jetstream().get_stream(events::streams::MESSAGES_STREAM).await.unwrap().cached_info().state.bytes;
     // The reserve (the last tenth) starts 400 kB from now.
     let capacity = (held_now + 400_000) * 10 / 9;
     let heavy = capacity / 512;
-    let s = stack(&env, &[&format!("--messages-store-capacity={capacity}"), "--messages-max-bytes-per-session=100000000"]).await;
+    let s =
+        stack(&env, &[&format!("--messages-store-capacity={capacity}"), "--messages-max-bytes-per-session=100000000"])
+            .await;
     let c = Client::new(&s.api_url);
     let (alice, bob) = (token(&env, DemoUser::Alice), token(&env, DemoUser::Bob));
     let flood = project(&c, &alice, "store-flood").await;
@@ -43,7 +46,12 @@ async fn a_nearly_full_store_refuses_whoever_filled_it_first() {
         }
     }
     let r = refused.expect("the flood is refused before it fills the store");
-    assert_eq!((r.status, r.body["reason"].clone()), (StatusCode::CONFLICT, json!("ProjectMessagesFull")), "{:?}", r.body);
+    assert_eq!(
+        (r.status, r.body["reason"].clone()),
+        (StatusCode::CONFLICT, json!("ProjectMessagesFull")),
+        "{:?}",
+        r.body
+    );
     assert!(r.body["error"].as_str().is_some_and(|e| e.contains("nearly full")), "the refusal says why: {:?}", r.body);
     let used = env.jetstream().get_stream(events::streams::MESSAGES_STREAM).await.unwrap().cached_info().state.bytes;
     assert!(used < capacity, "the flood stopped inside the reserve: {used} of {capacity}");

@@ -36,7 +36,13 @@ async fn session_messages_end_to_end() {
     let bob = token(&env, DemoUser::Bob);
     let carol = token(&env, DemoUser::Carol);
     let p = project(&c, &alice, "api-msg").await;
-    let r = c.post(&format!("/api/projects/{p}/permissions"), &alice, json!({"subjectType": "user", "subjectName": "bob", "role": "view"})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{p}/permissions"),
+            &alice,
+            json!({"subjectType": "user", "subjectName": "bob", "role": "view"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     for (name, interactive) in [("chat", true), ("batch", false), ("full", true), ("bytes", true)] {
         let body = json!({"name": name, "prompt": "talk", "interactive": interactive, "environmentVariables": {"KWOK_RUN_DURATION": "1h"}});
@@ -48,7 +54,14 @@ async fn session_messages_end_to_end() {
     let msgs = format!("/api/projects/{p}/agentic-sessions/chat/messages");
 
     // A viewer watches the session's stream while the runner talks.
-    let mut sse = c.http.get(format!("{}/api/projects/{p}/agentic-sessions/chat/events", s.api_url)).bearer_auth(&bob).timeout(Duration::from_secs(120)).send().await.unwrap();
+    let mut sse = c
+        .http
+        .get(format!("{}/api/projects/{p}/agentic-sessions/chat/events", s.api_url))
+        .bearer_auth(&bob)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(sse.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -69,7 +82,11 @@ async fn session_messages_end_to_end() {
         assert_eq!(r.status, StatusCode::CREATED, "{ty}: {:?}", r.body);
         assert_eq!(r.body["type"], *ty);
         assert_eq!(r.body["payload"], *payload);
-        assert!(r.body["timestamp"].as_str().is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()), "{:?}", r.body);
+        assert!(
+            r.body["timestamp"].as_str().is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()),
+            "{:?}",
+            r.body
+        );
         seqs.push(r.body["seq"].as_u64().unwrap());
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequences grow: {seqs:?}");
@@ -78,7 +95,10 @@ async fn session_messages_end_to_end() {
     let r = c.get(&msgs, &bob).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["sessionId"], "chat");
-    let folded: Vec<(String, Value)> = items(&r.body).into_iter().map(|m| (m["type"].as_str().unwrap().to_string(), m["payload"]["text"].clone())).collect();
+    let folded: Vec<(String, Value)> = items(&r.body)
+        .into_iter()
+        .map(|m| (m["type"].as_str().unwrap().to_string(), m["payload"]["text"].clone()))
+        .collect();
     let want: Vec<(String, Value)> = [
         ("system.message", "starting"),
         ("message.partial", "Hello, world"),
@@ -111,7 +131,10 @@ async fn session_messages_end_to_end() {
     assert_eq!(empty.status, StatusCode::OK);
     assert_eq!(items(&empty.body).len(), 0);
     let typed = c.get(&format!("{msgs}?types=agent.message,result.message"), &bob).await;
-    assert_eq!(items(&typed.body).iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(), vec![seqs[4], seqs[7]]);
+    assert_eq!(
+        items(&typed.body).iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
+        vec![seqs[4], seqs[7]]
+    );
 
     // The SSE stream delivered them live, in order, with ids distinct from each other.
     let got = read_sse(&mut sse, |e| e.event == "message", script.len(), Duration::from_secs(20)).await;
@@ -124,9 +147,18 @@ async fn session_messages_end_to_end() {
     let r = c.post(&msgs, &runner, json!({"type": "agent.waiting", "payload": {}})).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let missed = r.body["seq"].as_u64().unwrap();
-    let mut sse = c.http.get(format!("{}/api/projects/{p}/agentic-sessions/chat/events", s.api_url)).bearer_auth(&bob).header("last-event-id", &last_id).timeout(Duration::from_secs(60)).send().await.unwrap();
+    let mut sse = c
+        .http
+        .get(format!("{}/api/projects/{p}/agentic-sessions/chat/events", s.api_url))
+        .bearer_auth(&bob)
+        .header("last-event-id", &last_id)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
     let got = read_sse(&mut sse, |e| e.event == "message", 1, Duration::from_secs(20)).await;
-    let resumed: Vec<u64> = got.iter().filter(|e| e.event == "message").map(|e| e.data["seq"].as_u64().unwrap()).collect();
+    let resumed: Vec<u64> =
+        got.iter().filter(|e| e.event == "message").map(|e| e.data["seq"].as_u64().unwrap()).collect();
     assert_eq!(resumed, vec![missed]);
     drop(sse);
 
@@ -184,9 +216,15 @@ async fn session_messages_end_to_end() {
         let foreign = c.call(m.clone(), &format!("/api/projects/{p}/{suffix}"), Some(&carol), body.clone(), &[]).await;
         let absent = c.call(m.clone(), &format!("/api/projects/{missing}/{suffix}"), Some(&carol), body, &[]).await;
         assert_eq!(foreign.status, StatusCode::NOT_FOUND, "{m} {suffix}");
-        assert_eq!((foreign.status, &foreign.body), (absent.status, &absent.body), "{m} {suffix} tells foreign from missing");
+        assert_eq!(
+            (foreign.status, &foreign.body),
+            (absent.status, &absent.body),
+            "{m} {suffix} tells foreign from missing"
+        );
     }
-    let r = c.post(&msgs, &runner, json!({"type": "agent.message", "payload": {"text": "a".repeat(MAX_MESSAGE + 1)}})).await;
+    let r = c
+        .post(&msgs, &runner, json!({"type": "agent.message", "payload": {"text": "a".repeat(MAX_MESSAGE + 1)}}))
+        .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{:?}", r.body);
     assert!(r.body["error"].as_str().unwrap().contains("bytes"));
     let r = c.post(&msgs, &alice, json!({"type": "user.message", "payload": {}, "seq": 5})).await;
@@ -241,7 +279,12 @@ async fn session_messages_end_to_end() {
 
     // Messages of a session that vanished while no api watched are purged when one starts.
     let ghost = format!("ambient.msg.{p}.ghost");
-    env.jetstream().publish(ghost.clone(), r#"{"type":"agent.message","payload":{},"timestamp":"2026-01-01T00:00:00Z"}"#.into()).await.unwrap().await.unwrap();
+    env.jetstream()
+        .publish(ghost.clone(), r#"{"type":"agent.message","payload":{},"timestamp":"2026-01-01T00:00:00Z"}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let mut s = s;
     s.api.restart().await.unwrap();
     eventually("a missing session's messages are purged on start", Duration::from_secs(60), || {
@@ -283,7 +326,10 @@ async fn runner_token(env: &TestEnv, project: &str, session: &str) -> String {
     })
     .await
     .unwrap();
-    let req = TokenRequest { spec: TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }, ..Default::default() };
+    let req = TokenRequest {
+        spec: TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() },
+        ..Default::default()
+    };
     sas.create_token_request(&name, &PostParams::default(), &req).await.unwrap().status.unwrap().token
 }
 
@@ -295,7 +341,12 @@ struct Sse {
 
 /// Reads SSE events (ids kept as text: the session stream's ids are `<status>:<message>`
 /// cursors) until `n` of them satisfy `counts` or `timeout` passes.
-async fn read_sse(resp: &mut reqwest::Response, counts: impl Fn(&Sse) -> bool, n: usize, timeout: Duration) -> Vec<Sse> {
+async fn read_sse(
+    resp: &mut reqwest::Response,
+    counts: impl Fn(&Sse) -> bool,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Sse> {
     let (mut out, mut buf) = (Vec::new(), String::new());
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

@@ -99,7 +99,10 @@ async fn metric_labels_come_from_a_fixed_set(env: &TestEnv) {
     assert!(requests.iter().any(|l| l.contains("method=\"other\"")), "{metrics}");
     assert!(requests.iter().any(|l| l.contains("route=\"unmatched\"")), "{metrics}");
     assert!(requests.iter().any(|l| l.contains("route=\"/api/projects/{project}\"")), "{metrics}");
-    assert!(requests.iter().any(|l| l.contains("route=\"/api/projects/{project}/agentic-sessions/{session}\"")), "{metrics}");
+    assert!(
+        requests.iter().any(|l| l.contains("route=\"/api/projects/{project}/agentic-sessions/{session}\"")),
+        "{metrics}"
+    );
     // Every label value is from the fixed sets: the methods, the route templates, status codes.
     let doc = c.call(Method::GET, "/openapi.json", None, None, &[]).await.body;
     let templates: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
@@ -109,7 +112,8 @@ async fn metric_labels_come_from_a_fixed_set(env: &TestEnv) {
             let (k, v) = kv.split_once("=\"").unwrap();
             let v = v.trim_end_matches('"');
             let ok = match k {
-                "method" => ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "other"].contains(&v),
+                "method" => ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "other"]
+                    .contains(&v),
                 "route" => v == "unmatched" || templates.iter().any(|t| t.as_str() == v),
                 "status" => v.len() == 3 && v.bytes().all(|b| b.is_ascii_digit()),
                 _ => false,
@@ -159,10 +163,14 @@ async fn a_flood_from_one_address_is_refused_before_any_token_review(env: &TestE
 }
 
 async fn forwarded_for_counts_only_from_a_trusted_proxy(env: &TestEnv) {
-    let (_p, c) = api(env, &["--pre-auth-rate-limit-rps=0.01", "--pre-auth-rate-limit-burst=2", "--trusted-proxy=127.0.0.1,::1"]).await;
+    let (_p, c) =
+        api(env, &["--pre-auth-rate-limit-rps=0.01", "--pre-auth-rate-limit-burst=2", "--trusted-proxy=127.0.0.1,::1"])
+            .await;
     let get = |xff: &'static str| {
         let c = c.clone();
-        async move { c.call(Method::GET, "/api/me", Some("bogus-proxied-token"), None, &[("x-forwarded-for", xff)]).await.status }
+        async move {
+            c.call(Method::GET, "/api/me", Some("bogus-proxied-token"), None, &[("x-forwarded-for", xff)]).await.status
+        }
     };
     assert_eq!(get("203.0.113.1").await, StatusCode::UNAUTHORIZED);
     assert_eq!(get("203.0.113.1").await, StatusCode::UNAUTHORIZED);

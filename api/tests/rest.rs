@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use ambient_tests::{DemoUser, TestEnv, eventually};
 use ambient_tests::stack::Stack;
+use ambient_tests::{DemoUser, TestEnv, eventually};
 use common::{Client, project, stack, token};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -36,7 +36,15 @@ async fn error_classes_are_json_and_openapi_lists_every_route(env: &TestEnv, s: 
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.body["error"].is_string());
     // Forwarded identity headers are ignored.
-    let r = c.call(Method::GET, "/api/me", None, None, &[("x-forwarded-user", "admin"), ("x-forwarded-groups", "system:masters")]).await;
+    let r = c
+        .call(
+            Method::GET,
+            "/api/me",
+            None,
+            None,
+            &[("x-forwarded-user", "admin"), ("x-forwarded-groups", "system:masters")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // X-Forwarded-Access-Token works like Authorization.
     let r = c.call(Method::GET, "/api/me", None, None, &[("x-forwarded-access-token", &alice)]).await;
@@ -53,7 +61,15 @@ async fn error_classes_are_json_and_openapi_lists_every_route(env: &TestEnv, s: 
     assert!(r.body["error"].is_string(), "{:?}", r.body);
 
     // 415 and 413 as JSON.
-    let r = c.http.post(format!("{}/api/projects", c.base)).bearer_auth(&alice).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    let r = c
+        .http
+        .post(format!("{}/api/projects", c.base))
+        .bearer_auth(&alice)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(r.json::<Value>().await.unwrap()["error"].is_string());
     let big = json!({"name": "x", "description": "a".repeat(1024 * 1024)});
@@ -173,12 +189,21 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     let p = project(&c, &alice, "api-e2e").await;
     let r = c.get("/api/projects", &alice).await;
     assert_eq!(r.status, StatusCode::OK);
-    let item = r.body["items"].as_array().unwrap().iter().find(|i| i["name"] == p.as_str()).cloned().expect("own project listed");
+    let item = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == p.as_str())
+        .cloned()
+        .expect("own project listed");
     for k in ["name", "displayName", "description", "labels", "annotations", "creationTimestamp", "status"] {
         assert!(item.get(k).is_some(), "project field {k} missing: {item}");
     }
     let r = c.get("/api/projects", &bob).await;
-    assert!(!r.body["items"].as_array().unwrap().iter().any(|i| i["name"] == p.as_str()), "bob must not see alice's project");
+    assert!(
+        !r.body["items"].as_array().unwrap().iter().any(|i| i["name"] == p.as_str()),
+        "bob must not see alice's project"
+    );
     let r = c.put(&format!("/api/projects/{p}"), &alice, json!({"displayName": "Renamed"})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["displayName"], "Renamed");
@@ -200,7 +225,9 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     assert_eq!(r.body["items"], json!([]), "nothing was created by refused requests");
 
     // Create, and read our own write immediately.
-    let r = c.post(&sp, &alice, json!({"name": "s1", "prompt": "hello", "timeout": 600, "llmSettings": {"model": "sonnet"}})).await;
+    let r = c
+        .post(&sp, &alice, json!({"name": "s1", "prompt": "hello", "timeout": 600, "llmSettings": {"model": "sonnet"}}))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.body["name"], "s1");
     assert!(r.body["uid"].as_str().is_some_and(|u| !u.is_empty()));
@@ -229,7 +256,15 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     assert_eq!(again.body["uid"], first.body["uid"]);
 
     // Async mode: 202 + Location, then the command's state for its submitter only.
-    let r = c.call(Method::POST, &sp, Some(&alice), Some(json!({"name": "s3", "prompt": "later"})), &[("prefer", "respond-async")]).await;
+    let r = c
+        .call(
+            Method::POST,
+            &sp,
+            Some(&alice),
+            Some(json!({"name": "s3", "prompt": "later"})),
+            &[("prefer", "respond-async")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     let loc = r.headers["location"].to_str().unwrap().to_string();
     assert!(loc.starts_with("/api/commands/"));
@@ -251,7 +286,14 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     let r = c.post(&pp, &alice, json!({"subjectType": "user", "subjectName": "bob", "role": "view"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let r = c.get(&pp, &alice).await;
-    assert!(r.body["items"].as_array().unwrap().contains(&json!({"subjectType": "user", "subjectName": "bob", "role": "view"})), "{:?}", r.body);
+    assert!(
+        r.body["items"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"subjectType": "user", "subjectName": "bob", "role": "view"})),
+        "{:?}",
+        r.body
+    );
     let r = c.post(&pp, &alice, json!({"subjectType": "robot", "subjectName": "x", "role": "view"})).await;
     assert_eq!((r.status, r.body["field"].clone()), (StatusCode::BAD_REQUEST, json!("subjectType")));
     // Bob (view) now sees the project and may read, not write.
@@ -268,7 +310,11 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     let r = c.post(&format!("/api/projects/{p}/groups"), &alice, json!({"groupName": "team-b", "role": "edit"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let r = c.get(&format!("/api/projects/{p}/groups"), &alice).await;
-    assert!(r.body["items"].as_array().unwrap().contains(&json!({"groupName": "team-b", "role": "edit"})), "{:?}", r.body);
+    assert!(
+        r.body["items"].as_array().unwrap().contains(&json!({"groupName": "team-b", "role": "edit"})),
+        "{:?}",
+        r.body
+    );
     assert_eq!(c.delete(&format!("/api/projects/{p}/groups/team-b"), &alice).await.status, StatusCode::NO_CONTENT);
     assert_eq!(c.delete(&format!("{pp}/user/bob"), &alice).await.status, StatusCode::NO_CONTENT);
     // Revocation takes effect within 5 s.
@@ -290,13 +336,18 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     }
     assert!(!s.api.log().contains(&key), "the token must never be logged");
     let r = c.get(&kp, &alice).await;
-    let listed = r.body["items"].as_array().unwrap().iter().find(|k| k["id"] == key_id.as_str()).cloned().expect("key listed");
+    let listed =
+        r.body["items"].as_array().unwrap().iter().find(|k| k["id"] == key_id.as_str()).cloned().expect("key listed");
     assert!(listed.get("key").is_none() && !listed.to_string().contains(&key));
     assert_eq!(listed["role"], "edit");
     let r = c.get(&sp, &key).await;
     assert_eq!(r.status, StatusCode::OK, "the key reads its project: {:?}", r.body);
     let other = project(&c, &alice, "api-e2e-b").await;
-    for path in [format!("/api/projects/{other}"), format!("/api/projects/{other}/agentic-sessions"), format!("/api/projects/{other}/keys")] {
+    for path in [
+        format!("/api/projects/{other}"),
+        format!("/api/projects/{other}/agentic-sessions"),
+        format!("/api/projects/{other}/keys"),
+    ] {
         assert_eq!(c.get(&path, &key).await.status, StatusCode::NOT_FOUND, "{path}");
     }
     let r = c.post(&format!("/api/projects/{other}/agentic-sessions"), &key, json!({"name": "x", "prompt": "x"})).await;
@@ -307,7 +358,8 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.body["metadata"]["namespace"], other.as_str());
     assert_eq!(r.body["spec"]["prompt"], "later");
-    let r = c.post(&format!("{sp}/s3/clone"), &alice, json!({"targetProject": other, "newSessionName": "Bad Name"})).await;
+    let r =
+        c.post(&format!("{sp}/s3/clone"), &alice, json!({"targetProject": other, "newSessionName": "Bad Name"})).await;
     assert_eq!((r.status, r.body["field"].clone()), (StatusCode::BAD_REQUEST, json!("newSessionName")));
     let r = c.post(&format!("{sp}/s3/stop"), &alice, json!({})).await;
     assert!(r.status == StatusCode::OK || r.status == StatusCode::CONFLICT, "{:?}", r.body);
@@ -321,7 +373,12 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
         let (c, alice, kp, key_id) = (&c, &alice, &kp, &key_id);
         async move {
             let r = c.get(kp, alice).await;
-            Ok(r.body["items"].as_array().unwrap().iter().any(|k| k["id"] == key_id.as_str() && k["lastUsedAt"].as_str().is_some_and(|t| !t.is_empty())).then_some(()))
+            Ok(r.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["id"] == key_id.as_str() && k["lastUsedAt"].as_str().is_some_and(|t| !t.is_empty()))
+                .then_some(()))
         }
     })
     .await
@@ -375,40 +432,92 @@ async fn secrets_round_trip(env: &TestEnv, c: &Client, alice: &str, bob: &str, p
         ("integration-secrets", "ambient-non-vertex-integrations", "integration secrets updated"),
     ] {
         let path = format!("/api/projects/{p}/{route}");
-        let r = ui(Method::PUT, path.clone(), Some(json!({"data": {"ANTHROPIC_API_KEY": "sk-real", "GITHUB_TOKEN": "ghp-real", "OLD": "x"}}))).await;
+        let r = ui(
+            Method::PUT,
+            path.clone(),
+            Some(json!({"data": {"ANTHROPIC_API_KEY": "sk-real", "GITHUB_TOKEN": "ghp-real", "OLD": "x"}})),
+        )
+        .await;
         assert_eq!((r.status, r.body["message"].clone()), (StatusCode::OK, json!(message)), "{route}: {:?}", r.body);
         let shown = ui(Method::GET, path.clone(), None).await;
         assert_eq!(shown.status, StatusCode::OK);
-        assert_eq!(shown.body["data"]["ANTHROPIC_API_KEY"], "********", "{route}: values read as the mask: {:?}", shown.body);
+        assert_eq!(
+            shown.body["data"]["ANTHROPIC_API_KEY"], "********",
+            "{route}: values read as the mask: {:?}",
+            shown.body
+        );
         // The blind save: everything sent back as read.
         let r = ui(Method::PUT, path.clone(), Some(json!({"data": shown.body["data"].clone()}))).await;
         assert_eq!(r.status, StatusCode::OK, "{route}: {:?}", r.body);
-        let want = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>();
-        assert_eq!(secret_data(env, p, secret).await, want(&[("ANTHROPIC_API_KEY", "sk-real"), ("GITHUB_TOKEN", "ghp-real"), ("OLD", "x")]), "{route}: a blind save keeps every value");
+        let want = |pairs: &[(&str, &str)]| {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>()
+        };
+        assert_eq!(
+            secret_data(env, p, secret).await,
+            want(&[("ANTHROPIC_API_KEY", "sk-real"), ("GITHUB_TOKEN", "ghp-real"), ("OLD", "x")]),
+            "{route}: a blind save keeps every value"
+        );
         // The web UI's Anthropic form sends one key: the others stay.
         let r = ui(Method::PUT, path.clone(), Some(json!({"data": {"ANTHROPIC_API_KEY": "********"}}))).await;
         assert_eq!(r.status, StatusCode::OK, "{route}: {:?}", r.body);
         // A new value, a removal by null, a kept key, in one write.
-        let r = ui(Method::PUT, path.clone(), Some(json!({"data": {"ANTHROPIC_API_KEY": "sk-new", "OLD": null, "GITHUB_TOKEN": "********"}}))).await;
+        let r = ui(
+            Method::PUT,
+            path.clone(),
+            Some(json!({"data": {"ANTHROPIC_API_KEY": "sk-new", "OLD": null, "GITHUB_TOKEN": "********"}})),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::OK, "{route}: {:?}", r.body);
-        assert_eq!(secret_data(env, p, secret).await, want(&[("ANTHROPIC_API_KEY", "sk-new"), ("GITHUB_TOKEN", "ghp-real")]), "{route}");
+        assert_eq!(
+            secret_data(env, p, secret).await,
+            want(&[("ANTHROPIC_API_KEY", "sk-new"), ("GITHUB_TOKEN", "ghp-real")]),
+            "{route}"
+        );
         // The mask for a key with no stored value is refused, naming it; nothing changes.
-        let r = ui(Method::PUT, path.clone(), Some(json!({"data": {"NEW_KEY": "********", "ANTHROPIC_API_KEY": "sk-lost"}}))).await;
-        assert_eq!((r.status, r.body["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("data.NEW_KEY")), "{route}: {:?}", r.body);
-        assert_eq!(secret_data(env, p, secret).await["ANTHROPIC_API_KEY"], "sk-new", "{route}: a refused write changes nothing");
+        let r = ui(
+            Method::PUT,
+            path.clone(),
+            Some(json!({"data": {"NEW_KEY": "********", "ANTHROPIC_API_KEY": "sk-lost"}})),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.body["field"].clone()),
+            (StatusCode::UNPROCESSABLE_ENTITY, json!("data.NEW_KEY")),
+            "{route}: {:?}",
+            r.body
+        );
+        assert_eq!(
+            secret_data(env, p, secret).await["ANTHROPIC_API_KEY"],
+            "sk-new",
+            "{route}: a refused write changes nothing"
+        );
         // A stranger neither reads the keys nor learns which exist from a refusal.
         let r = c.get(&path, bob).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{route}: {:?}", r.body);
         let stored = c.put(&path, bob, json!({"data": {"GITHUB_TOKEN": "********"}})).await;
         let absent = c.put(&path, bob, json!({"data": {"NOPE": "********"}})).await;
-        assert_eq!((stored.status, &stored.body), (StatusCode::NOT_FOUND, &absent.body), "{route}: the same refusal either way");
+        assert_eq!(
+            (stored.status, &stored.body),
+            (StatusCode::NOT_FOUND, &absent.body),
+            "{route}: the same refusal either way"
+        );
     }
     // A runner pointed at a Secret of the project's own is not silently moved off it.
     let config = format!("/api/projects/{p}/runner-secrets/config");
     let r = c.put(&config, alice, json!({"secretName": "my-own-secret"})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let r = ui(Method::PUT, format!("/api/projects/{p}/runner-secrets"), Some(json!({"data": {"ANTHROPIC_API_KEY": "sk-x"}}))).await;
-    assert_eq!((r.status, r.body["reason"].clone()), (StatusCode::CONFLICT, json!("CustomRunnerSecret")), "{:?}", r.body);
+    let r = ui(
+        Method::PUT,
+        format!("/api/projects/{p}/runner-secrets"),
+        Some(json!({"data": {"ANTHROPIC_API_KEY": "sk-x"}})),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["reason"].clone()),
+        (StatusCode::CONFLICT, json!("CustomRunnerSecret")),
+        "{:?}",
+        r.body
+    );
     assert_eq!(c.get(&config, alice).await.body["secretName"], "my-own-secret");
     let r = c.put(&config, alice, json!({"secretName": "ambient-runner-secrets"})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -429,8 +538,17 @@ async fn project_list_follows_rbac_from_any_source(env: &TestEnv, s: &Stack) {
     let (alice, carol, admin) = (token(env, DemoUser::Alice), token(env, DemoUser::Carol), token(env, DemoUser::Admin));
     let p = project(&c, &alice, "api-list").await;
     assert!(!listed(&c.get("/api/projects", &carol).await, &p), "carol has no grant yet");
-    let carol_subject = Subject { kind: "User".into(), name: "carol".into(), api_group: Some("rbac.authorization.k8s.io".into()), ..Default::default() };
-    let meta = |name: &str, ns: Option<&str>| ObjectMeta { name: Some(name.into()), namespace: ns.map(Into::into), ..Default::default() };
+    let carol_subject = Subject {
+        kind: "User".into(),
+        name: "carol".into(),
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        ..Default::default()
+    };
+    let meta = |name: &str, ns: Option<&str>| ObjectMeta {
+        name: Some(name.into()),
+        namespace: ns.map(Into::into),
+        ..Default::default()
+    };
     let within = Duration::from_secs(10);
 
     // A kubectl-made Role and RoleBinding (no labels of ours) granting what visibility needs.
@@ -467,7 +585,11 @@ async fn project_list_follows_rbac_from_any_source(env: &TestEnv, s: &Stack) {
     let crb_name = ambient_tests::unique_name("api-list-carol");
     let crb = ClusterRoleBinding {
         metadata: meta(&crb_name, None),
-        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name: "ambient-project-view".into() },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: "ambient-project-view".into(),
+        },
         subjects: Some(vec![carol_subject]),
     };
     let crbs = Api::<ClusterRoleBinding>::all(env.admin());
@@ -481,7 +603,12 @@ async fn project_list_follows_rbac_from_any_source(env: &TestEnv, s: &Stack) {
     .await
     .unwrap();
     let names = |r: &common::Resp| -> Vec<String> {
-        let mut v: Vec<String> = r.body["items"].as_array().into_iter().flatten().filter_map(|i| i["name"].as_str().map(String::from)).collect();
+        let mut v: Vec<String> = r.body["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["name"].as_str().map(String::from))
+            .collect();
         v.sort();
         v
     };
@@ -529,7 +656,11 @@ async fn foreign_and_missing_projects_answer_alike_on_every_route(env: &TestEnv,
         (Method::GET, "/sessions/s1/messages".into(), None),
         (Method::POST, "/sessions/s1/messages".into(), Some(json!({"type": "user.message", "payload": {}}))),
         (Method::GET, "/permissions".into(), None),
-        (Method::POST, "/permissions".into(), Some(json!({"subjectType": "user", "subjectName": "carol", "role": "admin"}))),
+        (
+            Method::POST,
+            "/permissions".into(),
+            Some(json!({"subjectType": "user", "subjectName": "carol", "role": "admin"})),
+        ),
         (Method::DELETE, "/permissions/user/alice".into(), None),
         (Method::GET, "/groups".into(), None),
         (Method::POST, "/groups".into(), Some(json!({"groupName": "g", "role": "admin"}))),
@@ -547,7 +678,11 @@ async fn foreign_and_missing_projects_answer_alike_on_every_route(env: &TestEnv,
         let foreign = c.call(m.clone(), &format!("/api/projects/{p}{suffix}"), Some(&carol), body.clone(), &[]).await;
         let absent = c.call(m.clone(), &format!("/api/projects/{missing}{suffix}"), Some(&carol), body, &[]).await;
         assert_eq!(foreign.status, StatusCode::NOT_FOUND, "{m} {suffix}: {:?}", foreign.body);
-        assert_eq!((foreign.status, &foreign.body), (absent.status, &absent.body), "{m} {suffix} tells foreign from missing");
+        assert_eq!(
+            (foreign.status, &foreign.body),
+            (absent.status, &absent.body),
+            "{m} {suffix} tells foreign from missing"
+        );
     }
     // Nothing changed.
     let r = c.get(&format!("/api/projects/{p}/agentic-sessions/s1"), &alice).await;
@@ -558,7 +693,10 @@ async fn foreign_and_missing_projects_answer_alike_on_every_route(env: &TestEnv,
 async fn floods_get_429_with_retry_after(env: &TestEnv, s: &Stack) {
     // A second api process with tight limits: 5 writes and 8 reads at once per principal.
     let args: Vec<String> =
-        ["--rate-limit-rps=0.01", "--rate-limit-burst=5", "--read-rate-limit-rps=0.01", "--read-rate-limit-burst=8"].iter().map(|s| s.to_string()).collect();
+        ["--rate-limit-rps=0.01", "--rate-limit-burst=5", "--read-rate-limit-rps=0.01", "--read-rate-limit-burst=8"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let (_api, url) = s.api_replica(env, &args).await.unwrap();
     let c = Client::new(&url);
     let bob = token(env, DemoUser::Bob);

@@ -38,13 +38,28 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     // Idempotency-Key.
     let ui = |c: &Client, body: Value| {
         let (c, keys, alice) = (c.clone(), keys.clone(), alice.clone());
-        async move { c.call(Method::POST, &keys, None, Some(body), &[("X-Forwarded-Access-Token", &alice), ("X-Forwarded-User", "alice")]).await }
+        async move {
+            c.call(
+                Method::POST,
+                &keys,
+                None,
+                Some(body),
+                &[("X-Forwarded-Access-Token", &alice), ("X-Forwarded-User", "alice")],
+            )
+            .await
+        }
     };
 
     // Two sessions in the cluster before the pause: one to stop, one to delete.
     let sessions = format!("/api/projects/{p}/agentic-sessions");
     for name in ["to-stop", "to-delete"] {
-        let r = one.post(&sessions, &alice, json!({"name": name, "prompt": "p", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})).await;
+        let r = one
+            .post(
+                &sessions,
+                &alice,
+                json!({"name": name, "prompt": "p", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}}),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     }
     eventually("to-stop runs", Duration::from_secs(60), || {
@@ -56,7 +71,11 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     // Created without model parameters, the session shows those its runner gets (the UI reads
     // `spec.llmSettings.model` unguarded and crashed on their absence).
     let shown = one.get(&format!("{sessions}/to-stop"), &alice).await.body;
-    assert_eq!(shown["spec"]["llmSettings"], json!({"model": "sonnet", "temperature": 0.7, "maxTokens": 4000}), "{shown}");
+    assert_eq!(
+        shown["spec"]["llmSettings"],
+        json!({"model": "sonnet", "temperature": 0.7, "maxTokens": 4000}),
+        "{shown}"
+    );
 
     let reconciler = s.reconciler.pid().expect("the reconciler runs");
     signal(reconciler, "STOP");
@@ -68,7 +87,15 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     let r = one.call(Method::DELETE, &format!("{sessions}/to-delete"), Some(&alice), None, &async_).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     let perms = format!("/api/projects/{p}/permissions");
-    let r = one.call(Method::POST, &perms, Some(&alice), Some(json!({"subjectType": "user", "subjectName": "bob", "role": "view"})), &async_).await;
+    let r = one
+        .call(
+            Method::POST,
+            &perms,
+            Some(&alice),
+            Some(json!({"subjectType": "user", "subjectName": "bob", "role": "view"})),
+            &async_,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     eventually("queued stop, deletion and grant show on the other replica", Duration::from_secs(10), || {
         let (two, sessions, perms, alice) = (&two, &sessions, &perms, &alice);
@@ -76,7 +103,11 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
             let stopping = two.get(&format!("{sessions}/to-stop"), alice).await.body["status"]["phase"] == "Stopping";
             let list = two.get(sessions, alice).await.body;
             let deleted = !list["items"].as_array().unwrap().iter().any(|i| i["metadata"]["name"] == "to-delete");
-            let granted = two.get(perms, alice).await.body["items"].as_array().unwrap().iter().any(|i| i["subjectName"] == "bob" && i["pending"] == true);
+            let granted = two.get(perms, alice).await.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["subjectName"] == "bob" && i["pending"] == true);
             Ok((stopping && deleted && granted).then_some(()))
         }
     })
@@ -86,14 +117,27 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     // A session created from the UI while the reconciler is paused: 202 with the name the UI
     // reads, and the session readable at once, on the other replica too.
     let body = json!({"prompt": "hello", "interactive": true, "llmSettings": {"model": "sonnet", "temperature": 0.7, "maxTokens": 4000}, "timeout": 300});
-    let r = one.call(Method::POST, &sessions, None, Some(body), &[("X-Forwarded-Access-Token", &alice), ("X-Forwarded-User", "alice")]).await;
+    let r = one
+        .call(
+            Method::POST,
+            &sessions,
+            None,
+            Some(body),
+            &[("X-Forwarded-Access-Token", &alice), ("X-Forwarded-User", "alice")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     let name = r.body["name"].as_str().expect("the 202 names the session").to_string();
     assert!(r.body["location"].as_str().is_some_and(|l| l.starts_with("/api/commands/")), "{:?}", r.body);
     // The UI reads it at once, from the replica that answered: never a 404 (it would create a
     // second session), however far behind the announcements to other replicas run.
     let at_once = one.get(&format!("{sessions}/{name}"), &alice).await;
-    assert_eq!((at_once.status, at_once.body["status"]["phase"].clone()), (StatusCode::OK, json!("Pending")), "{:?}", at_once.body);
+    assert_eq!(
+        (at_once.status, at_once.body["status"]["phase"].clone()),
+        (StatusCode::OK, json!("Pending")),
+        "{:?}",
+        at_once.body
+    );
     // Its messages (the detail page polls them): none yet, not "not found".
     let msgs = one.get(&format!("{sessions}/{name}/messages"), &alice).await;
     assert_eq!((msgs.status, msgs.body["messages"].clone()), (StatusCode::OK, json!([])), "{:?}", msgs.body);
@@ -112,21 +156,37 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     assert!(queued.body["metadata"]["creationTimestamp"].is_string(), "the UI formats it: {:?}", queued.body);
     assert_eq!(queued.body["spec"]["llmSettings"]["model"], "sonnet");
     let listed = one.get(&sessions, &alice).await;
-    assert!(listed.body["items"].as_array().unwrap().iter().any(|i| i["metadata"]["name"] == name.as_str()), "listed: {:?}", listed.body);
+    assert!(
+        listed.body["items"].as_array().unwrap().iter().any(|i| i["metadata"]["name"] == name.as_str()),
+        "listed: {:?}",
+        listed.body
+    );
     // A stranger sees nothing of it.
     let carol = token(&env, DemoUser::Carol);
     assert_eq!(two.get(&format!("{sessions}/{name}"), &carol).await.status, StatusCode::NOT_FOUND);
     let first = ui(&one, json!({"name": "ci", "role": "view"})).await;
     assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", first.body);
     assert_eq!(first.body["reason"], "KeyCreationPending", "{:?}", first.body);
-    assert!(first.body["error"].as_str().is_some_and(|e| e.contains("same request again")), "the UI shows a sentence that says what to do: {:?}", first.body);
+    assert!(
+        first.body["error"].as_str().is_some_and(|e| e.contains("same request again")),
+        "the UI shows a sentence that says what to do: {:?}",
+        first.body
+    );
     let command = first.body["commandId"].as_str().expect("commandId").to_string();
-    assert_eq!(first.headers.get("location").map(|v| v.to_str().unwrap().to_string()), Some(format!("/api/commands/{command}")));
+    assert_eq!(
+        first.headers.get("location").map(|v| v.to_str().unwrap().to_string()),
+        Some(format!("/api/commands/{command}"))
+    );
     assert!(first.headers.get("retry-after").is_some());
     // The UI's automatic retry, on the other replica, while the reconciler is still paused:
     // the same pending creation, not a second one.
     let retry = ui(&two, json!({"name": "ci", "role": "view"})).await;
-    assert_eq!((retry.status, retry.body["commandId"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!(command)), "{:?}", retry.body);
+    assert_eq!(
+        (retry.status, retry.body["commandId"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!(command)),
+        "{:?}",
+        retry.body
+    );
     signal(reconciler, "CONT");
     // Once applied, the cluster shows what was queued, without the marks.
     eventually("the queued stop, deletion and grant are applied", Duration::from_secs(60), || {
@@ -135,7 +195,11 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
             let stopped = two.get(&format!("{sessions}/to-stop"), alice).await.body["status"]["phase"] == "Stopped";
             let gone = two.get(&format!("{sessions}/to-delete"), alice).await.status == StatusCode::NOT_FOUND;
             let rows = two.get(perms, alice).await.body;
-            let granted = rows["items"].as_array().unwrap().iter().any(|i| i["subjectName"] == "bob" && i.get("pending").is_none());
+            let granted = rows["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["subjectName"] == "bob" && i.get("pending").is_none());
             Ok((stopped && gone && granted).then_some(()))
         }
     })
@@ -144,7 +208,12 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     // Once applied, the cluster's session (with its uid) replaces the queued one.
     eventually("the applied session replaces the queued one", Duration::from_secs(60), || {
         let (two, path, alice) = (&two, format!("{sessions}/{name}"), &alice);
-        async move { Ok(two.get(&path, alice).await.body["metadata"]["uid"].as_str().is_some_and(|u| !u.is_empty()).then_some(())) }
+        async move {
+            Ok(two.get(&path, alice).await.body["metadata"]["uid"]
+                .as_str()
+                .is_some_and(|u| !u.is_empty())
+                .then_some(()))
+        }
     })
     .await
     .unwrap();
@@ -179,7 +248,15 @@ async fn writes_that_outlive_their_wait_stay_visible_and_keep_their_token() {
     }
 
     // Asked for 202: the token comes from the command URL, on any replica, once.
-    let r = one.call(Method::POST, &keys, Some(&alice), Some(json!({"name": "cd", "role": "view"})), &[("prefer", "respond-async")]).await;
+    let r = one
+        .call(
+            Method::POST,
+            &keys,
+            Some(&alice),
+            Some(json!({"name": "cd", "role": "view"})),
+            &[("prefer", "respond-async")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     let location = r.headers.get("location").unwrap().to_str().unwrap().to_string();
     let shown = eventually("the command succeeds", Duration::from_secs(60), || {

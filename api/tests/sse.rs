@@ -14,7 +14,14 @@ use events::{Phase, ProjectName};
 use reqwest::StatusCode;
 use serde_json::json;
 
-async fn publish(js: &async_nats::jetstream::Context, project: &ProjectName, project_uid: &str, session: &str, phase: Phase, n: u32) {
+async fn publish(
+    js: &async_nats::jetstream::Context,
+    project: &ProjectName,
+    project_uid: &str,
+    session: &str,
+    phase: Phase,
+    n: u32,
+) {
     let ev = StatusEvent {
         id: format!("fixture-{}-{n}", uuid::Uuid::now_v7()),
         project: project.clone(),
@@ -50,7 +57,13 @@ async fn sse_resumes_after_disconnect_and_closes_on_revocation() {
     let session = "fixture-session";
     let url = format!("{}/api/projects/{p}/agentic-sessions/{session}/events", s.api_url);
     let js = env.jetstream();
-    let ns_uid = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(env.admin()).get(&p).await.unwrap().metadata.uid.unwrap();
+    let ns_uid = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(env.admin())
+        .get(&p)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
 
     // Connect, receive two events.
     let mut resp = c.http.get(&url).bearer_auth(&alice).timeout(Duration::from_secs(60)).send().await.unwrap();
@@ -91,10 +104,23 @@ async fn sse_resumes_after_disconnect_and_closes_on_revocation() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     // Bob gets view, connects, is revoked: his stream closes within 5 s.
-    let r = c.post(&format!("/api/projects/{p}/permissions"), &alice, json!({"subjectType": "user", "subjectName": "bob", "role": "view"})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{p}/permissions"),
+            &alice,
+            json!({"subjectType": "user", "subjectName": "bob", "role": "view"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut resp = c.http.get(format!("{}/api/projects/{p}/events", s.api_url)).bearer_auth(&bob).timeout(Duration::from_secs(60)).send().await.unwrap();
+    let mut resp = c
+        .http
+        .get(format!("{}/api/projects/{p}/events", s.api_url))
+        .bearer_auth(&bob)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let r = c.delete(&format!("/api/projects/{p}/permissions/user/bob"), &alice).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
@@ -115,12 +141,18 @@ const STREAM_CAP: usize = 3;
 async fn streams_per_caller_are_capped(c: &Client, base: &str, alice: &str, bob: &str, p: &str) {
     let open = |who: &str, path: String| {
         let (http, who) = (c.http.clone(), who.to_string());
-        async move { http.get(format!("{base}{path}")).bearer_auth(who).timeout(Duration::from_secs(60)).send().await.unwrap() }
+        async move {
+            http.get(format!("{base}{path}")).bearer_auth(who).timeout(Duration::from_secs(60)).send().await.unwrap()
+        }
     };
     let mut held = Vec::new();
     for i in 0..STREAM_CAP {
         // Project and session streams count alike.
-        let path = if i % 2 == 0 { format!("/api/projects/{p}/events") } else { format!("/api/projects/{p}/agentic-sessions/s{i}/events") };
+        let path = if i % 2 == 0 {
+            format!("/api/projects/{p}/events")
+        } else {
+            format!("/api/projects/{p}/agentic-sessions/s{i}/events")
+        };
         let r = open(alice, path).await;
         assert_eq!(r.status(), StatusCode::OK, "stream {i}");
         held.push(r);

@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use ambient_tests::TestEnv;
 use ambient_tests::DemoUser;
+use ambient_tests::TestEnv;
 use common::{Client, project, read_events, stack, token};
 use reqwest::StatusCode;
 
@@ -19,12 +19,22 @@ async fn a_stream_ends_when_its_access_cannot_be_rechecked() {
     let c = Client::new(&s.api_url);
     let alice = token(&env, DemoUser::Alice);
     let p = project(&c, &alice, "api-sse-recheck").await;
-    let mut resp = c.http.get(format!("{}/api/projects/{p}/events", s.api_url)).bearer_auth(&alice).timeout(Duration::from_secs(120)).send().await.unwrap();
+    let mut resp = c
+        .http
+        .get(format!("{}/api/projects/{p}/events", s.api_url))
+        .bearer_auth(&alice)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     // Open and re-checked at least once while the API server answers.
     // (The project's own creation event may arrive late, after the stream opened.)
     let (evs, ended) = read_events(&mut resp, 100, Duration::from_secs(5)).await;
-    assert!(!ended && evs.iter().all(|e| e.event.starts_with("ambient.project.")), "the stream stays open while access is confirmed: {evs:?}");
+    assert!(
+        !ended && evs.iter().all(|e| e.event.starts_with("ambient.project.")),
+        "the stream stays open while access is confirmed: {evs:?}"
+    );
 
     env.stop_apiserver().await.unwrap();
     let start = Instant::now();

@@ -46,7 +46,13 @@ async fn the_web_uis_routes_answer_as_it_reads_them() {
 
     public_routes_need_no_identity(&c, a).await;
     let p = project(&c, &alice, "ui").await;
-    let r = c.post(&format!("/api/projects/{p}/agentic-sessions"), &alice, json!({"name": "s1", "prompt": "ui", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{p}/agentic-sessions"),
+            &alice,
+            json!({"name": "s1", "prompt": "ui", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     session_routes(&c, &p, a).await;
     k8s_resources_shows_the_runner(&c, &p, a).await;
@@ -60,16 +66,31 @@ async fn public_routes_need_no_identity(c: &Client, a: Option<(&str, &str)>) {
     assert_ok(&proxied(c, Method::GET, "/api/cluster-info", None).await, want.clone(), "cluster-info, anonymous");
     assert_ok(&proxied(c, Method::GET, "/api/cluster-info", a).await, want, "cluster-info, signed in");
     // The UI's proxy drops `?project=` and the identity.
-    assert_ok(&proxied(c, Method::GET, "/api/workflows/ootb?project=x", None).await, json!({"workflows": []}), "workflows/ootb");
+    assert_ok(
+        &proxied(c, Method::GET, "/api/workflows/ootb?project=x", None).await,
+        json!({"workflows": []}),
+        "workflows/ootb",
+    );
 
     // The GitHub App routes need a signed-in caller, like /api/me.
     let r = proxied(c, Method::GET, "/api/auth/github/status", None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
-    assert_ok(&proxied(c, Method::GET, "/api/auth/github/status", a).await, json!({"installed": false}), "github status");
-    assert_ok(&proxied(c, Method::POST, "/api/auth/github/disconnect", a).await, json!({"message": "GitHub is not connected"}), "github disconnect");
+    assert_ok(
+        &proxied(c, Method::GET, "/api/auth/github/status", a).await,
+        json!({"installed": false}),
+        "github status",
+    );
+    assert_ok(
+        &proxied(c, Method::POST, "/api/auth/github/disconnect", a).await,
+        json!({"message": "GitHub is not connected"}),
+        "github disconnect",
+    );
     let r = proxied(c, Method::POST, "/api/auth/github/install", a).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(r.body, json!({"error": "GitHub App integration is not available on this platform", "code": "not_available"}));
+    assert_eq!(
+        r.body,
+        json!({"error": "GitHub App integration is not available on this platform", "code": "not_available"})
+    );
 }
 
 /// Session-scoped routes: (method, suffix, status, body).
@@ -88,7 +109,12 @@ fn session_answers() -> Vec<(Method, &'static str, StatusCode, Value)> {
         (Method::GET, "/workspace?path=artifacts", StatusCode::OK, json!({"items": []})),
         (Method::GET, "/workspace", StatusCode::OK, json!({"items": []})),
         (Method::POST, "/spawn-content-pod", StatusCode::OK, json!({"status": "exists", "podName": "", "ready": true})),
-        (Method::GET, "/content-pod-status", StatusCode::OK, json!({"status": "unavailable", "ready": false, "podName": ""})),
+        (
+            Method::GET,
+            "/content-pod-status",
+            StatusCode::OK,
+            json!({"status": "unavailable", "ready": false, "podName": ""}),
+        ),
         (Method::DELETE, "/content-pod", StatusCode::OK, json!({"message": "no content pod on this platform"})),
         (
             Method::POST,
@@ -149,13 +175,18 @@ async fn strangers_and_missing_sessions_get_404(c: &Client, p: &str, a: Option<(
     for (m, suffix) in routes {
         // carol has no role in alice's project: the same answer as for a project that does not exist.
         let there = proxied(c, m.clone(), &format!("/api/projects/{p}/agentic-sessions/s1{suffix}"), stranger).await;
-        let absent = proxied(c, m.clone(), &format!("/api/projects/{missing}/agentic-sessions/s1{suffix}"), stranger).await;
+        let absent =
+            proxied(c, m.clone(), &format!("/api/projects/{missing}/agentic-sessions/s1{suffix}"), stranger).await;
         assert_eq!(there.status, StatusCode::NOT_FOUND, "carol {m} {suffix}: {:?}", there.body);
         assert_eq!(there.body, json!({"error": "project not found"}), "carol {m} {suffix}");
         assert_eq!(there.body, absent.body, "carol {m} {suffix}");
         // alice, a session that does not exist: as for `GET` of that session.
         let r = proxied(c, m.clone(), &format!("/api/projects/{p}/agentic-sessions/nope{suffix}"), a).await;
-        assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"error": "session not found"})), "alice {m} nope{suffix}");
+        assert_eq!(
+            (r.status, &r.body),
+            (StatusCode::NOT_FOUND, &json!({"error": "session not found"})),
+            "alice {m} nope{suffix}"
+        );
     }
 }
 

@@ -103,7 +103,14 @@ pub fn is_denied(status: Option<&SubjectAccessReviewStatus>) -> bool {
 /// means nothing; but an explicit deny (a token scoped to `user:info`) refuses it, in the api and
 /// again at apply time.
 pub fn self_provision_check() -> ResourceCheck {
-    ResourceCheck { namespace: String::new(), verb: "create", group: "", resource: "namespaces", subresource: None, name: None }
+    ResourceCheck {
+        namespace: String::new(),
+        verb: "create",
+        group: "",
+        resource: "namespaces",
+        subresource: None,
+        name: None,
+    }
 }
 
 /// What a command needs.
@@ -164,7 +171,13 @@ impl StatusAudience {
     }
 }
 
-fn check(ns: &str, verb: &'static str, group: &'static str, resource: &'static str, name: Option<&str>) -> ResourceCheck {
+fn check(
+    ns: &str,
+    verb: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    name: Option<&str>,
+) -> ResourceCheck {
     ResourceCheck { namespace: ns.into(), verb, group, resource, subresource: None, name: name.map(Into::into) }
 }
 
@@ -190,7 +203,9 @@ impl Command {
             CommandBody::SessionCreate(_) => one(sessions("create", None)),
             CommandBody::SessionUpdate(c) => one(sessions("update", Some(c.name.as_str()))),
             CommandBody::SessionDelete(c) => one(sessions("delete", Some(c.name.as_str()))),
-            CommandBody::SessionStart(c) | CommandBody::SessionStop(c) => one(sessions("update", Some(c.name.as_str()))),
+            CommandBody::SessionStart(c) | CommandBody::SessionStop(c) => {
+                one(sessions("update", Some(c.name.as_str())))
+            }
             CommandBody::SessionClone(c) => Requirement::All(vec![
                 sessions("get", Some(c.name.as_str())),
                 check(c.target_project.as_str(), "create", GROUP, "agenticsessions", None),
@@ -201,7 +216,9 @@ impl Command {
                 Requirement::All(vec![check(ns, "create", RBAC, "rolebindings", None), bind_role(ns, c.role)])
             }
             CommandBody::PermissionRevoke(_) => one(check(ns, "delete", RBAC, "rolebindings", None)),
-            CommandBody::KeyCreate(c) => Requirement::All(vec![check(ns, "create", "", "serviceaccounts", None), bind_role(ns, c.role)]),
+            CommandBody::KeyCreate(c) => {
+                Requirement::All(vec![check(ns, "create", "", "serviceaccounts", None), bind_role(ns, c.role)])
+            }
             CommandBody::KeyRevoke(c) => one(check(ns, "delete", "", "serviceaccounts", Some(c.key_id.as_str()))),
             CommandBody::RunnerSecretPut(_) => one(check(ns, "update", "", "secrets", None)),
             CommandBody::RunnerSecretConfig(_) => one(settings("update")),
@@ -212,11 +229,11 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{KeyView, PermissionView, SettingsView, Tombstone};
-    use crate::{Role, SubjectType};
     use crate::commands::{KeyCreate, PermissionGrant, PermissionRevoke};
     use crate::names::{KeyName, ProjectName, SubjectName};
     use crate::sealing::SealingSecretKey;
+    use crate::status::{KeyView, PermissionView, SettingsView, Tombstone};
+    use crate::{Role, SubjectType};
 
     fn checks(body: CommandBody) -> Vec<(String, &'static str, &'static str, Option<String>)> {
         let alice = Principal { user: "alice".into(), ..Default::default() };
@@ -240,17 +257,32 @@ mod tests {
                 expiration_seconds: None,
                 reply_key: SealingSecretKey::generate().public_key(),
             };
-            assert_eq!(checks(CommandBody::KeyCreate(key)), vec![("p1".into(), "create", "serviceaccounts", None), bind.clone()]);
-            let grant = PermissionGrant { subject_type: SubjectType::User, subject_name: SubjectName::new("bob").unwrap(), role };
-            assert_eq!(checks(CommandBody::PermissionGrant(grant)), vec![("p1".into(), "create", "rolebindings", None), bind]);
+            assert_eq!(
+                checks(CommandBody::KeyCreate(key)),
+                vec![("p1".into(), "create", "serviceaccounts", None), bind.clone()]
+            );
+            let grant = PermissionGrant {
+                subject_type: SubjectType::User,
+                subject_name: SubjectName::new("bob").unwrap(),
+                role,
+            };
+            assert_eq!(
+                checks(CommandBody::PermissionGrant(grant)),
+                vec![("p1".into(), "create", "rolebindings", None), bind]
+            );
         }
-        let revoke = PermissionRevoke { subject_type: SubjectType::Group, subject_name: SubjectName::new("team-b").unwrap() };
+        let revoke =
+            PermissionRevoke { subject_type: SubjectType::Group, subject_name: SubjectName::new("team-b").unwrap() };
         assert_eq!(checks(CommandBody::PermissionRevoke(revoke)), vec![("p1".into(), "delete", "rolebindings", None)]);
     }
 
     #[test]
     fn bind_review_names_the_cluster_role() {
-        let sar = bind_role("p1", Role::Admin).review_for(&Principal { user: "bob".into(), groups: vec!["g".into()], ..Default::default() });
+        let sar = bind_role("p1", Role::Admin).review_for(&Principal {
+            user: "bob".into(),
+            groups: vec!["g".into()],
+            ..Default::default()
+        });
         let attrs = sar.spec.resource_attributes.unwrap();
         assert_eq!(attrs.verb.as_deref(), Some("bind"));
         assert_eq!(attrs.group.as_deref(), Some(RBAC));
@@ -262,7 +294,14 @@ mod tests {
     #[test]
     fn every_status_event_has_the_audience_of_the_rest_read_that_shows_it() {
         let t = Tombstone { name: "x".into(), uid: None, at: chrono::Utc::now() };
-        let key = KeyView { id: "k".into(), name: "k".into(), description: None, role: Some(Role::Admin), created_at: None, last_used_at: None };
+        let key = KeyView {
+            id: "k".into(),
+            name: "k".into(),
+            description: None,
+            role: Some(Role::Admin),
+            created_at: None,
+            last_used_at: None,
+        };
         let perm = PermissionView { subject_type: SubjectType::User, subject_name: "bob".into(), role: Role::View };
         let settings = SettingsView { exists: true, group_access: vec![], runner_secret_configured: false };
         let cases = [
@@ -276,7 +315,12 @@ mod tests {
         ];
         for (body, verb, group, resource) in cases {
             let c = StatusAudience::of(&body).check("team-a");
-            assert_eq!((c.verb, c.group, c.resource, c.namespace.as_str()), (verb, group, resource, "team-a"), "{}", body.type_str());
+            assert_eq!(
+                (c.verb, c.group, c.resource, c.namespace.as_str()),
+                (verb, group, resource, "team-a"),
+                "{}",
+                body.type_str()
+            );
         }
     }
 }

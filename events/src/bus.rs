@@ -46,7 +46,9 @@ impl BusArgs {
     /// Connection options with the credentials, a client name and a connect timeout.
     pub fn connect_options(&self, client_name: &str) -> async_nats::ConnectOptions {
         let options = match (&self.nats_user, &self.nats_password) {
-            (Some(user), Some(password)) => async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone()),
+            (Some(user), Some(password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
             _ => async_nats::ConnectOptions::new(),
         };
         options.name(client_name).connection_timeout(Duration::from_secs(10))

@@ -59,30 +59,106 @@ pub fn example_command_bodies() -> Vec<(CommandBody, &'static str)> {
     .unwrap_or_else(|e| panic!("example spec: {e}"));
     let reply = SealingSecretKey::generate().public_key();
     vec![
-        (CommandBody::ProjectCreate(ProjectCreate { display_name: Some("Team A".into()), description: Some("Team A's agents".into()) }), "Create the project (namespace, admin RoleBinding for the creator, ProjectSettings)."),
-        (CommandBody::ProjectUpdate(ProjectUpdate { display_name: Some("Team A (prod)".into()), description: None }), "Change the project's display name or description."),
+        (
+            CommandBody::ProjectCreate(ProjectCreate {
+                display_name: Some("Team A".into()),
+                description: Some("Team A's agents".into()),
+            }),
+            "Create the project (namespace, admin RoleBinding for the creator, ProjectSettings).",
+        ),
+        (
+            CommandBody::ProjectUpdate(ProjectUpdate { display_name: Some("Team A (prod)".into()), description: None }),
+            "Change the project's display name or description.",
+        ),
         (CommandBody::ProjectDelete(Empty {}), "Delete the project and everything in it."),
-        (CommandBody::SessionCreate(SessionCreate { name: s.clone(), spec }), "Create a session; `userContext` is set from the principal."),
-        (CommandBody::SessionUpdate(SessionUpdate { name: s.clone(), patch: SessionPatch { prompt: Some("Fix it, with tests".into()), ..Default::default() } }), "Change fields of a session's spec."),
+        (
+            CommandBody::SessionCreate(SessionCreate { name: s.clone(), spec }),
+            "Create a session; `userContext` is set from the principal.",
+        ),
+        (
+            CommandBody::SessionUpdate(SessionUpdate {
+                name: s.clone(),
+                patch: SessionPatch { prompt: Some("Fix it, with tests".into()), ..Default::default() },
+            }),
+            "Change fields of a session's spec.",
+        ),
         (CommandBody::SessionDelete(SessionRef { name: s.clone() }), "Delete a session and everything it owns."),
         (CommandBody::SessionStart(SessionRef { name: s.clone() }), "Run a session again."),
         (CommandBody::SessionStop(SessionRef { name: s.clone() }), "Stop a running session."),
-        (CommandBody::SessionClone(SessionClone { name: s.clone(), target_project: name("team-b"), new_session_name: name("fix-login-bug-copy") }), "Copy a session into another project."),
-        (CommandBody::SessionStatus(SessionStatusReport { name: s.clone(), status: RunnerStatus { phase: Some(Phase::Completed), result: Some("Fixed in PR 42".into()), num_turns: Some(12), total_cost_usd: Some(0.42), ..Default::default() } }), "A runner reports on its own session."),
-        (CommandBody::SessionDisplayName(SessionDisplayName { name: s.clone(), display_name: "Login bug".into() }), "A runner names its session."),
-        (CommandBody::PermissionGrant(PermissionGrant { subject_type: SubjectType::Group, subject_name: SubjectName::new("team-b").unwrap_or_else(|e| panic!("{e}")), role: Role::Edit }), "Grant a role to a user or group."),
-        (CommandBody::PermissionRevoke(PermissionRevoke { subject_type: SubjectType::User, subject_name: SubjectName::new("bob").unwrap_or_else(|e| panic!("{e}")) }), "Remove a user's or group's access."),
-        (CommandBody::KeyCreate(KeyCreate { name: name::<KeyName>("ci-bot"), description: Some("CI pipeline".into()), role: Role::Edit, expiration_seconds: Some(7_776_000), reply_key: reply.clone() }), "Create an access key; its token comes back sealed to `replyKey`."),
+        (
+            CommandBody::SessionClone(SessionClone {
+                name: s.clone(),
+                target_project: name("team-b"),
+                new_session_name: name("fix-login-bug-copy"),
+            }),
+            "Copy a session into another project.",
+        ),
+        (
+            CommandBody::SessionStatus(SessionStatusReport {
+                name: s.clone(),
+                status: RunnerStatus {
+                    phase: Some(Phase::Completed),
+                    result: Some("Fixed in PR 42".into()),
+                    num_turns: Some(12),
+                    total_cost_usd: Some(0.42),
+                    ..Default::default()
+                },
+            }),
+            "A runner reports on its own session.",
+        ),
+        (
+            CommandBody::SessionDisplayName(SessionDisplayName { name: s.clone(), display_name: "Login bug".into() }),
+            "A runner names its session.",
+        ),
+        (
+            CommandBody::PermissionGrant(PermissionGrant {
+                subject_type: SubjectType::Group,
+                subject_name: SubjectName::new("team-b").unwrap_or_else(|e| panic!("{e}")),
+                role: Role::Edit,
+            }),
+            "Grant a role to a user or group.",
+        ),
+        (
+            CommandBody::PermissionRevoke(PermissionRevoke {
+                subject_type: SubjectType::User,
+                subject_name: SubjectName::new("bob").unwrap_or_else(|e| panic!("{e}")),
+            }),
+            "Remove a user's or group's access.",
+        ),
+        (
+            CommandBody::KeyCreate(KeyCreate {
+                name: name::<KeyName>("ci-bot"),
+                description: Some("CI pipeline".into()),
+                role: Role::Edit,
+                expiration_seconds: Some(7_776_000),
+                reply_key: reply.clone(),
+            }),
+            "Create an access key; its token comes back sealed to `replyKey`.",
+        ),
         (CommandBody::KeyRevoke(KeyRevoke { key_id: "ambient-key-ci-bot".into() }), "Revoke an access key."),
-        (CommandBody::RunnerSecretPut(RunnerSecretPut { data: reply.seal(b"{\"ANTHROPIC_API_KEY\":\"...\",\"OLD_KEY\":null}").unwrap_or_else(|e| panic!("{e}")), secret: Default::default() }), "Change the runner secret (`secret: \"integration\"`: the integration secret); `data`, sealed to the reconciler's key, sets keys to strings and removes keys given null; other keys are unchanged."),
-        (CommandBody::RunnerSecretConfig(RunnerSecretConfig { secret_name: "my-runner-secret".into() }), "Choose which Secret is the runner secret."),
+        (
+            CommandBody::RunnerSecretPut(RunnerSecretPut {
+                data: reply.seal(b"{\"ANTHROPIC_API_KEY\":\"...\",\"OLD_KEY\":null}").unwrap_or_else(|e| panic!("{e}")),
+                secret: Default::default(),
+            }),
+            "Change the runner secret (`secret: \"integration\"`: the integration secret); `data`, sealed to the reconciler's key, sets keys to strings and removes keys given null; other keys are unchanged.",
+        ),
+        (
+            CommandBody::RunnerSecretConfig(RunnerSecretConfig { secret_name: "my-runner-secret".into() }),
+            "Choose which Secret is the runner secret.",
+        ),
     ]
 }
 
 /// Every example: commands, results, status events.
 pub fn examples() -> Vec<Example> {
     let project: ProjectName = name("team-a");
-    let principal = Principal { user: "alice".into(), uid: "4b1c…".into(), groups: vec!["team-a".into(), "system:authenticated".into()], ..Default::default() };
+    let principal = Principal {
+        user: "alice".into(),
+        uid: "4b1c…".into(),
+        groups: vec!["team-a".into(), "system:authenticated".into()],
+        ..Default::default()
+    };
     let signer = example_signer();
     let mut out = Vec::new();
     for (i, (body, doc)) in example_command_bodies().into_iter().enumerate() {
@@ -120,8 +196,14 @@ pub fn examples() -> Vec<Example> {
             sealed_token: None,
         },
     };
-    let failed = CommandResult { outcome: Outcome::failed(FailureReason::Forbidden, "alice may not create agenticsessions in team-a"), ..ok.clone() };
-    for (r, doc) in [(ok, "The command was applied; `resource` names what it wrote."), (failed, "The command was refused and changed nothing; `code` is the HTTP status the api answers.")] {
+    let failed = CommandResult {
+        outcome: Outcome::failed(FailureReason::Forbidden, "alice may not create agenticsessions in team-a"),
+        ..ok.clone()
+    };
+    for (r, doc) in [
+        (ok, "The command was applied; `resource` names what it wrote."),
+        (failed, "The command was refused and changed nothing; `code` is the HTTP status the api answers."),
+    ] {
         out.push(Example {
             family: "result",
             ty: r.type_str().into(),
@@ -131,9 +213,22 @@ pub fn examples() -> Vec<Example> {
         });
     }
     for (body, obj, doc) in example_status_bodies() {
-        let ev = StatusEvent { id: StatusEvent::derive_id("9e0f…", "48230", body.type_str()), project: project.clone(), name: obj.into(), time: at(), project_uid: Some("3c1d…".into()), body };
+        let ev = StatusEvent {
+            id: StatusEvent::derive_id("9e0f…", "48230", body.type_str()),
+            project: project.clone(),
+            name: obj.into(),
+            time: at(),
+            project_uid: Some("3c1d…".into()),
+            body,
+        };
         let subject = ev.subject().unwrap_or_else(|e| panic!("{e}"));
-        out.push(Example { family: "status", ty: ev.body.type_str().into(), subject, doc: doc.into(), event: wire::status_event(&ev) });
+        out.push(Example {
+            family: "status",
+            ty: ev.body.type_str().into(),
+            subject,
+            doc: doc.into(),
+            event: wire::status_event(&ev),
+        });
     }
     out
 }
@@ -191,22 +286,87 @@ fn example_status_bodies() -> Vec<(StatusBody, &'static str, &'static str)> {
     };
     let tomb = |n: &str| Tombstone { name: n.into(), uid: Some("9e0f…".into()), at: t };
     vec![
-        (StatusBody::ProjectChanged(ProjectView { name: "team-a".into(), display_name: Some("Team A".into()), description: None, requester: Some("alice".into()), creation_timestamp: Some(t), status: "Active".into() }), "team-a", "A project was created or its public view changed."),
+        (
+            StatusBody::ProjectChanged(ProjectView {
+                name: "team-a".into(),
+                display_name: Some("Team A".into()),
+                description: None,
+                requester: Some("alice".into()),
+                creation_timestamp: Some(t),
+                status: "Active".into(),
+            }),
+            "team-a",
+            "A project was created or its public view changed.",
+        ),
         (StatusBody::ProjectDeleted(tomb("team-a")), "team-a", "A project is gone."),
-        (StatusBody::ProjectSettings(SettingsView { exists: true, group_access: vec![GroupAccess { group_name: "team-b".into(), role: Role::Edit }], runner_secret_configured: true }), "team-a", "A project's settings changed: group access, and whether a runner Secret is configured (never its name or values)."),
-        (StatusBody::SessionChanged(session), "fix-login-bug", "A session was created or its public view changed (never env var values)."),
-        (StatusBody::SessionPhase(PhaseTransition { name: "fix-login-bug".into(), previous_phase: Some(Phase::Creating), phase: Phase::Running, at: t, previous_phase_seconds: Some(2.4), reason: None, message: None, start_time: Some(t), completion_time: None }), "fix-login-bug", "A session changed phase."),
+        (
+            StatusBody::ProjectSettings(SettingsView {
+                exists: true,
+                group_access: vec![GroupAccess { group_name: "team-b".into(), role: Role::Edit }],
+                runner_secret_configured: true,
+            }),
+            "team-a",
+            "A project's settings changed: group access, and whether a runner Secret is configured (never its name or values).",
+        ),
+        (
+            StatusBody::SessionChanged(session),
+            "fix-login-bug",
+            "A session was created or its public view changed (never env var values).",
+        ),
+        (
+            StatusBody::SessionPhase(PhaseTransition {
+                name: "fix-login-bug".into(),
+                previous_phase: Some(Phase::Creating),
+                phase: Phase::Running,
+                at: t,
+                previous_phase_seconds: Some(2.4),
+                reason: None,
+                message: None,
+                start_time: Some(t),
+                completion_time: None,
+            }),
+            "fix-login-bug",
+            "A session changed phase.",
+        ),
         (StatusBody::SessionDeleted(tomb("fix-login-bug")), "fix-login-bug", "A session is gone."),
-        (StatusBody::SessionRunner(runner), "fix-login-bug", "A session's runner Job or pod changed (here: the pod cannot pull its image); `job: null` when the runner is gone (stopped, restarted, removed)."),
-        (StatusBody::PermissionChanged(PermissionView { subject_type: SubjectType::Group, subject_name: "team-b".into(), role: Role::Edit }), "group-team-b-1f2e3d4c", "A permission was granted or changed."),
-        (StatusBody::PermissionDeleted(tomb("group-team-b-1f2e3d4c")), "group-team-b-1f2e3d4c", "A permission was revoked."),
-        (StatusBody::KeyChanged(KeyView { id: "ambient-key-ci-bot".into(), name: "ci-bot".into(), description: Some("CI pipeline".into()), role: Some(Role::Edit), created_at: Some(t), last_used_at: None }), "ambient-key-ci-bot", "An access key was created or changed (never its token)."),
+        (
+            StatusBody::SessionRunner(runner),
+            "fix-login-bug",
+            "A session's runner Job or pod changed (here: the pod cannot pull its image); `job: null` when the runner is gone (stopped, restarted, removed).",
+        ),
+        (
+            StatusBody::PermissionChanged(PermissionView {
+                subject_type: SubjectType::Group,
+                subject_name: "team-b".into(),
+                role: Role::Edit,
+            }),
+            "group-team-b-1f2e3d4c",
+            "A permission was granted or changed.",
+        ),
+        (
+            StatusBody::PermissionDeleted(tomb("group-team-b-1f2e3d4c")),
+            "group-team-b-1f2e3d4c",
+            "A permission was revoked.",
+        ),
+        (
+            StatusBody::KeyChanged(KeyView {
+                id: "ambient-key-ci-bot".into(),
+                name: "ci-bot".into(),
+                description: Some("CI pipeline".into()),
+                role: Some(Role::Edit),
+                created_at: Some(t),
+                last_used_at: None,
+            }),
+            "ambient-key-ci-bot",
+            "An access key was created or changed (never its token).",
+        ),
         (StatusBody::KeyDeleted(tomb("ambient-key-ci-bot")), "ambient-key-ci-bot", "An access key was revoked."),
     ]
 }
 
 /// Start and end markers of the generated part of `events/README.md`.
-pub const README_BEGIN: &str = "<!-- catalogue:begin (generated by `UPDATE_EVENTS_README=1 cargo test -p events --test readme`) -->";
+pub const README_BEGIN: &str =
+    "<!-- catalogue:begin (generated by `UPDATE_EVENTS_README=1 cargo test -p events --test readme`) -->";
 /// End marker.
 pub const README_END: &str = "<!-- catalogue:end -->";
 
@@ -267,7 +427,9 @@ pub fn render_markdown() -> String {
             md.push('\n');
         }
         let json = serde_json::to_string_pretty(&e.event).unwrap_or_default();
-        md.push_str(&format!("\nExample (structured mode, as JSON; on NATS the attributes are `ce-*` headers):\n\n```json\n{json}\n```\n"));
+        md.push_str(&format!(
+            "\nExample (structured mode, as JSON; on NATS the attributes are `ce-*` headers):\n\n```json\n{json}\n```\n"
+        ));
     }
     md.push('\n');
     md.push_str(README_END);

@@ -179,7 +179,11 @@ impl Principal {
         Principal {
             user: format!("system:serviceaccount:{namespace}:{name}"),
             uid: String::new(),
-            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{namespace}"), "system:authenticated".into()],
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated".into(),
+            ],
             extra: BTreeMap::new(),
         }
     }
@@ -223,7 +227,8 @@ mod tests {
         let v = serde_json::to_value(&plain).unwrap();
         assert_eq!(v, serde_json::json!({"user": "alice", "groups": ["team-a"]}));
         // A principal serialized before `extra` existed still decodes.
-        let old: Principal = serde_json::from_value(serde_json::json!({"user": "alice", "groups": ["team-a"]})).unwrap();
+        let old: Principal =
+            serde_json::from_value(serde_json::json!({"user": "alice", "groups": ["team-a"]})).unwrap();
         assert_eq!(old, plain);
         let mut scoped = plain.clone();
         scoped.extra.insert("scopes.authorization.openshift.io".into(), vec!["user:info".into()]);

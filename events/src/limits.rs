@@ -152,7 +152,10 @@ fn check_status(s: &RunnerStatus) -> Result<(), LimitError> {
     if let Some(u) = &s.usage {
         let n = serde_json::to_vec(u).map(|v| v.len()).unwrap_or(usize::MAX);
         if n > STATUS_USAGE_MAX_BYTES {
-            return Err(LimitError::field("usage", format!("usage must be at most {STATUS_USAGE_MAX_BYTES} bytes of JSON")));
+            return Err(LimitError::field(
+                "usage",
+                format!("usage must be at most {STATUS_USAGE_MAX_BYTES} bytes of JSON"),
+            ));
         }
     }
     Ok(())
@@ -173,7 +176,11 @@ pub fn check_body(body: &CommandBody) -> Result<(), LimitError> {
         CommandBody::SessionUpdate(r) => {
             max_chars("prompt", r.patch.prompt.as_deref(), PROMPT_MAX_CHARS)?;
             max_chars("displayName", r.patch.display_name.as_deref(), DISPLAY_NAME_MAX_CHARS)?;
-            max_bytes("llmSettings.model", r.patch.llm_settings.as_ref().and_then(|l| l.model.as_deref()), LLM_MODEL_MAX_BYTES)
+            max_bytes(
+                "llmSettings.model",
+                r.patch.llm_settings.as_ref().and_then(|l| l.model.as_deref()),
+                LLM_MODEL_MAX_BYTES,
+            )
         }
         CommandBody::SessionStatus(r) => check_status(&r.status),
         CommandBody::SessionDisplayName(r) => max_chars("displayName", Some(&r.display_name), DISPLAY_NAME_MAX_CHARS),
@@ -181,7 +188,10 @@ pub fn check_body(body: &CommandBody) -> Result<(), LimitError> {
         CommandBody::KeyRevoke(r) => max_bytes("keyId", Some(&r.key_id), OBJECT_NAME_MAX_BYTES),
         CommandBody::RunnerSecretPut(r) => {
             if r.data.as_bytes().len() > RUNNER_SECRET_MAX_BYTES {
-                return Err(LimitError::field("data", format!("the runner secret must be at most {RUNNER_SECRET_MAX_BYTES} bytes")));
+                return Err(LimitError::field(
+                    "data",
+                    format!("the runner secret must be at most {RUNNER_SECRET_MAX_BYTES} bytes"),
+                ));
             }
             Ok(())
         }
@@ -202,7 +212,9 @@ pub fn check_encoded(bytes: usize) -> Result<(), LimitError> {
     if bytes > MAX_COMMAND_BYTES {
         return Err(LimitError {
             field: "body".into(),
-            message: format!("the command is {bytes} bytes once encoded; at most {MAX_COMMAND_BYTES} bytes are allowed"),
+            message: format!(
+                "the command is {bytes} bytes once encoded; at most {MAX_COMMAND_BYTES} bytes are allowed"
+            ),
             whole: true,
         });
     }
@@ -222,7 +234,10 @@ pub fn check_command(cmd: &Command) -> Result<usize, LimitError> {
 pub fn is_large(ty: CommandType) -> bool {
     matches!(
         ty,
-        CommandType::SessionCreate | CommandType::SessionUpdate | CommandType::SessionStatus | CommandType::RunnerSecretPut
+        CommandType::SessionCreate
+            | CommandType::SessionUpdate
+            | CommandType::SessionStatus
+            | CommandType::RunnerSecretPut
     )
 }
 
@@ -249,8 +264,10 @@ const fn b(field: &'static str, unit: &'static str, max: usize) -> FieldBound {
 
 /// The bounds of the request bodies of a command type, for documentation (OpenAPI).
 pub fn field_bounds(ty: CommandType) -> &'static [FieldBound] {
-    const PROJECT: &[FieldBound] =
-        &[b("displayName", "maxLength", DISPLAY_NAME_MAX_CHARS), b("description", "maxLength", PROJECT_DESCRIPTION_MAX_CHARS)];
+    const PROJECT: &[FieldBound] = &[
+        b("displayName", "maxLength", DISPLAY_NAME_MAX_CHARS),
+        b("description", "maxLength", PROJECT_DESCRIPTION_MAX_CHARS),
+    ];
     const SPEC: &[FieldBound] = &[
         b("prompt", "maxLength", PROMPT_MAX_CHARS),
         b("displayName", "maxLength", DISPLAY_NAME_MAX_CHARS),
@@ -276,8 +293,10 @@ pub fn field_bounds(ty: CommandType) -> &'static [FieldBound] {
     ];
     const DISPLAY: &[FieldBound] = &[b("displayName", "maxLength", DISPLAY_NAME_MAX_CHARS)];
     const KEY: &[FieldBound] = &[b("description", "maxLength", KEY_DESCRIPTION_MAX_CHARS)];
-    const SECRET: &[FieldBound] =
-        &[b("data", "maxItems", RUNNER_SECRET_KEYS_MAX), b("data (all values, sealed)", "maxBytes", RUNNER_SECRET_MAX_BYTES)];
+    const SECRET: &[FieldBound] = &[
+        b("data", "maxItems", RUNNER_SECRET_KEYS_MAX),
+        b("data (all values, sealed)", "maxBytes", RUNNER_SECRET_MAX_BYTES),
+    ];
     const CONFIG: &[FieldBound] = &[b("secretName", "maxBytes", OBJECT_NAME_MAX_BYTES)];
     match ty {
         CommandType::ProjectCreate | CommandType::ProjectUpdate => PROJECT,
@@ -324,15 +343,28 @@ mod tests {
 
     #[test]
     fn each_bound_names_its_field() {
-        let create = |s: AgenticSessionSpec| CommandBody::SessionCreate(SessionCreate { name: SessionName::new("s").unwrap(), spec: s });
+        let create = |s: AgenticSessionSpec| {
+            CommandBody::SessionCreate(SessionCreate { name: SessionName::new("s").unwrap(), spec: s })
+        };
         let cases: Vec<(&str, AgenticSessionSpec, Option<&str>)> = vec![
             ("small spec", spec(), None),
-            ("prompt at the bound (4-byte characters)", AgenticSessionSpec { prompt: "😀".repeat(PROMPT_MAX_CHARS), ..spec() }, None),
+            (
+                "prompt at the bound (4-byte characters)",
+                AgenticSessionSpec { prompt: "😀".repeat(PROMPT_MAX_CHARS), ..spec() },
+                None,
+            ),
             ("prompt over", AgenticSessionSpec { prompt: "a".repeat(PROMPT_MAX_CHARS + 1), ..spec() }, Some("prompt")),
-            ("display name over", AgenticSessionSpec { display_name: Some("é".repeat(101)), ..spec() }, Some("displayName")),
+            (
+                "display name over",
+                AgenticSessionSpec { display_name: Some("é".repeat(101)), ..spec() },
+                Some("displayName"),
+            ),
             (
                 "model over",
-                AgenticSessionSpec { llm_settings: Some(LlmSettings { model: Some("m".repeat(201)), ..Default::default() }), ..spec() },
+                AgenticSessionSpec {
+                    llm_settings: Some(LlmSettings { model: Some("m".repeat(201)), ..Default::default() }),
+                    ..spec()
+                },
                 Some("llmSettings.model"),
             ),
             (
@@ -348,31 +380,56 @@ mod tests {
             ),
             (
                 "env value over",
-                AgenticSessionSpec { environment_variables: [("HOME".to_string(), "v".repeat(ENV_VALUE_MAX_BYTES + 1))].into(), ..spec() },
+                AgenticSessionSpec {
+                    environment_variables: [("HOME".to_string(), "v".repeat(ENV_VALUE_MAX_BYTES + 1))].into(),
+                    ..spec()
+                },
                 Some("environmentVariables.HOME"),
             ),
             (
                 "env total over",
                 AgenticSessionSpec {
-                    environment_variables: (0..3).map(|i| (format!("V{i}"), "v".repeat(ENV_VALUE_MAX_BYTES - 10))).collect(),
+                    environment_variables: (0..3)
+                        .map(|i| (format!("V{i}"), "v".repeat(ENV_VALUE_MAX_BYTES - 10)))
+                        .collect(),
                     ..spec()
                 },
                 Some("environmentVariables"),
             ),
             (
                 "too many env",
-                AgenticSessionSpec { environment_variables: (0..101).map(|i| (format!("V{i}"), String::new())).collect(), ..spec() },
+                AgenticSessionSpec {
+                    environment_variables: (0..101).map(|i| (format!("V{i}"), String::new())).collect(),
+                    ..spec()
+                },
                 Some("environmentVariables"),
             ),
         ];
         for (what, s, want) in cases {
             assert_eq!(field_of(check_body(&create(s))).as_deref(), want, "{what}");
         }
-        let project = CommandBody::ProjectCreate(ProjectCreate { display_name: None, description: Some("d".repeat(2001)) });
+        let project =
+            CommandBody::ProjectCreate(ProjectCreate { display_name: None, description: Some("d".repeat(2001)) });
         assert_eq!(field_of(check_body(&project)).as_deref(), Some("description"));
-        let report = |status: RunnerStatus| CommandBody::SessionStatus(SessionStatusReport { name: SessionName::new("s").unwrap(), status });
-        assert_eq!(field_of(check_body(&report(RunnerStatus { result: Some("r".repeat(STATUS_RESULT_MAX_BYTES + 1)), ..Default::default() }))).as_deref(), Some("result"));
-        assert_eq!(field_of(check_body(&report(RunnerStatus { usage: Some(json!({"x": "y".repeat(20_000)})), ..Default::default() }))).as_deref(), Some("usage"));
+        let report = |status: RunnerStatus| {
+            CommandBody::SessionStatus(SessionStatusReport { name: SessionName::new("s").unwrap(), status })
+        };
+        assert_eq!(
+            field_of(check_body(&report(RunnerStatus {
+                result: Some("r".repeat(STATUS_RESULT_MAX_BYTES + 1)),
+                ..Default::default()
+            })))
+            .as_deref(),
+            Some("result")
+        );
+        assert_eq!(
+            field_of(check_body(&report(RunnerStatus {
+                usage: Some(json!({"x": "y".repeat(20_000)})),
+                ..Default::default()
+            })))
+            .as_deref(),
+            Some("usage")
+        );
         let key = CommandBody::KeyCreate(KeyCreate {
             name: crate::KeyName::new("k").unwrap(),
             description: Some("d".repeat(501)),
@@ -394,14 +451,20 @@ mod tests {
         let s = AgenticSessionSpec {
             prompt: "😀".repeat(PROMPT_MAX_CHARS),
             display_name: Some("é".repeat(DISPLAY_NAME_MAX_CHARS)),
-            llm_settings: Some(LlmSettings { model: Some("m".repeat(LLM_MODEL_MAX_BYTES)), temperature: Some(1.0), max_tokens: Some(1000) }),
+            llm_settings: Some(LlmSettings {
+                model: Some("m".repeat(LLM_MODEL_MAX_BYTES)),
+                temperature: Some(1.0),
+                max_tokens: Some(1000),
+            }),
             repos: (0..REPOS_MAX)
                 .map(|_| RepoMapping {
                     input: RepoRef { url: url.clone(), branch: Some(branch.clone()) },
                     output: Some(RepoRef { url: url.clone(), branch: Some(branch.clone()) }),
                 })
                 .collect(),
-            environment_variables: (0..env_count).map(|i| (format!("VAR_{i:03}"), "\"".repeat(value_len / 2))).collect(),
+            environment_variables: (0..env_count)
+                .map(|i| (format!("VAR_{i:03}"), "\"".repeat(value_len / 2)))
+                .collect(),
             ..spec()
         };
         let body = CommandBody::SessionCreate(SessionCreate { name: SessionName::new("s").unwrap(), spec: s });

@@ -141,7 +141,10 @@ impl ProjectName {
         let n = self.0.as_str();
         let reserved = matches!(n, "default" | "openshift") || n.starts_with("kube-") || n.starts_with("openshift-");
         if reserved {
-            return Err(ValidationError::new("project", "is reserved for the cluster (default, kube-*, openshift, openshift-*)"));
+            return Err(ValidationError::new(
+                "project",
+                "is reserved for the cluster (default, kube-*, openshift, openshift-*)",
+            ));
         }
         Ok(())
     }
@@ -271,7 +274,19 @@ mod tests {
     fn subject_names() {
         assert!(SubjectName::new("alice@example.com").is_ok());
         assert!(SubjectName::new("system:serviceaccount:a:b").is_ok());
-        for bad in ["", "a b", "a/b", "a\nb", &"x".repeat(254), "alice\u{202E}", "ali\u{200B}ce", "\u{FEFF}bob", "bob\u{2066}", "x\u{E0041}", "\u{E000}"] {
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "a\nb",
+            &"x".repeat(254),
+            "alice\u{202E}",
+            "ali\u{200B}ce",
+            "\u{FEFF}bob",
+            "bob\u{2066}",
+            "x\u{E0041}",
+            "\u{E000}",
+        ] {
             assert!(SubjectName::new(bad).is_err(), "{bad:?}");
         }
         for good in ["josé@example.com", "Zoë", "用户", "team:a.b_c"] {

@@ -36,11 +36,8 @@ pub struct SealingPublicKey(crypto_box::PublicKey);
 impl SealingPublicKey {
     /// Parses base64.
     pub fn from_base64(s: &str) -> Result<Self, SealError> {
-        let bytes: [u8; 32] = B64
-            .decode(s.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(SealError::Malformed("public key"))?;
+        let bytes: [u8; 32] =
+            B64.decode(s.trim()).ok().and_then(|b| b.try_into().ok()).ok_or(SealError::Malformed("public key"))?;
         Ok(Self(crypto_box::PublicKey::from(bytes)))
     }
 
@@ -82,11 +79,8 @@ impl SealingSecretKey {
 
     /// Parses base64 of the 32-byte secret (the format of the reconciler's key file).
     pub fn from_base64(s: &str) -> Result<Self, SealError> {
-        let bytes: [u8; 32] = B64
-            .decode(s.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(SealError::Malformed("secret key"))?;
+        let bytes: [u8; 32] =
+            B64.decode(s.trim()).ok().and_then(|b| b.try_into().ok()).ok_or(SealError::Malformed("secret key"))?;
         Ok(Self(crypto_box::SecretKey::from(bytes)))
     }
 

@@ -86,7 +86,10 @@ pub fn plan(stored: &[String], sent: BTreeMap<String, Option<String>>) -> Result
         match v {
             Some(v) if v == MASK => {
                 if !stored.contains(&k) {
-                    return Err(refuse(&k, format!("{MASK:?} stands for the stored value, and {k} has none: send the real value")));
+                    return Err(refuse(
+                        &k,
+                        format!("{MASK:?} stands for the stored value, and {k} has none: send the real value"),
+                    ));
                 }
             }
             other => {
@@ -97,7 +100,10 @@ pub fn plan(stored: &[String], sent: BTreeMap<String, Option<String>>) -> Result
     let after = stored.iter().filter(|k| !matches!(change.get(*k), Some(None))).count()
         + change.iter().filter(|(k, v)| v.is_some() && !stored.contains(k)).count();
     if after > MAX_KEYS {
-        return Err(SecretWriteError { field: "data".into(), message: format!("a secret holds at most {MAX_KEYS} keys") });
+        return Err(SecretWriteError {
+            field: "data".into(),
+            message: format!("a secret holds at most {MAX_KEYS} keys"),
+        });
     }
     Ok(SecretChange(change))
 }

@@ -81,18 +81,12 @@ impl CommandSigner {
 
     /// The key as PKCS#8 PEM (to write a key file).
     pub fn to_pem(&self) -> Result<String, SignatureError> {
-        self.0
-            .to_pkcs8_pem(Default::default())
-            .map(|p| p.to_string())
-            .map_err(|e| SignatureError::Key(e.to_string()))
+        self.0.to_pkcs8_pem(Default::default()).map(|p| p.to_string()).map_err(|e| SignatureError::Key(e.to_string()))
     }
 
     /// The public key as SPKI PEM, for the verifiers.
     pub fn public_pem(&self) -> Result<String, SignatureError> {
-        self.0
-            .verifying_key()
-            .to_public_key_pem(Default::default())
-            .map_err(|e| SignatureError::Key(e.to_string()))
+        self.0.verifying_key().to_public_key_pem(Default::default()).map_err(|e| SignatureError::Key(e.to_string()))
     }
 
     /// The matching verifier.
@@ -138,11 +132,7 @@ impl CommandVerifier {
     /// Checks a signature (base64) over the fields against every trusted key.
     pub fn verify(&self, fields: &SignedFields<'_>, signature: Option<&str>) -> Result<(), SignatureError> {
         let sig = signature.ok_or(SignatureError::Missing)?;
-        let bytes: [u8; 64] = B64
-            .decode(sig)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(SignatureError::Invalid)?;
+        let bytes: [u8; 64] = B64.decode(sig).ok().and_then(|b| b.try_into().ok()).ok_or(SignatureError::Invalid)?;
         let sig = Signature::from_bytes(&bytes);
         let msg = fields.message();
         if self.0.iter().any(|k| k.verify(&msg, &sig).is_ok()) { Ok(()) } else { Err(SignatureError::Invalid) }

@@ -153,7 +153,8 @@ pub fn decode_command(
         .map_err(|e| fail(DecodeError::Invalid(e.to_string())))?;
     // The subject must agree with the signed attributes: a command cannot be replayed into
     // another project or re-typed by moving it.
-    let parsed = subjects::parse_command(subject).ok_or_else(|| fail(DecodeError::Invalid("bad command subject".into())))?;
+    let parsed =
+        subjects::parse_command(subject).ok_or_else(|| fail(DecodeError::Invalid("bad command subject".into())))?;
     if parsed.project != project || parsed.ty != ty {
         return Err(fail(DecodeError::NotGenuine("subject does not match the command".into())));
     }
@@ -175,7 +176,8 @@ pub fn decode_command(
         .map_err(|e| fail(DecodeError::NotGenuine(e.to_string())))?;
     let id = Uuid::parse_str(ev.id()).map_err(|_| fail(DecodeError::Invalid("id is not a UUID".into())))?;
     let data: CommandData = serde_json::from_slice(&data).map_err(|e| fail(DecodeError::Invalid(e.to_string())))?;
-    let body = CommandBody::from_request_json(ty, data.request).map_err(|e| fail(DecodeError::Invalid(e.to_string())))?;
+    let body =
+        CommandBody::from_request_json(ty, data.request).map_err(|e| fail(DecodeError::Invalid(e.to_string())))?;
     Ok(Command { id, project, principal: data.principal, time, traceparent: ext(&ev, TRACEPARENT_EXTENSION), body })
 }
 

@@ -42,7 +42,8 @@ fn readme_catalogue_is_complete_and_its_examples_round_trip() {
             block.clear();
         } else if line == "```" && in_json {
             in_json = false;
-            let ev: Event = serde_json::from_str(&block).unwrap_or_else(|e| panic!("example does not parse: {e}\n{block}"));
+            let ev: Event =
+                serde_json::from_str(&block).unwrap_or_else(|e| panic!("example does not parse: {e}\n{block}"));
             let (h, body) = binding::to_nats(&ev);
             let back = binding::from_nats(Some(&h), &body).unwrap();
             assert_eq!(back, ev, "binary-mode round trip of {}", ev.ty());

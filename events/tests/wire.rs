@@ -12,7 +12,12 @@ use events::*;
 use proptest::prelude::*;
 
 fn principal(user: &str) -> Principal {
-    Principal { user: user.into(), uid: "uid-1".into(), groups: vec!["system:authenticated".into(), "team ü%".into()], ..Default::default() }
+    Principal {
+        user: user.into(),
+        uid: "uid-1".into(),
+        groups: vec!["system:authenticated".into(), "team ü%".into()],
+        ..Default::default()
+    }
 }
 
 /// A principal as an OpenShift token scoped to `scope` is reviewed.
@@ -32,7 +37,10 @@ fn sample_bodies() -> Vec<CommandBody> {
         CommandBody::ProjectUpdate(ProjectUpdate { display_name: None, description: Some("d".into()) }),
         CommandBody::ProjectDelete(Empty {}),
         CommandBody::SessionCreate(SessionCreate { name: s.clone(), spec }),
-        CommandBody::SessionUpdate(SessionUpdate { name: s.clone(), patch: SessionPatch { timeout: Some(60), ..Default::default() } }),
+        CommandBody::SessionUpdate(SessionUpdate {
+            name: s.clone(),
+            patch: SessionPatch { timeout: Some(60), ..Default::default() },
+        }),
         CommandBody::SessionDelete(SessionRef { name: s.clone() }),
         CommandBody::SessionStart(SessionRef { name: s.clone() }),
         CommandBody::SessionStop(SessionRef { name: s.clone() }),
@@ -63,7 +71,10 @@ fn sample_bodies() -> Vec<CommandBody> {
             reply_key: key.clone(),
         }),
         CommandBody::KeyRevoke(KeyRevoke { key_id: "ambient-key-ci".into() }),
-        CommandBody::RunnerSecretPut(RunnerSecretPut { data: key.seal(b"{\"ANTHROPIC_API_KEY\":\"sk\"}").unwrap(), secret: Default::default() }),
+        CommandBody::RunnerSecretPut(RunnerSecretPut {
+            data: key.seal(b"{\"ANTHROPIC_API_KEY\":\"sk\"}").unwrap(),
+            secret: Default::default(),
+        }),
         CommandBody::RunnerSecretConfig(RunnerSecretConfig { secret_name: "runner".into() }),
     ];
     assert_eq!(bodies.len(), CommandType::ALL.len(), "one sample per command type");
@@ -146,7 +157,8 @@ fn commands_without_extra_are_signed_over_the_same_bytes_as_before_it_existed() 
 fn the_signature_covers_the_principals_extra() {
     let signer = CommandSigner::generate();
     let verifier = signer.verifier();
-    let cmd = Command::new(ProjectName::new("team-a").unwrap(), scoped("alice", "user:info"), sample_bodies().remove(3));
+    let cmd =
+        Command::new(ProjectName::new("team-a").unwrap(), scoped("alice", "user:info"), sample_bodies().remove(3));
     let out = wire::encode_command(&cmd, &signer);
     let back = wire::decode_command(&out.subject, Some(&out.headers), &out.payload, &verifier).unwrap();
     assert_eq!(back.principal.extra["scopes.authorization.openshift.io"], vec!["user:info".to_string()]);
@@ -164,8 +176,11 @@ fn the_signature_covers_the_principals_extra() {
 
 #[test]
 fn every_review_carries_the_principals_extra() {
-    let cmd = Command::new(ProjectName::new("team-a").unwrap(), scoped("alice", "user:info"), sample_bodies().remove(3));
-    let events::access::Requirement::All(checks) = cmd.requirement() else { panic!("session create is a namespaced check") };
+    let cmd =
+        Command::new(ProjectName::new("team-a").unwrap(), scoped("alice", "user:info"), sample_bodies().remove(3));
+    let events::access::Requirement::All(checks) = cmd.requirement() else {
+        panic!("session create is a namespaced check")
+    };
     for check in checks {
         let spec = check.review_for(&cmd.principal).spec;
         assert_eq!(spec.user.as_deref(), Some("alice"));
@@ -221,10 +236,18 @@ fn status_events_round_trip() {
             start_time: Some(at),
             completion_time: Some(at),
         }),
-        StatusBody::PermissionChanged(PermissionView { subject_type: SubjectType::Group, subject_name: "team-b".into(), role: Role::Edit }),
+        StatusBody::PermissionChanged(PermissionView {
+            subject_type: SubjectType::Group,
+            subject_name: "team-b".into(),
+            role: Role::Edit,
+        }),
         StatusBody::KeyDeleted(Tombstone { name: "ambient-key-ci".into(), uid: None, at }),
         StatusBody::SessionRunner(RunnerView { name: "s1".into(), run: None, job: None, pod: None }),
-        StatusBody::ProjectSettings(SettingsView { exists: false, group_access: vec![], runner_secret_configured: false }),
+        StatusBody::ProjectSettings(SettingsView {
+            exists: false,
+            group_access: vec![],
+            runner_secret_configured: false,
+        }),
     ];
     // The runner-gone state says so explicitly: `job` and `pod` are null, not absent.
     let gone = StatusBody::SessionRunner(RunnerView { name: "s1".into(), run: None, job: None, pod: None }).data_json();
@@ -232,7 +255,14 @@ fn status_events_round_trip() {
     for body in bodies {
         // Stamped with the project namespace's uid, and (published before the stamp) not.
         for project_uid in [Some("ns-uid-1".to_string()), None] {
-            let ev = StatusEvent { id: StatusEvent::derive_id("u", "1", body.type_str()), project: ProjectName::new("p").unwrap(), name: "s1".into(), time: at, project_uid: project_uid.clone(), body: body.clone() };
+            let ev = StatusEvent {
+                id: StatusEvent::derive_id("u", "1", body.type_str()),
+                project: ProjectName::new("p").unwrap(),
+                name: "s1".into(),
+                time: at,
+                project_uid: project_uid.clone(),
+                body: body.clone(),
+            };
             let out = wire::encode_status(&ev).unwrap();
             assert_eq!(out.headers.get("ce-ambientprojectuid").map(|v| v.as_str().to_string()), project_uid);
             assert_eq!(wire::decode_status(Some(&out.headers), &out.payload).unwrap(), ev);

@@ -47,10 +47,8 @@ impl Bus {
     pub async fn open(js: jetstream::Context, cancel: CancellationToken) -> Result<Self, BusError> {
         let mut buckets = BTreeMap::new();
         for b in [PROJECTS_BUCKET, SESSIONS_BUCKET, ACCESS_BUCKET] {
-            let store = js
-                .get_key_value(b)
-                .await
-                .map_err(|e| BusError::Bucket { bucket: b, message: e.to_string() })?;
+            let store =
+                js.get_key_value(b).await.map_err(|e| BusError::Bucket { bucket: b, message: e.to_string() })?;
             buckets.insert(b, store);
         }
         Ok(Bus { js, buckets, cancel })

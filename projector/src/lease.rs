@@ -89,7 +89,11 @@ pub async fn try_hold(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, Lease
     let result = match existing {
         None => {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(cfg.name.clone()), namespace: Some(cfg.namespace.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(cfg.name.clone()),
+                    namespace: Some(cfg.namespace.clone()),
+                    ..Default::default()
+                },
                 spec: Some(spec),
             };
             api.create(&PostParams::default(), &lease).await

@@ -51,7 +51,8 @@ async fn run_inner(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.health_addr))?;
 
-    let client = events::service::kube_client(cfg.kubeconfig.as_deref()).await.context("building the Kubernetes client")?;
+    let client =
+        events::service::kube_client(cfg.kubeconfig.as_deref()).await.context("building the Kubernetes client")?;
     let nats = cfg
         .bus
         .connect_options("ambient-projector")

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use events::crd::{AgenticSession, PROJECT_SETTINGS_NAME, ProjectSettings};
-use events::status::{KeyView, PermissionView, PhaseTransition, ProjectView, RunnerView, SessionView, SettingsView, Tombstone};
+use events::status::{
+    KeyView, PermissionView, PhaseTransition, ProjectView, RunnerView, SessionView, SettingsView, Tombstone,
+};
 use events::streams::{ACCESS_BUCKET, PROJECTS_BUCKET, SESSIONS_BUCKET};
 use events::{Phase, ProjectName, Role, StatusBody, StatusEvent, SubjectName, SubjectType};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -255,7 +257,9 @@ impl Rec {
         match self {
             Rec::Session(s) => Scope::Session(s.meta.name.clone()),
             // A Job counts only for the session whose runner Job name it has (see `JobRec::runs`).
-            Rec::Job(j) => runner::session_of_job(&j.meta.name).map_or(Scope::Project, |s| Scope::Session(s.to_string())),
+            Rec::Job(j) => {
+                runner::session_of_job(&j.meta.name).map_or(Scope::Project, |s| Scope::Session(s.to_string()))
+            }
             Rec::Pod(p) => p.session.clone().map_or(Scope::Project, Scope::Session),
             _ => Scope::Project,
         }
@@ -407,16 +411,17 @@ pub fn key_account_rec(sa: &ServiceAccount) -> KeyAccountRec {
         key_name: ann(sa, ANN_KEY_NAME).map(str::to_string),
         description: ann(sa, ANN_KEY_DESCRIPTION).map(str::to_string),
         role: ann(sa, ANN_ROLE).and_then(Role::parse),
-        created_at: ann_time(sa, ANN_CREATED_AT).or_else(|| sa.metadata.creation_timestamp.as_ref().and_then(|t| to_chrono(&t.0))),
+        created_at: ann_time(sa, ANN_CREATED_AT)
+            .or_else(|| sa.metadata.creation_timestamp.as_ref().and_then(|t| to_chrono(&t.0))),
         last_used_at: ann_time(sa, ANN_LAST_USED_AT),
     }
 }
 
 /// Reduces an access-key RoleBinding.
 pub fn key_binding_rec(rb: &RoleBinding) -> KeyBindingRec {
-    let key_id = ann(rb, ANN_SA_NAME).map(str::to_string).or_else(|| {
-        rb.subjects.iter().flatten().find(|s| s.kind == "ServiceAccount").map(|s| s.name.clone())
-    });
+    let key_id = ann(rb, ANN_SA_NAME)
+        .map(str::to_string)
+        .or_else(|| rb.subjects.iter().flatten().find(|s| s.kind == "ServiceAccount").map(|s| s.name.clone()));
     KeyBindingRec {
         meta: meta_of(rb),
         key_id,
@@ -646,7 +651,8 @@ impl ClusterState {
             .get(&res)
             .into_iter()
             .flat_map(move |m| {
-                m.range((ns.to_string(), prefix.to_string())..).take_while(move |((n, name), _)| n == ns && name.starts_with(prefix))
+                m.range((ns.to_string(), prefix.to_string())..)
+                    .take_while(move |((n, name), _)| n == ns && name.starts_with(prefix))
             })
             .map(|(_, r)| r)
     }
@@ -755,7 +761,11 @@ fn insert_session<'a>(
     }
     out.insert(
         ObjKey::Session(ns.to_string(), s.meta.name.clone()),
-        Desired { uid: s.meta.uid.clone(), version: s.meta.resource_version.clone(), view: View::Session(Box::new(s.view.clone())) },
+        Desired {
+            uid: s.meta.uid.clone(),
+            version: s.meta.resource_version.clone(),
+            view: View::Session(Box::new(s.view.clone())),
+        },
     );
     // The runner's identity is its session's: every run of the session is one story.
     let job = match state.get(Res::Jobs, ns, &runner::job_name(&s.meta.name)) {
@@ -768,7 +778,10 @@ fn insert_session<'a>(
         None => Some((String::new(), runner::gone(&s.meta.name))),
     };
     if let Some((version, view)) = runner {
-        out.insert(ObjKey::Runner(ns.to_string(), s.meta.name.clone()), Desired { uid: s.meta.uid.clone(), version, view: View::Runner(view) });
+        out.insert(
+            ObjKey::Runner(ns.to_string(), s.meta.name.clone()),
+            Desired { uid: s.meta.uid.clone(), version, view: View::Runner(view) },
+        );
     }
 }
 
@@ -793,10 +806,16 @@ pub fn desired_for_project(state: &ClusterState, ns: &str) -> BTreeMap<ObjKey, D
     let settings = match state.get(Res::Settings, ns, PROJECT_SETTINGS_NAME) {
         Some(Rec::Settings(ps)) => Some((ps.meta.resource_version.clone(), ps.view.clone())),
         _ if terminating => None,
-        _ => Some((String::new(), SettingsView { exists: false, group_access: Vec::new(), runner_secret_configured: false })),
+        _ => Some((
+            String::new(),
+            SettingsView { exists: false, group_access: Vec::new(), runner_secret_configured: false },
+        )),
     };
     if let Some((version, view)) = settings {
-        out.insert(ObjKey::Settings(ns.to_string()), Desired { uid: nsr.meta.uid.clone(), version, view: View::Settings(view) });
+        out.insert(
+            ObjKey::Settings(ns.to_string()),
+            Desired { uid: nsr.meta.uid.clone(), version, view: View::Settings(view) },
+        );
     }
     // The newest pod of each Job, by Job uid (one pass, not one per session).
     let mut newest_pod: BTreeMap<&str, &PodRec> = BTreeMap::new();
@@ -946,9 +965,19 @@ pub fn diff(
     let created = |d: &Desired, events: &mut Vec<StatusEvent>| -> Projected {
         events.push(event(&d.uid, &d.version, changed_body(&d.view)));
         if let Some(phase) = d.view.phase() {
-            events.push(event(&d.uid, &d.version, StatusBody::SessionPhase(transition(key, None, phase, &d.view, now, None))));
+            events.push(event(
+                &d.uid,
+                &d.version,
+                StatusBody::SessionPhase(transition(key, None, phase, &d.view, now, None)),
+            ));
         }
-        Projected { uid: d.uid.clone(), version: d.version.clone(), projected_at: now, phase_since: d.view.phase().map(|_| now), view: d.view.clone() }
+        Projected {
+            uid: d.uid.clone(),
+            version: d.version.clone(),
+            projected_at: now,
+            phase_since: d.view.phase().map(|_| now),
+            view: d.view.clone(),
+        }
     };
     match (desired, projected) {
         (None, None) => None,
@@ -975,7 +1004,11 @@ pub fn diff(
                 && old != new
             {
                 let secs = p.phase_since.map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
-                events.push(event(&d.uid, &d.version, StatusBody::SessionPhase(transition(key, Some(old), new, &d.view, now, secs))));
+                events.push(event(
+                    &d.uid,
+                    &d.version,
+                    StatusBody::SessionPhase(transition(key, Some(old), new, &d.view, now, secs)),
+                ));
                 phase_since = Some(now);
             }
             Some(Step {
@@ -1018,7 +1051,13 @@ fn diff_subview(
         };
         Step {
             events: vec![ev],
-            store: Some(Projected { uid: d.uid.clone(), version, projected_at: now, phase_since: None, view: d.view.clone() }),
+            store: Some(Projected {
+                uid: d.uid.clone(),
+                version,
+                projected_at: now,
+                phase_since: None,
+                view: d.view.clone(),
+            }),
         }
     };
     let Some(d) = desired else {
@@ -1033,7 +1072,14 @@ fn diff_subview(
     }
 }
 
-fn transition(key: &ObjKey, previous: Option<Phase>, phase: Phase, view: &View, at: DateTime<Utc>, secs: Option<f64>) -> PhaseTransition {
+fn transition(
+    key: &ObjKey,
+    previous: Option<Phase>,
+    phase: Phase,
+    view: &View,
+    at: DateTime<Utc>,
+    secs: Option<f64>,
+) -> PhaseTransition {
     let (reason, message, start_time, completion_time) = match view {
         View::Session(s) => (s.reason.clone(), s.message.clone(), s.start_time, s.completion_time),
         _ => (None, None, None, None),
@@ -1119,10 +1165,12 @@ mod tests {
     /// The projection of one session's change sees what the whole project's does, for that
     /// session's keys (every test that projects goes through here).
     fn assert_session_scope_agrees(state: &ClusterState, ns: &str, desired: &BTreeMap<ObjKey, Desired>) {
-        let sessions: Vec<String> = state.in_ns(Res::Sessions, ns).map(|r| r.meta().name.clone()).chain(["absent".to_string()]).collect();
+        let sessions: Vec<String> =
+            state.in_ns(Res::Sessions, ns).map(|r| r.meta().name.clone()).chain(["absent".to_string()]).collect();
         for s in sessions {
             let keys = Scope::Session(s.clone()).keys(ns).unwrap();
-            let whole: BTreeMap<ObjKey, Desired> = desired.iter().filter(|(k, _)| keys.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let whole: BTreeMap<ObjKey, Desired> =
+                desired.iter().filter(|(k, _)| keys.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
             assert_eq!(desired_for_session(state, ns, &s), whole, "session {s} of {ns}");
         }
     }
@@ -1157,7 +1205,10 @@ mod tests {
         st.apply(Res::Namespaces, ns_rec("p1", true));
         st.apply(Res::Sessions, session("p1", "s1", "10", Phase::Pending));
         let evs = apply_all(&st, &mut store, "p1");
-        assert_eq!(types(&evs), ["ambient.project.changed.v1", "ambient.session.changed.v1", "ambient.session.phase.v1"]);
+        assert_eq!(
+            types(&evs),
+            ["ambient.project.changed.v1", "ambient.session.changed.v1", "ambient.session.phase.v1"]
+        );
         // A relist or a heartbeat (new resourceVersion, same view) emits nothing.
         st.apply(Res::Sessions, session("p1", "s1", "11", Phase::Pending));
         assert!(apply_all(&st, &mut store, "p1").is_empty());
@@ -1205,12 +1256,28 @@ mod tests {
         assert_eq!(incarnation(&st, "p9", None), Incarnation::Current(Some("ns-uid".into())), "a new project");
         assert_eq!(incarnation(&st, "p9", Some("ns-uid")), Incarnation::Current(Some("ns-uid".into())));
         let over = |now: Option<&str>| Incarnation::Over { old: "old-uid".into(), now: now.map(String::from) };
-        assert_eq!(incarnation(&st, "p9", Some("old-uid")), over(Some("ns-uid")), "the name was taken by another namespace");
-        assert_eq!(stamp_for(&over(Some("ns-uid"))), Some("old-uid"), "the old one's events are stamped as the old one's");
+        assert_eq!(
+            incarnation(&st, "p9", Some("old-uid")),
+            over(Some("ns-uid")),
+            "the name was taken by another namespace"
+        );
+        assert_eq!(
+            stamp_for(&over(Some("ns-uid"))),
+            Some("old-uid"),
+            "the old one's events are stamped as the old one's"
+        );
         st.apply(Res::Namespaces, ns_rec("p9", false));
-        assert_eq!(incarnation(&st, "p9", Some("ns-uid")), Incarnation::Over { old: "ns-uid".into(), now: None }, "no longer managed");
+        assert_eq!(
+            incarnation(&st, "p9", Some("ns-uid")),
+            Incarnation::Over { old: "ns-uid".into(), now: None },
+            "no longer managed"
+        );
         st.remove(Res::Namespaces, "p9", "p9");
-        assert_eq!(incarnation(&st, "p9", Some("ns-uid")), Incarnation::Over { old: "ns-uid".into(), now: None }, "gone");
+        assert_eq!(
+            incarnation(&st, "p9", Some("ns-uid")),
+            Incarnation::Over { old: "ns-uid".into(), now: None },
+            "gone"
+        );
     }
 
     #[test]
@@ -1227,7 +1294,9 @@ mod tests {
     #[test]
     fn selector_scopes_projects() {
         let sel = ProjectSelector::parse("team=a, tier!=prod,owner").unwrap();
-        let l = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+        let l = |pairs: &[(&str, &str)]| {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
+        };
         assert!(sel.matches(&l(&[("team", "a"), ("owner", "x")])));
         assert!(!sel.matches(&l(&[("team", "a"), ("owner", "x"), ("tier", "prod")])));
         assert!(!sel.matches(&l(&[("team", "a")])));
@@ -1247,14 +1316,27 @@ mod tests {
         let mut st = ClusterState::default();
         st.apply(Res::Namespaces, ns_rec("p3", true));
         let g = |role| Grant { subject_type: SubjectType::User, subject_name: "alice@example.com".into(), role };
-        st.apply(Res::PermissionBindings, Rec::PermissionBinding(PermissionRbRec { meta: meta("p3", "a", "u1", "5"), grants: vec![g(Role::View)] }));
-        st.apply(Res::PermissionBindings, Rec::PermissionBinding(PermissionRbRec { meta: meta("p3", "b", "u2", "6"), grants: vec![g(Role::Admin)] }));
+        st.apply(
+            Res::PermissionBindings,
+            Rec::PermissionBinding(PermissionRbRec { meta: meta("p3", "a", "u1", "5"), grants: vec![g(Role::View)] }),
+        );
+        st.apply(
+            Res::PermissionBindings,
+            Rec::PermissionBinding(PermissionRbRec { meta: meta("p3", "b", "u2", "6"), grants: vec![g(Role::Admin)] }),
+        );
         let d = desired_for_project(&st, "p3");
         let (k, v) = d.iter().find(|(k, _)| matches!(k, ObjKey::Permission(..))).unwrap();
         assert!(k.name().starts_with("user-alice-example-com-"), "{k:?}");
         assert!(is_token(k.name()));
         assert_eq!(v.uid, "u2");
-        assert_eq!(v.view, View::Permission(PermissionView { subject_type: SubjectType::User, subject_name: "alice@example.com".into(), role: Role::Admin }));
+        assert_eq!(
+            v.view,
+            View::Permission(PermissionView {
+                subject_type: SubjectType::User,
+                subject_name: "alice@example.com".into(),
+                role: Role::Admin
+            })
+        );
     }
 
     #[test]
@@ -1272,7 +1354,10 @@ mod tests {
             .unwrap()
         };
         let r = permission_rec(&rb("ClusterRole", "ambient-project-edit"));
-        assert_eq!(r.grants, vec![Grant { subject_type: SubjectType::Group, subject_name: "team-a".into(), role: Role::Edit }]);
+        assert_eq!(
+            r.grants,
+            vec![Grant { subject_type: SubjectType::Group, subject_name: "team-a".into(), role: Role::Edit }]
+        );
         // A namespaced Role of the same name, or another ClusterRole, grants no project role
         // (whatever an annotation claims).
         assert!(permission_rec(&rb("Role", "ambient-project-edit")).grants.is_empty());
@@ -1294,7 +1379,14 @@ mod tests {
                 last_used_at: None,
             }),
         );
-        st.apply(Res::KeyBindings, Rec::KeyBinding(KeyBindingRec { meta: meta("p4", "rb", "rbu", "8"), key_id: Some("ambient-key-ci-1".into()), role: Some(Role::Edit) }));
+        st.apply(
+            Res::KeyBindings,
+            Rec::KeyBinding(KeyBindingRec {
+                meta: meta("p4", "rb", "rbu", "8"),
+                key_id: Some("ambient-key-ci-1".into()),
+                role: Some(Role::Edit),
+            }),
+        );
         let d = desired_for_project(&st, "p4");
         let v = &d[&ObjKey::Key("p4".into(), "ambient-key-ci-1".into())];
         assert_eq!(v.version, "7+8");
@@ -1327,11 +1419,34 @@ mod tests {
         let Rec::Session(s) = session("p", "s", "1", Phase::Running) else { unreachable!() };
         for v in [
             View::Session(Box::new(s.view.clone())),
-            View::Permission(PermissionView { subject_type: SubjectType::Group, subject_name: "g".into(), role: Role::View }),
-            View::Key(KeyView { id: "k".into(), name: "k".into(), description: None, role: None, created_at: None, last_used_at: None }),
-            View::Project(ProjectView { name: "p".into(), display_name: None, description: None, requester: None, creation_timestamp: None, status: "Active".into() }),
+            View::Permission(PermissionView {
+                subject_type: SubjectType::Group,
+                subject_name: "g".into(),
+                role: Role::View,
+            }),
+            View::Key(KeyView {
+                id: "k".into(),
+                name: "k".into(),
+                description: None,
+                role: None,
+                created_at: None,
+                last_used_at: None,
+            }),
+            View::Project(ProjectView {
+                name: "p".into(),
+                display_name: None,
+                description: None,
+                requester: None,
+                creation_timestamp: None,
+                status: "Active".into(),
+            }),
             View::Runner(runner::gone("s")),
-            View::Runner(RunnerView { name: "s".into(), run: Some(2), job: Some(job("p", "s", "s-uid", "j", "1", 1, 0).view), pod: Some(pod("p", "p1", "j", "2", "Running").view) }),
+            View::Runner(RunnerView {
+                name: "s".into(),
+                run: Some(2),
+                job: Some(job("p", "s", "s-uid", "j", "1", 1, 0).view),
+                pod: Some(pod("p", "p1", "j", "2", "Running").view),
+            }),
             View::Settings(SettingsView { exists: false, group_access: vec![], runner_secret_configured: false }),
             View::Settings(settings("p", "1", true).view),
         ] {
@@ -1406,7 +1521,10 @@ mod tests {
         st.apply(Res::Namespaces, ns_rec("r1", true));
         st.apply(Res::Sessions, session("r1", "s1", "10", Phase::Pending));
         // No Job yet: nothing to tell about a runner.
-        assert_eq!(types(&apply_all(&st, &mut store, "r1")), ["ambient.project.changed.v1", "ambient.session.changed.v1", "ambient.session.phase.v1"]);
+        assert_eq!(
+            types(&apply_all(&st, &mut store, "r1")),
+            ["ambient.project.changed.v1", "ambient.session.changed.v1", "ambient.session.phase.v1"]
+        );
         st.apply(Res::Jobs, Rec::Job(job("r1", "s1", "s-uid", "j1", "20", 0, 0)));
         let r = runners(&apply_all(&st, &mut store, "r1"));
         assert_eq!(r.len(), 1);
@@ -1523,7 +1641,9 @@ mod tests {
         assert!(apply_all(&st, &mut store, "p5").is_empty());
         st.apply(Res::Settings, Rec::Settings(settings("p5", "9", false)));
         let evs = apply_all(&st, &mut store, "p5");
-        assert!(matches!(&evs[..], [StatusEvent { body: StatusBody::ProjectSettings(v), .. }] if !v.runner_secret_configured));
+        assert!(
+            matches!(&evs[..], [StatusEvent { body: StatusBody::ProjectSettings(v), .. }] if !v.runner_secret_configured)
+        );
         // Deleted while the project remains: one gone event; re-created: one event.
         st.remove(Res::Settings, "p5", PROJECT_SETTINGS_NAME);
         let evs = apply_all(&st, &mut store, "p5");

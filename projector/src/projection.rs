@@ -126,7 +126,8 @@ impl Projection {
         }
         self.purge_orphans().await?;
         metrics::histogram!("projector_full_sync_seconds").record(started.elapsed().as_secs_f64());
-        metrics::gauge!("projector_read_model_objects").set(self.projected.values().map(BTreeMap::len).sum::<usize>() as f64);
+        metrics::gauge!("projector_read_model_objects")
+            .set(self.projected.values().map(BTreeMap::len).sum::<usize>() as f64);
         Ok(())
     }
 
@@ -142,10 +143,12 @@ impl Projection {
         if self.state.out_of_scope(ns) {
             return Ok(());
         }
-        let projected_uid = self.projected.get(ns).and_then(|m| m.get(&ObjKey::Project(ns.to_string()))).map(|p| p.uid.clone());
+        let projected_uid =
+            self.projected.get(ns).and_then(|m| m.get(&ObjKey::Project(ns.to_string()))).map(|p| p.uid.clone());
         let inc = model::incarnation(&self.state, ns, projected_uid.as_deref());
         if let model::Incarnation::Over { now, .. } = &inc {
-            let keys: BTreeSet<ObjKey> = self.projected.get(ns).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+            let keys: BTreeSet<ObjKey> =
+                self.projected.get(ns).map(|m| m.keys().cloned().collect()).unwrap_or_default();
             self.apply(&project, model::stamp_for(&inc), &BTreeMap::new(), keys).await?;
             if now.is_none() {
                 return Ok(());

@@ -130,11 +130,7 @@ impl PodRec {
 }
 
 fn controller_uid(meta: &ObjectMeta, kind: &str) -> Option<String> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true) && o.kind == kind)
-        .map(|o| o.uid.clone())
+    meta.owner_references.iter().flatten().find(|o| o.controller == Some(true) && o.kind == kind).map(|o| o.uid.clone())
 }
 
 fn non_empty(s: &Option<String>) -> Option<String> {
@@ -280,7 +276,10 @@ mod tests {
         }));
         assert_eq!(pulling.view.scheduling_reason, None);
         let c = pulling.view.container.unwrap();
-        assert_eq!((c.state, c.reason.as_deref(), c.exit_code), (ContainerState::Waiting, Some("ImagePullBackOff"), None));
+        assert_eq!(
+            (c.state, c.reason.as_deref(), c.exit_code),
+            (ContainerState::Waiting, Some("ImagePullBackOff"), None)
+        );
         let oom = pod(serde_json::json!({
             "metadata": {"name": "c"},
             "status": {"phase": "Failed", "containerStatuses": [
@@ -289,7 +288,10 @@ mod tests {
                     "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "printed by the runner"}}}]},
         }));
         let c = oom.view.container.unwrap();
-        assert_eq!((c.name.as_str(), c.state, c.reason.as_deref(), c.exit_code, c.restart_count), ("ambient-code-runner", ContainerState::Terminated, Some("OOMKilled"), Some(137), 2));
+        assert_eq!(
+            (c.name.as_str(), c.state, c.reason.as_deref(), c.exit_code, c.restart_count),
+            ("ambient-code-runner", ContainerState::Terminated, Some("OOMKilled"), Some(137), 2)
+        );
         assert_eq!(oom.view.phase, "Failed");
     }
 
@@ -311,7 +313,10 @@ mod tests {
         assert!(!r.runs("s", "another-session-of-that-name"));
         assert!(!r.runs("t", "su"));
         assert_eq!((r.view.active, r.view.succeeded, r.view.failed), (0, 0, 1));
-        assert_eq!(r.view.conditions, vec![RunnerCondition { type_: "Failed".into(), reason: Some("DeadlineExceeded".into()) }]);
+        assert_eq!(
+            r.view.conditions,
+            vec![RunnerCondition { type_: "Failed".into(), reason: Some("DeadlineExceeded".into()) }]
+        );
         assert!(r.view.start_time.is_some());
     }
 }

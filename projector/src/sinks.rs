@@ -104,7 +104,8 @@ pub fn parse_sinks(text: &str) -> Result<Vec<SinkConfig>, SinkConfigError> {
                 return Err(invalid("subjects must be filters within ambient.status.>"));
             }
         }
-        http::HeaderName::from_bytes(s.auth_header_name.as_bytes()).map_err(|_| invalid("authHeaderName is not a header name"))?;
+        http::HeaderName::from_bytes(s.auth_header_name.as_bytes())
+            .map_err(|_| invalid("authHeaderName is not a header name"))?;
     }
     Ok(sinks)
 }
@@ -118,7 +119,8 @@ pub fn load_sinks(path: &Path) -> Result<Vec<SinkConfig>, SinkConfigError> {
 
 /// The durable consumer of a sink.
 pub fn consumer_config(sink: &SinkConfig) -> consumer::pull::Config {
-    let filters = if sink.subjects.is_empty() { vec![format!("{}.>", events::subjects::STATUS)] } else { sink.subjects.clone() };
+    let filters =
+        if sink.subjects.is_empty() { vec![format!("{}.>", events::subjects::STATUS)] } else { sink.subjects.clone() };
     let (filter_subject, filter_subjects) =
         if filters.len() == 1 { (filters[0].clone(), Vec::new()) } else { (String::new(), filters) };
     consumer::pull::Config {
@@ -152,12 +154,7 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 /// Creates the sink's durable consumer and delivers to it until `cancel`.
-pub async fn run_sink(
-    sink: SinkConfig,
-    js: jetstream::Context,
-    kube: kube::Client,
-    cancel: CancellationToken,
-) {
+pub async fn run_sink(sink: SinkConfig, js: jetstream::Context, kube: kube::Client, cancel: CancellationToken) {
     let http = match reqwest::Client::builder().timeout(HTTP_TIMEOUT).build() {
         Ok(c) => c,
         Err(e) => {
@@ -194,7 +191,8 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let stream = js.get_stream(events::streams::STATUS_STREAM).await?;
     let consumer = stream.create_consumer(consumer_config(sink)).await?;
-    let mut messages = consumer.stream().heartbeat(Duration::from_secs(5)).expires(Duration::from_secs(30)).messages().await?;
+    let mut messages =
+        consumer.stream().heartbeat(Duration::from_secs(5)).expires(Duration::from_secs(30)).messages().await?;
     tracing::info!(sink = %sink.name, "sink consumer ready");
     loop {
         let next = tokio::select! {
@@ -365,13 +363,17 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].auth_header_secret.as_ref().unwrap().key, "jira");
         assert_eq!(s[0].auth_header_name, "authorization");
-        let json = r#"[{"name":"a","url":"http://127.0.0.1:1/x","subjects":["ambient.status.p.>","ambient.status.q.>"]}]"#;
+        let json =
+            r#"[{"name":"a","url":"http://127.0.0.1:1/x","subjects":["ambient.status.p.>","ambient.status.q.>"]}]"#;
         let s = parse_sinks(json).unwrap();
         let c = consumer_config(&s[0]);
         assert_eq!(c.filter_subjects.len(), 2);
         assert_eq!(c.max_ack_pending, 1);
         assert_eq!(c.durable_name.as_deref(), Some("projector-sink-a"));
-        assert_eq!(consumer_config(&parse_sinks("- {name: b, url: 'http://x'}").unwrap()[0]).filter_subject, "ambient.status.>");
+        assert_eq!(
+            consumer_config(&parse_sinks("- {name: b, url: 'http://x'}").unwrap()[0]).filter_subject,
+            "ambient.status.>"
+        );
     }
 
     #[test]

@@ -39,7 +39,12 @@ pub enum WatchMsg {
 }
 
 /// Starts every watcher; they stop on `cancel`.
-pub fn spawn_all(client: Client, selector: ProjectSelector, tx: mpsc::Sender<(Instant, WatchMsg)>, cancel: CancellationToken) {
+pub fn spawn_all(
+    client: Client,
+    selector: ProjectSelector,
+    tx: mpsc::Sender<(Instant, WatchMsg)>,
+    cancel: CancellationToken,
+) {
     // All namespaces, not only managed ones: a namespace that lost its managed label is then
     // known to exist, and one of another projector's shard (--project-selector) is known to
     // be foreign rather than gone.
@@ -109,8 +114,14 @@ pub fn spawn_all(client: Client, selector: ProjectSelector, tx: mpsc::Sender<(In
     );
 }
 
-fn spawn<K, F>(res: Res, api: Api<K>, cfg: watcher::Config, reduce: F, tx: mpsc::Sender<(Instant, WatchMsg)>, cancel: CancellationToken)
-where
+fn spawn<K, F>(
+    res: Res,
+    api: Api<K>,
+    cfg: watcher::Config,
+    reduce: F,
+    tx: mpsc::Sender<(Instant, WatchMsg)>,
+    cancel: CancellationToken,
+) where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     F: Fn(&K) -> Rec + Send + 'static,
 {

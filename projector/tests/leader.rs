@@ -50,7 +50,10 @@ async fn only_the_lease_holder_projects_and_a_standby_takes_over() -> anyhow::Re
     let evs_final = status_events(&env, &p).await?;
     assert_eq!(evs_final.len(), evs.len(), "{}", summary(&evs_final));
     assert_eq!(kinds(&of(&evs, "project", &p)), ["changed"]);
-    assert_eq!(transitions(&of(&evs, "session", "s")), [(None, Phase::Pending), (Some(Phase::Pending), Phase::Running)]);
+    assert_eq!(
+        transitions(&of(&evs, "session", "s")),
+        [(None, Phase::Pending), (Some(Phase::Pending), Phase::Running)]
+    );
     assert_unique_ids(&evs);
     assert!(standby.log().contains("leadership acquired"));
     drop(leader);

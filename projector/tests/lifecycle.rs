@@ -29,7 +29,11 @@ async fn session_run_yields_ordered_events_and_one_deletion() -> anyhow::Result<
     }
     // A status write that changes nothing public (a heartbeat) emits nothing.
     sessions(&env, &p)
-        .patch_status("run1", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"observedGeneration": 1}})))
+        .patch_status(
+            "run1",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"observedGeneration": 1}})),
+        )
         .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -100,9 +104,16 @@ async fn session_run_yields_ordered_events_and_one_deletion() -> anyhow::Result<
     // only the deletion tombstone (stamped with the namespace's uid) stays for consumers.
     let ns_uid = Api::<Namespace>::all(env.admin()).get(&p).await?.metadata.uid;
     Api::<Namespace>::all(env.admin())
-        .patch(&p, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"ambient-code.io/managed": null}}})))
+        .patch(
+            &p,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"ambient-code.io/managed": null}}})),
+        )
         .await?;
-    let evs = wait_events(&env, &p, "project deleted and purged", |e| e.len() == 1 && kinds(&of(e, "project", &p)) == ["deleted"]).await?;
+    let evs = wait_events(&env, &p, "project deleted and purged", |e| {
+        e.len() == 1 && kinds(&of(e, "project", &p)) == ["deleted"]
+    })
+    .await?;
     assert_eq!(evs[0].event.project_uid, ns_uid);
     assert!(kv_entries(&env, &p).await?.is_empty());
     let metrics = projector.metrics().await?;
@@ -136,10 +147,20 @@ async fn restart_catches_up_without_loss_or_duplicates() -> anyhow::Result<()> {
     delete_session(&env, &p, "s2").await?;
     create_session(&env, &p, "s4", "v").await?;
     Api::<Namespace>::all(env.admin())
-        .patch(&p, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"openshift.io/description": "changed while down"}}})))
+        .patch(
+            &p,
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"openshift.io/description": "changed while down"}}}),
+            ),
+        )
         .await?;
     Api::<Namespace>::all(env.admin())
-        .patch(&gone, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"ambient-code.io/managed": null}}})))
+        .patch(
+            &gone,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"ambient-code.io/managed": null}}})),
+        )
         .await?;
 
     projector.restart().await?;
@@ -161,7 +182,8 @@ async fn restart_catches_up_without_loss_or_duplicates() -> anyhow::Result<()> {
         b => panic!("{b:?}"),
     }
     // Gone while down: reported deleted on restart, and its history purged but the tombstone.
-    let g = wait_events(&env, &gone, "project gone while down", |e| kinds(&of(e, "project", &gone)) == ["deleted"]).await?;
+    let g =
+        wait_events(&env, &gone, "project gone while down", |e| kinds(&of(e, "project", &gone)) == ["deleted"]).await?;
     assert_eq!(g.len(), 1, "only the tombstone stays:\n{}", summary(&g));
 
     // Another crash and restart with nothing changed: nothing is emitted again.
@@ -203,7 +225,9 @@ async fn session_run_through_a_kwok_job() -> anyhow::Result<()> {
     // kwok runs the pod briefly: Running, or already past it.
     ambient_tests::components::wait_for("runner pod started", Duration::from_secs(60), || async {
         let l = pods.list(&ListParams::default().labels("job-name=job1-job")).await?;
-        Ok(l.items.iter().any(|p| matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running" | "Succeeded"))))
+        Ok(l.items
+            .iter()
+            .any(|p| matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running" | "Succeeded"))))
     })
     .await?;
     set_phase(&env, &p, "job1", Phase::Running).await?;
@@ -247,7 +271,12 @@ async fn session_run_through_a_kwok_job() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let evs = status_events(&env, &p).await?;
     let s = of(&evs, "session", "job1");
-    assert_eq!(kinds(&s), ["changed", "phase", "changed", "phase", "changed", "phase", "changed", "phase", "deleted"], "{}", summary(&evs));
+    assert_eq!(
+        kinds(&s),
+        ["changed", "phase", "changed", "phase", "changed", "phase", "changed", "phase", "deleted"],
+        "{}",
+        summary(&evs)
+    );
     // The session's deletion ends its story: its Job's collection publishes no runner event.
     assert_eq!(runner_views(&evs, "job1").len(), runner_count, "{}", summary(&evs));
     assert!(!kv_entries(&env, &p).await?.iter().any(|(_, k, _)| k.contains("job1")));
@@ -341,14 +370,24 @@ async fn orphaned_status_history_is_purged_at_start() -> anyhow::Result<()> {
             anyhow::Ok(())
         }
     };
-    let tomb = |n: &str| events::status::Tombstone { name: n.into(), uid: Some("gone-uid".into()), at: chrono::Utc::now() };
+    let tomb =
+        |n: &str| events::status::Tombstone { name: n.into(), uid: Some("gone-uid".into()), at: chrono::Utc::now() };
     publish(tombstoned.clone(), "s".into(), StatusBody::SessionDeleted(tomb("s"))).await?;
     publish(tombstoned.clone(), tombstoned.clone(), StatusBody::ProjectDeleted(tomb(&tombstoned))).await?;
     publish(bare.clone(), "s".into(), StatusBody::SessionDeleted(tomb("s"))).await?;
     publish(bare.clone(), bare.clone(), StatusBody::ProjectDeleted(tomb(&bare))).await?;
     publish(bare.clone(), "s2".into(), StatusBody::SessionDeleted(tomb("s2"))).await?;
     // The bare one's project subject must not end in a tombstone: re-use it for a non-tombstone.
-    publish(bare.clone(), bare.clone(), StatusBody::ProjectSettings(events::status::SettingsView { exists: false, group_access: vec![], runner_secret_configured: false })).await?;
+    publish(
+        bare.clone(),
+        bare.clone(),
+        StatusBody::ProjectSettings(events::status::SettingsView {
+            exists: false,
+            group_access: vec![],
+            runner_secret_configured: false,
+        }),
+    )
+    .await?;
 
     let _projector = start_projector(&env, &scope, None).await?;
     let t = wait_events(&env, &tombstoned, "purged below the tombstone", |e| e.len() == 1).await?;

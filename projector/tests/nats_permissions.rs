@@ -9,8 +9,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ambient_tests::components::{Component, DeployNats, ServiceProcess, wait_for};
 use ambient_tests::TestEnv;
+use ambient_tests::components::{Component, DeployNats, ServiceProcess, wait_for};
 use anyhow::Context as _;
 use common::*;
 use events::Phase;
@@ -40,10 +40,14 @@ async fn projector_works_under_its_deploy_nats_permissions() -> anyhow::Result<(
     tokio::spawn(async move { axum::serve(listener, app).await });
     let dir = tempfile::tempdir()?;
     let sinks = dir.path().join("sinks.json");
-    std::fs::write(&sinks, format!(r#"[{{"name":"perm","url":"http://127.0.0.1:{port}/events","subjects":["ambient.status.{p}.>"]}}]"#))?;
+    std::fs::write(
+        &sinks,
+        format!(r#"[{{"name":"perm","url":"http://127.0.0.1:{port}/events","subjects":["ambient.status.{p}.>"]}}]"#),
+    )?;
 
     let kubeconfig = Component::Projector.kubeconfig(&env).await?;
-    let (url, password, lease, run) = (nats.url.clone(), nats.passwords["projector"].clone(), scope.lease.clone(), scope.run.clone());
+    let (url, password, lease, run) =
+        (nats.url.clone(), nats.passwords["projector"].clone(), scope.lease.clone(), scope.run.clone());
     let sinks_arg = sinks.display().to_string();
     let mut projector = ServiceProcess::start(Component::Projector, move |health| {
         vec![
@@ -80,9 +84,10 @@ async fn projector_works_under_its_deploy_nats_permissions() -> anyhow::Result<(
     );
 
     // The read model was written (and is readable back by the projector's user).
-    let client = async_nats::ConnectOptions::with_user_and_password("projector".into(), nats.passwords["projector"].clone())
-        .connect(nats.url.as_str())
-        .await?;
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("projector".into(), nats.passwords["projector"].clone())
+            .connect(nats.url.as_str())
+            .await?;
     let js = async_nats::jetstream::new(client);
     let kv = js.get_key_value(events::streams::SESSIONS_BUCKET).await?;
     let v = kv.get(format!("{p}.s")).await?.context("session in the read model")?;
@@ -93,9 +98,11 @@ async fn projector_works_under_its_deploy_nats_permissions() -> anyhow::Result<(
     projector.restart().await?;
     wait_ready(&projector).await?;
     set_phase(&env, &p, "s", Phase::Completed).await?;
-    wait_for("the sink got the events after the restart", Duration::from_secs(60), || async { Ok(got.lock().unwrap().len() >= 7) })
-        .await
-        .with_context(|| projector.log())?;
+    wait_for("the sink got the events after the restart", Duration::from_secs(60), || async {
+        Ok(got.lock().unwrap().len() >= 7)
+    })
+    .await
+    .with_context(|| projector.log())?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(got.lock().unwrap().len(), 7, "nothing re-sent after the restart: {:?}", got.lock().unwrap());
     let log = projector.log();
@@ -104,7 +111,11 @@ async fn projector_works_under_its_deploy_nats_permissions() -> anyhow::Result<(
     // The project goes (unlabelled): its history is purged, under these permissions too; the
     // tombstone stays and reaches the sink.
     kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(env.admin())
-        .patch(&p, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {"ambient-code.io/managed": null}}})))
+        .patch(
+            &p,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {"ambient-code.io/managed": null}}})),
+        )
         .await?;
     wait_for("the sink got the deletion", Duration::from_secs(60), || async {
         Ok(got.lock().unwrap().iter().any(|t| t == "ambient.project.deleted.v1"))

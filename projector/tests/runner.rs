@@ -46,7 +46,12 @@ async fn stop_reports_the_runner_gone_once_and_a_new_run_again() -> anyhow::Resu
     // Its pods going away after the Job changes nothing more.
     let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(env.admin(), &p);
     eventually("pods gone", Duration::from_secs(60), || async {
-        Ok(pods.list(&kube::api::ListParams::default().labels("agentic-session=st1")).await?.items.is_empty().then_some(()))
+        Ok(pods
+            .list(&kube::api::ListParams::default().labels("agentic-session=st1"))
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -76,7 +81,12 @@ async fn a_settings_edit_yields_exactly_one_event() -> anyhow::Result<()> {
     let scope = Scope::new();
     let _projector = start_projector(&env, &scope, None).await?;
     let p = create_project(&env, &scope, "proj-settings").await?;
-    put_settings(&env, &p, serde_json::json!({"groupAccess": [{"groupName": "team-a", "role": "view"}], "runnerSecretsName": "runner-a"})).await?;
+    put_settings(
+        &env,
+        &p,
+        serde_json::json!({"groupAccess": [{"groupName": "team-a", "role": "view"}], "runnerSecretsName": "runner-a"}),
+    )
+    .await?;
     let evs = wait_events(&env, &p, "settings", |e| settings_views(e, &p).len() == 1).await?;
     let (first, v) = settings_views(&evs, &p)[0];
     assert!(v.exists && v.runner_secret_configured);
@@ -87,9 +97,18 @@ async fn a_settings_edit_yields_exactly_one_event() -> anyhow::Result<()> {
 
     // Nothing public changes: a status write, another runner Secret name.
     let api = Api::<events::crd::ProjectSettings>::namespaced(env.admin(), &p);
-    api.patch_status("projectsettings", &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": {"observedGeneration": 1}})))
-        .await?;
-    put_settings(&env, &p, serde_json::json!({"groupAccess": [{"groupName": "team-a", "role": "view"}], "runnerSecretsName": "runner-b"})).await?;
+    api.patch_status(
+        "projectsettings",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"observedGeneration": 1}})),
+    )
+    .await?;
+    put_settings(
+        &env,
+        &p,
+        serde_json::json!({"groupAccess": [{"groupName": "team-a", "role": "view"}], "runnerSecretsName": "runner-b"}),
+    )
+    .await?;
     // One edit: a second group.
     put_settings(
         &env,
@@ -107,7 +126,8 @@ async fn a_settings_edit_yields_exactly_one_event() -> anyhow::Result<()> {
 
     // Deleted while the project remains: reported once as not existing.
     api.delete("projectsettings", &DeleteParams::default()).await?;
-    let evs = wait_events(&env, &p, "settings gone", |e| settings_views(e, &p).last().is_some_and(|(_, v)| !v.exists)).await?;
+    let evs = wait_events(&env, &p, "settings gone", |e| settings_views(e, &p).last().is_some_and(|(_, v)| !v.exists))
+        .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(status_events(&env, &p).await?.len(), evs.len());
     assert_eq!(settings_views(&evs, &p).len(), 3, "{}", summary(&evs));
@@ -142,7 +162,11 @@ async fn restart_in_the_middle_of_a_run_repeats_nothing() -> anyhow::Result<()> 
     projector.restart().await?;
     wait_ready(&projector).await?;
     let evs = wait_runner(&env, &p, "m1", "caught up", succeeded).await?;
-    let evs = if settings_views(&evs, &p).len() == 2 { evs } else { wait_events(&env, &p, "settings caught up", |e| settings_views(e, &p).len() == 2).await? };
+    let evs = if settings_views(&evs, &p).len() == 2 {
+        evs
+    } else {
+        wait_events(&env, &p, "settings caught up", |e| settings_views(e, &p).len() == 2).await?
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = status_events(&env, &p).await?;
     assert_eq!(after.len(), evs.len());

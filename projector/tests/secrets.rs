@@ -76,10 +76,14 @@ async fn keys_and_permissions_are_public_views_and_no_secret_leaks() -> anyhow::
     )
     .await?;
     let token = sas
-        .create_token_request(key_id, &PostParams::default(), &TokenRequest {
-            spec: TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() },
-            ..Default::default()
-        })
+        .create_token_request(
+            key_id,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() },
+                ..Default::default()
+            },
+        )
         .await?
         .status
         .map(|s| s.token)
@@ -102,7 +106,9 @@ async fn keys_and_permissions_are_public_views_and_no_secret_leaks() -> anyhow::
     .await?;
 
     // Permissions: a group view grant and a user admin grant.
-    for (name, kind, subject, role) in [("perm-team-a", "Group", "team-a", "view"), ("perm-bob", "User", "bob", "admin")] {
+    for (name, kind, subject, role) in
+        [("perm-team-a", "Group", "team-a", "view"), ("perm-bob", "User", "bob", "admin")]
+    {
         rbs.create(
             &PostParams::default(),
             &obj(serde_json::json!({
@@ -137,15 +143,26 @@ async fn keys_and_permissions_are_public_views_and_no_secret_leaks() -> anyhow::
     assert_eq!(key.id, key_id);
     assert_eq!(key.name, "ci");
     assert_eq!(key.description.as_deref(), Some("CI pipeline"));
-    assert_eq!(of(&evs, "key", key_id).last().map(|s| s.subject.clone()), Some(format!("ambient.status.{p}.key.{key_id}")));
+    assert_eq!(
+        of(&evs, "key", key_id).last().map(|s| s.subject.clone()),
+        Some(format!("ambient.status.{p}.key.{key_id}"))
+    );
     let perms: Vec<(SubjectType, String, Role, String)> = evs
         .iter()
         .filter_map(|s| match &s.event.body {
-            StatusBody::PermissionChanged(v) => Some((v.subject_type, v.subject_name.clone(), v.role, s.event.name.clone())),
+            StatusBody::PermissionChanged(v) => {
+                Some((v.subject_type, v.subject_name.clone(), v.role, s.event.name.clone()))
+            }
             _ => None,
         })
         .collect();
-    assert!(perms.iter().any(|(t, n, r, tok)| *t == SubjectType::Group && n == "team-a" && *r == Role::View && tok.starts_with("group-team-a-")), "{perms:?}");
+    assert!(
+        perms.iter().any(|(t, n, r, tok)| *t == SubjectType::Group
+            && n == "team-a"
+            && *r == Role::View
+            && tok.starts_with("group-team-a-")),
+        "{perms:?}"
+    );
     assert!(perms.iter().any(|(t, n, r, _)| *t == SubjectType::User && n == "bob" && *r == Role::Admin), "{perms:?}");
 
     // Revocations: one deleted event each.
@@ -168,9 +185,21 @@ async fn keys_and_permissions_are_public_views_and_no_secret_leaks() -> anyhow::
     assert!(!kv.iter().any(|(_, k, _)| k.contains(".key.")), "{kv:?}");
 
     // Scan everything for the planted values.
-    assert!(evs_final.iter().any(|s| matches!(&s.event.body, StatusBody::SessionRunner(_))), "runner events are scanned");
-    assert!(kv.iter().any(|(_, k, _)| k == &format!("{p}.s.runner")) && kv.iter().any(|(_, k, _)| k.contains(".settings.")), "{kv:?}");
-    let planted = [planted_secret.as_str(), planted_env.as_str(), token.as_str(), legacy_token.as_str(), planted_secret_name.as_str()];
+    assert!(
+        evs_final.iter().any(|s| matches!(&s.event.body, StatusBody::SessionRunner(_))),
+        "runner events are scanned"
+    );
+    assert!(
+        kv.iter().any(|(_, k, _)| k == &format!("{p}.s.runner")) && kv.iter().any(|(_, k, _)| k.contains(".settings.")),
+        "{kv:?}"
+    );
+    let planted = [
+        planted_secret.as_str(),
+        planted_env.as_str(),
+        token.as_str(),
+        legacy_token.as_str(),
+        planted_secret_name.as_str(),
+    ];
     let log = projector.log();
     assert!(log.contains("status event published"), "the log is scanned, so it must be the real one");
     for v in planted {

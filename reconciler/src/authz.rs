@@ -37,7 +37,10 @@ pub async fn authorize(client: &kube::Client, cmd: &Command, policy: &SelfProvis
         Requirement::SelfProvision => {
             // Access keys and runners are ServiceAccounts scoped to one project.
             if cmd.principal.service_account().is_some() {
-                return Err(ApplyError::forbidden(format!("{} is a ServiceAccount and may not create projects", cmd.principal.user)));
+                return Err(ApplyError::forbidden(format!(
+                    "{} is a ServiceAccount and may not create projects",
+                    cmd.principal.user
+                )));
             }
             if !cmd.principal.groups.iter().any(|g| g == &policy.group) {
                 return Err(ApplyError::forbidden(format!(
@@ -46,7 +49,10 @@ pub async fn authorize(client: &kube::Client, cmd: &Command, policy: &SelfProvis
                 )));
             }
             if denied(client, &cmd.principal, &events::access::self_provision_check()).await? {
-                return Err(ApplyError::forbidden(format!("{} may not create projects (an authorizer denies it, e.g. its token's scopes)", cmd.principal.user)));
+                return Err(ApplyError::forbidden(format!(
+                    "{} may not create projects (an authorizer denies it, e.g. its token's scopes)",
+                    cmd.principal.user
+                )));
             }
             // The per-user quota is decided where the namespace is created, serialized per user
             // (apply/project.rs): a count here could be raced by parallel creates.

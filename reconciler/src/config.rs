@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-pub use events::service::LogFormat;
 use events::crd::{Amount, RunnerBounds};
+pub use events::service::LogFormat;
 
 use crate::controllers::limits::{CpuMemory, Disk, ProjectLimits, QuotaItem};
 
@@ -157,7 +157,9 @@ mod tests {
         assert_eq!(l.quota.len(), 13);
         assert!(l.quota.iter().any(|q| q.resource == "limits.ephemeral-storage"), "local disk is bounded by default");
         assert_eq!(l.max.cpu.cpu_string(), "4");
-        let c = parse(&["--runner-priority-classes", "a,b", "--runner-max-cpu", "8", "--project-resource-quota", "pods=3"]).unwrap();
+        let c =
+            parse(&["--runner-priority-classes", "a,b", "--runner-max-cpu", "8", "--project-resource-quota", "pods=3"])
+                .unwrap();
         assert_eq!(c.runner.priority_classes, ["a", "b"]);
         assert_eq!(c.runner.max_cpu.cpu_string(), "8");
         assert_eq!(c.project_limits().unwrap().quota.len(), 1);

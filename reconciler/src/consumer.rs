@@ -140,7 +140,13 @@ impl Drop for Slot {
 
 impl Consumer {
     /// A consumer; call [`Consumer::run`].
-    pub fn new(js: jetstream::Context, applier: Applier, verifier: CommandVerifier, settings: Settings, stop: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        js: jetstream::Context,
+        applier: Applier,
+        verifier: CommandVerifier,
+        settings: Settings,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
         let orphans = (0..settings.bus.partitions).map(|_| tokio::sync::Mutex::new(Orphans::default())).collect();
         let served = (0..settings.bus.partitions).map(|_| AtomicBool::new(false)).collect();
         Arc::new(Self {
@@ -176,7 +182,8 @@ impl Consumer {
         ));
         let dispatch = tokio::spawn(self.clone().dispatch());
         let ticker = tokio::spawn(self.clone().extend_held());
-        let loops: Vec<_> = (0..bus.partitions).map(|p| tokio::spawn(self.clone().partition(p, owned.clone()))).collect();
+        let loops: Vec<_> =
+            (0..bus.partitions).map(|p| tokio::spawn(self.clone().partition(p, owned.clone()))).collect();
         futures::future::join_all(loops).await;
         let _ = dispatch.await;
         // Applies under way finish (their messages still extended) before the partitions are
@@ -436,7 +443,8 @@ impl Consumer {
                 let bytes = work.msg.payload.len() as u64 + HELD_OVERHEAD;
                 let partition = work.partition;
                 let slot = Slot { consumer: self.clone(), id, seq, bytes };
-                if matches!(turn, Turn::Go) && self.process(work, seq).await
+                if matches!(turn, Turn::Go)
+                    && self.process(work, seq).await
                     && let Some(orphans) = self.orphans.get(partition as usize)
                 {
                     orphans.lock().await.resolve(&slot.id, seq);
@@ -482,7 +490,13 @@ impl Consumer {
 
     /// True when a command of the same object with a lower stream sequence is still pending:
     /// above the consumer's ack floor and without a result in the ledger.
-    async fn earlier_pending(&self, project: &events::ProjectName, id: &ObjectId, seq: u64, partition: u32) -> Result<bool, async_nats::Error> {
+    async fn earlier_pending(
+        &self,
+        project: &events::ProjectName,
+        id: &ObjectId,
+        seq: u64,
+        partition: u32,
+    ) -> Result<bool, async_nats::Error> {
         let Some(orphans) = self.orphans.get(partition as usize) else { return Ok(false) };
         if !orphans.lock().await.any() {
             return Ok(false);
@@ -533,7 +547,14 @@ impl Consumer {
             }
         }
         index.scanned_to(to);
-        tracing::info!(partition, from, to, read, took_ms = started.elapsed().as_millis() as u64, "indexed commands that may come back out of order");
+        tracing::info!(
+            partition,
+            from,
+            to,
+            read,
+            took_ms = started.elapsed().as_millis() as u64,
+            "indexed commands that may come back out of order"
+        );
         Ok(())
     }
 
@@ -567,7 +588,8 @@ impl Consumer {
                     Ok(ack) => break Some(ack),
                     Err(e) if started.elapsed() >= self.settings.retry_for => {
                         tracing::error!(error = %e, "giving up after retrying");
-                        let outcome = Outcome::failed(FailureReason::Unavailable, "the command could not be applied in time");
+                        let outcome =
+                            Outcome::failed(FailureReason::Unavailable, "the command could not be applied in time");
                         if self.ledger.publish(&result(&cmd, outcome), cmd.traceparent.as_deref()).await.is_ok() {
                             break Some(AckKind::Term);
                         }
@@ -629,7 +651,8 @@ impl Consumer {
             Err(e) => return Err(e),
         };
         self.ledger.publish(&result(cmd, outcome), cmd.traceparent.as_deref()).await?;
-        metrics::counter!("reconciler_commands_applied_total", "type" => cmd.body.command_type().type_str()).increment(1);
+        metrics::counter!("reconciler_commands_applied_total", "type" => cmd.body.command_type().type_str())
+            .increment(1);
         Ok(AckKind::Ack)
     }
 

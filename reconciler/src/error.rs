@@ -100,7 +100,13 @@ mod tests {
             ApplyError::from(api(409, "AlreadyExists")),
             ApplyError::Permanent { reason: FailureReason::Conflict, .. }
         ));
-        assert!(matches!(ApplyError::from(api(404, "NotFound")), ApplyError::Permanent { reason: FailureReason::NotFound, .. }));
-        assert!(matches!(ApplyError::from(api(422, "Invalid")), ApplyError::Permanent { reason: FailureReason::Invalid, .. }));
+        assert!(matches!(
+            ApplyError::from(api(404, "NotFound")),
+            ApplyError::Permanent { reason: FailureReason::NotFound, .. }
+        ));
+        assert!(matches!(
+            ApplyError::from(api(422, "Invalid")),
+            ApplyError::Permanent { reason: FailureReason::Invalid, .. }
+        ));
     }
 }

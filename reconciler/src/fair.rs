@@ -61,7 +61,13 @@ pub struct Fair<T> {
 impl<T> Fair<T> {
     /// At most `per_project` commands of one project are handed out at a time (at least 1).
     pub fn new(per_project: usize) -> Self {
-        Self { per_project: per_project.max(1), projects: HashMap::new(), turn: VecDeque::new(), in_turn: HashSet::new(), waiting: 0 }
+        Self {
+            per_project: per_project.max(1),
+            projects: HashMap::new(),
+            turn: VecDeque::new(),
+            in_turn: HashSet::new(),
+            waiting: 0,
+        }
     }
 
     /// Commands waiting (not handed out).
@@ -130,7 +136,14 @@ impl<T> Fair<T> {
                 let head = o.waiting.keys().next().copied();
                 let keep: BTreeMap<u64, T> = std::mem::take(&mut o.waiting)
                     .into_iter()
-                    .filter_map(|(seq, item)| if leave(&item) { out.push(item); None } else { Some((seq, item)) })
+                    .filter_map(|(seq, item)| {
+                        if leave(&item) {
+                            out.push(item);
+                            None
+                        } else {
+                            Some((seq, item))
+                        }
+                    })
                     .collect();
                 o.waiting = keep;
                 if !o.busy {

@@ -37,14 +37,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let ready = telemetry::Readiness::default();
     let stop = CancellationToken::new();
     events::service::cancel_on_signal(stop.clone());
-    let health = tokio::spawn(telemetry::serve_health(cfg.health_addr, metrics, ready.clone(), stop.clone().cancelled_owned()));
+    let health =
+        tokio::spawn(telemetry::serve_health(cfg.health_addr, metrics, ready.clone(), stop.clone().cancelled_owned()));
 
     let verifier = CommandVerifier::from_pem(
         &std::fs::read_to_string(&cfg.command_verify_keys_file)
             .with_context(|| format!("reading {}", cfg.command_verify_keys_file.display()))?,
     )?;
     let sealing = SealingSecretKey::from_base64(
-        &std::fs::read_to_string(&cfg.sealing_key_file).with_context(|| format!("reading {}", cfg.sealing_key_file.display()))?,
+        &std::fs::read_to_string(&cfg.sealing_key_file)
+            .with_context(|| format!("reading {}", cfg.sealing_key_file.display()))?,
     )?;
     let client = events::service::kube_client(cfg.kubeconfig.as_deref()).await?;
     let nats = cfg
@@ -65,7 +67,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (limits, limits_controller) = controllers::limits::start(client.clone(), project_limits, stop.clone());
     let claims = match js.get_key_value(events::streams::PROJECT_CLAIMS_BUCKET).await {
         Ok(kv) => kv,
-        Err(_) => js.create_key_value(bus.project_claims_bucket()).await.context("creating the project-quota claims bucket")?,
+        Err(_) => js
+            .create_key_value(bus.project_claims_bucket())
+            .await
+            .context("creating the project-quota claims bucket")?,
     };
     let applier = apply::Applier {
         client: client.clone(),

@@ -53,7 +53,14 @@ pub fn bucket(replicas: usize) -> kv::Config {
 
 /// Keeps this replica's entry alive and publishes the partitions it owns, until stopped; then
 /// removes the entry so that the others take its partitions at once.
-pub async fn run(js: jetstream::Context, id: String, replicas: usize, partitions: u32, owned: watch::Sender<BTreeSet<u32>>, stop: CancellationToken) {
+pub async fn run(
+    js: jetstream::Context,
+    id: String,
+    replicas: usize,
+    partitions: u32,
+    owned: watch::Sender<BTreeSet<u32>>,
+    stop: CancellationToken,
+) {
     let everything: BTreeSet<u32> = (0..partitions).collect();
     let mut store: Option<kv::Store> = None;
     loop {

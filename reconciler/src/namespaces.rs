@@ -29,7 +29,9 @@ impl Projects {
     }
 
     fn cached(&self, name: &str) -> bool {
-        self.store.get(&ObjectRef::new(name)).is_some_and(|ns| is_managed(&ns) && ns.metadata.deletion_timestamp.is_none())
+        self.store
+            .get(&ObjectRef::new(name))
+            .is_some_and(|ns| is_managed(&ns) && ns.metadata.deletion_timestamp.is_none())
     }
 
     /// Fails with "project not found" unless `project` is a managed namespace.

@@ -51,7 +51,8 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
     assert_eq!(creator[0].subjects.as_ref().unwrap()[0].name, "alice");
     Api::<ProjectSettings>::namespaced(env.admin(), p.as_str()).get("projectsettings").await?;
 
-    let dup = h.run(&p, Bob, CommandBody::ProjectCreate(ProjectCreate { display_name: None, description: None })).await?;
+    let dup =
+        h.run(&p, Bob, CommandBody::ProjectCreate(ProjectCreate { display_name: None, description: None })).await?;
     assert_eq!(code(&dup), 409, "{dup:?}");
     let upd = ProjectUpdate { display_name: Some("Renamed".into()), description: Some("d".into()) };
     assert_eq!(code(&h.run(&p, Bob, CommandBody::ProjectUpdate(upd.clone())).await?), 403);
@@ -62,7 +63,17 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
     assert_eq!(ns.metadata.annotations.as_ref().unwrap()["openshift.io/display-name"], "Renamed");
     let missing = ProjectName::new(ambient_tests::unique_name("missing"))?;
     // Unknown project: alice has no role there, so authorization refuses first (no tenant leak).
-    assert_eq!(code(&h.run(&missing, Alice, CommandBody::ProjectUpdate(ProjectUpdate { display_name: None, description: None })).await?), 403);
+    assert_eq!(
+        code(
+            &h.run(
+                &missing,
+                Alice,
+                CommandBody::ProjectUpdate(ProjectUpdate { display_name: None, description: None })
+            )
+            .await?
+        ),
+        403
+    );
 
     // --- sessions ---
     let sessions = Api::<AgenticSession>::namespaced(env.admin(), p.as_str());
@@ -81,19 +92,29 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
     assert_eq!(code(&h.run(&p, Alice, bad).await?), 422);
     assert!(sessions.get_opt("bad").await?.is_none());
     let upd = |name: &str, prompt: &str| {
-        CommandBody::SessionUpdate(SessionUpdate { name: sname(name), patch: SessionPatch { prompt: Some(prompt.into()), ..Default::default() } })
+        CommandBody::SessionUpdate(SessionUpdate {
+            name: sname(name),
+            patch: SessionPatch { prompt: Some(prompt.into()), ..Default::default() },
+        })
     };
     assert_eq!(code(&h.run(&p, Alice, upd("nope", "x")).await?), 404);
     h.ok(&p, Alice, upd("s1", "changed")).await?;
     assert_eq!(sessions.get("s1").await?.spec.prompt, "changed");
-    let dn = |n: &str| CommandBody::SessionDisplayName(SessionDisplayName { name: sname("s1"), display_name: n.into() });
+    let dn =
+        |n: &str| CommandBody::SessionDisplayName(SessionDisplayName { name: sname("s1"), display_name: n.into() });
     // Runner callbacks need agenticsessions/status update: project roles don't have it.
     assert_eq!(code(&h.run(&p, Alice, dn("Nice")).await?), 403);
     assert_eq!(code(&h.run(&p, Alice, CommandBody::SessionDelete(SessionRef { name: sname("nope") })).await?), 404);
 
     // --- permissions ---
     let bob = SubjectName::new("bob")?;
-    let grant = |role| CommandBody::PermissionGrant(PermissionGrant { subject_type: SubjectType::User, subject_name: bob.clone(), role });
+    let grant = |role| {
+        CommandBody::PermissionGrant(PermissionGrant {
+            subject_type: SubjectType::User,
+            subject_name: bob.clone(),
+            role,
+        })
+    };
     assert_eq!(code(&h.run(&p, Bob, grant(Role::Admin)).await?), 403);
     h.ok(&p, Alice, grant(Role::Edit)).await?;
     h.ok(&p, Bob, create("by-bob")).await?;
@@ -106,19 +127,36 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
     assert_eq!(bobs.len(), 1, "a grant replaces the subject's role");
     assert_eq!(bobs[0].role_ref.name, "ambient-project-view");
     assert_eq!(code(&h.run(&p, Bob, create("by-bob-2")).await?), 403, "view may not create");
-    let revoke = |ty, name: &str| CommandBody::PermissionRevoke(PermissionRevoke { subject_type: ty, subject_name: SubjectName::new(name).unwrap() });
+    let revoke = |ty, name: &str| {
+        CommandBody::PermissionRevoke(PermissionRevoke {
+            subject_type: ty,
+            subject_name: SubjectName::new(name).unwrap(),
+        })
+    };
     h.ok(&p, Alice, revoke(SubjectType::User, "bob")).await?;
     assert!(permission_bindings(&env, &p).await.iter().all(|rb| rb.subjects.as_ref().unwrap()[0].name != "bob"));
     assert_eq!(code(&h.run(&p, Alice, revoke(SubjectType::User, "bob")).await?), 404);
 
     // Group grants live in ProjectSettings.groupAccess and produce bindings.
     let team_b = SubjectName::new("team-b")?;
-    h.ok(&p, Alice, CommandBody::PermissionGrant(PermissionGrant { subject_type: SubjectType::Group, subject_name: team_b.clone(), role: Role::Edit }))
-        .await?;
+    h.ok(
+        &p,
+        Alice,
+        CommandBody::PermissionGrant(PermissionGrant {
+            subject_type: SubjectType::Group,
+            subject_name: team_b.clone(),
+            role: Role::Edit,
+        }),
+    )
+    .await?;
     let ps = Api::<ProjectSettings>::namespaced(env.admin(), p.as_str()).get("projectsettings").await?;
     assert_eq!(ps.spec.group_access.len(), 1);
-    assert!(permission_bindings(&env, &p).await.iter().any(|rb| rb.subjects.as_ref().unwrap()[0].name == "team-b"
-        && rb.role_ref.name == "ambient-project-edit"));
+    assert!(
+        permission_bindings(&env, &p)
+            .await
+            .iter()
+            .any(|rb| rb.subjects.as_ref().unwrap()[0].name == "team-b" && rb.role_ref.name == "ambient-project-edit")
+    );
     h.ok(&p, Bob, create("by-team-b")).await?;
     h.ok(&p, Alice, revoke(SubjectType::Group, "team-b")).await?;
     let ps = Api::<ProjectSettings>::namespaced(env.admin(), p.as_str()).get("projectsettings").await?;
@@ -128,7 +166,11 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
     // --- clone ---
     let p2 = h.project("cmds-target", Alice).await?;
     let clone = |target: &ProjectName, new: &str| {
-        CommandBody::SessionClone(SessionClone { name: sname("s1"), target_project: target.clone(), new_session_name: sname(new) })
+        CommandBody::SessionClone(SessionClone {
+            name: sname("s1"),
+            target_project: target.clone(),
+            new_session_name: sname(new),
+        })
     };
     let bobs_project = h.project("cmds-bob", Bob).await?;
     assert_eq!(code(&h.run(&p, Alice, clone(&bobs_project, "copy")).await?), 403);
@@ -175,7 +217,9 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
 
     // --- runner secrets ---
     let reconciler_key = events::sealing::SealingPublicKey::from_base64(&h.keys.sealing_public_key)?;
-    let put = |plain: &[u8], to: &events::sealing::SealingPublicKey| CommandBody::RunnerSecretPut(RunnerSecretPut { data: to.seal(plain).unwrap(), secret: Default::default() });
+    let put = |plain: &[u8], to: &events::sealing::SealingPublicKey| {
+        CommandBody::RunnerSecretPut(RunnerSecretPut { data: to.seal(plain).unwrap(), secret: Default::default() })
+    };
     h.ok(&p, Alice, put(br#"{"ANTHROPIC_API_KEY":"sk-very-secret"}"#, &reconciler_key)).await?;
     let secret = Api::<Secret>::namespaced(env.admin(), p.as_str()).get("ambient-runner-secrets").await?;
     assert_eq!(secret.data.unwrap()["ANTHROPIC_API_KEY"].0, b"sk-very-secret");
@@ -185,7 +229,11 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
     // A write is a change: keys not sent stay, null removes one, the mask is never stored.
     h.ok(&p, Alice, put(br#"{"OTHER":"o"}"#, &reconciler_key)).await?;
     h.ok(&p, Alice, put(br#"{"ANTHROPIC_API_KEY":null}"#, &reconciler_key)).await?;
-    let data = Api::<Secret>::namespaced(env.admin(), p.as_str()).get("ambient-runner-secrets").await?.data.unwrap_or_default();
+    let data = Api::<Secret>::namespaced(env.admin(), p.as_str())
+        .get("ambient-runner-secrets")
+        .await?
+        .data
+        .unwrap_or_default();
     assert_eq!(data.keys().collect::<Vec<_>>(), vec!["OTHER"], "OTHER kept, ANTHROPIC_API_KEY removed");
     assert_eq!(code(&h.run(&p, Alice, put(br#"{"OTHER":"********"}"#, &reconciler_key)).await?), 422);
     let integration = CommandBody::RunnerSecretPut(RunnerSecretPut {
@@ -193,7 +241,11 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
         secret: events::secrets::ProjectSecret::Integration,
     });
     h.ok(&p, Alice, integration).await?;
-    let data = Api::<Secret>::namespaced(env.admin(), p.as_str()).get("ambient-non-vertex-integrations").await?.data.unwrap_or_default();
+    let data = Api::<Secret>::namespaced(env.admin(), p.as_str())
+        .get("ambient-non-vertex-integrations")
+        .await?
+        .data
+        .unwrap_or_default();
     assert_eq!(data["GITHUB_TOKEN"].0, b"ghp");
     assert_eq!(code(&h.run(&p, Alice, put(br#"{"A":"b"}"#, &SealingSecretKey::generate().public_key())).await?), 422);
     assert_eq!(code(&h.run(&p, Alice, put(br#"["not an object"]"#, &reconciler_key)).await?), 422);
@@ -203,16 +255,34 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
     h.ok(&p, Alice, cfg("my-secret")).await?;
 
     // --- exactly once: a replay after the de-duplication window (new Nats-Msg-Id) ---
-    let first = h.command(&p, Alice, CommandBody::ProjectUpdate(ProjectUpdate { display_name: Some("First".into()), description: None }));
+    let first = h.command(
+        &p,
+        Alice,
+        CommandBody::ProjectUpdate(ProjectUpdate { display_name: Some("First".into()), description: None }),
+    );
     h.publish(&first).await?;
     h.publish(&first).await?; // same msg id: JetStream drops it
     h.result(&first).await?;
-    h.ok(&p, Alice, CommandBody::ProjectUpdate(ProjectUpdate { display_name: Some("Second".into()), description: None })).await?;
+    h.ok(
+        &p,
+        Alice,
+        CommandBody::ProjectUpdate(ProjectUpdate { display_name: Some("Second".into()), description: None }),
+    )
+    .await?;
     h.republish_new_msg_id(&first).await?;
     // A marker command on the same object, published after the replay, is applied after it.
-    h.ok(&p, Alice, CommandBody::ProjectUpdate(ProjectUpdate { display_name: None, description: Some("marker".into()) })).await?;
+    h.ok(
+        &p,
+        Alice,
+        CommandBody::ProjectUpdate(ProjectUpdate { display_name: None, description: Some("marker".into()) }),
+    )
+    .await?;
     let ns = Api::<Namespace>::all(env.admin()).get(p.as_str()).await?;
-    assert_eq!(ns.metadata.annotations.as_ref().unwrap()["openshift.io/display-name"], "Second", "the replay had no effect");
+    assert_eq!(
+        ns.metadata.annotations.as_ref().unwrap()["openshift.io/display-name"],
+        "Second",
+        "the replay had no effect"
+    );
 
     // --- forged commands ---
     let forger = events::signing::CommandSigner::generate();

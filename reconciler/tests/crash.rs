@@ -34,8 +34,16 @@ async fn crash_mid_stream_and_revocation_before_apply() -> anyhow::Result<()> {
     let sessions = Api::<AgenticSession>::namespaced(env.admin(), p.as_str());
 
     // --- a role revoked while the command waits: 403, nothing changed ---
-    h.ok(&p, Alice, CommandBody::PermissionGrant(PermissionGrant { subject_type: SubjectType::User, subject_name: SubjectName::new("bob")?, role: Role::Edit }))
-        .await?;
+    h.ok(
+        &p,
+        Alice,
+        CommandBody::PermissionGrant(PermissionGrant {
+            subject_type: SubjectType::User,
+            subject_name: SubjectName::new("bob")?,
+            role: Role::Edit,
+        }),
+    )
+    .await?;
     h.reconciler.kill9().await;
     let by_bob = h.command(&p, Bob, create("by-bob", "1s"));
     h.publish(&by_bob).await?;

@@ -40,12 +40,19 @@ async fn handing_out_a_role_is_reauthorized_at_apply_time() -> anyhow::Result<()
         assert_eq!(code(&r), 403, "{role:?}: {r:?}");
     }
     let grant = |who: &str, role| {
-        CommandBody::PermissionGrant(PermissionGrant { subject_type: SubjectType::User, subject_name: SubjectName::new(who).unwrap(), role })
+        CommandBody::PermissionGrant(PermissionGrant {
+            subject_type: SubjectType::User,
+            subject_name: SubjectName::new(who).unwrap(),
+            role,
+        })
     };
     assert_eq!(code(&h.run(&p, Carol, grant("carol", Role::Admin)).await?), 403);
     let sas = Api::<ServiceAccount>::namespaced(env.admin(), p.as_str());
     for role in Role::ALL {
-        assert!(sas.get_opt(&format!("ambient-key-carol-{}", role.as_str())).await?.is_none(), "no key for carol ({role:?})");
+        assert!(
+            sas.get_opt(&format!("ambient-key-carol-{}", role.as_str())).await?.is_none(),
+            "no key for carol ({role:?})"
+        );
     }
 
     // Kubernetes' admin (aggregated `bind` on the project roles) and the project admin may.

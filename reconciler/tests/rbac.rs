@@ -14,7 +14,9 @@ fn reconciler_rbac_is_least_privilege() {
     let blocks: Vec<&str> = rules.split("  - apiGroups:").collect();
     let bind: Vec<&&str> = blocks.iter().filter(|b| b.contains("\"bind\"")).collect();
     assert_eq!(bind.len(), 1);
-    assert!(bind[0].contains(r#"resourceNames: ["ambient-project-admin", "ambient-project-edit", "ambient-project-view"]"#));
+    assert!(
+        bind[0].contains(r#"resourceNames: ["ambient-project-admin", "ambient-project-edit", "ambient-project-view"]"#)
+    );
     assert!(bind[0].contains(r#"verbs: ["bind"]"#), "bind stands alone in its rule");
     assert!(rules.contains("name: ambient-reconciler\n  namespace: ambient-system"));
 }

@@ -32,7 +32,13 @@ fn sref(name: &str) -> SessionRef {
     SessionRef { name: SessionName::new(name).unwrap() }
 }
 
-async fn wait_phase(env: &TestEnv, p: &ProjectName, s: &str, want: Phase, within: Duration) -> anyhow::Result<AgenticSession> {
+async fn wait_phase(
+    env: &TestEnv,
+    p: &ProjectName,
+    s: &str,
+    want: Phase,
+    within: Duration,
+) -> anyhow::Result<AgenticSession> {
     let api = Api::<AgenticSession>::namespaced(env.admin(), p.as_str());
     eventually(&format!("{s} {want}"), within, || {
         let api = api.clone();
@@ -72,7 +78,18 @@ async fn session_lifecycle() -> anyhow::Result<()> {
     let pod = spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.service_account_name.as_deref(), Some("ambient-session-quick"));
     let envs: Vec<_> = pod.containers[0].env.as_ref().unwrap().iter().map(|e| e.name.clone()).collect();
-    for want in ["AGENTIC_SESSION_NAME", "AGENTIC_SESSION_NAMESPACE", "PROMPT", "LLM_MODEL", "LLM_TEMPERATURE", "LLM_MAX_TOKENS", "TIMEOUT", "BACKEND_API_URL", "INTERACTIVE", "KWOK_RUN_DURATION"] {
+    for want in [
+        "AGENTIC_SESSION_NAME",
+        "AGENTIC_SESSION_NAMESPACE",
+        "PROMPT",
+        "LLM_MODEL",
+        "LLM_TEMPERATURE",
+        "LLM_MAX_TOKENS",
+        "TIMEOUT",
+        "BACKEND_API_URL",
+        "INTERACTIVE",
+        "KWOK_RUN_DURATION",
+    ] {
         assert!(envs.contains(&want.to_string()), "{want} missing from {envs:?}");
     }
     let role = Api::<Role>::namespaced(env.admin(), p.as_str()).get("ambient-session-quick").await?;
@@ -104,7 +121,10 @@ async fn session_lifecycle() -> anyhow::Result<()> {
     let s = Api::<AgenticSession>::namespaced(env.admin(), p.as_str()).get("quick").await?;
     assert_eq!(s.status.as_ref().unwrap().result.as_deref(), Some("42"));
     assert_eq!(code(&h.run(&p, Bob, report).await?), 403);
-    let dn = CommandBody::SessionDisplayName(SessionDisplayName { name: SessionName::new("quick")?, display_name: "Quick one".into() });
+    let dn = CommandBody::SessionDisplayName(SessionDisplayName {
+        name: SessionName::new("quick")?,
+        display_name: "Quick one".into(),
+    });
     let cmd = events::Command::new(p.clone(), runner, dn);
     h.publish(&cmd).await?;
     assert_eq!(code(&h.result(&cmd).await?), 200);
@@ -130,7 +150,11 @@ async fn session_lifecycle() -> anyhow::Result<()> {
         async move { Ok((job_and_pods(&env, &p, "long").await? == (false, 0)).then_some(())) }
     })
     .await?;
-    assert_eq!(code(&h.run(&p, Alice, CommandBody::SessionStop(sref("quick"))).await?), 409, "a completed session is not running");
+    assert_eq!(
+        code(&h.run(&p, Alice, CommandBody::SessionStop(sref("quick"))).await?),
+        409,
+        "a completed session is not running"
+    );
 
     // Deadline: Failed with reason Timeout.
     h.ok(&p, Alice, create("slow", 30, "1h")).await?;
@@ -139,10 +163,13 @@ async fn session_lifecycle() -> anyhow::Result<()> {
 
     // An unusable spec: refused when its command is applied (the rule of the api, checked
     // again), and Error when written straight to the cluster, bypassing commands.
-    let spec: events::crd::AgenticSessionSpec = serde_json::from_value(serde_json::json!({"prompt": "x", "environmentVariables": {"NOT-VALID": "1"}}))?;
+    let spec: events::crd::AgenticSessionSpec =
+        serde_json::from_value(serde_json::json!({"prompt": "x", "environmentVariables": {"NOT-VALID": "1"}}))?;
     let bad = CommandBody::SessionCreate(SessionCreate { name: SessionName::new("bad-env")?, spec: spec.clone() });
     assert_eq!(code(&h.run(&p, Alice, bad).await?), 422, "an invalid variable name is refused at apply time");
-    Api::<AgenticSession>::namespaced(env.admin(), p.as_str()).create(&Default::default(), &AgenticSession::new("bad-env", spec)).await?;
+    Api::<AgenticSession>::namespaced(env.admin(), p.as_str())
+        .create(&Default::default(), &AgenticSession::new("bad-env", spec))
+        .await?;
     let errored = wait_phase(&env, &p, "bad-env", Phase::Error, Duration::from_secs(30)).await?;
     assert_eq!(errored.status.unwrap().reason.as_deref(), Some("InvalidSpec"));
 
@@ -151,7 +178,8 @@ async fn session_lifecycle() -> anyhow::Result<()> {
     eventually("quick's children collected", Duration::from_secs(90), || {
         let (env, p) = (env.clone(), p.clone());
         async move {
-            let sa = Api::<ServiceAccount>::namespaced(env.admin(), p.as_str()).get_opt("ambient-session-quick").await?;
+            let sa =
+                Api::<ServiceAccount>::namespaced(env.admin(), p.as_str()).get_opt("ambient-session-quick").await?;
             let gone = job_and_pods(&env, &p, "quick").await? == (false, 0) && sa.is_none();
             Ok(gone.then_some(()))
         }

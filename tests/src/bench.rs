@@ -103,7 +103,9 @@ pub enum Figure {
 impl Figure {
     fn cell(&self) -> String {
         match self {
-            Figure::Latency(l) => format!("p50 {:.2} / p99 {:.2} / max {:.2} ms (n={})", l.p50_ms, l.p99_ms, l.max_ms, l.n),
+            Figure::Latency(l) => {
+                format!("p50 {:.2} / p99 {:.2} / max {:.2} ms (n={})", l.p50_ms, l.p99_ms, l.max_ms, l.n)
+            }
             Figure::Scalar { value, unit } => format!("{value:.1} {unit}"),
             Figure::Missing { missing } => format!("not measured: {missing}"),
         }
@@ -112,12 +114,16 @@ impl Figure {
 
 /// Renders the rows as a markdown table.
 pub fn markdown(rows: &[Row]) -> String {
-    let mut s = String::from("| measurement | value | baseline (same run) | ratio p50 | target | met |\n|---|---|---|---|---|---|\n");
+    let mut s = String::from(
+        "| measurement | value | baseline (same run) | ratio p50 | target | met |\n|---|---|---|---|---|---|\n",
+    );
     for r in rows {
         let (bname, bcell, ratio) = match (&r.baseline, &r.value) {
-            (Some((n, b @ Figure::Latency(bl))), Figure::Latency(l)) => {
-                (n.clone(), b.cell(), if bl.p50_ms > 0.0 { format!("{:.2}×", l.p50_ms / bl.p50_ms) } else { "—".into() })
-            }
+            (Some((n, b @ Figure::Latency(bl))), Figure::Latency(l)) => (
+                n.clone(),
+                b.cell(),
+                if bl.p50_ms > 0.0 { format!("{:.2}×", l.p50_ms / bl.p50_ms) } else { "—".into() },
+            ),
             (Some((n, b)), _) => (n.clone(), b.cell(), "—".into()),
             (None, _) => ("—".into(), String::new(), "—".into()),
         };
@@ -194,7 +200,8 @@ mod tests {
     #[test]
     fn cores_between_snapshots() {
         let t = std::time::Instant::now();
-        let before = CpuSnapshot { at: Some(t), used: vec![("etcd".into(), 1.0), ("api".into(), 5.0), ("gone".into(), 1.0)] };
+        let before =
+            CpuSnapshot { at: Some(t), used: vec![("etcd".into(), 1.0), ("api".into(), 5.0), ("gone".into(), 1.0)] };
         let after = CpuSnapshot {
             at: Some(t + Duration::from_secs(10)),
             used: vec![("etcd".into(), 3.0), ("api".into(), 20.0), ("new".into(), 9.0)],

@@ -52,9 +52,19 @@ impl Plan {
     /// API server outage.
     pub fn from_env() -> Plan {
         if std::env::var("AMBIENT_CHAOS_SOAK").is_ok_and(|v| !v.is_empty() && v != "0") {
-            Plan { projects: 50, commands: 2000, spread: Duration::from_secs(60), apiserver_outage: Duration::from_secs(60) }
+            Plan {
+                projects: 50,
+                commands: 2000,
+                spread: Duration::from_secs(60),
+                apiserver_outage: Duration::from_secs(60),
+            }
         } else {
-            Plan { projects: 10, commands: 300, spread: Duration::from_secs(12), apiserver_outage: Duration::from_secs(20) }
+            Plan {
+                projects: 10,
+                commands: 300,
+                spread: Duration::from_secs(12),
+                apiserver_outage: Duration::from_secs(20),
+            }
         }
     }
 }
@@ -116,10 +126,14 @@ impl Op {
     fn request(&self, project: &str) -> (Method, String, Option<Value>) {
         let sp = format!("/api/projects/{project}/agentic-sessions");
         match self {
-            Op::CreateSession { session } => {
-                (Method::POST, sp, Some(json!({"name": session, "prompt": "chaos", "displayName": "v0", "timeout": 600})))
+            Op::CreateSession { session } => (
+                Method::POST,
+                sp,
+                Some(json!({"name": session, "prompt": "chaos", "displayName": "v0", "timeout": 600})),
+            ),
+            Op::Update { session, version } => {
+                (Method::PUT, format!("{sp}/{session}"), Some(json!({"displayName": format!("v{version}")})))
             }
-            Op::Update { session, version } => (Method::PUT, format!("{sp}/{session}"), Some(json!({"displayName": format!("v{version}")}))),
             Op::Start { session } => (Method::POST, format!("{sp}/{session}/start"), Some(json!({}))),
             Op::Stop { session } => (Method::POST, format!("{sp}/{session}/stop"), Some(json!({}))),
             Op::Grant { role } => (
@@ -324,7 +338,14 @@ impl Ledger {
 /// operations in order), paced over `plan.spread`, recording everything in the returned ledger.
 /// Mutations are retried with the same `Idempotency-Key` after 5xx/transport errors for up to
 /// `retry_for`.
-pub async fn run_load(client: &Client, token: &str, projects: &[String], tag: &str, plan: Plan, retry_for: Duration) -> Ledger {
+pub async fn run_load(
+    client: &Client,
+    token: &str,
+    projects: &[String],
+    tag: &str,
+    plan: Plan,
+    retry_for: Duration,
+) -> Ledger {
     let ledger = Ledger::default();
     let per_project = (plan.commands / projects.len().max(1)).max(2);
     let pace = plan.spread / per_project as u32;
@@ -349,7 +370,15 @@ pub async fn run_load(client: &Client, token: &str, projects: &[String], tag: &s
 
 /// Floods one project: `lanes` concurrent lanes, each running `script_of(<tag>-l<i>, per_lane,
 /// false)` as fast as the api answers, asking for asynchronous answers (202 at once).
-pub async fn run_flood(client: &Client, token: &str, project: &str, tag: &str, lanes: usize, per_lane: usize, retry_for: Duration) -> Ledger {
+pub async fn run_flood(
+    client: &Client,
+    token: &str,
+    project: &str,
+    tag: &str,
+    lanes: usize,
+    per_lane: usize,
+    retry_for: Duration,
+) -> Ledger {
     let ledger = Ledger::default();
     let workers = (0..lanes).map(|i| {
         let (client, ledger, project) = (client.clone(), ledger.clone(), project.to_string());
@@ -365,10 +394,18 @@ pub async fn run_flood(client: &Client, token: &str, project: &str, tag: &str, l
     ledger
 }
 
-async fn execute(client: &Client, token: &str, project: &str, op: Op, retry_for: Duration, respond_async: bool) -> Entry {
+async fn execute(
+    client: &Client,
+    token: &str,
+    project: &str,
+    op: Op,
+    retry_for: Duration,
+    respond_async: bool,
+) -> Entry {
     let key = Uuid::new_v4().to_string();
     let (method, path, body) = op.request(project);
-    let mut entry = Entry { project: project.to_string(), op, idempotency_key: key.clone(), attempts: Vec::new(), settled: None };
+    let mut entry =
+        Entry { project: project.to_string(), op, idempotency_key: key.clone(), attempts: Vec::new(), settled: None };
     let first = Instant::now();
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -380,7 +417,12 @@ async fn execute(client: &Client, token: &str, project: &str, op: Op, retry_for:
         let r = client.try_call(method.clone(), &path, Some(token), body.clone(), &headers).await;
         let answer = match r {
             Ok(r) => {
-                let id = r.body.get("id").or_else(|| r.body.get("commandId")).and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok());
+                let id = r
+                    .body
+                    .get("id")
+                    .or_else(|| r.body.get("commandId"))
+                    .and_then(Value::as_str)
+                    .and_then(|s| Uuid::parse_str(s).ok());
                 let command_id = if r.status.as_u16() == 202 || r.status.is_server_error() { id } else { None };
                 Answer::Status { code: r.status.as_u16(), command_id, body: r.body }
             }
@@ -433,14 +475,29 @@ pub struct Report {
 impl Report {
     /// True when nothing was lost, duplicated, misordered or otherwise wrong.
     pub fn clean(&self) -> bool {
-        self.duplicated == 0 && self.lost == 0 && self.misordered == 0 && self.duplicate_status == 0 && self.anomalies.is_empty()
+        self.duplicated == 0
+            && self.lost == 0
+            && self.misordered == 0
+            && self.duplicate_status == 0
+            && self.anomalies.is_empty()
     }
 
     /// The table header.
     pub fn header() -> String {
         format!(
             "{:<22} {:>5} {:>8} {:>9} {:>7} {:>10} {:>5} {:>10} {:>10} {:>9} {:>10} {:>10}",
-            "scenario", "sent", "accepted", "202→fail", "applied", "duplicated", "lost", "misordered", "unresolved", "5xx/conn", "dup status", "recover"
+            "scenario",
+            "sent",
+            "accepted",
+            "202→fail",
+            "applied",
+            "duplicated",
+            "lost",
+            "misordered",
+            "unresolved",
+            "5xx/conn",
+            "dup status",
+            "recover"
         )
     }
 }
@@ -468,14 +525,23 @@ impl fmt::Display for Report {
 }
 
 /// Every message of `stream` on `subject` from `since` on, in stream order.
-async fn read_subject(env: &TestEnv, stream: &str, subject: String, since: Option<u64>) -> anyhow::Result<Vec<jetstream::Message>> {
+async fn read_subject(
+    env: &TestEnv,
+    stream: &str,
+    subject: String,
+    since: Option<u64>,
+) -> anyhow::Result<Vec<jetstream::Message>> {
     let stream = env.jetstream().get_stream(stream).await.with_context(|| format!("stream {stream}"))?;
     let deliver_policy = match since {
         Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
         None => DeliverPolicy::All,
     };
     let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig { filter_subject: subject, deliver_policy, ..Default::default() })
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject,
+            deliver_policy,
+            ..Default::default()
+        })
         .await?;
     let mut msgs = consumer.messages().await?;
     let mut out = Vec::new();
@@ -508,7 +574,14 @@ pub async fn results_mark(env: &TestEnv) -> anyhow::Result<u64> {
 
 /// Compares `ledger` with the cluster, AMBIENT_RESULTS (from sequence `since` on, see
 /// [`results_mark`]) and AMBIENT_STATUS.
-pub async fn oracle(env: &TestEnv, name: &str, ledger: &Ledger, admin_client: &Client, admin_token: &str, since: u64) -> anyhow::Result<Report> {
+pub async fn oracle(
+    env: &TestEnv,
+    name: &str,
+    ledger: &Ledger,
+    admin_client: &Client,
+    admin_token: &str,
+    since: u64,
+) -> anyhow::Result<Report> {
     let entries = ledger.entries();
     let mut r = Report { name: name.into(), sent: entries.len(), ..Default::default() };
     r.failed_attempts = entries
@@ -560,7 +633,10 @@ async fn check_sessions(env: &TestEnv, project: &str, ops: &[&Entry], r: &mut Re
     }
     for s in sessions {
         let of = |e: &&&Entry| match &e.op {
-            Op::CreateSession { session } | Op::Update { session, .. } | Op::Start { session } | Op::Stop { session } => session == s,
+            Op::CreateSession { session }
+            | Op::Update { session, .. }
+            | Op::Start { session }
+            | Op::Stop { session } => session == s,
             _ => false,
         };
         let mine: Vec<&&Entry> = ops.iter().filter(of).collect();
@@ -599,18 +675,25 @@ async fn check_sessions(env: &TestEnv, project: &str, ops: &[&Entry], r: &mut Re
         let (lo, hi) = (accepted.len(), accepted.len() + maybe.len());
         if applied_updates < lo {
             r.lost += lo - applied_updates;
-            r.anomalies.push(format!("{project}/{s}: {lo} updates accepted, generation {generation} shows {applied_updates}"));
+            r.anomalies
+                .push(format!("{project}/{s}: {lo} updates accepted, generation {generation} shows {applied_updates}"));
         } else if applied_updates > hi {
             r.duplicated += applied_updates - hi;
-            r.anomalies.push(format!("{project}/{s}: at most {hi} updates sent, generation {generation} shows {applied_updates}"));
+            r.anomalies.push(format!(
+                "{project}/{s}: at most {hi} updates sent, generation {generation} shows {applied_updates}"
+            ));
         }
         r.applied += accepted.len().min(applied_updates);
         let last_accepted = accepted.last().copied().unwrap_or(0);
         let final_version = version_of(obj.spec.display_name.as_deref());
-        let final_ok = final_version == Some(last_accepted) || final_version.is_some_and(|v| v > last_accepted && maybe.contains(&v));
+        let final_ok = final_version == Some(last_accepted)
+            || final_version.is_some_and(|v| v > last_accepted && maybe.contains(&v));
         if !final_ok {
             r.misordered += 1;
-            r.anomalies.push(format!("{project}/{s}: final displayName {:?}, last accepted update v{last_accepted}", obj.spec.display_name));
+            r.anomalies.push(format!(
+                "{project}/{s}: final displayName {:?}, last accepted update v{last_accepted}",
+                obj.spec.display_name
+            ));
         }
 
         // Its status events: each once, versions and generations never going back.
@@ -641,7 +724,10 @@ async fn check_sessions(env: &TestEnv, project: &str, ops: &[&Entry], r: &mut Re
                     if let Some(prev) = gen_names.insert(v.generation, v.display_name.clone())
                         && prev != v.display_name
                     {
-                        r.anomalies.push(format!("{project}/{s}: generation {} shown as {prev:?} and {:?}", v.generation, v.display_name));
+                        r.anomalies.push(format!(
+                            "{project}/{s}: generation {} shown as {prev:?} and {:?}",
+                            v.generation, v.display_name
+                        ));
                     }
                     let ver = version_of(v.display_name.as_deref()).unwrap_or(0);
                     if ver < last_ver {
@@ -662,7 +748,9 @@ async fn check_sessions(env: &TestEnv, project: &str, ops: &[&Entry], r: &mut Re
             }
         }
         if last_gen != generation {
-            r.anomalies.push(format!("{project}/{s}: status events end at generation {last_gen}, the session is at {generation}"));
+            r.anomalies.push(format!(
+                "{project}/{s}: status events end at generation {last_gen}, the session is at {generation}"
+            ));
         }
         // Starts and stops: a definite answer each; their effect is checked by the phase events.
         for e in &mine {
@@ -674,7 +762,13 @@ async fn check_sessions(env: &TestEnv, project: &str, ops: &[&Entry], r: &mut Re
     Ok(())
 }
 
-async fn check_permission(client: &Client, token: &str, project: &str, ops: &[&Entry], r: &mut Report) -> anyhow::Result<()> {
+async fn check_permission(
+    client: &Client,
+    token: &str,
+    project: &str,
+    ops: &[&Entry],
+    r: &mut Report,
+) -> anyhow::Result<()> {
     let perm: Vec<&&Entry> = ops.iter().filter(|e| matches!(e.op, Op::Grant { .. } | Op::Revoke)).collect();
     let Some(last_acc) = perm.iter().rposition(|e| e.outcome() == Outcome::Accepted) else { return Ok(()) };
     let role_of = |e: &Entry| match &e.op {
@@ -684,7 +778,8 @@ async fn check_permission(client: &Client, token: &str, project: &str, ops: &[&E
     // The last accepted grant/revoke wins, unless an unresolved one after it was applied.
     let mut allowed = vec![role_of(perm[last_acc])];
     allowed.extend(perm[last_acc + 1..].iter().filter(|e| e.outcome() == Outcome::Unresolved).map(|e| role_of(e)));
-    let resp = client.try_call(Method::GET, &format!("/api/projects/{project}/permissions"), Some(token), None, &[]).await?;
+    let resp =
+        client.try_call(Method::GET, &format!("/api/projects/{project}/permissions"), Some(token), None, &[]).await?;
     let bob = resp.body["items"]
         .as_array()
         .into_iter()
@@ -697,13 +792,15 @@ async fn check_permission(client: &Client, token: &str, project: &str, ops: &[&E
     } else {
         r.lost += 1;
         r.applied += accepted - 1;
-        r.anomalies.push(format!("{project}: bob's role is {bob:?}, the last accepted grant/revoke says {:?}", allowed[0]));
+        r.anomalies
+            .push(format!("{project}: bob's role is {bob:?}, the last accepted grant/revoke says {:?}", allowed[0]));
     }
     Ok(())
 }
 
 async fn check_results(env: &TestEnv, project: &str, ops: &[&Entry], since: u64, r: &mut Report) -> anyhow::Result<()> {
-    let msgs = read_subject(env, events::streams::RESULTS_STREAM, format!("ambient.result.{project}.>"), Some(since)).await?;
+    let msgs =
+        read_subject(env, events::streams::RESULTS_STREAM, format!("ambient.result.{project}.>"), Some(since)).await?;
     let mut per_id: HashMap<Uuid, usize> = HashMap::new();
     for m in &msgs {
         if let Ok(res) = events::wire::decode_result(m.headers.as_ref(), &m.payload) {

@@ -72,22 +72,13 @@ impl Component {
     pub fn binary_path(self) -> anyhow::Result<PathBuf> {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .map(|p| {
-                if p.is_absolute() {
-                    p
-                } else {
-                    repo_dir().join(p)
-                }
-            })
+            .map(|p| if p.is_absolute() { p } else { repo_dir().join(p) })
             .unwrap_or_else(|| repo_dir().join("target"));
         // The benchmark runs optimized services: AMBIENT_SERVICE_PROFILE=release.
         let profile = std::env::var("AMBIENT_SERVICE_PROFILE").unwrap_or_else(|_| "debug".into());
         let path = target.join(profile).join(self.binary());
         if !path.exists() {
-            bail!(
-                "{} is not built; run `cargo build --workspace --bins` first",
-                path.display()
-            );
+            bail!("{} is not built; run `cargo build --workspace --bins` first", path.display());
         }
         Ok(path)
     }
@@ -99,10 +90,7 @@ impl Component {
         apply_rbac(env).await?;
         let sas = Api::<ServiceAccount>::namespaced(env.admin(), SYSTEM_NAMESPACE);
         let req = TokenRequest {
-            spec: TokenRequestSpec {
-                expiration_seconds: Some(24 * 3600),
-                ..Default::default()
-            },
+            spec: TokenRequestSpec { expiration_seconds: Some(24 * 3600), ..Default::default() },
             ..Default::default()
         };
         let token = sas
@@ -156,32 +144,18 @@ pub const RECONCILER_USER: &str = "system:serviceaccount:ambient-system:ambient-
 pub async fn apply_rbac(env: &TestEnv) -> anyhow::Result<()> {
     RBAC.get_or_init(|| async {
         let run = async {
-            let kubectl = env
-                .kubectl()
-                .ok_or_else(|| anyhow!("kubectl of the dev cluster not known"))?;
-            let kubeconfig = env
-                .kubeconfig(DemoUser::Admin)
-                .ok_or_else(|| anyhow!("no admin kubeconfig"))?;
+            let kubectl = env.kubectl().ok_or_else(|| anyhow!("kubectl of the dev cluster not known"))?;
+            let kubeconfig = env.kubeconfig(DemoUser::Admin).ok_or_else(|| anyhow!("no admin kubeconfig"))?;
             let dir = repo_dir().join("deploy/base/rbac");
             let out = Command::new(&kubectl)
                 .arg(format!("--kubeconfig={}", kubeconfig.display()))
-                .args([
-                    "apply",
-                    "--server-side",
-                    "--force-conflicts",
-                    "--field-manager=ambient-tests",
-                    "-f",
-                ])
+                .args(["apply", "--server-side", "--force-conflicts", "--field-manager=ambient-tests", "-f"])
                 .arg(&dir)
                 .output()
                 .await
                 .context("running kubectl apply")?;
             if !out.status.success() {
-                bail!(
-                    "kubectl apply -f {} failed: {}",
-                    dir.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                bail!("kubectl apply -f {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
             }
             wait_for_confinement(&kubectl, &kubeconfig).await
         };
@@ -268,7 +242,8 @@ impl BusKeys {
     }
 
     fn read(dir: &Path) -> anyhow::Result<Self> {
-        let sealing = events::sealing::SealingSecretKey::from_base64(&std::fs::read_to_string(dir.join("sealing.key"))?)?;
+        let sealing =
+            events::sealing::SealingSecretKey::from_base64(&std::fs::read_to_string(dir.join("sealing.key"))?)?;
         let keys = BusKeys {
             signing_key_file: dir.join("command-signing.pem"),
             verify_keys_file: dir.join("command-verify.pem"),
@@ -311,7 +286,8 @@ impl BusKeys {
 /// clients connecting meanwhile one of them could take it before the service binds it. Ports
 /// already handed out by this process are never handed out again.
 pub fn free_port() -> anyhow::Result<u16> {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     const LOW: u16 = 20_000;
     const SPAN: u128 = 12_000;
     for _ in 0..200 {
@@ -340,41 +316,22 @@ impl ServiceProcess {
     /// Starts `component` with the arguments `args(health_addr)` returns (the health address
     /// is a free loopback port that must be passed as `--health-addr`), and waits for its
     /// `/healthz`.
-    pub async fn start(
-        component: Component,
-        args: impl FnOnce(SocketAddr) -> Vec<String>,
-    ) -> anyhow::Result<Self> {
+    pub async fn start(component: Component, args: impl FnOnce(SocketAddr) -> Vec<String>) -> anyhow::Result<Self> {
         let health: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let args = args(health);
         let logs = state_dir().join("logs");
         std::fs::create_dir_all(&logs)?;
-        let log = logs.join(format!(
-            "{}-{}.log",
-            component.binary(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        let mut p = ServiceProcess {
-            component,
-            args,
-            health,
-            log,
-            child: None,
-        };
+        let log = logs.join(format!("{}-{}.log", component.binary(), uuid::Uuid::new_v4().simple()));
+        let mut p = ServiceProcess { component, args, health, log, child: None };
         p.spawn().await?;
         Ok(p)
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = Command::new(self.component.binary_path()?)
             .args(&self.args)
-            .env(
-                "RUST_LOG",
-                std::env::var("AMBIENT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", std::env::var("AMBIENT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(out.try_clone()?)
             .stderr(out)
             // Stopped like a pod on drop (see `Drop`): gracefully, forced after a grace period.
@@ -388,22 +345,14 @@ impl ServiceProcess {
     /// Waits until `/healthz` answers 200 (or the process dies, with the log's tail as error).
     pub async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let url = format!("http://{}/healthz", self.health);
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         let log = self.log.clone();
         let name = self.component.binary();
-        let child = self
-            .child
-            .as_mut()
-            .ok_or_else(|| anyhow!("{name} is not running"))?;
+        let child = self.child.as_mut().ok_or_else(|| anyhow!("{name} is not running"))?;
         let start = std::time::Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
-                bail!(
-                    "{name} exited with {status} before it was healthy; log tail:\n{}",
-                    tail(&log)
-                );
+                bail!("{name} exited with {status} before it was healthy; log tail:\n{}", tail(&log));
             }
             if let Ok(r) = client.get(&url).send().await
                 && r.status().is_success()
@@ -411,10 +360,7 @@ impl ServiceProcess {
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                bail!(
-                    "{name} not healthy after {timeout:?}; log tail:\n{}",
-                    tail(&log)
-                );
+                bail!("{name} not healthy after {timeout:?}; log tail:\n{}", tail(&log));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -489,10 +435,7 @@ impl ServiceProcess {
 
     /// Scrapes `/metrics`.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(reqwest::get(format!("http://{}/metrics", self.health))
-            .await?
-            .text()
-            .await?)
+        Ok(reqwest::get(format!("http://{}/metrics", self.health)).await?.text().await?)
     }
 }
 
@@ -663,12 +606,8 @@ impl DeployNats {
         for (user, password) in &passwords {
             cmd.env(format!("NATS_{}_PASSWORD", user.to_uppercase()), password);
         }
-        let child = cmd
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning nats-server")?;
+        let child =
+            cmd.stdout(log.try_clone()?).stderr(log).kill_on_drop(true).spawn().context("spawning nats-server")?;
         let n = DeployNats { url: format!("nats://127.0.0.1:{port}"), passwords, dir, _child: child };
         let addr = format!("127.0.0.1:{port}");
         wait_for("nats-server with deploy/ accounts", Duration::from_secs(30), || {

@@ -62,12 +62,20 @@ impl Client {
         let status = resp.status();
         let headers = resp.headers().clone();
         let text = resp.text().await?;
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         Ok(Resp { status, body, headers })
     }
 
     /// One request; panics on a transport error (for tests that expect the api to answer).
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>, headers: &[(&str, &str)]) -> Resp {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
         match self.try_call(method.clone(), path, token, body, headers).await {
             Ok(r) => r,
             Err(e) => panic!("{method} {path}: {e}"),

@@ -70,12 +70,7 @@ pub enum DemoUser {
 
 impl DemoUser {
     /// All demo users.
-    pub const ALL: [DemoUser; 4] = [
-        DemoUser::Admin,
-        DemoUser::Alice,
-        DemoUser::Bob,
-        DemoUser::Carol,
-    ];
+    pub const ALL: [DemoUser; 4] = [DemoUser::Admin, DemoUser::Alice, DemoUser::Bob, DemoUser::Carol];
 
     /// The Kubernetes user name (`admin`, `alice`, `bob`, `carol`).
     pub fn name(self) -> &'static str {
@@ -170,18 +165,12 @@ impl ClusterInfo {
     /// Reads `<dir>/env` (the `export VAR=value` lines written by `up.sh`).
     pub fn from_state_dir(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("env");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let vars: BTreeMap<String, String> = text
             .lines()
             .filter_map(|l| l.trim().strip_prefix("export "))
             .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| {
-                (
-                    k.trim().to_string(),
-                    v.trim().trim_matches('\'').trim_matches('"').to_string(),
-                )
-            })
+            .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('\'').trim_matches('"').to_string()))
             .collect();
         let mut info = Self::from_vars(|k| vars.get(k).cloned())
             .with_context(|| format!("incomplete env file {}", path.display()))?;
@@ -202,10 +191,7 @@ impl ClusterInfo {
                 tokens.insert(u, t);
             }
         }
-        let scoped_tokens = ScopedToken::ALL
-            .into_iter()
-            .filter_map(|t| get(t.token_var()).map(|v| (t, v)))
-            .collect();
+        let scoped_tokens = ScopedToken::ALL.into_iter().filter_map(|t| get(t.token_var()).map(|v| (t, v))).collect();
         if !tokens.contains_key(&DemoUser::Admin) {
             bail!("{} is not set", DemoUser::Admin.token_var());
         }
@@ -235,13 +221,10 @@ impl ClusterInfo {
 
     /// The bearer token of a demo user.
     pub fn token(&self, user: DemoUser) -> anyhow::Result<&str> {
-        self.tokens.get(&user).map(String::as_str).ok_or_else(|| {
-            anyhow!(
-                "no token for {} ({} not set)",
-                user.name(),
-                user.token_var()
-            )
-        })
+        self.tokens
+            .get(&user)
+            .map(String::as_str)
+            .ok_or_else(|| anyhow!("no token for {} ({} not set)", user.name(), user.token_var()))
     }
 
     /// A `kube::Config` for the API server authenticating with `token`, verifying the CA.
@@ -267,16 +250,8 @@ impl ClusterInfo {
     pub async fn apiserver_ready(&self) -> bool {
         async fn probe(info: &ClusterInfo) -> anyhow::Result<bool> {
             let ca = reqwest::Certificate::from_pem(&std::fs::read(&info.ca_file)?)?;
-            let http = reqwest::Client::builder()
-                .add_root_certificate(ca)
-                .timeout(Duration::from_secs(5))
-                .build()?;
-            Ok(http
-                .get(format!("{}/readyz", info.apiserver_url))
-                .send()
-                .await?
-                .status()
-                .is_success())
+            let http = reqwest::Client::builder().add_root_certificate(ca).timeout(Duration::from_secs(5)).build()?;
+            Ok(http.get(format!("{}/readyz", info.apiserver_url)).send().await?.status().is_success())
         }
         probe(self).await.unwrap_or(false)
     }
@@ -295,10 +270,7 @@ impl ClusterInfo {
                 .ok()
                 .and_then(|pid| pid.trim().parse::<u32>().ok())
                 .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-                .and_then(|stat| {
-                    stat.rsplit_once(") ")
-                        .map(|(_, rest)| !rest.starts_with('Z'))
-                })
+                .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
                 .unwrap_or(false)
         })
     }
@@ -312,10 +284,7 @@ impl ClusterInfo {
 
 /// The repository root (this crate lives in `<repo>/tests`).
 pub fn repo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The state directory the tests start a cluster in when none is given.
@@ -325,8 +294,7 @@ pub fn default_test_state_dir() -> PathBuf {
 
 // The outcome of the first lookup, failure included: when the cluster cannot start, every
 // test fails fast with the same message instead of running up.sh again.
-static CLUSTER: tokio::sync::OnceCell<Result<Arc<ClusterInfo>, String>> =
-    tokio::sync::OnceCell::const_new();
+static CLUSTER: tokio::sync::OnceCell<Result<Arc<ClusterInfo>, String>> = tokio::sync::OnceCell::const_new();
 
 async fn find_or_start_cluster() -> anyhow::Result<Arc<ClusterInfo>> {
     if let Some(dir) = std::env::var_os("AMBIENT_STATE_DIR").filter(|d| !d.is_empty()) {
@@ -345,10 +313,7 @@ async fn find_or_start_cluster() -> anyhow::Result<Arc<ClusterInfo>> {
         if info.apiserver_ready().await {
             return Ok(Arc::new(info));
         }
-        eprintln!(
-            "ambient-tests: AMBIENT_APISERVER_URL={} is not ready; starting a test cluster",
-            info.apiserver_url
-        );
+        eprintln!("ambient-tests: AMBIENT_APISERVER_URL={} is not ready; starting a test cluster", info.apiserver_url);
     }
 
     let state = default_test_state_dir();
@@ -370,30 +335,18 @@ async fn find_or_start_cluster() -> anyhow::Result<Arc<ClusterInfo>> {
         return Ok(Arc::new(info));
     }
     let up = repo_dir().join("deploy/dev/up.sh");
-    eprintln!(
-        "ambient-tests: starting a dev cluster: {} --state {}",
-        up.display(),
-        state.display()
-    );
+    eprintln!("ambient-tests: starting a dev cluster: {} --state {}", up.display(), state.display());
     let status = tokio::task::spawn_blocking({
         let state = state.clone();
         move || {
             // up.sh's output goes straight to the terminal: a cold start builds for a while.
-            std::process::Command::new(&up)
-                .arg("--state")
-                .arg(&state)
-                .stdout(std::process::Stdio::inherit())
-                .status()
+            std::process::Command::new(&up).arg("--state").arg(&state).stdout(std::process::Stdio::inherit()).status()
         }
     })
     .await?
     .context("running deploy/dev/up.sh")?;
     if !status.success() {
-        bail!(
-            "deploy/dev/up.sh --state {} failed ({status}); see {}/logs",
-            state.display(),
-            state.display()
-        );
+        bail!("deploy/dev/up.sh --state {} failed ({status}); see {}/logs", state.display(), state.display());
     }
     let info = ClusterInfo::from_state_dir(&state)?;
     drop(lock);
@@ -437,12 +390,7 @@ impl TestEnv {
             .await
             .with_context(|| format!("connecting to NATS at {}", info.nats_url))?;
         let jetstream = async_nats::jetstream::new(nats.clone());
-        Ok(TestEnv {
-            info,
-            admin,
-            nats,
-            jetstream,
-        })
+        Ok(TestEnv { info, admin, nats, jetstream })
     }
 
     /// Where the cluster is.
@@ -477,10 +425,7 @@ impl TestEnv {
 
     /// The kubeconfig file of a demo user, if the cluster was started by `up.sh`.
     pub fn kubeconfig(&self, user: DemoUser) -> Option<PathBuf> {
-        self.info
-            .kubeconfig_dir
-            .as_ref()
-            .map(|d| d.join(format!("{}.yaml", user.name())))
+        self.info.kubeconfig_dir.as_ref().map(|d| d.join(format!("{}.yaml", user.name())))
     }
 
     /// `https://127.0.0.1:<port>` of the API server.
@@ -522,13 +467,7 @@ impl TestEnv {
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some(
-                    [(
-                        "app.kubernetes.io/managed-by".to_string(),
-                        "ambient-tests".to_string(),
-                    )]
-                    .into(),
-                ),
+                labels: Some([("app.kubernetes.io/managed-by".to_string(), "ambient-tests".to_string())].into()),
                 ..Default::default()
             },
             ..Default::default()
@@ -538,11 +477,9 @@ impl TestEnv {
             .await
             .with_context(|| format!("creating namespace {name}"))?;
         let sas = Api::<ServiceAccount>::namespaced(self.admin(), &name);
-        eventually(
-            &format!("ServiceAccount default in namespace {name}"),
-            Duration::from_secs(60),
-            || async { Ok(sas.get_opt("default").await?.map(|_| ())) },
-        )
+        eventually(&format!("ServiceAccount default in namespace {name}"), Duration::from_secs(60), || async {
+            Ok(sas.get_opt("default").await?.map(|_| ()))
+        })
         .await?;
         Ok(name)
     }
@@ -555,9 +492,7 @@ impl TestEnv {
     /// one test per binary, or a dedicated cluster via `AMBIENT_STATE_DIR`).
     pub async fn ctl(&self, action: &str, component: &str) -> anyhow::Result<()> {
         let state = self.info.state_dir.as_ref().ok_or_else(|| {
-            anyhow!(
-                "the cluster was not started by up.sh (no state dir); cannot {action} {component}"
-            )
+            anyhow!("the cluster was not started by up.sh (no state dir); cannot {action} {component}")
         })?;
         let out = tokio::process::Command::new(repo_dir().join("deploy/dev/ctl.sh"))
             .args([action, component, "--state"])
@@ -566,11 +501,7 @@ impl TestEnv {
             .await
             .context("running deploy/dev/ctl.sh")?;
         if !out.status.success() {
-            bail!(
-                "ctl.sh {action} {component} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("ctl.sh {action} {component} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
     }
@@ -605,19 +536,17 @@ pub async fn bind_cluster_role(admin: &kube::Client, ns: &str, user: &str, clust
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
     }))?;
-    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), ns).create(&PostParams::default(), &rb).await?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &rb)
+        .await?;
     Ok(())
 }
 
 /// `<prefix>-<8 random hex>`, a valid DNS-1123 label (the prefix is lower-cased, other
 /// characters become `-`, and it is cut to 50 characters).
 pub fn unique_name(prefix: &str) -> String {
-    let mut p: String = prefix
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(50)
-        .collect();
+    let mut p: String =
+        prefix.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(50).collect();
     p = p.trim_matches('-').to_string();
     if p.is_empty() || !p.starts_with(|c: char| c.is_ascii_lowercase()) {
         p.insert_str(0, "t-");
@@ -672,11 +601,7 @@ mod tests {
             let n = unique_name(p);
             assert!(n.len() <= 63, "{n}");
             assert!(n.starts_with(|c: char| c.is_ascii_lowercase()), "{n}");
-            assert!(
-                n.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
-                "{n}"
-            );
+            assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{n}");
             assert!(!n.ends_with('-'), "{n}");
         }
         assert_ne!(unique_name("a"), unique_name("a"));

@@ -41,8 +41,7 @@ impl Stack {
         let keys = BusKeys::shared(env)?;
         let api_port = free_port()?;
         let api_url = format!("http://127.0.0.1:{api_port}");
-        let common =
-            |kubeconfig: PathBuf, health: SocketAddr| common_args(env, &kubeconfig, health);
+        let common = |kubeconfig: PathBuf, health: SocketAddr| common_args(env, &kubeconfig, health);
 
         let kc = Component::Projector.kubeconfig(env).await?;
         let projector = ServiceProcess::start(Component::Projector, |h| {
@@ -52,15 +51,8 @@ impl Stack {
             // made meanwhile reach the status stream only as their end state. So each stack's
             // projector leads alone; they publish the same deterministic event ids, which
             // JetStream de-duplicates.
-            if !opts
-                .projector_args
-                .iter()
-                .any(|x| x.starts_with("--lease-name"))
-            {
-                a.push(format!(
-                    "--lease-name=ambient-projector-{}",
-                    &uuid::Uuid::new_v4().simple().to_string()[..8]
-                ));
+            if !opts.projector_args.iter().any(|x| x.starts_with("--lease-name")) {
+                a.push(format!("--lease-name=ambient-projector-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
             }
             a.extend(opts.projector_args.clone());
             a
@@ -71,22 +63,12 @@ impl Stack {
         let reconciler = start_reconciler(env, &keys, &api_url, &opts.reconciler_args).await?;
 
         let api = start_api(env, &keys, api_port, &opts.api_args).await?;
-        Ok(Stack {
-            api,
-            reconciler,
-            projector,
-            api_url,
-            keys,
-        })
+        Ok(Stack { api, reconciler, projector, api_url, keys })
     }
 
     /// Starts one more api replica of this stack (same keys, bus and cluster): its process and
     /// URL.
-    pub async fn api_replica(
-        &self,
-        env: &TestEnv,
-        api_args: &[String],
-    ) -> anyhow::Result<(ServiceProcess, String)> {
+    pub async fn api_replica(&self, env: &TestEnv, api_args: &[String]) -> anyhow::Result<(ServiceProcess, String)> {
         let port = free_port()?;
         let api = start_api(env, &self.keys, port, api_args).await?;
         Ok((api, format!("http://127.0.0.1:{port}")))
@@ -100,7 +82,12 @@ impl Stack {
     }
 }
 
-async fn start_reconciler(env: &TestEnv, keys: &BusKeys, api_url: &str, args: &[String]) -> anyhow::Result<ServiceProcess> {
+async fn start_reconciler(
+    env: &TestEnv,
+    keys: &BusKeys,
+    api_url: &str,
+    args: &[String],
+) -> anyhow::Result<ServiceProcess> {
     let kc = Component::Reconciler.kubeconfig(env).await?;
     let k = keys.clone();
     ServiceProcess::start(Component::Reconciler, |h| {
@@ -137,20 +124,11 @@ async fn start_api(
     ServiceProcess::start(Component::Api, |h| {
         let mut a = common(kc, h);
         a.push(format!("--listen=127.0.0.1:{api_port}"));
-        a.push(format!(
-            "--signing-key-file={}",
-            k.signing_key_file.display()
-        ));
-        a.push(format!(
-            "--reconciler-sealing-public-key={}",
-            k.sealing_public_key
-        ));
+        a.push(format!("--signing-key-file={}", k.signing_key_file.display()));
+        a.push(format!("--reconciler-sealing-public-key={}", k.sealing_public_key));
         // Every test and the benchmark talk to the api from 127.0.0.1, far faster than one
         // client should: the per-address limit stays out of their way unless they set it.
-        if !api_args
-            .iter()
-            .any(|x| x.starts_with("--pre-auth-rate-limit"))
-        {
+        if !api_args.iter().any(|x| x.starts_with("--pre-auth-rate-limit")) {
             a.push("--pre-auth-rate-limit-rps=1000000".into());
             a.push("--pre-auth-rate-limit-burst=1000000".into());
         }

@@ -31,20 +31,32 @@ const SETUP_PROJECTS: usize = 2;
 
 /// Carol's live (not terminating) projects.
 async fn projects_of(env: &TestEnv, user: &str) -> BTreeSet<String> {
-    let list = Api::<Namespace>::all(env.admin()).list_metadata(&ListParams::default().labels("ambient-code.io/managed=true")).await.unwrap();
+    let list = Api::<Namespace>::all(env.admin())
+        .list_metadata(&ListParams::default().labels("ambient-code.io/managed=true"))
+        .await
+        .unwrap();
     list.items
         .iter()
-        .filter(|ns| ns.metadata.annotations.as_ref().and_then(|a| a.get("openshift.io/requester")).map(String::as_str) == Some(user))
+        .filter(|ns| {
+            ns.metadata.annotations.as_ref().and_then(|a| a.get("openshift.io/requester")).map(String::as_str)
+                == Some(user)
+        })
         .filter(|ns| ns.metadata.deletion_timestamp.is_none())
         .filter_map(|ns| ns.metadata.name.clone())
         .collect()
 }
 
 async fn terminating_of(env: &TestEnv, user: &str) -> usize {
-    let list = Api::<Namespace>::all(env.admin()).list_metadata(&ListParams::default().labels("ambient-code.io/managed=true")).await.unwrap();
+    let list = Api::<Namespace>::all(env.admin())
+        .list_metadata(&ListParams::default().labels("ambient-code.io/managed=true"))
+        .await
+        .unwrap();
     list.items
         .iter()
-        .filter(|ns| ns.metadata.annotations.as_ref().and_then(|a| a.get("openshift.io/requester")).map(String::as_str) == Some(user))
+        .filter(|ns| {
+            ns.metadata.annotations.as_ref().and_then(|a| a.get("openshift.io/requester")).map(String::as_str)
+                == Some(user)
+        })
         .filter(|ns| ns.metadata.deletion_timestamp.is_some())
         .count()
 }
@@ -184,7 +196,8 @@ async fn oversized_input_is_refused_and_publishes_nothing(env: &TestEnv, c: &Cli
 }
 
 async fn a_flood_fills_only_its_own_project(env: &TestEnv, c: &Client, carol: &str, flood: &str, other: &str) {
-    let r = c.post(&format!("/api/projects/{flood}/agentic-sessions"), carol, json!({"name": "s1", "prompt": "p"})).await;
+    let r =
+        c.post(&format!("/api/projects/{flood}/agentic-sessions"), carol, json!({"name": "s1", "prompt": "p"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", show(&r));
     let r = c.post(&format!("/api/projects/{flood}/keys"), carol, json!({"name": "flooder", "role": "edit"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", show(&r));
@@ -198,9 +211,9 @@ async fn a_flood_fills_only_its_own_project(env: &TestEnv, c: &Client, carol: &s
     let mut max_backlog = 0u64;
     let mut other_answer: Option<Resp> = None;
     while started.elapsed() < Duration::from_secs(6) {
-        let wave = futures::future::join_all((0..16).map(|_| {
-            c.call(Method::POST, &stop_path, Some(&key), None, &[("prefer", "respond-async")])
-        }))
+        let wave = futures::future::join_all(
+            (0..16).map(|_| c.call(Method::POST, &stop_path, Some(&key), None, &[("prefer", "respond-async")])),
+        )
         .await;
         let refused = wave.iter().any(|r| r.status == StatusCode::TOO_MANY_REQUESTS);
         answers.extend(wave);
@@ -215,7 +228,8 @@ async fn a_flood_fills_only_its_own_project(env: &TestEnv, c: &Client, carol: &s
                 Some(json!({"name": "meanwhile", "prompt": "p"})),
                 &[("prefer", "respond-async")],
             );
-            let (r, still) = tokio::join!(r, c.call(Method::POST, &stop_path, Some(&key), None, &[("prefer", "respond-async")]));
+            let (r, still) =
+                tokio::join!(r, c.call(Method::POST, &stop_path, Some(&key), None, &[("prefer", "respond-async")]));
             println!("during the flood: other project {}, flooded project {}", r.status, still.status);
             other_answer = Some(r);
             answers.push(still);
@@ -223,19 +237,35 @@ async fn a_flood_fills_only_its_own_project(env: &TestEnv, c: &Client, carol: &s
     }
     let accepted = answers.iter().filter(|r| r.status == StatusCode::ACCEPTED).count();
     let backlog_full: Vec<&Resp> = answers.iter().filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS).collect();
-    println!("flood: {} requests, {accepted} accepted, {} refused 429, largest backlog seen {max_backlog}", answers.len(), backlog_full.len());
+    println!(
+        "flood: {} requests, {accepted} accepted, {} refused 429, largest backlog seen {max_backlog}",
+        answers.len(),
+        backlog_full.len()
+    );
     for r in &answers {
-        assert!(r.status == StatusCode::ACCEPTED || r.status == StatusCode::TOO_MANY_REQUESTS, "flood answer {}", show(r));
+        assert!(
+            r.status == StatusCode::ACCEPTED || r.status == StatusCode::TOO_MANY_REQUESTS,
+            "flood answer {}",
+            show(r)
+        );
     }
     assert!(!backlog_full.is_empty(), "the flood never reached the project's backlog limit");
     for r in &backlog_full {
         assert_eq!(r.body["reason"], "ProjectBacklogFull", "{}", show(r));
-        let retry: u64 = r.headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let retry: u64 =
+            r.headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
         assert!(retry >= 1, "429 without Retry-After: {:?}", r.headers);
     }
-    assert!(max_backlog <= PENDING_LIMIT, "the project held {max_backlog} pending commands, over its limit of {PENDING_LIMIT}");
+    assert!(
+        max_backlog <= PENDING_LIMIT,
+        "the project held {max_backlog} pending commands, over its limit of {PENDING_LIMIT}"
+    );
     let other = other_answer.expect("another project was tried during the flood");
-    assert!(other.status == StatusCode::ACCEPTED || other.status == StatusCode::CREATED, "another project refused during the flood: {}", show(&other));
+    assert!(
+        other.status == StatusCode::ACCEPTED || other.status == StatusCode::CREATED,
+        "another project refused during the flood: {}",
+        show(&other)
+    );
     // The backlog drains once the flood stops: the project is served again.
     eventually("the flooded project's backlog drains", Duration::from_secs(60), || async {
         Ok((commands_stream(env, flood).await.0 == 0).then_some(()))
@@ -269,7 +299,8 @@ async fn a_refused_command_leaves_nothing_stored(env: &TestEnv, c: &Client, caro
 async fn parallel_creates_cannot_exceed_the_quota(env: &TestEnv, c: &Client, carol: &str, held: usize) {
     assert_eq!(projects_of(env, "carol").await.len(), held, "carol's projects before the race");
     let names: Vec<String> = (0..20).map(|_| unique_name("cap-race")).collect();
-    let answers = futures::future::join_all(names.iter().map(|n| c.post("/api/projects", carol, json!({"name": n})))).await;
+    let answers =
+        futures::future::join_all(names.iter().map(|n| c.post("/api/projects", carol, json!({"name": n})))).await;
     let created = answers.iter().filter(|r| r.status == StatusCode::CREATED).count();
     for r in &answers {
         assert!(r.status == StatusCode::CREATED || r.status == StatusCode::TOO_MANY_REQUESTS, "{}", show(r));

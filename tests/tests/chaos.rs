@@ -83,7 +83,8 @@ async fn backlog(run: &mut Run<'_>, reconciler: &mut ServiceProcess) -> Report {
 
     reconciler.freeze(true).expect("freeze the reconciler");
     let tag = ambient_tests::unique_name("fl");
-    let flood = chaos::run_flood(&run.client, &run.token, &flood_project, &tag, FLOOD_LANES, FLOOD_PER_LANE, retry_for).await;
+    let flood =
+        chaos::run_flood(&run.client, &run.token, &flood_project, &tag, FLOOD_LANES, FLOOD_PER_LANE, retry_for).await;
     let pending = flood.deferred();
     println!("backlog: {pending} commands pending in {flood_project}");
     reconciler.freeze(false).expect("thaw the reconciler");
@@ -106,7 +107,9 @@ async fn backlog(run: &mut Run<'_>, reconciler: &mut ServiceProcess) -> Report {
     trickle.settle(&run.client, &run.token, Duration::from_secs(120)).await;
 
     let times = trickle.answer_times();
-    let pick = |q: f64| times.get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pick = |q: f64| {
+        times.get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1))).copied().unwrap_or_default()
+    };
     println!(
         "backlog: {pending} pending drained in {:.1} s ({:.1} commands/s, reconciler killed once); other projects: {} answered, p50 {:?}, p99 {:?}, {} answered 202 (not applied within the api's wait)",
         drained.as_secs_f64(),

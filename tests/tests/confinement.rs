@@ -47,7 +47,13 @@ async fn project_writes(rec: &kube::Client, ns: &str, name: &str) -> Vec<(&'stat
     // A token for the namespace's `default` ServiceAccount (in kube-system: a system identity).
     out.push((
         "create a TokenRequest (serviceaccounts/token)",
-        sas.create_token_request("default", &pp, &from::<TokenRequest>(json!({"spec": {"audiences": [], "expirationSeconds": 600}}))).await.map(drop),
+        sas.create_token_request(
+            "default",
+            &pp,
+            &from::<TokenRequest>(json!({"spec": {"audiences": [], "expirationSeconds": 600}})),
+        )
+        .await
+        .map(drop),
     ));
     let job = json!({
         "metadata": {"name": name},
@@ -68,9 +74,15 @@ async fn project_writes(rec: &kube::Client, ns: &str, name: &str) -> Vec<(&'stat
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ambient-project-admin"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"}],
     });
-    out.push(("create a RoleBinding", Api::<RoleBinding>::namespaced(rec.clone(), ns).create(&pp, &from(rb)).await.map(drop)));
+    out.push((
+        "create a RoleBinding",
+        Api::<RoleBinding>::namespaced(rec.clone(), ns).create(&pp, &from(rb)).await.map(drop),
+    ));
     let secret = json!({"metadata": {"name": name}, "stringData": {"K": "v"}});
-    out.push(("create a Secret", Api::<Secret>::namespaced(rec.clone(), ns).create(&pp, &from(secret)).await.map(drop)));
+    out.push((
+        "create a Secret",
+        Api::<Secret>::namespaced(rec.clone(), ns).create(&pp, &from(secret)).await.map(drop),
+    ));
     // Server-side apply, as the reconciler writes the runner secret.
     let applied = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-ssa")}, "stringData": {"K": "v"}});
     out.push((
@@ -94,7 +106,8 @@ fn refused_by_policy(what: &str, r: &Result<(), kube::Error>, says: &str) {
         Err(kube::Error::Api(s)) => {
             assert_eq!(s.code, 403, "{what}: {s:?}");
             assert!(
-                s.message.contains(&format!("ValidatingAdmissionPolicy '{RECONCILER_CONFINEMENT}'")) && s.message.contains(says),
+                s.message.contains(&format!("ValidatingAdmissionPolicy '{RECONCILER_CONFINEMENT}'"))
+                    && s.message.contains(says),
                 "{what}: refused, but not by the confinement policy saying {says:?}: {}",
                 s.message
             );
@@ -132,7 +145,9 @@ async fn the_reconciler_writes_in_kube_system_and_unmanaged_namespaces_are_refus
         assert_eq!(writes.len(), 8);
         for (what, r) in &writes {
             let says = if *what == "patch the namespace" {
-                format!("changes or deletes only projects (namespaces labelled {MANAGED}=true), and namespace {ns} is not one")
+                format!(
+                    "changes or deletes only projects (namespaces labelled {MANAGED}=true), and namespace {ns} is not one"
+                )
             } else {
                 format!("writes only in projects (namespaces labelled {MANAGED}=true), and namespace {ns} is not one")
             };
@@ -148,14 +163,19 @@ async fn the_reconciler_writes_in_kube_system_and_unmanaged_namespaces_are_refus
             assert!(secrets.get_opt(&n).await?.is_none(), "Secret {ns}/{n} written");
         }
         assert!(Api::<Job>::namespaced(admin.clone(), ns).get_opt(&name).await?.is_none(), "Job {ns}/{name} written");
-        assert!(Api::<RoleBinding>::namespaced(admin.clone(), ns).get_opt(&name).await?.is_none(), "RoleBinding {ns}/{name} written");
+        assert!(
+            Api::<RoleBinding>::namespaced(admin.clone(), ns).get_opt(&name).await?.is_none(),
+            "RoleBinding {ns}/{name} written"
+        );
     }
     // Neither deleted nor adopted as a project.
     let namespaces = Api::<Namespace>::all(rec.clone());
     refused_by_policy(
         "delete an unmanaged namespace",
         &namespaces.delete(&plain, &DeleteParams::default()).await.map(drop),
-        &format!("changes or deletes only projects (namespaces labelled {MANAGED}=true), and namespace {plain} is not one"),
+        &format!(
+            "changes or deletes only projects (namespaces labelled {MANAGED}=true), and namespace {plain} is not one"
+        ),
     );
     for ns in ["kube-system", plain.as_str()] {
         let adopt = json!({"metadata": {"labels": {MANAGED: "true"}}});
@@ -170,7 +190,10 @@ async fn the_reconciler_writes_in_kube_system_and_unmanaged_namespaces_are_refus
     }
 
     // Reads its code never makes are not granted at all (admission cannot confine reads).
-    forbidden_by_rbac("get a Secret in kube-system", Api::<Secret>::namespaced(rec.clone(), "kube-system").get("any").await.map(drop));
+    forbidden_by_rbac(
+        "get a Secret in kube-system",
+        Api::<Secret>::namespaced(rec.clone(), "kube-system").get("any").await.map(drop),
+    );
     forbidden_by_rbac("list Secrets", Api::<Secret>::all(rec.clone()).list(&lp).await.map(drop));
     forbidden_by_rbac("list pods", Api::<Pod>::all(rec.clone()).list(&lp).await.map(drop));
     forbidden_by_rbac("get a pod", Api::<Pod>::namespaced(rec.clone(), "kube-system").get("any").await.map(drop));
@@ -180,7 +203,8 @@ async fn the_reconciler_writes_in_kube_system_and_unmanaged_namespaces_are_refus
 }
 
 #[tokio::test]
-async fn the_reconciler_creates_changes_and_deletes_only_labelled_namespaces_and_writes_freely_in_them() -> anyhow::Result<()> {
+async fn the_reconciler_creates_changes_and_deletes_only_labelled_namespaces_and_writes_freely_in_them()
+-> anyhow::Result<()> {
     let env = TestEnv::shared().await?;
     let rec = reconciler_client(&env).await?;
     let namespaces = Api::<Namespace>::all(rec.clone());
@@ -216,7 +240,9 @@ async fn the_reconciler_creates_changes_and_deletes_only_labelled_namespaces_and
         if let (Some(spec), Some(extra)) = (spec.as_object_mut(), pod.as_object()) {
             spec.extend(extra.clone());
         }
-        from(json!({"metadata": {"name": unique_name("confine-host")}, "spec": {"backoffLimit": 0, "template": {"spec": spec}}}))
+        from(
+            json!({"metadata": {"name": unique_name("confine-host")}, "spec": {"backoffLimit": 0, "template": {"spec": spec}}}),
+        )
     };
     let container_with = |k: &str, v: Value| {
         let mut c = container.clone();
@@ -225,7 +251,10 @@ async fn the_reconciler_creates_changes_and_deletes_only_labelled_namespaces_and
     };
     for (what, job) in [
         ("privileged", with(json!({}), container_with("securityContext", json!({"privileged": true})))),
-        ("added capabilities", with(json!({}), container_with("securityContext", json!({"capabilities": {"add": ["SYS_ADMIN"]}})))),
+        (
+            "added capabilities",
+            with(json!({}), container_with("securityContext", json!({"capabilities": {"add": ["SYS_ADMIN"]}}))),
+        ),
         ("a host port", with(json!({}), container_with("ports", json!([{"containerPort": 80, "hostPort": 80}])))),
         ("the host network", with(json!({"hostNetwork": true}), container.clone())),
         ("the host PID namespace", with(json!({"hostPID": true}), container.clone())),
@@ -320,7 +349,10 @@ async fn project_settings_outside_projects_get_no_role_bindings() -> anyhow::Res
     let project_bindings = Api::<RoleBinding>::namespaced(admin.clone(), &project);
     eventually("the project's group RoleBinding", Duration::from_secs(60), || async {
         let items = project_bindings.list(&permission).await?.items;
-        Ok(items.iter().any(|rb| rb.subjects.iter().flatten().any(|s| s.kind == "Group" && s.name == "team-a")).then_some(()))
+        Ok(items
+            .iter()
+            .any(|rb| rb.subjects.iter().flatten().any(|s| s.kind == "Group" && s.name == "team-a"))
+            .then_some(()))
     })
     .await?;
     // A resync (5 s) later the controller has looked at bob's settings again.

@@ -46,7 +46,12 @@ async fn generated_crds_apply_and_the_api_server_enforces_them() -> anyhow::Resu
         crds.patch(&name, &PatchParams::apply("ambient-tests").force(), &Patch::Apply(&crd)).await?;
         ambient_tests::eventually(&format!("CRD {name} established"), Duration::from_secs(30), || async {
             let c = crds.get(&name).await?;
-            let est = c.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True");
+            let est = c
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
             Ok(est.then_some(()))
         })
         .await?;
@@ -54,13 +59,29 @@ async fn generated_crds_apply_and_the_api_server_enforces_them() -> anyhow::Resu
 
     let ns = env.namespace("crd").await?;
     let sessions = dynamic::<AgenticSession>(env.admin(), &ns);
-    let ok = sessions.create(&PostParams::default(), &object("AgenticSession", "ok", json!({"prompt": "hello", "llmSettings": {"temperature": 1.5}}))).await?;
+    let ok = sessions
+        .create(
+            &PostParams::default(),
+            &object("AgenticSession", "ok", json!({"prompt": "hello", "llmSettings": {"temperature": 1.5}})),
+        )
+        .await?;
     assert_eq!(ok.data["spec"]["timeout"], 3600, "the schema default applies");
 
-    refused(&sessions, object("AgenticSession", "hot", json!({"prompt": "x", "llmSettings": {"temperature": 3}})), "temperature 3").await;
+    refused(
+        &sessions,
+        object("AgenticSession", "hot", json!({"prompt": "x", "llmSettings": {"temperature": 3}})),
+        "temperature 3",
+    )
+    .await;
     refused(&sessions, object("AgenticSession", "noprompt", json!({"displayName": "x"})), "missing prompt").await;
-    refused(&sessions, object("AgenticSession", "short", json!({"prompt": "x", "timeout": 10})), "timeout below 30").await;
-    refused(&sessions, object("AgenticSession", "long", json!({"prompt": "x", "displayName": "d".repeat(101)})), "displayName over 100").await;
+    refused(&sessions, object("AgenticSession", "short", json!({"prompt": "x", "timeout": 10})), "timeout below 30")
+        .await;
+    refused(
+        &sessions,
+        object("AgenticSession", "long", json!({"prompt": "x", "displayName": "d".repeat(101)})),
+        "displayName over 100",
+    )
+    .await;
 
     let bad_phase = sessions
         .patch_status("ok", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Exploded"}})))
@@ -74,8 +95,22 @@ async fn generated_crds_apply_and_the_api_server_enforces_them() -> anyhow::Resu
     assert_eq!(back.data["status"]["usage"]["input_tokens"], 5, "free-form usage is preserved");
 
     let settings = dynamic::<ProjectSettings>(env.admin(), &ns);
-    settings.create(&PostParams::default(), &object("ProjectSettings", "projectsettings", json!({"groupAccess": [{"groupName": "team-a", "role": "edit"}]}))).await?;
-    refused(&settings, object("ProjectSettings", "other", json!({"groupAccess": []})), "ProjectSettings with another name").await;
+    settings
+        .create(
+            &PostParams::default(),
+            &object(
+                "ProjectSettings",
+                "projectsettings",
+                json!({"groupAccess": [{"groupName": "team-a", "role": "edit"}]}),
+            ),
+        )
+        .await?;
+    refused(
+        &settings,
+        object("ProjectSettings", "other", json!({"groupAccess": []})),
+        "ProjectSettings with another name",
+    )
+    .await;
     Ok(())
 }
 
@@ -95,7 +130,8 @@ async fn bootstrap_is_idempotent_and_applies_changes() -> anyhow::Result<()> {
     let consumers = bootstrap_consumers(&js, &cfg).await?;
     assert!(consumers.created.is_empty() && consumers.updated.is_empty(), "{consumers:?}");
 
-    let changed = BusConfig { max_age: Duration::from_secs(3600), ack_wait: Duration::from_secs(45), ..BusConfig::default() };
+    let changed =
+        BusConfig { max_age: Duration::from_secs(3600), ack_wait: Duration::from_secs(45), ..BusConfig::default() };
     let third = bootstrap_streams(&js, &changed).await?;
     assert!(third.updated.contains(&"AMBIENT_COMMANDS".to_string()), "{third:?}");
     assert_eq!(js.get_stream("AMBIENT_STATUS").await?.info().await?.config.max_age, Duration::from_secs(3600));
@@ -105,7 +141,12 @@ async fn bootstrap_is_idempotent_and_applies_changes() -> anyhow::Result<()> {
 }
 
 fn principal() -> Principal {
-    Principal { user: "alice".into(), uid: "u1".into(), groups: vec!["system:authenticated".into()], ..Default::default() }
+    Principal {
+        user: "alice".into(),
+        uid: "u1".into(),
+        groups: vec!["system:authenticated".into()],
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -123,13 +164,24 @@ async fn commands_survive_storage_signed_and_sealed() -> anyhow::Result<()> {
     let reconciler_key = SealingSecretKey::generate();
     let plaintext = format!("sk-ant-{}", uuid::Uuid::new_v4().simple());
     let sealed = reconciler_key.public_key().seal(json!({"ANTHROPIC_API_KEY": plaintext}).to_string().as_bytes())?;
-    let secret_cmd = Command::new(project.clone(), principal(), CommandBody::RunnerSecretPut(RunnerSecretPut { data: sealed, secret: Default::default() }));
+    let secret_cmd = Command::new(
+        project.clone(),
+        principal(),
+        CommandBody::RunnerSecretPut(RunnerSecretPut { data: sealed, secret: Default::default() }),
+    );
     let create = Command::new(
         project.clone(),
         principal(),
-        CommandBody::SessionCreate(SessionCreate { name: SessionName::new("s1")?, spec: serde_json::from_value(json!({"prompt": "p"}))? }),
+        CommandBody::SessionCreate(SessionCreate {
+            name: SessionName::new("s1")?,
+            spec: serde_json::from_value(json!({"prompt": "p"}))?,
+        }),
     );
-    let forged = Command::new(project.clone(), principal(), CommandBody::SessionDelete(SessionRef { name: SessionName::new("s1")? }));
+    let forged = Command::new(
+        project.clone(),
+        principal(),
+        CommandBody::SessionDelete(SessionRef { name: SessionName::new("s1")? }),
+    );
     let mut seqs = Vec::new();
     for (cmd, key) in [(&secret_cmd, &signer), (&create, &signer), (&forged, &CommandSigner::generate())] {
         let out = wire::encode_command(cmd, key);

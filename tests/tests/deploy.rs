@@ -34,21 +34,14 @@ const ROOTS: &[&str] = &[
 const OPENSHIFT_ONLY: &[&str] = &["route.openshift.io/v1/Route"];
 
 /// The three project ClusterRoles: the only roles a component may `bind`.
-const PROJECT_ROLES: &[&str] = &[
-    "ambient-project-admin",
-    "ambient-project-edit",
-    "ambient-project-view",
-];
+const PROJECT_ROLES: &[&str] = &["ambient-project-admin", "ambient-project-edit", "ambient-project-view"];
 
 const COMPONENTS: &[&str] = &["api", "reconciler", "projector"];
 
 fn kubectl(env: &TestEnv) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let kubectl = env
-        .kubectl()
-        .ok_or_else(|| anyhow!("the dev cluster's kubectl is not known (AMBIENT_BIN_DIR)"))?;
-    let kubeconfig = env
-        .kubeconfig(DemoUser::Admin)
-        .ok_or_else(|| anyhow!("no admin kubeconfig (AMBIENT_KUBECONFIG_DIR)"))?;
+    let kubectl = env.kubectl().ok_or_else(|| anyhow!("the dev cluster's kubectl is not known (AMBIENT_BIN_DIR)"))?;
+    let kubeconfig =
+        env.kubeconfig(DemoUser::Admin).ok_or_else(|| anyhow!("no admin kubeconfig (AMBIENT_KUBECONFIG_DIR)"))?;
     Ok((kubectl, kubeconfig))
 }
 
@@ -60,11 +53,7 @@ async fn render(kubectl: &Path, root: &str) -> anyhow::Result<Vec<Value>> {
         .output()
         .await
         .context("running kubectl kustomize")?;
-    ensure!(
-        out.status.success(),
-        "kubectl kustomize {root} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ensure!(out.status.success(), "kubectl kustomize {root} failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout)?;
     parse_yaml(&text).with_context(|| format!("parsing the rendering of {root}"))
 }
@@ -75,25 +64,15 @@ fn parse_yaml(text: &str) -> anyhow::Result<Vec<Value>> {
 }
 
 fn kind_key(o: &Value) -> String {
-    format!(
-        "{}/{}",
-        o["apiVersion"].as_str().unwrap_or(""),
-        o["kind"].as_str().unwrap_or("")
-    )
+    format!("{}/{}", o["apiVersion"].as_str().unwrap_or(""), o["kind"].as_str().unwrap_or(""))
 }
 
 fn name_of(o: &Value) -> String {
-    format!(
-        "{}/{}",
-        o["kind"].as_str().unwrap_or("?"),
-        o["metadata"]["name"].as_str().unwrap_or("?")
-    )
+    format!("{}/{}", o["kind"].as_str().unwrap_or("?"), o["metadata"]["name"].as_str().unwrap_or("?"))
 }
 
 fn strs(v: &Value) -> Vec<&str> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
+    v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
 }
 
 // ---- (a) + (b): render, and a real API server accepts every object -----------------------
@@ -126,29 +105,17 @@ async fn every_overlay_renders_and_the_api_server_accepts_every_object() -> anyh
         let objects = render(&kubectl, root).await?;
         ensure!(!objects.is_empty(), "{root} renders nothing");
 
-        let (skipped, accepted): (Vec<Value>, Vec<Value>) = objects
-            .into_iter()
-            .partition(|o| OPENSHIFT_ONLY.contains(&kind_key(o).as_str()));
+        let (skipped, accepted): (Vec<Value>, Vec<Value>) =
+            objects.into_iter().partition(|o| OPENSHIFT_ONLY.contains(&kind_key(o).as_str()));
         let skipped: Vec<String> = skipped.iter().map(name_of).collect();
-        let expected: Vec<String> = if root.contains("openshift") {
-            vec!["Route/ambient-api".into()]
-        } else {
-            vec![]
-        };
+        let expected: Vec<String> = if root.contains("openshift") { vec!["Route/ambient-api".into()] } else { vec![] };
         assert_eq!(skipped, expected, "{root}: objects skipped because the dev cluster lacks their kind");
         eprintln!("{root}: {} objects; skipped (kind not served by the dev cluster): {skipped:?}", accepted.len());
 
         let list = json!({"apiVersion": "v1", "kind": "List", "items": accepted});
         let mut child = Command::new(&kubectl)
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .args([
-                "apply",
-                "--server-side",
-                "--dry-run=server",
-                "--field-manager=deploy-test",
-                "-f",
-                "-",
-            ])
+            .args(["apply", "--server-side", "--dry-run=server", "--field-manager=deploy-test", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -164,7 +131,11 @@ async fn every_overlay_renders_and_the_api_server_accepts_every_object() -> anyh
             String::from_utf8_lossy(&out.stderr)
         );
         let applied = stdout.lines().filter(|l| l.contains("(server dry run)")).count();
-        assert_eq!(applied, list["items"].as_array().map_or(0, Vec::len), "{root}: every object dry-applied:\n{stdout}");
+        assert_eq!(
+            applied,
+            list["items"].as_array().map_or(0, Vec::len),
+            "{root}: every object dry-applied:\n{stdout}"
+        );
     }
     Ok(())
 }
@@ -219,12 +190,7 @@ fn workload_violations(o: &Value, fixed_ids: bool) -> Vec<String> {
 
 /// The container `name` of a workload (sidecars may come first).
 fn container<'a>(o: &'a Value, name: &str) -> &'a Value {
-    pod_spec(o)["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == name)
-        .unwrap_or(&Value::Null)
+    pod_spec(o)["containers"].as_array().into_iter().flatten().find(|c| c["name"] == name).unwrap_or(&Value::Null)
 }
 
 /// The port number and path of an HTTP probe of a container.
@@ -241,9 +207,7 @@ fn probe_of(c: &Value, probe: &str) -> (String, String) {
 }
 
 fn arg_value<'a>(c: &'a Value, flag: &str) -> Option<&'a str> {
-    strs(&c["args"])
-        .into_iter()
-        .find_map(|a| a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')))
+    strs(&c["args"]).into_iter().find_map(|a| a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')))
 }
 
 #[tokio::test]
@@ -267,7 +231,11 @@ async fn workloads_are_restricted_probed_and_scaled_per_overlay() -> anyhow::Res
             let d = by_name
                 .get(&format!("Deployment/ambient-{c}"))
                 .ok_or_else(|| anyhow!("{root}: no Deployment ambient-{c}"))?;
-            assert_eq!(pod_spec(d)["serviceAccountName"], format!("ambient-{c}"), "{root}: {c} runs under its own ServiceAccount");
+            assert_eq!(
+                pod_spec(d)["serviceAccountName"],
+                format!("ambient-{c}"),
+                "{root}: {c} runs under its own ServiceAccount"
+            );
             let main = container(d, c);
             ensure!(!main.is_null(), "{root}: Deployment ambient-{c} has no container {c}");
             assert_eq!(probe_of(main, "livenessProbe"), ("9090".into(), "/healthz".into()), "{root}: {c} liveness");
@@ -281,17 +249,21 @@ async fn workloads_are_restricted_probed_and_scaled_per_overlay() -> anyhow::Res
             };
             assert_eq!(replicas, want, "{root}: replicas of {c}");
         }
-        let nats = by_name
-            .get("StatefulSet/ambient-nats")
-            .ok_or_else(|| anyhow!("{root}: no NATS StatefulSet"))?;
+        let nats = by_name.get("StatefulSet/ambient-nats").ok_or_else(|| anyhow!("{root}: no NATS StatefulSet"))?;
         assert_eq!(nats["spec"]["replicas"].as_i64(), Some(if production { 3 } else { 1 }), "{root}: NATS servers");
         let conf = objects
             .iter()
-            .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("ambient-nats-config")))
+            .find(|o| {
+                o["kind"] == "ConfigMap"
+                    && o["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("ambient-nats-config"))
+            })
             .ok_or_else(|| anyhow!("{root}: no NATS ConfigMap"))?;
         let nats_conf = conf["data"]["nats.conf"].as_str().unwrap_or("");
         ensure!(nats_conf.contains("sync_interval: always"), "{root}: NATS must fsync before acknowledging");
-        ensure!(conf["data"]["accounts.conf"].as_str().is_some_and(|a| a.contains("ambient.cmd.>")), "{root}: accounts.conf in the ConfigMap");
+        ensure!(
+            conf["data"]["accounts.conf"].as_str().is_some_and(|a| a.contains("ambient.cmd.>")),
+            "{root}: accounts.conf in the ConfigMap"
+        );
         ensure!(nats_conf.contains("cluster {") == production, "{root}: NATS clustered iff production");
         if openshift {
             let api = by_name["Deployment/ambient-api"];
@@ -464,7 +436,10 @@ async fn cluster_scoped_resources(kubectl: &Path, kubeconfig: &Path) -> anyhow::
             None => l.to_string(),
         })
         .collect();
-    ensure!(names.contains("namespaces") && names.contains("rbac.authorization.k8s.io/clusterroles"), "discovery: {names:?}");
+    ensure!(
+        names.contains("namespaces") && names.contains("rbac.authorization.k8s.io/clusterroles"),
+        "discovery: {names:?}"
+    );
     Ok(names)
 }
 
@@ -489,8 +464,13 @@ fn reconciler_rule_violations(objects: &[Value], cluster_scoped: &BTreeSet<Strin
                         if !RECONCILER_READS.iter().any(|(r, verbs)| *r == key && verbs.contains(&verb)) {
                             v.push(format!("rule {i}: reads {key} ({verb}), which the reconciler's code does not"));
                         }
-                    } else if verb != "bind" && cluster_scoped.contains(&object) && !RECONCILER_CLUSTER_WRITES.contains(&key.as_str()) {
-                        v.push(format!("rule {i}: {verb} on the cluster-scoped {key}, which the confinement policy refuses"));
+                    } else if verb != "bind"
+                        && cluster_scoped.contains(&object)
+                        && !RECONCILER_CLUSTER_WRITES.contains(&key.as_str())
+                    {
+                        v.push(format!(
+                            "rule {i}: {verb} on the cluster-scoped {key}, which the confinement policy refuses"
+                        ));
                     }
                 }
             }
@@ -514,9 +494,14 @@ rules:
   - {apiGroups: ["authorization.k8s.io"], resources: ["subjectaccessreviews"], verbs: ["create"]}
   - {apiGroups: [""], resources: ["namespaces/finalize"], verbs: ["update"]}
 "#;
-    let scoped: BTreeSet<String> = ["namespaces", "rbac.authorization.k8s.io/clusterroles", "rbac.authorization.k8s.io/clusterrolebindings", "authorization.k8s.io/subjectaccessreviews"]
-        .map(String::from)
-        .into();
+    let scoped: BTreeSet<String> = [
+        "namespaces",
+        "rbac.authorization.k8s.io/clusterroles",
+        "rbac.authorization.k8s.io/clusterrolebindings",
+        "authorization.k8s.io/subjectaccessreviews",
+    ]
+    .map(String::from)
+    .into();
     let v = reconciler_rule_violations(&parse_yaml(role).unwrap(), &scoped);
     assert_eq!(
         v,
@@ -556,13 +541,17 @@ async fn component_rbac_is_least_privilege() -> anyhow::Result<()> {
         let docs = parse_yaml(&std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?)?;
         let sa = format!("ambient-{c}");
         ensure!(
-            docs.iter().any(|o| o["kind"] == "ServiceAccount" && o["metadata"]["name"] == sa.as_str() && o["metadata"]["namespace"] == "ambient-system"),
+            docs.iter().any(|o| o["kind"] == "ServiceAccount"
+                && o["metadata"]["name"] == sa.as_str()
+                && o["metadata"]["namespace"] == "ambient-system"),
             "{c}.yaml: no ServiceAccount {sa} in ambient-system"
         );
         ensure!(docs.iter().any(|o| o["kind"] == "ClusterRole"), "{c}.yaml: no ClusterRole");
         ensure!(
             docs.iter().any(|o| o["kind"] == "ClusterRoleBinding"
-                && o["subjects"].as_array().into_iter().flatten().any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa.as_str() && s["namespace"] == "ambient-system")),
+                && o["subjects"].as_array().into_iter().flatten().any(|s| s["kind"] == "ServiceAccount"
+                    && s["name"] == sa.as_str()
+                    && s["namespace"] == "ambient-system")),
             "{c}.yaml: no ClusterRoleBinding to {sa}"
         );
     }
@@ -584,7 +573,9 @@ async fn component_rbac_is_least_privilege() -> anyhow::Result<()> {
         assert!(v.is_empty(), "{root}:\n{}", v.join("\n"));
         for c in COMPONENTS {
             ensure!(
-                objects.iter().any(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == format!("ambient-{c}").as_str()),
+                objects
+                    .iter()
+                    .any(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == format!("ambient-{c}").as_str()),
                 "{root}: the rendering lacks ClusterRole ambient-{c} (deploy/base/kustomization.yaml must list rbac/{c}.yaml)"
             );
         }
@@ -641,7 +632,11 @@ fn confinement_violations(objects: &[Value]) -> Vec<String> {
     };
     let (policies, bindings) = (named("ValidatingAdmissionPolicy"), named("ValidatingAdmissionPolicyBinding"));
     if policies.len() != 1 || bindings.len() != 1 {
-        return vec![format!("{} policies and {} bindings named {RECONCILER_CONFINEMENT}", policies.len(), bindings.len())];
+        return vec![format!(
+            "{} policies and {} bindings named {RECONCILER_CONFINEMENT}",
+            policies.len(),
+            bindings.len()
+        )];
     }
     let mut v = Vec::new();
     let (policy, binding) = (&policies[0]["spec"], &bindings[0]["spec"]);
@@ -667,8 +662,17 @@ fn confinement_violations(objects: &[Value]) -> Vec<String> {
     if !every_write {
         v.push(format!("the policy does not match every write of every resource and subresource: {rules:?}"));
     }
-    for narrowing in [&mc["namespaceSelector"], &mc["objectSelector"], &mc["excludeResourceRules"], &binding["matchResources"], &binding["paramRef"]] {
-        if !(narrowing.is_null() || narrowing.as_object().is_some_and(|m| m.is_empty()) || narrowing.as_array().is_some_and(|a| a.is_empty())) {
+    for narrowing in [
+        &mc["namespaceSelector"],
+        &mc["objectSelector"],
+        &mc["excludeResourceRules"],
+        &binding["matchResources"],
+        &binding["paramRef"],
+    ] {
+        if !(narrowing.is_null()
+            || narrowing.as_object().is_some_and(|m| m.is_empty())
+            || narrowing.as_array().is_some_and(|a| a.is_empty()))
+        {
             v.push(format!("the policy or its binding is narrowed: {narrowing}"));
         }
     }
@@ -679,10 +683,16 @@ fn confinement_violations(objects: &[Value]) -> Vec<String> {
                 d["metadata"]["namespace"].as_str().unwrap_or("?"),
                 pod_spec(d)["serviceAccountName"].as_str().unwrap_or("?")
             );
-            let conditions: Vec<&str> =
-                policy["matchConditions"].as_array().into_iter().flatten().filter_map(|c| c["expression"].as_str()).collect();
+            let conditions: Vec<&str> = policy["matchConditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["expression"].as_str())
+                .collect();
             if conditions != [format!("request.userInfo.username == '{user}'")] {
-                v.push(format!("the policy's matchConditions {conditions:?} do not select exactly the reconciler ({user})"));
+                v.push(format!(
+                    "the policy's matchConditions {conditions:?} do not select exactly the reconciler ({user})"
+                ));
             }
         }
         None => v.push("no Deployment ambient-reconciler".into()),
@@ -733,7 +743,13 @@ async fn the_reconciler_confinement_is_shipped_with_every_overlay_and_compiles()
     apply_rbac(&env).await?;
     let out = Command::new(&kubectl)
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(["get", "validatingadmissionpolicies.v1.admissionregistration.k8s.io", RECONCILER_CONFINEMENT, "-o", "json"])
+        .args([
+            "get",
+            "validatingadmissionpolicies.v1.admissionregistration.k8s.io",
+            RECONCILER_CONFINEMENT,
+            "-o",
+            "json",
+        ])
         .output()
         .await?;
     ensure!(out.status.success(), "kubectl get the policy: {}", String::from_utf8_lossy(&out.stderr));
@@ -752,7 +768,10 @@ fn only_the_reconciler_writes_project_quotas_and_limits() -> anyhow::Result<()> 
     let dir = repo_dir().join("deploy/base/rbac");
     let grants = |file: &str, role: &str| -> anyhow::Result<BTreeSet<String>> {
         let docs = parse_yaml(&std::fs::read_to_string(dir.join(file))?)?;
-        let o = docs.iter().find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == role).ok_or_else(|| anyhow!("no ClusterRole {role}"))?;
+        let o = docs
+            .iter()
+            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == role)
+            .ok_or_else(|| anyhow!("no ClusterRole {role}"))?;
         let mut out = BTreeSet::new();
         for rule in o["rules"].as_array().into_iter().flatten() {
             for r in strs(&rule["resources"]).into_iter().filter(|r| matches!(*r, "resourcequotas" | "limitranges")) {
@@ -772,14 +791,21 @@ fn only_the_reconciler_writes_project_quotas_and_limits() -> anyhow::Result<()> 
         ("aggregate-to-builtin.yaml", "ambient-aggregate-to-edit"),
         ("aggregate-to-builtin.yaml", "ambient-aggregate-to-view"),
     ] {
-        let writes: Vec<_> = grants(file, role)?.into_iter().filter(|g| !g.ends_with(":get") && !g.ends_with(":list") && !g.ends_with(":watch")).collect();
+        let writes: Vec<_> = grants(file, role)?
+            .into_iter()
+            .filter(|g| !g.ends_with(":get") && !g.ends_with(":list") && !g.ends_with(":watch"))
+            .collect();
         assert!(writes.is_empty(), "{role} lets tenants change their limits: {writes:?}");
     }
     let want: BTreeSet<String> = ["resourcequotas", "limitranges"]
         .iter()
         .flat_map(|r| ["get", "list", "watch", "create", "patch"].map(|v| format!("{r}:{v}")))
         .collect();
-    assert_eq!(grants("reconciler.yaml", "ambient-reconciler")?, want, "the reconciler applies (never updates or deletes) quotas and limits");
+    assert_eq!(
+        grants("reconciler.yaml", "ambient-reconciler")?,
+        want,
+        "the reconciler applies (never updates or deletes) quotas and limits"
+    );
     Ok(())
 }
 
@@ -787,28 +813,28 @@ fn only_the_reconciler_writes_project_quotas_and_limits() -> anyhow::Result<()> 
 
 /// Connects to the deploy/ NATS as `user`, recording the server's permission errors.
 async fn connect_bus(nats: &DeployNats, user: &'static str) -> anyhow::Result<Bus> {
-        let errors = Arc::new(Mutex::new(Vec::<String>::new()));
-        let sink = errors.clone();
-        let client = async_nats::ConnectOptions::with_user_and_password(user.into(), nats.passwords[user].clone())
-            .name(user)
-            .connection_timeout(Duration::from_secs(5))
-            .event_callback(move |ev| {
-                let sink = sink.clone();
-                async move {
-                    if let Ok(mut s) = sink.lock() {
-                        match ev {
-                            async_nats::Event::ServerError(e) => s.push(e.to_string()),
-                            // Kept to explain a lost live message (a reconnect).
-                            other => s.push(format!("event: {other}")),
-                        }
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = errors.clone();
+    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), nats.passwords[user].clone())
+        .name(user)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |ev| {
+            let sink = sink.clone();
+            async move {
+                if let Ok(mut s) = sink.lock() {
+                    match ev {
+                        async_nats::Event::ServerError(e) => s.push(e.to_string()),
+                        // Kept to explain a lost live message (a reconnect).
+                        other => s.push(format!("event: {other}")),
                     }
                 }
-            })
-            .connect(nats.url.as_str())
-            .await
-            .with_context(|| format!("connecting as {user}"))?;
-        let js = jetstream::ContextBuilder::new().timeout(Duration::from_secs(2)).build(client.clone());
-        Ok(Bus { user, client, js, errors })
+            }
+        })
+        .connect(nats.url.as_str())
+        .await
+        .with_context(|| format!("connecting as {user}"))?;
+    let js = jetstream::ContextBuilder::new().timeout(Duration::from_secs(2)).build(client.clone());
+    Ok(Bus { user, client, js, errors })
 }
 
 /// One component's connection, recording the server's permission errors.
@@ -834,7 +860,9 @@ impl Bus {
             async move { Ok(found) }
         })
         .await?;
-        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), futures::StreamExt::next(&mut replies)).await {
+        if let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(100), futures::StreamExt::next(&mut replies)).await
+        {
             bail!("{} got an answer on {subject}: {:?}", self.user, String::from_utf8_lossy(&m.payload));
         }
         Ok(())
@@ -995,7 +1023,11 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
                 break seen;
             }
             Err(_) if published.len() < 3 => continue,
-            Err(_) => bail!("the api saw none of {} results live; its connection's events: {:?}", published.len(), api.errors.lock().map(|e| e.clone())),
+            Err(_) => bail!(
+                "the api saw none of {} results live; its connection's events: {:?}",
+                published.len(),
+                api.errors.lock().map(|e| e.clone())
+            ),
         }
     };
     let results = rec.js.get_stream(streams::RESULTS_STREAM).await?;
@@ -1017,15 +1049,17 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
     assert_eq!(messages_in(&proj.js, streams::STATUS_STREAM).await?, 1);
     let status = api.js.get_stream(streams::STATUS_STREAM).await?;
     let mut replay = status
-        .create_consumer(consumer::pull::OrderedConfig { filter_subject: "ambient.status.team-a.>".into(), ..Default::default() })
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: "ambient.status.team-a.>".into(),
+            ..Default::default()
+        })
         .await
         .context("api creates an ordered consumer on status")?
         .messages()
         .await?;
     let first_status = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut replay))
         .await?
-        .ok_or_else(|| anyhow!("no status replayed"))?
-        ?;
+        .ok_or_else(|| anyhow!("no status replayed"))??;
     assert_eq!(first_status.subject.as_str(), status_subject);
     let status = proj.js.get_stream(streams::STATUS_STREAM).await?;
     let sink: consumer::PullConsumer = status
@@ -1038,7 +1072,10 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
         .await
         .context("projector creates a sink consumer")?;
     let mut batch = sink.fetch().max_messages(1).expires(Duration::from_secs(2)).messages().await?;
-    let m = futures::StreamExt::next(&mut batch).await.ok_or_else(|| anyhow!("sink got nothing"))?.map_err(anyhow::Error::from_boxed)?;
+    let m = futures::StreamExt::next(&mut batch)
+        .await
+        .ok_or_else(|| anyhow!("sink got nothing"))?
+        .map_err(anyhow::Error::from_boxed)?;
     m.double_ack().await.map_err(anyhow::Error::from_boxed).context("projector acks a sink delivery")?;
     api.refused("$JS.ACK.AMBIENT_STATUS.projector-sink-test.1.1.1.0.0").await?;
     // The projector purges a deleted project's status history; nobody else may purge status.
@@ -1070,24 +1107,40 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
     // The api's own buckets: its to use, nobody else's.
     let idem = api
         .js
-        .create_key_value(kv::Config { bucket: "ambient-api-idempotency".into(), history: 1, storage: stream::StorageType::File, ..Default::default() })
+        .create_key_value(kv::Config {
+            bucket: "ambient-api-idempotency".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
         .await
         .context("api creates its idempotency bucket")?;
     idem.put("k", "v".into()).await.context("api writes its bucket")?;
-    for bucket in ["ambient-api-commands", "ambient-api-key-usage", "ambient-api-message-usage", "ambient-api-parked-keys"] {
+    for bucket in
+        ["ambient-api-commands", "ambient-api-key-usage", "ambient-api-message-usage", "ambient-api-parked-keys"]
+    {
         let store = api
             .js
-            .create_key_value(kv::Config { bucket: bucket.into(), history: 1, storage: stream::StorageType::File, ..Default::default() })
+            .create_key_value(kv::Config {
+                bucket: bucket.into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
             .await
             .with_context(|| format!("api creates its bucket {bucket}"))?;
         store.put("team-a.k", "v".into()).await.with_context(|| format!("api writes {bucket}"))?;
         assert_eq!(store.get("team-a.k").await?.as_deref(), Some(&b"v"[..]));
         let entry = store.entry("team-a.k").await?.context("an entry")?;
-        store.update("team-a.k", "w".into(), entry.revision).await.with_context(|| format!("api updates {bucket} with compare-and-set"))?;
+        store
+            .update("team-a.k", "w".into(), entry.revision)
+            .await
+            .with_context(|| format!("api updates {bucket} with compare-and-set"))?;
     }
     // The message budgets' sweep lists the keys.
     let usage = api.js.get_key_value("ambient-api-message-usage").await?;
-    let keys: Vec<String> = futures::TryStreamExt::try_collect(usage.keys().await.context("api lists message budgets")?).await?;
+    let keys: Vec<String> =
+        futures::TryStreamExt::try_collect(usage.keys().await.context("api lists message budgets")?).await?;
     assert_eq!(keys, vec!["team-a.k".to_string()]);
     for b in [&rec, &proj] {
         b.refused("$KV.ambient-api-key-usage.team-a.k").await?;
@@ -1099,7 +1152,8 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
     }
 
     // The reconciler's project-quota claims: its to use, nobody else's.
-    let claims = rec.js.create_key_value(cfg.project_claims_bucket()).await.context("reconciler creates its claims bucket")?;
+    let claims =
+        rec.js.create_key_value(cfg.project_claims_bucket()).await.context("reconciler creates its claims bucket")?;
     claims.create("u.alice", "{}".into()).await.context("reconciler writes a claim")?;
     claims.entry("u.alice").await.context("reconciler reads its claims")?;
     for b in [&api, &proj] {
@@ -1128,7 +1182,9 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
     let mut heard = api.client.subscribe("ambient.accepted.>").await?;
     api.client.publish("ambient.accepted.team-a.session.create", "{}".into()).await.context("api announces")?;
     api.client.flush().await?;
-    tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut heard)).await.context("api hears an announcement")?;
+    tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut heard))
+        .await
+        .context("api hears an announcement")?;
     for b in [&rec, &proj] {
         b.refused("ambient.accepted.team-a.session.create").await?;
     }
@@ -1164,7 +1220,12 @@ async fn shipped_nats_configurations_are_valid() -> anyhow::Result<()> {
             .env("NATS_PROJECTOR_PASSWORD", "c")
             .output()
             .await?;
-        ensure!(out.status.success(), "{conf}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "{conf}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         // Without a password the server refuses to start rather than run open.
         let out = Command::new(nats_server_bin())
             .arg("-t")
@@ -1187,11 +1248,7 @@ async fn shipped_nats_configurations_are_valid() -> anyhow::Result<()> {
 async fn generated_secrets_are_in_the_formats_the_services_read() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let out_dir = dir.path().join("keys");
-    let out = Command::new("bash")
-        .arg(repo_dir().join("deploy/gen-secrets.sh"))
-        .arg(&out_dir)
-        .output()
-        .await?;
+    let out = Command::new("bash").arg(repo_dir().join("deploy/gen-secrets.sh")).arg(&out_dir).output().await?;
     ensure!(out.status.success(), "gen-secrets.sh failed: {}", String::from_utf8_lossy(&out.stderr));
     let read = |f: &str| std::fs::read_to_string(out_dir.join(f)).with_context(|| format!("reading {f}"));
 

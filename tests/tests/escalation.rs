@@ -38,18 +38,47 @@ async fn an_editor_cannot_mint_an_admin_key_or_grant_admin() {
 
     // ...but hands out no role: not admin, and not even her own level.
     for role in ["admin", "edit", "view"] {
-        let r = c.call(Method::POST, &format!("/api/projects/{p}/keys"), Some(carol), Some(json!({"name": format!("mine-{role}"), "role": role})), &[]).await;
+        let r = c
+            .call(
+                Method::POST,
+                &format!("/api/projects/{p}/keys"),
+                Some(carol),
+                Some(json!({"name": format!("mine-{role}"), "role": role})),
+                &[],
+            )
+            .await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "key {role}: {r:?}");
         let msg = r.body["error"].as_str().unwrap_or_default();
-        assert!(msg.contains("bind") && msg.contains(&format!("ambient-project-{role}")), "the 403 names the bind check: {msg}");
+        assert!(
+            msg.contains("bind") && msg.contains(&format!("ambient-project-{role}")),
+            "the 403 names the bind check: {msg}"
+        );
     }
-    let r = c.call(Method::POST, &format!("/api/projects/{p}/permissions"), Some(carol), Some(json!({"subjectType": "user", "subjectName": "carol", "role": "admin"})), &[]).await;
+    let r = c
+        .call(
+            Method::POST,
+            &format!("/api/projects/{p}/permissions"),
+            Some(carol),
+            Some(json!({"subjectType": "user", "subjectName": "carol", "role": "admin"})),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{r:?}");
-    let sas = Api::<ServiceAccount>::namespaced(env.admin(), &p).list(&ListParams::default().labels("app=ambient-access-key")).await.unwrap();
-    assert!(sas.items.is_empty(), "no key ServiceAccount was created: {:?}", sas.items.iter().map(|s| s.metadata.name.clone()).collect::<Vec<_>>());
+    let sas = Api::<ServiceAccount>::namespaced(env.admin(), &p)
+        .list(&ListParams::default().labels("app=ambient-access-key"))
+        .await
+        .unwrap();
+    assert!(
+        sas.items.is_empty(),
+        "no key ServiceAccount was created: {:?}",
+        sas.items.iter().map(|s| s.metadata.name.clone()).collect::<Vec<_>>()
+    );
     let rbs = Api::<RoleBinding>::namespaced(env.admin(), &p).list(&ListParams::default()).await.unwrap();
     assert!(
-        !rbs.items.iter().any(|rb| rb.role_ref.name == "ambient-project-admin" && rb.subjects.iter().flatten().any(|s| s.name == "carol")),
+        !rbs.items
+            .iter()
+            .any(|rb| rb.role_ref.name == "ambient-project-admin"
+                && rb.subjects.iter().flatten().any(|s| s.name == "carol")),
         "carol holds no admin binding"
     );
 
@@ -66,7 +95,15 @@ async fn an_editor_cannot_mint_an_admin_key_or_grant_admin() {
     .unwrap();
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     // And the project admin (alice, the creator) still can.
-    let r = c.call(Method::POST, &format!("/api/projects/{p}/permissions"), Some(alice), Some(json!({"subjectType": "user", "subjectName": "dave", "role": "admin"})), &[]).await;
+    let r = c
+        .call(
+            Method::POST,
+            &format!("/api/projects/{p}/permissions"),
+            Some(alice),
+            Some(json!({"subjectType": "user", "subjectName": "dave", "role": "admin"})),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
 }
 
@@ -85,7 +122,8 @@ async fn reserved_and_taken_project_names_reveal_nothing() {
     }
     // A namespace that is not a project, and another tenant's project: the same answer.
     let plain = unique_name("plain-ns");
-    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({"metadata": {"name": plain}})).unwrap();
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": plain}})).unwrap();
     Api::<k8s_openapi::api::core::v1::Namespace>::all(env.admin()).create(&Default::default(), &ns).await.unwrap();
     let theirs = unique_name("theirs");
     let r = c.call(Method::POST, "/api/projects", Some(bob), Some(json!({"name": theirs})), &[]).await;
@@ -103,7 +141,15 @@ async fn reserved_and_taken_project_names_reveal_nothing() {
     let r = c.call(Method::POST, "/api/projects", Some(alice), Some(json!({"name": mine})), &[]).await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     for name in ["bob\u{202E}", "b\u{200B}ob", "\u{FEFF}bob"] {
-        let r = c.call(Method::POST, &format!("/api/projects/{mine}/permissions"), Some(alice), Some(json!({"subjectType": "user", "subjectName": name, "role": "view"})), &[]).await;
+        let r = c
+            .call(
+                Method::POST,
+                &format!("/api/projects/{mine}/permissions"),
+                Some(alice),
+                Some(json!({"subjectType": "user", "subjectName": name, "role": "view"})),
+                &[],
+            )
+            .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name:?}: {r:?}");
         assert_eq!(r.body["field"], "subjectName", "{r:?}");
     }

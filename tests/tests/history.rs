@@ -29,7 +29,8 @@ use serde_json::json;
 const LONG: Duration = Duration::from_secs(90);
 
 async fn stack(env: &TestEnv) -> Stack {
-    let api_args = vec!["--rate-limit-rps=1000".into(), "--rate-limit-burst=10000".into(), "--result-timeout=60s".into()];
+    let api_args =
+        vec!["--rate-limit-rps=1000".into(), "--rate-limit-burst=10000".into(), "--result-timeout=60s".into()];
     Stack::start(env, StackOptions { api_args, ..Default::default() }).await.expect("stack starts")
 }
 
@@ -51,10 +52,21 @@ async fn subjects(env: &TestEnv, stream: &str, filter: &str) -> BTreeMap<String,
 
 /// Every event `who` reads on `path` from `last_event_id` until `stop` matches one (or the
 /// timeout), plus a short tail so that anything right behind it shows too.
-async fn read_stream(c: &Client, path: &str, who: &str, last_event_id: Option<u64>, stop: impl Fn(&SseEvent) -> bool) -> Vec<SseEvent> {
-    let mut sse = ambient_tests::sse::open(c, path, who, last_event_id).await.unwrap_or_else(|r| panic!("open {path}: {r:?}"));
+async fn read_stream(
+    c: &Client,
+    path: &str,
+    who: &str,
+    last_event_id: Option<u64>,
+    stop: impl Fn(&SseEvent) -> bool,
+) -> Vec<SseEvent> {
+    let mut sse =
+        ambient_tests::sse::open(c, path, who, last_event_id).await.unwrap_or_else(|r| panic!("open {path}: {r:?}"));
     let mut evs = sse.read_until(LONG, &stop).await;
-    assert!(evs.iter().any(&stop), "{path}: the awaited event never came: {:?}", evs.iter().map(|e| &e.event).collect::<Vec<_>>());
+    assert!(
+        evs.iter().any(&stop),
+        "{path}: the awaited event never came: {:?}",
+        evs.iter().map(|e| &e.event).collect::<Vec<_>>()
+    );
     evs.extend(sse.read_until(Duration::from_secs(2), |_| false).await);
     evs
 }
@@ -85,17 +97,37 @@ async fn a_recreated_project_shows_nothing_of_its_previous_owner() {
         "environmentVariables": {env_name.clone(): "v", "KWOK_RUN_DURATION": "1h"}});
     let r = c.post(&format!("/api/projects/{x}/agentic-sessions"), &alice, body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let r = c.post(&format!("/api/projects/{x}/permissions"), &alice, json!({"subjectType": "user", "subjectName": friend, "role": "view"})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{x}/permissions"),
+            &alice,
+            json!({"subjectType": "user", "subjectName": friend, "role": "view"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let r = c.post(&format!("/api/projects/{x}/keys"), &alice, json!({"name": "deploy", "role": "view", "description": key_desc})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{x}/keys"),
+            &alice,
+            json!({"name": "deploy", "role": "view", "description": key_desc}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let r = c.post(&format!("/api/projects/{x}/agentic-sessions/work/messages"), &alice, json!({"type": "user.message", "payload": {"text": chat}})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{x}/agentic-sessions/work/messages"),
+            &alice,
+            json!({"type": "user.message", "payload": {"text": chat}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let old_session_uid = env_session_uid(&env, &x, "work").await;
     let old_ns_uid = Api::<Namespace>::all(env.admin()).get(&x).await.unwrap().metadata.uid.unwrap();
 
     // alice's own stream shows it all (so the data was on the bus); remember a sequence.
-    let mine = read_stream(&c, &format!("/api/projects/{x}/events"), &alice, Some(0), |e| e.event == "ambient.key.changed.v1").await;
+    let mine =
+        read_stream(&c, &format!("/api/projects/{x}/events"), &alice, Some(0), |e| e.event == "ambient.key.changed.v1")
+            .await;
     assert!(!leaks(&mine, &secrets[..4]).is_empty(), "alice sees her own history");
     let old_seq = mine.first().map(|e| e.id.saturating_sub(1)).unwrap_or(0);
 
@@ -116,7 +148,10 @@ async fn a_recreated_project_shows_nothing_of_its_previous_owner() {
     let left = subjects(&env, events::streams::STATUS_STREAM, &format!("ambient.status.{x}.>")).await;
     assert!(purged.is_ok(), "left in the status stream: {left:?}");
     eventually("the messages are purged", LONG, || async {
-        Ok(subjects(&env, events::streams::MESSAGES_STREAM, &format!("ambient.msg.{x}.>")).await.is_empty().then_some(()))
+        Ok(subjects(&env, events::streams::MESSAGES_STREAM, &format!("ambient.msg.{x}.>"))
+            .await
+            .is_empty()
+            .then_some(()))
     })
     .await
     .unwrap();
@@ -149,9 +184,17 @@ async fn a_recreated_project_shows_nothing_of_its_previous_owner() {
     for from in [0, old_seq] {
         let seen = read_stream(&c, &format!("/api/projects/{x}/events"), &bob, Some(from), stop).await;
         assert!(leaks(&seen, &secrets).is_empty(), "from {from}, bob reads alice's data: {:?}", leaks(&seen, &secrets));
-        assert!(!seen.iter().any(|e| e.data["name"] == "work" || e.data["id"].as_str().is_some_and(|i| i.starts_with("leftover-"))),
-            "from {from}, bob reads the old owner's events: {:?}", seen.iter().map(|e| (&e.event, &e.data["name"])).collect::<Vec<_>>());
-        assert!(!seen.iter().any(|e| e.event == "ambient.project.deleted.v1"), "from {from}: the tombstone is the old namespace's");
+        assert!(
+            !seen
+                .iter()
+                .any(|e| e.data["name"] == "work" || e.data["id"].as_str().is_some_and(|i| i.starts_with("leftover-"))),
+            "from {from}, bob reads the old owner's events: {:?}",
+            seen.iter().map(|e| (&e.event, &e.data["name"])).collect::<Vec<_>>()
+        );
+        assert!(
+            !seen.iter().any(|e| e.event == "ambient.project.deleted.v1"),
+            "from {from}: the tombstone is the old namespace's"
+        );
     }
 
     // A session of alice's session's name: bob's messages and session stream are his only.
@@ -159,7 +202,12 @@ async fn a_recreated_project_shows_nothing_of_its_previous_owner() {
     let mut h = async_nats::HeaderMap::new();
     h.insert("Ambient-Session-Uid", old_session_uid.as_str());
     let stale = json!({"type": "user.message", "payload": {"text": chat}, "timestamp": Utc::now().to_rfc3339()});
-    env.jetstream().publish_with_headers(msg_subject.clone(), h, stale.to_string().into()).await.unwrap().await.unwrap();
+    env.jetstream()
+        .publish_with_headers(msg_subject.clone(), h, stale.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let legacy = json!({"type": "user.message", "payload": {"text": chat}, "timestamp": (Utc::now() - chrono::Duration::seconds(600)).to_rfc3339()});
     env.jetstream().publish(msg_subject.clone(), legacy.to_string().into()).await.unwrap().await.unwrap();
     let r = c.post(&format!("/api/projects/{x}/agentic-sessions"), &bob, json!({"name": "work", "prompt": "mine", "interactive": true, "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})).await;
@@ -168,16 +216,41 @@ async fn a_recreated_project_shows_nothing_of_its_previous_owner() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["messages"], json!([]), "bob reads the old session's messages");
     // The session stream from the start of both its streams (`0:0`).
-    let mut resp = c.http.get(format!("{}/api/projects/{x}/agentic-sessions/work/events", s.api_url)).bearer_auth(&bob)
-        .header("last-event-id", "0:0").timeout(LONG).send().await.unwrap();
+    let mut resp = c
+        .http
+        .get(format!("{}/api/projects/{x}/agentic-sessions/work/events", s.api_url))
+        .bearer_auth(&bob)
+        .header("last-event-id", "0:0")
+        .timeout(LONG)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let (seen, _) = ambient_tests::http::read_events(&mut resp, 1000, Duration::from_secs(8)).await;
-    assert!(seen.iter().any(|e| e.event == "ambient.session.changed.v1"), "bob sees his session: {:?}", seen.iter().map(|e| &e.event).collect::<Vec<_>>());
-    assert!(leaks(&seen, &secrets).is_empty(), "bob's session stream carries alice's data: {:?}", leaks(&seen, &secrets));
-    assert!(!seen.iter().any(|e| e.event == "message"), "bob's session has no messages yet: {:?}", seen.iter().map(|e| &e.event).collect::<Vec<_>>());
+    assert!(
+        seen.iter().any(|e| e.event == "ambient.session.changed.v1"),
+        "bob sees his session: {:?}",
+        seen.iter().map(|e| &e.event).collect::<Vec<_>>()
+    );
+    assert!(
+        leaks(&seen, &secrets).is_empty(),
+        "bob's session stream carries alice's data: {:?}",
+        leaks(&seen, &secrets)
+    );
+    assert!(
+        !seen.iter().any(|e| e.event == "message"),
+        "bob's session has no messages yet: {:?}",
+        seen.iter().map(|e| &e.event).collect::<Vec<_>>()
+    );
     drop(resp);
     // bob's first message purges what the old session left; his count starts at one.
-    let r = c.post(&format!("/api/projects/{x}/agentic-sessions/work/messages"), &bob, json!({"type": "user.message", "payload": {"text": "hello"}})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{x}/agentic-sessions/work/messages"),
+            &bob,
+            json!({"type": "user.message", "payload": {"text": "hello"}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(subjects(&env, events::streams::MESSAGES_STREAM, &msg_subject).await.get(&msg_subject), Some(&1));
     let r = c.get(&format!("/api/projects/{x}/agentic-sessions/work/messages"), &bob).await;
@@ -199,12 +272,26 @@ async fn a_viewer_stream_carries_no_key_events() {
     let p = unique_name("keyview");
     let r = c.post("/api/projects", &alice, json!({"name": p})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let r = c.post(&format!("/api/projects/{p}/permissions"), &alice, json!({"subjectType": "user", "subjectName": "carol", "role": "view"})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{p}/permissions"),
+            &alice,
+            json!({"subjectType": "user", "subjectName": "carol", "role": "view"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let r = c.post(&format!("/api/projects/{p}/keys"), &alice, json!({"name": "ci", "role": "edit", "description": "the CI key"})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{p}/keys"),
+            &alice,
+            json!({"name": "ci", "role": "edit", "description": "the CI key"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     // Something after the key, to know a stream has passed it.
-    let r = c.post(&format!("/api/projects/{p}/agentic-sessions"), &alice, json!({"name": "after-key", "prompt": "p"})).await;
+    let r = c
+        .post(&format!("/api/projects/{p}/agentic-sessions"), &alice, json!({"name": "after-key", "prompt": "p"}))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     // The REST reads: carol lists grants, not keys.
     assert_eq!(c.get(&format!("/api/projects/{p}/permissions"), &carol).await.status, StatusCode::OK);
@@ -216,6 +303,9 @@ async fn a_viewer_stream_carries_no_key_events() {
     let viewer = read_stream(&c, &format!("/api/projects/{p}/events"), &carol, Some(0), after).await;
     let keys: Vec<_> = viewer.iter().filter(|e| e.event.starts_with("ambient.key.")).collect();
     assert!(keys.is_empty(), "a viewer reads key events: {keys:?}");
-    assert!(viewer.iter().any(|e| e.event == "ambient.permission.changed.v1"), "grants, which GET /permissions shows her, she sees");
+    assert!(
+        viewer.iter().any(|e| e.event == "ambient.permission.changed.v1"),
+        "grants, which GET /permissions shows her, she sees"
+    );
     let _ = c.delete(&format!("/api/projects/{p}"), &alice).await;
 }

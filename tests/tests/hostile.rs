@@ -27,7 +27,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_input() {
     let env = TestEnv::shared().await.unwrap();
-    let opts = StackOptions { api_args: vec![format!("--body-read-timeout={}s", BODY_TIMEOUT.as_secs())], ..Default::default() };
+    let opts = StackOptions {
+        api_args: vec![format!("--body-read-timeout={}s", BODY_TIMEOUT.as_secs())],
+        ..Default::default()
+    };
     let stack = Stack::start(&env, opts).await.expect("stack starts");
     let client = Client::new(&stack.api_url);
     let alice = env.token(DemoUser::Alice).unwrap().to_string();
@@ -43,7 +46,11 @@ async fn hostile_input() {
 const BODY_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn principal() -> Principal {
-    Principal { user: "alice".into(), groups: vec!["team-a".into(), "system:authenticated".into()], ..Default::default() }
+    Principal {
+        user: "alice".into(),
+        groups: vec!["team-a".into(), "system:authenticated".into()],
+        ..Default::default()
+    }
 }
 
 fn create(project: &ProjectName, name: &str) -> Command {
@@ -62,7 +69,13 @@ async fn refused_total(stack: &Stack) -> u64 {
         .sum::<f64>() as u64
 }
 
-async fn poison_commands_are_refused_counted_and_never_block(env: &TestEnv, stack: &Stack, c: &Client, alice: &str, project: &str) {
+async fn poison_commands_are_refused_counted_and_never_block(
+    env: &TestEnv,
+    stack: &Stack,
+    c: &Client,
+    alice: &str,
+    project: &str,
+) {
     let js = env.jetstream();
     let p = ProjectName::new(project).unwrap();
     let keys = BusKeys::shared(env).unwrap();
@@ -73,7 +86,13 @@ async fn poison_commands_are_refused_counted_and_never_block(env: &TestEnv, stac
     // Each poison: (what, subject, headers, payload, id of a failed result we expect, if any).
     let subject = events::subjects::command(&p, events::CommandType::SessionCreate);
     let mut poisons: Vec<(&str, String, async_nats::HeaderMap, bytes::Bytes, Option<Command>)> = Vec::new();
-    poisons.push(("undecodable", subject.clone(), async_nats::HeaderMap::new(), bytes::Bytes::from_static(b"\xff\xfe{{not json"), None));
+    poisons.push((
+        "undecodable",
+        subject.clone(),
+        async_nats::HeaderMap::new(),
+        bytes::Bytes::from_static(b"\xff\xfe{{not json"),
+        None,
+    ));
     let unknown = create(&p, "unknown-type");
     let mut out = events::wire::encode_command(&unknown, &signer);
     out.headers.insert("ce-type", "ambient.session.explode.v1");
@@ -108,7 +127,11 @@ async fn poison_commands_are_refused_counted_and_never_block(env: &TestEnv, stac
                 let (js, s) = (js.clone(), result_subject.clone());
                 async move {
                     let stream = js.get_stream(events::streams::RESULTS_STREAM).await?;
-                    Ok(stream.direct_get_last_for_subject(s).await.ok().and_then(|m| events::wire::decode_result(Some(&m.headers), &m.payload).ok()))
+                    Ok(stream
+                        .direct_get_last_for_subject(s)
+                        .await
+                        .ok()
+                        .and_then(|m| events::wire::decode_result(Some(&m.headers), &m.payload).ok()))
                 }
             })
             .await
@@ -117,12 +140,19 @@ async fn poison_commands_are_refused_counted_and_never_block(env: &TestEnv, stac
         }
         // The good command behind it, same project (same partition), is applied.
         let good = format!("good-{i}");
-        let r = c.post(&format!("/api/projects/{project}/agentic-sessions"), alice, json!({"name": good, "prompt": "fine"})).await;
+        let r = c
+            .post(&format!("/api/projects/{project}/agentic-sessions"), alice, json!({"name": good, "prompt": "fine"}))
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{what} blocked the next command: {:?}", r.body);
     }
     // None of the poison created anything.
     let r = c.get(&format!("/api/projects/{project}/agentic-sessions"), alice).await;
-    let names: Vec<String> = r.body["items"].as_array().unwrap().iter().filter_map(|i| i["metadata"]["name"].as_str().or(i["name"].as_str()).map(String::from)).collect();
+    let names: Vec<String> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str().or(i["name"].as_str()).map(String::from))
+        .collect();
     for bad in ["unknown-type", "forged", "tampered", "oversized"] {
         assert!(!names.iter().any(|n| n == bad), "poison {bad} was applied: {names:?}");
     }
@@ -205,25 +235,50 @@ async fn http_abuse_gets_4xx_or_a_closed_connection(stack: &Stack, c: &Client, a
     let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
         ("malformed JSON", post(9, "application/json"), b"{\"name\": ".to_vec()),
         ("invalid UTF-8 body", post(18, "application/json"), b"{\"name\": \"\xff\xfe\xfd\"}   ".to_vec()),
-        ("deep nesting (arrays)", post(200_000, "application/json"), ["[".repeat(100_000), "]".repeat(100_000)].concat().into_bytes()),
-        ("deep nesting (objects)", post(500_000, "application/json"), ["{\"a\":".repeat(100_000), "1".into(), "}".repeat(100_000)].concat().into_bytes()),
+        (
+            "deep nesting (arrays)",
+            post(200_000, "application/json"),
+            ["[".repeat(100_000), "]".repeat(100_000)].concat().into_bytes(),
+        ),
+        (
+            "deep nesting (objects)",
+            post(500_000, "application/json"),
+            ["{\"a\":".repeat(100_000), "1".into(), "}".repeat(100_000)].concat().into_bytes(),
+        ),
         ("huge body (20 MiB)", post(20 << 20, "application/json"), vec![b' '; 20 << 20]),
         // A body announced but never sent is a slow client too: closed, never a 5xx.
         ("huge declared body", post(usize::MAX >> 1, "application/json"), b"{}".to_vec()),
         ("wrong content type", post(2, "text/html"), b"{}".to_vec()),
         (
             "huge header (1 MiB)",
-            format!("GET /api/me HTTP/1.1\r\nHost: x\r\n{auth}X-Big: {}\r\nConnection: close\r\n\r\n", "a".repeat(1 << 20)).into_bytes(),
+            format!(
+                "GET /api/me HTTP/1.1\r\nHost: x\r\n{auth}X-Big: {}\r\nConnection: close\r\n\r\n",
+                "a".repeat(1 << 20)
+            )
+            .into_bytes(),
             vec![],
         ),
         (
             "5 000 headers",
-            format!("GET /api/me HTTP/1.1\r\nHost: x\r\n{auth}{}Connection: close\r\n\r\n", (0..5000).map(|i| format!("X-H{i}: v\r\n")).collect::<String>())
-                .into_bytes(),
+            format!(
+                "GET /api/me HTTP/1.1\r\nHost: x\r\n{auth}{}Connection: close\r\n\r\n",
+                (0..5000).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+            )
+            .into_bytes(),
             vec![],
         ),
-        ("invalid UTF-8 token", [b"GET /api/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n".as_slice()].concat(), vec![]),
-        ("invalid UTF-8 path", b"GET /api/projects/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), vec![]),
+        (
+            "invalid UTF-8 token",
+            [b"GET /api/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
+                .as_slice()]
+            .concat(),
+            vec![],
+        ),
+        (
+            "invalid UTF-8 path",
+            b"GET /api/projects/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            vec![],
+        ),
         ("garbage request line", b"\x00\x01\x02 HELLO\r\n\r\n".to_vec(), vec![]),
     ];
     for (what, head, body) in cases {
@@ -235,14 +290,30 @@ async fn http_abuse_gets_4xx_or_a_closed_connection(stack: &Stack, c: &Client, a
     println!("stalled body: {status:?} after {:?}", stalled.elapsed());
     assert_eq!(status, Some(408), "a stalled body is answered 408");
     assert!(stalled.elapsed() >= BODY_TIMEOUT, "not before the body timeout: {:?}", stalled.elapsed());
-    for scheme in ["Basic YWxpY2U6c2VjcmV0", "Bearer", "Bearer ", "Negotiate abc", "bearer", "Bearer a b c", &format!("Bearer {}", "x".repeat(16 * 1024))] {
+    for scheme in [
+        "Basic YWxpY2U6c2VjcmV0",
+        "Bearer",
+        "Bearer ",
+        "Negotiate abc",
+        "bearer",
+        "Bearer a b c",
+        &format!("Bearer {}", "x".repeat(16 * 1024)),
+    ] {
         let head = format!("GET /api/me HTTP/1.1\r\nHost: x\r\nAuthorization: {scheme}\r\nConnection: close\r\n\r\n");
         let status = raw(&addr, head.as_bytes(), b"").await;
         assert_refused(&format!("Authorization: {:.30}", scheme), status);
         assert!(status.is_none() || status == Some(401) || status == Some(431), "{scheme:.30}: {status:?}");
     }
     // Through a regular client too: each answer is a JSON 4xx.
-    let r = c.http.post(format!("{}/api/projects", c.base)).bearer_auth(alice).header("content-type", "application/json").body("[".repeat(100_000)).send().await.unwrap();
+    let r = c
+        .http
+        .post(format!("{}/api/projects", c.base))
+        .bearer_auth(alice)
+        .header("content-type", "application/json")
+        .body("[".repeat(100_000))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.json::<serde_json::Value>().await.unwrap()["error"].is_string());
 

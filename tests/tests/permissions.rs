@@ -90,16 +90,24 @@ fn least_role(r: &Route) -> Option<(Role, Want)> {
         ("GET", "/agentic-sessions/{session}/events") | ("GET", "/events") => (View, Want::Ok),
         ("GET", "/permissions") | ("GET", "/groups") => (View, Want::Ok),
         ("GET", "/agentic-sessions/{session}/messages") | ("GET", "/sessions/{session}/messages") => (View, Want::Ok),
-        ("POST", "/agentic-sessions") | ("PUT", "/agentic-sessions/{session}") | ("DELETE", "/agentic-sessions/{session}") => (Edit, Want::Ok),
+        ("POST", "/agentic-sessions")
+        | ("PUT", "/agentic-sessions/{session}")
+        | ("DELETE", "/agentic-sessions/{session}") => (Edit, Want::Ok),
         ("POST", "/agentic-sessions/{session}/clone") => (Edit, Want::Ok),
-        ("POST", "/agentic-sessions/{session}/start") | ("POST", "/agentic-sessions/{session}/stop") => (Edit, Want::OkOrConflict),
+        ("POST", "/agentic-sessions/{session}/start") | ("POST", "/agentic-sessions/{session}/stop") => {
+            (Edit, Want::OkOrConflict)
+        }
         // Chat input needs an interactive session; the probed one is not (409 once authorized).
-        ("POST", "/agentic-sessions/{session}/messages") | ("POST", "/sessions/{session}/messages") => (Edit, Want::OkOrConflict),
+        ("POST", "/agentic-sessions/{session}/messages") | ("POST", "/sessions/{session}/messages") => {
+            (Edit, Want::OkOrConflict)
+        }
         ("PUT", "") | ("DELETE", "") => (Admin, Want::Ok),
         ("POST", "/permissions") | ("DELETE", "/permissions/{subjectType}/{subjectName}") => (Admin, Want::Ok),
         ("POST", "/groups") | ("DELETE", "/groups/{group}") => (Admin, Want::Ok),
         ("GET", "/keys") | ("POST", "/keys") | ("DELETE", "/keys/{keyId}") => (Admin, Want::Ok),
-        ("GET", "/runner-secrets") | ("PUT", "/runner-secrets") | ("PUT", "/runner-secrets/config") => (Admin, Want::Ok),
+        ("GET", "/runner-secrets") | ("PUT", "/runner-secrets") | ("PUT", "/runner-secrets/config") => {
+            (Admin, Want::Ok)
+        }
         ("GET", "/integration-secrets") | ("PUT", "/integration-secrets") => (Admin, Want::Ok),
         // The web UI's compatibility routes (api/src/routes/ui.rs) read like the session: its
         // page-load reads and quiet answers need what `GET` of the session needs...
@@ -234,11 +242,18 @@ impl Env {
     async fn fixture(&self, role: Role) -> Fixture {
         let p = unique_name(&format!("perm-{role:?}").to_lowercase());
         self.ok(Method::POST, "/api/projects", json!({"name": p})).await;
-        self.ok(Method::POST, &format!("/api/projects/{p}/agentic-sessions"), json!({"name": "s1", "prompt": "probe target", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})).await;
+        self.ok(
+            Method::POST,
+            &format!("/api/projects/{p}/agentic-sessions"),
+            json!({"name": "s1", "prompt": "probe target", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}}),
+        )
+        .await;
         if let Some(cluster_role) = role.stock_cluster_role() {
             // Bound by the cluster admin, as a platform's own tooling would: the api grants
             // only the project roles.
-            ambient_tests::bind_cluster_role(&self.admin, &p, "carol", cluster_role).await.expect("stock binding created");
+            ambient_tests::bind_cluster_role(&self.admin, &p, "carol", cluster_role)
+                .await
+                .expect("stock binding created");
             return Fixture { project: p, key: None };
         }
         let r = match role {
@@ -247,9 +262,16 @@ impl Env {
             Role::Edit => "edit",
             Role::Admin => "admin",
         };
-        self.ok(Method::POST, &format!("/api/projects/{p}/permissions"), json!({"subjectType": "user", "subjectName": "carol", "role": r})).await;
+        self.ok(
+            Method::POST,
+            &format!("/api/projects/{p}/permissions"),
+            json!({"subjectType": "user", "subjectName": "carol", "role": r}),
+        )
+        .await;
         self.ok(Method::POST, &format!("/api/projects/{p}/groups"), json!({"groupName": "team-b", "role": r})).await;
-        let k = self.ok(Method::POST, &format!("/api/projects/{p}/keys"), json!({"name": format!("probe-{r}"), "role": r})).await;
+        let k = self
+            .ok(Method::POST, &format!("/api/projects/{p}/keys"), json!({"name": format!("probe-{r}"), "role": r}))
+            .await;
         Fixture { project: p, key: k.body["key"].as_str().map(String::from) }
     }
 
@@ -259,21 +281,42 @@ impl Env {
         match (route.method.as_str(), route.template.rsplit('/').next().unwrap_or("")) {
             ("DELETE", "{session}") => {
                 let s = format!("doomed-{n}");
-                self.ok(Method::POST, &format!("/api/projects/{project}/agentic-sessions"), json!({"name": s, "prompt": "to delete"})).await;
+                self.ok(
+                    Method::POST,
+                    &format!("/api/projects/{project}/agentic-sessions"),
+                    json!({"name": s, "prompt": "to delete"}),
+                )
+                .await;
                 params.session = s;
             }
             ("DELETE", "{subjectName}") => {
                 let who = format!("doomed-{n}");
-                self.ok(Method::POST, &format!("/api/projects/{project}/permissions"), json!({"subjectType": "user", "subjectName": who, "role": "view"})).await;
+                self.ok(
+                    Method::POST,
+                    &format!("/api/projects/{project}/permissions"),
+                    json!({"subjectType": "user", "subjectName": who, "role": "view"}),
+                )
+                .await;
                 params.subject = ("user".into(), who);
             }
             ("DELETE", "{group}") => {
                 let g = format!("doomed-{n}");
-                self.ok(Method::POST, &format!("/api/projects/{project}/groups"), json!({"groupName": g, "role": "view"})).await;
+                self.ok(
+                    Method::POST,
+                    &format!("/api/projects/{project}/groups"),
+                    json!({"groupName": g, "role": "view"}),
+                )
+                .await;
                 params.group = g;
             }
             ("DELETE", "{keyId}") => {
-                let r = self.ok(Method::POST, &format!("/api/projects/{project}/keys"), json!({"name": format!("doomed-{n}"), "role": "view"})).await;
+                let r = self
+                    .ok(
+                        Method::POST,
+                        &format!("/api/projects/{project}/keys"),
+                        json!({"name": format!("doomed-{n}"), "role": "view"}),
+                    )
+                    .await;
                 params.key_id = r.body["id"].as_str().unwrap_or_default().to_string();
             }
             _ => {}
@@ -285,9 +328,11 @@ impl Env {
 #[tokio::test]
 async fn permission_matrix() {
     let env = TestEnv::shared().await.unwrap();
-    let api_args = vec!["--rate-limit-rps=1000".into(), "--rate-limit-burst=10000".into(), "--result-timeout=60s".into()];
+    let api_args =
+        vec!["--rate-limit-rps=1000".into(), "--rate-limit-burst=10000".into(), "--result-timeout=60s".into()];
     let s: Stack = Stack::start(&env, StackOptions { api_args, ..Default::default() }).await.expect("stack starts");
-    let e = Env { c: Client::new(&s.api_url), alice: env.token(DemoUser::Alice).unwrap().to_string(), admin: env.admin() };
+    let e =
+        Env { c: Client::new(&s.api_url), alice: env.token(DemoUser::Alice).unwrap().to_string(), admin: env.admin() };
     let carol = env.token(DemoUser::Carol).unwrap().to_string();
     let bob = env.token(DemoUser::Bob).unwrap().to_string();
 
@@ -296,7 +341,9 @@ async fn permission_matrix() {
     assert!(routes.len() >= 37, "the document lists {} operations", routes.len());
     let unknown: Vec<String> = routes
         .iter()
-        .filter(|r| if r.in_project() { expected(r, Role::View).is_none() } else { expected_global(r, Kind::User).is_none() })
+        .filter(|r| {
+            if r.in_project() { expected(r, Role::View).is_none() } else { expected_global(r, Kind::User).is_none() }
+        })
         .map(Route::label)
         .collect();
     assert!(unknown.is_empty(), "operations without a row in the expected-outcome table: {unknown:?}");
@@ -305,25 +352,67 @@ async fn permission_matrix() {
     let foreign = e.fixture(Role::Nothing).await;
     let missing = unique_name("perm-missing");
     let mut callers = vec![
-        Caller { label: "carol (user, no role)".into(), kind: Kind::User, role: Role::Nothing, token: carol.clone(), own: foreign.project.clone() },
-        Caller { label: "bob (group, no role)".into(), kind: Kind::Group, role: Role::Nothing, token: bob.clone(), own: foreign.project.clone() },
+        Caller {
+            label: "carol (user, no role)".into(),
+            kind: Kind::User,
+            role: Role::Nothing,
+            token: carol.clone(),
+            own: foreign.project.clone(),
+        },
+        Caller {
+            label: "bob (group, no role)".into(),
+            kind: Kind::Group,
+            role: Role::Nothing,
+            token: bob.clone(),
+            own: foreign.project.clone(),
+        },
     ];
     for role in [Role::View, Role::Edit, Role::Admin] {
         let f = e.fixture(role).await;
         let key = f.key.clone().expect("a key");
-        callers.push(Caller { label: format!("carol (user, {role:?})"), kind: Kind::User, role, token: carol.clone(), own: f.project.clone() });
-        callers.push(Caller { label: format!("bob (group team-b, {role:?})"), kind: Kind::Group, role, token: bob.clone(), own: f.project.clone() });
-        callers.push(Caller { label: format!("key ({role:?})"), kind: Kind::Key, role, token: key, own: f.project.clone() });
+        callers.push(Caller {
+            label: format!("carol (user, {role:?})"),
+            kind: Kind::User,
+            role,
+            token: carol.clone(),
+            own: f.project.clone(),
+        });
+        callers.push(Caller {
+            label: format!("bob (group team-b, {role:?})"),
+            kind: Kind::Group,
+            role,
+            token: bob.clone(),
+            own: f.project.clone(),
+        });
+        callers.push(Caller {
+            label: format!("key ({role:?})"),
+            kind: Kind::Key,
+            role,
+            token: key,
+            own: f.project.clone(),
+        });
     }
     for role in [Role::StockEdit, Role::StockAdmin] {
         let f = e.fixture(role).await;
-        callers.push(Caller { label: format!("carol (user, {role:?})"), kind: Kind::User, role, token: carol.clone(), own: f.project.clone() });
+        callers.push(Caller {
+            label: format!("carol (user, {role:?})"),
+            kind: Kind::User,
+            role,
+            token: carol.clone(),
+            own: f.project.clone(),
+        });
     }
     // alice's own token scoped to `user:info`: RBAC makes her admin of every fixture project,
     // but the scope covers nothing in a project, so she sees none (the missing-project answer).
     let admin_fixture = callers.iter().find(|c| c.role == Role::Admin).expect("admin fixture").own.clone();
     let scoped = env.scoped_token(ScopedToken::AliceInfo).unwrap().to_string();
-    callers.push(Caller { label: "alice [user:info] (admin by RBAC)".into(), kind: Kind::Scoped, role: Role::Nothing, token: scoped, own: admin_fixture });
+    callers.push(Caller {
+        label: "alice [user:info] (admin by RBAC)".into(),
+        kind: Kind::Scoped,
+        role: Role::Nothing,
+        token: scoped,
+        own: admin_fixture,
+    });
     // Give grants time to reach the api's caches (revocations and grants take effect within 5 s).
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
 
@@ -350,7 +439,15 @@ async fn permission_matrix() {
                 }
                 let want = expected_global(route, caller.kind).unwrap_or(Want::NotFound);
                 let body = sample_body(route, &caller.own, &unique_name("perm-new"));
-                let r = e.c.call(route.method(), &Params::new(&caller.own, "s1").fill(&route.template), Some(&caller.token), body, &[]).await;
+                let r =
+                    e.c.call(
+                        route.method(),
+                        &Params::new(&caller.own, "s1").fill(&route.template),
+                        Some(&caller.token),
+                        body,
+                        &[],
+                    )
+                    .await;
                 record(format!("{} {}", caller.label, route.label()), want, &r, true);
                 continue;
             }
@@ -361,8 +458,17 @@ async fn permission_matrix() {
             let unique = unique_name("probe");
             let body = sample_body(route, &caller.own, &unique);
             // Foreign: the same answer as a project that does not exist.
-            let there = e.call(route.method(), &Params::new(&foreign.project, "s1").fill(&route.template), &caller.token, body.clone()).await;
-            let absent = e.call(route.method(), &Params::new(&missing, "s1").fill(&route.template), &caller.token, body.clone()).await;
+            let there = e
+                .call(
+                    route.method(),
+                    &Params::new(&foreign.project, "s1").fill(&route.template),
+                    &caller.token,
+                    body.clone(),
+                )
+                .await;
+            let absent = e
+                .call(route.method(), &Params::new(&missing, "s1").fill(&route.template), &caller.token, body.clone())
+                .await;
             let same = there.body == absent.body;
             if caller.role != Role::Nothing {
                 record(format!("{} {} [foreign]", caller.label, route.label()), Want::NotFound, &there, same);
@@ -407,36 +513,73 @@ async fn permission_matrix() {
     let managed = json!({"ambient-code.io/managed": "true"});
     let evil = unique_name("perm-evil");
     let probes: Vec<(Method, String, Value, &str)> = vec![
-        (Method::POST, sp.clone(), json!({"name": "ma1", "prompt": "x", "userContext": {"userId": "mallory", "groups": ["system:masters"]}}), "userContext"),
+        (
+            Method::POST,
+            sp.clone(),
+            json!({"name": "ma1", "prompt": "x", "userContext": {"userId": "mallory", "groups": ["system:masters"]}}),
+            "userContext",
+        ),
         (Method::POST, sp.clone(), json!({"name": "ma2", "prompt": "x", "status": {"phase": "Completed"}}), "status"),
         (Method::POST, sp.clone(), json!({"name": "ma3", "prompt": "x", "metadata": {"namespace": other}}), "metadata"),
         (Method::POST, sp.clone(), json!({"name": "ma4", "prompt": "x", "namespace": other}), "namespace"),
         (Method::PUT, format!("{sp}/s1"), json!({"userContext": {"userId": "mallory"}}), "userContext"),
         (Method::PUT, format!("{sp}/s1"), json!({"status": {"phase": "Completed"}}), "status"),
         (Method::PUT, format!("{sp}/s1"), json!({"metadata": {"labels": {"x": "y"}}}), "metadata"),
-        (Method::POST, format!("{sp}/s1/clone"), json!({"targetProject": admin_p, "newSessionName": "ma5", "userContext": {"userId": "mallory"}}), "userContext"),
+        (
+            Method::POST,
+            format!("{sp}/s1/clone"),
+            json!({"targetProject": admin_p, "newSessionName": "ma5", "userContext": {"userId": "mallory"}}),
+            "userContext",
+        ),
         (Method::POST, "/api/projects".into(), json!({"name": evil, "labels": managed}), "labels"),
         (Method::POST, "/api/projects".into(), json!({"name": evil, "namespace": other}), "namespace"),
-        (Method::PUT, format!("/api/projects/{admin_p}"), json!({"labels": {"ambient-code.io/managed": "false"}}), "labels"),
+        (
+            Method::PUT,
+            format!("/api/projects/{admin_p}"),
+            json!({"labels": {"ambient-code.io/managed": "false"}}),
+            "labels",
+        ),
         (Method::PUT, format!("/api/projects/{admin_p}"), json!({"name": other}), "name"),
-        (Method::POST, format!("/api/projects/{admin_p}/permissions"), json!({"subjectType": "user", "subjectName": "mallory", "role": "admin", "namespace": other}), "namespace"),
-        (Method::POST, format!("/api/projects/{admin_p}/keys"), json!({"name": "ma-key", "namespace": other}), "namespace"),
+        (
+            Method::POST,
+            format!("/api/projects/{admin_p}/permissions"),
+            json!({"subjectType": "user", "subjectName": "mallory", "role": "admin", "namespace": other}),
+            "namespace",
+        ),
+        (
+            Method::POST,
+            format!("/api/projects/{admin_p}/keys"),
+            json!({"name": "ma-key", "namespace": other}),
+            "namespace",
+        ),
     ];
     for (m, path, body, field) in probes {
         let r = e.call(m.clone(), &path, &e.alice, Some(body)).await;
         let names_field = r.body["field"] == field || r.body["error"].as_str().is_some_and(|s| s.contains(field));
         total += 1;
         if !(r.status.is_client_error() && names_field) {
-            wrong.push(format!("mass assignment {m} {path} [{field}]: want 4xx naming {field}, got {} {}", r.status, r.body));
+            wrong.push(format!(
+                "mass assignment {m} {path} [{field}]: want 4xx naming {field}, got {} {}",
+                r.status, r.body
+            ));
         }
     }
     // ... and had no effect in the cluster.
     let s1 = e.call(Method::GET, &format!("{sp}/s1"), &e.alice, None).await.body;
     total += 1;
-    if s1["spec"]["userContext"]["userId"] != "alice" || s1["spec"]["prompt"] != "probe target" && !s1["spec"]["prompt"].as_str().is_some_and(|p| p.starts_with("probe ")) {
+    if s1["spec"]["userContext"]["userId"] != "alice"
+        || s1["spec"]["prompt"] != "probe target"
+            && !s1["spec"]["prompt"].as_str().is_some_and(|p| p.starts_with("probe "))
+    {
         wrong.push(format!("mass assignment changed s1: {s1}"));
     }
-    let names: Vec<String> = e.call(Method::GET, &sp, &e.alice, None).await.body["items"].as_array().cloned().unwrap_or_default().iter().filter_map(|i| i["metadata"]["name"].as_str().map(String::from)).collect();
+    let names: Vec<String> = e.call(Method::GET, &sp, &e.alice, None).await.body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str().map(String::from))
+        .collect();
     total += 1;
     if names.iter().any(|n| n.starts_with("ma")) {
         wrong.push(format!("a refused session was created: {names:?}"));
@@ -451,7 +594,8 @@ async fn permission_matrix() {
     if admin_ns.metadata.labels.unwrap_or_default().get("ambient-code.io/managed").map(String::as_str) != Some("true") {
         wrong.push(format!("{admin_p} lost its managed label"));
     }
-    let others = Api::<events::crd::AgenticSession>::namespaced(env.admin(), other).list(&Default::default()).await.unwrap();
+    let others =
+        Api::<events::crd::AgenticSession>::namespaced(env.admin(), other).list(&Default::default()).await.unwrap();
     total += 1;
     if others.items.iter().any(|s| s.metadata.name.as_deref().is_some_and(|n| n.starts_with("ma"))) {
         wrong.push(format!("a session landed in {other}"));
@@ -476,7 +620,12 @@ fn scoped_create(project: &ProjectName, name: &str, scopes: &[&str]) -> Command 
 
 /// alice as the test authenticator resolves a token of hers scoped to `scopes`.
 fn scoped_alice(scopes: &[&str]) -> Principal {
-    let mut who = Principal { user: "alice".into(), uid: "uid-alice".into(), groups: vec!["team-a".into(), "system:authenticated".into()], ..Default::default() };
+    let mut who = Principal {
+        user: "alice".into(),
+        uid: "uid-alice".into(),
+        groups: vec!["team-a".into(), "system:authenticated".into()],
+        ..Default::default()
+    };
     who.extra.insert(SCOPES_EXTRA.into(), scopes.iter().map(|s| s.to_string()).collect());
     who
 }
@@ -522,7 +671,13 @@ async fn scoped_tokens_act_only_within_their_scopes() {
     assert_eq!(r.status, StatusCode::OK, "full token lists sessions: {:?}", r.body);
     let r = c.post(&sessions, &full, json!({"name": "by-full", "prompt": "x"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "full token creates a session: {:?}", r.body);
-    let r = c.post(&format!("/api/projects/{p}/permissions"), &full, json!({"subjectType": "user", "subjectName": "dave", "role": "view"})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{p}/permissions"),
+            &full,
+            json!({"subjectType": "user", "subjectName": "dave", "role": "view"}),
+        )
+        .await;
     assert!(r.status.is_success(), "full token grants: {:?}", r.body);
 
     // user:info: nothing in the project alice administers, and no project creation.
@@ -531,7 +686,11 @@ async fn scoped_tokens_act_only_within_their_scopes() {
         (Method::GET, format!("/api/projects/{p}"), None),
         (Method::GET, sessions.clone(), None),
         (Method::POST, sessions.clone(), Some(json!({"name": "by-info", "prompt": "x"}))),
-        (Method::POST, format!("/api/projects/{p}/permissions"), Some(json!({"subjectType": "user", "subjectName": "mallory", "role": "admin"}))),
+        (
+            Method::POST,
+            format!("/api/projects/{p}/permissions"),
+            Some(json!({"subjectType": "user", "subjectName": "mallory", "role": "admin"})),
+        ),
         (Method::DELETE, format!("/api/projects/{p}"), None),
     ];
     for (m, path, body) in probes {
@@ -548,8 +707,13 @@ async fn scoped_tokens_act_only_within_their_scopes() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "user:info token creates a project: {:?}", r.body);
 
     // Nothing of it happened.
-    let names: Vec<String> = c.get(&sessions, &alice).await.body["items"].as_array().cloned().unwrap_or_default().iter()
-        .filter_map(|i| i["metadata"]["name"].as_str().map(String::from)).collect();
+    let names: Vec<String> = c.get(&sessions, &alice).await.body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str().map(String::from))
+        .collect();
     assert!(names.contains(&"by-full".to_string()) && !names.contains(&"by-info".to_string()), "{names:?}");
     let grants = c.get(&format!("/api/projects/{p}/permissions"), &alice).await.body.to_string();
     assert!(!grants.contains("mallory"), "{grants}");
@@ -569,7 +733,11 @@ async fn scoped_tokens_act_only_within_their_scopes() {
                 let (js, subject) = (js.clone(), subject.clone());
                 async move {
                     let stream = js.get_stream(events::streams::RESULTS_STREAM).await?;
-                    Ok(stream.direct_get_last_for_subject(subject).await.ok().and_then(|m| events::wire::decode_result(Some(&m.headers), &m.payload).ok()))
+                    Ok(stream
+                        .direct_get_last_for_subject(subject)
+                        .await
+                        .ok()
+                        .and_then(|m| events::wire::decode_result(Some(&m.headers), &m.payload).ok()))
                 }
             })
             .await
@@ -590,7 +758,11 @@ async fn scoped_tokens_act_only_within_their_scopes() {
     assert!(sessions_api.get_opt("bus-full").await.unwrap().is_some());
     // Nor does a user:info command create a project.
     let new = ProjectName::new(unique_name("scoped-bus")).unwrap();
-    let create = Command::new(new.clone(), scoped_alice(&["user:info"]), CommandBody::ProjectCreate(ProjectCreate { display_name: None, description: None }));
+    let create = Command::new(
+        new.clone(),
+        scoped_alice(&["user:info"]),
+        CommandBody::ProjectCreate(ProjectCreate { display_name: None, description: None }),
+    );
     match outcome(create).await {
         Outcome::Failed { reason: FailureReason::Forbidden, .. } => {}
         other => panic!("the reconciler created a project for a user:info command: {other:?}"),

@@ -44,19 +44,43 @@ async fn runner_resources_are_bounded() {
     let env = TestEnv::shared().await.unwrap();
     ensure_priority_class(&env).await.unwrap();
     let bounds = vec![format!("--runner-priority-classes={ALLOWED}")];
-    let api_args = [bounds.clone(), vec!["--rate-limit-rps=1000".into(), "--rate-limit-burst=10000".into(), "--result-timeout=60s".into()]].concat();
-    let stack = Stack::start(&env, StackOptions { api_args, reconciler_args: bounds, ..Default::default() }).await.expect("stack starts");
-    let t = T { env: &env, stack: &stack, c: Client::new(&stack.api_url), alice: env.token(DemoUser::Alice).unwrap().to_string(), project: unique_name("bounds") };
+    let api_args = [
+        bounds.clone(),
+        vec!["--rate-limit-rps=1000".into(), "--rate-limit-burst=10000".into(), "--result-timeout=60s".into()],
+    ]
+    .concat();
+    let stack = Stack::start(&env, StackOptions { api_args, reconciler_args: bounds, ..Default::default() })
+        .await
+        .expect("stack starts");
+    let t = T {
+        env: &env,
+        stack: &stack,
+        c: Client::new(&stack.api_url),
+        alice: env.token(DemoUser::Alice).unwrap().to_string(),
+        project: unique_name("bounds"),
+    };
     let r = t.c.post("/api/projects", &t.alice, json!({"name": t.project})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 
     let mut failed = Vec::new();
     for (what, result) in [
-        ("a new project has its ResourceQuota and LimitRange, which its admin cannot change", t.quota_and_limits().await),
-        ("out-of-bounds overrides and platform variables: 422 naming the field, nothing created", t.refused_at_the_edge().await),
-        ("bounded overrides reach the runner pod; defaults come from the LimitRange", t.bounded_overrides_reach_the_pod().await),
+        (
+            "a new project has its ResourceQuota and LimitRange, which its admin cannot change",
+            t.quota_and_limits().await,
+        ),
+        (
+            "out-of-bounds overrides and platform variables: 422 naming the field, nothing created",
+            t.refused_at_the_edge().await,
+        ),
+        (
+            "bounded overrides reach the runner pod; defaults come from the LimitRange",
+            t.bounded_overrides_reach_the_pod().await,
+        ),
         ("a command the api never saw is refused at apply time", t.refused_at_apply_time().await),
-        ("a session written straight to the cluster is refused before its Job; so is its clone", t.refused_before_the_job().await),
+        (
+            "a session written straight to the cluster is refused before its Job; so is its clone",
+            t.refused_before_the_job().await,
+        ),
         ("a runner-secret key wins over a session variable of the same name", t.runner_secret_wins().await),
     ] {
         match result {
@@ -68,12 +92,19 @@ async fn runner_resources_are_bounded() {
         }
     }
     let _ = t.c.delete(&format!("/api/projects/{}", t.project), &t.alice).await;
-    assert!(!stack.api.log().contains("panicked") && !stack.reconciler.log().contains("panicked"), "a service panicked");
+    assert!(
+        !stack.api.log().contains("panicked") && !stack.reconciler.log().contains("panicked"),
+        "a service panicked"
+    );
     assert!(failed.is_empty(), "{} of 6 failed:\n{}", failed.len(), failed.join("\n"));
 }
 
 async fn ensure_priority_class(env: &TestEnv) -> anyhow::Result<()> {
-    let pc = PriorityClass { metadata: ObjectMeta { name: Some(ALLOWED.into()), ..Default::default() }, value: 1000, ..Default::default() };
+    let pc = PriorityClass {
+        metadata: ObjectMeta { name: Some(ALLOWED.into()), ..Default::default() },
+        value: 1000,
+        ..Default::default()
+    };
     match Api::<PriorityClass>::all(env.admin()).create(&PostParams::default(), &pc).await {
         Ok(_) => Ok(()),
         Err(e) if api_status(&e) == Some(409) => Ok(()),
@@ -141,23 +172,46 @@ impl T<'_> {
         let ns = Api::<Namespace>::all(admin.clone()).get(&self.project).await?;
         let quotas = Api::<ResourceQuota>::namespaced(admin.clone(), &self.project);
         let ranges = Api::<LimitRange>::namespaced(admin.clone(), &self.project);
-        let q = eventually("the project's ResourceQuota", Duration::from_secs(30), || async { Ok(quotas.get_opt(QUOTA).await?) }).await?;
+        let q = eventually("the project's ResourceQuota", Duration::from_secs(30), || async {
+            Ok(quotas.get_opt(QUOTA).await?)
+        })
+        .await?;
         let hard = serde_json::to_value(q.spec.as_ref().and_then(|s| s.hard.clone()))?;
-        for (k, v) in [("requests.cpu", "20"), ("requests.memory", "80Gi"), ("limits.cpu", "100"), ("limits.memory", "200Gi"), ("pods", "100"),
-            ("count/agenticsessions.vteam.ambient-code", "5k"), ("count/serviceaccounts", "6k"), ("count/secrets", "500"),
-            ("requests.ephemeral-storage", "200Gi"), ("limits.ephemeral-storage", "1000Gi")] {
+        for (k, v) in [
+            ("requests.cpu", "20"),
+            ("requests.memory", "80Gi"),
+            ("limits.cpu", "100"),
+            ("limits.memory", "200Gi"),
+            ("pods", "100"),
+            ("count/agenticsessions.vteam.ambient-code", "5k"),
+            ("count/serviceaccounts", "6k"),
+            ("count/secrets", "500"),
+            ("requests.ephemeral-storage", "200Gi"),
+            ("limits.ephemeral-storage", "1000Gi"),
+        ] {
             ensure!(quantity(&hard, k).as_deref() == Some(v), "quota {k}: {hard}");
         }
-        let lr = eventually("the project's LimitRange", Duration::from_secs(30), || async { Ok(ranges.get_opt(LIMITS).await?) }).await?;
+        let lr = eventually("the project's LimitRange", Duration::from_secs(30), || async {
+            Ok(ranges.get_opt(LIMITS).await?)
+        })
+        .await?;
         let item = serde_json::to_value(&lr.spec.as_ref().context("LimitRange spec")?.limits)?;
         ensure!(item[0]["type"] == "Container", "{item}");
-        ensure!(item[0]["max"] == json!({"cpu": "4", "memory": "8Gi", "ephemeral-storage": "20Gi"}), "LimitRange max is the runner bounds: {item}");
+        ensure!(
+            item[0]["max"] == json!({"cpu": "4", "memory": "8Gi", "ephemeral-storage": "20Gi"}),
+            "LimitRange max is the runner bounds: {item}"
+        );
         ensure!(item[0]["default"] == json!({"cpu": "1", "memory": "2Gi", "ephemeral-storage": "10Gi"}), "{item}");
-        ensure!(item[0]["defaultRequest"] == json!({"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "1Gi"}), "{item}");
+        ensure!(
+            item[0]["defaultRequest"] == json!({"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "1Gi"}),
+            "{item}"
+        );
         for meta in [&q.metadata, &lr.metadata] {
             let owners = meta.owner_references.clone().unwrap_or_default();
             ensure!(
-                owners.iter().any(|o| o.kind == "Namespace" && o.name == self.project && Some(&o.uid) == ns.metadata.uid.as_ref()),
+                owners.iter().any(|o| o.kind == "Namespace"
+                    && o.name == self.project
+                    && Some(&o.uid) == ns.metadata.uid.as_ref()),
                 "{:?} is not owned by its Namespace: {owners:?}",
                 meta.name
             );
@@ -170,9 +224,15 @@ impl T<'_> {
         let loosen_quota = json!({"spec": {"hard": {"requests.cpu": "100000", "pods": "100000"}}});
         let loosen_range = json!({"spec": {"limits": [{"type": "Container", "max": {"cpu": "1000"}}]}});
         let attempts = [
-            ("patch the quota", a_quotas.patch(QUOTA, &PatchParams::default(), &Patch::Merge(&loosen_quota)).await.map(|_| ())),
+            (
+                "patch the quota",
+                a_quotas.patch(QUOTA, &PatchParams::default(), &Patch::Merge(&loosen_quota)).await.map(|_| ()),
+            ),
             ("delete the quota", a_quotas.delete(QUOTA, &DeleteParams::default()).await.map(|_| ())),
-            ("patch the LimitRange", a_ranges.patch(LIMITS, &PatchParams::default(), &Patch::Merge(&loosen_range)).await.map(|_| ())),
+            (
+                "patch the LimitRange",
+                a_ranges.patch(LIMITS, &PatchParams::default(), &Patch::Merge(&loosen_range)).await.map(|_| ()),
+            ),
             ("delete the LimitRange", a_ranges.delete(LIMITS, &DeleteParams::default()).await.map(|_| ())),
         ];
         for (what, r) in attempts {
@@ -187,7 +247,12 @@ impl T<'_> {
         // Applied once: the controller's later passes (its own writes wake it) find both current.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let log = self.stack.reconciler.log();
-        let applies = log.lines().filter(|l| l.contains("applied the project's ResourceQuota and LimitRange") && l.contains(self.project.as_str())).count();
+        let applies = log
+            .lines()
+            .filter(|l| {
+                l.contains("applied the project's ResourceQuota and LimitRange") && l.contains(self.project.as_str())
+            })
+            .count();
         ensure!(applies == 1, "the project's limits were applied {applies} times");
 
         // Level-triggered: a deleted quota or LimitRange is put back.
@@ -208,16 +273,32 @@ impl T<'_> {
     /// 422 naming the field; nothing reaches the cluster.
     async fn refused_at_the_edge(&self) -> anyhow::Result<()> {
         let cases = [
-            ("pc-critical", json!({"resourceOverrides": {"priorityClass": "system-node-critical"}}), "resourceOverrides.priorityClass"),
-            ("pc-cluster", json!({"resourceOverrides": {"priorityClass": "system-cluster-critical"}}), "resourceOverrides.priorityClass"),
+            (
+                "pc-critical",
+                json!({"resourceOverrides": {"priorityClass": "system-node-critical"}}),
+                "resourceOverrides.priorityClass",
+            ),
+            (
+                "pc-cluster",
+                json!({"resourceOverrides": {"priorityClass": "system-cluster-critical"}}),
+                "resourceOverrides.priorityClass",
+            ),
             ("cpu-huge", json!({"resourceOverrides": {"cpu": "1000"}}), "resourceOverrides.cpu"),
             ("cpu-just-over", json!({"resourceOverrides": {"cpu": "4001m"}}), "resourceOverrides.cpu"),
             ("cpu-words", json!({"resourceOverrides": {"cpu": "lots"}}), "resourceOverrides.cpu"),
             ("cpu-negative", json!({"resourceOverrides": {"cpu": "-1"}}), "resourceOverrides.cpu"),
             ("mem-huge", json!({"resourceOverrides": {"memory": "1Ti"}}), "resourceOverrides.memory"),
             ("mem-exp", json!({"resourceOverrides": {"memory": "1e12"}}), "resourceOverrides.memory"),
-            ("env-backend", json!({"environmentVariables": {"BACKEND_API_URL": "http://attacker.example"}}), "environmentVariables.BACKEND_API_URL"),
-            ("env-name", json!({"environmentVariables": {"AGENTIC_SESSION_NAME": "someone-else"}}), "environmentVariables.AGENTIC_SESSION_NAME"),
+            (
+                "env-backend",
+                json!({"environmentVariables": {"BACKEND_API_URL": "http://attacker.example"}}),
+                "environmentVariables.BACKEND_API_URL",
+            ),
+            (
+                "env-name",
+                json!({"environmentVariables": {"AGENTIC_SESSION_NAME": "someone-else"}}),
+                "environmentVariables.AGENTIC_SESSION_NAME",
+            ),
         ];
         let mut wrong = Vec::new();
         for (name, extra, field) in &cases {
@@ -226,7 +307,8 @@ impl T<'_> {
                 body[k] = v.clone();
             }
             let r = self.c.post(&self.sessions_path(), &self.alice, body).await;
-            if r.status != StatusCode::UNPROCESSABLE_ENTITY || r.body["field"] != *field || !r.body["error"].is_string() {
+            if r.status != StatusCode::UNPROCESSABLE_ENTITY || r.body["field"] != *field || !r.body["error"].is_string()
+            {
                 wrong.push(format!("{name}: {} {}", r.status, r.body));
             }
         }
@@ -252,13 +334,22 @@ impl T<'_> {
 
         let job = self.job("bounded").await?;
         let spec = job.spec.and_then(|s| s.template.spec).context("pod template")?;
-        ensure!(spec.priority_class_name.as_deref() == Some(ALLOWED), "priorityClassName {:?}", spec.priority_class_name);
+        ensure!(
+            spec.priority_class_name.as_deref() == Some(ALLOWED),
+            "priorityClassName {:?}",
+            spec.priority_class_name
+        );
         let want = json!({"cpu": "500m", "memory": "1Gi"});
         let res = serde_json::to_value(&spec.containers[0].resources)?;
         ensure!(res["requests"] == want && res["limits"] == want, "the override is request and limit: {res}");
         let pod = self.pod("bounded").await?;
         let ps = pod.spec.context("pod spec")?;
-        ensure!(ps.priority_class_name.as_deref() == Some(ALLOWED) && ps.priority == Some(1000), "pod priority {:?} {:?}", ps.priority_class_name, ps.priority);
+        ensure!(
+            ps.priority_class_name.as_deref() == Some(ALLOWED) && ps.priority == Some(1000),
+            "pod priority {:?} {:?}",
+            ps.priority_class_name,
+            ps.priority
+        );
 
         // No override: nothing in the Job, the LimitRange's defaults in the admitted pod.
         let job = self.job("plain").await?;
@@ -288,9 +379,16 @@ impl T<'_> {
         let signer = CommandSigner::from_pem(&std::fs::read_to_string(&keys.signing_key_file)?)?;
         let p = ProjectName::new(&self.project)?;
         // From JSON: robust to fields a principal may gain.
-        let alice: Principal = serde_json::from_value(json!({"user": "alice", "groups": ["team-a", "system:authenticated"]}))?;
-        let spec = serde_json::from_value(json!({"prompt": "preempt", "resourceOverrides": {"priorityClass": "system-node-critical", "cpu": "64"}}))?;
-        let create = Command::new(p.clone(), alice.clone(), CommandBody::SessionCreate(SessionCreate { name: SessionName::new("on-the-bus")?, spec }));
+        let alice: Principal =
+            serde_json::from_value(json!({"user": "alice", "groups": ["team-a", "system:authenticated"]}))?;
+        let spec = serde_json::from_value(
+            json!({"prompt": "preempt", "resourceOverrides": {"priorityClass": "system-node-critical", "cpu": "64"}}),
+        )?;
+        let create = Command::new(
+            p.clone(),
+            alice.clone(),
+            CommandBody::SessionCreate(SessionCreate { name: SessionName::new("on-the-bus")?, spec }),
+        );
         let (code, message) = self.publish(&signer, &create).await?;
         ensure!(code == 422 && message.contains("resourceOverrides."), "create: {code} {message}");
         ensure!(self.session_in_cluster("on-the-bus").await?.is_none(), "the session was created");
@@ -300,7 +398,11 @@ impl T<'_> {
         let clone = Command::new(
             p,
             alice,
-            CommandBody::SessionClone(SessionClone { name: SessionName::new("direct-src")?, target_project: ProjectName::new(&self.project)?, new_session_name: SessionName::new("bus-clone")? }),
+            CommandBody::SessionClone(SessionClone {
+                name: SessionName::new("direct-src")?,
+                target_project: ProjectName::new(&self.project)?,
+                new_session_name: SessionName::new("bus-clone")?,
+            }),
         );
         let (code, message) = self.publish(&signer, &clone).await?;
         ensure!(code == 422 && message.contains("resourceOverrides.memory"), "clone: {code} {message}");
@@ -317,7 +419,11 @@ impl T<'_> {
             let (js, s) = (js.clone(), subject.clone());
             async move {
                 let stream = js.get_stream(events::streams::RESULTS_STREAM).await?;
-                Ok(stream.direct_get_last_for_subject(s).await.ok().and_then(|m| events::wire::decode_result(Some(&m.headers), &m.payload).ok()))
+                Ok(stream
+                    .direct_get_last_for_subject(s)
+                    .await
+                    .ok()
+                    .and_then(|m| events::wire::decode_result(Some(&m.headers), &m.payload).ok()))
             }
         })
         .await?;
@@ -343,7 +449,8 @@ impl T<'_> {
     async fn refused_before_the_job(&self) -> anyhow::Result<()> {
         self.direct_session("direct-cpu", json!({"cpu": "1000"})).await?;
         self.direct_session("direct-pc", json!({"priorityClass": "system-node-critical"})).await?;
-        for (name, field) in [("direct-cpu", "resourceOverrides.cpu"), ("direct-pc", "resourceOverrides.priorityClass")] {
+        for (name, field) in [("direct-cpu", "resourceOverrides.cpu"), ("direct-pc", "resourceOverrides.priorityClass")]
+        {
             let s = self.phase(name, "Error").await?;
             let message = s.status.and_then(|st| st.message).unwrap_or_default();
             ensure!(message.contains(field), "{name}: {message}");
@@ -352,9 +459,18 @@ impl T<'_> {
         }
         let r = self
             .c
-            .post(&format!("{}/direct-cpu/clone", self.sessions_path()), &self.alice, json!({"targetProject": self.project, "newSessionName": "api-clone"}))
+            .post(
+                &format!("{}/direct-cpu/clone", self.sessions_path()),
+                &self.alice,
+                json!({"targetProject": self.project, "newSessionName": "api-clone"}),
+            )
             .await;
-        ensure!(r.status == StatusCode::UNPROCESSABLE_ENTITY && r.body["field"] == "resourceOverrides.cpu", "clone: {} {}", r.status, r.body);
+        ensure!(
+            r.status == StatusCode::UNPROCESSABLE_ENTITY && r.body["field"] == "resourceOverrides.cpu",
+            "clone: {} {}",
+            r.status,
+            r.body
+        );
         ensure!(self.session_in_cluster("api-clone").await?.is_none(), "the clone was created");
         Ok(())
     }
@@ -362,7 +478,14 @@ impl T<'_> {
     /// The session sets a variable the project's runner Secret also has: in the pod's
     /// environment the Secret's reference comes after (and so overrides) the session's value.
     async fn runner_secret_wins(&self) -> anyhow::Result<()> {
-        let r = self.c.put(&format!("/api/projects/{}/runner-secrets", self.project), &self.alice, json!({"data": {"API_TOKEN": "from-the-admin"}})).await;
+        let r = self
+            .c
+            .put(
+                &format!("/api/projects/{}/runner-secrets", self.project),
+                &self.alice,
+                json!({"data": {"API_TOKEN": "from-the-admin"}}),
+            )
+            .await;
         ensure!(r.status == StatusCode::OK, "runner secret: {} {}", r.status, r.body);
         let body = json!({"name": "envs", "prompt": "p", "environmentVariables": {"API_TOKEN": "from-the-session", "COPY": "$(API_TOKEN)", "KWOK_RUN_DURATION": "1h"}});
         let r = self.c.post(&self.sessions_path(), &self.alice, body).await;
@@ -373,11 +496,24 @@ impl T<'_> {
         let env = c.env.clone().unwrap_or_default();
         let tokens: Vec<_> = env.iter().enumerate().filter(|(_, e)| e.name == "API_TOKEN").collect();
         // The session's value, then the integration secret's key, then the runner secret's.
-        let [(i, literal), (h, from_integration), (j, from_secret)] = tokens.as_slice() else { bail!("API_TOKEN entries: {tokens:?}") };
+        let [(i, literal), (h, from_integration), (j, from_secret)] = tokens.as_slice() else {
+            bail!("API_TOKEN entries: {tokens:?}")
+        };
         ensure!(i < h && h < j && literal.value.as_deref() == Some("from-the-session"), "{tokens:?}");
-        let r = from_integration.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).context("the second API_TOKEN is a secretKeyRef")?;
-        ensure!(r.name == "ambient-non-vertex-integrations" && r.key == "API_TOKEN" && r.optional == Some(true), "{r:?}");
-        let r = from_secret.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).context("the third API_TOKEN is a secretKeyRef")?;
+        let r = from_integration
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .context("the second API_TOKEN is a secretKeyRef")?;
+        ensure!(
+            r.name == "ambient-non-vertex-integrations" && r.key == "API_TOKEN" && r.optional == Some(true),
+            "{r:?}"
+        );
+        let r = from_secret
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .context("the third API_TOKEN is a secretKeyRef")?;
         ensure!(r.name == "ambient-runner-secrets" && r.key == "API_TOKEN" && r.optional == Some(true), "{r:?}");
         // Nor can a session variable copy the Secret's value: `$(…)` reaches the runner verbatim.
         let copy = env.iter().find(|e| e.name == "COPY").and_then(|e| e.value.as_deref());
@@ -386,11 +522,21 @@ impl T<'_> {
         ensure!(env[*j + 1..].iter().all(|e| e.name != "API_TOKEN"), "{env:?}");
         let from = c.env_from.clone().unwrap_or_default();
         let sources: Vec<&str> = from.iter().filter_map(|f| f.secret_ref.as_ref()).map(|s| s.name.as_str()).collect();
-        ensure!(sources == ["ambient-non-vertex-integrations", "ambient-runner-secrets"], "the runner secret is the last source: {from:?}");
+        ensure!(
+            sources == ["ambient-non-vertex-integrations", "ambient-runner-secrets"],
+            "the runner secret is the last source: {from:?}"
+        );
         // The fake runner honours the session's own variables (first of duplicates): still running.
         self.phase("envs", "Running").await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        ensure!(self.session_in_cluster("envs").await?.and_then(|s| s.status).and_then(|s| s.phase).is_some_and(|p| p.as_str() == "Running"), "envs stopped running");
+        ensure!(
+            self.session_in_cluster("envs")
+                .await?
+                .and_then(|s| s.status)
+                .and_then(|s| s.phase)
+                .is_some_and(|p| p.as_str() == "Running"),
+            "envs stopped running"
+        );
         let _ = self.c.post(&format!("{}/envs/stop", self.sessions_path()), &self.alice, json!({})).await;
         Ok(())
     }

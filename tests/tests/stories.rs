@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use ambient_tests::http::{Client, Resp, SseEvent};
-use ambient_tests::sse::{SseStream, phase_of};
 use ambient_tests::routes::{Params, operations, sample_body};
+use ambient_tests::sse::{SseStream, phase_of};
 use ambient_tests::stack::{Stack, StackOptions};
 use ambient_tests::{DemoUser, TestEnv, eventually, unique_name};
 use events::crd::ProjectSettings;
@@ -28,7 +28,8 @@ const LONG: Duration = Duration::from_secs(60);
 /// A stack whose per-principal rate limit does not get in the way of probing every route, and
 /// whose mutations wait long enough on a loaded machine to answer synchronously.
 async fn stack(env: &TestEnv) -> Stack {
-    let api_args = vec!["--rate-limit-rps=1000".into(), "--rate-limit-burst=10000".into(), "--result-timeout=60s".into()];
+    let api_args =
+        vec!["--rate-limit-rps=1000".into(), "--rate-limit-burst=10000".into(), "--result-timeout=60s".into()];
     Stack::start(env, StackOptions { api_args, ..Default::default() }).await.expect("stack starts")
 }
 
@@ -41,14 +42,27 @@ async fn create_project(c: &Client, who: &str, prefix: &str) -> String {
     let r = c.post("/api/projects", who, json!({"name": name, "displayName": format!("Story {prefix}")})).await;
     assert_eq!(r.status, StatusCode::CREATED, "creating {name}: {:?}", r.body);
     // Read-your-writes: once created, the project is the creator's at once, with no retry.
-    assert_eq!(c.get(&format!("/api/projects/{name}"), who).await.status, StatusCode::OK, "the creator sees {name} right away");
+    assert_eq!(
+        c.get(&format!("/api/projects/{name}"), who).await.status,
+        StatusCode::OK,
+        "the creator sees {name} right away"
+    );
     let listed = c.get("/api/projects", who).await;
-    assert!(listed.body["items"].as_array().is_some_and(|i| i.iter().any(|p| p["name"] == name.as_str())), "the creator lists {name} right away");
+    assert!(
+        listed.body["items"].as_array().is_some_and(|i| i.iter().any(|p| p["name"] == name.as_str())),
+        "the creator lists {name} right away"
+    );
     name
 }
 
 async fn grant(c: &Client, admin: &str, p: &str, ty: &str, name: &str, role: &str) {
-    let r = c.post(&format!("/api/projects/{p}/permissions"), admin, json!({"subjectType": ty, "subjectName": name, "role": role})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{p}/permissions"),
+            admin,
+            json!({"subjectType": ty, "subjectName": name, "role": role}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "grant {ty} {name} {role} in {p}: {:?}", r.body);
 }
 
@@ -80,7 +94,12 @@ async fn wait_phase(c: &Client, who: &str, p: &str, s: &str, phase: &str) -> Val
 async fn sse_until_phase(sse: &mut SseStream, session: &str, phase: &str) -> Vec<String> {
     let evs = sse.read_until(LONG, |e| phase_of(e, session).as_deref() == Some(phase)).await;
     let phases: Vec<String> = evs.iter().filter_map(|e| phase_of(e, session)).collect();
-    assert_eq!(phases.last().map(String::as_str), Some(phase), "SSE never showed {session} {phase}; saw {phases:?} (ended: {})", sse.ended);
+    assert_eq!(
+        phases.last().map(String::as_str),
+        Some(phase),
+        "SSE never showed {session} {phase}; saw {phases:?} (ended: {})",
+        sse.ended
+    );
     phases
 }
 
@@ -90,8 +109,11 @@ async fn refused_everywhere(c: &Client, doc: &Value, who: &str, project: &str, s
     let mut probed = 0;
     for route in operations(doc).iter().filter(|r| r.in_project() && !except.contains(&r.label().as_str())) {
         let body = sample_body(route, project, &unique_name("probe"));
-        let there = c.call(route.method(), &Params::new(project, session).fill(&route.template), Some(who), body.clone(), &[]).await;
-        let absent = c.call(route.method(), &Params::new(&missing, session).fill(&route.template), Some(who), body, &[]).await;
+        let there = c
+            .call(route.method(), &Params::new(project, session).fill(&route.template), Some(who), body.clone(), &[])
+            .await;
+        let absent =
+            c.call(route.method(), &Params::new(&missing, session).fill(&route.template), Some(who), body, &[]).await;
         assert_eq!(there.status, StatusCode::NOT_FOUND, "{}: {:?}", route.label(), there.body);
         assert_eq!(there.body, absent.body, "{} tells {project} from a missing project", route.label());
         probed += 1;
@@ -123,15 +145,33 @@ async fn collaboration() {
     let r = c.post(&format!("/api/projects/{p}/groups"), &alice, json!({"groupName": "team-b", "role": "edit"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let r = c.get(&format!("/api/projects/{p}/permissions"), &alice).await;
-    assert!(r.body["items"].as_array().unwrap().contains(&json!({"subjectType": "group", "subjectName": "team-b", "role": "edit"})), "{:?}", r.body);
+    assert!(
+        r.body["items"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"subjectType": "group", "subjectName": "team-b", "role": "edit"})),
+        "{:?}",
+        r.body
+    );
 
     // Bob sees the project as an editor, opens the session's live stream, then creates it.
     wait_status(&c, &bob, &format!("/api/projects/{p}"), StatusCode::OK, Duration::from_secs(10)).await;
     let listed = c.get("/api/projects", &bob).await;
-    assert!(listed.body["items"].as_array().unwrap().iter().any(|i| i["name"] == p.as_str()), "bob lists the shared project");
+    assert!(
+        listed.body["items"].as_array().unwrap().iter().any(|i| i["name"] == p.as_str()),
+        "bob lists the shared project"
+    );
     assert_eq!(c.get(&format!("/api/projects/{p}/access"), &bob).await.body["userRole"], "edit");
-    let mut sse = ambient_tests::sse::open(&c, &format!("{}/events", session_path(&p, "review")), &bob, None).await.expect("bob may watch");
-    let r = c.post(&format!("/api/projects/{p}/agentic-sessions"), &bob, json!({"name": "review", "prompt": "review the PR"})).await;
+    let mut sse = ambient_tests::sse::open(&c, &format!("{}/events", session_path(&p, "review")), &bob, None)
+        .await
+        .expect("bob may watch");
+    let r = c
+        .post(
+            &format!("/api/projects/{p}/agentic-sessions"),
+            &bob,
+            json!({"name": "review", "prompt": "review the PR"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let phases = sse_until_phase(&mut sse, "review", "Completed").await;
     assert_eq!(phases.first().map(String::as_str), Some("Pending"), "the stream starts at Pending: {phases:?}");
@@ -143,7 +183,9 @@ async fn collaboration() {
     // Carol, with no role, gets the missing-project answer on every route of the project.
     let doc = openapi(&c).await;
     refused_everywhere(&c, &doc, &carol, &p, "review", &[]).await;
-    assert!(!c.get("/api/projects", &carol).await.body["items"].as_array().unwrap().iter().any(|i| i["name"] == p.as_str()));
+    assert!(
+        !c.get("/api/projects", &carol).await.body["items"].as_array().unwrap().iter().any(|i| i["name"] == p.as_str())
+    );
 
     // Alice revokes team-b: bob is refused, and his open stream is closed, within 5 s.
     let r = c.delete(&format!("/api/projects/{p}/permissions/group/team-b"), &alice).await;
@@ -171,19 +213,35 @@ async fn automation() {
     let alice = token(&env, DemoUser::Alice);
     let a = create_project(&c, &alice, "story-ci-a").await;
     let b = create_project(&c, &alice, "story-ci-b").await;
-    let r = c.post(&format!("/api/projects/{b}/agentic-sessions"), &alice, json!({"name": "theirs", "prompt": "x"})).await;
+    let r =
+        c.post(&format!("/api/projects/{b}/agentic-sessions"), &alice, json!({"name": "theirs", "prompt": "x"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 
-    let r = c.post(&format!("/api/projects/{a}/keys"), &alice, json!({"name": "jira-bridge", "role": "edit", "description": "CI"})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{a}/keys"),
+            &alice,
+            json!({"name": "jira-bridge", "role": "edit", "description": "CI"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let key = r.body["key"].as_str().expect("the token is in the 201 body").to_string();
     let key_id = r.body["id"].as_str().unwrap().to_string();
 
     // The key creates a session that keeps running, then stops it.
-    let r = c.post(&format!("/api/projects/{a}/agentic-sessions"), &key, json!({"name": "ci-run", "prompt": "fix the build", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})).await;
+    let r = c
+        .post(
+            &format!("/api/projects/{a}/agentic-sessions"),
+            &key,
+            json!({"name": "ci-run", "prompt": "fix the build", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let running = wait_phase(&c, &key, &a, "ci-run", "Running").await;
-    assert!(running["spec"]["userContext"]["userId"].as_str().unwrap().starts_with(&format!("system:serviceaccount:{a}:")), "{running}");
+    assert!(
+        running["spec"]["userContext"]["userId"].as_str().unwrap().starts_with(&format!("system:serviceaccount:{a}:")),
+        "{running}"
+    );
     let r = c.post(&format!("{}/stop", session_path(&a, "ci-run")), &key, json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     wait_phase(&c, &key, &a, "ci-run", "Stopped").await;
@@ -227,7 +285,10 @@ async fn automation() {
     let r = c.post(&path, &key, json!({"name": "after-revoke", "prompt": "x"})).await;
     assert!(matches!(r.status, StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND), "{:?}", r);
     assert!(revoked.elapsed() <= REVOCATION_BOUND, "refused only after {:?}", revoked.elapsed());
-    assert!(!c.get(&format!("/api/projects/{a}/keys"), &alice).await.body.to_string().contains(&key_id), "the key is gone from the list");
+    assert!(
+        !c.get(&format!("/api/projects/{a}/keys"), &alice).await.body.to_string().contains(&key_id),
+        "the key is gone from the list"
+    );
 }
 
 /// Stop a running session, start it again, clone it into another project where the caller is an
@@ -243,8 +304,11 @@ async fn lifecycle() {
     grant(&c, &alice, &other, "user", "bob", "edit").await;
     wait_status(&c, &bob, &format!("/api/projects/{other}"), StatusCode::OK, Duration::from_secs(10)).await;
 
-    let mut events = ambient_tests::sse::open(&c, &format!("/api/projects/{p}/events"), &bob, None).await.expect("project stream");
-    let mut events_other = ambient_tests::sse::open(&c, &format!("/api/projects/{other}/events"), &bob, None).await.expect("target project stream");
+    let mut events =
+        ambient_tests::sse::open(&c, &format!("/api/projects/{p}/events"), &bob, None).await.expect("project stream");
+    let mut events_other = ambient_tests::sse::open(&c, &format!("/api/projects/{other}/events"), &bob, None)
+        .await
+        .expect("target project stream");
     let body = json!({"name": "long", "prompt": "work for a while", "timeout": 3600, "environmentVariables": {"KWOK_RUN_DURATION": "1h"}});
     let r = c.post(&format!("/api/projects/{p}/agentic-sessions"), &bob, body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
@@ -260,7 +324,11 @@ async fn lifecycle() {
     sse_until_phase(&mut events, "long", "Stopped").await;
     let stopped = wait_phase(&c, &bob, &p, "long", "Stopped").await;
     assert!(stopped["status"]["completionTime"].is_string() || stopped["status"]["message"].is_string(), "{stopped}");
-    eventually("the Job is deleted on stop", LONG, || async { Ok(jobs.get_opt(job_name).await?.is_none().then_some(())) }).await.unwrap();
+    eventually("the Job is deleted on stop", LONG, || async {
+        Ok(jobs.get_opt(job_name).await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
 
     // Start again.
     let r = c.post(&format!("{}/start", session_path(&p, "long")), &bob, json!({})).await;
@@ -269,11 +337,20 @@ async fn lifecycle() {
     // A late event of the stopped run (its status details, still phase Stopped) may precede the
     // start; once the new run shows, the stream never goes back to Stopped.
     let after_start: Vec<&String> = again.iter().skip_while(|ph| *ph == "Stopped").collect();
-    assert!(!after_start.is_empty() && !after_start.iter().any(|ph| *ph == "Stopped"), "after start the stream moves forward: {again:?}");
+    assert!(
+        !after_start.is_empty() && !after_start.iter().any(|ph| *ph == "Stopped"),
+        "after start the stream moves forward: {again:?}"
+    );
     wait_phase(&c, &bob, &p, "long", "Running").await;
 
     // Clone into the other project (bob is an editor there).
-    let r = c.post(&format!("{}/clone", session_path(&p, "long")), &bob, json!({"targetProject": other, "newSessionName": "long-copy"})).await;
+    let r = c
+        .post(
+            &format!("{}/clone", session_path(&p, "long")),
+            &bob,
+            json!({"targetProject": other, "newSessionName": "long-copy"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.body["metadata"]["namespace"], other.as_str());
     let copy = c.get(&session_path(&other, "long-copy"), &bob).await;
@@ -281,19 +358,32 @@ async fn lifecycle() {
     assert_eq!(copy.body["spec"]["prompt"], "work for a while");
     assert_eq!(copy.body["spec"]["userContext"]["userId"], "bob", "the copy belongs to the cloner");
     let seen = events_other.read_until(LONG, |e| e.data["name"] == "long-copy").await;
-    assert!(seen.last().is_some_and(|e| e.data["name"] == "long-copy"), "the target project's stream shows the copy: {seen:?}");
+    assert!(
+        seen.last().is_some_and(|e| e.data["name"] == "long-copy"),
+        "the target project's stream shows the copy: {seen:?}"
+    );
     // Bob is no admin of the target: cloning does not let him manage it.
     assert_eq!(c.get(&format!("/api/projects/{other}/keys"), &bob).await.status, StatusCode::FORBIDDEN);
 
     // Delete: gone from the read API and the stream, and its Job is collected.
     let r = c.delete(&session_path(&p, "long"), &bob).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
-    let evs = events.read_until(LONG, |e: &SseEvent| e.event == "ambient.session.deleted.v1" && e.data["name"] == "long").await;
-    assert!(evs.last().is_some_and(|e| e.event == "ambient.session.deleted.v1"), "SSE shows the deletion: {:?}", evs.iter().map(|e| &e.event).collect::<Vec<_>>());
+    let evs = events
+        .read_until(LONG, |e: &SseEvent| e.event == "ambient.session.deleted.v1" && e.data["name"] == "long")
+        .await;
+    assert!(
+        evs.last().is_some_and(|e| e.event == "ambient.session.deleted.v1"),
+        "SSE shows the deletion: {:?}",
+        evs.iter().map(|e| &e.event).collect::<Vec<_>>()
+    );
     wait_status(&c, &bob, &session_path(&p, "long"), StatusCode::NOT_FOUND, LONG).await;
     let listed = c.get(&format!("/api/projects/{p}/agentic-sessions"), &bob).await;
     assert_eq!(listed.body["items"], json!([]));
-    eventually("the deleted session's Job is collected", LONG, || async { Ok(jobs.get_opt(job_name).await?.is_none().then_some(())) }).await.unwrap();
+    eventually("the deleted session's Job is collected", LONG, || async {
+        Ok(jobs.get_opt(job_name).await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
     assert_eq!(c.delete(&session_path(&other, "long-copy"), &bob).await.status, StatusCode::NO_CONTENT);
 }
 
@@ -311,7 +401,10 @@ async fn gitops() {
         let settings = settings.clone();
         async move {
             let patch = json!({"spec": {"groupAccess": access}});
-            settings.patch(events::crd::PROJECT_SETTINGS_NAME, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("kubectl edit of ProjectSettings")
+            settings
+                .patch(events::crd::PROJECT_SETTINGS_NAME, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("kubectl edit of ProjectSettings")
         }
     };
     let team_b = json!({"subjectType": "group", "subjectName": "team-b", "role": "view"});
@@ -327,7 +420,11 @@ async fn gitops() {
     .await
     .unwrap();
     let groups = c.get(&format!("/api/projects/{p}/groups"), &alice).await;
-    assert!(groups.body["items"].as_array().unwrap().contains(&json!({"groupName": "team-b", "role": "view"})), "{:?}", groups.body);
+    assert!(
+        groups.body["items"].as_array().unwrap().contains(&json!({"groupName": "team-b", "role": "view"})),
+        "{:?}",
+        groups.body
+    );
     wait_status(&c, &bob, &format!("/api/projects/{p}/agentic-sessions"), StatusCode::OK, LONG).await;
     assert_eq!(c.get(&format!("/api/projects/{p}/access"), &bob).await.body["userRole"], "view");
     let r = c.post(&format!("/api/projects/{p}/agentic-sessions"), &bob, json!({"name": "nope", "prompt": "x"})).await;
@@ -337,7 +434,11 @@ async fn gitops() {
     wait_status(&c, &bob, &format!("/api/projects/{p}"), StatusCode::NOT_FOUND, LONG).await;
     let r = c.get(&format!("/api/projects/{p}/permissions"), &alice).await;
     assert!(!r.body["items"].as_array().unwrap().contains(&team_b), "{:?}", r.body);
-    assert!(r.body["items"].as_array().unwrap().iter().any(|g| g["subjectName"] == "alice" && g["role"] == "admin"), "the creator keeps admin: {:?}", r.body);
+    assert!(
+        r.body["items"].as_array().unwrap().iter().any(|g| g["subjectName"] == "alice" && g["role"] == "admin"),
+        "the creator keeps admin: {:?}",
+        r.body
+    );
 }
 
 /// The runner's own ServiceAccount may report its session's status and display name, and
@@ -352,30 +453,53 @@ async fn runner() {
     let other = create_project(&c, &alice, "story-runner-x").await;
     let long = json!({"KWOK_RUN_DURATION": "1h"});
     for (proj, name) in [(&p, "mine"), (&p, "sibling"), (&other, "mine")] {
-        let r = c.post(&format!("/api/projects/{proj}/agentic-sessions"), &alice, json!({"name": name, "prompt": "x", "environmentVariables": long})).await;
+        let r = c
+            .post(
+                &format!("/api/projects/{proj}/agentic-sessions"),
+                &alice,
+                json!({"name": name, "prompt": "x", "environmentVariables": long}),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     }
     wait_phase(&c, &alice, &p, "mine", "Running").await;
 
     // The token the Job's pod would have mounted.
     let sa = format!("ambient-session-{}", "mine");
-    let req = TokenRequest { spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(600), ..Default::default() }, ..Default::default() };
-    let tr = Api::<ServiceAccount>::namespaced(env.admin(), &p).create_token_request(&sa, &PostParams::default(), &req).await.expect("TokenRequest");
+    let req = TokenRequest {
+        spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(600), ..Default::default() },
+        ..Default::default()
+    };
+    let tr = Api::<ServiceAccount>::namespaced(env.admin(), &p)
+        .create_token_request(&sa, &PostParams::default(), &req)
+        .await
+        .expect("TokenRequest");
     let runner = tr.status.expect("token issued").token;
 
     let me = c.get("/api/me", &runner).await;
     assert_eq!(me.body["userId"], format!("system:serviceaccount:{p}:{sa}"));
 
-    let r = c.put(&format!("{}/status", session_path(&p, "mine")), &runner, json!({"phase": "Running", "message": "turn 3 of 10", "num_turns": 3, "total_cost_usd": 0.25})).await;
+    let r = c
+        .put(
+            &format!("{}/status", session_path(&p, "mine")),
+            &runner,
+            json!({"phase": "Running", "message": "turn 3 of 10", "num_turns": 3, "total_cost_usd": 0.25}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let r = c.put(&format!("{}/displayname", session_path(&p, "mine")), &runner, json!({"displayName": "Fix flaky test"})).await;
+    let r = c
+        .put(&format!("{}/displayname", session_path(&p, "mine")), &runner, json!({"displayName": "Fix flaky test"}))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let reported = eventually("alice reads the runner's reports", LONG, || {
         let (c, alice, p) = (&c, &alice, &p);
         async move {
             let r = c.get(&session_path(p, "mine"), alice).await;
             let st = &r.body["status"];
-            Ok((st["message"] == "turn 3 of 10" && st["num_turns"] == 3 && r.body["spec"]["displayName"] == "Fix flaky test").then_some(()))
+            Ok((st["message"] == "turn 3 of 10"
+                && st["num_turns"] == 3
+                && r.body["spec"]["displayName"] == "Fix flaky test")
+                .then_some(()))
         }
     })
     .await;
@@ -389,7 +513,11 @@ async fn runner() {
     // that for themselves); everything else of its project is refused.
     let own: Vec<String> = operations(&doc)
         .iter()
-        .filter(|r| r.template.ends_with("/{session}/status") || r.template.ends_with("/{session}/displayname") || r.template.ends_with("/{session}/messages"))
+        .filter(|r| {
+            r.template.ends_with("/{session}/status")
+                || r.template.ends_with("/{session}/displayname")
+                || r.template.ends_with("/{session}/messages")
+        })
         .map(|r| r.label())
         .collect();
     let own: Vec<&str> = own.iter().map(String::as_str).collect();
@@ -401,7 +529,10 @@ async fn runner() {
     let r = c.post("/api/projects", &runner, json!({"name": unique_name("runner-made")})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "a runner creates no projects: {:?}", r);
     let sibling = c.get(&session_path(&p, "sibling"), &alice).await.body;
-    assert!(sibling["spec"]["displayName"].is_null() && sibling["spec"]["prompt"] == "x", "the sibling is unchanged: {sibling}");
+    assert!(
+        sibling["spec"]["displayName"].is_null() && sibling["spec"]["prompt"] == "x",
+        "the sibling is unchanged: {sibling}"
+    );
 }
 
 /// A session's runner and a project's settings reach a UI through the api's SSE streams: the
@@ -415,13 +546,18 @@ async fn runner_and_settings_views_over_sse() {
     let alice = token(&env, DemoUser::Alice);
     let p = create_project(&c, &alice, "story-view").await;
     // From the start (`Last-Event-ID: 0`): the settings were created with the project.
-    let mut project_events = ambient_tests::sse::open(&c, &format!("/api/projects/{p}/events"), &alice, Some(0)).await.expect("project stream");
-    let body = json!({"name": "watched", "prompt": "work for a while", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}});
+    let mut project_events = ambient_tests::sse::open(&c, &format!("/api/projects/{p}/events"), &alice, Some(0))
+        .await
+        .expect("project stream");
+    let body =
+        json!({"name": "watched", "prompt": "work for a while", "environmentVariables": {"KWOK_RUN_DURATION": "1h"}});
     let r = c.post(&format!("/api/projects/{p}/agentic-sessions"), &alice, body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     // From the start as well: kwok may run the pod before the stream is open.
     let mut session_events =
-        ambient_tests::sse::open(&c, &format!("{}/events", session_path(&p, "watched")), &alice, Some(0)).await.expect("session stream");
+        ambient_tests::sse::open(&c, &format!("{}/events", session_path(&p, "watched")), &alice, Some(0))
+            .await
+            .expect("session stream");
     let runner = |e: &SseEvent| e.event == "ambient.session.runner.v1";
     let evs = session_events.read_until(LONG, |e| runner(e) && e.data["data"]["pod"]["phase"] == "Running").await;
     let last = evs.last().filter(|e| runner(e)).unwrap_or_else(|| panic!("no running runner view: {evs:?}"));
@@ -433,10 +569,16 @@ async fn runner_and_settings_views_over_sse() {
     let r = c.post(&format!("{}/stop", session_path(&p, "watched")), &alice, json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let evs = session_events.read_until(LONG, |e| runner(e) && e.data["data"]["job"].is_null()).await;
-    assert!(evs.last().is_some_and(|e| runner(e) && e.data["data"]["pod"].is_null()), "the runner is reported gone: {evs:?}");
+    assert!(
+        evs.last().is_some_and(|e| runner(e) && e.data["data"]["pod"].is_null()),
+        "the runner is reported gone: {evs:?}"
+    );
 
     let evs = project_events.read_until(LONG, |e| e.event == "ambient.project.settings.v1").await;
-    let settings = evs.last().filter(|e| e.event == "ambient.project.settings.v1").unwrap_or_else(|| panic!("no settings view: {evs:?}"));
+    let settings = evs
+        .last()
+        .filter(|e| e.event == "ambient.project.settings.v1")
+        .unwrap_or_else(|| panic!("no settings view: {evs:?}"));
     assert_eq!((settings.data["kind"].as_str(), settings.data["name"].as_str()), (Some("project"), Some(p.as_str())));
     assert_eq!(settings.data["data"]["exists"], true);
 }

@@ -26,10 +26,14 @@ const ATTEMPTS: u32 = 30;
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {
     /// The project's budget would be exceeded.
-    #[error("the project's session messages hold {used} of at most {max} bytes; this message needs {need} more (delete sessions to free space)")]
+    #[error(
+        "the project's session messages hold {used} of at most {max} bytes; this message needs {need} more (delete sessions to free space)"
+    )]
     Full { used: u64, need: u64, max: u64 },
     /// The shared stream is nearly full and this project holds much of it.
-    #[error("the message store shared by all projects is nearly full ({used} of {capacity} bytes) and this project's messages hold {held} bytes; delete sessions to free space")]
+    #[error(
+        "the message store shared by all projects is nearly full ({used} of {capacity} bytes) and this project's messages hold {held} bytes; delete sessions to free space"
+    )]
     StreamNearlyFull { used: u64, capacity: u64, held: u64 },
     /// The bucket did not answer.
     #[error("the message budget is unavailable: {0}")]
@@ -108,20 +112,26 @@ impl Budgets {
             let written = match current.filter(|e| e.operation == kv::Operation::Put) {
                 Some(entry) => {
                     let next = step(parse(&entry.value))?;
-                    self.kv.update(project, next.to_string().into(), entry.revision).await.map(|_| next).map_err(|e| {
-                        (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())
-                    })
+                    self.kv
+                        .update(project, next.to_string().into(), entry.revision)
+                        .await
+                        .map(|_| next)
+                        .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string()))
                 }
                 None => {
                     let next = step(0)?;
-                    self.kv.create(project, next.to_string().into()).await.map(|_| next).map_err(|e| {
-                        (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())
-                    })
+                    self.kv
+                        .create(project, next.to_string().into())
+                        .await
+                        .map(|_| next)
+                        .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string()))
                 }
             };
             match written {
                 Ok(next) => return Ok(next),
-                Err((true, _)) => tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt % 8) + 1)).await,
+                Err((true, _)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt % 8) + 1)).await
+                }
                 Err((false, e)) => return Err(BudgetError::Unavailable(e)),
             }
         }
@@ -176,9 +186,12 @@ impl Budgets {
             Some((revision, _)) if counted == 0 => {
                 self.kv.purge_expect_revision(project, Some(revision)).await.map_err(|e| e.to_string())
             }
-            Some((revision, _)) => {
-                self.kv.update(project, counted.to_string().into(), revision).await.map(|_| ()).map_err(|e| e.to_string())
-            }
+            Some((revision, _)) => self
+                .kv
+                .update(project, counted.to_string().into(), revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
         };
         // A lost race is not a failure: the next sweep recounts.
         Ok(done.is_ok())
@@ -217,15 +230,18 @@ mod tests {
         // (project holds, stream holds) -> admitted
         let cases = [
             (0, 0, true),
-            (100 * MIB, 7000 * MIB, true),              // below the reserve: the budget alone decides
-            (100 * MIB, 7400 * MIB, false),             // in the reserve: a heavy project is refused
-            (HEAVY_BYTES - MIB, 7400 * MIB, true),      // ...a light one is not
-            (HEAVY_BYTES - MIB, 8 * 1024 * MIB, true),  // the server's own cap is the last word
+            (100 * MIB, 7000 * MIB, true),  // below the reserve: the budget alone decides
+            (100 * MIB, 7400 * MIB, false), // in the reserve: a heavy project is refused
+            (HEAVY_BYTES - MIB, 7400 * MIB, true), // ...a light one is not
+            (HEAVY_BYTES - MIB, 8 * 1024 * MIB, true), // the server's own cap is the last word
         ];
         for (held, used, admitted) in cases {
             assert_eq!(reserve(held, 1024, budget, stream(used)).is_ok(), admitted, "project {held}, stream {used}");
         }
-        assert!(matches!(reserve(100 * MIB, 1024, budget, stream(7500 * MIB)), Err(BudgetError::StreamNearlyFull { .. })));
+        assert!(matches!(
+            reserve(100 * MIB, 1024, budget, stream(7500 * MIB)),
+            Err(BudgetError::StreamNearlyFull { .. })
+        ));
         assert_eq!(Pressure { used: 0, capacity: 8 * 1024 * MIB }.heavy(), HEAVY_BYTES);
         assert_eq!(Pressure { used: 0, capacity: 512 * 1000 }.heavy(), 1000, "a smaller store, a smaller share");
     }

@@ -162,7 +162,10 @@ impl MessageLog {
         let stream = self.js.get_stream(MESSAGES_STREAM).await.ok()?;
         let info = stream.cached_info();
         let max = u64::try_from(info.config.max_bytes).ok().filter(|m| *m > 0)?;
-        let p = budget::Pressure { used: info.state.bytes, capacity: self.limits.store_capacity.map_or(max, |c| c.min(max)) };
+        let p = budget::Pressure {
+            used: info.state.bytes,
+            capacity: self.limits.store_capacity.map_or(max, |c| c.min(max)),
+        };
         if let Ok(mut cache) = self.pressure.lock() {
             *cache = Some((tokio::time::Instant::now(), p));
         }
@@ -186,7 +189,12 @@ impl MessageLog {
     /// The last stored message of `subject`: (sequence, count, bytes); zeros when none. With
     /// `of`, a last message of another session than `of` (an earlier one of the same name)
     /// reads as `Err(Tail::Foreign { .. })`.
-    async fn tail(&self, stream: &stream::Stream<()>, subject: &str, of: Option<&Incarnation>) -> Result<(u64, u64, u64), Tail> {
+    async fn tail(
+        &self,
+        stream: &stream::Stream<()>,
+        subject: &str,
+        of: Option<&Incarnation>,
+    ) -> Result<(u64, u64, u64), Tail> {
         match stream.direct_get_last_for_subject(subject).await {
             Ok(m) => {
                 if let Some(inc) = of {
@@ -205,7 +213,14 @@ impl MessageLog {
     /// Purges the messages of `subject` up to and including sequence `upto` (what an earlier
     /// session of the same name left, `bytes` in all), never a later one; the bytes go back to
     /// the project's budget when this call purged them.
-    async fn purge_upto(&self, stream: &stream::Stream<()>, project: &str, subject: &str, upto: u64, bytes: u64) -> Result<u64, String> {
+    async fn purge_upto(
+        &self,
+        stream: &stream::Stream<()>,
+        project: &str,
+        subject: &str,
+        upto: u64,
+        bytes: u64,
+    ) -> Result<u64, String> {
         let held = self.held_through(stream, subject, upto, bytes).await?;
         let r = stream.purge().filter(subject).sequence(upto.saturating_add(1)).await.map_err(|e| e.to_string())?;
         if r.purged > 0 {
@@ -218,10 +233,17 @@ impl MessageLog {
     /// byte total is `last_bytes`: the totals run on from a session's first message, so after a
     /// partial purge the survivors hold their last total minus what the first one's total
     /// counted before it.
-    async fn held_through(&self, stream: &stream::Stream<()>, subject: &str, last: u64, last_bytes: u64) -> Result<u64, String> {
+    async fn held_through(
+        &self,
+        stream: &stream::Stream<()>,
+        subject: &str,
+        last: u64,
+        last_bytes: u64,
+    ) -> Result<u64, String> {
         match stream.direct_get_first_for_subject(subject).await {
             Ok(first) if first.sequence <= last => {
-                let before_first = header_u64(&first.headers, H_BYTES).saturating_sub(stored_size(subject, first.payload.len()));
+                let before_first =
+                    header_u64(&first.headers, H_BYTES).saturating_sub(stored_size(subject, first.payload.len()));
                 Ok(last_bytes.saturating_sub(before_first))
             }
             Ok(_) => Ok(0),
@@ -250,7 +272,9 @@ impl MessageLog {
         let need = stored_size(&subject, body.len());
         let pressure = self.pressure().await;
         self.budgets.reserve(project.as_str(), need, pressure).await.map_err(|e| match e {
-            e @ (BudgetError::Full { .. } | BudgetError::StreamNearlyFull { .. }) => AppendError::ProjectFull(e.to_string()),
+            e @ (BudgetError::Full { .. } | BudgetError::StreamNearlyFull { .. }) => {
+                AppendError::ProjectFull(e.to_string())
+            }
             BudgetError::Unavailable(e) => AppendError::Unavailable(e),
         })?;
         let appended = self.append_reserved(&stream, project, session, inc, &subject, &mut msg, body).await;
@@ -285,7 +309,8 @@ impl MessageLog {
             let (last, count, bytes) = match self.tail(stream, subject, Some(inc)).await {
                 Ok(t) => t,
                 Err(Tail::Foreign { seq, bytes }) => {
-                    let n = self.purge_upto(stream, project.as_str(), subject, seq, bytes).await.map_err(unavailable)?;
+                    let n =
+                        self.purge_upto(stream, project.as_str(), subject, seq, bytes).await.map_err(unavailable)?;
                     tracing::info!(project = %project, session = %session, purged = n, "messages of an earlier session of this name purged");
                     continue;
                 }
@@ -304,9 +329,8 @@ impl MessageLog {
             headers.insert(H_TYPE, ty);
             headers.insert(H_COUNT, (count + 1).to_string().as_str());
             headers.insert(H_BYTES, total.to_string().as_str());
-            let ack = async {
-                self.js.publish_with_headers(subject.to_string(), headers, body.clone().into()).await?.await
-            };
+            let ack =
+                async { self.js.publish_with_headers(subject.to_string(), headers, body.clone().into()).await?.await };
             match ack.await {
                 Ok(ack) => {
                     msg.seq = ack.sequence;
@@ -336,7 +360,13 @@ impl MessageLog {
 
     /// Reads messages of the session `inc` after `q.after`, waiting up to `q.wait` when none
     /// matches. Messages of an earlier session of the same name are skipped.
-    pub async fn read(&self, project: &ProjectName, session: &SessionName, inc: &Incarnation, q: &ReadQuery) -> Result<Page, ReadError> {
+    pub async fn read(
+        &self,
+        project: &ProjectName,
+        session: &SessionName,
+        inc: &Incarnation,
+        q: &ReadQuery,
+    ) -> Result<Page, ReadError> {
         let subject = events::subjects::messages(project, session);
         let stream = self.stream().await.map_err(ReadError)?;
         let last = match self.tail(&stream, &subject, None).await {
@@ -414,7 +444,9 @@ impl MessageLog {
         match self.tail(&stream, &subject, Some(inc)).await {
             Ok((0, _, _)) => Ok((0, 0)),
             Ok((last, _, bytes)) => Ok((0, self.held_through(&stream, &subject, last, bytes).await?)),
-            Err(Tail::Foreign { seq, bytes }) => self.purge_upto(&stream, project, &subject, seq, bytes).await.map(|n| (n, 0)),
+            Err(Tail::Foreign { seq, bytes }) => {
+                self.purge_upto(&stream, project, &subject, seq, bytes).await.map(|n| (n, 0))
+            }
             Err(Tail::Unavailable(e)) => Err(e),
         }
     }

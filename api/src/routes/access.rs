@@ -5,12 +5,12 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use events::commands::{KeyCreate, KeyRevoke, PermissionGrant, PermissionRevoke};
 use events::access::Requirement;
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::Api;
+use events::commands::{KeyCreate, KeyRevoke, PermissionGrant, PermissionRevoke};
 use events::results::Outcome;
 use events::{Command, CommandBody, KeyName, Principal, ProjectName, Role, SubjectName, SubjectType};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::Api;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -56,7 +56,16 @@ fn has_grant(st: &AppState, p: &str, ty: SubjectType, name: &str, role: Option<R
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn grant(st: &AppState, caller: &Caller, project: ProjectName, ty: SubjectType, name: SubjectName, role: Role, headers: &HeaderMap, message: &str) -> Result<Response, ApiError> {
+async fn grant(
+    st: &AppState,
+    caller: &Caller,
+    project: ProjectName,
+    ty: SubjectType,
+    name: SubjectName,
+    role: Role,
+    headers: &HeaderMap,
+    message: &str,
+) -> Result<Response, ApiError> {
     let p = project.to_string();
     let body = CommandBody::PermissionGrant(PermissionGrant { subject_type: ty, subject_name: name.clone(), role });
     match st.mutate(caller, project, body, headers, None).await? {
@@ -68,7 +77,14 @@ async fn grant(st: &AppState, caller: &Caller, project: ProjectName, ty: Subject
     }
 }
 
-async fn revoke(st: &AppState, caller: &Caller, project: ProjectName, ty: SubjectType, name: SubjectName, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn revoke(
+    st: &AppState,
+    caller: &Caller,
+    project: ProjectName,
+    ty: SubjectType,
+    name: SubjectName,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let p = project.to_string();
     let body = CommandBody::PermissionRevoke(PermissionRevoke { subject_type: ty, subject_name: name.clone() });
     match st.mutate(caller, project, body, headers, None).await? {
@@ -83,7 +99,11 @@ async fn revoke(st: &AppState, caller: &Caller, project: ProjectName, ty: Subjec
 /// User and group grants: `{items: [{subjectType, subjectName, role}]}`.
 #[utoipa::path(get, path = "/api/projects/{project}/permissions", tag = "permissions", params(("project" = String, Path)),
     responses((status = 200, description = "`{items: [{subjectType, subjectName, role}]}`"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn list_permissions(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+pub async fn list_permissions(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+) -> Result<Response, ApiError> {
     list_guard(&st, &caller, &p).await?;
     Ok(axum::Json(json!({"items": st.reads.permissions_view(&p)})).into_response())
 }
@@ -93,7 +113,13 @@ pub async fn list_permissions(State(st): State<Arc<AppState>>, caller: Caller, P
     request_body(content = Object, description = "`{subjectType: user|group, subjectName, role: admin|edit|view}`"),
     responses((status = 201, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 409, description = "conflict")))]
-pub async fn add_permission(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn add_permission(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let req: GrantRequest = strict(&v)?;
     let ty = subject_type("subjectType", &req.subject_type)?;
@@ -107,7 +133,12 @@ pub async fn add_permission(State(st): State<Arc<AppState>>, caller: Caller, Pat
     params(("project" = String, Path), ("subjectType" = String, Path), ("subjectName" = String, Path)),
     responses((status = 204, description = "revoked"), (status = 202, description = "accepted"), (status = 400, description = "invalid subject"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn delete_permission(State(st): State<Arc<AppState>>, caller: Caller, Path((p, t, n)): Path<(String, String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn delete_permission(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, t, n)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let ty = subject_type("subjectType", &t)?;
     let name = SubjectName::new(n).map_err(|e| ApiError::from(e.at("subjectName")))?;
@@ -117,7 +148,11 @@ pub async fn delete_permission(State(st): State<Arc<AppState>>, caller: Caller, 
 /// Group grants: `{items: [{groupName, role}]}`.
 #[utoipa::path(get, path = "/api/projects/{project}/groups", tag = "permissions", params(("project" = String, Path)),
     responses((status = 200, description = "`{items: [{groupName, role}]}`"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn list_groups(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+pub async fn list_groups(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+) -> Result<Response, ApiError> {
     list_guard(&st, &caller, &p).await?;
     let items: Vec<Value> = st
         .reads
@@ -142,7 +177,13 @@ pub async fn list_groups(State(st): State<Arc<AppState>>, caller: Caller, Path(p
     request_body(content = Object, description = "`{groupName, role}`"),
     responses((status = 201, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn add_group(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn add_group(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let req: GroupRequest = strict(&v)?;
     let name = SubjectName::new(req.group_name).map_err(|e| ApiError::from(e.at("groupName")))?;
@@ -154,7 +195,12 @@ pub async fn add_group(State(st): State<Arc<AppState>>, caller: Caller, Path(p):
 #[utoipa::path(delete, path = "/api/projects/{project}/groups/{group}", tag = "permissions",
     params(("project" = String, Path), ("group" = String, Path)),
     responses((status = 204, description = "revoked"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn delete_group(State(st): State<Arc<AppState>>, caller: Caller, Path((p, g)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn delete_group(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, g)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let name = SubjectName::new(g).map_err(|e| ApiError::from(e.at("group")))?;
     revoke(&st, &caller, project, SubjectType::Group, name, &headers).await
@@ -175,7 +221,11 @@ struct KeyRequest {
 /// Access keys: `{items: [{id, name, createdAt, lastUsedAt, description, role}]}`.
 #[utoipa::path(get, path = "/api/projects/{project}/keys", tag = "keys", params(("project" = String, Path)),
     responses((status = 200, description = "`{items: [{id, name, createdAt, lastUsedAt, description, role}]}`"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn list_keys(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+pub async fn list_keys(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+) -> Result<Response, ApiError> {
     st.visible_project(&caller, &p).await?;
     st.require(&caller, &[check(&p, "list", "", "serviceaccounts", None)]).await?;
     Ok(axum::Json(json!({"items": st.reads.keys_of(&p).await})).into_response())
@@ -191,7 +241,13 @@ pub async fn list_keys(State(st): State<Arc<AppState>>, caller: Caller, Path(p):
         (status = 202, description = "accepted (only with `Prefer: respond-async`); the token is returned once by GET /api/commands/{id}"),
         (status = 400, description = "invalid body"), (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 409, description = "exists"),
         (status = 503, description = "`KeyCreationPending`: not created yet; send the same request again (`Retry-After`) to receive the token")))]
-pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn create_key(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let req: KeyRequest = strict(&v)?;
     let name = KeyName::new(req.name).map_err(|e| ApiError::from(e.at("name")))?;
@@ -206,7 +262,9 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
         return Err(ApiError::invalid("expirationSeconds", "expirationSeconds must be between 600 and 315360000"));
     }
     // The whole request names the creation: a retry asking for something else is not a retry.
-    let request = serde_json::to_string(&json!([name.as_str(), role.as_str(), req.description, req.expiration_seconds])).unwrap_or_default();
+    let request =
+        serde_json::to_string(&json!([name.as_str(), role.as_str(), req.description, req.expiration_seconds]))
+            .unwrap_or_default();
     let reply = Reply::new(&caller.principal.user, &p, &request);
     let created = |id: String, token: String| {
         let body = json!({"id": id, "name": name.as_str(), "description": req.description.clone().unwrap_or_default(),
@@ -231,7 +289,9 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
     // The same creation asked again after an answer without its token: the token, once.
     if let Some(earlier) = st.commands.parked().by_alias(&reply.alias).await.map_err(ApiError::Unavailable)? {
         // Authorized as a new creation would be: the retry may come after a revocation.
-        if let Requirement::All(checks) = Command::new(project.clone(), caller.principal.clone(), body.clone()).requirement() {
+        if let Requirement::All(checks) =
+            Command::new(project.clone(), caller.principal.clone(), body.clone()).requirement()
+        {
             st.require(&caller, &checks).await?;
         }
         match st.commands.stored_result(&project, earlier).await? {
@@ -260,7 +320,10 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
                     }
                     if same {
                         // Taken meanwhile by a parallel request: shown there, once.
-                        return Err(ApiError::Conflict { reason: "AlreadyExists", message: format!("the access key {name} exists; its token was shown once") });
+                        return Err(ApiError::Conflict {
+                            reason: "AlreadyExists",
+                            message: format!("the access key {name} exists; its token was shown once"),
+                        });
                     }
                 }
                 // Failed, or the key is gone: nothing to show; this request creates anew.
@@ -289,7 +352,10 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
                     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
                 }
                 // A parallel request for the same key took the token first (it is shown once).
-                None => Err(ApiError::Conflict { reason: "AlreadyExists", message: format!("the access key {name} exists; its token was shown once, to another request") }),
+                None => Err(ApiError::Conflict {
+                    reason: "AlreadyExists",
+                    message: format!("the access key {name} exists; its token was shown once, to another request"),
+                }),
             }
         }
     }
@@ -298,7 +364,12 @@ pub async fn create_key(State(st): State<Arc<AppState>>, caller: Caller, Path(p)
 /// Revokes an access key (its tokens stop working).
 #[utoipa::path(delete, path = "/api/projects/{project}/keys/{keyId}", tag = "keys", params(("project" = String, Path), ("keyId" = String, Path)),
     responses((status = 204, description = "revoked"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found")))]
-pub async fn delete_key(State(st): State<Arc<AppState>>, caller: Caller, Path((p, k)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn delete_key(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, k)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     events::names::check_dns1123_label("keyId", &k, 63).map_err(|_| ApiError::NotFound("key not found".into()))?;
     match st.mutate(&caller, project, CommandBody::KeyRevoke(KeyRevoke { key_id: k.clone() }), &headers, None).await? {

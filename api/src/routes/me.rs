@@ -27,7 +27,11 @@ pub async fn me(caller: Caller) -> Response {
 /// A command's state (`pending`, `succeeded`, `failed`) and result, for its submitter only.
 #[utoipa::path(get, path = "/api/commands/{id}", tag = "commands", params(("id" = String, Path)),
     responses((status = 200, description = "`{id, type, project, state, result?, key?}`"), (status = 404, description = "command not found (or not the caller's)")))]
-pub async fn get_command(State(st): State<Arc<AppState>>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_command(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let not_found = || ApiError::NotFound("command not found".into());
     let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let record = st.commands.record(id).await?.ok_or_else(not_found)?;

@@ -69,13 +69,21 @@ enum Party {
 
 /// Resolves the project, the session and the caller's standing; a caller who is neither the
 /// session's runner nor allowed to see the project gets the one 404 of a missing project.
-async fn resolve(st: &AppState, caller: &Caller, p: &str, s: &str) -> Result<(ProjectName, SessionName, Party), ApiError> {
+async fn resolve(
+    st: &AppState,
+    caller: &Caller,
+    p: &str,
+    s: &str,
+) -> Result<(ProjectName, SessionName, Party), ApiError> {
     let Ok(project) = ProjectName::new(p) else { return Err(ApiError::project_not_found()) };
     let Ok(session) = SessionName::new(s) else {
         st.visible_project(caller, p).await?;
         return Err(ApiError::NotFound("session not found".into()));
     };
-    let party = if caller.principal.user == runner_user(p, s) && is_runner(st, caller, p, s).await? && st.reads.project(p).is_some() {
+    let party = if caller.principal.user == runner_user(p, s)
+        && is_runner(st, caller, p, s).await?
+        && st.reads.project(p).is_some()
+    {
         Party::Runner
     } else {
         st.visible_project(caller, p).await?;
@@ -91,7 +99,11 @@ async fn is_runner(st: &AppState, caller: &Caller, p: &str, s: &str) -> Result<b
 
 fn parse_num<T: std::str::FromStr>(field: &str, v: &Option<String>) -> Result<Option<T>, ApiError> {
     v.as_deref()
-        .map(|s| s.trim().parse::<T>().map_err(|_| ApiError::bad_field(field, format!("{field} must be a non-negative integer"))))
+        .map(|s| {
+            s.trim()
+                .parse::<T>()
+                .map_err(|_| ApiError::bad_field(field, format!("{field} must be a non-negative integer")))
+        })
         .transpose()
 }
 
@@ -116,7 +128,10 @@ fn read_query(q: &MessagesQuery, max_wait: Duration) -> Result<(ReadQuery, bool)
             let types: Vec<String> = t.split(',').map(|t| t.trim().to_string()).collect();
             if let Some(bad) = types.iter().find(|t| !MESSAGE_TYPES.contains(&t.as_str())) {
                 let bad: String = bad.chars().take(64).collect();
-                return Err(ApiError::bad_field("types", format!("unknown message type {bad:?}; known: {}", MESSAGE_TYPES.join(", "))));
+                return Err(ApiError::bad_field(
+                    "types",
+                    format!("unknown message type {bad:?}; known: {}", MESSAGE_TYPES.join(", ")),
+                ));
             }
             Some(types)
         }
@@ -138,13 +153,17 @@ async fn read(st: Arc<AppState>, caller: Caller, p: String, s: String, q: Messag
     let Some(inc) = st.reads.session_incarnation(&p, session.as_str()) else {
         // Accepted but not created yet (reads show it queued): no messages yet, not "missing".
         if st.reads.session(&p, session.as_str()).is_some() {
-            return Ok(axum::Json(json!({"sessionId": session.as_str(), "messages": [], "lastSeq": query.after, "hasMore": false})).into_response());
+            return Ok(axum::Json(
+                json!({"sessionId": session.as_str(), "messages": [], "lastSeq": query.after, "hasMore": false}),
+            )
+            .into_response());
         }
         return Err(ApiError::NotFound("session not found".into()));
     };
     // A waiting read holds a consumer open like an event stream does, and counts as one.
     let _slot = if query.wait.is_zero() { None } else { Some(st.limits.streams.open(&caller.principal.user)?) };
-    let page = st.messages.read(&project, &session, &inc, &query).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let page =
+        st.messages.read(&project, &session, &inc, &query).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let messages = if include_partials { page.messages } else { fold_partials(page.messages) };
     Ok(axum::Json(json!({
         "sessionId": session.as_str(),
@@ -191,7 +210,9 @@ async fn append(st: Arc<AppState>, caller: Caller, p: String, s: String, v: Valu
         Ok(m) => Ok((StatusCode::CREATED, axum::Json(m)).into_response()),
         Err(e @ AppendError::TooLarge { .. }) => Err(ApiError::TooLarge(e.to_string())),
         Err(e @ AppendError::Full(_)) => Err(ApiError::Conflict { reason: "MessageLogFull", message: e.to_string() }),
-        Err(e @ AppendError::ProjectFull(_)) => Err(ApiError::Conflict { reason: "ProjectMessagesFull", message: e.to_string() }),
+        Err(e @ AppendError::ProjectFull(_)) => {
+            Err(ApiError::Conflict { reason: "ProjectMessagesFull", message: e.to_string() })
+        }
         Err(e @ AppendError::Unavailable(_)) => Err(ApiError::Unavailable(e.to_string())),
     }
 }
@@ -203,7 +224,12 @@ async fn append(st: Arc<AppState>, caller: Caller, p: String, s: String, v: Valu
     params(("project" = String, Path), ("session" = String, Path), MessagesQuery),
     responses((status = 200, description = "`{sessionId, messages, lastSeq, hasMore}`"), (status = 400, description = "invalid query"),
         (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"), (status = 429, description = "with `wait`: the caller holds as many waiting reads and event streams as allowed"), (status = 503, description = "the bus is unavailable")))]
-pub async fn list_messages(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, Query(q): Query<MessagesQuery>) -> Result<Response, ApiError> {
+pub async fn list_messages(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    Query(q): Query<MessagesQuery>,
+) -> Result<Response, ApiError> {
     read(st, caller, p, s, q).await
 }
 
@@ -214,7 +240,12 @@ pub async fn list_messages(State(st): State<Arc<AppState>>, caller: Caller, Path
         (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"),
         (status = 409, description = "the session is not interactive (`NotInteractive`), its message log is full (`MessageLogFull`), or its project's messages hold their whole budget (`ProjectMessagesFull`)"), (status = 413, description = "message too large"),
         (status = 415, description = "not JSON"), (status = 422, description = "unknown type"), (status = 503, description = "the bus is unavailable")))]
-pub async fn post_message(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn post_message(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     append(st, caller, p, s, v).await
 }
 
@@ -223,7 +254,12 @@ pub async fn post_message(State(st): State<Arc<AppState>>, caller: Caller, Path(
     params(("project" = String, Path), ("session" = String, Path), MessagesQuery),
     responses((status = 200, description = "`{sessionId, messages, lastSeq, hasMore}`"), (status = 400, description = "invalid query"),
         (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"), (status = 429, description = "with `wait`: the caller holds as many waiting reads and event streams as allowed"), (status = 503, description = "the bus is unavailable")))]
-pub async fn list_messages_alias(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, Query(q): Query<MessagesQuery>) -> Result<Response, ApiError> {
+pub async fn list_messages_alias(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    Query(q): Query<MessagesQuery>,
+) -> Result<Response, ApiError> {
     read(st, caller, p, s, q).await
 }
 
@@ -234,6 +270,11 @@ pub async fn list_messages_alias(State(st): State<Arc<AppState>>, caller: Caller
         (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"),
         (status = 409, description = "the session is not interactive (`NotInteractive`), its message log is full (`MessageLogFull`), or its project's messages hold their whole budget (`ProjectMessagesFull`)"), (status = 413, description = "message too large"),
         (status = 415, description = "not JSON"), (status = 422, description = "unknown type"), (status = 503, description = "the bus is unavailable")))]
-pub async fn post_message_alias(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn post_message_alias(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     append(st, caller, p, s, v).await
 }

@@ -36,7 +36,11 @@ pub struct Page {
 /// `{items: [...]}` for one page (never null), with `total` and, when more remain, `nextOffset`.
 pub fn paginate(items: Vec<Value>, page: &Page) -> Result<Value, ApiError> {
     let parse = |f: &str, v: &Option<String>| -> Result<Option<usize>, ApiError> {
-        v.as_deref().map(|s| s.parse::<usize>().map_err(|_| ApiError::bad_field(f, format!("{f} must be a non-negative integer")))).transpose()
+        v.as_deref()
+            .map(|s| {
+                s.parse::<usize>().map_err(|_| ApiError::bad_field(f, format!("{f} must be a non-negative integer")))
+            })
+            .transpose()
     };
     let limit = parse("limit", &page.limit)?.unwrap_or(MAX_PAGE);
     if limit == 0 || limit > MAX_PAGE {

@@ -41,11 +41,14 @@ struct UpdateProject {
     description: Option<String>,
 }
 
-
 /// Projects the caller may see (and only those).
 #[utoipa::path(get, path = "/api/projects", tag = "projects", params(Page),
     responses((status = 200, description = "`{items: [AmbientProject]}`"), (status = 401, description = "no or invalid token")))]
-pub async fn list_projects(State(st): State<Arc<AppState>>, caller: Caller, Query(page): Query<Page>) -> Result<Response, ApiError> {
+pub async fn list_projects(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Query(page): Query<Page>,
+) -> Result<Response, ApiError> {
     let who = &caller.principal;
     let mut all = st.reads.projects();
     // A cluster-wide grant shows every project: one review instead of one per project.
@@ -86,11 +89,19 @@ pub async fn list_projects(State(st): State<Arc<AppState>>, caller: Caller, Quer
     responses((status = 201, description = "AmbientProject"), (status = 202, description = "accepted; see Location"),
         (status = 400, description = "invalid body"), (status = 403, description = "not a self-provisioner"), (status = 409, description = "exists"),
         (status = 422, description = "a field over its bound, named in `field`"), (status = 429, description = "the user's project quota is reached, or too many requests")))]
-pub async fn create_project(State(st): State<Arc<AppState>>, caller: Caller, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn create_project(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     let req: CreateProject = strict(&v)?;
     let name = ProjectName::new(req.name.clone()).map_err(|e| ApiError::from(e.at("name")))?;
     name.check_creatable().map_err(|e| ApiError::from(e.at("name")))?;
-    let body = CommandBody::ProjectCreate(ProjectCreate { display_name: req.display_name.clone(), description: req.description.clone() });
+    let body = CommandBody::ProjectCreate(ProjectCreate {
+        display_name: req.display_name.clone(),
+        description: req.description.clone(),
+    });
     // The bounds (events::limits) before any authorization or publish: 422 naming the field.
     events::limits::check_body(&body)?;
     match st.mutate(&caller, name.clone(), body, &headers, None).await? {
@@ -99,13 +110,16 @@ pub async fn create_project(State(st): State<Arc<AppState>>, caller: Caller, hea
             // The creator's next request finds the project: in our caches, in their project list
             // and allowed by RBAC.
             st.wait_granted(&caller.principal, name.as_str(), || {
-                st.reads.project(name.as_str()).is_some() && st.reads.visibility.is_candidate(&caller.principal, name.as_str())
+                st.reads.project(name.as_str()).is_some()
+                    && st.reads.visibility.is_candidate(&caller.principal, name.as_str())
             })
             .await;
             let body = match st.reads.project(name.as_str()) {
                 Some(ns) => project_json(&ns),
-                None => json!({"name": name.as_str(), "displayName": req.display_name.unwrap_or_else(|| name.to_string()),
-                    "description": req.description.unwrap_or_default(), "labels": {}, "annotations": {}, "creationTimestamp": "", "status": "Active"}),
+                None => {
+                    json!({"name": name.as_str(), "displayName": req.display_name.unwrap_or_else(|| name.to_string()),
+                    "description": req.description.unwrap_or_default(), "labels": {}, "annotations": {}, "creationTimestamp": "", "status": "Active"})
+                }
             };
             Ok((StatusCode::CREATED, axum::Json(body)).into_response())
         }
@@ -115,7 +129,11 @@ pub async fn create_project(State(st): State<Arc<AppState>>, caller: Caller, hea
 /// One project.
 #[utoipa::path(get, path = "/api/projects/{project}", tag = "projects", params(("project" = String, Path)),
     responses((status = 200, description = "AmbientProject"), (status = 404, description = "project not found (or not visible)")))]
-pub async fn get_project(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_project(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+) -> Result<Response, ApiError> {
     st.visible_project(&caller, &p).await?;
     let ns = st.reads.project(&p).ok_or_else(ApiError::project_not_found)?;
     Ok(axum::Json(project_json(&ns)).into_response())
@@ -126,22 +144,30 @@ pub async fn get_project(State(st): State<Arc<AppState>>, caller: Caller, Path(p
     request_body(content = Object, description = "`{name?, displayName?, description?}`"),
     responses((status = 200, description = "AmbientProject"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn update_project(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn update_project(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let req: UpdateProject = strict(&v)?;
     if req.name.as_ref().is_some_and(|n| n != &p) {
         return Err(ApiError::bad_field("name", "name cannot be changed"));
     }
-    let body = CommandBody::ProjectUpdate(ProjectUpdate { display_name: req.display_name, description: req.description });
+    let body =
+        CommandBody::ProjectUpdate(ProjectUpdate { display_name: req.display_name, description: req.description });
     events::limits::check_body(&body)?;
     match st.mutate(&caller, project, body, &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { resource, .. } => {
             if let Some(rv) = &resource.resource_version {
-                st.reads.wait_until(READ_YOUR_WRITES, || {
-                    st.reads.project(&p).is_some_and(|n| rv_at_least(n.metadata.resource_version.as_deref(), rv))
-                })
-                .await;
+                st.reads
+                    .wait_until(READ_YOUR_WRITES, || {
+                        st.reads.project(&p).is_some_and(|n| rv_at_least(n.metadata.resource_version.as_deref(), rv))
+                    })
+                    .await;
             }
             let ns = st.reads.project(&p).ok_or_else(ApiError::project_not_found)?;
             Ok(axum::Json(project_json(&ns)).into_response())
@@ -152,7 +178,12 @@ pub async fn update_project(State(st): State<Arc<AppState>>, caller: Caller, Pat
 /// Deletes the project and everything in it.
 #[utoipa::path(delete, path = "/api/projects/{project}", tag = "projects", params(("project" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn delete_project(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn delete_project(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     match st.mutate(&caller, project, CommandBody::ProjectDelete(Empty {}), &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
@@ -163,16 +194,25 @@ pub async fn delete_project(State(st): State<Arc<AppState>>, caller: Caller, Pat
 /// The caller's role in the project: `{project, allowed, reason, userRole}`.
 #[utoipa::path(get, path = "/api/projects/{project}/access", tag = "projects", params(("project" = String, Path)),
     responses((status = 200, description = "`{project, allowed, reason, userRole}`"), (status = 404, description = "project not found")))]
-pub async fn project_access(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+pub async fn project_access(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+) -> Result<Response, ApiError> {
     st.visible_project(&caller, &p).await?;
     let admin = st.authz.allowed(&caller.principal, &check(&p, "create", RBAC, "rolebindings", None)).await?;
     let role = if admin {
         "admin"
-    } else if st.authz.allowed(&caller.principal, &check(&p, "create", events::crd::GROUP, "agenticsessions", None)).await? {
+    } else if st
+        .authz
+        .allowed(&caller.principal, &check(&p, "create", events::crd::GROUP, "agenticsessions", None))
+        .await?
+    {
         "edit"
     } else {
         "view"
     };
-    let reason = if admin { "caller may manage the project" } else { "caller may not manage permissions in the project" };
+    let reason =
+        if admin { "caller may manage the project" } else { "caller may not manage permissions in the project" };
     Ok(axum::Json(json!({"project": p, "allowed": admin, "reason": reason, "userRole": role})).into_response())
 }

@@ -40,7 +40,9 @@ struct SecretConfig {
 /// the two fixed names (deploy/base/rbac/api.yaml); any other name reads as empty.
 async fn stored_keys(st: &AppState, p: &str, name: &str) -> Result<Vec<String>, ApiError> {
     match Api::<Secret>::namespaced(st.kube.clone(), p).get_opt(name).await {
-        Ok(Some(s)) => Ok(s.data.unwrap_or_default().into_keys().chain(s.string_data.unwrap_or_default().into_keys()).collect()),
+        Ok(Some(s)) => {
+            Ok(s.data.unwrap_or_default().into_keys().chain(s.string_data.unwrap_or_default().into_keys()).collect())
+        }
         Ok(None) => Ok(Vec::new()),
         Err(kube::Error::Api(s)) if s.code == 403 => Ok(Vec::new()),
         Err(e) => Err(ApiError::Unavailable(format!("reading the secret failed: {e}"))),
@@ -56,7 +58,14 @@ async fn read_masked(st: &AppState, caller: &Caller, p: &str, name: &str) -> Res
 }
 
 /// Applies a write to one of the project's Secrets.
-async fn write(st: &AppState, caller: &Caller, p: &str, which: ProjectSecret, headers: &HeaderMap, v: serde_json::Value) -> Result<Response, ApiError> {
+async fn write(
+    st: &AppState,
+    caller: &Caller,
+    p: &str,
+    which: ProjectSecret,
+    headers: &HeaderMap,
+    v: serde_json::Value,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(caller, p).await?;
     let req: PutSecrets = strict(&v)?;
     if req.data.len() > MAX_KEYS {
@@ -105,7 +114,11 @@ fn updated(which: ProjectSecret) -> &'static str {
 /// The runner secret's keys, values masked: `{"data": {"KEY": "********"}}`.
 #[utoipa::path(get, path = "/api/projects/{project}/runner-secrets", tag = "runner-secrets", params(("project" = String, Path)),
     responses((status = 200, description = "`{data: {KEY: \"********\"}}` (values are never returned)"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn get_runner_secrets(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_runner_secrets(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+) -> Result<Response, ApiError> {
     let name = secret_name(&st, &p);
     read_masked(&st, &caller, &p, &name).await
 }
@@ -118,7 +131,13 @@ pub async fn get_runner_secrets(State(st): State<Arc<AppState>>, caller: Caller,
     responses((status = 200, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found"),
         (status = 422, description = "invalid key, or the mask for a key with no stored value")))]
-pub async fn put_runner_secrets(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn put_runner_secrets(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     write(&st, &caller, &p, ProjectSecret::Runner, &headers, v).await
 }
 
@@ -126,7 +145,11 @@ pub async fn put_runner_secrets(State(st): State<Arc<AppState>>, caller: Caller,
 /// values masked: `{"data": {"KEY": "********"}}`.
 #[utoipa::path(get, path = "/api/projects/{project}/integration-secrets", tag = "runner-secrets", params(("project" = String, Path)),
     responses((status = 200, description = "`{data: {KEY: \"********\"}}` (values are never returned)"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn get_integration_secrets(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_integration_secrets(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+) -> Result<Response, ApiError> {
     read_masked(&st, &caller, &p, INTEGRATION_SECRET_NAME).await
 }
 
@@ -137,7 +160,13 @@ pub async fn get_integration_secrets(State(st): State<Arc<AppState>>, caller: Ca
     responses((status = 200, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found"),
         (status = 422, description = "invalid key, or the mask for a key with no stored value")))]
-pub async fn put_integration_secrets(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn put_integration_secrets(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     write(&st, &caller, &p, ProjectSecret::Integration, &headers, v).await
 }
 
@@ -152,7 +181,11 @@ fn secret_name(st: &AppState, p: &str) -> String {
 /// Which Secret is the runner secret: `{secretName}`.
 #[utoipa::path(get, path = "/api/projects/{project}/runner-secrets/config", tag = "runner-secrets", params(("project" = String, Path)),
     responses((status = 200, description = "`{secretName}`"), (status = 404, description = "project not found")))]
-pub async fn get_runner_config(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_runner_config(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+) -> Result<Response, ApiError> {
     st.visible_project(&caller, &p).await?;
     let name = st.reads.settings_of(&p).and_then(|s| s.spec.runner_secrets_name.clone()).unwrap_or_default();
     Ok(axum::Json(json!({"secretName": name})).into_response())
@@ -163,7 +196,13 @@ pub async fn get_runner_config(State(st): State<Arc<AppState>>, caller: Caller, 
     request_body(content = Object, description = "`{secretName}`"),
     responses((status = 200, description = "`{secretName}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
-pub async fn put_runner_config(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn put_runner_config(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let req: SecretConfig = strict(&v)?;
     let valid = !req.secret_name.is_empty()
@@ -177,7 +216,13 @@ pub async fn put_runner_config(State(st): State<Arc<AppState>>, caller: Caller, 
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { resource, .. } => {
             if let Some(rv) = &resource.resource_version {
-                st.reads.wait_until(READ_YOUR_WRITES, || st.reads.settings_of(&p).is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))).await;
+                st.reads
+                    .wait_until(READ_YOUR_WRITES, || {
+                        st.reads
+                            .settings_of(&p)
+                            .is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))
+                    })
+                    .await;
             }
             Ok(axum::Json(json!({"secretName": req.secret_name})).into_response())
         }

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use events::commands::{RunnerStatus, SessionClone, SessionCreate, SessionDisplayName, SessionPatch, SessionRef, SessionStatusReport, SessionUpdate};
+use events::commands::{
+    RunnerStatus, SessionClone, SessionCreate, SessionDisplayName, SessionPatch, SessionRef, SessionStatusReport,
+    SessionUpdate,
+};
 use events::crd::{AgenticSessionSpec, GROUP, LlmSettings};
 use events::{CommandBody, ProjectName, SessionName};
 use serde::{Deserialize, Serialize};
@@ -28,13 +31,22 @@ fn session_name(s: &str) -> Result<SessionName, ApiError> {
 fn check_llm(l: &Option<LlmSettings>, prefix: &str) -> Result<(), ApiError> {
     if let Some(l) = l {
         if l.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-            return Err(ApiError::invalid(format!("{prefix}llmSettings.temperature"), "temperature must be between 0 and 2"));
+            return Err(ApiError::invalid(
+                format!("{prefix}llmSettings.temperature"),
+                "temperature must be between 0 and 2",
+            ));
         }
         if l.max_tokens.is_some_and(|t| !(1..=1_000_000).contains(&t)) {
-            return Err(ApiError::invalid(format!("{prefix}llmSettings.maxTokens"), "maxTokens must be between 1 and 1000000"));
+            return Err(ApiError::invalid(
+                format!("{prefix}llmSettings.maxTokens"),
+                "maxTokens must be between 1 and 1000000",
+            ));
         }
         if l.model.as_ref().is_some_and(|m| m.len() > 200) {
-            return Err(ApiError::invalid(format!("{prefix}llmSettings.model"), "model must be at most 200 characters"));
+            return Err(ApiError::invalid(
+                format!("{prefix}llmSettings.model"),
+                "model must be at most 200 characters",
+            ));
         }
     }
     Ok(())
@@ -67,10 +79,16 @@ pub fn validate_spec(s: &AgenticSessionSpec) -> Result<(), ApiError> {
         for (which, rr) in [("input", Some(&r.input)), ("output", r.output.as_ref())] {
             if let Some(rr) = rr {
                 if rr.url.is_empty() || rr.url.len() > 2048 {
-                    return Err(ApiError::invalid(format!("repos[{i}].{which}.url"), "url must be 1 to 2048 characters"));
+                    return Err(ApiError::invalid(
+                        format!("repos[{i}].{which}.url"),
+                        "url must be 1 to 2048 characters",
+                    ));
                 }
                 if rr.branch.as_ref().is_some_and(|b| b.len() > 255) {
-                    return Err(ApiError::invalid(format!("repos[{i}].{which}.branch"), "branch must be at most 255 characters"));
+                    return Err(ApiError::invalid(
+                        format!("repos[{i}].{which}.branch"),
+                        "branch must be at most 255 characters",
+                    ));
                 }
             }
         }
@@ -85,13 +103,19 @@ pub fn validate_spec(s: &AgenticSessionSpec) -> Result<(), ApiError> {
     }
     for k in s.environment_variables.keys() {
         if !is_env_name(k) {
-            return Err(ApiError::invalid(format!("environmentVariables.{k}"), "names must match [A-Za-z_][A-Za-z0-9_]*"));
+            return Err(ApiError::invalid(
+                format!("environmentVariables.{k}"),
+                "names must match [A-Za-z_][A-Za-z0-9_]*",
+            ));
         }
     }
     if let Some(r) = &s.resource_overrides {
         for (f, v, max) in [("cpu", &r.cpu, 32), ("memory", &r.memory, 32), ("priorityClass", &r.priority_class, 253)] {
             if v.as_ref().is_some_and(|v| v.len() > max) {
-                return Err(ApiError::invalid(format!("resourceOverrides.{f}"), format!("{f} must be at most {max} characters")));
+                return Err(ApiError::invalid(
+                    format!("resourceOverrides.{f}"),
+                    format!("{f} must be at most {max} characters"),
+                ));
             }
         }
     }
@@ -108,18 +132,30 @@ pub use events::crd::is_env_name;
 
 async fn wait_session(st: &AppState, ns: &str, name: &str, rv: Option<&str>) {
     if let Some(rv) = rv {
-        st.reads.wait_until(READ_YOUR_WRITES, || st.reads.session(ns, name).is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))).await;
+        st.reads
+            .wait_until(READ_YOUR_WRITES, || {
+                st.reads.session(ns, name).is_some_and(|s| rv_at_least(s.metadata.resource_version.as_deref(), rv))
+            })
+            .await;
     }
 }
 
 fn session_or_404(st: &AppState, ns: &str, name: &str) -> Result<Value, ApiError> {
-    st.reads.session(ns, name).map(|s| st.reads.session_view(ns, &s)).ok_or_else(|| ApiError::NotFound("session not found".into()))
+    st.reads
+        .session(ns, name)
+        .map(|s| st.reads.session_view(ns, &s))
+        .ok_or_else(|| ApiError::NotFound("session not found".into()))
 }
 
 /// Sessions of the project.
 #[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions", tag = "sessions", params(("project" = String, Path), Page),
     responses((status = 200, description = "`{items: [AgenticSession]}`"), (status = 404, description = "project not found")))]
-pub async fn list_sessions(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, Query(page): Query<Page>) -> Result<Response, ApiError> {
+pub async fn list_sessions(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Response, ApiError> {
     st.visible_project(&caller, &p).await?;
     st.require(&caller, &[check(&p, "list", GROUP, "agenticsessions", None)]).await?;
     let items: Vec<Value> = st.reads.sessions_view(&p);
@@ -131,12 +167,20 @@ pub async fn list_sessions(State(st): State<Arc<AppState>>, caller: Caller, Path
     request_body(content = Object, description = "`{name?, prompt, displayName?, llmSettings?, timeout?, interactive?, repos?, mainRepoIndex?, environmentVariables?, resourceOverrides?}`"),
     responses((status = 201, description = "`{message, name, uid}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 409, description = "exists"), (status = 422, description = "invalid value")))]
-pub async fn create_session(State(st): State<Arc<AppState>>, caller: Caller, Path(p): Path<String>, headers: HeaderMap, JsonBody(mut v): JsonBody) -> Result<Response, ApiError> {
+pub async fn create_session(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    JsonBody(mut v): JsonBody,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     refuse_server_owned(&v, SERVER_OWNED)?;
     let name = match v.as_object_mut().and_then(|m| m.remove("name")) {
         Some(Value::String(n)) => SessionName::new(n).map_err(|e| ApiError::from(e.at("name")))?,
-        Some(Value::Null) | None => SessionName::new(format!("agentic-session-{}", chrono::Utc::now().timestamp_millis()))?,
+        Some(Value::Null) | None => {
+            SessionName::new(format!("agentic-session-{}", chrono::Utc::now().timestamp_millis()))?
+        }
         Some(_) => return Err(ApiError::bad_field("name", "name must be a string")),
     };
     let spec: AgenticSessionSpec = strict(&v)?;
@@ -145,11 +189,24 @@ pub async fn create_session(State(st): State<Arc<AppState>>, caller: Caller, Pat
     let body = CommandBody::SessionCreate(SessionCreate { name: name.clone(), spec });
     match st.mutate(&caller, project, body, &headers, None).await? {
         // The UI reads `name` and then the session itself, which reads show as queued.
-        Mutation::Accepted(id) => Ok(accepted_with(id, json!({"message": "Agentic session accepted", "name": name.as_str(), "uid": ""}))),
+        Mutation::Accepted(id) => {
+            Ok(accepted_with(id, json!({"message": "Agentic session accepted", "name": name.as_str(), "uid": ""})))
+        }
         Mutation::Applied { resource, .. } => {
             wait_session(&st, &p, name.as_str(), resource.resource_version.as_deref()).await;
-            let uid = st.reads.session(&p, name.as_str()).and_then(|s| s.metadata.uid.clone()).or(resource.uid).unwrap_or_default();
-            Ok((StatusCode::CREATED, axum::Json(json!({"message": "Agentic session created successfully", "name": name.as_str(), "uid": uid}))).into_response())
+            let uid = st
+                .reads
+                .session(&p, name.as_str())
+                .and_then(|s| s.metadata.uid.clone())
+                .or(resource.uid)
+                .unwrap_or_default();
+            Ok((
+                StatusCode::CREATED,
+                axum::Json(
+                    json!({"message": "Agentic session created successfully", "name": name.as_str(), "uid": uid}),
+                ),
+            )
+                .into_response())
         }
     }
 }
@@ -158,7 +215,11 @@ pub async fn create_session(State(st): State<Arc<AppState>>, caller: Caller, Pat
 #[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions/{session}", tag = "sessions",
     params(("project" = String, Path), ("session" = String, Path)),
     responses((status = 200, description = "AgenticSession"), (status = 404, description = "project or session not found")))]
-pub async fn get_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub async fn get_session(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     st.visible_project(&caller, &p).await?;
     let s = session_name(&s)?;
     st.require(&caller, &[check(&p, "get", GROUP, "agenticsessions", Some(s.as_str()))]).await?;
@@ -170,7 +231,13 @@ pub async fn get_session(State(st): State<Arc<AppState>>, caller: Caller, Path((
     params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{prompt?, displayName?, timeout?, llmSettings?, interactive?}`"),
     responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "conflict"), (status = 422, description = "invalid value")))]
-pub async fn update_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn update_session(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let s = session_name(&s)?;
     refuse_server_owned(&v, SERVER_OWNED)?;
@@ -207,13 +274,25 @@ async fn applied_session(
 #[utoipa::path(delete, path = "/api/projects/{project}/agentic-sessions/{session}", tag = "sessions",
     params(("project" = String, Path), ("session" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found")))]
-pub async fn delete_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn delete_session(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let s = session_name(&s)?;
-    match st.mutate(&caller, project, CommandBody::SessionDelete(SessionRef { name: s.clone() }), &headers, None).await? {
+    match st
+        .mutate(&caller, project, CommandBody::SessionDelete(SessionRef { name: s.clone() }), &headers, None)
+        .await?
+    {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { .. } => {
-            st.reads.wait_until(READ_YOUR_WRITES, || st.reads.session(&p, s.as_str()).is_none_or(|o| o.metadata.deletion_timestamp.is_some())).await;
+            st.reads
+                .wait_until(READ_YOUR_WRITES, || {
+                    st.reads.session(&p, s.as_str()).is_none_or(|o| o.metadata.deletion_timestamp.is_some())
+                })
+                .await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
     }
@@ -223,20 +302,50 @@ pub async fn delete_session(State(st): State<Arc<AppState>>, caller: Caller, Pat
 #[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions/{session}/start", tag = "sessions",
     params(("project" = String, Path), ("session" = String, Path)),
     responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "conflict")))]
-pub async fn start_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn start_session(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let s = session_name(&s)?;
-    applied_session(&st, &caller, project, &p, s.as_str(), CommandBody::SessionStart(SessionRef { name: s.clone() }), &headers, StatusCode::OK).await
+    applied_session(
+        &st,
+        &caller,
+        project,
+        &p,
+        s.as_str(),
+        CommandBody::SessionStart(SessionRef { name: s.clone() }),
+        &headers,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// Stops a running session.
 #[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions/{session}/stop", tag = "sessions",
     params(("project" = String, Path), ("session" = String, Path)),
     responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "conflict")))]
-pub async fn stop_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn stop_session(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let s = session_name(&s)?;
-    applied_session(&st, &caller, project, &p, s.as_str(), CommandBody::SessionStop(SessionRef { name: s.clone() }), &headers, StatusCode::OK).await
+    applied_session(
+        &st,
+        &caller,
+        project,
+        &p,
+        s.as_str(),
+        CommandBody::SessionStop(SessionRef { name: s.clone() }),
+        &headers,
+        StatusCode::OK,
+    )
+    .await
 }
 
 #[derive(Serialize, Deserialize)]
@@ -252,7 +361,13 @@ struct CloneRequest {
     responses((status = 201, description = "AgenticSession (the copy)"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "exists"),
         (status = 422, description = "the source's resourceOverrides or environmentVariables are outside the operator's bounds")))]
-pub async fn clone_session(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn clone_session(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let s = session_name(&s)?;
     let req: CloneRequest = strict(&v)?;
@@ -265,12 +380,17 @@ pub async fn clone_session(State(st): State<Arc<AppState>>, caller: Caller, Path
     if let Some(src) = st.reads.session(&p, s.as_str()) {
         check_runner(&src.spec, &st)?;
     }
-    let body = CommandBody::SessionClone(SessionClone { name: s, target_project: target.clone(), new_session_name: new_name.clone() });
+    let body = CommandBody::SessionClone(SessionClone {
+        name: s,
+        target_project: target.clone(),
+        new_session_name: new_name.clone(),
+    });
     match st.mutate(&caller, project, body, &headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),
         Mutation::Applied { resource, .. } => {
             wait_session(&st, target.as_str(), new_name.as_str(), resource.resource_version.as_deref()).await;
-            Ok((StatusCode::CREATED, axum::Json(session_or_404(&st, target.as_str(), new_name.as_str())?)).into_response())
+            Ok((StatusCode::CREATED, axum::Json(session_or_404(&st, target.as_str(), new_name.as_str())?))
+                .into_response())
         }
     }
 }
@@ -279,7 +399,13 @@ pub async fn clone_session(State(st): State<Arc<AppState>>, caller: Caller, Path
 #[utoipa::path(put, path = "/api/projects/{project}/agentic-sessions/{session}/status", tag = "sessions",
     params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "RunnerStatus"),
     responses((status = 200, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"), (status = 404, description = "not found")))]
-pub async fn session_status(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn session_status(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     let (project, s) = runner_target(&st, &caller, &p, &s).await?;
     let status: RunnerStatus = strict(&v)?;
     if status.message.as_ref().is_some_and(|m| m.len() > 32 * 1024) {
@@ -302,7 +428,13 @@ struct DisplayNameRequest {
 #[utoipa::path(put, path = "/api/projects/{project}/agentic-sessions/{session}/displayname", tag = "sessions",
     params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{displayName}`"),
     responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"), (status = 404, description = "not found")))]
-pub async fn session_display_name(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>, headers: HeaderMap, JsonBody(v): JsonBody) -> Result<Response, ApiError> {
+pub async fn session_display_name(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(v): JsonBody,
+) -> Result<Response, ApiError> {
     let (project, s) = runner_target(&st, &caller, &p, &s).await?;
     let req: DisplayNameRequest = strict(&v)?;
     check_common(None, Some(&req.display_name), None)?;
@@ -312,7 +444,12 @@ pub async fn session_display_name(State(st): State<Arc<AppState>>, caller: Calle
 
 /// Runner routes: the runner's ServiceAccount may not see the project, only update its session's
 /// status; a caller without that right gets the same 404 as for a missing project.
-async fn runner_target(st: &AppState, caller: &Caller, p: &str, s: &str) -> Result<(ProjectName, SessionName), ApiError> {
+async fn runner_target(
+    st: &AppState,
+    caller: &Caller,
+    p: &str,
+    s: &str,
+) -> Result<(ProjectName, SessionName), ApiError> {
     let project = ProjectName::new(p).map_err(|_| ApiError::project_not_found())?;
     let s = SessionName::new(s).map_err(|_| ApiError::project_not_found())?;
     let c = events::access::ResourceCheck::session_status(p, s.as_str());

@@ -142,7 +142,11 @@ pub async fn github_disconnect(_caller: Caller) -> Response {
     params(("project" = String, Path), ("session" = String, Path)),
     responses((status = 200, description = "`{jobName, jobStatus?, jobConditions?, pods: [{name, phase, containers: [{name, state, exitCode?, reason?}]}], pvcName: \"\", pvcExists: false}`"),
         (status = 404, description = "project or session not found"), (status = 503, description = "the read model is unavailable")))]
-pub async fn k8s_resources(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub async fn k8s_resources(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let session = readable_session(&st, &caller, &p, &s).await?;
     let view = runner_view(&st, &p, &session).await?;
     Ok(ok(k8s_resources_json(&session, view.as_ref())))
@@ -257,47 +261,130 @@ macro_rules! unavailable_route {
     };
 }
 
-session_route!(workflow_metadata, get, "/api/projects/{project}/agentic-sessions/{session}/workflow/metadata",
-    "Commands and agents of the session's workflow: none (no workflows on this platform).", "`{commands: [], agents: []}`",
-    json!({"commands": [], "agents": []}));
-session_route!(git_status, get, "/api/projects/{project}/agentic-sessions/{session}/git/status",
-    "Git status of a workspace directory (`?path=`, ignored): no git workspace on this platform.", "`{initialized: false, hasChanges: false}`",
-    json!({"initialized": false, "hasChanges": false}));
-session_route!(git_merge_status, get, "/api/projects/{project}/agentic-sessions/{session}/git/merge-status",
+session_route!(
+    workflow_metadata,
+    get,
+    "/api/projects/{project}/agentic-sessions/{session}/workflow/metadata",
+    "Commands and agents of the session's workflow: none (no workflows on this platform).",
+    "`{commands: [], agents: []}`",
+    json!({"commands": [], "agents": []})
+);
+session_route!(
+    git_status,
+    get,
+    "/api/projects/{project}/agentic-sessions/{session}/git/status",
+    "Git status of a workspace directory (`?path=`, ignored): no git workspace on this platform.",
+    "`{initialized: false, hasChanges: false}`",
+    json!({"initialized": false, "hasChanges": false})
+);
+session_route!(
+    git_merge_status,
+    get,
+    "/api/projects/{project}/agentic-sessions/{session}/git/merge-status",
     "Merge status against a remote (`?path=&branch=`, ignored): nothing to merge on this platform.",
     "`{canMergeClean: true, localChanges: 0, remoteCommitsAhead: 0, conflictingFiles: [], remoteBranchExists: false}`",
-    json!({"canMergeClean": true, "localChanges": 0, "remoteCommitsAhead": 0, "conflictingFiles": [], "remoteBranchExists": false}));
-session_route!(git_list_branches, get, "/api/projects/{project}/agentic-sessions/{session}/git/list-branches",
-    "Branches of a workspace directory (`?path=`, ignored): none on this platform.", "`{branches: []}`", json!({"branches": []}));
-session_route!(workspace, get, "/api/projects/{project}/agentic-sessions/{session}/workspace",
-    "Files of the session's workspace (`?path=`, ignored): none are served on this platform.", "`{items: []}`", json!({"items": []}));
-session_route!(spawn_content_pod, post, "/api/projects/{project}/agentic-sessions/{session}/spawn-content-pod",
+    json!({"canMergeClean": true, "localChanges": 0, "remoteCommitsAhead": 0, "conflictingFiles": [], "remoteBranchExists": false})
+);
+session_route!(
+    git_list_branches,
+    get,
+    "/api/projects/{project}/agentic-sessions/{session}/git/list-branches",
+    "Branches of a workspace directory (`?path=`, ignored): none on this platform.",
+    "`{branches: []}`",
+    json!({"branches": []})
+);
+session_route!(
+    workspace,
+    get,
+    "/api/projects/{project}/agentic-sessions/{session}/workspace",
+    "Files of the session's workspace (`?path=`, ignored): none are served on this platform.",
+    "`{items: []}`",
+    json!({"items": []})
+);
+session_route!(
+    spawn_content_pod,
+    post,
+    "/api/projects/{project}/agentic-sessions/{session}/spawn-content-pod",
     "The workspace viewer: there is none to start; `exists` + `ready` is the answer the UI takes quietly (no toast, no polling).",
-    "`{status: \"exists\", podName: \"\", ready: true}`", json!({"status": "exists", "podName": "", "ready": true}));
-session_route!(content_pod_status, get, "/api/projects/{project}/agentic-sessions/{session}/content-pod-status",
-    "State of the workspace viewer: unavailable on this platform.", "`{status: \"unavailable\", ready: false, podName: \"\"}`",
-    json!({"status": "unavailable", "ready": false, "podName": ""}));
-session_route!(delete_content_pod, delete, "/api/projects/{project}/agentic-sessions/{session}/content-pod",
-    "Removes the workspace viewer: there is none.", "`{message}`", json!({"message": "no content pod on this platform"}));
+    "`{status: \"exists\", podName: \"\", ready: true}`",
+    json!({"status": "exists", "podName": "", "ready": true})
+);
+session_route!(
+    content_pod_status,
+    get,
+    "/api/projects/{project}/agentic-sessions/{session}/content-pod-status",
+    "State of the workspace viewer: unavailable on this platform.",
+    "`{status: \"unavailable\", ready: false, podName: \"\"}`",
+    json!({"status": "unavailable", "ready": false, "podName": ""})
+);
+session_route!(
+    delete_content_pod,
+    delete,
+    "/api/projects/{project}/agentic-sessions/{session}/content-pod",
+    "Removes the workspace viewer: there is none.",
+    "`{message}`",
+    json!({"message": "no content pod on this platform"})
+);
 
-unavailable_route!(set_workflow, post, "/api/projects/{project}/agentic-sessions/{session}/workflow",
-    "Selecting a workflow: not offered.", "Workflows are not available on this platform");
-unavailable_route!(git_pull, post, "/api/projects/{project}/agentic-sessions/{session}/git/pull", "Git pull: not offered.", "Git operations are not available on this platform");
-unavailable_route!(git_push, post, "/api/projects/{project}/agentic-sessions/{session}/git/push", "Git push: not offered.", "Git operations are not available on this platform");
-unavailable_route!(git_synchronize, post, "/api/projects/{project}/agentic-sessions/{session}/git/synchronize",
-    "Git synchronize: not offered.", "Git operations are not available on this platform");
-unavailable_route!(git_create_branch, post, "/api/projects/{project}/agentic-sessions/{session}/git/create-branch",
-    "Creating a branch: not offered.", "Git operations are not available on this platform");
-unavailable_route!(git_configure_remote, post, "/api/projects/{project}/agentic-sessions/{session}/git/configure-remote",
-    "Configuring a git remote: not offered.", "Git operations are not available on this platform");
-unavailable_route!(add_repo, post, "/api/projects/{project}/agentic-sessions/{session}/repos",
-    "Adding a repository to a running session: not offered (repositories are part of the session's spec).", "Git operations are not available on this platform");
+unavailable_route!(
+    set_workflow,
+    post,
+    "/api/projects/{project}/agentic-sessions/{session}/workflow",
+    "Selecting a workflow: not offered.",
+    "Workflows are not available on this platform"
+);
+unavailable_route!(
+    git_pull,
+    post,
+    "/api/projects/{project}/agentic-sessions/{session}/git/pull",
+    "Git pull: not offered.",
+    "Git operations are not available on this platform"
+);
+unavailable_route!(
+    git_push,
+    post,
+    "/api/projects/{project}/agentic-sessions/{session}/git/push",
+    "Git push: not offered.",
+    "Git operations are not available on this platform"
+);
+unavailable_route!(
+    git_synchronize,
+    post,
+    "/api/projects/{project}/agentic-sessions/{session}/git/synchronize",
+    "Git synchronize: not offered.",
+    "Git operations are not available on this platform"
+);
+unavailable_route!(
+    git_create_branch,
+    post,
+    "/api/projects/{project}/agentic-sessions/{session}/git/create-branch",
+    "Creating a branch: not offered.",
+    "Git operations are not available on this platform"
+);
+unavailable_route!(
+    git_configure_remote,
+    post,
+    "/api/projects/{project}/agentic-sessions/{session}/git/configure-remote",
+    "Configuring a git remote: not offered.",
+    "Git operations are not available on this platform"
+);
+unavailable_route!(
+    add_repo,
+    post,
+    "/api/projects/{project}/agentic-sessions/{session}/repos",
+    "Adding a repository to a running session: not offered (repositories are part of the session's spec).",
+    "Git operations are not available on this platform"
+);
 
 /// Removing a repository from a running session: not offered.
 #[utoipa::path(delete, path = "/api/projects/{project}/agentic-sessions/{session}/repos/{repo}", tag = "ui",
     params(("project" = String, Path), ("session" = String, Path), ("repo" = String, Path)),
     responses((status = 404, description = "`{error, code: \"not_available\"}`; or project or session not found")))]
-pub async fn remove_repo(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s, _repo)): Path<(String, String, String)>) -> ApiError {
+pub async fn remove_repo(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((p, s, _repo)): Path<(String, String, String)>,
+) -> ApiError {
     match readable_session(&st, &caller, &p, &s).await {
         Ok(_) => ApiError::NotAvailable("Git operations are not available on this platform"),
         Err(e) => e,

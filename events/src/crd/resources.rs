@@ -245,7 +245,10 @@ pub struct RunnerBounds {
     /// PriorityClasses a session may ask for (`resourceOverrides.priorityClass`),
     /// comma-separated. None by default: every request is refused and runner pods get the
     /// cluster's default priority.
-    #[cfg_attr(feature = "cli", arg(long = "runner-priority-classes", env = "RUNNER_PRIORITY_CLASSES", value_delimiter = ','))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "runner-priority-classes", env = "RUNNER_PRIORITY_CLASSES", value_delimiter = ',')
+    )]
     pub priority_classes: Vec<String>,
 }
 
@@ -293,12 +296,19 @@ impl ResourceOverrides {
     /// The overrides as the runner pod gets them, if within `bounds`; otherwise the field
     /// (`resourceOverrides.cpu`, `.memory`, `.priorityClass`) and the rule it broke.
     pub fn validate(&self, bounds: &RunnerBounds) -> Result<RunnerResources, ValidationError> {
-        let quantity = |name: &str, v: &Option<String>, max: Amount, show: fn(Amount) -> String| -> Result<Option<Amount>, ValidationError> {
+        let quantity = |name: &str,
+                        v: &Option<String>,
+                        max: Amount,
+                        show: fn(Amount) -> String|
+         -> Result<Option<Amount>, ValidationError> {
             let field = format!("resourceOverrides.{name}");
             let Some(v) = set(v) else { return Ok(None) };
             let a = Amount::parse_positive(v).map_err(|e| ValidationError::new(&field, format!("{v:?} {e}")))?;
             if a > max {
-                return Err(ValidationError::new(&field, format!("{v:?} is more than the most a runner may have ({})", show(max))));
+                return Err(ValidationError::new(
+                    &field,
+                    format!("{v:?} is more than the most a runner may have ({})", show(max)),
+                ));
             }
             Ok(Some(a))
         };
@@ -308,7 +318,8 @@ impl ResourceOverrides {
             None => None,
             Some(p) if bounds.allows_priority_class(p) => Some(p.to_string()),
             Some(p) => {
-                let allowed: Vec<&str> = bounds.priority_classes.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
+                let allowed: Vec<&str> =
+                    bounds.priority_classes.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
                 let allowed = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
                 return Err(ValidationError::new(
                     "resourceOverrides.priorityClass",
@@ -454,7 +465,10 @@ mod tests {
         }
         // Empty strings are "not set" (the existing UI sends them).
         assert_eq!(overrides("", "", "").validate(&bounds), Ok(RunnerResources::default()));
-        assert_eq!(ResourceOverrides { cpu: Some(String::new()), ..Default::default() }.validate(&bounds), Ok(RunnerResources::default()));
+        assert_eq!(
+            ResourceOverrides { cpu: Some(String::new()), ..Default::default() }.validate(&bounds),
+            Ok(RunnerResources::default())
+        );
         for (o, field, says) in [
             (overrides("1000", "", ""), "resourceOverrides.cpu", "most a runner may have (4)"),
             (overrides("4001m", "", ""), "resourceOverrides.cpu", "most"),
@@ -502,6 +516,9 @@ mod tests {
             "resourceOverrides": {"cpu": "1"}
         }))
         .unwrap();
-        assert_eq!(spec.check_runner(&RunnerBounds::default()).unwrap_err().field, "environmentVariables.BACKEND_API_URL");
+        assert_eq!(
+            spec.check_runner(&RunnerBounds::default()).unwrap_err().field,
+            "environmentVariables.BACKEND_API_URL"
+        );
     }
 }

@@ -218,16 +218,30 @@ fn phase_of(b: &StatusBody) -> String {
         StatusBody::SessionPhase(t) => format!("{:?}->{:?}", t.previous_phase, t.phase),
         StatusBody::SessionChanged(v) => format!("[{:?}]", v.phase),
         StatusBody::SessionRunner(v) => runner_summary(v),
-        StatusBody::ProjectSettings(v) => format!("exists={} groups={} secret={}", v.exists, v.group_access.len(), v.runner_secret_configured),
+        StatusBody::ProjectSettings(v) => {
+            format!("exists={} groups={} secret={}", v.exists, v.group_access.len(), v.runner_secret_configured)
+        }
         _ => String::new(),
     }
 }
 
 /// `job(active/succeeded/failed) pod(phase container-state reason exit)` of a runner view.
 pub fn runner_summary(v: &RunnerView) -> String {
-    let job = v.job.as_ref().map(|j| format!("job({}/{}/{} {:?})", j.active, j.succeeded, j.failed, j.conditions.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>()));
+    let job = v.job.as_ref().map(|j| {
+        format!(
+            "job({}/{}/{} {:?})",
+            j.active,
+            j.succeeded,
+            j.failed,
+            j.conditions.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>()
+        )
+    });
     let pod = v.pod.as_ref().map(|p| {
-        let c = p.container.as_ref().map(|c| format!(" {:?} {:?} {:?}", c.state, c.reason, c.exit_code)).unwrap_or_default();
+        let c = p
+            .container
+            .as_ref()
+            .map(|c| format!(" {:?} {:?} {:?}", c.state, c.reason, c.exit_code))
+            .unwrap_or_default();
         format!("pod({}{c})", p.phase)
     });
     format!("{} {}", job.unwrap_or_else(|| "job(null)".into()), pod.unwrap_or_else(|| "pod(null)".into()))
@@ -241,7 +255,9 @@ fn is_subview(b: &StatusBody) -> bool {
 /// The events about one object itself (changed, phase, deleted), in order: not its runner or
 /// settings views (see [`runner_views`], [`settings_views`]).
 pub fn of<'a>(evs: &'a [Stored], kind: &str, name: &str) -> Vec<&'a Stored> {
-    evs.iter().filter(|s| s.event.body.kind().as_str() == kind && s.event.name == name && !is_subview(&s.event.body)).collect()
+    evs.iter()
+        .filter(|s| s.event.body.kind().as_str() == kind && s.event.name == name && !is_subview(&s.event.body))
+        .collect()
 }
 
 /// The runner views of session `name`, in order, with their stored messages.
@@ -304,9 +320,14 @@ pub async fn create_runner_job(
 /// Removes a session's runner Job and its pods as the reconciler's stop does.
 pub async fn delete_runner_job(env: &TestEnv, ns: &str, session: &str) -> anyhow::Result<()> {
     let job = format!("{session}-job");
-    Api::<k8s_openapi::api::batch::v1::Job>::namespaced(env.admin(), ns).delete(&job, &DeleteParams::background()).await?;
+    Api::<k8s_openapi::api::batch::v1::Job>::namespaced(env.admin(), ns)
+        .delete(&job, &DeleteParams::background())
+        .await?;
     Api::<k8s_openapi::api::core::v1::Pod>::namespaced(env.admin(), ns)
-        .delete_collection(&DeleteParams::background(), &kube::api::ListParams::default().labels(&format!("job-name={job}")))
+        .delete_collection(
+            &DeleteParams::background(),
+            &kube::api::ListParams::default().labels(&format!("job-name={job}")),
+        )
         .await?;
     Ok(())
 }

@@ -5,8 +5,8 @@
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 
 use events::Command;
 use events::commands::{KeyCreate, KeyRevoke};
@@ -20,7 +20,12 @@ const MIN_TOKEN_SECONDS: i64 = 600;
 /// Longest lifetime accepted (two years).
 const MAX_TOKEN_SECONDS: i64 = 2 * 365 * 24 * 3600;
 
-pub async fn create(client: &kube::Client, cmd: &Command, req: &KeyCreate, default_seconds: i64) -> Result<Applied, ApplyError> {
+pub async fn create(
+    client: &kube::Client,
+    cmd: &Command,
+    req: &KeyCreate,
+    default_seconds: i64,
+) -> Result<Applied, ApplyError> {
     let ns = cmd.project.as_str();
     managed_namespace(client, &cmd.project).await?;
     let seconds = req.expiration_seconds.unwrap_or(default_seconds);
@@ -41,7 +46,8 @@ pub async fn create(client: &kube::Client, cmd: &Command, req: &KeyCreate, defau
                 (labels::ROLE, req.role.as_str()),
                 (labels::LAST_COMMAND, id.as_str()),
             ]);
-            annotations.insert(labels::KEY_CREATED_AT.into(), cmd.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            annotations
+                .insert(labels::KEY_CREATED_AT.into(), cmd.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             if let Some(d) = &req.description {
                 annotations.insert(labels::KEY_DESCRIPTION.into(), d.clone());
             }
@@ -97,7 +103,8 @@ pub async fn create(client: &kube::Client, cmd: &Command, req: &KeyCreate, defau
         ..Default::default()
     };
     let tr = sas.create_token_request(&sa_name, &PostParams::default(), &tr).await?;
-    let token = tr.status.map(|s| s.token).ok_or_else(|| ApplyError::Transient("TokenRequest returned no token".into()))?;
+    let token =
+        tr.status.map(|s| s.token).ok_or_else(|| ApplyError::Transient("TokenRequest returned no token".into()))?;
     // The plaintext token exists only in this scope; only the sealed box leaves it.
     // A reply key the cipher refuses can never be answered: the command fails for good.
     let sealed = req
@@ -107,7 +114,12 @@ pub async fn create(client: &kube::Client, cmd: &Command, req: &KeyCreate, defau
     Ok(Applied { resource: super::resource_ref(&sa), sealed_token: Some(sealed) })
 }
 
-pub async fn revoke(client: &kube::Client, cmd: &Command, req: &KeyRevoke, delivery: Delivery) -> Result<Applied, ApplyError> {
+pub async fn revoke(
+    client: &kube::Client,
+    cmd: &Command,
+    req: &KeyRevoke,
+    delivery: Delivery,
+) -> Result<Applied, ApplyError> {
     let ns = cmd.project.as_str();
     managed_namespace(client, &cmd.project).await?;
     let sas = Api::<ServiceAccount>::namespaced(client.clone(), ns);

@@ -22,9 +22,9 @@ use events::sealing::{SealedBox, SealingSecretKey};
 use events::{Command, ProjectName};
 
 use crate::authz::{self, SelfProvision};
-use crate::namespaces::Projects;
 use crate::error::ApplyError;
 use crate::labels;
+use crate::namespaces::Projects;
 
 pub use permission::sync_group_bindings;
 pub use runner_secret::valid_secret_name as runner_secret_name_ok;
@@ -108,7 +108,8 @@ impl Applier {
             // The hottest command: check the principal and the project in parallel (the project
             // is usually known from the namespace cache); a refusal still wins over a missing
             // project.
-            let (allowed, project) = tokio::join!(authz::authorize(c, cmd, &self.policy), self.projects.require(&cmd.project));
+            let (allowed, project) =
+                tokio::join!(authz::authorize(c, cmd, &self.policy), self.projects.require(&cmd.project));
             allowed?;
             project?;
             return session::create_in_project(c, cmd, r, &self.runner).await;

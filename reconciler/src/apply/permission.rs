@@ -48,7 +48,8 @@ fn annotation<'a>(rb: &'a RoleBinding, key: &str) -> Option<&'a str> {
 }
 
 fn is_subject(rb: &RoleBinding, ty: SubjectType, subject: &SubjectName) -> bool {
-    annotation(rb, labels::SUBJECT_KIND) == Some(ty.as_str()) && annotation(rb, labels::SUBJECT_NAME) == Some(subject.as_str())
+    annotation(rb, labels::SUBJECT_KIND) == Some(ty.as_str())
+        && annotation(rb, labels::SUBJECT_NAME) == Some(subject.as_str())
 }
 
 async fn permission_bindings(api: &Api<RoleBinding>) -> Result<Vec<RoleBinding>, ApplyError> {
@@ -89,7 +90,12 @@ pub async fn grant(client: &kube::Client, cmd: &Command, req: &PermissionGrant) 
     }
 }
 
-pub async fn revoke(client: &kube::Client, cmd: &Command, req: &PermissionRevoke, delivery: Delivery) -> Result<Applied, ApplyError> {
+pub async fn revoke(
+    client: &kube::Client,
+    cmd: &Command,
+    req: &PermissionRevoke,
+    delivery: Delivery,
+) -> Result<Applied, ApplyError> {
     let ns = cmd.project.as_str();
     managed_namespace(client, &cmd.project).await?;
     let api = Api::<RoleBinding>::namespaced(client.clone(), ns);
@@ -98,7 +104,8 @@ pub async fn revoke(client: &kube::Client, cmd: &Command, req: &PermissionRevoke
         let ps = ensure_project_settings(client, ns).await?;
         if ps.spec.group_access.iter().any(|g| g.group_name == req.subject_name.as_str()) {
             found = true;
-            let ps = edit_group_access(client, ns, |list| list.retain(|g| g.group_name != req.subject_name.as_str())).await?;
+            let ps = edit_group_access(client, ns, |list| list.retain(|g| g.group_name != req.subject_name.as_str()))
+                .await?;
             sync_group_bindings(client, &ps).await?;
         }
     }
@@ -155,13 +162,17 @@ pub async fn sync_group_bindings(client: &kube::Client, ps: &ProjectSettings) ->
         };
         let name = labels::group_binding(entry.role, &group);
         let mut rb = binding(&ns, &name, entry.role, SubjectType::Group, &group);
-        rb.metadata.annotations.get_or_insert_default().insert(labels::SOURCE.into(), labels::SOURCE_PROJECT_SETTINGS.into());
+        rb.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(labels::SOURCE.into(), labels::SOURCE_PROJECT_SETTINGS.into());
         rb.metadata.owner_references = owner.clone().map(|o| vec![o]);
         api.patch(&name, &PatchParams::apply(labels::FIELD_MANAGER).force(), &Patch::Apply(&rb)).await?;
         wanted.push(name);
     }
     for rb in permission_bindings(&api).await? {
-        if annotation(&rb, labels::SOURCE) == Some(labels::SOURCE_PROJECT_SETTINGS) && !wanted.contains(&rb.name_any()) {
+        if annotation(&rb, labels::SOURCE) == Some(labels::SOURCE_PROJECT_SETTINGS) && !wanted.contains(&rb.name_any())
+        {
             delete_ignoring_missing(&api, &rb.name_any()).await?;
         }
     }

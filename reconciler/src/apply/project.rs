@@ -26,7 +26,7 @@ use serde_json::json;
 use events::commands::{ProjectCreate, ProjectUpdate};
 use events::{Command, FailureReason, Principal, Role, SubjectName};
 
-use super::{Applied, Delivery, gone, ensure_project_settings, is_managed, last_command, string_map};
+use super::{Applied, Delivery, ensure_project_settings, gone, is_managed, last_command, string_map};
 use crate::error::ApplyError;
 use crate::labels;
 
@@ -78,9 +78,13 @@ pub fn decide(
     quota: usize,
 ) -> Result<BTreeMap<String, DateTime<Utc>>, usize> {
     let ttl = chrono::Duration::from_std(CLAIM_TTL).unwrap_or(chrono::Duration::MAX);
-    let live: BTreeMap<String, DateTime<Utc>> =
-        claims.iter().filter(|(p, at)| p.as_str() != project && now - **at < ttl).map(|(p, at)| (p.clone(), *at)).collect();
-    let held: BTreeSet<&str> = existing.iter().map(String::as_str).chain(live.keys().map(String::as_str)).filter(|p| *p != project).collect();
+    let live: BTreeMap<String, DateTime<Utc>> = claims
+        .iter()
+        .filter(|(p, at)| p.as_str() != project && now - **at < ttl)
+        .map(|(p, at)| (p.clone(), *at))
+        .collect();
+    let held: BTreeSet<&str> =
+        existing.iter().map(String::as_str).chain(live.keys().map(String::as_str)).filter(|p| *p != project).collect();
     if held.len() >= quota {
         return Err(held.len());
     }
@@ -96,7 +100,9 @@ fn bus(e: impl std::fmt::Display) -> ApplyError {
 /// The user's claims and their revision (0: no entry yet).
 async fn read_claims(store: &kv::Store, key: &str) -> Result<(Claims, u64), ApplyError> {
     match store.entry(key).await.map_err(bus)? {
-        Some(e) if e.operation == kv::Operation::Put => Ok((serde_json::from_slice(&e.value).unwrap_or_default(), e.revision)),
+        Some(e) if e.operation == kv::Operation::Put => {
+            Ok((serde_json::from_slice(&e.value).unwrap_or_default(), e.revision))
+        }
         Some(e) => Ok((Claims::default(), e.revision)),
         None => Ok((Claims::default(), 0)),
     }
@@ -131,7 +137,10 @@ async fn claim(client: &kube::Client, q: &ProjectQuota, user: &str, project: &st
         let existing: BTreeSet<String> = managed
             .items
             .iter()
-            .filter(|ns| ns.metadata.annotations.as_ref().and_then(|a| a.get(labels::REQUESTER)).map(String::as_str) == Some(user))
+            .filter(|ns| {
+                ns.metadata.annotations.as_ref().and_then(|a| a.get(labels::REQUESTER)).map(String::as_str)
+                    == Some(user)
+            })
             .filter_map(|ns| ns.metadata.name.clone())
             .collect();
         match decide(&existing, &claims.claims, project, Utc::now(), q.quota) {
@@ -173,7 +182,12 @@ async fn release(q: &ProjectQuota, user: &str, project: &str) {
     tracing::warn!(project, "could not release the project-quota claim; it expires on its own");
 }
 
-pub async fn create(client: &kube::Client, cmd: &Command, req: &ProjectCreate, quota: &ProjectQuota) -> Result<Applied, ApplyError> {
+pub async fn create(
+    client: &kube::Client,
+    cmd: &Command,
+    req: &ProjectCreate,
+    quota: &ProjectQuota,
+) -> Result<Applied, ApplyError> {
     let api = Api::<Namespace>::all(client.clone());
     let name = cmd.project.as_str();
     // Refused before any lookup, so that a create cannot probe system namespaces.
@@ -188,8 +202,10 @@ pub async fn create(client: &kube::Client, cmd: &Command, req: &ProjectCreate, q
         Some(_) => return Err(taken()),
         None => {
             claim(client, quota, user, name).await?;
-            let mut annotations = string_map([(labels::REQUESTER, cmd.principal.user.as_str()), (labels::LAST_COMMAND, &id)]);
-            annotations.insert(labels::DISPLAY_NAME.into(), req.display_name.clone().unwrap_or_else(|| name.to_string()));
+            let mut annotations =
+                string_map([(labels::REQUESTER, cmd.principal.user.as_str()), (labels::LAST_COMMAND, &id)]);
+            annotations
+                .insert(labels::DISPLAY_NAME.into(), req.display_name.clone().unwrap_or_else(|| name.to_string()));
             if let Some(d) = &req.description {
                 annotations.insert(labels::DESCRIPTION.into(), d.clone());
             }
@@ -226,7 +242,9 @@ pub async fn create(client: &kube::Client, cmd: &Command, req: &ProjectCreate, q
 /// The RBAC subject of a principal: a ServiceAccount for `system:serviceaccount:ns:name`.
 pub fn rbac_subject(principal: &Principal) -> Subject {
     match principal.service_account() {
-        Some((ns, sa)) => Subject { kind: "ServiceAccount".into(), name: sa.into(), namespace: Some(ns.into()), api_group: None },
+        Some((ns, sa)) => {
+            Subject { kind: "ServiceAccount".into(), name: sa.into(), namespace: Some(ns.into()), api_group: None }
+        }
         None => Subject {
             kind: "User".into(),
             name: principal.user.clone(),
@@ -236,7 +254,12 @@ pub fn rbac_subject(principal: &Principal) -> Subject {
     }
 }
 
-async fn ensure_creator_binding(client: &kube::Client, ns: &str, principal: &Principal, id: &str) -> Result<(), ApplyError> {
+async fn ensure_creator_binding(
+    client: &kube::Client,
+    ns: &str,
+    principal: &Principal,
+    id: &str,
+) -> Result<(), ApplyError> {
     let subject_name =
         SubjectName::new(principal.user.clone()).map_err(|e| ApplyError::invalid(format!("principal: {e}")))?;
     let name = labels::creator_binding(&subject_name);
@@ -277,7 +300,11 @@ pub async fn update(client: &kube::Client, cmd: &Command, req: &ProjectUpdate) -
         annotations.insert(labels::DESCRIPTION.into(), json!(d));
     }
     let ns = Api::<Namespace>::all(client.clone())
-        .patch(cmd.project.as_str(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": annotations}})))
+        .patch(
+            cmd.project.as_str(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+        )
         .await?;
     Ok(Applied::of(&ns))
 }
@@ -309,17 +336,37 @@ mod tests {
         let now = Utc::now();
         let fresh = now - chrono::Duration::seconds(5);
         let stale = now - chrono::Duration::from_std(CLAIM_TTL).unwrap() - chrono::Duration::seconds(1);
-        let claims = |v: &[(&str, DateTime<Utc>)]| v.iter().map(|(p, t)| (p.to_string(), *t)).collect::<BTreeMap<_, _>>();
+        let claims =
+            |v: &[(&str, DateTime<Utc>)]| v.iter().map(|(p, t)| (p.to_string(), *t)).collect::<BTreeMap<_, _>>();
         // (what, existing, claims, quota, expected: Ok(claims after) or Err(held))
-        type Case<'a> = (&'a str, BTreeSet<String>, BTreeMap<String, DateTime<Utc>>, usize, Result<Vec<&'a str>, usize>);
+        type Case<'a> =
+            (&'a str, BTreeSet<String>, BTreeMap<String, DateTime<Utc>>, usize, Result<Vec<&'a str>, usize>);
         let cases: Vec<Case> = vec![
             ("empty", set(&[]), claims(&[]), 2, Ok(vec!["new"])),
             ("under quota", set(&["a"]), claims(&[]), 2, Ok(vec!["new"])),
             ("at quota by projects", set(&["a", "b"]), claims(&[]), 2, Err(2)),
             ("at quota by a create in flight", set(&["a"]), claims(&[("b", fresh)]), 2, Err(2)),
-            ("a claim whose namespace exists counts once", set(&["a"]), claims(&[("a", fresh)]), 2, Ok(vec!["a", "new"])),
-            ("an expired claim no longer counts and is dropped", set(&["a"]), claims(&[("b", stale)]), 2, Ok(vec!["new"])),
-            ("its own earlier claim (a redelivery) does not count", set(&["a"]), claims(&[("new", fresh)]), 2, Ok(vec!["new"])),
+            (
+                "a claim whose namespace exists counts once",
+                set(&["a"]),
+                claims(&[("a", fresh)]),
+                2,
+                Ok(vec!["a", "new"]),
+            ),
+            (
+                "an expired claim no longer counts and is dropped",
+                set(&["a"]),
+                claims(&[("b", stale)]),
+                2,
+                Ok(vec!["new"]),
+            ),
+            (
+                "its own earlier claim (a redelivery) does not count",
+                set(&["a"]),
+                claims(&[("new", fresh)]),
+                2,
+                Ok(vec!["new"]),
+            ),
             ("its own namespace does not count", set(&["new"]), claims(&[]), 1, Ok(vec!["new"])),
             ("quota zero", set(&[]), claims(&[]), 0, Err(0)),
         ];

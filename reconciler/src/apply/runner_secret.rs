@@ -29,7 +29,12 @@ pub fn valid_secret_name(n: &str) -> bool {
         && n.split('.').all(|part| events::names::check_dns1123_label("secretName", part, 63).is_ok())
 }
 
-pub async fn put(client: &kube::Client, cmd: &Command, req: &RunnerSecretPut, key: &SealingSecretKey) -> Result<Applied, ApplyError> {
+pub async fn put(
+    client: &kube::Client,
+    cmd: &Command,
+    req: &RunnerSecretPut,
+    key: &SealingSecretKey,
+) -> Result<Applied, ApplyError> {
     let ns = cmd.project.as_str();
     managed_namespace(client, &cmd.project).await?;
     let plain = key.open(&req.data).map_err(|e| ApplyError::invalid(format!("secret: {e}")))?;
@@ -52,7 +57,9 @@ pub async fn put(client: &kube::Client, cmd: &Command, req: &RunnerSecretPut, ke
     let data: serde_json::Map<String, serde_json::Value> = change
         .0
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_ref().map_or(serde_json::Value::Null, |v| json!(ByteString(v.clone().into_bytes())))))
+        .map(|(k, v)| {
+            (k.clone(), v.as_ref().map_or(serde_json::Value::Null, |v| json!(ByteString(v.clone().into_bytes()))))
+        })
         .collect();
     let patch = json!({
         "metadata": {
@@ -73,11 +80,23 @@ pub async fn put(client: &kube::Client, cmd: &Command, req: &RunnerSecretPut, ke
                     annotations: Some(string_map([(labels::LAST_COMMAND, cmd.id.to_string().as_str())])),
                     ..Default::default()
                 },
-                data: Some(change.0.into_iter().filter_map(|(k, v)| v.map(|v| (k, ByteString(v.into_bytes())))).collect::<BTreeMap<_, _>>()),
+                data: Some(
+                    change
+                        .0
+                        .into_iter()
+                        .filter_map(|(k, v)| v.map(|v| (k, ByteString(v.into_bytes()))))
+                        .collect::<BTreeMap<_, _>>(),
+                ),
                 type_: Some("Opaque".into()),
                 ..Default::default()
             };
-            match secrets.create(&PostParams { field_manager: Some(labels::FIELD_MANAGER.into()), ..Default::default() }, &secret).await {
+            match secrets
+                .create(
+                    &PostParams { field_manager: Some(labels::FIELD_MANAGER.into()), ..Default::default() },
+                    &secret,
+                )
+                .await
+            {
                 Ok(s) => s,
                 // Created meanwhile (a retry of this command): patch it.
                 Err(kube::Error::Api(e)) if e.code == 409 => secrets.patch(name, &pp, &Patch::Merge(&patch)).await?,

@@ -73,13 +73,23 @@ fn check_runner(spec: &AgenticSessionSpec, bounds: &RunnerBounds) -> Result<(), 
     spec.check_runner(bounds).map(|_| ()).map_err(|e| ApplyError::invalid(e.to_string()))
 }
 
-pub async fn create(client: &kube::Client, cmd: &Command, req: &SessionCreate, bounds: &RunnerBounds) -> Result<Applied, ApplyError> {
+pub async fn create(
+    client: &kube::Client,
+    cmd: &Command,
+    req: &SessionCreate,
+    bounds: &RunnerBounds,
+) -> Result<Applied, ApplyError> {
     managed_namespace(client, &cmd.project).await?;
     create_in_project(client, cmd, req, bounds).await
 }
 
 /// [`create`] once the project is known to be managed.
-pub async fn create_in_project(client: &kube::Client, cmd: &Command, req: &SessionCreate, bounds: &RunnerBounds) -> Result<Applied, ApplyError> {
+pub async fn create_in_project(
+    client: &kube::Client,
+    cmd: &Command,
+    req: &SessionCreate,
+    bounds: &RunnerBounds,
+) -> Result<Applied, ApplyError> {
     check_runner(&req.spec, bounds)?;
     let api = Api::<AgenticSession>::namespaced(client.clone(), cmd.project.as_str());
     create_session(&api, cmd.project.as_str(), &req.name, req.spec.clone(), cmd, None).await
@@ -110,11 +120,18 @@ pub async fn update(client: &kube::Client, cmd: &Command, req: &SessionUpdate) -
     Ok(Applied::of(&s))
 }
 
-pub async fn delete(client: &kube::Client, cmd: &Command, name: &SessionName, delivery: Delivery) -> Result<Applied, ApplyError> {
+pub async fn delete(
+    client: &kube::Client,
+    cmd: &Command,
+    name: &SessionName,
+    delivery: Delivery,
+) -> Result<Applied, ApplyError> {
     let api = Api::<AgenticSession>::namespaced(client.clone(), cmd.project.as_str());
     let s = match api.get_opt(name.as_str()).await? {
         Some(s) => s,
-        None if delivery == Delivery::Redelivered => return Ok(gone::<AgenticSession>(Some(cmd.project.as_str()), name.as_str())),
+        None if delivery == Delivery::Redelivered => {
+            return Ok(gone::<AgenticSession>(Some(cmd.project.as_str()), name.as_str()));
+        }
         None => return Err(ApplyError::not_found(format!("session {name} not found"))),
     };
     // Background propagation: the garbage collector removes the Job, its pods and the runner
@@ -167,12 +184,15 @@ pub async fn stop(client: &kube::Client, cmd: &Command, name: &SessionName) -> R
         Some(p) if p.is_terminal() => return Err(ApplyError::conflict(format!("session {name} is not running ({p})"))),
         _ => {
             // Guarded: a concurrent status write (409) makes this a retried transient failure.
-            let patch = guarded(&s, json!({
-                "phase": "Stopped",
-                "reason": "StopRequested",
-                "message": "stopped on request",
-                "completionTime": chrono::Utc::now(),
-            }));
+            let patch = guarded(
+                &s,
+                json!({
+                    "phase": "Stopped",
+                    "reason": "StopRequested",
+                    "message": "stopped on request",
+                    "completionTime": chrono::Utc::now(),
+                }),
+            );
             api.patch_status(name.as_str(), &PatchParams::default(), &Patch::Merge(patch)).await?
         }
     };
@@ -195,17 +215,33 @@ pub async fn delete_job_and_pods(client: &kube::Client, ns: &str, session: &str)
     Ok(())
 }
 
-pub async fn clone(client: &kube::Client, cmd: &Command, req: &SessionClone, bounds: &RunnerBounds) -> Result<Applied, ApplyError> {
+pub async fn clone(
+    client: &kube::Client,
+    cmd: &Command,
+    req: &SessionClone,
+    bounds: &RunnerBounds,
+) -> Result<Applied, ApplyError> {
     let src = get(&Api::<AgenticSession>::namespaced(client.clone(), cmd.project.as_str()), &req.name).await?;
     check_runner(&src.spec, bounds)?;
     managed_namespace(client, &req.target_project).await?;
     let api = Api::<AgenticSession>::namespaced(client.clone(), req.target_project.as_str());
     let from = format!("{}/{}", cmd.project, req.name);
-    create_session(&api, req.target_project.as_str(), &req.new_session_name, src.spec.clone(), cmd, Some((CLONED_FROM, from)))
-        .await
+    create_session(
+        &api,
+        req.target_project.as_str(),
+        &req.new_session_name,
+        src.spec.clone(),
+        cmd,
+        Some((CLONED_FROM, from)),
+    )
+    .await
 }
 
-pub async fn report_status(client: &kube::Client, cmd: &Command, req: &SessionStatusReport) -> Result<Applied, ApplyError> {
+pub async fn report_status(
+    client: &kube::Client,
+    cmd: &Command,
+    req: &SessionStatusReport,
+) -> Result<Applied, ApplyError> {
     let api = Api::<AgenticSession>::namespaced(client.clone(), cmd.project.as_str());
     let s = get(&api, &req.name).await?;
     let r = &req.status;
@@ -230,13 +266,16 @@ pub async fn report_status(client: &kube::Client, cmd: &Command, req: &SessionSt
             }
         }
     }
-    let s = api
-        .patch_status(req.name.as_str(), &PatchParams::default(), &Patch::Merge(guarded(&s, status.into())))
-        .await?;
+    let s =
+        api.patch_status(req.name.as_str(), &PatchParams::default(), &Patch::Merge(guarded(&s, status.into()))).await?;
     Ok(Applied::of(&s))
 }
 
-pub async fn display_name(client: &kube::Client, cmd: &Command, req: &SessionDisplayName) -> Result<Applied, ApplyError> {
+pub async fn display_name(
+    client: &kube::Client,
+    cmd: &Command,
+    req: &SessionDisplayName,
+) -> Result<Applied, ApplyError> {
     if req.display_name.chars().count() > 100 {
         return Err(ApplyError::invalid("displayName must be at most 100 characters"));
     }

@@ -20,14 +20,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec};
+use k8s_openapi::api::core::v1::{
+    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::ResourceExt;
 use tokio_util::sync::CancellationToken;
 
 use events::crd::{Amount, RunnerBounds};
@@ -58,7 +60,10 @@ impl QuotaItem {
     pub fn parse(s: &str) -> Result<QuotaItem, String> {
         let (resource, quantity) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected resource=quantity"))?;
         let (resource, quantity) = (resource.trim(), quantity.trim());
-        if resource.is_empty() || resource.len() > 253 || !resource.bytes().all(|b| b.is_ascii_alphanumeric() || b"./-_".contains(&b)) {
+        if resource.is_empty()
+            || resource.len() > 253
+            || !resource.bytes().all(|b| b.is_ascii_alphanumeric() || b"./-_".contains(&b))
+        {
             return Err(format!("{s:?}: {resource:?} is not a quota resource name"));
         }
         let amount = Amount::parse(quantity).map_err(|e| format!("{s:?}: {quantity:?} {e}"))?;
@@ -77,7 +82,10 @@ pub struct CpuMemory {
 
 impl CpuMemory {
     fn quantities(self) -> BTreeMap<String, Quantity> {
-        BTreeMap::from([("cpu".into(), Quantity(self.cpu.cpu_string())), ("memory".into(), Quantity(self.memory.memory_string()))])
+        BTreeMap::from([
+            ("cpu".into(), Quantity(self.cpu.cpu_string())),
+            ("memory".into(), Quantity(self.memory.memory_string())),
+        ])
     }
 
     fn at_most(self, other: CpuMemory) -> bool {
@@ -115,7 +123,13 @@ pub struct ProjectLimits {
 impl ProjectLimits {
     /// Checks that defaults fit: request ≤ limit ≤ the runner bounds (the API server would
     /// refuse such a LimitRange, or every pod under it).
-    pub fn new(quota: Vec<QuotaItem>, default_request: CpuMemory, default_limit: CpuMemory, disk: Disk, bounds: &RunnerBounds) -> Result<Self, String> {
+    pub fn new(
+        quota: Vec<QuotaItem>,
+        default_request: CpuMemory,
+        default_limit: CpuMemory,
+        disk: Disk,
+        bounds: &RunnerBounds,
+    ) -> Result<Self, String> {
         let max = CpuMemory { cpu: bounds.max_cpu, memory: bounds.max_memory };
         if quota.is_empty() {
             return Err("the project quota has no hard limits".into());
@@ -127,7 +141,9 @@ impl ProjectLimits {
             return Err("a runner's default limits exceed --runner-max-cpu / --runner-max-memory".into());
         }
         if !(disk.request <= disk.limit && disk.limit <= disk.max) {
-            return Err("a runner's default ephemeral-storage request, limit and maximum must grow in that order".into());
+            return Err(
+                "a runner's default ephemeral-storage request, limit and maximum must grow in that order".into()
+            );
         }
         Ok(ProjectLimits { quota, default_request, default_limit, max, disk })
     }
@@ -171,7 +187,10 @@ impl ProjectLimits {
 
     /// The project's LimitRange.
     pub fn limit_range(&self, ns: &Namespace) -> LimitRange {
-        LimitRange { metadata: Self::meta(ns, LIMIT_RANGE_NAME), spec: Some(LimitRangeSpec { limits: vec![self.container()] }) }
+        LimitRange {
+            metadata: Self::meta(ns, LIMIT_RANGE_NAME),
+            spec: Some(LimitRangeSpec { limits: vec![self.container()] }),
+        }
     }
 
     /// Whether `q` has exactly the configured hard limits (compared as quantities: the API
@@ -201,7 +220,9 @@ impl ProjectLimits {
 
 fn same_quantities(a: &BTreeMap<String, Quantity>, b: &BTreeMap<String, Quantity>) -> bool {
     a.len() == b.len()
-        && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| matches!((Amount::parse(&v.0), Amount::parse(&w.0)), (Ok(x), Ok(y)) if x == y)))
+        && a.iter().all(|(k, v)| {
+            b.get(k).is_some_and(|w| matches!((Amount::parse(&v.0), Amount::parse(&w.0)), (Ok(x), Ok(y)) if x == y))
+        })
 }
 
 /// The Namespace as owner. `blockOwnerDeletion` stays unset: setting it needs `update` on
@@ -285,7 +306,11 @@ fn error_policy(ns: Arc<Namespace>, e: &ControllerError, _: Arc<Limits>) -> Acti
 /// Starts the controller: a handle for the session controller and a future that runs until
 /// `stop` is cancelled. Level-triggered on the managed namespaces and on both objects (label
 /// `app=ambient-project-limits`), so an edit or deletion is undone at once.
-pub fn start(client: kube::Client, limits: Arc<ProjectLimits>, stop: CancellationToken) -> (Limits, impl Future<Output = ()>) {
+pub fn start(
+    client: kube::Client,
+    limits: Arc<ProjectLimits>,
+    stop: CancellationToken,
+) -> (Limits, impl Future<Output = ()>) {
     let ours = watcher::Config::default().labels(&format!("{}={APP_PROJECT_LIMITS}", labels::APP));
     let managed = watcher::Config::default().labels(&format!("{}=true", labels::MANAGED));
     let (namespaces, ns_writer) = reflector::store();
@@ -336,7 +361,10 @@ mod tests {
     }
 
     fn limits() -> ProjectLimits {
-        let quota = ["requests.cpu=20", "limits.memory=200Gi", "pods=100"].iter().map(|s| QuotaItem::parse(s).unwrap()).collect();
+        let quota = ["requests.cpu=20", "limits.memory=200Gi", "pods=100"]
+            .iter()
+            .map(|s| QuotaItem::parse(s).unwrap())
+            .collect();
         ProjectLimits::new(
             quota,
             CpuMemory { cpu: amount("100m"), memory: amount("256Mi") },
@@ -352,7 +380,10 @@ mod tests {
     }
 
     fn ns() -> Namespace {
-        Namespace { metadata: ObjectMeta { name: Some("p1".into()), uid: Some("u1".into()), ..Default::default() }, ..Default::default() }
+        Namespace {
+            metadata: ObjectMeta { name: Some("p1".into()), uid: Some("u1".into()), ..Default::default() },
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -369,11 +400,20 @@ mod tests {
         let l = limits();
         let small = CpuMemory { cpu: amount("1"), memory: amount("1Gi") };
         let big = CpuMemory { cpu: amount("5"), memory: amount("1Gi") };
-        assert!(ProjectLimits::new(l.quota.clone(), big, big, disk(), &RunnerBounds::default()).is_err(), "limit above the runner bound");
-        assert!(ProjectLimits::new(l.quota.clone(), l.default_limit, small, disk(), &RunnerBounds::default()).is_err(), "request above limit");
+        assert!(
+            ProjectLimits::new(l.quota.clone(), big, big, disk(), &RunnerBounds::default()).is_err(),
+            "limit above the runner bound"
+        );
+        assert!(
+            ProjectLimits::new(l.quota.clone(), l.default_limit, small, disk(), &RunnerBounds::default()).is_err(),
+            "request above limit"
+        );
         assert!(ProjectLimits::new(Vec::new(), small, small, disk(), &RunnerBounds::default()).is_err(), "no quota");
         let bad_disk = Disk { request: amount("10Gi"), limit: amount("1Gi"), max: amount("20Gi") };
-        assert!(ProjectLimits::new(l.quota.clone(), small, small, bad_disk, &RunnerBounds::default()).is_err(), "disk request above limit");
+        assert!(
+            ProjectLimits::new(l.quota.clone(), small, small, bad_disk, &RunnerBounds::default()).is_err(),
+            "disk request above limit"
+        );
     }
 
     #[test]
@@ -381,7 +421,10 @@ mod tests {
         let l = limits();
         let q = l.resource_quota(&ns());
         let o = &q.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((o.kind.as_str(), o.name.as_str(), o.uid.as_str(), o.block_owner_deletion), ("Namespace", "p1", "u1", None));
+        assert_eq!(
+            (o.kind.as_str(), o.name.as_str(), o.uid.as_str(), o.block_owner_deletion),
+            ("Namespace", "p1", "u1", None)
+        );
         assert!(l.quota_current(&q));
         let lr = l.limit_range(&ns());
         let item = &lr.spec.as_ref().unwrap().limits[0];
@@ -393,7 +436,14 @@ mod tests {
         assert!(l.limit_range_current(&lr));
         // The API server's spelling of the same values is current; another value is not.
         let mut respelled = q.clone();
-        respelled.spec.as_mut().unwrap().hard.as_mut().unwrap().insert("requests.cpu".into(), Quantity("20000m".into()));
+        respelled
+            .spec
+            .as_mut()
+            .unwrap()
+            .hard
+            .as_mut()
+            .unwrap()
+            .insert("requests.cpu".into(), Quantity("20000m".into()));
         assert!(l.quota_current(&respelled));
         let mut raised = q.clone();
         raised.spec.as_mut().unwrap().hard.as_mut().unwrap().insert("requests.cpu".into(), Quantity("21".into()));

@@ -84,7 +84,8 @@ mod tests {
         r.succeeded("p/a");
         assert_eq!(r.failed("p/a"), first, "a success starts over");
         // Objects failing together do not all retry at the same instant.
-        let spread: std::collections::BTreeSet<Duration> = (0..50).map(|i| Retries::default().failed(&format!("p/s{i}"))).collect();
+        let spread: std::collections::BTreeSet<Duration> =
+            (0..50).map(|i| Retries::default().failed(&format!("p/s{i}"))).collect();
         assert!(spread.len() > 40, "{} distinct delays of 50", spread.len());
     }
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -58,7 +58,13 @@ async fn reconcile_settings(ps: Arc<ProjectSettings>, ctx: Arc<Ctx>) -> Result<A
     let observed = ps.status.as_ref().and_then(|s| s.observed_generation);
     // Written only when the generation moved: no self-triggered loop.
     if observed != generation {
-        let ready = super::session::condition("Ready", "True", "BindingsInSync", "group RoleBindings match groupAccess", generation);
+        let ready = super::session::condition(
+            "Ready",
+            "True",
+            "BindingsInSync",
+            "group RoleBindings match groupAccess",
+            generation,
+        );
         let patch = json!({"status": {"observedGeneration": generation, "conditions": [ready]}});
         Api::<ProjectSettings>::namespaced(ctx.client.clone(), &ns)
             .patch_status(PROJECT_SETTINGS_NAME, &PatchParams::default(), &Patch::Merge(patch))
@@ -75,7 +81,11 @@ fn error_policy<K>(_: Arc<K>, e: &ControllerError, _: Arc<Ctx>) -> Action {
 /// Builds both project controllers: the namespace controller's store of managed namespaces
 /// (shared with the rest of the reconciler, see `namespaces::Projects`) and a future that runs
 /// them until `stop` is cancelled.
-pub fn start(client: kube::Client, resync: Duration, stop: CancellationToken) -> (Store<Namespace>, impl Future<Output = ()>) {
+pub fn start(
+    client: kube::Client,
+    resync: Duration,
+    stop: CancellationToken,
+) -> (Store<Namespace>, impl Future<Output = ()>) {
     let managed = watcher::Config::default().labels(&format!("{}=true", labels::MANAGED));
     let controller = Controller::new(Api::<Namespace>::all(client.clone()), managed);
     let store = controller.store();

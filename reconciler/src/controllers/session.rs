@@ -28,9 +28,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use events::secrets::INTEGRATION_SECRET_NAME;
-use events::crd::{AgenticSession, GROUP, PROJECT_SETTINGS_NAME, ProjectSettings, RunnerBounds, RunnerResources};
 use events::Phase;
+use events::crd::{AgenticSession, GROUP, PROJECT_SETTINGS_NAME, ProjectSettings, RunnerBounds, RunnerResources};
+use events::secrets::INTEGRATION_SECRET_NAME;
 
 use super::limits::Limits;
 use super::{ControllerError, Retries};
@@ -147,7 +147,11 @@ impl Observed {
 
 /// Writes the owned status fields and the `Ready` condition, only when something changed.
 /// Writes `want` unless it is already there; returns the new version when it wrote.
-async fn write_status(api: &Api<AgenticSession>, s: &AgenticSession, want: &Observed) -> Result<Option<AgenticSession>, kube::Error> {
+async fn write_status(
+    api: &Api<AgenticSession>,
+    s: &AgenticSession,
+    want: &Observed,
+) -> Result<Option<AgenticSession>, kube::Error> {
     let generation = s.metadata.generation;
     let have = Observed::of(s);
     let observed_gen = s.status.as_ref().and_then(|st| st.observed_generation);
@@ -163,17 +167,20 @@ async fn write_status(api: &Api<AgenticSession>, s: &AgenticSession, want: &Obse
         Some(c) => *c = condition("Ready", ready, &reason, want.message.as_deref().unwrap_or(""), generation),
         None => conditions.push(condition("Ready", ready, &reason, want.message.as_deref().unwrap_or(""), generation)),
     }
-    let patch = guarded(s, json!({
-        "phase": want.phase,
-        "reason": want.reason,
-        "message": want.message,
-        "startTime": want.start_time,
-        "completionTime": want.completion_time,
-        "jobName": want.job_name,
-        "run": want.run,
-        "observedGeneration": generation,
-        "conditions": conditions,
-    }));
+    let patch = guarded(
+        s,
+        json!({
+            "phase": want.phase,
+            "reason": want.reason,
+            "message": want.message,
+            "startTime": want.start_time,
+            "completionTime": want.completion_time,
+            "jobName": want.job_name,
+            "run": want.run,
+            "observedGeneration": generation,
+            "conditions": conditions,
+        }),
+    );
     if let Some(old) = &have
         && old.phase != want.phase
     {
@@ -198,7 +205,9 @@ fn check_runner(s: &AgenticSession, bounds: &RunnerBounds) -> Result<RunnerResou
 /// Why the project's runner secret cannot be used.
 fn validate_secret(secret_name: &Option<String>) -> Result<(), String> {
     match secret_name {
-        Some(n) if !crate::apply::runner_secret_name_ok(n) => Err(format!("runner secret name {n:?} is not a valid Secret name")),
+        Some(n) if !crate::apply::runner_secret_name_ok(n) => {
+            Err(format!("runner secret name {n:?} is not a valid Secret name"))
+        }
         _ => Ok(()),
     }
 }
@@ -238,7 +247,12 @@ async fn ensure_identity(client: &kube::Client, s: &AgenticSession, ns: &str) ->
     let rb = RoleBinding {
         metadata: meta(),
         role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.clone() },
-        subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: name.clone(), namespace: Some(ns.into()), api_group: None }]),
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: name.clone(),
+            namespace: Some(ns.into()),
+            api_group: None,
+        }]),
     };
     // The ServiceAccount and Role are written together; the RoleBinding needs its Role (the API
     // server checks that binding it grants nothing we lack); all three exist before the Job (a
@@ -344,7 +358,15 @@ fn container_resources(r: &RunnerResources) -> Option<ResourceRequirements> {
     (!q.is_empty()).then(|| ResourceRequirements { requests: Some(q.clone()), limits: Some(q), ..Default::default() })
 }
 
-fn build_job(cfg: &Config, s: &AgenticSession, ns: &str, run: i64, sa: &str, secret: &str, resources: &RunnerResources) -> Job {
+fn build_job(
+    cfg: &Config,
+    s: &AgenticSession,
+    ns: &str,
+    run: i64,
+    sa: &str,
+    secret: &str,
+    resources: &RunnerResources,
+) -> Job {
     let session = s.name_any();
     let job_labels: BTreeMap<String, String> = crate::apply::string_map([
         (labels::SESSION_LABEL, session.as_str()),
@@ -480,7 +502,11 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
         let run = j.labels().get(labels::RUN_LABEL).and_then(|r| r.parse::<i64>().ok()).unwrap_or(1);
         if run != cur.run || j.metadata.deletion_timestamp.is_some() {
             delete_job_and_pods(client, &ns, &name).await?;
-            let next = Observed { start_time: None, completion_time: None, ..cur.with(Phase::Pending, None, "previous run being removed") };
+            let next = Observed {
+                start_time: None,
+                completion_time: None,
+                ..cur.with(Phase::Pending, None, "previous run being removed")
+            };
             write_status(&api, &s, &next).await?;
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
@@ -497,7 +523,8 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
                 return Ok(Action::requeue(resync));
             }
         };
-        let creating = Observed { job_name: Some(job_name.clone()), ..cur.with(Phase::Creating, None, "creating the runner Job") };
+        let creating =
+            Observed { job_name: Some(job_name.clone()), ..cur.with(Phase::Creating, None, "creating the runner Job") };
         // Recording Creating, reading the project's settings and making the runner's identity
         // do not depend on each other: one round trip's wait instead of three (a crash in
         // between leaves nothing the next pass does not redo idempotently).
@@ -550,7 +577,8 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
     if running {
         // While it runs, the runner's own progress message (PUT …/status) stays; ours only
         // marks the transition into Running.
-        let mut next = if cur.phase == Phase::Running { base } else { base.with(Phase::Running, None, "the runner is running") };
+        let mut next =
+            if cur.phase == Phase::Running { base } else { base.with(Phase::Running, None, "the runner is running") };
         next.start_time = next.start_time.or_else(|| Some(Utc::now()));
         write_status(&api, &s, &next).await?;
         return Ok(Action::requeue(WATCH_BACKSTOP));
@@ -597,7 +625,11 @@ pub async fn run(cfg: Config, concurrency: u16, stop: CancellationToken) {
     let client = cfg.client.clone();
     let runners = watcher::Config::default().labels(labels::SESSION_LABEL);
     let (jobs, jobs_writer) = reflector::store();
-    let job_events = watcher(Api::<Job>::all(client.clone()), runners).default_backoff().modify(job_view).reflect(jobs_writer).touched_objects();
+    let job_events = watcher(Api::<Job>::all(client.clone()), runners)
+        .default_backoff()
+        .modify(job_view)
+        .reflect(jobs_writer)
+        .touched_objects();
     let (sessions, sessions_writer) = reflector::store();
     let session_events = watcher(Api::<AgenticSession>::all(client), watcher::Config::default())
         .default_backoff()
@@ -631,7 +663,9 @@ mod tests {
 
     #[test]
     fn a_runner_secret_key_wins_over_a_session_variable_and_the_platform_over_both() {
-        let s = session(serde_json::json!({"prompt": "p", "environmentVariables": {"API_KEY": "mine", "KWOK_RUN_DURATION": "1h"}}));
+        let s = session(
+            serde_json::json!({"prompt": "p", "environmentVariables": {"API_KEY": "mine", "KWOK_RUN_DURATION": "1h"}}),
+        );
         let env = runner_env(&s, "p1", "http://api", "runner-secret");
         let of = |name: &str| env.iter().filter(|e| e.name == name).collect::<Vec<_>>();
         for k in ["API_KEY", "KWOK_RUN_DURATION"] {
@@ -646,12 +680,20 @@ mod tests {
                 assert!(entry.value.is_none());
             }
             let first = env.iter().position(|e| e.name == k).unwrap();
-            assert_eq!((env[first + 1].name.as_str(), env[first + 2].name.as_str()), (k, k), "the references directly follow the value");
+            assert_eq!(
+                (env[first + 1].name.as_str(), env[first + 2].name.as_str()),
+                (k, k),
+                "the references directly follow the value"
+            );
         }
         // Platform variables: exactly once each, literal, and all of them reserved in events.
         for e in &env {
             if e.name != "API_KEY" && e.name != "KWOK_RUN_DURATION" {
-                assert!(RUNNER_PLATFORM_ENV.contains(&e.name.as_str()), "{} is set by the platform but not reserved", e.name);
+                assert!(
+                    RUNNER_PLATFORM_ENV.contains(&e.name.as_str()),
+                    "{} is set by the platform but not reserved",
+                    e.name
+                );
                 assert_eq!(of(&e.name).len(), 1, "{}", e.name);
             }
         }
@@ -665,7 +707,9 @@ mod tests {
 
     #[test]
     fn values_are_never_expanded_by_the_kubelet() {
-        let s = session(serde_json::json!({"prompt": "say $(API_TOKEN)", "environmentVariables": {"X": "a$(API_TOKEN)b$$c$d"}}));
+        let s = session(
+            serde_json::json!({"prompt": "say $(API_TOKEN)", "environmentVariables": {"X": "a$(API_TOKEN)b$$c$d"}}),
+        );
         let env = runner_env(&s, "p1", "http://api", "x");
         let value = |n: &str| env.iter().find(|e| e.name == n).and_then(|e| e.value.clone()).unwrap();
         assert_eq!(value("X"), "a$$(API_TOKEN)b$$$$c$$d");
@@ -684,14 +728,19 @@ mod tests {
     #[test]
     fn overrides_become_request_and_limit_in_canonical_form() {
         let bounds = RunnerBounds::default();
-        let s = session(serde_json::json!({"prompt": "p", "resourceOverrides": {"cpu": "0.5", "memory": "1073741824"}}));
+        let s =
+            session(serde_json::json!({"prompt": "p", "resourceOverrides": {"cpu": "0.5", "memory": "1073741824"}}));
         let r = check_runner(&s, &bounds).unwrap();
         let req = container_resources(&r).unwrap();
-        let want = BTreeMap::from([("cpu".to_string(), Quantity("500m".into())), ("memory".to_string(), Quantity("1Gi".into()))]);
+        let want = BTreeMap::from([
+            ("cpu".to_string(), Quantity("500m".into())),
+            ("memory".to_string(), Quantity("1Gi".into())),
+        ]);
         assert_eq!(req.requests.as_ref(), Some(&want));
         assert_eq!(req.limits.as_ref(), Some(&want));
         assert!(container_resources(&RunnerResources::default()).is_none(), "no override: the LimitRange's defaults");
-        let s = session(serde_json::json!({"prompt": "p", "resourceOverrides": {"priorityClass": "system-node-critical"}}));
+        let s =
+            session(serde_json::json!({"prompt": "p", "resourceOverrides": {"priorityClass": "system-node-critical"}}));
         assert!(check_runner(&s, &bounds).unwrap_err().starts_with("resourceOverrides.priorityClass:"));
     }
 }

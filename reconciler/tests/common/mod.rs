@@ -32,7 +32,8 @@ impl Harness {
         let keys = BusKeys::shared(&env)?;
         let signer = CommandSigner::from_pem(&std::fs::read_to_string(&keys.signing_key_file)?)?;
         let kubeconfig = Component::Reconciler.kubeconfig(&env).await?;
-        let (nats, verify, sealing) = (env.nats_url().to_string(), keys.verify_keys_file.clone(), keys.sealing_key_file.clone());
+        let (nats, verify, sealing) =
+            (env.nats_url().to_string(), keys.verify_keys_file.clone(), keys.sealing_key_file.clone());
         let reconciler = ServiceProcess::start(Component::Reconciler, |health| {
             vec![
                 format!("--kubeconfig={}", kubeconfig.display()),
@@ -94,15 +95,27 @@ impl Harness {
     pub async fn ok(&self, project: &ProjectName, who: DemoUser, body: CommandBody) -> anyhow::Result<CommandResult> {
         let ty = body.command_type().type_str();
         let r = self.run(project, who, body).await?;
-        anyhow::ensure!(matches!(r.outcome, Outcome::Succeeded { .. }), "{ty} failed: {:?}\nlog:\n{}", r.outcome, tail(&self.reconciler.log()));
+        anyhow::ensure!(
+            matches!(r.outcome, Outcome::Succeeded { .. }),
+            "{ty} failed: {:?}\nlog:\n{}",
+            r.outcome,
+            tail(&self.reconciler.log())
+        );
         Ok(r)
     }
 
     /// A fresh project created by `who` through the reconciler.
     pub async fn project(&self, prefix: &str, who: DemoUser) -> anyhow::Result<ProjectName> {
         let p = ProjectName::new(ambient_tests::unique_name(prefix))?;
-        self.ok(&p, who, CommandBody::ProjectCreate(events::commands::ProjectCreate { display_name: Some("Test".into()), description: None }))
-            .await?;
+        self.ok(
+            &p,
+            who,
+            CommandBody::ProjectCreate(events::commands::ProjectCreate {
+                display_name: Some("Test".into()),
+                description: None,
+            }),
+        )
+        .await?;
         Ok(p)
     }
 }

@@ -18,10 +18,10 @@ use ambient_tests::{DemoUser, TestEnv, unique_name};
 use anyhow::{Context as _, bail};
 use events::crd::{AgenticSession, AgenticSessionSpec};
 use futures::StreamExt as _;
-use kube::runtime::WatchStreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt as _;
 use serde_json::json;
 
 struct Mode {
@@ -42,9 +42,31 @@ struct Mode {
 impl Mode {
     fn new(quick: bool) -> Self {
         if quick {
-            Mode { quick, samples: 20, rates: vec![10, 20], rate_seconds: 5, rate_projects: 5, scale_projects: 30, scale_sessions_per_project: 2, big_project_sessions: 50, backlog: 200, write_sessions: 20 }
+            Mode {
+                quick,
+                samples: 20,
+                rates: vec![10, 20],
+                rate_seconds: 5,
+                rate_projects: 5,
+                scale_projects: 30,
+                scale_sessions_per_project: 2,
+                big_project_sessions: 50,
+                backlog: 200,
+                write_sessions: 20,
+            }
         } else {
-            Mode { quick, samples: 300, rates: vec![25, 50, 100, 200, 300], rate_seconds: 60, rate_projects: 100, scale_projects: 1000, scale_sessions_per_project: 10, big_project_sessions: 1000, backlog: 2000, write_sessions: 100 }
+            Mode {
+                quick,
+                samples: 300,
+                rates: vec![25, 50, 100, 200, 300],
+                rate_seconds: 60,
+                rate_projects: 100,
+                scale_projects: 1000,
+                scale_sessions_per_project: 10,
+                big_project_sessions: 1000,
+                backlog: 2000,
+                write_sessions: 100,
+            }
         }
     }
 }
@@ -67,7 +89,11 @@ async fn main() -> anyhow::Result<()> {
     let mut mode = Mode::new(quick);
     let value_of = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
     if let Some(v) = value_of("--rates") {
-        mode.rates = v.split(',').map(|r| r.trim().parse()).collect::<Result<_, _>>().context("--rates: comma-separated integers")?;
+        mode.rates = v
+            .split(',')
+            .map(|r| r.trim().parse())
+            .collect::<Result<_, _>>()
+            .context("--rates: comma-separated integers")?;
     }
     if let Some(v) = value_of("--rate-seconds") {
         mode.rate_seconds = v.parse().context("--rate-seconds: an integer")?;
@@ -89,7 +115,11 @@ async fn main() -> anyhow::Result<()> {
     let mut stack = Stack::start(&env, opts).await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let mut processes = cluster_processes(&env);
-    for (c, p) in [(Component::Api, &stack.api), (Component::Reconciler, &stack.reconciler), (Component::Projector, &stack.projector)] {
+    for (c, p) in [
+        (Component::Api, &stack.api),
+        (Component::Reconciler, &stack.reconciler),
+        (Component::Projector, &stack.projector),
+    ] {
         processes.extend(p.pid().map(|pid| (c.binary().to_string(), pid)));
     }
     let b = Bench {
@@ -134,7 +164,11 @@ async fn main() -> anyhow::Result<()> {
         rows.extend(b.throughput(&mode).await?);
     }
     eprintln!("==> footprint");
-    let sessions = Api::<AgenticSession>::all(env.admin()).list_metadata(&Default::default()).await.map(|l| l.items.len()).unwrap_or(0);
+    let sessions = Api::<AgenticSession>::all(env.admin())
+        .list_metadata(&Default::default())
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0);
     rows.extend(footprint(&stack, &format!("at the end ({sessions} sessions in the cluster)"), !runs("scale")));
 
     let title = if mode.quick { "quick (smoke) mode: small counts, figures are indicative only" } else { "full mode" };
@@ -213,7 +247,11 @@ impl Finished {
                 .default_backoff()
                 .boxed();
             while let Some(ev) = stream.next().await {
-                let (Ok(kube::runtime::watcher::Event::Apply(s)) | Ok(kube::runtime::watcher::Event::InitApply(s))) = ev else { continue };
+                let (Ok(kube::runtime::watcher::Event::Apply(s)) | Ok(kube::runtime::watcher::Event::InitApply(s))) =
+                    ev
+                else {
+                    continue;
+                };
                 if s.status.as_ref().and_then(|st| st.phase).is_some_and(|p| p.is_terminal())
                     && let Ok(mut set) = seen.0.lock()
                 {
@@ -282,7 +320,12 @@ impl Bench {
         json!({"name": name, "prompt": "benchmark", "timeout": 600, "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})
     }
 
-    async fn post_session(&self, project: &str, name: &str, asynchronous: bool) -> anyhow::Result<(reqwest::StatusCode, Duration)> {
+    async fn post_session(
+        &self,
+        project: &str,
+        name: &str,
+        asynchronous: bool,
+    ) -> anyhow::Result<(reqwest::StatusCode, Duration)> {
         let mut req = self
             .http
             .post(format!("{}/api/projects/{project}/agentic-sessions", self.api))
@@ -390,7 +433,12 @@ impl Bench {
             let bus_drain = finished.wait_all(&bus.names, DRAIN_LIMIT).await;
             let drained = |d: Option<Duration>, names: &[String]| match d {
                 Some(d) => format!("all finished {:.1} s after the last create", d.as_secs_f64()),
-                None => format!("{} of {} finished {} s after the last create", finished.count(names), names.len(), DRAIN_LIMIT.as_secs()),
+                None => format!(
+                    "{} of {} finished {} s after the last create",
+                    finished.count(names),
+                    names.len(),
+                    DRAIN_LIMIT.as_secs()
+                ),
             };
             let (bus_cores, bus_split) = cpu3.cores_since(&cpu2);
             let (direct_cores, direct_split) = cpu1.cores_since(&cpu0);
@@ -474,9 +522,13 @@ impl Bench {
                     Path::Api => {
                         let body = json!({"name": name, "prompt": "benchmark", "timeout": 600});
                         let r = http.post(url).bearer_auth(token).json(&body).send().await;
-                        r.is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED || r.status() == reqwest::StatusCode::ACCEPTED)
+                        r.is_ok_and(|r| {
+                            r.status() == reqwest::StatusCode::CREATED || r.status() == reqwest::StatusCode::ACCEPTED
+                        })
                     }
-                    Path::Direct => direct.create(&PostParams::default(), &AgenticSession::new(&name, spec)).await.is_ok(),
+                    Path::Direct => {
+                        direct.create(&PostParams::default(), &AgenticSession::new(&name, spec)).await.is_ok()
+                    }
                 };
                 (ok, at.elapsed(), project, name)
             }));
@@ -581,7 +633,8 @@ impl Bench {
         let mut writes = std::collections::BTreeMap::new();
         for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
             let Some((labels, value)) = line.rsplit_once(' ') else { continue };
-            let label = |k: &str| labels.split(&format!("{k}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+            let label =
+                |k: &str| labels.split(&format!("{k}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
             if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&label("verb")) {
                 continue;
             }
@@ -606,7 +659,10 @@ impl Bench {
     async fn writes(&self, m: &Mode) -> anyhow::Result<Row> {
         let n = m.write_sessions;
         let delta = |a: &std::collections::BTreeMap<String, f64>, b: &std::collections::BTreeMap<String, f64>| {
-            b.iter().map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0))).filter(|(_, v)| *v > 0.0).collect::<std::collections::BTreeMap<_, _>>()
+            b.iter()
+                .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
+                .filter(|(_, v)| *v > 0.0)
+                .collect::<std::collections::BTreeMap<_, _>>()
         };
         let idle_window = Duration::from_secs(10);
         let w0 = self.apiserver_writes().await?;
@@ -651,7 +707,13 @@ impl Bench {
         }
         let deadline = Instant::now() + DRAIN_LIMIT;
         loop {
-            let done = jobs.list(&Default::default()).await?.items.iter().filter(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0).count();
+            let done = jobs
+                .list(&Default::default())
+                .await?
+                .items
+                .iter()
+                .filter(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0)
+                .count();
             if done >= n || Instant::now() > deadline {
                 break;
             }
@@ -661,16 +723,33 @@ impl Bench {
         let bare = delta(&w0, &self.apiserver_writes().await?);
         let bare_secs = t.elapsed().as_secs_f64();
 
-        let per = |w: &std::collections::BTreeMap<String, f64>, secs: f64| (w.values().sum::<f64>() - idle_per_sec * secs).max(0.0) / n as f64;
+        let per = |w: &std::collections::BTreeMap<String, f64>, secs: f64| {
+            (w.values().sum::<f64>() - idle_per_sec * secs).max(0.0) / n as f64
+        };
         let breakdown = |w: &std::collections::BTreeMap<String, f64>| {
-            w.iter().filter(|(_, v)| **v / n as f64 >= 0.5).map(|(k, v)| format!("{k} {:.1}", v / n as f64)).collect::<Vec<_>>().join(", ")
+            w.iter()
+                .filter(|(_, v)| **v / n as f64 >= 0.5)
+                .map(|(k, v)| format!("{k} {:.1}", v / n as f64))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let value = per(&ours, ours_secs);
-        eprintln!("    writes per session: {value:.1} ({}); bare Job: {:.1} ({}); idle {idle_per_sec:.1}/s", breakdown(&ours), per(&bare, bare_secs), breakdown(&bare));
+        eprintln!(
+            "    writes per session: {value:.1} ({}); bare Job: {:.1} ({}); idle {idle_per_sec:.1}/s",
+            breakdown(&ours),
+            per(&bare, bare_secs),
+            breakdown(&bare)
+        );
         Ok(Row {
-            what: format!("API-server writes per session, create → Completed ({n} sessions; per session: {})", breakdown(&ours)),
+            what: format!(
+                "API-server writes per session, create → Completed ({n} sessions; per session: {})",
+                breakdown(&ours)
+            ),
             value: Figure::Scalar { value, unit: "writes".into() },
-            baseline: Some((format!("a bare Job run to completion ({})", breakdown(&bare)), Figure::Scalar { value: per(&bare, bare_secs), unit: "writes".into() })),
+            baseline: Some((
+                format!("a bare Job run to completion ({})", breakdown(&bare)),
+                Figure::Scalar { value: per(&bare, bare_secs), unit: "writes".into() },
+            )),
             target: "≤ 10".into(),
             met: Some(value <= 10.0),
         })
@@ -773,7 +852,9 @@ impl Bench {
         };
         Ok(vec![
             Row {
-                what: format!("quiet project: sync POST session → 201 while another project drains {n} pending creates"),
+                what: format!(
+                    "quiet project: sync POST session → 201 while another project drains {n} pending creates"
+                ),
                 value: lat(&busy),
                 baseline: Some(("the same, nothing else pending".into(), lat(&idle))),
                 target: "p99 ≤ 2× idle p99".into(),
@@ -787,7 +868,10 @@ impl Bench {
                     crash_rate / steady_rate
                 ),
                 value: Figure::Scalar { value: crash_rate, unit: "commands/s".into() },
-                baseline: Some(("steady drain of the same backlog".into(), Figure::Scalar { value: steady_rate, unit: "commands/s".into() })),
+                baseline: Some((
+                    "steady drain of the same backlog".into(),
+                    Figure::Scalar { value: steady_rate, unit: "commands/s".into() },
+                )),
                 target: "≥ 0.8× steady".into(),
                 met: Some(crash_rate >= 0.8 * steady_rate),
             },
@@ -796,7 +880,10 @@ impl Bench {
 
     async fn scale(&self, m: &Mode, stack: &mut Stack) -> anyhow::Result<Vec<Row>> {
         let admin = self.env.admin();
-        eprintln!("    creating {} projects × {} sessions (direct cluster writes; setup)", m.scale_projects, m.scale_sessions_per_project);
+        eprintln!(
+            "    creating {} projects × {} sessions (direct cluster writes; setup)",
+            m.scale_projects, m.scale_sessions_per_project
+        );
         let prefix = unique_name("scale");
         let names: Vec<String> = (0..m.scale_projects).map(|i| format!("{prefix}-{i}")).collect();
         // The reconciler would start a Job for every session; stop it while the load is made,
@@ -809,7 +896,11 @@ impl Bench {
                 let spec = spec.clone();
                 async move {
                     let ns = Namespace {
-                        metadata: ObjectMeta { name: Some(n.clone()), labels: Some([("ambient-code.io/managed".to_string(), "true".to_string())].into()), ..Default::default() },
+                        metadata: ObjectMeta {
+                            name: Some(n.clone()),
+                            labels: Some([("ambient-code.io/managed".to_string(), "true".to_string())].into()),
+                            ..Default::default()
+                        },
                         ..Default::default()
                     };
                     Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await?;
@@ -849,7 +940,10 @@ impl Bench {
         let (code, _) = self.post_session(&probe, "after-restart", false).await?;
         let recovery = t.elapsed();
         let mut rows = vec![Row {
-            what: format!("reconciler restart → first command applied ({} sessions in the cluster; answered {code})", m.scale_projects * m.scale_sessions_per_project + m.big_project_sessions),
+            what: format!(
+                "reconciler restart → first command applied ({} sessions in the cluster; answered {code})",
+                m.scale_projects * m.scale_sessions_per_project + m.big_project_sessions
+            ),
             value: Figure::Scalar { value: recovery.as_secs_f64(), unit: "s".into() },
             baseline: None,
             target: "≤ 30 s".into(),
@@ -868,8 +962,20 @@ impl Bench {
             list.push(self.timed_get(&format!("/api/projects/{big}/agentic-sessions"), &self.admin).await?);
         }
         let base = self.kube_list_baseline(&big, n).await?;
-        rows.push(Row { what: format!("GET /api/projects, user who sees 10 of {}", m.scale_projects), met: p99_under(&alice, 50.0), value: lat(&alice), baseline: None, target: "p99 ≤ 50 ms".into() });
-        rows.push(Row { what: format!("GET /api/projects, admin (sees all {})", m.scale_projects), met: p99_under(&admin_s, 50.0), value: lat(&admin_s), baseline: None, target: "p99 ≤ 50 ms".into() });
+        rows.push(Row {
+            what: format!("GET /api/projects, user who sees 10 of {}", m.scale_projects),
+            met: p99_under(&alice, 50.0),
+            value: lat(&alice),
+            baseline: None,
+            target: "p99 ≤ 50 ms".into(),
+        });
+        rows.push(Row {
+            what: format!("GET /api/projects, admin (sees all {})", m.scale_projects),
+            met: p99_under(&admin_s, 50.0),
+            value: lat(&admin_s),
+            baseline: None,
+            target: "p99 ≤ 50 ms".into(),
+        });
         rows.push(Row {
             what: format!("GET …/agentic-sessions, project with {} sessions", m.big_project_sessions),
             met: None,
@@ -904,7 +1010,11 @@ impl Bench {
 }
 
 /// A session that has already finished, so the reconciler has nothing to run for it.
-async fn completed_session(sessions: &Api<AgenticSession>, name: &str, spec: &AgenticSessionSpec) -> anyhow::Result<()> {
+async fn completed_session(
+    sessions: &Api<AgenticSession>,
+    name: &str,
+    spec: &AgenticSessionSpec,
+) -> anyhow::Result<()> {
     sessions.create(&PostParams::default(), &AgenticSession::new(name, spec.clone())).await?;
     let done = Patch::Merge(json!({"status": {"phase": "Completed"}}));
     sessions.patch_status(name, &PatchParams::default(), &done).await?;
@@ -914,8 +1024,17 @@ async fn completed_session(sessions: &Api<AgenticSession>, name: &str, spec: &Ag
 async fn grant(admin: &kube::Client, ns: &str, user: &str, role: &str) -> anyhow::Result<()> {
     let rb = RoleBinding {
         metadata: ObjectMeta { name: Some(format!("bench-{user}")), ..Default::default() },
-        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "ClusterRole".into(), name: role.into() },
-        subjects: Some(vec![Subject { kind: "User".into(), name: user.into(), api_group: Some("rbac.authorization.k8s.io".into()), ..Default::default() }]),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: role.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "User".into(),
+            name: user.into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Default::default()
+        }]),
     };
     Api::<RoleBinding>::namespaced(admin.clone(), ns).create(&PostParams::default(), &rb).await?;
     Ok(())
@@ -928,7 +1047,8 @@ fn footprint(stack: &Stack, when: &str, against_target: bool) -> Vec<Row> {
         .map(|(c, p)| {
             let figure = p.pid().and_then(|pid| {
                 let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-                let rss_kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+                let rss_kb: f64 =
+                    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
                 let cpu = ambient_tests::bench::cpu_seconds(pid)?;
                 Some((rss_kb / 1024.0, cpu))
             });
@@ -937,10 +1057,20 @@ fn footprint(stack: &Stack, when: &str, against_target: bool) -> Vec<Row> {
                     what: format!("{} RSS {when} (CPU time used so far: {cpu:.1} s)", c.binary()),
                     value: Figure::Scalar { value: rss, unit: "MiB".into() },
                     baseline: None,
-                    target: if against_target { "≤ 256 MiB".into() } else { "(the target is set at the scale run)".into() },
+                    target: if against_target {
+                        "≤ 256 MiB".into()
+                    } else {
+                        "(the target is set at the scale run)".into()
+                    },
                     met: against_target.then_some(rss <= 256.0),
                 },
-                None => Row { what: format!("{} footprint", c.binary()), value: Figure::Missing { missing: "process not running".into() }, baseline: None, target: "≤ 256 MiB".into(), met: None },
+                None => Row {
+                    what: format!("{} footprint", c.binary()),
+                    value: Figure::Missing { missing: "process not running".into() },
+                    baseline: None,
+                    target: "≤ 256 MiB".into(),
+                    met: None,
+                },
             }
         })
         .collect()
