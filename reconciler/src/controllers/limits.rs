@@ -16,8 +16,9 @@
 //!   runner pod exists in a project before its quota does (the controller's first pass after a
 //!   project's creation may come later than its first session).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
@@ -260,22 +261,42 @@ pub struct Limits {
     namespaces: Store<Namespace>,
     quotas: Store<ResourceQuota>,
     ranges: Store<LimitRange>,
+    /// Projects whose objects this replica applied a moment ago: the watch caches may not show
+    /// them yet (a busy API server delays the watch), and applying again would be a wasted
+    /// write, twice, for every new project.
+    applied: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
 }
 
+/// How long an apply is trusted while the caches catch up.
+const SETTLE: Duration = Duration::from_secs(5);
+
 impl Limits {
+    fn just_applied(&self, ns: &str) -> bool {
+        self.applied.lock().is_ok_and(|a| a.get(ns).is_some_and(|t| t.elapsed() < SETTLE))
+    }
+
+    async fn apply_once(&self, ns: &Namespace) -> Result<(), kube::Error> {
+        apply(&self.client, ns, &self.limits).await?;
+        if let Ok(mut a) = self.applied.lock() {
+            a.retain(|_, t| t.elapsed() < SETTLE);
+            a.insert(ns.name_any(), Instant::now());
+        }
+        Ok(())
+    }
+
     /// Makes sure project `ns` has its ResourceQuota and LimitRange (from the watch caches;
     /// applied now when either is missing).
     pub async fn ensure(&self, ns: &str) -> Result<(), kube::Error> {
         let has_quota = self.quotas.get(&ObjectRef::new(QUOTA_NAME).within(ns)).is_some();
         let has_range = self.ranges.get(&ObjectRef::new(LIMIT_RANGE_NAME).within(ns)).is_some();
-        if has_quota && has_range {
+        if (has_quota && has_range) || self.just_applied(ns) {
             return Ok(());
         }
         let namespace = match self.namespaces.get(&ObjectRef::new(ns)) {
             Some(n) if n.metadata.uid.is_some() => n,
             _ => Arc::new(Api::<Namespace>::all(self.client.clone()).get(ns).await?),
         };
-        apply(&self.client, &namespace, &self.limits).await
+        self.apply_once(&namespace).await
     }
 
     fn current(&self, ns: &str) -> bool {
@@ -293,7 +314,11 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Limits>) -> Result<Action, Contr
         ready.map_err(|_| ControllerError::CacheClosed)?;
     }
     if !ctx.current(&ns.name_any()) {
-        apply(&ctx.client, &ns, &ctx.limits).await?;
+        if ctx.just_applied(&ns.name_any()) {
+            // Our own apply, not yet in the caches: look again once they caught up.
+            return Ok(Action::requeue(SETTLE));
+        }
+        ctx.apply_once(&ns).await?;
     }
     Ok(Action::await_change())
 }
@@ -337,7 +362,7 @@ pub fn start(
         .modify(|r| r.metadata.managed_fields = None)
         .reflect(range_writer)
         .touched_objects();
-    let handle = Limits { client, limits, namespaces: namespaces.clone(), quotas, ranges };
+    let handle = Limits { client, limits, namespaces: namespaces.clone(), quotas, ranges, applied: Default::default() };
     let of_namespace = |o: Option<String>| o.map(|ns| ObjectRef::<Namespace>::new(&ns));
     let controller = Controller::for_stream(ns_events, namespaces)
         .watches_stream(quota_events, move |q: ResourceQuota| of_namespace(q.namespace()))
