@@ -147,6 +147,13 @@ impl AppState {
                 }
             }
             Requirement::All(checks) => self.require(caller, &checks).await?,
+            Requirement::Runner { session, otherwise } => {
+                if !self.authz.runs(&caller.principal, cmd.project.as_str(), &session).await? {
+                    return Err(ApiError::Forbidden(format!(
+                        "you are not this session's runner and may not {otherwise}"
+                    )));
+                }
+            }
         }
         // Every log line of the submission carries the command id and project.
         let span = tracing::info_span!("command", command_id = %cmd.id, project = %cmd.project);

@@ -1,6 +1,6 @@
 //! Session messages end to end: the api, reconciler and projector as real processes; the runner
-//! is played by the session's real ServiceAccount (a TokenRequest token for
-//! `ambient-session-<session>`, which the reconciler creates with its Job).
+//! is played by a token bound to the session's real runner pod (a TokenRequest for the
+//! project's `ambient-runner` ServiceAccount, as the kubelet would mount it).
 
 mod common;
 
@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use ambient_tests::{DemoUser, TestEnv, eventually};
 use common::{Client, project, stack, token};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, PostParams};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -316,21 +313,9 @@ async fn stored(env: &TestEnv, subject: &str) -> u64 {
     n
 }
 
-/// A token of the session's runner ServiceAccount, once the reconciler has created it.
+/// The token the session's runner pod has (bound to it), once the Job controller made the pod.
 async fn runner_token(env: &TestEnv, project: &str, session: &str) -> String {
-    let sas = Api::<ServiceAccount>::namespaced(env.admin(), project);
-    let name = format!("ambient-session-{session}");
-    eventually("the runner ServiceAccount exists", Duration::from_secs(60), || {
-        let (sas, name) = (sas.clone(), name.clone());
-        async move { Ok(sas.get_opt(&name).await?) }
-    })
-    .await
-    .unwrap();
-    let req = TokenRequest {
-        spec: TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() },
-        ..Default::default()
-    };
-    sas.create_token_request(&name, &PostParams::default(), &req).await.unwrap().status.unwrap().token
+    ambient_tests::runner_token(&env.admin(), project, session).await.unwrap()
 }
 
 struct Sse {

@@ -10,7 +10,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec, SubjectAccessReviewStatus,
 };
 
-use crate::commands::{Command, CommandBody};
+use crate::commands::{Command, CommandBody, SessionDisplayName, SessionStatusReport};
 use crate::crd::{GROUP, PROJECT_SETTINGS_NAME};
 use crate::domain::{Principal, Role};
 use crate::status::StatusBody;
@@ -122,6 +122,16 @@ pub enum Requirement {
     SelfProvision,
     /// Every listed check must be allowed.
     All(Vec<ResourceCheck>),
+    /// A runner's report on session `session`: made with a token bound to a pod of that
+    /// session's Job ([`crate::crd::runner::RunnerPod`]), or by a principal allowed `otherwise`
+    /// (`update agenticsessions/status` on it: a cluster admin, or the per-session runner
+    /// ServiceAccount of a session started before runners shared one).
+    Runner {
+        /// The session reported on.
+        session: String,
+        /// What anyone else must be allowed.
+        otherwise: ResourceCheck,
+    },
 }
 
 const RBAC: &str = "rbac.authorization.k8s.io";
@@ -210,8 +220,11 @@ impl Command {
                 sessions("get", Some(c.name.as_str())),
                 check(c.target_project.as_str(), "create", GROUP, "agenticsessions", None),
             ]),
-            CommandBody::SessionStatus(c) => one(ResourceCheck::session_status(ns, c.name.as_str())),
-            CommandBody::SessionDisplayName(c) => one(ResourceCheck::session_status(ns, c.name.as_str())),
+            CommandBody::SessionStatus(SessionStatusReport { name, .. })
+            | CommandBody::SessionDisplayName(SessionDisplayName { name, .. }) => Requirement::Runner {
+                session: name.to_string(),
+                otherwise: ResourceCheck::session_status(ns, name.as_str()),
+            },
             CommandBody::PermissionGrant(c) => {
                 Requirement::All(vec![check(ns, "create", RBAC, "rolebindings", None), bind_role(ns, c.role)])
             }
@@ -240,6 +253,7 @@ mod tests {
         let cmd = Command::new(ProjectName::new("p1").unwrap(), alice, body);
         match cmd.requirement() {
             Requirement::All(cs) => cs.into_iter().map(|c| (c.namespace, c.verb, c.resource, c.name)).collect(),
+            Requirement::Runner { otherwise: c, .. } => vec![(c.namespace, c.verb, c.resource, c.name)],
             Requirement::SelfProvision => panic!("not a namespaced requirement"),
         }
     }

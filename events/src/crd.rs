@@ -359,4 +359,134 @@ pub mod runner {
     pub fn session_of_job(job: &str) -> Option<&str> {
         job.strip_suffix("-job").filter(|s| !s.is_empty())
     }
+
+    /// The ServiceAccount every runner pod of a project runs as. It holds no RBAC rights: what a
+    /// runner may do is decided from the pod its token is bound to ([`RunnerPod`]), so a session
+    /// costs no ServiceAccount, Role or RoleBinding of its own.
+    pub const SERVICE_ACCOUNT: &str = "ambient-runner";
+    /// TokenReview `user.extra` key of a pod-bound ServiceAccount token: the pod's name.
+    pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+    /// TokenReview `user.extra` key of a pod-bound ServiceAccount token: the pod's uid.
+    pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
+    /// The pod a runner's token is bound to, as the API server's TokenReview vouched for it: the
+    /// token is valid only while that pod (that uid) exists.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct RunnerPod<'a> {
+        /// The project (namespace) of the pod and its ServiceAccount.
+        pub project: &'a str,
+        /// The pod's name.
+        pub name: &'a str,
+        /// The pod's uid.
+        pub uid: &'a str,
+    }
+
+    impl<'a> RunnerPod<'a> {
+        /// The pod of `principal` when it is a project's runner ServiceAccount with a pod-bound
+        /// token (exactly one pod name and uid); `None` for anyone else, including a token of
+        /// that ServiceAccount bound to no pod (e.g. a legacy token Secret).
+        pub fn of(principal: &'a crate::Principal) -> Option<Self> {
+            let (project, sa) = principal.service_account()?;
+            let one = |key: &str| match principal.extra.get(key).map(Vec::as_slice) {
+                Some([v]) if !v.is_empty() => Some(v.as_str()),
+                _ => None,
+            };
+            (sa == SERVICE_ACCOUNT).then_some(())?;
+            Some(RunnerPod { project, name: one(POD_NAME_EXTRA)?, uid: one(POD_UID_EXTRA)? })
+        }
+
+        /// Whether this pod's name is one the Job controller could give a pod of `session`'s Job
+        /// (see [`could_be_pod_of`]).
+        pub fn could_run(&self, session: &str) -> bool {
+            could_be_pod_of(self.name, session)
+        }
+    }
+
+    /// The longest prefix the API server keeps of a `generateName` (63 less its 5 random
+    /// characters).
+    const MAX_GENERATE_PREFIX: usize = 58;
+
+    /// Whether `pod` is a name the Job controller could give a pod of `session`'s Job: the
+    /// generateName `<job>-`, cut at 58 characters as the API server cuts it, then 5 random
+    /// characters. A name check only: sessions whose names agree up to that cut (over 53
+    /// characters) cannot be told apart by it, so the api also reads the pod's labels.
+    pub fn could_be_pod_of(pod: &str, session: &str) -> bool {
+        let prefix = format!("{}-", job_name(session));
+        // Bytes: a name that is not ASCII is no session's and must not panic the cut.
+        let prefix = &prefix.as_bytes()[..prefix.len().min(MAX_GENERATE_PREFIX)];
+        pod.as_bytes()
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.len() == 5 && rest.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::Principal;
+
+        #[test]
+        fn pod_names_of_a_sessions_job() {
+            let long = "s".repeat(58);
+            let cases: &[(&str, &str, bool)] = &[
+                ("demo-job-x7k2p", "demo", true),
+                ("demo-job-x7k2", "demo", false),
+                ("demo-job-x7k2pq", "demo", false),
+                ("demo-job-X7K2P", "demo", false),
+                ("demo-x-job-x7k2p", "demo", false),
+                ("demo-job-x7k2p", "demo-x", false),
+                // Another session's Job whose name starts like ours.
+                ("demo-job-abc-job-x7k2p", "demo", false),
+                ("demo-job-abc-job-x7k2p", "demo-job-abc", true),
+                ("", "demo", false),
+                ("démo-job-x7k2p", "démo", true),
+            ];
+            for (pod, session, want) in cases {
+                assert_eq!(could_be_pod_of(pod, session), *want, "{pod} of {session}");
+            }
+            // generateName is cut at 58 characters: `<58 s>` then the random part.
+            assert!(could_be_pod_of(&format!("{long}x7k2p"), &long));
+            assert!(!could_be_pod_of(&format!("{long}-job-x7k2p"), &long));
+            let s53 = "s".repeat(53);
+            assert!(could_be_pod_of(&format!("{s53}-job-x7k2p"), &s53));
+            let s54 = "s".repeat(54);
+            assert!(could_be_pod_of(&format!("{s54}-jobx7k2p"), &s54));
+        }
+
+        /// TokenReview `extra` entries.
+        type Extra<'a> = &'a [(&'a str, &'a [&'a str])];
+
+        fn runner(user: &str, extra: Extra) -> Principal {
+            Principal {
+                user: user.into(),
+                extra: extra.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect())).collect(),
+                ..Default::default()
+            }
+        }
+
+        #[test]
+        fn a_runner_pod_is_the_runner_account_with_one_bound_pod() {
+            let sa = "system:serviceaccount:team:ambient-runner";
+            let bound: Extra = &[(POD_NAME_EXTRA, &["demo-job-x7k2p"]), (POD_UID_EXTRA, &["u-1"])];
+            assert_eq!(
+                RunnerPod::of(&runner(sa, bound)),
+                Some(RunnerPod { project: "team", name: "demo-job-x7k2p", uid: "u-1" })
+            );
+            let refused: &[(&str, Extra)] = &[
+                // Another ServiceAccount, a user, a look-alike.
+                ("system:serviceaccount:team:ambient-key-ci", bound),
+                ("ambient-runner", bound),
+                ("system:serviceaccount:team:ambient-runner:x", bound),
+                // Not bound to a pod, or ambiguously.
+                (sa, &[]),
+                (sa, &[(POD_NAME_EXTRA, &["demo-job-x7k2p"])]),
+                (sa, &[(POD_UID_EXTRA, &["u-1"])]),
+                (sa, &[(POD_NAME_EXTRA, &["a", "b"]), (POD_UID_EXTRA, &["u-1"])]),
+                (sa, &[(POD_NAME_EXTRA, &[""]), (POD_UID_EXTRA, &["u-1"])]),
+                (sa, &[(POD_NAME_EXTRA, &["demo-job-x7k2p"]), (POD_UID_EXTRA, &[])]),
+            ];
+            for (user, extra) in refused {
+                assert_eq!(RunnerPod::of(&runner(user, extra)), None, "{user} {extra:?}");
+            }
+        }
+    }
 }

@@ -58,6 +58,25 @@ pub async fn authorize(client: &kube::Client, cmd: &Command, policy: &SelfProvis
             // (apply/project.rs): a count here could be raced by parallel creates.
             Ok(())
         }
+        Requirement::Runner { session, otherwise } => {
+            // The api read the pod itself (its session label and owning Job) before it signed
+            // the command; the API server keeps the token valid only while that pod exists.
+            // Here the name must still fit the session, so a report can only land on the
+            // session whose Job the pod's name belongs to.
+            if let Some(pod) = events::crd::runner::RunnerPod::of(&cmd.principal) {
+                if pod.project == cmd.project.as_str() && pod.could_run(&session) {
+                    return Ok(());
+                }
+                return Err(ApplyError::forbidden(format!(
+                    "the runner of pod {} may not report on session {session}",
+                    pod.name
+                )));
+            }
+            if !allowed(client, &cmd.principal, &otherwise).await? {
+                return Err(ApplyError::forbidden(format!("{} may not {otherwise}", cmd.principal.user)));
+            }
+            Ok(())
+        }
         Requirement::All(checks) => {
             for check in &checks {
                 if !allowed(client, &cmd.principal, check).await? {

@@ -16,8 +16,6 @@ pub const APP: &str = "app";
 pub const APP_PERMISSION: &str = "ambient-permission";
 /// `app` value of access-key ServiceAccounts and RoleBindings.
 pub const APP_ACCESS_KEY: &str = "ambient-access-key";
-/// `app` value of per-session runner identities.
-pub const APP_RUNNER: &str = "ambient-runner";
 
 /// Display name annotation.
 pub const DISPLAY_NAME: &str = "openshift.io/display-name";
@@ -68,11 +66,6 @@ pub fn group_binding(role: Role, group: &SubjectName) -> String {
 /// The ServiceAccount (and key id) of an access key.
 pub fn key_service_account(name: &events::KeyName) -> String {
     format!("ambient-key-{name}")
-}
-
-/// The runner identity (ServiceAccount, Role, RoleBinding) of a session.
-pub fn session_identity(session: &str) -> String {
-    format!("ambient-session-{session}")
 }
 
 #[cfg(test)]

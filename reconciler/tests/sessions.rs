@@ -13,7 +13,6 @@ use events::crd::AgenticSession;
 use events::{Phase, Principal, ProjectName, SessionName};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, ListParams};
 
 fn create(name: &str, timeout: i64, run_for: &str) -> CommandBody {
@@ -76,7 +75,7 @@ async fn session_lifecycle() -> anyhow::Result<()> {
     assert_eq!(spec.active_deadline_seconds, Some(600));
     assert_eq!(spec.backoff_limit, Some(0));
     let pod = spec.template.spec.as_ref().unwrap();
-    assert_eq!(pod.service_account_name.as_deref(), Some("ambient-session-quick"));
+    assert_eq!(pod.service_account_name.as_deref(), Some("ambient-runner"));
     let envs: Vec<_> = pod.containers[0].env.as_ref().unwrap().iter().map(|e| e.name.clone()).collect();
     for want in [
         "AGENTIC_SESSION_NAME",
@@ -92,10 +91,9 @@ async fn session_lifecycle() -> anyhow::Result<()> {
     ] {
         assert!(envs.contains(&want.to_string()), "{want} missing from {envs:?}");
     }
-    let role = Api::<Role>::namespaced(env.admin(), p.as_str()).get("ambient-session-quick").await?;
-    for rule in role.rules.unwrap() {
-        assert_eq!(rule.resource_names, Some(vec!["quick".to_string()]));
-    }
+    // The project's runner ServiceAccount exists, and no session has one of its own.
+    Api::<ServiceAccount>::namespaced(env.admin(), p.as_str()).get("ambient-runner").await?;
+    let runner_pod = ambient_tests::runner_pod(&env.admin(), p.as_str(), "quick").await?;
     let done = wait_phase(&env, &p, "quick", Phase::Completed, Duration::from_secs(90)).await?;
     let st = done.status.unwrap();
     assert!(st.start_time.is_some() && st.completion_time.is_some());
@@ -103,13 +101,15 @@ async fn session_lifecycle() -> anyhow::Result<()> {
     assert_eq!(st.observed_generation, done.metadata.generation);
     assert!(st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False"));
 
-    // The runner reports status with its own identity; others may not.
-    let runner = Principal {
-        user: format!("system:serviceaccount:{p}:ambient-session-quick"),
-        uid: String::new(),
-        groups: vec!["system:serviceaccounts".into(), "system:authenticated".into()],
-        ..Default::default()
+    // The runner reports status with its pod-bound identity; others may not: not the
+    // ServiceAccount without a pod, nor a pod whose name is another session's.
+    let bound_to = |pod: &str| {
+        let mut who = Principal::of_service_account(p.as_str(), "ambient-runner");
+        who.extra.insert(events::crd::runner::POD_NAME_EXTRA.into(), vec![pod.into()]);
+        who.extra.insert(events::crd::runner::POD_UID_EXTRA.into(), vec!["u-1".into()]);
+        who
     };
+    let runner = bound_to(runner_pod.metadata.name.as_deref().unwrap_or_default());
     let report = CommandBody::SessionStatus(SessionStatusReport {
         name: SessionName::new("quick")?,
         status: RunnerStatus { result: Some("42".into()), num_turns: Some(3), ..Default::default() },
@@ -120,7 +120,12 @@ async fn session_lifecycle() -> anyhow::Result<()> {
     assert_eq!(code(&r), 200, "{r:?}");
     let s = Api::<AgenticSession>::namespaced(env.admin(), p.as_str()).get("quick").await?;
     assert_eq!(s.status.as_ref().unwrap().result.as_deref(), Some("42"));
-    assert_eq!(code(&h.run(&p, Bob, report).await?), 403);
+    assert_eq!(code(&h.run(&p, Bob, report.clone()).await?), 403);
+    for who in [Principal::of_service_account(p.as_str(), "ambient-runner"), bound_to("other-job-x7k2p")] {
+        let cmd = events::Command::new(p.clone(), who.clone(), report.clone());
+        h.publish(&cmd).await?;
+        assert_eq!(code(&h.result(&cmd).await?), 403, "{who:?}");
+    }
     let dn = CommandBody::SessionDisplayName(SessionDisplayName {
         name: SessionName::new("quick")?,
         display_name: "Quick one".into(),
@@ -173,14 +178,12 @@ async fn session_lifecycle() -> anyhow::Result<()> {
     let errored = wait_phase(&env, &p, "bad-env", Phase::Error, Duration::from_secs(30)).await?;
     assert_eq!(errored.status.unwrap().reason.as_deref(), Some("InvalidSpec"));
 
-    // Delete garbage-collects the Job, pods and the runner identity.
+    // Delete garbage-collects the Job and pods.
     h.ok(&p, Alice, CommandBody::SessionDelete(sref("quick"))).await?;
     eventually("quick's children collected", Duration::from_secs(90), || {
         let (env, p) = (env.clone(), p.clone());
         async move {
-            let sa =
-                Api::<ServiceAccount>::namespaced(env.admin(), p.as_str()).get_opt("ambient-session-quick").await?;
-            let gone = job_and_pods(&env, &p, "quick").await? == (false, 0) && sa.is_none();
+            let gone = job_and_pods(&env, &p, "quick").await? == (false, 0);
             Ok(gone.then_some(()))
         }
     })

@@ -542,6 +542,55 @@ pub async fn bind_cluster_role(admin: &kube::Client, ns: &str, user: &str, clust
     Ok(())
 }
 
+/// The token the kubelet would mount in a runner pod: a TokenRequest for the project's runner
+/// ServiceAccount bound to `pod` (its name and uid), valid only while that pod exists.
+pub async fn pod_bound_token(
+    admin: &kube::Client,
+    project: &str,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> anyhow::Result<String> {
+    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+    let sa =
+        pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).context("the pod names no ServiceAccount")?;
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let tr = Api::<ServiceAccount>::namespaced(admin.clone(), project)
+        .create_token_request(&sa, &PostParams::default(), &req)
+        .await?;
+    Ok(tr.status.context("no token issued")?.token)
+}
+
+/// The runner pod of `session` (waiting up to a minute for the Job controller to make it).
+pub async fn runner_pod(
+    admin: &kube::Client,
+    project: &str,
+    session: &str,
+) -> anyhow::Result<k8s_openapi::api::core::v1::Pod> {
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), project);
+    let lp = kube::api::ListParams::default().labels(&format!("{}={session}", events::crd::runner::SESSION_LABEL));
+    eventually(&format!("the runner pod of {project}/{session}"), Duration::from_secs(60), || {
+        let (pods, lp) = (pods.clone(), lp.clone());
+        async move { Ok(pods.list(&lp).await?.items.into_iter().find(|p| p.metadata.deletion_timestamp.is_none())) }
+    })
+    .await
+}
+
+/// The token `session`'s runner has: bound to its runner pod (see [`pod_bound_token`]).
+pub async fn runner_token(admin: &kube::Client, project: &str, session: &str) -> anyhow::Result<String> {
+    pod_bound_token(admin, project, &runner_pod(admin, project, session).await?).await
+}
+
 /// `<prefix>-<8 random hex>`, a valid DNS-1123 label (the prefix is lower-cased, other
 /// characters become `-`, and it is cut to 50 characters).
 pub fn unique_name(prefix: &str) -> String {

@@ -2,10 +2,10 @@
 //! (its ServiceAccount's token, exactly what a stolen token would give) every write outside a
 //! namespace labelled `ambient-code.io/managed=true` is refused by the admission policy
 //! `ambient-reconciler-confinement` (deploy/base/rbac/reconciler-confinement.yaml): tokens for
-//! kube-system ServiceAccounts, Jobs, Roles, RoleBindings, Secrets, namespace changes and
+//! kube-system ServiceAccounts, Jobs, RoleBindings, Secrets, namespace changes and
 //! deletions, unlabelled namespaces. The same writes in a project succeed, except Jobs that
 //! would reach the node (privileged, host namespaces, ports or paths). Reads its code does
-//! not make (Secrets, pods) are not in its ClusterRole at all. And its ProjectSettings
+//! not make (Secrets, pods) and writes it never makes (Roles) are not in its ClusterRole at all. And its ProjectSettings
 //! controller does not even try to write RoleBindings for a ProjectSettings outside a project.
 
 use std::time::Duration;
@@ -63,12 +63,6 @@ async fn project_writes(rec: &kube::Client, ns: &str, name: &str) -> Vec<(&'stat
         }}},
     });
     out.push(("create a Job", Api::<Job>::namespaced(rec.clone(), ns).create(&pp, &from(job)).await.map(drop)));
-    // Only rules the reconciler holds itself, so that RBAC's escalation check lets it through.
-    let role = json!({
-        "metadata": {"name": name},
-        "rules": [{"apiGroups": ["vteam.ambient-code"], "resources": ["agenticsessions"], "verbs": ["get"]}],
-    });
-    out.push(("create a Role", Api::<Role>::namespaced(rec.clone(), ns).create(&pp, &from(role)).await.map(drop)));
     let rb = json!({
         "metadata": {"name": name},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ambient-project-admin"},
@@ -142,7 +136,7 @@ async fn the_reconciler_writes_in_kube_system_and_unmanaged_namespaces_are_refus
     let name = unique_name("confine");
     for ns in ["kube-system", plain.as_str()] {
         let writes = project_writes(&rec, ns, &name).await;
-        assert_eq!(writes.len(), 8);
+        assert_eq!(writes.len(), 7);
         for (what, r) in &writes {
             let says = if *what == "patch the namespace" {
                 format!(
@@ -197,8 +191,17 @@ async fn the_reconciler_writes_in_kube_system_and_unmanaged_namespaces_are_refus
     forbidden_by_rbac("list Secrets", Api::<Secret>::all(rec.clone()).list(&lp).await.map(drop));
     forbidden_by_rbac("list pods", Api::<Pod>::all(rec.clone()).list(&lp).await.map(drop));
     forbidden_by_rbac("get a pod", Api::<Pod>::namespaced(rec.clone(), "kube-system").get("any").await.map(drop));
-    forbidden_by_rbac("list ServiceAccounts", Api::<ServiceAccount>::all(rec.clone()).list(&lp).await.map(drop));
     forbidden_by_rbac("list Roles", Api::<Role>::all(rec.clone()).list(&lp).await.map(drop));
+    // Nor writes it never makes: runners share a ServiceAccount without rights, so no Roles.
+    let role = json!({
+        "metadata": {"name": "confine-role"},
+        "rules": [{"apiGroups": ["vteam.ambient-code"], "resources": ["agenticsessions"], "verbs": ["get"]}],
+    });
+    for ns in ["kube-system", plain.as_str()] {
+        let created =
+            Api::<Role>::namespaced(rec.clone(), ns).create(&PostParams::default(), &from(role.clone())).await;
+        forbidden_by_rbac(&format!("create a Role in {ns}"), created.map(drop));
+    }
     Ok(())
 }
 

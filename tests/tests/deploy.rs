@@ -404,10 +404,9 @@ const RECONCILER_READS: &[(&str, &[&str])] = &[
     ("namespaces", &["get", "list", "watch"]),
     ("vteam.ambient-code/agenticsessions", &["get", "list", "watch"]),
     ("vteam.ambient-code/projectsettings", &["get", "list", "watch"]),
-    // Only because per-session Roles grant it to the runner (one grants only what one holds).
-    ("vteam.ambient-code/agenticsessions/status", &["get"]),
     ("rbac.authorization.k8s.io/rolebindings", &["list", "watch"]),
-    ("serviceaccounts", &["get"]),
+    // Access keys (get), and every project's runner ServiceAccount (controllers/limits.rs).
+    ("serviceaccounts", &["get", "list", "watch"]),
     ("batch/jobs", &["get", "list", "watch"]),
     // Every project's ResourceQuota and LimitRange, kept level-triggered (controllers/limits.rs).
     ("resourcequotas", &["get", "list", "watch"]),

@@ -15,7 +15,7 @@ use ambient_tests::{DemoUser, TestEnv, eventually, unique_name};
 use events::crd::ProjectSettings;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -441,8 +441,10 @@ async fn gitops() {
     );
 }
 
-/// The runner's own ServiceAccount may report its session's status and display name, and
-/// nothing else: not other sessions, not other projects, no reads.
+/// A session's runner (a token bound to its pod, as the kubelet mounts it) may report its
+/// session's status and display name, and nothing else: not other sessions, not other
+/// projects, no reads. Tokens of the same ServiceAccount bound to no pod, to a pod that only
+/// looks like a runner's, or to a deleted pod report on nothing.
 #[tokio::test]
 async fn runner() {
     let env = TestEnv::shared().await.unwrap();
@@ -464,20 +466,63 @@ async fn runner() {
     }
     wait_phase(&c, &alice, &p, "mine", "Running").await;
 
-    // The token the Job's pod would have mounted.
-    let sa = format!("ambient-session-{}", "mine");
-    let req = TokenRequest {
-        spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(600), ..Default::default() },
-        ..Default::default()
-    };
-    let tr = Api::<ServiceAccount>::namespaced(env.admin(), &p)
-        .create_token_request(&sa, &PostParams::default(), &req)
-        .await
-        .expect("TokenRequest");
-    let runner = tr.status.expect("token issued").token;
+    // The token the Job's pod has mounted.
+    let admin = env.admin();
+    let pod = ambient_tests::runner_pod(&admin, &p, "mine").await.expect("the runner pod");
+    assert_eq!(pod.spec.as_ref().and_then(|s| s.service_account_name.as_deref()), Some("ambient-runner"));
+    let runner = ambient_tests::pod_bound_token(&admin, &p, &pod).await.expect("a pod-bound token");
+    let sibling_runner = ambient_tests::runner_token(&admin, &p, "sibling").await.expect("the sibling's token");
 
     let me = c.get("/api/me", &runner).await;
-    assert_eq!(me.body["userId"], format!("system:serviceaccount:{p}:{sa}"));
+    assert_eq!(me.body["userId"], format!("system:serviceaccount:{p}:ambient-runner"));
+
+    // Hostile runners: the same ServiceAccount's token bound to no pod; bound to a pod an admin
+    // made with a runner's name and account but no Job of the session; the sibling's runner.
+    let status = format!("{}/status", session_path(&p, "mine"));
+    let report = json!({"phase": "Running", "message": "forged"});
+    let unbound = {
+        let req = TokenRequest {
+            spec: TokenRequestSpec { expiration_seconds: Some(600), ..Default::default() },
+            ..Default::default()
+        };
+        let tr = Api::<ServiceAccount>::namespaced(admin.clone(), &p)
+            .create_token_request("ambient-runner", &PostParams::default(), &req)
+            .await
+            .expect("TokenRequest");
+        tr.status.expect("token issued").token
+    };
+    let fake: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "mine-job-zzzzz", "labels": {"agentic-session": "mine"}},
+        "spec": {"serviceAccountName": "ambient-runner", "containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    let fake = Api::<Pod>::namespaced(admin.clone(), &p).create(&PostParams::default(), &fake).await.expect("fake pod");
+    let impostor = ambient_tests::pod_bound_token(&admin, &p, &fake).await.expect("impostor token");
+    for (who, token) in
+        [("an unbound token", &unbound), ("a look-alike pod", &impostor), ("the sibling", &sibling_runner)]
+    {
+        let r = c.put(&status, token, report.clone()).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{who} may not report on mine: {:?}", r.body);
+        let r = c.put(&format!("{}/displayname", session_path(&p, "mine")), token, json!({"displayName": "x"})).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{who} may not rename mine: {:?}", r.body);
+        let r = c.get(&format!("{}/messages", session_path(&p, "mine")), token).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{who} may not read mine's messages: {:?}", r.body);
+    }
+    // The sibling's runner reports on its own session.
+    let r =
+        c.put(&format!("{}/status", session_path(&p, "sibling")), &sibling_runner, json!({"message": "mine"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // A deleted pod's token stops working (once the api's short token cache lets it go).
+    Api::<Pod>::namespaced(admin.clone(), &p)
+        .delete("mine-job-zzzzz", &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .expect("delete the fake pod");
+    eventually("a deleted pod's token is refused", LONG, || {
+        let (c, impostor) = (&c, &impostor);
+        async move { Ok((c.get("/api/me", impostor).await.status == StatusCode::UNAUTHORIZED).then_some(())) }
+    })
+    .await
+    .expect("401 for a deleted pod's token");
 
     let r = c
         .put(

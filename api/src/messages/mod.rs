@@ -136,9 +136,9 @@ pub struct MessageLog {
     pressure: std::sync::Mutex<Option<(tokio::time::Instant, budget::Pressure)>>,
 }
 
-/// The user name of a session's runner ServiceAccount (`ambient-session-<session>`, created by
-/// the reconciler).
-pub fn runner_user(project: &str, session: &str) -> String {
+/// The user name of the per-session runner ServiceAccount (`ambient-session-<session>`) that
+/// sessions started before runners shared `ambient-runner` still run as.
+pub fn legacy_runner_user(project: &str, session: &str) -> String {
     format!("system:serviceaccount:{project}:ambient-session-{session}")
 }
 
@@ -685,6 +685,6 @@ mod tests {
 
     #[test]
     fn runner_identity_is_the_reconcilers_service_account() {
-        assert_eq!(runner_user("team-a", "s1"), "system:serviceaccount:team-a:ambient-session-s1");
+        assert_eq!(legacy_runner_user("team-a", "s1"), "system:serviceaccount:team-a:ambient-session-s1");
     }
 }

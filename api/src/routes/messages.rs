@@ -3,9 +3,9 @@
 //! conversation, an append-only log on the bus (see `crate::messages`).
 //!
 //! Who may do what:
-//! - the session's own runner (ServiceAccount `ambient-session-<session>` of the project,
-//!   authorized as `update agenticsessions/status` on the session) appends agent-side types and
-//!   reads, e.g. its inbox: `GET …?types=user.message&after=<seq>&wait=<seconds>`;
+//! - the session's own runner (a token bound to a pod of the session's Job, see
+//!   `Authorizer::runs`) appends agent-side types and reads, e.g. its inbox:
+//!   `GET …?types=user.message&after=<seq>&wait=<seconds>`;
 //! - callers with edit (`update agenticsessions` on the session) append `user.message`,
 //!   `interrupt` and `end_session`, to interactive sessions only;
 //! - callers with view (`get agenticsessions` on the session) read;
@@ -27,7 +27,7 @@ use crate::auth::Caller;
 use crate::authz::check;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, refuse_server_owned, strict};
-use crate::messages::{AppendError, ReadQuery, fold_partials, runner_user};
+use crate::messages::{AppendError, ReadQuery, fold_partials, legacy_runner_user};
 use crate::routes::MAX_PAGE;
 use crate::state::AppState;
 
@@ -80,8 +80,8 @@ async fn resolve(
         st.visible_project(caller, p).await?;
         return Err(ApiError::NotFound("session not found".into()));
     };
-    let party = if caller.principal.user == runner_user(p, s)
-        && is_runner(st, caller, p, s).await?
+    let party = if may_be_runner(&caller.principal, p, s)
+        && st.authz.runs(&caller.principal, p, s).await?
         && st.reads.project(p).is_some()
     {
         Party::Runner
@@ -92,9 +92,12 @@ async fn resolve(
     Ok((project, session, party))
 }
 
-async fn is_runner(st: &AppState, caller: &Caller, p: &str, s: &str) -> Result<bool, ApiError> {
-    let c = events::access::ResourceCheck::session_status(p, s);
-    Ok(st.authz.allowed(&caller.principal, &c).await?)
+/// Whether the caller could be the session's runner (checked by `Authorizer::runs`): a
+/// pod-bound token of the project's runner ServiceAccount, or the per-session ServiceAccount
+/// of a session started before runners shared one. Anyone else is a member or nobody, without
+/// a review spent on the question.
+fn may_be_runner(who: &events::Principal, p: &str, s: &str) -> bool {
+    events::crd::runner::RunnerPod::of(who).is_some() || who.user == legacy_runner_user(p, s)
 }
 
 fn parse_num<T: std::str::FromStr>(field: &str, v: &Option<String>) -> Result<Option<T>, ApiError> {

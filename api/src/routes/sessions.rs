@@ -442,8 +442,8 @@ pub async fn session_display_name(
     applied_session(&st, &caller, project, &p, s.as_str(), body, &headers, StatusCode::OK).await
 }
 
-/// Runner routes: the runner's ServiceAccount may not see the project, only update its session's
-/// status; a caller without that right gets the same 404 as for a missing project.
+/// Runner routes: the runner may not see the project, only report on its own session; anyone
+/// else who may not (see `Authorizer::runs`) gets the same 404 as for a missing project.
 async fn runner_target(
     st: &AppState,
     caller: &Caller,
@@ -452,8 +452,7 @@ async fn runner_target(
 ) -> Result<(ProjectName, SessionName), ApiError> {
     let project = ProjectName::new(p).map_err(|_| ApiError::project_not_found())?;
     let s = SessionName::new(s).map_err(|_| ApiError::project_not_found())?;
-    let c = events::access::ResourceCheck::session_status(p, s.as_str());
-    if !st.authz.allowed(&caller.principal, &c).await? || st.reads.project(p).is_none() {
+    if !st.authz.runs(&caller.principal, p, s.as_str()).await? || st.reads.project(p).is_none() {
         return Err(ApiError::project_not_found());
     }
     Ok((project, s))

@@ -1,6 +1,9 @@
-//! Every project's ResourceQuota `ambient-project-quota` and LimitRange
-//! `ambient-project-limits`, from the operator's defaults (reconciler flags), level-triggered:
-//! a managed namespace gets both, and a change or deletion of either is put back.
+//! What every project's runners need: the ResourceQuota `ambient-project-quota` and LimitRange
+//! `ambient-project-limits`, from the operator's defaults (reconciler flags), and the runner
+//! ServiceAccount `ambient-runner` every runner pod of the project runs as (it holds no RBAC
+//! rights; the api decides what a runner may do from the pod its token is bound to).
+//! Level-triggered: a managed namespace gets all three, and a change or deletion of any is put
+//! back.
 //!
 //! - Owner: the project's Namespace (a namespaced object may have a cluster-scoped owner). Not
 //!   the ProjectSettings: a project admin may delete that object, and the garbage collector
@@ -13,8 +16,10 @@
 //! - The LimitRange's per-container `max` is the runner bounds (`--runner-max-cpu`,
 //!   `--runner-max-memory`): the API server itself refuses a runner pod beyond them.
 //! - The session controller calls [`Limits::ensure`] before it creates a runner Job, so no
-//!   runner pod exists in a project before its quota does (the controller's first pass after a
-//!   project's creation may come later than its first session).
+//!   runner pod exists in a project before its quota does, nor before its ServiceAccount (the
+//!   controller's first pass after a project's creation may come later than its first session).
+//! - A project admin may delete the ServiceAccount (the admin role manages access keys'): it is
+//!   put back, and the project's running runners lose their tokens, in that project only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec,
+    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -33,6 +38,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio_util::sync::CancellationToken;
 
+use events::crd::runner::SERVICE_ACCOUNT;
 use events::crd::{Amount, RunnerBounds};
 
 use super::{ControllerError, ERROR_REQUEUE};
@@ -42,7 +48,7 @@ use crate::labels;
 pub const QUOTA_NAME: &str = "ambient-project-quota";
 /// Name of every project's LimitRange.
 pub const LIMIT_RANGE_NAME: &str = "ambient-project-limits";
-/// `app` label of both.
+/// `app` label of the three.
 pub const APP_PROJECT_LIMITS: &str = "ambient-project-limits";
 
 /// One hard limit of the project quota: `resource=quantity`, e.g. `requests.cpu=20`.
@@ -194,6 +200,11 @@ impl ProjectLimits {
         }
     }
 
+    /// The project's runner ServiceAccount.
+    pub fn runner_account(&self, ns: &Namespace) -> ServiceAccount {
+        ServiceAccount { metadata: Self::meta(ns, SERVICE_ACCOUNT), ..Default::default() }
+    }
+
     /// Whether `q` has exactly the configured hard limits (compared as quantities: the API
     /// server re-spells them, e.g. `1000m` as `1`).
     fn quota_current(&self, q: &ResourceQuota) -> bool {
@@ -239,17 +250,21 @@ fn owner(ns: &Namespace) -> OwnerReference {
     }
 }
 
-/// Server-side applies both objects in `ns`.
+/// Server-side applies the three objects in `ns`.
 pub async fn apply(client: &kube::Client, ns: &Namespace, limits: &ProjectLimits) -> Result<(), kube::Error> {
     let name = ns.name_any();
     let pp = PatchParams::apply(labels::FIELD_MANAGER).force();
-    let quota = limits.resource_quota(ns);
-    let range = limits.limit_range(ns);
+    let (quota, range, account) = (limits.resource_quota(ns), limits.limit_range(ns), limits.runner_account(ns));
     let quotas = Api::<ResourceQuota>::namespaced(client.clone(), &name);
     let ranges = Api::<LimitRange>::namespaced(client.clone(), &name);
-    let (quota, range) = (Patch::Apply(&quota), Patch::Apply(&range));
-    tokio::try_join!(quotas.patch(QUOTA_NAME, &pp, &quota), ranges.patch(LIMIT_RANGE_NAME, &pp, &range))?;
-    tracing::info!(project = %name, "applied the project's ResourceQuota and LimitRange");
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+    let (quota, range, account) = (Patch::Apply(&quota), Patch::Apply(&range), Patch::Apply(&account));
+    tokio::try_join!(
+        quotas.patch(QUOTA_NAME, &pp, &quota),
+        ranges.patch(LIMIT_RANGE_NAME, &pp, &range),
+        accounts.patch(SERVICE_ACCOUNT, &pp, &account),
+    )?;
+    tracing::info!(project = %name, "applied the project's ResourceQuota, LimitRange and runner ServiceAccount");
     Ok(())
 }
 
@@ -261,6 +276,7 @@ pub struct Limits {
     namespaces: Store<Namespace>,
     quotas: Store<ResourceQuota>,
     ranges: Store<LimitRange>,
+    accounts: Store<ServiceAccount>,
     /// Projects whose objects this replica applied a moment ago: the watch caches may not show
     /// them yet (a busy API server delays the watch), and applying again would be a wasted
     /// write, twice, for every new project.
@@ -284,12 +300,13 @@ impl Limits {
         Ok(())
     }
 
-    /// Makes sure project `ns` has its ResourceQuota and LimitRange (from the watch caches;
-    /// applied now when either is missing).
+    /// Makes sure project `ns` has its ResourceQuota, LimitRange and runner ServiceAccount
+    /// (from the watch caches; applied now when one is missing).
     pub async fn ensure(&self, ns: &str) -> Result<(), kube::Error> {
         let has_quota = self.quotas.get(&ObjectRef::new(QUOTA_NAME).within(ns)).is_some();
         let has_range = self.ranges.get(&ObjectRef::new(LIMIT_RANGE_NAME).within(ns)).is_some();
-        if (has_quota && has_range) || self.just_applied(ns) {
+        let has_account = self.accounts.get(&ObjectRef::new(SERVICE_ACCOUNT).within(ns)).is_some();
+        if (has_quota && has_range && has_account) || self.just_applied(ns) {
             return Ok(());
         }
         let namespace = match self.namespaces.get(&ObjectRef::new(ns)) {
@@ -302,7 +319,10 @@ impl Limits {
     fn current(&self, ns: &str) -> bool {
         let q = self.quotas.get(&ObjectRef::new(QUOTA_NAME).within(ns));
         let r = self.ranges.get(&ObjectRef::new(LIMIT_RANGE_NAME).within(ns));
-        q.is_some_and(|q| self.limits.quota_current(&q)) && r.is_some_and(|r| self.limits.limit_range_current(&r))
+        let has_account = self.accounts.get(&ObjectRef::new(SERVICE_ACCOUNT).within(ns)).is_some();
+        q.is_some_and(|q| self.limits.quota_current(&q))
+            && r.is_some_and(|r| self.limits.limit_range_current(&r))
+            && has_account
     }
 }
 
@@ -310,7 +330,12 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Limits>) -> Result<Action, Contr
     if ns.metadata.deletion_timestamp.is_some() || !crate::apply::is_managed(&ns) {
         return Ok(Action::await_change());
     }
-    for ready in [ctx.quotas.wait_until_ready().await, ctx.ranges.wait_until_ready().await] {
+    let ready = [
+        ctx.quotas.wait_until_ready().await,
+        ctx.ranges.wait_until_ready().await,
+        ctx.accounts.wait_until_ready().await,
+    ];
+    for ready in ready {
         ready.map_err(|_| ControllerError::CacheClosed)?;
     }
     if !ctx.current(&ns.name_any()) {
@@ -329,7 +354,7 @@ fn error_policy(ns: Arc<Namespace>, e: &ControllerError, _: Arc<Limits>) -> Acti
 }
 
 /// Starts the controller: a handle for the session controller and a future that runs until
-/// `stop` is cancelled. Level-triggered on the managed namespaces and on both objects (label
+/// `stop` is cancelled. Level-triggered on the managed namespaces and on the three objects (label
 /// `app=ambient-project-limits`), so an edit or deletion is undone at once.
 pub fn start(
     client: kube::Client,
@@ -357,16 +382,31 @@ pub fn start(
         .reflect(quota_writer)
         .touched_objects();
     let (ranges, range_writer) = reflector::store();
-    let range_events = watcher(Api::<LimitRange>::all(client.clone()), ours)
+    let range_events = watcher(Api::<LimitRange>::all(client.clone()), ours.clone())
         .default_backoff()
         .modify(|r| r.metadata.managed_fields = None)
         .reflect(range_writer)
         .touched_objects();
-    let handle = Limits { client, limits, namespaces: namespaces.clone(), quotas, ranges, applied: Default::default() };
+    let (accounts, account_writer) = reflector::store();
+    let account_events = watcher(Api::<ServiceAccount>::all(client.clone()), ours)
+        .default_backoff()
+        .modify(|a| a.metadata.managed_fields = None)
+        .reflect(account_writer)
+        .touched_objects();
+    let handle = Limits {
+        client,
+        limits,
+        namespaces: namespaces.clone(),
+        quotas,
+        ranges,
+        accounts,
+        applied: Default::default(),
+    };
     let of_namespace = |o: Option<String>| o.map(|ns| ObjectRef::<Namespace>::new(&ns));
     let controller = Controller::for_stream(ns_events, namespaces)
         .watches_stream(quota_events, move |q: ResourceQuota| of_namespace(q.namespace()))
         .watches_stream(range_events, move |r: LimitRange| of_namespace(r.namespace()))
+        .watches_stream(account_events, move |a: ServiceAccount| of_namespace(a.namespace()))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, Arc::new(handle.clone()))
         .for_each(|r| async move {

@@ -15,9 +15,8 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, EnvFromSource, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, ResourceRequirements, SecretEnvSource,
-    SecretKeySelector, ServiceAccount,
+    SecretKeySelector,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -29,7 +28,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use events::Phase;
-use events::crd::{AgenticSession, GROUP, PROJECT_SETTINGS_NAME, ProjectSettings, RunnerBounds, RunnerResources};
+use events::crd::{AgenticSession, PROJECT_SETTINGS_NAME, ProjectSettings, RunnerBounds, RunnerResources};
 use events::secrets::INTEGRATION_SECRET_NAME;
 
 use super::limits::Limits;
@@ -212,75 +211,6 @@ fn validate_secret(secret_name: &Option<String>) -> Result<(), String> {
     }
 }
 
-/// The runner's own ServiceAccount, allowed (Role and RoleBinding of the same name) to read its
-/// session and report its status, and nothing else.
-async fn ensure_identity(client: &kube::Client, s: &AgenticSession, ns: &str) -> Result<String, kube::Error> {
-    let session = s.name_any();
-    let name = labels::session_identity(&session);
-    let meta = || ObjectMeta {
-        name: Some(name.clone()),
-        namespace: Some(ns.into()),
-        labels: Some(crate::apply::string_map([(labels::APP, labels::APP_RUNNER), (labels::SESSION_LABEL, &session)])),
-        owner_references: Some(owner(s)),
-        ..Default::default()
-    };
-    let sa = ServiceAccount { metadata: meta(), ..Default::default() };
-    let role = Role {
-        metadata: meta(),
-        rules: Some(vec![
-            PolicyRule {
-                api_groups: Some(vec![GROUP.into()]),
-                resources: Some(vec!["agenticsessions".into()]),
-                resource_names: Some(vec![session.clone()]),
-                verbs: vec!["get".into()],
-                ..Default::default()
-            },
-            PolicyRule {
-                api_groups: Some(vec![GROUP.into()]),
-                resources: Some(vec!["agenticsessions/status".into()]),
-                resource_names: Some(vec![session.clone()]),
-                verbs: vec!["get".into(), "update".into(), "patch".into()],
-                ..Default::default()
-            },
-        ]),
-    };
-    let rb = RoleBinding {
-        metadata: meta(),
-        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.clone() },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: name.clone(),
-            namespace: Some(ns.into()),
-            api_group: None,
-        }]),
-    };
-    // The ServiceAccount and Role are written together; the RoleBinding needs its Role (the API
-    // server checks that binding it grants nothing we lack); all three exist before the Job (a
-    // pod naming a missing ServiceAccount is refused, and the Job controller backs off).
-    tokio::try_join!(
-        create_or_apply(Api::<ServiceAccount>::namespaced(client.clone(), ns), &name, &sa),
-        create_or_apply(Api::<Role>::namespaced(client.clone(), ns), &name, &role),
-    )?;
-    create_or_apply(Api::<RoleBinding>::namespaced(client.clone(), ns), &name, &rb).await?;
-    Ok(name)
-}
-
-/// Creates `obj`, or server-side applies it over one that exists (a retried pass, a second run;
-/// the apply also repairs drift). A create is the common case and costs the API server less.
-async fn create_or_apply<K>(api: Api<K>, name: &str, obj: &K) -> Result<(), kube::Error>
-where
-    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let pp = PostParams { field_manager: Some(labels::FIELD_MANAGER.into()), ..Default::default() };
-    match api.create(&pp, obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            api.patch(name, &PatchParams::apply(labels::FIELD_MANAGER).force(), &Patch::Apply(obj)).await.map(|_| ())
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// A literal variable. The kubelet expands `$(NAME)` in `env` values with the variables defined
 /// before (the runner Secret's included), so a session's variable or prompt could copy a secret
 /// into a value of its choosing; `$$` is the kubelet's escape for `$`, so every value reaches
@@ -358,15 +288,7 @@ fn container_resources(r: &RunnerResources) -> Option<ResourceRequirements> {
     (!q.is_empty()).then(|| ResourceRequirements { requests: Some(q.clone()), limits: Some(q), ..Default::default() })
 }
 
-fn build_job(
-    cfg: &Config,
-    s: &AgenticSession,
-    ns: &str,
-    run: i64,
-    sa: &str,
-    secret: &str,
-    resources: &RunnerResources,
-) -> Job {
+fn build_job(cfg: &Config, s: &AgenticSession, ns: &str, run: i64, secret: &str, resources: &RunnerResources) -> Job {
     let session = s.name_any();
     let job_labels: BTreeMap<String, String> = crate::apply::string_map([
         (labels::SESSION_LABEL, session.as_str()),
@@ -389,8 +311,10 @@ fn build_job(
                 metadata: Some(ObjectMeta { labels: Some(job_labels), ..Default::default() }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
-                    service_account_name: Some(sa.into()),
-                    // The runner calls the api with this token (PUT …/status).
+                    // The project's runner ServiceAccount holds no rights; the token the kubelet
+                    // mounts is bound to this pod, and the api lets it report on the session
+                    // whose Job owns the pod (PUT …/status), nothing else.
+                    service_account_name: Some(events::crd::runner::SERVICE_ACCOUNT.into()),
                     automount_service_account_token: Some(true),
                     // Only a class on the operator's allow-list; none: the cluster's default.
                     priority_class_name: resources.priority_class.clone(),
@@ -525,15 +449,15 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
         };
         let creating =
             Observed { job_name: Some(job_name.clone()), ..cur.with(Phase::Creating, None, "creating the runner Job") };
-        // Recording Creating, reading the project's settings and making the runner's identity
-        // do not depend on each other: one round trip's wait instead of three (a crash in
-        // between leaves nothing the next pass does not redo idempotently).
+        // Recording Creating and reading the project's settings do not depend on each other:
+        // one round trip's wait instead of two (a crash in between leaves nothing the next pass
+        // does not redo idempotently).
         let settings = Api::<ProjectSettings>::namespaced(client.clone(), &ns);
-        // No runner pod before its project's quota and limits (normally there long before).
-        let (settings, written, sa, ()) = tokio::try_join!(
+        // No runner pod before its project's quota, limits and runner ServiceAccount (normally
+        // there long before).
+        let (settings, written, ()) = tokio::try_join!(
             settings.get_opt(PROJECT_SETTINGS_NAME),
             write_status(&api, &s, &creating),
-            ensure_identity(client, &s, &ns),
             ctx.cfg.limits.ensure(&ns),
         )?;
         let latest = written.as_ref().unwrap_or(&s);
@@ -543,7 +467,7 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             return Ok(Action::requeue(resync));
         }
         let secret = secret.unwrap_or_else(|| events::secrets::RUNNER_SECRET_NAME.into());
-        let job = build_job(&ctx.cfg, &s, &ns, cur.run, &sa, &secret, &resources);
+        let job = build_job(&ctx.cfg, &s, &ns, cur.run, &secret, &resources);
         match Api::<Job>::namespaced(client.clone(), &ns).create(&PostParams::default(), &job).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 409 => {}
