@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use events::Principal;
 use events::access::ResourceCheck;
-use events::crd::runner::RunnerPod;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 
 use crate::cache::TtlCache;
@@ -23,58 +21,16 @@ pub struct AuthzError(String);
 
 type Key = (Principal, ResourceCheck);
 
-/// A runner pod: its namespace, name and uid.
-type PodKey = (String, String, String);
-
-/// SubjectAccessReviews with a short cache, and the sessions of runner pods.
+/// SubjectAccessReviews with a short cache.
 pub struct Authorizer {
     client: kube::Client,
     cache: Arc<TtlCache<Key, bool>>,
-    /// The session each runner pod (by uid) belongs to, `None` for a pod that is no runner's.
-    pods: Arc<TtlCache<PodKey, Option<String>>>,
 }
 
-/// How long a pod's session is remembered. A pod's labels and owner are not a tenant's to change
-/// (no project role may write pods), and its deletion ends its token at the API server itself.
-const POD_TTL: Duration = Duration::from_secs(300);
-
 impl Authorizer {
-    /// A new authorizer using the api's client (which needs `create subjectaccessreviews` and
-    /// `get pods`).
+    /// A new authorizer using the api's client (which needs `create subjectaccessreviews`).
     pub fn new(client: kube::Client, ttl: Duration) -> Self {
-        Self {
-            client,
-            cache: Arc::new(TtlCache::new(ttl, MAX_CACHE)),
-            pods: Arc::new(TtlCache::new(POD_TTL, MAX_CACHE)),
-        }
-    }
-
-    /// Whether `who` is session `session`'s runner in `project`: a token bound to a pod of the
-    /// session's Job (the pod read once and remembered by uid), or anyone else allowed `update
-    /// agenticsessions/status` on the session (a cluster admin; the per-session runner
-    /// ServiceAccount of a session started before runners shared one).
-    pub async fn runs(&self, who: &Principal, project: &str, session: &str) -> Result<bool, AuthzError> {
-        let Some(pod) = RunnerPod::of(who) else {
-            return self.allowed(who, &ResourceCheck::session_status(project, session)).await;
-        };
-        if pod.project != project || !pod.could_run(session) {
-            return Ok(false);
-        }
-        let key = (pod.project.to_string(), pod.name.to_string(), pod.uid.to_string());
-        let read = || {
-            let (client, key) = (self.client.clone(), key.clone());
-            async move { pod_session(&client, &key).await }
-        };
-        let of = match self.pods.get(&key, read) {
-            Some(of) => of,
-            None => {
-                let asked = Instant::now();
-                let of = read().await?;
-                self.pods.insert(key, of.clone(), asked);
-                of
-            }
-        };
-        Ok(of.as_deref() == Some(session))
+        Self { client, cache: Arc::new(TtlCache::new(ttl, MAX_CACHE)) }
     }
 
     /// Whether `who` may do `check`.
@@ -135,28 +91,6 @@ impl Authorizer {
     }
 }
 
-/// The session whose runner pod `key` is, read from the pod itself.
-async fn pod_session(client: &kube::Client, (ns, name, uid): &PodKey) -> Result<Option<String>, AuthzError> {
-    let pod = Api::<Pod>::namespaced(client.clone(), ns).get_opt(name).await.map_err(|e| AuthzError(e.to_string()))?;
-    Ok(pod.and_then(|p| session_of_pod(&p, uid).map(String::from)))
-}
-
-/// The session `pod` runs, when it is the pod of uid `uid` that the Job controller made for a
-/// session's Job under the runner ServiceAccount: its session label, its controlling Job and its
-/// name must all agree.
-fn session_of_pod<'a>(pod: &'a Pod, uid: &str) -> Option<&'a str> {
-    use events::crd::runner::{SERVICE_ACCOUNT, SESSION_LABEL, could_be_pod_of, job_name};
-    let session = pod.metadata.labels.as_ref()?.get(SESSION_LABEL)?.as_str();
-    let controller = pod.metadata.owner_references.as_ref()?.iter().find(|o| o.controller == Some(true))?;
-    let runs = pod.metadata.uid.as_deref() == Some(uid)
-        && pod.spec.as_ref().and_then(|s| s.service_account_name.as_deref()) == Some(SERVICE_ACCOUNT)
-        && controller.api_version == "batch/v1"
-        && controller.kind == "Job"
-        && controller.name == job_name(session)
-        && could_be_pod_of(pod.metadata.name.as_deref()?, session);
-    runs.then_some(session)
-}
-
 async fn review(client: &kube::Client, who: &Principal, check: &ResourceCheck) -> Result<bool, AuthzError> {
     let res = Api::<SubjectAccessReview>::all(client.clone())
         .create(&PostParams::default(), &check.review_for(who))
@@ -185,56 +119,3 @@ pub fn project_visible(namespace: &str) -> ResourceCheck {
 
 /// Rolebindings group.
 pub const RBAC: &str = "rbac.authorization.k8s.io";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::PodSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-    use kube::api::ObjectMeta;
-
-    fn pod(name: &str, session: &str, sa: &str, owner: (&str, &str, bool)) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                uid: Some("u-1".into()),
-                labels: Some([("agentic-session".to_string(), session.to_string())].into()),
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "batch/v1".into(),
-                    kind: owner.0.into(),
-                    name: owner.1.into(),
-                    uid: "j-1".into(),
-                    controller: Some(owner.2),
-                    block_owner_deletion: None,
-                }]),
-                ..Default::default()
-            },
-            spec: Some(PodSpec { service_account_name: Some(sa.into()), ..Default::default() }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_runner_pod_is_a_pod_of_its_sessions_job() {
-        let sa = "ambient-runner";
-        let job = ("Job", "demo-job", true);
-        assert_eq!(session_of_pod(&pod("demo-job-x7k2p", "demo", sa, job), "u-1"), Some("demo"));
-        let refused = [
-            // Another pod with the same name (recreated): another uid.
-            (pod("demo-job-x7k2p", "demo", sa, job), "u-2"),
-            // Another ServiceAccount.
-            (pod("demo-job-x7k2p", "demo", "default", job), "u-1"),
-            // Not owned by the session's Job, or not controlled by it.
-            (pod("demo-job-x7k2p", "demo", sa, ("Job", "other-job", true)), "u-1"),
-            (pod("demo-job-x7k2p", "demo", sa, ("ReplicaSet", "demo-job", true)), "u-1"),
-            (pod("demo-job-x7k2p", "demo", sa, ("Job", "demo-job", false)), "u-1"),
-            // A label naming another session than its Job and name do.
-            (pod("demo-job-x7k2p", "other", sa, job), "u-1"),
-            // A name the Job controller would not give.
-            (pod("demo-runner", "demo", sa, job), "u-1"),
-        ];
-        for (p, uid) in &refused {
-            assert_eq!(session_of_pod(p, uid), None, "{:?}", p.metadata);
-        }
-    }
-}

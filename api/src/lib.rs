@@ -19,6 +19,7 @@ pub mod parked;
 pub mod pending;
 pub mod reads;
 pub mod routes;
+pub mod runners;
 pub mod sse;
 pub mod state;
 pub mod telemetry;
@@ -174,6 +175,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         config: config.clone(),
         ui: Default::default(),
+        runner_views: Default::default(),
     });
     let health = tokio::net::TcpListener::bind(config.health_addr)
         .await

@@ -46,6 +46,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// What the web UI's compatibility routes know of the cluster (`routes::ui`).
     pub ui: crate::routes::ui::UiState,
+    /// The projector's runner views, which say whose runner a pod-bound token is.
+    pub runner_views: crate::runners::RunnerViews,
 }
 
 /// A synchronous mutation's outcome.
@@ -148,7 +150,7 @@ impl AppState {
             }
             Requirement::All(checks) => self.require(caller, &checks).await?,
             Requirement::Runner { session, otherwise } => {
-                if !self.authz.runs(&caller.principal, cmd.project.as_str(), &session).await? {
+                if !self.runs(&caller.principal, cmd.project.as_str(), &session).await? {
                     return Err(ApiError::Forbidden(format!(
                         "you are not this session's runner and may not {otherwise}"
                     )));

@@ -123,7 +123,7 @@ pub enum Requirement {
     /// Every listed check must be allowed.
     All(Vec<ResourceCheck>),
     /// A runner's report on session `session`: made with a token bound to a pod of that
-    /// session's Job ([`crate::crd::runner::RunnerPod`]), or by a principal allowed `otherwise`
+    /// session's Job ([`crate::crd::runner::BoundPod`]), or by a principal allowed `otherwise`
     /// (`update agenticsessions/status` on it: a cluster admin, or the per-session runner
     /// ServiceAccount of a session started before runners shared one).
     Runner {

@@ -271,6 +271,7 @@ fn example_status_bodies() -> Vec<(StatusBody, &'static str, &'static str)> {
         }),
         pod: Some(RunnerPod {
             name: "fix-login-bug-job-x7k2p".into(),
+            uid: "5c1f0a2e-7d3b-4e8a-9f61-2b7c4d9e0a13".into(),
             phase: "Pending".into(),
             node_name: Some("worker-3".into()),
             scheduling_reason: None,

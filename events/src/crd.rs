@@ -361,7 +361,7 @@ pub mod runner {
     }
 
     /// The ServiceAccount every runner pod of a project runs as. It holds no RBAC rights: what a
-    /// runner may do is decided from the pod its token is bound to ([`RunnerPod`]), so a session
+    /// runner may do is decided from the pod its token is bound to ([`BoundPod`]), so a session
     /// costs no ServiceAccount, Role or RoleBinding of its own.
     pub const SERVICE_ACCOUNT: &str = "ambient-runner";
     /// TokenReview `user.extra` key of a pod-bound ServiceAccount token: the pod's name.
@@ -372,7 +372,7 @@ pub mod runner {
     /// The pod a runner's token is bound to, as the API server's TokenReview vouched for it: the
     /// token is valid only while that pod (that uid) exists.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct RunnerPod<'a> {
+    pub struct BoundPod<'a> {
         /// The project (namespace) of the pod and its ServiceAccount.
         pub project: &'a str,
         /// The pod's name.
@@ -381,7 +381,7 @@ pub mod runner {
         pub uid: &'a str,
     }
 
-    impl<'a> RunnerPod<'a> {
+    impl<'a> BoundPod<'a> {
         /// The pod of `principal` when it is a project's runner ServiceAccount with a pod-bound
         /// token (exactly one pod name and uid); `None` for anyone else, including a token of
         /// that ServiceAccount bound to no pod (e.g. a legacy token Secret).
@@ -392,7 +392,7 @@ pub mod runner {
                 _ => None,
             };
             (sa == SERVICE_ACCOUNT).then_some(())?;
-            Some(RunnerPod { project, name: one(POD_NAME_EXTRA)?, uid: one(POD_UID_EXTRA)? })
+            Some(BoundPod { project, name: one(POD_NAME_EXTRA)?, uid: one(POD_UID_EXTRA)? })
         }
 
         /// Whether this pod's name is one the Job controller could give a pod of `session`'s Job
@@ -468,8 +468,8 @@ pub mod runner {
             let sa = "system:serviceaccount:team:ambient-runner";
             let bound: Extra = &[(POD_NAME_EXTRA, &["demo-job-x7k2p"]), (POD_UID_EXTRA, &["u-1"])];
             assert_eq!(
-                RunnerPod::of(&runner(sa, bound)),
-                Some(RunnerPod { project: "team", name: "demo-job-x7k2p", uid: "u-1" })
+                BoundPod::of(&runner(sa, bound)),
+                Some(BoundPod { project: "team", name: "demo-job-x7k2p", uid: "u-1" })
             );
             let refused: &[(&str, Extra)] = &[
                 // Another ServiceAccount, a user, a look-alike.
@@ -485,7 +485,7 @@ pub mod runner {
                 (sa, &[(POD_NAME_EXTRA, &["demo-job-x7k2p"]), (POD_UID_EXTRA, &[])]),
             ];
             for (user, extra) in refused {
-                assert_eq!(RunnerPod::of(&runner(user, extra)), None, "{user} {extra:?}");
+                assert_eq!(BoundPod::of(&runner(user, extra)), None, "{user} {extra:?}");
             }
         }
     }

@@ -262,6 +262,10 @@ pub struct RunnerCondition {
 pub struct RunnerPod {
     /// Pod name.
     pub name: String,
+    /// Pod uid: with the name, what a runner's pod-bound token names (the api lets the token
+    /// report on the session only while this pod is its runner).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
     /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
     pub phase: String,
     /// The node it was scheduled to.

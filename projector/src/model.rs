@@ -1485,6 +1485,7 @@ mod tests {
             created: None,
             view: events::status::RunnerPod {
                 name: name.into(),
+                uid: format!("{name}-uid"),
                 phase: phase.into(),
                 node_name: Some("kwok-node-0".into()),
                 scheduling_reason: None,

@@ -201,6 +201,7 @@ pub fn pod_rec(pod: &PodStatusOnly) -> PodRec {
         created: pod.metadata.creation_timestamp.as_ref().and_then(|t| to_chrono(&t.0)),
         view: RunnerPod {
             name: pod.name_any(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
             phase: st.and_then(|s| non_empty(&s.phase)).unwrap_or_else(|| "Pending".into()),
             node_name: pod.spec.as_ref().and_then(|s| non_empty(&s.node_name)),
             scheduling_reason,

@@ -59,11 +59,11 @@ pub async fn authorize(client: &kube::Client, cmd: &Command, policy: &SelfProvis
             Ok(())
         }
         Requirement::Runner { session, otherwise } => {
-            // The api read the pod itself (its session label and owning Job) before it signed
-            // the command; the API server keeps the token valid only while that pod exists.
-            // Here the name must still fit the session, so a report can only land on the
-            // session whose Job the pod's name belongs to.
-            if let Some(pod) = events::crd::runner::RunnerPod::of(&cmd.principal) {
+            // A runner holds no RBAC rights to review. The api signed the command after it found
+            // the pod to be the session's current runner (api/src/runners.rs); here the pod's
+            // name must still be one the session's Job could have (a consistency check: names
+            // cut at 58 characters can fit two sessions, which the api tells apart).
+            if let Some(pod) = events::crd::runner::BoundPod::of(&cmd.principal) {
                 if pod.project == cmd.project.as_str() && pod.could_run(&session) {
                     return Ok(());
                 }

@@ -79,15 +79,15 @@ pub struct Config {
     pub runner: RunnerBounds,
     /// Hard limits of every project's ResourceQuota `ambient-project-quota`, comma-separated
     /// `resource=quantity` pairs. The default admits 100 runners at the default size, or 5 at
-    /// the largest (4 CPUs each), and bounds the objects a project may hold in etcd (sessions,
-    /// and the ServiceAccount, Role, RoleBinding and Job each session's runner has; keys; Secrets),
-    /// so one tenant cannot fill the cluster's store.
+    /// the largest (4 CPUs each), and bounds the objects a project may hold in etcd (sessions
+    /// and their Jobs; keys, each a ServiceAccount and RoleBinding; grants; Secrets), so one
+    /// tenant cannot fill the cluster's store.
     #[arg(
         long,
         env = "PROJECT_RESOURCE_QUOTA",
         value_delimiter = ',',
         value_parser = QuotaItem::parse,
-        default_value = "requests.cpu=20,requests.memory=80Gi,limits.cpu=100,limits.memory=200Gi,pods=100,count/agenticsessions.vteam.ambient-code=5000,count/serviceaccounts=6000,count/roles.rbac.authorization.k8s.io=6000,count/rolebindings.rbac.authorization.k8s.io=6000,count/secrets=500,count/jobs.batch=5000,requests.ephemeral-storage=200Gi,limits.ephemeral-storage=1000Gi"
+        default_value = "requests.cpu=20,requests.memory=80Gi,limits.cpu=100,limits.memory=200Gi,pods=100,count/agenticsessions.vteam.ambient-code=5000,count/serviceaccounts=1000,count/roles.rbac.authorization.k8s.io=100,count/rolebindings.rbac.authorization.k8s.io=1000,count/secrets=500,count/jobs.batch=5000,requests.ephemeral-storage=200Gi,limits.ephemeral-storage=1000Gi"
     )]
     pub project_resource_quota: Vec<QuotaItem>,
     /// CPU request of a runner without `resourceOverrides.cpu` (every project's LimitRange

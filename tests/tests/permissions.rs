@@ -135,8 +135,9 @@ fn least_role(r: &Route) -> Option<(Role, Want)> {
     Some(row)
 }
 
-/// Runner callbacks need `update agenticsessions/status`, which no project role has: every role
-/// gets the missing-project answer.
+/// Runner callbacks need the session's runner (a token bound to its pod) or `update
+/// agenticsessions/status`, which no project role has: every role gets the missing-project
+/// answer.
 fn runner_only(r: &Route) -> bool {
     r.template.ends_with("/{session}/status") || r.template.ends_with("/{session}/displayname")
 }

@@ -184,7 +184,7 @@ impl T<'_> {
             ("limits.memory", "200Gi"),
             ("pods", "100"),
             ("count/agenticsessions.vteam.ambient-code", "5k"),
-            ("count/serviceaccounts", "6k"),
+            ("count/serviceaccounts", "1k"),
             ("count/secrets", "500"),
             ("requests.ephemeral-storage", "200Gi"),
             ("limits.ephemeral-storage", "1000Gi"),
@@ -250,7 +250,8 @@ impl T<'_> {
         let applies = log
             .lines()
             .filter(|l| {
-                l.contains("applied the project's ResourceQuota and LimitRange") && l.contains(self.project.as_str())
+                l.contains("applied the project's ResourceQuota, LimitRange and runner ServiceAccount")
+                    && l.contains(self.project.as_str())
             })
             .count();
         ensure!(applies == 1, "the project's limits were applied {applies} times");

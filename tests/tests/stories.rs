@@ -512,6 +512,17 @@ async fn runner() {
     let r =
         c.put(&format!("{}/status", session_path(&p, "sibling")), &sibling_runner, json!({"message": "mine"})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // A stopped run's runner reports on nothing any more (its Job and pod are going).
+    let r = c.post(&format!("{}/stop", session_path(&p, "sibling")), &alice, json!({})).await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    eventually("the stopped run's runner is refused", LONG, || {
+        let (c, token, path) = (&c, &sibling_runner, format!("{}/status", session_path(&p, "sibling")));
+        async move {
+            Ok((c.put(&path, token, json!({"message": "late"})).await.status == StatusCode::NOT_FOUND).then_some(()))
+        }
+    })
+    .await
+    .expect("404 for a stopped run's runner");
     // A deleted pod's token stops working (once the api's short token cache lets it go).
     Api::<Pod>::namespaced(admin.clone(), &p)
         .delete("mine-job-zzzzz", &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() })

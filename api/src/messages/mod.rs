@@ -684,7 +684,7 @@ mod tests {
     }
 
     #[test]
-    fn runner_identity_is_the_reconcilers_service_account() {
+    fn the_legacy_runner_identity_is_the_per_session_service_account() {
         assert_eq!(legacy_runner_user("team-a", "s1"), "system:serviceaccount:team-a:ambient-session-s1");
     }
 }

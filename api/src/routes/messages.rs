@@ -4,7 +4,7 @@
 //!
 //! Who may do what:
 //! - the session's own runner (a token bound to a pod of the session's Job, see
-//!   `Authorizer::runs`) appends agent-side types and reads, e.g. its inbox:
+//!   `crate::runners`) appends agent-side types and reads, e.g. its inbox:
 //!   `GET …?types=user.message&after=<seq>&wait=<seconds>`;
 //! - callers with edit (`update agenticsessions` on the session) append `user.message`,
 //!   `interrupt` and `end_session`, to interactive sessions only;
@@ -81,7 +81,7 @@ async fn resolve(
         return Err(ApiError::NotFound("session not found".into()));
     };
     let party = if may_be_runner(&caller.principal, p, s)
-        && st.authz.runs(&caller.principal, p, s).await?
+        && st.runs(&caller.principal, p, s).await?
         && st.reads.project(p).is_some()
     {
         Party::Runner
@@ -92,12 +92,12 @@ async fn resolve(
     Ok((project, session, party))
 }
 
-/// Whether the caller could be the session's runner (checked by `Authorizer::runs`): a
+/// Whether the caller could be the session's runner (checked by `crate::runners`): a
 /// pod-bound token of the project's runner ServiceAccount, or the per-session ServiceAccount
 /// of a session started before runners shared one. Anyone else is a member or nobody, without
 /// a review spent on the question.
 fn may_be_runner(who: &events::Principal, p: &str, s: &str) -> bool {
-    events::crd::runner::RunnerPod::of(who).is_some() || who.user == legacy_runner_user(p, s)
+    events::crd::runner::BoundPod::of(who).is_some() || who.user == legacy_runner_user(p, s)
 }
 
 fn parse_num<T: std::str::FromStr>(field: &str, v: &Option<String>) -> Result<Option<T>, ApiError> {

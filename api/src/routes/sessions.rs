@@ -443,7 +443,7 @@ pub async fn session_display_name(
 }
 
 /// Runner routes: the runner may not see the project, only report on its own session; anyone
-/// else who may not (see `Authorizer::runs`) gets the same 404 as for a missing project.
+/// else who may not (see `crate::runners`) gets the same 404 as for a missing project.
 async fn runner_target(
     st: &AppState,
     caller: &Caller,
@@ -452,7 +452,7 @@ async fn runner_target(
 ) -> Result<(ProjectName, SessionName), ApiError> {
     let project = ProjectName::new(p).map_err(|_| ApiError::project_not_found())?;
     let s = SessionName::new(s).map_err(|_| ApiError::project_not_found())?;
-    if !st.authz.runs(&caller.principal, p, s.as_str()).await? || st.reads.project(p).is_none() {
+    if !st.runs(&caller.principal, p, s.as_str()).await? || st.reads.project(p).is_none() {
         return Err(ApiError::project_not_found());
     }
     Ok((project, s))

@@ -28,7 +28,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use events::SessionName;
@@ -53,8 +52,6 @@ const OPENSHIFT_PROJECT_GROUP: &str = "project.openshift.io";
 pub struct UiState {
     /// Whether the cluster serves `project.openshift.io`; unset until discovery succeeded.
     openshift: OnceLock<bool>,
-    /// The projector's sessions bucket (runner views), opened on first use.
-    runner_views: tokio::sync::OnceCell<kv::Store>,
 }
 
 impl UiState {
@@ -148,32 +145,8 @@ pub async fn k8s_resources(
     Path((p, s)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let session = readable_session(&st, &caller, &p, &s).await?;
-    let view = runner_view(&st, &p, &session).await?;
+    let view = st.runner_views.of(st.commands.jetstream(), &p, &session).await?;
     Ok(ok(k8s_resources_json(&session, view.as_ref())))
-}
-
-/// The projector's runner view of `session`, if it has one of this very session (a view left by
-/// an earlier session of the same name is not its).
-async fn runner_view(st: &AppState, p: &str, session: &AgenticSession) -> Result<Option<RunnerView>, ApiError> {
-    #[derive(serde::Deserialize)]
-    struct Projected {
-        uid: String,
-        view: RunnerView,
-    }
-    let unavailable = |e: String| ApiError::Unavailable(format!("the runner view is unavailable: {e}"));
-    let store = st
-        .ui
-        .runner_views
-        .get_or_try_init(|| async { st.commands.jetstream().get_key_value(events::streams::SESSIONS_BUCKET).await })
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let name = session.metadata.name.as_deref().unwrap_or_default();
-    let Some(bytes) = store.get(format!("{p}.{name}.runner")).await.map_err(|e| unavailable(e.to_string()))? else {
-        return Ok(None);
-    };
-    // A value this api cannot read (another projector version) is no runner view, not an error.
-    let Ok(v) = serde_json::from_slice::<Projected>(&bytes) else { return Ok(None) };
-    Ok((session.metadata.uid.as_deref() == Some(v.uid.as_str())).then_some(v.view))
 }
 
 /// The Go backend's `k8s-resources` shape from a runner view (job fields only while a Job exists).
@@ -437,6 +410,7 @@ mod tests {
             job: Some(job(0, 0, 1, &["Failed"])),
             pod: Some(RunnerPod {
                 name: "s-job-abc".into(),
+                uid: "u-1".into(),
                 phase: "Failed".into(),
                 node_name: None,
                 scheduling_reason: None,

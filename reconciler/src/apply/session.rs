@@ -134,8 +134,9 @@ pub async fn delete(
         }
         None => return Err(ApplyError::not_found(format!("session {name} not found"))),
     };
-    // Background propagation: the garbage collector removes the Job, its pods and the runner
-    // identity, all owned by the session.
+    // Background propagation: the garbage collector removes the Job and its pods (and, for a
+    // session started before runners shared a ServiceAccount, its runner identity), all owned
+    // by the session.
     api.delete(name.as_str(), &DeleteParams::background()).await?;
     Ok(Applied::of(&s))
 }
@@ -212,6 +213,30 @@ pub async fn delete_job_and_pods(client: &kube::Client, ns: &str, session: &str)
     Api::<Pod>::namespaced(client.clone(), ns)
         .delete_collection(&DeleteParams::background(), &ListParams::default().labels(&format!("job-name={job}")))
         .await?;
+    Ok(())
+}
+
+/// Deletes the Job `job` as it was seen, and its pods: nothing if the Job of that name is
+/// another one by now. The session controller works from a watch cache, and every replica runs
+/// it: a pass that still sees the previous run's Job must not delete the next run's, which has
+/// the same name (found by a stop and start in quick succession).
+pub async fn delete_seen_job(client: &kube::Client, ns: &str, job: &Job) -> Result<(), kube::Error> {
+    let (Some(name), Some(uid)) = (job.metadata.name.as_deref(), job.metadata.uid.as_deref()) else {
+        return Ok(());
+    };
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions { uid: Some(uid.into()), resource_version: None }),
+        ..DeleteParams::background()
+    };
+    match Api::<Job>::namespaced(client.clone(), ns).delete(name, &dp).await {
+        Ok(_) => {}
+        // Gone, or another Job of that name (the uid precondition failed).
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        Err(e) => return Err(e),
+    }
+    // The Job controller labels the pods it makes with their Job's uid.
+    let pods = ListParams::default().labels(&format!("batch.kubernetes.io/controller-uid={uid}"));
+    Api::<Pod>::namespaced(client.clone(), ns).delete_collection(&DeleteParams::background(), &pods).await?;
     Ok(())
 }
 

@@ -388,11 +388,13 @@ pub fn start(
         .reflect(range_writer)
         .touched_objects();
     let (accounts, account_writer) = reflector::store();
-    let account_events = watcher(Api::<ServiceAccount>::all(client.clone()), ours)
-        .default_backoff()
-        .modify(|a| a.metadata.managed_fields = None)
-        .reflect(account_writer)
-        .touched_objects();
+    // By name too: a project admin may create ServiceAccounts with any labels.
+    let account_events =
+        watcher(Api::<ServiceAccount>::all(client.clone()), ours.fields(&format!("metadata.name={SERVICE_ACCOUNT}")))
+            .default_backoff()
+            .modify(|a| a.metadata.managed_fields = None)
+            .reflect(account_writer)
+            .touched_objects();
     let handle = Limits {
         client,
         limits,

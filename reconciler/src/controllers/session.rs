@@ -1,4 +1,5 @@
-//! AgenticSession → Job `<session>-job` and a per-session runner identity.
+//! AgenticSession → Job `<session>-job`, whose pod runs as the project's runner ServiceAccount
+//! (`controllers/limits.rs`).
 //!
 //! Phases: Pending → Creating (Job being created) → Running (runner pod runs) → Completed |
 //! Failed (reason `Timeout` on deadline) | Stopped (on request; Job and pods deleted) | Error
@@ -33,7 +34,7 @@ use events::secrets::INTEGRATION_SECRET_NAME;
 
 use super::limits::Limits;
 use super::{ControllerError, Retries};
-use crate::apply::session::delete_job_and_pods;
+use crate::apply::session::delete_seen_job;
 use crate::labels;
 use crate::namespaces::Projects;
 
@@ -409,8 +410,8 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
     };
     match cur.phase {
         Phase::Stopped => {
-            if job.is_some() {
-                delete_job_and_pods(client, &ns, &name).await?;
+            if let Some(j) = &job {
+                delete_seen_job(client, &ns, j).await?;
             }
             write_status(&api, &s, &cur).await?;
             return Ok(Action::requeue(resync));
@@ -425,7 +426,7 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
     if let Some(j) = &job {
         let run = j.labels().get(labels::RUN_LABEL).and_then(|r| r.parse::<i64>().ok()).unwrap_or(1);
         if run != cur.run || j.metadata.deletion_timestamp.is_some() {
-            delete_job_and_pods(client, &ns, &name).await?;
+            delete_seen_job(client, &ns, j).await?;
             let next = Observed {
                 start_time: None,
                 completion_time: None,

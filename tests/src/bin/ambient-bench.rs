@@ -734,21 +734,29 @@ impl Bench {
                 .join(", ")
         };
         let value = per(&ours, ours_secs);
+        let floor = per(&bare, bare_secs);
         eprintln!(
             "    writes per session: {value:.1} ({}); bare Job: {:.1} ({}); idle {idle_per_sec:.1}/s",
             breakdown(&ours),
-            per(&bare, bare_secs),
+            floor,
             breakdown(&bare)
         );
+        // The target counts every write; where Kubernetes' own Job path alone costs more, the
+        // row says so and what the control plane adds to it.
+        let bound = if floor > 10.0 {
+            format!("; a bare Job alone costs {floor:.1} here, the control plane adds {:.1}", value - floor)
+        } else {
+            String::new()
+        };
         Ok(Row {
             what: format!(
-                "API-server writes per session, create → Completed ({n} sessions; per session: {})",
+                "API-server writes per session, create → Completed ({n} sessions; per session: {}{bound})",
                 breakdown(&ours)
             ),
             value: Figure::Scalar { value, unit: "writes".into() },
             baseline: Some((
                 format!("a bare Job run to completion ({})", breakdown(&bare)),
-                Figure::Scalar { value: per(&bare, bare_secs), unit: "writes".into() },
+                Figure::Scalar { value: floor, unit: "writes".into() },
             )),
             target: "≤ 10".into(),
             met: Some(value <= 10.0),
