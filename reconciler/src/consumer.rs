@@ -168,18 +168,9 @@ impl Consumer {
         })
     }
 
-    /// Consumes this replica's share of the partitions (see [`crate::members`]) until stopped.
-    pub async fn run(self: Arc<Self>) {
+    /// Consumes the partitions this replica `owned` (see [`crate::members`]) until stopped.
+    pub async fn run(self: Arc<Self>, owned: watch::Receiver<BTreeSet<u32>>) {
         let bus = &self.settings.bus;
-        let (owned_tx, owned) = watch::channel(BTreeSet::new());
-        let members = tokio::spawn(crate::members::run(
-            self.js.clone(),
-            replica_id(),
-            bus.replicas,
-            bus.partitions,
-            owned_tx,
-            self.stop.clone(),
-        ));
         let dispatch = tokio::spawn(self.clone().dispatch());
         let ticker = tokio::spawn(self.clone().extend_held());
         let loops: Vec<_> =
@@ -194,7 +185,6 @@ impl Consumer {
         }
         ticker.abort();
         self.unpin_served().await;
-        let _ = members.await;
     }
 
     /// On shutdown, hand the partitions this replica served to the others at once instead of
@@ -685,7 +675,7 @@ impl Consumer {
 
 /// This replica's id in the membership bucket: the pod (host) name, for people, and a random
 /// part, so that a restarted pod is a new member.
-fn replica_id() -> String {
+pub fn replica_id() -> String {
     let host = std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_default();
     let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect();
     let random = uuid::Uuid::new_v4().simple().to_string();

@@ -89,6 +89,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         retry_max_backoff: cfg.retry_max_backoff(),
         retry_for: Duration::from_secs(cfg.retry_for_seconds),
     };
+    // Membership deals the command partitions, and with them the projects whose cluster objects
+    // this replica's session controller looks after.
+    let (owned_tx, owned) = tokio::sync::watch::channel(std::collections::BTreeSet::new());
+    let membership = members::run(
+        js.clone(),
+        consumer::replica_id(),
+        settings.bus.replicas,
+        settings.bus.partitions,
+        owned_tx,
+        stop.clone(),
+    );
+    let shards = members::Shards { owned: owned.clone(), partitions: settings.bus.partitions };
     let consumer = consumer::Consumer::new(js, applier, verifier, settings, stop.clone());
     let sessions = controllers::session::Config {
         client: client.clone(),
@@ -98,9 +110,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         projects,
         bounds: runner_bounds,
         limits,
+        shards,
     };
     let tasks = vec![
-        tokio::spawn(consumer.run()),
+        tokio::spawn(membership),
+        tokio::spawn(consumer.run(owned)),
         tokio::spawn(controllers::session::run(sessions, cfg.session_concurrency.max(1), stop.clone())),
         tokio::spawn(project_controllers),
         tokio::spawn(limits_controller),

@@ -102,6 +102,39 @@ pub async fn run(
     }
 }
 
+/// The partition a project's cluster objects belong to, for the controllers (FNV-1a of the
+/// name): each replica's session controller acts on the projects of the partitions it owns, so
+/// replicas share the controller's work instead of all doing all of it.
+pub fn shard_of(project: &str, partitions: u32) -> u32 {
+    let hash = project.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    hash % partitions.max(1)
+}
+
+/// This replica's share of the projects (see [`shard_of`]), following the partitions it owns.
+#[derive(Clone)]
+pub struct Shards {
+    /// The partitions this replica owns now.
+    pub owned: watch::Receiver<BTreeSet<u32>>,
+    /// How many partitions there are.
+    pub partitions: u32,
+}
+
+impl Shards {
+    /// Whether this replica acts on `project` now.
+    pub fn owns(&self, project: &str) -> bool {
+        self.owned.borrow().contains(&shard_of(project, self.partitions))
+    }
+
+    /// A stream that yields each time the owned partitions change (controllers then look at
+    /// every object again: those of the partitions gained are theirs now).
+    pub fn changes(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.owned.clone(), |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+    }
+}
+
 /// Renews `id`'s entry and lists the live ones.
 async fn members(kv: &kv::Store, id: &str) -> Result<BTreeSet<String>, async_nats::Error> {
     kv.put(id, chrono::Utc::now().to_rfc3339().into()).await?;
@@ -116,6 +149,21 @@ async fn members(kv: &kv::Store, id: &str) -> Result<BTreeSet<String>, async_nat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn projects_spread_over_the_partitions_and_stay_put() {
+        // FNV-1a as published (offset basis and prime): fixed values, so every replica and
+        // every version agrees on where a project belongs.
+        assert_eq!(shard_of("", 8), 0x811c_9dc5 % 8);
+        assert_eq!(shard_of("a", 1_000_000_007), 0xe40c_292c % 1_000_000_007);
+        assert_eq!(shard_of("team-a", 8), shard_of("team-a", 8));
+        assert_eq!(shard_of("anything", 0), 0);
+        let mut counts = [0usize; 8];
+        for i in 0..8000 {
+            counts[shard_of(&format!("project-{i}"), 8) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
 
     fn set(ids: &[&str]) -> BTreeSet<String> {
         ids.iter().map(|s| s.to_string()).collect()

@@ -1,6 +1,6 @@
 //! Reconciler replicas share the command partitions (reconciler/src/members.rs): two replicas
-//! take half each and both apply commands; when one stops, the other takes everything and
-//! commands keep being applied. Its own binary: every reconciler on the shared bus counts as a
+//! take half each and both apply commands, and each runs the sessions of its own projects only;
+//! when one stops, the other takes everything and commands keep being applied and sessions run. Its own binary: every reconciler on the shared bus counts as a
 //! replica, so no other test's reconciler may run beside it.
 
 use std::time::Duration;
@@ -40,6 +40,26 @@ async fn create_sessions(client: &Client, token: &str, projects: &[String], tag:
     }
 }
 
+/// Waits until session `name` of every project is Completed.
+async fn completed(client: &Client, token: &str, projects: &[String], name: &str) {
+    for p in projects {
+        wait_for(&format!("{p}/{name} Completed"), Duration::from_secs(120), || async {
+            let r = client.get(&format!("/api/projects/{p}/agentic-sessions/{name}"), token).await;
+            Ok(r.body["status"]["phase"] == "Completed")
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// The projects whose sessions a reconciler's log shows it moving from phase to phase.
+fn phase_projects(log: &str) -> std::collections::BTreeSet<String> {
+    log.lines()
+        .filter(|l| l.contains("\"message\":\"session phase\""))
+        .filter_map(|l| l.split("\"span\":{\"project\":\"").nth(1)?.split('"').next().map(String::from))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_share_the_partitions_and_one_takes_over() {
     let env = TestEnv::shared().await.unwrap();
@@ -69,6 +89,18 @@ async fn two_replicas_share_the_partitions_and_one_takes_over() {
     })
     .await
     .unwrap();
+    completed(&client, &token, &projects, "s1").await;
+    // Each replica's session controller ran the sessions of its own projects, and only those.
+    let (mine, theirs) = (phase_projects(&first.log()), phase_projects(&second.log()));
+    assert!(
+        mine.is_disjoint(&theirs),
+        "both replicas moved sessions of {:?}",
+        mine.intersection(&theirs).collect::<Vec<_>>()
+    );
+    for p in &projects {
+        assert!(mine.contains(p) || theirs.contains(p), "no replica moved {p}'s session");
+    }
+    assert!(!mine.is_empty() && !theirs.is_empty(), "one replica ran every session: {mine:?} {theirs:?}");
 
     // A rolling update's stop: the survivor takes every partition and keeps applying.
     drop(second);
@@ -85,6 +117,8 @@ async fn two_replicas_share_the_partitions_and_one_takes_over() {
     })
     .await
     .unwrap();
+    // It runs the sessions of the projects it took over too.
+    completed(&client, &token, &projects, "s2").await;
 
     // The projects count against alice's quota for the tests that follow: give them back.
     for p in &projects {

@@ -395,7 +395,7 @@ pub async fn clone_session(
     }
 }
 
-/// A runner's status report, authorized as `update agenticsessions/status` on this session.
+/// A runner's status report: the session's runner only (see `crate::runners`).
 #[utoipa::path(put, path = "/api/projects/{project}/agentic-sessions/{session}/status", tag = "sessions",
     params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "RunnerStatus"),
     responses((status = 200, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"), (status = 404, description = "not found")))]

@@ -54,6 +54,8 @@ pub struct Config {
     pub bounds: Arc<RunnerBounds>,
     /// Every project's ResourceQuota and LimitRange, made sure of before its first Job.
     pub limits: Limits,
+    /// The projects this replica looks after (the others' sessions are another replica's).
+    pub shards: crate::members::Shards,
 }
 
 /// Shared state of a reconcile pass: the configuration and the runner Jobs as the controller's
@@ -352,6 +354,10 @@ fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::
 async fn reconcile(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
     let span = tracing::info_span!("session", project = %s.namespace().unwrap_or_default(), session = %s.name_any());
     let key = retry_key(&s);
+    // Another replica's project; should it become ours, the change of partitions brings it back.
+    if !ctx.cfg.shards.owns(&s.namespace().unwrap_or_default()) {
+        return Ok(Action::await_change());
+    }
     // A project with many sessions to reconcile (a flood of creates) must not take every
     // worker: past its share, its sessions wait and other projects' go first.
     let Some(_share) = ctx.shares.try_enter(&s.namespace().unwrap_or_default()) else {
@@ -562,9 +568,11 @@ pub async fn run(cfg: Config, concurrency: u16, stop: CancellationToken) {
         .reflect(sessions_writer)
         .applied_objects();
     let shares = crate::fair::Shares::new(usize::from(concurrency / 2));
+    let gained = cfg.shards.changes();
     let ctx = Arc::new(Ctx { cfg, jobs, retries: Retries::default(), shares });
     Controller::for_stream(session_events, sessions)
         .owns_stream(job_events)
+        .reconcile_all_on(gained)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)

@@ -5,7 +5,7 @@
 //!   cargo run --release -p ambient-tests --bin ambient-bench -- [--quick] [--json PATH]
 //!
 //! `--quick` (seconds; CI's smoke test) uses small counts; the full mode is for people.
-//! `--only accept,applied,throughput,sse,scale,fairness,writes` runs some parts (the footprint is always shown).
+//! `--only accept,applied,throughput,sse,scale,fairness,writes,replicas` runs some parts (the footprint is always shown).
 //! `--rates 100,200` and `--rate-seconds 30` change the open loop's rates and their length.
 //! Attaches to the cluster named by `AMBIENT_STATE_DIR`, or starts one (see `TestEnv`).
 
@@ -37,6 +37,8 @@ struct Mode {
     backlog: usize,
     /// Sessions run to completion to count API-server writes.
     write_sessions: usize,
+    /// SSE streams open beside the measured one.
+    sse_streams: usize,
 }
 
 impl Mode {
@@ -53,6 +55,7 @@ impl Mode {
                 big_project_sessions: 50,
                 backlog: 200,
                 write_sessions: 20,
+                sse_streams: 100,
             }
         } else {
             Mode {
@@ -61,11 +64,13 @@ impl Mode {
                 rates: vec![25, 50, 100, 200, 300],
                 rate_seconds: 60,
                 rate_projects: 100,
-                scale_projects: 1000,
-                scale_sessions_per_project: 10,
+                // The scale: GET /api/projects with 10 000 projects.
+                scale_projects: 10_000,
+                scale_sessions_per_project: 1,
                 big_project_sessions: 1000,
                 backlog: 2000,
                 write_sessions: 100,
+                sse_streams: 1000,
             }
         }
     }
@@ -109,6 +114,8 @@ async fn main() -> anyhow::Result<()> {
             "--rate-limit-burst=1000000".into(),
             "--max-pending-commands-per-project=5000".into(),
             "--max-pending-bytes-per-project=4294967296".into(),
+            // The SSE part opens a thousand streams as alice.
+            "--sse-max-streams-per-caller=100000".into(),
         ],
         ..StackOptions::default()
     };
@@ -143,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("sse") {
         eprintln!("==> status → SSE");
-        rows.push(b.status_propagation(&mode).await?);
+        rows.extend(b.status_propagation(&mode).await?);
     }
     if runs("writes") {
         eprintln!("==> API-server writes per session");
@@ -152,6 +159,10 @@ async fn main() -> anyhow::Result<()> {
     if runs("fairness") {
         eprintln!("==> fairness and recovery under one project's backlog");
         rows.extend(b.fairness(&mode, &mut stack).await?);
+    }
+    if runs("replicas") {
+        eprintln!("==> throughput with 1 and 2 reconciler replicas");
+        rows.extend(b.replicas(&mode, &mut stack).await?);
     }
     if runs("scale") {
         eprintln!("==> scale");
@@ -561,15 +572,11 @@ impl Bench {
         Ok(out)
     }
 
-    async fn status_propagation(&self, m: &Mode) -> anyhow::Result<Row> {
-        let project = self.project_for_alice("bench-sse").await?;
-        let (code, _) = self.post_session(&project, "watched", false).await?;
-        if code != reqwest::StatusCode::CREATED {
-            bail!("create answered {code}");
-        }
+    /// An SSE stream of `path` as alice, each event with the time it arrived.
+    async fn sse_events(&self, path: &str) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>> {
         let resp = self
             .http
-            .get(format!("{}/api/projects/{project}/agentic-sessions/watched/events", self.api))
+            .get(format!("{}{path}", self.api))
             .bearer_auth(&self.alice)
             .header("Accept", "text/event-stream")
             .send()
@@ -577,7 +584,7 @@ impl Bench {
         if !resp.status().is_success() {
             bail!("SSE answered {}", resp.status());
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, String)>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, String)>();
         tokio::spawn(async move {
             let mut body = resp.bytes_stream();
             let mut buf = String::new();
@@ -591,12 +598,16 @@ impl Bench {
                 }
             }
         });
-        let sessions = Api::<AgenticSession>::namespaced(self.env.admin(), &project);
+        Ok(rx)
+    }
+
+    /// `n` status changes written to the cluster, each timed until `rx` shows it.
+    async fn markers(
+        sessions: &Api<AgenticSession>,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
+        n: usize,
+    ) -> anyhow::Result<Samples> {
         let mut s = Samples::default();
-        let n = m.samples.min(50);
-        // Let the stream catch up with the creation events first.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        while rx.try_recv().is_ok() {}
         for i in 0..n {
             let marker = format!("bench-marker-{i}-{}", uuid::Uuid::new_v4().simple());
             let t = Instant::now();
@@ -616,13 +627,63 @@ impl Bench {
                 }
             }
         }
-        Ok(Row {
-            what: format!("status change in cluster → SSE client ({} of {n} arrived)", s.len()),
-            met: if s.len() == n { p99_under(&s, 250.0) } else { Some(false) },
-            value: lat(&s),
-            baseline: None,
-            target: "p99 ≤ 250 ms".into(),
-        })
+        Ok(s)
+    }
+
+    /// Status change in the cluster → an SSE client, alone and then with `m.sse_streams` other
+    /// streams open on the same session (every change then goes out to all of them).
+    async fn status_propagation(&self, m: &Mode) -> anyhow::Result<Vec<Row>> {
+        let project = self.project_for_alice("bench-sse").await?;
+        let (code, _) = self.post_session(&project, "watched", false).await?;
+        if code != reqwest::StatusCode::CREATED {
+            bail!("create answered {code}");
+        }
+        let path = format!("/api/projects/{project}/agentic-sessions/watched/events");
+        let mut rx = self.sse_events(&path).await?;
+        let sessions = Api::<AgenticSession>::namespaced(self.env.admin(), &project);
+        let n = m.samples.min(50);
+        // Let the stream catch up with the creation events first.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while rx.try_recv().is_ok() {}
+        let alone = Self::markers(&sessions, &mut rx, n).await?;
+
+        let others: Vec<_> = futures::stream::iter(0..m.sse_streams)
+            .map(|_| self.sse_events(&path))
+            .buffer_unordered(50)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<_>>()?;
+        // Every other stream is read (and dropped) as a client would.
+        let readers: Vec<_> =
+            others.into_iter().map(|mut o| tokio::spawn(async move { while o.recv().await.is_some() {} })).collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        while rx.try_recv().is_ok() {}
+        let crowded = Self::markers(&sessions, &mut rx, n).await?;
+        for r in readers {
+            r.abort();
+        }
+        let arrived = |s: &Samples| if s.len() == n { p99_under(s, 250.0) } else { Some(false) };
+        Ok(vec![
+            Row {
+                what: format!("status change in cluster → SSE client ({} of {n} arrived)", alone.len()),
+                met: arrived(&alone),
+                value: lat(&alone),
+                baseline: None,
+                target: "p99 ≤ 250 ms".into(),
+            },
+            Row {
+                what: format!(
+                    "the same with {} other streams open on that session, one api ({} of {n} arrived)",
+                    m.sse_streams,
+                    crowded.len()
+                ),
+                met: arrived(&crowded),
+                value: lat(&crowded),
+                baseline: Some(("the same stream alone".into(), lat(&alone))),
+                target: "p99 ≤ 250 ms".into(),
+            },
+        ])
     }
 
     /// Writes the API server has served so far, per resource (`resource` or
@@ -819,6 +880,7 @@ impl Bench {
         let built = self.submit_backlog(&steady, "b", n).await;
         stack.reconciler.freeze(false)?;
         built?;
+        let cpu0 = CpuSnapshot::take(&self.processes);
         let t = Instant::now();
         let mut busy = Samples::default();
         let mut i = 0;
@@ -831,14 +893,20 @@ impl Bench {
             i += 1;
         }
         let steady_secs = (t.elapsed() + self.wait_sessions(&steady, n).await?).as_secs_f64();
+        // What bounds the quiet project's latency: where the machine's cores went meanwhile.
+        let (cores, per_process) = CpuSnapshot::take(&self.processes).cores_since(&cpu0);
 
-        // The same backlog, the reconciler killed one second into the drain.
+        // The same backlog, the reconciler killed once a tenth of it is applied (mid-drain at
+        // any speed: a fixed delay let a fast build apply nearly all of it first).
         let crashed = self.project_for_alice("bench-crash").await?;
         stack.reconciler.freeze(true)?;
         let built = self.submit_backlog(&crashed, "c", n).await;
         stack.reconciler.freeze(false)?;
         built?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = Instant::now();
+        while self.count_sessions(&crashed).await? < n / 10 && t.elapsed() < DRAIN_LIMIT {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         stack.reconciler.kill9().await;
         let t = Instant::now();
         stack.reconciler.restart().await?;
@@ -861,7 +929,7 @@ impl Bench {
         Ok(vec![
             Row {
                 what: format!(
-                    "quiet project: sync POST session → 201 while another project drains {n} pending creates"
+                    "quiet project: sync POST session → 201 while another project drains {n} pending creates (cores in use {cores:.2}: {per_process})"
                 ),
                 value: lat(&busy),
                 baseline: Some(("the same, nothing else pending".into(), lat(&idle))),
@@ -884,6 +952,74 @@ impl Bench {
                 met: Some(crash_rate >= 0.8 * steady_rate),
             },
         ])
+    }
+
+    /// Drain rate of `n` pending creates spread over `projects` (built while every replica in
+    /// `reconcilers` is frozen), and the cores each process used meanwhile.
+    async fn drain_across(
+        &self,
+        projects: &[String],
+        n: usize,
+        reconcilers: &[&ambient_tests::components::ServiceProcess],
+        prefix: &str,
+    ) -> anyhow::Result<(f64, String)> {
+        let per = n / projects.len();
+        for r in reconcilers {
+            r.freeze(true)?;
+        }
+        let built: Vec<anyhow::Result<()>> =
+            futures::future::join_all(projects.iter().map(|p| self.submit_backlog(p, prefix, per))).await;
+        for r in reconcilers {
+            r.freeze(false)?;
+        }
+        built.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+        let mut processes = self.processes.clone();
+        processes.retain(|(name, _)| name != Component::Reconciler.binary());
+        for (i, r) in reconcilers.iter().enumerate() {
+            let name = match reconcilers.len() {
+                1 => Component::Reconciler.binary().to_string(),
+                _ => format!("{}-{}", Component::Reconciler.binary(), i + 1),
+            };
+            processes.extend(r.pid().map(|pid| (name, pid)));
+        }
+        let cpu0 = CpuSnapshot::take(&processes);
+        let t = Instant::now();
+        for p in projects {
+            self.wait_sessions(p, per).await?;
+        }
+        let secs = t.elapsed().as_secs_f64().max(0.001);
+        let (_, per_process) = CpuSnapshot::take(&processes).cores_since(&cpu0);
+        Ok(((per * projects.len()) as f64 / secs, per_process))
+    }
+
+    /// Throughput with one reconciler replica, then two: the same backlog spread over 16
+    /// projects (so over every command partition) drained by each.
+    async fn replicas(&self, m: &Mode, stack: &mut Stack) -> anyhow::Result<Vec<Row>> {
+        let n = m.backlog;
+        let mut projects = Vec::new();
+        for i in 0..32 {
+            projects.push(self.project_for_alice(&format!("bench-replicas-{i}")).await?);
+        }
+        let (one, two) = projects.split_at(16);
+        let (rate1, cpu1) = self.drain_across(one, n, &[&stack.reconciler], "r1").await?;
+        let second = stack.reconciler_replica(&self.env, &[]).await?;
+        // Membership: each replica heartbeats every second and deals itself half the partitions.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let (rate2, cpu2) = self.drain_across(two, n, &[&stack.reconciler, &second], "r2").await?;
+        drop(second);
+        eprintln!("    1 replica: {rate1:.0}/s ({cpu1}); 2 replicas: {rate2:.0}/s ({cpu2})");
+        Ok(vec![Row {
+            what: format!(
+                "drain of {n} pending creates over 16 projects with 2 reconciler replicas (cores: {cpu2}; with 1: {cpu1})"
+            ),
+            value: Figure::Scalar { value: rate2, unit: "commands/s".into() },
+            baseline: Some((
+                "the same with 1 replica".into(),
+                Figure::Scalar { value: rate1, unit: "commands/s".into() },
+            )),
+            target: "≥ 1 replica (more only where the API server has cores to spare)".into(),
+            met: Some(rate2 >= 0.9 * rate1),
+        }])
     }
 
     async fn scale(&self, m: &Mode, stack: &mut Stack) -> anyhow::Result<Vec<Row>> {
