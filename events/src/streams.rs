@@ -45,6 +45,12 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use crate::subjects;
 
 /// Commands stream name.
+/// Consumers the status and messages streams may hold. Every open SSE stream reads through an
+/// ordered consumer of its own (a session's stream one on each), and nats-server 2.15 limits a
+/// stream that sets no limit to 1 000 consumers (0 and -1 mean that default, not "unlimited"):
+/// the thousand-and-first SSE client across all api replicas was refused 503.
+pub const STREAMING_CONSUMERS: i32 = 100_000;
+
 pub const COMMANDS_STREAM: &str = "AMBIENT_COMMANDS";
 /// Results stream name.
 pub const RESULTS_STREAM: &str = "AMBIENT_RESULTS";
@@ -169,6 +175,7 @@ impl BusConfig {
     pub fn status_stream(&self) -> stream::Config {
         stream::Config {
             name: STATUS_STREAM.into(),
+            max_consumers: STREAMING_CONSUMERS,
             description: Some("Status events of projects, sessions, permissions and keys".into()),
             subjects: vec![format!("{}.>", subjects::STATUS)],
             retention: stream::RetentionPolicy::Limits,
@@ -186,6 +193,7 @@ impl BusConfig {
     pub fn messages_stream(&self) -> stream::Config {
         stream::Config {
             name: MESSAGES_STREAM.into(),
+            max_consumers: STREAMING_CONSUMERS,
             description: Some("Session conversations, one subject per session".into()),
             subjects: vec![format!("{}.>", subjects::MESSAGES)],
             retention: stream::RetentionPolicy::Limits,
@@ -362,6 +370,7 @@ fn limit(v: i64) -> i64 {
 // The server fills in defaults, so compare only the fields we set.
 fn stream_differs(have: &stream::Config, want: &stream::Config) -> bool {
     have.subjects != want.subjects
+        || (want.max_consumers > 0 && have.max_consumers != want.max_consumers)
         || have.retention != want.retention
         || have.max_age != want.max_age
         || limit(have.max_bytes) != limit(want.max_bytes)
@@ -388,6 +397,17 @@ fn consumer_differs(have: &consumer::Config, want: &consumer::pull::Config) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_read_by_sse_admit_many_consumers() {
+        let bus = BusConfig::default();
+        for s in [bus.status_stream(), bus.messages_stream()] {
+            assert!(s.max_consumers >= 100_000, "{}", s.name);
+            let mut old = s.clone();
+            old.max_consumers = 0;
+            assert!(stream_differs(&old, &s), "{}: an existing stream gets the limit", s.name);
+        }
+    }
 
     #[test]
     fn partition_transform_is_well_formed() {

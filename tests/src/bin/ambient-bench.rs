@@ -116,6 +116,8 @@ async fn main() -> anyhow::Result<()> {
             "--max-pending-bytes-per-project=4294967296".into(),
             // The SSE part opens a thousand streams as alice.
             "--sse-max-streams-per-caller=100000".into(),
+            "--read-rate-limit-rps=1000000".into(),
+            "--read-rate-limit-burst=1000000".into(),
         ],
         ..StackOptions::default()
     };
@@ -582,7 +584,7 @@ impl Bench {
             .send()
             .await?;
         if !resp.status().is_success() {
-            bail!("SSE answered {}", resp.status());
+            bail!("SSE answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, String)>();
         tokio::spawn(async move {
