@@ -414,110 +414,179 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
         }
         None => None,
     };
-    match cur.phase {
-        Phase::Stopped => {
+    let seen = job.as_deref().map(JobSeen::of);
+    let runner = check_runner(&s, &ctx.cfg.bounds);
+    let then = |wait: Wait| {
+        Action::requeue(match wait {
+            Wait::Resync => resync,
+            Wait::Watch => WATCH_BACKSTOP,
+            Wait::Soon => Duration::from_secs(1),
+        })
+    };
+    match plan(&cur, seen.as_ref(), &job_name, runner.as_ref().map(|_| ()), s.spec.timeout) {
+        Plan::Wait(wait) => Ok(then(wait)),
+        Plan::Record { status, then: wait } => {
+            write_status(&api, &s, &status).await?;
+            Ok(then(wait))
+        }
+        Plan::RemoveJob { status, then: wait } => {
             if let Some(j) = &job {
                 delete_seen_job(client, &ns, j).await?;
             }
-            write_status(&api, &s, &cur).await?;
-            return Ok(Action::requeue(resync));
+            write_status(&api, &s, &status).await?;
+            Ok(then(wait))
         }
-        Phase::Completed | Phase::Failed | Phase::Error => {
-            write_status(&api, &s, &cur).await?;
-            return Ok(Action::requeue(resync));
+        Plan::StartRun { creating } => {
+            // `plan` starts a run only with a runnable spec.
+            let Ok(resources) = runner else { return Ok(then(Wait::Resync)) };
+            // Recording Creating and reading the project's settings do not depend on each
+            // other: one round trip's wait instead of two (a crash in between leaves nothing the
+            // next pass does not redo idempotently).
+            let settings = Api::<ProjectSettings>::namespaced(client.clone(), &ns);
+            // No runner pod before its project's quota, limits and runner ServiceAccount
+            // (normally there long before).
+            let (settings, written, ()) = tokio::try_join!(
+                settings.get_opt(PROJECT_SETTINGS_NAME),
+                write_status(&api, &s, &creating),
+                ctx.cfg.limits.ensure(&ns),
+            )?;
+            let latest = written.as_ref().unwrap_or(&s);
+            let secret = settings.and_then(|ps| ps.spec.runner_secrets_name);
+            if let Err(msg) = validate_secret(&secret) {
+                write_status(&api, latest, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
+                return Ok(then(Wait::Resync));
+            }
+            let secret = secret.unwrap_or_else(|| events::secrets::RUNNER_SECRET_NAME.into());
+            let job = build_job(&ctx.cfg, &s, &ns, cur.run, &secret, &resources);
+            match Api::<Job>::namespaced(client.clone(), &ns).create(&PostParams::default(), &job).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
+                    let msg = format!("the runner Job is invalid: {}", e.message);
+                    write_status(&api, latest, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
+                    return Ok(then(Wait::Resync));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            // The Job watch brings what happens next; the requeue only backs it up.
+            Ok(then(Wait::Watch))
+        }
+    }
+}
+
+/// What a pass saw of the session's runner Job.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct JobSeen {
+    /// The run it belongs to (label `ambient-code.io/run`).
+    run: i64,
+    /// Being deleted.
+    deleting: bool,
+    /// Condition `Complete` holds.
+    complete: bool,
+    /// Condition `Failed` holds: its reason and message.
+    failed: Option<(Option<String>, Option<String>)>,
+    /// A pod of it is ready (the runner has no readiness probe: ready once started).
+    ready: bool,
+}
+
+impl JobSeen {
+    fn of(job: &Job) -> Self {
+        JobSeen {
+            run: job.labels().get(labels::RUN_LABEL).and_then(|r| r.parse::<i64>().ok()).unwrap_or(1),
+            deleting: job.metadata.deletion_timestamp.is_some(),
+            complete: job_condition(job, "Complete").is_some(),
+            failed: job_condition(job, "Failed").map(|c| (c.reason.clone(), c.message.clone())),
+            ready: job.status.as_ref().and_then(|st| st.ready).unwrap_or(0) > 0,
+        }
+    }
+}
+
+/// When a pass looks at the session again (besides the watch events that wake it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// After the periodic resync: nothing is expected to happen.
+    Resync,
+    /// After [`WATCH_BACKSTOP`]: the Job watch brings what happens next.
+    Watch,
+    /// In a second: the previous run's Job is going.
+    Soon,
+}
+
+/// What one pass does, decided by [`plan`] from what it saw and carried out by
+/// `reconcile_session`.
+#[derive(Debug, Clone, PartialEq)]
+enum Plan {
+    /// Nothing to change.
+    Wait(Wait),
+    /// Record `status` (written only when it differs).
+    Record { status: Observed, then: Wait },
+    /// Delete the Job the pass saw (and its pods), then record `status`.
+    RemoveJob { status: Observed, then: Wait },
+    /// Record `creating` and create the run's Job (after the project's runner objects and
+    /// settings are read; the runner secret's name can still make it an Error).
+    StartRun { creating: Observed },
+}
+
+/// The session controller's decision, from the session's status as it stands (`cur`), the Job
+/// it saw, whether its spec can run (`runner`) and its timeout in seconds. Pure: table-tested.
+fn plan(cur: &Observed, job: Option<&JobSeen>, job_name: &str, runner: Result<(), &String>, timeout: i64) -> Plan {
+    match cur.phase {
+        Phase::Stopped if job.is_some() => return Plan::RemoveJob { status: cur.clone(), then: Wait::Resync },
+        Phase::Stopped | Phase::Completed | Phase::Failed | Phase::Error => {
+            return Plan::Record { status: cur.clone(), then: Wait::Resync };
         }
         Phase::Pending | Phase::Creating | Phase::Running => {}
     }
-    // A Job of an earlier run goes first (start on a finished session).
-    if let Some(j) = &job {
-        let run = j.labels().get(labels::RUN_LABEL).and_then(|r| r.parse::<i64>().ok()).unwrap_or(1);
-        if run != cur.run || j.metadata.deletion_timestamp.is_some() {
-            delete_seen_job(client, &ns, j).await?;
-            let next = Observed {
-                start_time: None,
-                completion_time: None,
-                ..cur.with(Phase::Pending, None, "previous run being removed")
-            };
-            write_status(&api, &s, &next).await?;
-            return Ok(Action::requeue(Duration::from_secs(1)));
-        }
-    }
     let Some(job) = job else {
         if cur.phase == Phase::Running {
-            write_status(&api, &s, &cur.with(Phase::Failed, Some("JobMissing"), "the runner Job disappeared")).await?;
-            return Ok(Action::requeue(resync));
+            let status = cur.with(Phase::Failed, Some("JobMissing"), "the runner Job disappeared");
+            return Plan::Record { status, then: Wait::Resync };
         }
-        let resources = match check_runner(&s, &ctx.cfg.bounds) {
-            Ok(r) => r,
-            Err(msg) => {
-                write_status(&api, &s, &cur.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
-                return Ok(Action::requeue(resync));
-            }
-        };
-        let creating =
-            Observed { job_name: Some(job_name.clone()), ..cur.with(Phase::Creating, None, "creating the runner Job") };
-        // Recording Creating and reading the project's settings do not depend on each other:
-        // one round trip's wait instead of two (a crash in between leaves nothing the next pass
-        // does not redo idempotently).
-        let settings = Api::<ProjectSettings>::namespaced(client.clone(), &ns);
-        // No runner pod before its project's quota, limits and runner ServiceAccount (normally
-        // there long before).
-        let (settings, written, ()) = tokio::try_join!(
-            settings.get_opt(PROJECT_SETTINGS_NAME),
-            write_status(&api, &s, &creating),
-            ctx.cfg.limits.ensure(&ns),
-        )?;
-        let latest = written.as_ref().unwrap_or(&s);
-        let secret = settings.and_then(|ps| ps.spec.runner_secrets_name);
-        if let Err(msg) = validate_secret(&secret) {
-            write_status(&api, latest, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
-            return Ok(Action::requeue(resync));
+        if let Err(msg) = runner {
+            return Plan::Record { status: cur.with(Phase::Error, Some("InvalidSpec"), msg), then: Wait::Resync };
         }
-        let secret = secret.unwrap_or_else(|| events::secrets::RUNNER_SECRET_NAME.into());
-        let job = build_job(&ctx.cfg, &s, &ns, cur.run, &secret, &resources);
-        match Api::<Job>::namespaced(client.clone(), &ns).create(&PostParams::default(), &job).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
-                let msg = format!("the runner Job is invalid: {}", e.message);
-                write_status(&api, latest, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;
-                return Ok(Action::requeue(resync));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        // The Job watch brings what happens next; the requeue only backs it up.
-        return Ok(Action::requeue(WATCH_BACKSTOP));
+        let creating = cur.with(Phase::Creating, None, "creating the runner Job");
+        return Plan::StartRun { creating: Observed { job_name: Some(job_name.into()), ..creating } };
     };
-    let base = Observed { job_name: Some(job_name.clone()), ..cur.clone() };
-    if job_condition(&job, "Complete").is_some() {
-        write_status(&api, &s, &base.with(Phase::Completed, Some("Completed"), "the runner finished")).await?;
-        return Ok(Action::requeue(resync));
-    }
-    if let Some(c) = job_condition(&job, "Failed") {
-        let next = if c.reason.as_deref() == Some("DeadlineExceeded") {
-            base.with(Phase::Failed, Some("Timeout"), &format!("the run exceeded its timeout of {}s", s.spec.timeout))
-        } else {
-            base.with(Phase::Failed, Some("RunnerFailed"), c.message.as_deref().unwrap_or("the runner failed"))
+    // A Job of an earlier run goes first (start on a finished session).
+    if job.run != cur.run || job.deleting {
+        let status = Observed {
+            start_time: None,
+            completion_time: None,
+            ..cur.with(Phase::Pending, None, "previous run being removed")
         };
-        write_status(&api, &s, &next).await?;
-        return Ok(Action::requeue(resync));
+        return Plan::RemoveJob { status, then: Wait::Soon };
     }
-    // The Job counts its ready pods (the runner has no readiness probe: ready once started), so
-    // neither pods nor a pod watch are needed to see the run start.
-    let running = job.status.as_ref().and_then(|st| st.ready).unwrap_or(0) > 0;
-    if running {
+    let base = Observed { job_name: Some(job_name.into()), ..cur.clone() };
+    if job.complete {
+        return Plan::Record {
+            status: base.with(Phase::Completed, Some("Completed"), "the runner finished"),
+            then: Wait::Resync,
+        };
+    }
+    if let Some((reason, message)) = &job.failed {
+        let status = if reason.as_deref() == Some("DeadlineExceeded") {
+            base.with(Phase::Failed, Some("Timeout"), &format!("the run exceeded its timeout of {timeout}s"))
+        } else {
+            base.with(Phase::Failed, Some("RunnerFailed"), message.as_deref().unwrap_or("the runner failed"))
+        };
+        return Plan::Record { status, then: Wait::Resync };
+    }
+    if job.ready {
         // While it runs, the runner's own progress message (PUT …/status) stays; ours only
         // marks the transition into Running.
-        let mut next =
+        let mut status =
             if cur.phase == Phase::Running { base } else { base.with(Phase::Running, None, "the runner is running") };
-        next.start_time = next.start_time.or_else(|| Some(Utc::now()));
-        write_status(&api, &s, &next).await?;
-        return Ok(Action::requeue(WATCH_BACKSTOP));
+        status.start_time = status.start_time.or_else(|| Some(Utc::now()));
+        return Plan::Record { status, then: Wait::Watch };
     }
     if cur.phase == Phase::Pending {
-        write_status(&api, &s, &base.with(Phase::Creating, None, "waiting for the runner pod")).await?;
+        return Plan::Record {
+            status: base.with(Phase::Creating, None, "waiting for the runner pod"),
+            then: Wait::Watch,
+        };
     }
-    Ok(Action::requeue(WATCH_BACKSTOP))
+    Plan::Wait(Wait::Watch)
 }
 
 /// Requeue of a session waiting on its runner. The Job watch wakes it on every change; this only
@@ -592,6 +661,81 @@ mod tests {
     fn session(spec: serde_json::Value) -> AgenticSession {
         let spec: AgenticSessionSpec = serde_json::from_value(spec).unwrap();
         AgenticSession::new("s1", spec)
+    }
+
+    fn observed(phase: Phase, run: i64) -> Observed {
+        Observed { phase, reason: None, message: None, start_time: None, completion_time: None, job_name: None, run }
+    }
+
+    /// What a plan does: its kind, the phase and reason it records, when it looks again.
+    type Outcome = (&'static str, Option<Phase>, Option<String>, Option<Wait>);
+
+    /// A case: what, the phase and run recorded, the Job seen, whether the spec can run, and
+    /// the outcome wanted.
+    type Case<'a> = (&'a str, Phase, i64, Option<&'a JobSeen>, Result<(), &'a String>, Outcome);
+
+    fn outcome(p: &Plan) -> Outcome {
+        match p {
+            Plan::Wait(w) => ("wait", None, None, Some(*w)),
+            Plan::Record { status, then } => ("record", Some(status.phase), status.reason.clone(), Some(*then)),
+            Plan::RemoveJob { status, then } => ("remove job", Some(status.phase), status.reason.clone(), Some(*then)),
+            Plan::StartRun { creating } => ("start run", Some(creating.phase), creating.reason.clone(), None),
+        }
+    }
+
+    #[test]
+    fn the_session_plan() {
+        use Phase::*;
+        let job = |run: i64| JobSeen { run, ..Default::default() };
+        let ready = JobSeen { ready: true, ..job(1) };
+        let complete = JobSeen { complete: true, ..job(1) };
+        let deadline = JobSeen { failed: Some((Some("DeadlineExceeded".into()), None)), ..job(1) };
+        let crashed = JobSeen { failed: Some((Some("BackoffLimitExceeded".into()), Some("exit 1".into()))), ..job(1) };
+        let deleting = JobSeen { deleting: true, ..job(1) };
+        let run1 = job(1);
+        let bad = "spec.x: invalid".to_string();
+        let r = |s: &str| Some(s.to_string());
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("a new session starts its run", Pending, 1, None, Ok(()), ("start run", Some(Creating), None, None)),
+            ("an unrunnable spec is an Error", Pending, 1, None, Err(&bad), ("record", Some(Error), r("InvalidSpec"), Some(Wait::Resync))),
+            ("a Creating session whose Job is not seen creates it (409 if it exists)", Creating, 1, None, Ok(()), ("start run", Some(Creating), None, None)),
+            ("a Running session without its Job failed", Running, 1, None, Ok(()), ("record", Some(Failed), r("JobMissing"), Some(Wait::Resync))),
+            ("a Job created, no pod ready yet: Creating", Pending, 1, Some(&run1), Ok(()), ("record", Some(Creating), None, Some(Wait::Watch))),
+            ("still waiting for the pod", Creating, 1, Some(&run1), Ok(()), ("wait", None, None, Some(Wait::Watch))),
+            ("a ready pod: Running", Creating, 1, Some(&ready), Ok(()), ("record", Some(Running), None, Some(Wait::Watch))),
+            ("running on", Running, 1, Some(&ready), Ok(()), ("record", Some(Running), None, Some(Wait::Watch))),
+            ("the Job completed", Running, 1, Some(&complete), Ok(()), ("record", Some(Completed), r("Completed"), Some(Wait::Resync))),
+            ("the deadline passed: Timeout", Running, 1, Some(&deadline), Ok(()), ("record", Some(Failed), r("Timeout"), Some(Wait::Resync))),
+            ("the runner failed", Running, 1, Some(&crashed), Ok(()), ("record", Some(Failed), r("RunnerFailed"), Some(Wait::Resync))),
+            ("a start after a finished run removes the old Job first", Pending, 2, Some(&run1), Ok(()), ("remove job", Some(Pending), None, Some(Wait::Soon))),
+            ("a Job being deleted is waited out", Creating, 1, Some(&deleting), Ok(()), ("remove job", Some(Pending), None, Some(Wait::Soon))),
+            ("a stopped session's Job goes", Stopped, 1, Some(&ready), Ok(()), ("remove job", Some(Stopped), None, Some(Wait::Resync))),
+            ("a stopped session stays stopped", Stopped, 1, None, Ok(()), ("record", Some(Stopped), None, Some(Wait::Resync))),
+            ("a finished session keeps its Job and status", Completed, 1, Some(&complete), Ok(()), ("record", Some(Completed), None, Some(Wait::Resync))),
+            ("an Error stays (a new spec is a new run)", Error, 1, None, Err(&bad), ("record", Some(Error), None, Some(Wait::Resync))),
+        ];
+        for (what, phase, run, seen, runner, want) in cases {
+            let got = plan(&observed(phase, run), seen, "s1-job", runner, 600);
+            assert_eq!(outcome(&got), want, "{what}: {got:?}");
+        }
+        // What a plan records carries the run's Job name, a Timeout says the timeout, and a
+        // new run's times are cleared.
+        let Plan::StartRun { creating } = plan(&observed(Pending, 1), None, "s1-job", Ok(()), 600) else { panic!() };
+        assert_eq!(creating.job_name.as_deref(), Some("s1-job"));
+        let Plan::Record { status, .. } = plan(&observed(Running, 1), Some(&deadline), "s1-job", Ok(()), 600) else {
+            panic!()
+        };
+        assert_eq!(status.message.as_deref(), Some("the run exceeded its timeout of 600s"));
+        assert!(status.completion_time.is_some());
+        let finished =
+            Observed { start_time: Some(Utc::now()), completion_time: Some(Utc::now()), ..observed(Pending, 2) };
+        let Plan::RemoveJob { status, .. } = plan(&finished, Some(&job(1)), "s1-job", Ok(()), 600) else { panic!() };
+        assert_eq!((status.start_time, status.completion_time), (None, None));
+        let Plan::Record { status, .. } = plan(&observed(Creating, 1), Some(&ready), "s1-job", Ok(()), 600) else {
+            panic!()
+        };
+        assert!(status.start_time.is_some(), "Running records when it started");
     }
 
     #[test]

@@ -849,6 +849,23 @@ impl Bench {
         Ok(())
     }
 
+    /// Waits until every session of `project` has finished its run, so that what is measured
+    /// next does not share the API server with this backlog's Jobs and pods.
+    async fn wait_finished(&self, project: &str) -> anyhow::Result<()> {
+        let api = Api::<AgenticSession>::namespaced(self.env.admin(), project);
+        let t = Instant::now();
+        loop {
+            let all = api.list(&Default::default()).await?.items;
+            if all.iter().all(|s| s.status.as_ref().and_then(|st| st.phase).is_some_and(|p| p.is_terminal())) {
+                return Ok(());
+            }
+            if t.elapsed() > DRAIN_LIMIT {
+                bail!("{project}: sessions still running after {DRAIN_LIMIT:?}");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Waits until `project` has `n` sessions; how long that took.
     async fn wait_sessions(&self, project: &str, n: usize) -> anyhow::Result<Duration> {
         let t = Instant::now();
@@ -897,6 +914,7 @@ impl Bench {
         let steady_secs = (t.elapsed() + self.wait_sessions(&steady, n).await?).as_secs_f64();
         // What bounds the quiet project's latency: where the machine's cores went meanwhile.
         let (cores, per_process) = CpuSnapshot::take(&self.processes).cores_since(&cpu0);
+        self.wait_finished(&steady).await?;
 
         // The same backlog, the reconciler killed once a tenth of it is applied (mid-drain at
         // any speed: a fixed delay let a fast build apply nearly all of it first).
@@ -991,6 +1009,9 @@ impl Bench {
         }
         let secs = t.elapsed().as_secs_f64().max(0.001);
         let (_, per_process) = CpuSnapshot::take(&processes).cores_since(&cpu0);
+        for p in projects {
+            self.wait_finished(p).await?;
+        }
         Ok(((per * projects.len()) as f64 / secs, per_process))
     }
 
