@@ -60,6 +60,13 @@ pub fn kube_is_transient(e: &kube::Error) -> bool {
     }
 }
 
+/// Whether a create failed because the object exists. Not every 409 says so: quota admission
+/// answers 409 `Conflict` when it loses a race to update the namespace's quota usage (a busy
+/// namespace), and that create is to be tried again, not taken as "already there".
+pub fn already_exists(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists")
+}
+
 impl From<kube::Error> for ApplyError {
     fn from(e: kube::Error) -> Self {
         if kube_is_transient(&e) {
@@ -108,5 +115,13 @@ mod tests {
             ApplyError::from(api(422, "Invalid")),
             ApplyError::Permanent { reason: FailureReason::Invalid, .. }
         ));
+    }
+
+    #[test]
+    fn only_already_exists_means_the_object_is_there() {
+        assert!(already_exists(&api(409, "AlreadyExists")));
+        // Quota admission losing a race on the quota's usage: try the create again.
+        assert!(!already_exists(&api(409, "Conflict")));
+        assert!(!already_exists(&api(404, "NotFound")));
     }
 }

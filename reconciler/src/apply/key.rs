@@ -63,7 +63,7 @@ pub async fn create(
             };
             match sas.create(&PostParams::default(), &sa).await {
                 Ok(sa) => sa,
-                Err(kube::Error::Api(s)) if s.code == 409 => {
+                Err(e) if crate::error::already_exists(&e) => {
                     return Err(ApplyError::conflict(format!("access key {} already exists", req.name)));
                 }
                 Err(e) => return Err(e.into()),

@@ -172,7 +172,7 @@ pub async fn ensure_project_settings(client: &kube::Client, ns: &str) -> Result<
     ps.metadata.namespace = Some(ns.into());
     match api.create(&PostParams::default(), &ps).await {
         Ok(ps) => Ok(ps),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(api.get(PROJECT_SETTINGS_NAME).await?),
+        Err(e) if crate::error::already_exists(&e) => Ok(api.get(PROJECT_SETTINGS_NAME).await?),
         Err(e) => Err(e.into()),
     }
 }

@@ -220,7 +220,7 @@ pub async fn create(
             };
             match api.create(&PostParams::default(), &ns).await {
                 Ok(ns) => ns,
-                Err(kube::Error::Api(s)) if s.code == 409 => {
+                Err(e) if crate::error::already_exists(&e) => {
                     release(quota, user, name).await;
                     return Err(taken());
                 }

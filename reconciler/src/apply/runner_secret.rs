@@ -99,7 +99,7 @@ pub async fn put(
             {
                 Ok(s) => s,
                 // Created meanwhile (a retry of this command): patch it.
-                Err(kube::Error::Api(e)) if e.code == 409 => secrets.patch(name, &pp, &Patch::Merge(&patch)).await?,
+                Err(e) if crate::error::already_exists(&e) => secrets.patch(name, &pp, &Patch::Merge(&patch)).await?,
                 Err(e) => return Err(e.into()),
             }
         }

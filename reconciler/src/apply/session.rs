@@ -59,7 +59,7 @@ async fn create_session(
     // it records this very command, i.e. this is a redelivery after the write.
     match api.create(&PostParams::default(), &session).await {
         Ok(s) => Ok(Applied::of(&s)),
-        Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(name.as_str()).await? {
+        Err(e) if crate::error::already_exists(&e) => match api.get_opt(name.as_str()).await? {
             Some(existing) if last_command(&existing) == Some(id.as_str()) => Ok(Applied::of(&existing)),
             _ => Err(ApplyError::conflict(format!("session {name} already exists"))),
         },

@@ -460,7 +460,8 @@ async fn reconcile_session(s: Arc<AgenticSession>, ctx: Arc<Ctx>) -> Result<Acti
             let job = build_job(&ctx.cfg, &s, &ns, cur.run, &secret, &resources);
             match Api::<Job>::namespaced(client.clone(), &ns).create(&PostParams::default(), &job).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                // Created by an earlier pass (not a quota race's 409: that one is retried).
+                Err(e) if crate::error::already_exists(&e) => {}
                 Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
                     let msg = format!("the runner Job is invalid: {}", e.message);
                     write_status(&api, latest, &creating.with(Phase::Error, Some("InvalidSpec"), &msg)).await?;

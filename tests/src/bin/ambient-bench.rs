@@ -333,17 +333,33 @@ impl Bench {
         json!({"name": name, "prompt": "benchmark", "timeout": 600, "environmentVariables": {"KWOK_RUN_DURATION": "1h"}})
     }
 
+    /// A session whose runner finishes at once (kwok's default 1.5 s): backlogs whose runs must
+    /// be over before the next measurement (a project's quota admits 100 pods; long runs left
+    /// the rest of a backlog's Jobs retrying pod creation against the API server).
+    fn short_session_body(name: &str) -> serde_json::Value {
+        json!({"name": name, "prompt": "benchmark", "timeout": 600})
+    }
+
     async fn post_session(
         &self,
         project: &str,
         name: &str,
         asynchronous: bool,
     ) -> anyhow::Result<(reqwest::StatusCode, Duration)> {
+        self.post_body(project, &Self::session_body(name), asynchronous).await
+    }
+
+    async fn post_body(
+        &self,
+        project: &str,
+        body: &serde_json::Value,
+        asynchronous: bool,
+    ) -> anyhow::Result<(reqwest::StatusCode, Duration)> {
         let mut req = self
             .http
             .post(format!("{}/api/projects/{project}/agentic-sessions", self.api))
             .bearer_auth(&self.alice)
-            .json(&Self::session_body(name));
+            .json(body);
         if asynchronous {
             req = req.header("Prefer", "respond-async");
         }
@@ -433,6 +449,7 @@ impl Bench {
         let finished = Finished::watch(self.env.admin());
         let mut rows = Vec::new();
         let mut best: Option<u32> = None;
+        let mut best_direct: Option<u32> = None;
         for &rate in &m.rates {
             let cpu0 = CpuSnapshot::take(&self.processes);
             let direct = self.open_loop(rate, m.rate_seconds, &projects, Path::Direct).await?;
@@ -470,6 +487,10 @@ impl Bench {
             if ok {
                 best = Some(rate);
             }
+            let direct_ok = direct.failed == 0 && direct.lost == 0 && p99_under(&direct.latency, 1000.0) == Some(true);
+            if direct_ok {
+                best_direct = Some(rate);
+            }
             rows.push(Row {
                 what: format!(
                     "open loop {rate} creates/s for {} s ({} projects): failed {}, lost {} (direct: failed {}, lost {})",
@@ -489,20 +510,25 @@ impl Bench {
                     target: "p99 ≤ 100 ms".into(),
                 });
             }
-            // Higher rates only pile up more backlog once one rate fails.
-            if !ok {
+            // Higher rates only pile up more backlog once both paths fail.
+            if !ok && !direct_ok {
                 break;
             }
         }
+        let rate_figure = |r: Option<u32>| match r {
+            Some(r) => Figure::Scalar { value: r as f64, unit: "commands/s".into() },
+            None => Figure::Missing { missing: "no tested rate met the bar".into() },
+        };
         rows.push(Row {
-            what: "sustained: highest rate with p99 < 1 s and nothing lost".into(),
-            value: match best {
-                Some(r) => Figure::Scalar { value: r as f64, unit: "commands/s".into() },
-                None => Figure::Missing { missing: "no tested rate met the bar".into() },
+            what: format!("sustained: highest tested rate (of {:?}/s) with p99 < 1 s and nothing lost", m.rates),
+            value: rate_figure(best),
+            baseline: Some(("the same creates written straight to the API server".into(), rate_figure(best_direct))),
+            target: "≥ 0.9× what the API server sustains".into(),
+            met: match (best, best_direct) {
+                (Some(b), Some(d)) => Some(f64::from(b) >= 0.9 * f64::from(d)),
+                (None, Some(_)) => Some(false),
+                _ => None,
             },
-            baseline: None,
-            target: "≥ 200 commands/s".into(),
-            met: best.map(|r| r >= 200),
         });
         Ok(rows)
     }
@@ -835,11 +861,14 @@ impl Bench {
     /// `n` asynchronous session creates in `project`, 32 at a time (while the reconciler is
     /// frozen they all wait in the bus).
     async fn submit_backlog(&self, project: &str, prefix: &str, n: usize) -> anyhow::Result<()> {
-        let answers: Vec<anyhow::Result<(reqwest::StatusCode, Duration)>> = futures::stream::iter(0..n)
-            .map(|i| async move { self.post_session(project, &format!("{prefix}-{i}"), true).await })
-            .buffer_unordered(32)
-            .collect()
-            .await;
+        let answers: Vec<anyhow::Result<(reqwest::StatusCode, Duration)>> =
+            futures::stream::iter(0..n)
+                .map(|i| async move {
+                    self.post_body(project, &Self::short_session_body(&format!("{prefix}-{i}")), true).await
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
         for a in answers {
             let (code, _) = a?;
             if code != reqwest::StatusCode::ACCEPTED {
@@ -886,7 +915,7 @@ impl Bench {
         let quiet = self.project_for_alice("bench-quiet").await?;
         let mut idle = Samples::default();
         for i in 0..m.samples {
-            let (code, d) = self.post_session(&quiet, &format!("i-{i}"), false).await?;
+            let (code, d) = self.post_body(&quiet, &Self::short_session_body(&format!("i-{i}")), false).await?;
             if code != reqwest::StatusCode::CREATED {
                 bail!("quiet create answered {code}");
             }
@@ -904,7 +933,7 @@ impl Bench {
         let mut busy = Samples::default();
         let mut i = 0;
         while self.count_sessions(&steady).await? < n && t.elapsed() < DRAIN_LIMIT {
-            let (code, d) = self.post_session(&quiet, &format!("b-{i}"), false).await?;
+            let (code, d) = self.post_body(&quiet, &Self::short_session_body(&format!("b-{i}")), false).await?;
             if code != reqwest::StatusCode::CREATED && code != reqwest::StatusCode::ACCEPTED {
                 bail!("quiet create during the drain answered {code}");
             }
@@ -939,6 +968,9 @@ impl Bench {
         let takeover = t.elapsed();
         let resumed_at = self.count_sessions(&crashed).await?;
         let drain = self.wait_sessions(&crashed, n).await?;
+        // The next part starts on a quiet cluster.
+        self.wait_finished(&crashed).await?;
+        self.wait_finished(&quiet).await?;
         let crash_secs = drain.as_secs_f64().max(0.001);
         let steady_rate = n as f64 / steady_secs;
         let crash_rate = (n - resumed_at) as f64 / crash_secs;
