@@ -107,8 +107,8 @@ enum Turn {
     Go,
     /// An earlier command of the same object is waiting here: it goes first.
     GiveBack,
-    /// Shutting down: leave it unacknowledged for redelivery (applying it now could put it
-    /// before an earlier command that has not come back yet).
+    /// Shutting down: give it back unapplied (`Nak`) for the next owner (applying it now could
+    /// put it before an earlier command that has not come back yet).
     Leave,
 }
 
@@ -178,12 +178,16 @@ impl Consumer {
         futures::future::join_all(loops).await;
         let _ = dispatch.await;
         // Applies under way finish (their messages still extended) before the partitions are
-        // handed over; the rest stays unacknowledged for redelivery.
+        // handed over; what has not started is given back below.
         let deadline = Instant::now() + SHUTDOWN_WAIT;
         while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         ticker.abort();
+        // What waits here goes back at once, for the next owner (not after its ack wait).
+        for p in 0..bus.partitions {
+            self.return_waiting(p).await;
+        }
         self.unpin_served().await;
     }
 
@@ -245,6 +249,12 @@ impl Consumer {
                     continue;
                 }
             };
+            // The first pull request pins this replica, message or not: it must unpin on the way
+            // out, or the next owner waits for the pin to time out (a quiet partition's first
+            // command waited 10 s after a rolling restart).
+            if let Some(s) = self.served.get(p as usize) {
+                s.store(true, Ordering::SeqCst);
+            }
             let mut first = true;
             loop {
                 // Read ahead only while the held commands fit the budget.
@@ -278,9 +288,6 @@ impl Consumer {
                 };
                 match next {
                     Some(Ok(msg)) => {
-                        if let Some(s) = self.served.get(p as usize) {
-                            s.store(true, Ordering::SeqCst);
-                        }
                         if std::mem::take(&mut first) {
                             self.note_orphans(p, &mut handle).await;
                         }
@@ -433,8 +440,10 @@ impl Consumer {
                 let bytes = work.msg.payload.len() as u64 + HELD_OVERHEAD;
                 let partition = work.partition;
                 let slot = Slot { consumer: self.clone(), id, seq, bytes };
-                if matches!(turn, Turn::Go)
-                    && self.process(work, seq).await
+                if matches!(turn, Turn::Leave) {
+                    // Redelivered to the next owner at once; it keeps per-object order.
+                    let _ = work.msg.ack_with(AckKind::Nak(None)).await;
+                } else if self.process(work, seq).await
                     && let Some(orphans) = self.orphans.get(partition as usize)
                 {
                     orphans.lock().await.resolve(&slot.id, seq);

@@ -102,8 +102,11 @@ async fn two_replicas_share_the_partitions_and_one_takes_over() {
     }
     assert!(!mine.is_empty() && !theirs.is_empty(), "one replica ran every session: {mine:?} {theirs:?}");
 
-    // A rolling update's stop: the survivor takes every partition and keeps applying.
+    // A rolling update's stop: the survivor takes every partition and keeps applying. Commands
+    // sent while the other replica stops are answered synchronously (201): none waits for a
+    // pin or an ack wait to time out (10 s, the api's result wait).
     drop(second);
+    create_sessions(&client, &token, &projects, "s-rolling").await;
     wait_for("the remaining replica owns all 8 partitions", Duration::from_secs(30), || async {
         Ok(owned(first).await? == 8.0)
     })
