@@ -327,6 +327,17 @@ async fn projects_sessions_permissions_keys_and_secrets(env: &TestEnv, s: &Stack
 
     // Access keys: the token once, it authenticates, it is scoped to its project.
     let kp = format!("/api/projects/{p}/keys");
+    // A lifetime the reconciler would refuse is refused here, before anything is accepted
+    // (three years: the api used to accept up to ten and answer 422 only after the command).
+    for seconds in [599, 3 * 365 * 24 * 3600] {
+        let r = c.post(&kp, &alice, json!({"name": "too-long", "expirationSeconds": seconds})).await;
+        assert_eq!(
+            (r.status, &r.body["field"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("expirationSeconds")),
+            "{r:?}"
+        );
+        assert!(r.body.get("id").is_none(), "nothing accepted: {r:?}");
+    }
     let r = c.post(&kp, &alice, json!({"name": "ci", "description": "CI bot", "role": "edit"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let key = r.body["key"].as_str().expect("token in the 201 body").to_string();

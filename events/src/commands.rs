@@ -231,6 +231,27 @@ pub struct KeyCreate {
     pub reply_key: SealingPublicKey,
 }
 
+impl KeyCreate {
+    /// The token lifetimes a key may ask for, in seconds: 10 minutes to 2 years. One rule,
+    /// checked by the api (a 422 before anything is accepted) and again at apply time.
+    pub const EXPIRATION_SECONDS: std::ops::RangeInclusive<i64> = 600..=2 * 365 * 24 * 3600;
+
+    /// Why `expiration_seconds`, when given, is not a lifetime a key may have.
+    pub fn check_expiration(seconds: Option<i64>) -> Result<(), crate::names::ValidationError> {
+        match seconds {
+            Some(s) if !Self::EXPIRATION_SECONDS.contains(&s) => Err(crate::names::ValidationError::new(
+                "expirationSeconds",
+                format!(
+                    "must be between {} and {} (10 minutes to 2 years)",
+                    Self::EXPIRATION_SECONDS.start(),
+                    Self::EXPIRATION_SECONDS.end()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Revoke an access key: delete its ServiceAccount (which invalidates its tokens) and binding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -439,4 +460,19 @@ pub struct CommandData {
     pub principal: Principal,
     /// The kind-specific payload.
     pub request: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_lifetimes_are_ten_minutes_to_two_years() {
+        for ok in [None, Some(600), Some(90 * 24 * 3600), Some(2 * 365 * 24 * 3600)] {
+            assert!(KeyCreate::check_expiration(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [Some(599), Some(0), Some(-1), Some(2 * 365 * 24 * 3600 + 1), Some(i64::MAX)] {
+            assert_eq!(KeyCreate::check_expiration(bad).unwrap_err().field, "expirationSeconds", "{bad:?}");
+        }
+    }
 }

@@ -258,9 +258,8 @@ pub async fn create_key(
     if req.description.as_ref().is_some_and(|d| d.chars().count() > 500) {
         return Err(ApiError::invalid("description", "description must be at most 500 characters"));
     }
-    if req.expiration_seconds.is_some_and(|s| !(600..=10 * 365 * 24 * 3600).contains(&s)) {
-        return Err(ApiError::invalid("expirationSeconds", "expirationSeconds must be between 600 and 315360000"));
-    }
+    KeyCreate::check_expiration(req.expiration_seconds)
+        .map_err(|e| ApiError::invalid("expirationSeconds", format!("expirationSeconds {}", e.rule)))?;
     // The whole request names the creation: a retry asking for something else is not a retry.
     let request =
         serde_json::to_string(&json!([name.as_str(), role.as_str(), req.description, req.expiration_seconds]))

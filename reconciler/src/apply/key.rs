@@ -15,11 +15,6 @@ use super::{Applied, Delivery, gone, last_command, managed_namespace, string_map
 use crate::error::ApplyError;
 use crate::labels;
 
-/// Shortest token lifetime the API server issues.
-const MIN_TOKEN_SECONDS: i64 = 600;
-/// Longest lifetime accepted (two years).
-const MAX_TOKEN_SECONDS: i64 = 2 * 365 * 24 * 3600;
-
 pub async fn create(
     client: &kube::Client,
     cmd: &Command,
@@ -29,11 +24,7 @@ pub async fn create(
     let ns = cmd.project.as_str();
     managed_namespace(client, &cmd.project).await?;
     let seconds = req.expiration_seconds.unwrap_or(default_seconds);
-    if !(MIN_TOKEN_SECONDS..=MAX_TOKEN_SECONDS).contains(&seconds) {
-        return Err(ApplyError::invalid(format!(
-            "expirationSeconds must be between {MIN_TOKEN_SECONDS} and {MAX_TOKEN_SECONDS}"
-        )));
-    }
+    KeyCreate::check_expiration(Some(seconds)).map_err(|e| ApplyError::invalid(e.to_string()))?;
     let id = cmd.id.to_string();
     let sa_name = labels::key_service_account(&req.name);
     let sas = Api::<ServiceAccount>::namespaced(client.clone(), ns);

@@ -409,6 +409,7 @@ pub fn start(
         .watches_stream(quota_events, move |q: ResourceQuota| of_namespace(q.namespace()))
         .watches_stream(range_events, move |r: LimitRange| of_namespace(r.namespace()))
         .watches_stream(account_events, move |a: ServiceAccount| of_namespace(a.namespace()))
+        .with_config(super::project_workers())
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, Arc::new(handle.clone()))
         .for_each(|r| async move {

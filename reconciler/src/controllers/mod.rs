@@ -65,6 +65,16 @@ impl Retries {
     }
 }
 
+/// Passes at once of each per-project controller (namespaces, ProjectSettings, project limits).
+/// Unbounded, a restart with 10 000 projects started 10 000 passes together: 30 000 requests
+/// in flight and about 1 GB of reconciler memory (the benchmark's scale run).
+pub const PROJECT_WORKERS: u16 = 16;
+
+/// The controller configuration of the per-project controllers.
+pub fn project_workers() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(PROJECT_WORKERS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,6 +94,7 @@ pub fn start(
         .watches(Api::<ProjectSettings>::all(client.clone()), watcher::Config::default(), |ps| {
             ps.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns))
         })
+        .with_config(super::project_workers())
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile_namespace, error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -104,6 +105,7 @@ pub fn start(
     let permission = watcher::Config::default().labels(&format!("{}={}", labels::APP, labels::APP_PERMISSION));
     let settings = Controller::new(Api::<ProjectSettings>::all(client.clone()), watcher::Config::default())
         .owns(Api::<RoleBinding>::all(client), permission)
+        .with_config(super::project_workers())
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile_settings, error_policy, ctx)
         .for_each(|r| async move {
