@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
+use events::Principal;
 use events::crd::{AgenticSession, ProjectSettings};
-use events::status::Incarnation;
-use events::{Principal, Role};
+use events::labels;
+use events::status::{Incarnation, KeyView, PermissionView, ProjectView};
+use events::views::{self, KeyBinding};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -25,12 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::visibility::Visibility;
 
-/// Label of a managed namespace.
-pub const MANAGED_LABEL: &str = "ambient-code.io/managed";
-/// `app` label of permission RoleBindings.
-pub const PERMISSION_APP: &str = "ambient-permission";
-/// `app` label of access-key ServiceAccounts and RoleBindings.
-pub const ACCESS_KEY_APP: &str = "ambient-access-key";
 /// KV bucket of access-key last-use times (`<project>.<keyId>` → RFC 3339).
 pub const KEY_USAGE_BUCKET: &str = "ambient-api-key-usage";
 
@@ -118,9 +114,9 @@ impl Reads {
         project_list_prefilter: bool,
     ) -> Self {
         let changed = Arc::new(watch::Sender::new(0));
-        let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true"));
-        let rbs = watcher::Config::default().labels(&format!("app in ({PERMISSION_APP},{ACCESS_KEY_APP})"));
-        let sas = watcher::Config::default().labels(&format!("app={ACCESS_KEY_APP}"));
+        let managed = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
+        let rbs = watcher::Config::default().labels(labels::PERMISSION_OR_KEY_SELECTOR);
+        let sas = watcher::Config::default().labels(labels::ACCESS_KEY_SELECTOR);
         Self {
             namespaces: spawn_reflector(Api::all(client.clone()), managed, shutdown.clone(), changed.clone(), None),
             sessions: spawn_reflector(
@@ -269,28 +265,19 @@ impl Reads {
         self.settings.get(&reflector::ObjectRef::new(events::crd::PROJECT_SETTINGS_NAME).within(ns))
     }
 
-    /// The permission grants of `ns`, from RoleBindings labelled `app=ambient-permission`
-    /// (subjects and the ClusterRole are authoritative, not annotations), de-duplicated.
+    /// The permission grants of `ns` (one row per subject, its strongest role; see
+    /// `events::views` for what counts as a grant).
     pub fn permissions_of(&self, ns: &str) -> Vec<Value> {
-        let mut seen = BTreeSet::new();
-        for rb in self.rolebindings.state() {
-            if rb.namespace().as_deref() != Some(ns)
-                || rb.labels().get("app").map(String::as_str) != Some(PERMISSION_APP)
-            {
-                continue;
-            }
-            let Some(role) = Role::from_cluster_role(&rb.role_ref.name) else { continue };
-            for s in rb.subjects.iter().flatten() {
-                let ty = match s.kind.as_str() {
-                    "User" => "user",
-                    "Group" => "group",
-                    _ => continue,
-                };
-                seen.insert((ty.to_string(), s.name.clone(), role));
-            }
-        }
-        seen.into_iter()
-            .map(|(ty, name, role)| json!({"subjectType": ty, "subjectName": name, "role": role.as_str()}))
+        let grants = self
+            .rolebindings
+            .state()
+            .into_iter()
+            .filter(|rb| rb.namespace().as_deref() == Some(ns))
+            .filter(|rb| rb.labels().get(labels::APP).map(String::as_str) == Some(labels::APP_PERMISSION))
+            .flat_map(|rb| PermissionView::grants_of(&rb));
+        views::strongest_per_subject(grants)
+            .into_iter()
+            .map(|g| json!({"subjectType": g.subject_type, "subjectName": g.subject_name, "role": g.role}))
             .collect()
     }
 
@@ -299,25 +286,27 @@ impl Reads {
         let mut sas: Vec<_> =
             self.serviceaccounts.state().into_iter().filter(|s| s.namespace().as_deref() == Some(ns)).collect();
         sas.sort_by_key(|s| s.name_any());
-        let rbs = self.rolebindings.state();
+        let bindings: Vec<KeyBinding> = self
+            .rolebindings
+            .state()
+            .iter()
+            .filter(|rb| rb.namespace().as_deref() == Some(ns))
+            .filter(|rb| rb.labels().get(labels::APP).map(String::as_str) == Some(labels::APP_ACCESS_KEY))
+            .filter_map(|rb| KeyBinding::of(rb))
+            .collect();
         let mut out = Vec::with_capacity(sas.len());
         for sa in sas {
             let id = sa.name_any();
-            let ann = sa.annotations();
-            let role = rbs
-                .iter()
-                .filter(|rb| rb.namespace().as_deref() == Some(ns))
-                .filter(|rb| rb.subjects.iter().flatten().any(|s| s.kind == "ServiceAccount" && s.name == id))
-                .find_map(|rb| Role::from_cluster_role(&rb.role_ref.name))
-                .or_else(|| ann.get("ambient-code.io/role").and_then(|r| Role::parse(r)));
-            let last_used = self.last_used(ns, &id).await;
+            let role = bindings.iter().filter(|b| b.key_id == id).find_map(|b| b.role);
+            let key = KeyView::from_account(&sa, role, self.last_used(ns, &id).await);
+            let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
             out.push(json!({
-                "id": id,
-                "name": ann.get("ambient-code.io/key-name").cloned().unwrap_or_else(|| id.clone()),
-                "createdAt": sa.creation_timestamp().map(|t| t.0.to_string()).unwrap_or_default(),
-                "lastUsedAt": last_used.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                "description": ann.get("ambient-code.io/description").cloned().unwrap_or_default(),
-                "role": role.map(|r| r.as_str()).unwrap_or(""),
+                "id": key.id,
+                "name": key.name,
+                "createdAt": time(key.created_at).unwrap_or_default(),
+                "lastUsedAt": time(key.last_used_at).unwrap_or_default(),
+                "description": key.description.unwrap_or_default(),
+                "role": key.role.map(|r| r.as_str()).unwrap_or(""),
             }));
         }
         out
@@ -375,15 +364,15 @@ pub fn rv_at_least(have: Option<&str>, want: &str) -> bool {
 /// A namespace as the UI's AmbientProject:
 /// `{name, displayName, description, labels, annotations, creationTimestamp, status}`.
 pub fn project_json(ns: &Namespace) -> Value {
-    let ann = ns.annotations();
+    let view = ProjectView::from_namespace(ns);
     json!({
-        "name": ns.name_any(),
-        "displayName": ann.get("openshift.io/display-name").cloned().unwrap_or_else(|| ns.name_any()),
-        "description": ann.get("openshift.io/description").cloned().unwrap_or_default(),
+        "displayName": view.display_name.unwrap_or_else(|| view.name.clone()),
+        "name": view.name,
+        "description": view.description.unwrap_or_default(),
         "labels": ns.labels(),
-        "annotations": ann,
-        "creationTimestamp": ns.creation_timestamp().map(|t| t.0.to_string()).unwrap_or_default(),
-        "status": ns.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Active".into()),
+        "annotations": ns.annotations(),
+        "creationTimestamp": view.creation_timestamp.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)).unwrap_or_default(),
+        "status": view.status,
     })
 }
 

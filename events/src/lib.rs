@@ -5,6 +5,8 @@
 //!
 //! - [`names`] and [`domain`]: validated names and closed sets (roles, phases, principal);
 //! - [`crd`]: the `AgenticSession` and `ProjectSettings` custom resources;
+//! - [`labels`]: the labels and annotations on cluster objects; [`views`]: cluster objects as
+//!   the public views that reads and status events show;
 //! - [`commands`], [`results`], [`status`], [`messages`]: the catalogue of CloudEvents;
 //! - [`limits`]: the bounds of every command field and of whole commands;
 //! - [`subjects`]: the subject scheme; [`streams`]: JetStream streams, consumers and buckets;
@@ -21,6 +23,7 @@ pub mod catalogue;
 pub mod commands;
 pub mod crd;
 pub mod domain;
+pub mod labels;
 pub mod limits;
 pub mod messages;
 pub mod names;
@@ -33,6 +36,7 @@ pub mod signing;
 pub mod status;
 pub mod streams;
 pub mod subjects;
+pub mod views;
 pub mod wire;
 
 pub use commands::{Command, CommandBody, CommandType};

@@ -12,8 +12,12 @@
 //! ([`charge_bytes`]), so that a project's share of the commands stream is bounded without
 //! reading the messages back.
 
-use crate::commands::{Command, CommandBody, CommandData, CommandType, RunnerStatus};
-use crate::crd::AgenticSessionSpec;
+use std::ops::RangeInclusive;
+
+use crate::commands::{Command, CommandBody, CommandData, CommandType, RunnerStatus, SessionPatch};
+use crate::crd::resources::check_environment;
+use crate::crd::{AgenticSessionSpec, LlmSettings};
+use crate::names::ValidationError;
 
 /// `prompt` (SPEC: ≤ 100 000 characters).
 pub const PROMPT_MAX_CHARS: usize = 100_000;
@@ -54,6 +58,15 @@ pub const RUNNER_SECRET_KEYS_MAX: usize = 100;
 pub const RUNNER_SECRET_MAX_BYTES: usize = 128 * 1024;
 /// A Kubernetes object name given in a command (`keyId`, `secretName`).
 pub const OBJECT_NAME_MAX_BYTES: usize = 253;
+/// `resourceOverrides.cpu` and `resourceOverrides.memory` (Kubernetes quantities).
+pub const QUANTITY_MAX_BYTES: usize = 32;
+
+/// A session's `timeout`, in seconds.
+pub const TIMEOUT_SECONDS: RangeInclusive<i64> = 30..=86_400;
+/// `llmSettings.temperature`.
+pub const TEMPERATURE: RangeInclusive<f64> = 0.0..=2.0;
+/// `llmSettings.maxTokens`.
+pub const MAX_TOKENS: RangeInclusive<i64> = 1..=1_000_000;
 
 /// Largest command: its JSON data (principal and request), encoded. A command whose fields are
 /// within their bounds and whose text needs no JSON escapes (no control characters) fits, with
@@ -80,6 +93,12 @@ pub struct LimitError {
     pub whole: bool,
 }
 
+impl From<ValidationError> for LimitError {
+    fn from(e: ValidationError) -> Self {
+        LimitError::field(e.field, e.rule)
+    }
+}
+
 impl LimitError {
     fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         LimitError { field: field.into(), message: message.into(), whole: false }
@@ -103,9 +122,94 @@ fn max_bytes(field: &str, v: Option<&str>, max: usize) -> Result<(), LimitError>
     }
 }
 
+impl AgenticSessionSpec {
+    /// Every rule of a session spec but the operator's runner bounds (`check_runner`): the
+    /// text bounds, the value ranges and formats. The api checks it at its edge (a 422 naming
+    /// the field) and the reconciler again at apply time, so a command from an older api or
+    /// written by hand cannot slip past it.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        check_spec_text(self)?;
+        check_prompt(&self.prompt)?;
+        check_timeout(self.timeout)?;
+        if let Some(l) = &self.llm_settings {
+            l.validate()?;
+        }
+        for (i, r) in self.repos.iter().enumerate() {
+            for (which, rr) in [("input", Some(&r.input)), ("output", r.output.as_ref())] {
+                if rr.is_some_and(|rr| rr.url.is_empty()) {
+                    let field = format!("repos[{i}].{which}.url");
+                    return Err(LimitError::field(field, format!("url must be 1 to {REPO_URL_MAX_BYTES} bytes")));
+                }
+            }
+        }
+        if let Some(i) = self.main_repo_index
+            && (i < 0 || i as usize >= self.repos.len().max(1))
+        {
+            return Err(LimitError::field("mainRepoIndex", "mainRepoIndex must index repos"));
+        }
+        check_environment(&self.environment_variables)?;
+        if let Some(r) = &self.resource_overrides {
+            for (f, v, max) in [
+                ("cpu", &r.cpu, QUANTITY_MAX_BYTES),
+                ("memory", &r.memory, QUANTITY_MAX_BYTES),
+                ("priorityClass", &r.priority_class, OBJECT_NAME_MAX_BYTES),
+            ] {
+                max_bytes(&format!("resourceOverrides.{f}"), v.as_deref(), max)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SessionPatch {
+    /// The rules of [`AgenticSessionSpec::validate`] for the fields a patch sets.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        if let Some(p) = &self.prompt {
+            max_chars("prompt", Some(p), PROMPT_MAX_CHARS)?;
+            check_prompt(p)?;
+        }
+        max_chars("displayName", self.display_name.as_deref(), DISPLAY_NAME_MAX_CHARS)?;
+        if let Some(t) = self.timeout {
+            check_timeout(t)?;
+        }
+        if let Some(l) = &self.llm_settings {
+            l.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl LlmSettings {
+    /// The model's name bound and the parameters' ranges.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        max_bytes("llmSettings.model", self.model.as_deref(), LLM_MODEL_MAX_BYTES)?;
+        if self.temperature.is_some_and(|t| !TEMPERATURE.contains(&t)) {
+            return Err(LimitError::field("llmSettings.temperature", "temperature must be between 0 and 2"));
+        }
+        if self.max_tokens.is_some_and(|t| !MAX_TOKENS.contains(&t)) {
+            return Err(LimitError::field("llmSettings.maxTokens", "maxTokens must be between 1 and 1000000"));
+        }
+        Ok(())
+    }
+}
+
+fn check_prompt(p: &str) -> Result<(), LimitError> {
+    if p.trim().is_empty() {
+        return Err(LimitError::field("prompt", format!("prompt must be 1 to {PROMPT_MAX_CHARS} characters")));
+    }
+    Ok(())
+}
+
+fn check_timeout(t: i64) -> Result<(), LimitError> {
+    if !TIMEOUT_SECONDS.contains(&t) {
+        return Err(LimitError::field("timeout", "timeout must be between 30 and 86400 seconds"));
+    }
+    Ok(())
+}
+
 /// The free-text bounds of a session spec (prompt, display name, model, repositories,
-/// environment). Value rules (ranges, formats, `resourceOverrides`) are checked elsewhere.
-pub fn check_spec_text(s: &AgenticSessionSpec) -> Result<(), LimitError> {
+/// environment), the part of [`AgenticSessionSpec::validate`] that bounds sizes.
+fn check_spec_text(s: &AgenticSessionSpec) -> Result<(), LimitError> {
     max_chars("prompt", Some(&s.prompt), PROMPT_MAX_CHARS)?;
     max_chars("displayName", s.display_name.as_deref(), DISPLAY_NAME_MAX_CHARS)?;
     max_bytes("llmSettings.model", s.llm_settings.as_ref().and_then(|l| l.model.as_deref()), LLM_MODEL_MAX_BYTES)?;
@@ -161,7 +265,8 @@ fn check_status(s: &RunnerStatus) -> Result<(), LimitError> {
     Ok(())
 }
 
-/// Checks every bounded field of a command's payload.
+/// Checks every bounded field of a command's payload, and every rule of a session spec or
+/// patch it carries.
 pub fn check_body(body: &CommandBody) -> Result<(), LimitError> {
     match body {
         CommandBody::ProjectCreate(r) => {
@@ -172,16 +277,8 @@ pub fn check_body(body: &CommandBody) -> Result<(), LimitError> {
             max_chars("displayName", r.display_name.as_deref(), DISPLAY_NAME_MAX_CHARS)?;
             max_chars("description", r.description.as_deref(), PROJECT_DESCRIPTION_MAX_CHARS)
         }
-        CommandBody::SessionCreate(r) => check_spec_text(&r.spec),
-        CommandBody::SessionUpdate(r) => {
-            max_chars("prompt", r.patch.prompt.as_deref(), PROMPT_MAX_CHARS)?;
-            max_chars("displayName", r.patch.display_name.as_deref(), DISPLAY_NAME_MAX_CHARS)?;
-            max_bytes(
-                "llmSettings.model",
-                r.patch.llm_settings.as_ref().and_then(|l| l.model.as_deref()),
-                LLM_MODEL_MAX_BYTES,
-            )
-        }
+        CommandBody::SessionCreate(r) => r.spec.validate(),
+        CommandBody::SessionUpdate(r) => r.patch.validate(),
         CommandBody::SessionStatus(r) => check_status(&r.status),
         CommandBody::SessionDisplayName(r) => max_chars("displayName", Some(&r.display_name), DISPLAY_NAME_MAX_CHARS),
         CommandBody::KeyCreate(r) => max_chars("description", r.description.as_deref(), KEY_DESCRIPTION_MAX_CHARS),
@@ -442,6 +539,63 @@ mod tests {
 
     /// The largest valid session (every field at its bound, text without control characters,
     /// a 4-byte character prompt) fits in one command with a principal of 200 groups.
+    #[test]
+    fn spec_values_are_checked_with_their_bounds() {
+        let cases: &[(&str, serde_json::Value, Option<&str>)] = &[
+            ("minimal", json!({"prompt": "p"}), None),
+            ("blank prompt", json!({"prompt": "  \n"}), Some("prompt")),
+            ("timeout too short", json!({"prompt": "p", "timeout": 29}), Some("timeout")),
+            ("timeout at most", json!({"prompt": "p", "timeout": 86_400}), None),
+            ("timeout too long", json!({"prompt": "p", "timeout": 86_401}), Some("timeout")),
+            (
+                "temperature",
+                json!({"prompt": "p", "llmSettings": {"temperature": 2.5}}),
+                Some("llmSettings.temperature"),
+            ),
+            ("max tokens", json!({"prompt": "p", "llmSettings": {"maxTokens": 0}}), Some("llmSettings.maxTokens")),
+            ("empty url", json!({"prompt": "p", "repos": [{"input": {"url": ""}}]}), Some("repos[0].input.url")),
+            (
+                "main repo",
+                json!({"prompt": "p", "repos": [{"input": {"url": "u"}}], "mainRepoIndex": 1}),
+                Some("mainRepoIndex"),
+            ),
+            ("env name", json!({"prompt": "p", "environmentVariables": {"1X": "v"}}), Some("environmentVariables.1X")),
+            (
+                "platform env",
+                json!({"prompt": "p", "environmentVariables": {"PROMPT": "v"}}),
+                Some("environmentVariables.PROMPT"),
+            ),
+            (
+                "cpu text",
+                json!({"prompt": "p", "resourceOverrides": {"cpu": "1".repeat(33)}}),
+                Some("resourceOverrides.cpu"),
+            ),
+        ];
+        for (what, v, want) in cases {
+            let spec: AgenticSessionSpec = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(field_of(spec.validate()).as_deref(), *want, "{what}");
+            // The same rule at the edge and at apply time: the command check is the spec's.
+            let create = CommandBody::SessionCreate(SessionCreate { name: SessionName::new("s").unwrap(), spec });
+            assert_eq!(field_of(check_body(&create)).as_deref(), *want, "{what} (command)");
+        }
+    }
+
+    #[test]
+    fn a_patch_is_checked_like_the_fields_it_sets() {
+        let cases: &[(serde_json::Value, Option<&str>)] = &[
+            (json!({}), None),
+            (json!({"prompt": ""}), Some("prompt")),
+            (json!({"timeout": 10}), Some("timeout")),
+            (json!({"displayName": "d".repeat(101)}), Some("displayName")),
+            (json!({"llmSettings": {"temperature": -1.0}}), Some("llmSettings.temperature")),
+            (json!({"interactive": true, "timeout": 60}), None),
+        ];
+        for (v, want) in cases {
+            let patch: SessionPatch = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(field_of(patch.validate()).as_deref(), *want, "{v}");
+        }
+    }
+
     #[test]
     fn the_largest_valid_command_fits() {
         let url = "u".repeat(REPO_URL_MAX_BYTES);

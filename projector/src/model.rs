@@ -13,6 +13,7 @@ use events::status::{
     KeyView, PermissionView, PhaseTransition, ProjectView, RunnerView, SessionView, SettingsView, Tombstone,
 };
 use events::streams::{ACCESS_BUCKET, PROJECTS_BUCKET, SESSIONS_BUCKET};
+use events::views::{self, KeyBinding};
 use events::{Phase, ProjectName, Role, StatusBody, StatusEvent, SubjectName, SubjectType};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -20,25 +21,6 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{self, JobRec, PodRec};
-
-/// Label of a managed namespace (a project).
-pub const MANAGED_LABEL: &str = "ambient-code.io/managed";
-/// Label of permission RoleBindings.
-pub const PERMISSION_SELECTOR: &str = "app=ambient-permission";
-/// Label of access-key ServiceAccounts and RoleBindings.
-pub const ACCESS_KEY_SELECTOR: &str = "app=ambient-access-key";
-
-const ANN_DISPLAY_NAME: &str = "openshift.io/display-name";
-const ANN_DESCRIPTION: &str = "openshift.io/description";
-const ANN_REQUESTER: &str = "openshift.io/requester";
-const ANN_SUBJECT_KIND: &str = "ambient-code.io/subject-kind";
-const ANN_SUBJECT_NAME: &str = "ambient-code.io/subject-name";
-const ANN_ROLE: &str = "ambient-code.io/role";
-const ANN_KEY_NAME: &str = "ambient-code.io/key-name";
-const ANN_KEY_DESCRIPTION: &str = "ambient-code.io/description";
-const ANN_CREATED_AT: &str = "ambient-code.io/created-at";
-const ANN_LAST_USED_AT: &str = "ambient-code.io/last-used-at";
-const ANN_SA_NAME: &str = "ambient-code.io/sa-name";
 
 /// The resources the projector watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -135,16 +117,8 @@ pub struct SessionRec {
     pub view: SessionView,
 }
 
-/// A grant found in a permission RoleBinding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    /// User or group.
-    pub subject_type: SubjectType,
-    /// Its name.
-    pub subject_name: String,
-    /// Its role.
-    pub role: Role,
-}
+/// A grant found in a permission RoleBinding (see `events::views` for what counts).
+pub type Grant = PermissionView;
 
 /// A permission RoleBinding.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,16 +134,8 @@ pub struct PermissionRbRec {
 pub struct KeyAccountRec {
     /// Identity.
     pub meta: Meta,
-    /// The user-given name.
-    pub key_name: Option<String>,
-    /// Description.
-    pub description: Option<String>,
-    /// Role annotation (the RoleBinding is authoritative when present).
-    pub role: Option<Role>,
-    /// When created.
-    pub created_at: Option<DateTime<Utc>>,
-    /// When last used.
-    pub last_used_at: Option<DateTime<Utc>>,
+    /// Its view before its RoleBinding is looked at (role: the one asked for).
+    pub view: KeyView,
 }
 
 /// An access-key RoleBinding.
@@ -266,18 +232,7 @@ impl Rec {
     }
 }
 
-/// Kubernetes timestamps (jiff) as chrono.
-pub fn to_chrono(t: &k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
-}
-
-fn ann<'a, K: ResourceExt>(obj: &'a K, key: &str) -> Option<&'a str> {
-    obj.annotations().get(key).map(String::as_str).filter(|s| !s.is_empty())
-}
-
-fn ann_time<K: ResourceExt>(obj: &K, key: &str) -> Option<DateTime<Utc>> {
-    ann(obj, key).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
-}
+pub use events::views::to_chrono;
 
 /// An equality-based label selector (`k=v,k2!=v2,k3`) restricting which projects this
 /// projector owns, so that several projectors can share a bus, each with its own projects.
@@ -319,113 +274,42 @@ impl ProjectSelector {
 
 /// Reduces a Namespace.
 pub fn namespace_rec(ns: &Namespace, selector: &ProjectSelector) -> NamespaceRec {
-    let terminating = ns.metadata.deletion_timestamp.is_some()
-        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
     NamespaceRec {
         meta: meta_of(ns),
-        managed: ns.labels().get(MANAGED_LABEL).map(String::as_str) == Some("true"),
+        managed: views::is_project(ns),
         in_scope: selector.matches(ns.labels()),
-        view: ProjectView {
-            name: ns.name_any(),
-            display_name: ann(ns, ANN_DISPLAY_NAME).map(str::to_string),
-            description: ann(ns, ANN_DESCRIPTION).map(str::to_string),
-            requester: ann(ns, ANN_REQUESTER).map(str::to_string),
-            creation_timestamp: ns.metadata.creation_timestamp.as_ref().and_then(|t| to_chrono(&t.0)),
-            status: if terminating { "Terminating" } else { "Active" }.to_string(),
-        },
+        view: ProjectView::from_namespace(ns),
     }
 }
 
 /// Reduces an AgenticSession to its public view: environment variable *names* only, no prompt.
 pub fn session_rec(s: &AgenticSession) -> SessionRec {
-    let status = s.status.clone().unwrap_or_default();
-    SessionRec {
-        meta: meta_of(s),
-        view: SessionView {
-            name: s.name_any(),
-            uid: s.uid().unwrap_or_default(),
-            resource_version: s.resource_version().unwrap_or_default(),
-            generation: s.metadata.generation.unwrap_or_default(),
-            creation_timestamp: s.metadata.creation_timestamp.as_ref().and_then(|t| to_chrono(&t.0)),
-            display_name: s.spec.display_name.clone(),
-            created_by: s.spec.user_context.as_ref().map(|u| u.user_id.clone()),
-            interactive: s.spec.interactive.unwrap_or(false),
-            timeout: s.spec.timeout,
-            llm_settings: s.spec.llm_settings.clone(),
-            repos: s.spec.repos.clone(),
-            environment_variable_names: s.spec.environment_variables.keys().cloned().collect(),
-            phase: status.phase.unwrap_or_default(),
-            message: status.message,
-            reason: status.reason,
-            start_time: status.start_time,
-            completion_time: status.completion_time,
-            result: status.result,
-            total_cost_usd: status.total_cost_usd,
-            num_turns: status.num_turns,
-        },
-    }
+    SessionRec { meta: meta_of(s), view: SessionView::from_session(s) }
 }
 
 /// Reduces a ProjectSettings to its public view: group grants, and whether a runner Secret is
 /// named (never the name).
 pub fn settings_rec(ps: &ProjectSettings) -> SettingsRec {
-    SettingsRec {
-        meta: meta_of(ps),
-        view: SettingsView {
-            exists: true,
-            group_access: ps.spec.group_access.clone(),
-            runner_secret_configured: ps.spec.runner_secrets_name.as_deref().is_some_and(|n| !n.trim().is_empty()),
-        },
-    }
+    SettingsRec { meta: meta_of(ps), view: SettingsView::from_settings(ps) }
 }
 
-/// Reduces a permission RoleBinding to its grants (User and Group subjects only).
+/// Reduces a permission RoleBinding to the grants RBAC makes of it.
 pub fn permission_rec(rb: &RoleBinding) -> PermissionRbRec {
-    // Only a binding to one of the project ClusterRoles grants a project role.
-    let role = if rb.role_ref.kind == "ClusterRole" { Role::from_cluster_role(&rb.role_ref.name) } else { None };
-    let mut grants = Vec::new();
-    if let Some(role) = role {
-        for s in rb.subjects.iter().flatten() {
-            let subject_type = match s.kind.as_str() {
-                "User" => SubjectType::User,
-                "Group" => SubjectType::Group,
-                _ => continue,
-            };
-            grants.push(Grant { subject_type, subject_name: s.name.clone(), role });
-        }
-        // Legacy bindings may carry the subject only in annotations.
-        if grants.is_empty()
-            && let (Some(kind), Some(name)) = (ann(rb, ANN_SUBJECT_KIND), ann(rb, ANN_SUBJECT_NAME))
-            && let Some(subject_type) = SubjectType::parse(&kind.to_ascii_lowercase())
-        {
-            grants.push(Grant { subject_type, subject_name: name.to_string(), role });
-        }
-    }
-    PermissionRbRec { meta: meta_of(rb), grants }
+    PermissionRbRec { meta: meta_of(rb), grants: PermissionView::grants_of(rb) }
 }
 
 /// Reduces an access-key ServiceAccount (annotations only; its secrets are never looked at).
 pub fn key_account_rec(sa: &ServiceAccount) -> KeyAccountRec {
-    KeyAccountRec {
-        meta: meta_of(sa),
-        key_name: ann(sa, ANN_KEY_NAME).map(str::to_string),
-        description: ann(sa, ANN_KEY_DESCRIPTION).map(str::to_string),
-        role: ann(sa, ANN_ROLE).and_then(Role::parse),
-        created_at: ann_time(sa, ANN_CREATED_AT)
-            .or_else(|| sa.metadata.creation_timestamp.as_ref().and_then(|t| to_chrono(&t.0))),
-        last_used_at: ann_time(sa, ANN_LAST_USED_AT),
-    }
+    KeyAccountRec { meta: meta_of(sa), view: KeyView::from_account(sa, None, None) }
 }
 
 /// Reduces an access-key RoleBinding.
 pub fn key_binding_rec(rb: &RoleBinding) -> KeyBindingRec {
-    let key_id = ann(rb, ANN_SA_NAME)
-        .map(str::to_string)
-        .or_else(|| rb.subjects.iter().flatten().find(|s| s.kind == "ServiceAccount").map(|s| s.name.clone()));
+    let binding = KeyBinding::of(rb);
     KeyBindingRec {
         meta: meta_of(rb),
-        key_id,
-        role: if rb.role_ref.kind == "ClusterRole" { Role::from_cluster_role(&rb.role_ref.name) } else { None },
+        key_id: binding.as_ref().map(|b| b.key_id.clone()),
+        role: binding.and_then(|b| b.role),
     }
 }
 
@@ -806,10 +690,7 @@ pub fn desired_for_project(state: &ClusterState, ns: &str) -> BTreeMap<ObjKey, D
     let settings = match state.get(Res::Settings, ns, PROJECT_SETTINGS_NAME) {
         Some(Rec::Settings(ps)) => Some((ps.meta.resource_version.clone(), ps.view.clone())),
         _ if terminating => None,
-        _ => Some((
-            String::new(),
-            SettingsView { exists: false, group_access: Vec::new(), runner_secret_configured: false },
-        )),
+        _ => Some((String::new(), SettingsView::absent())),
     };
     if let Some((version, view)) = settings {
         out.insert(
@@ -885,14 +766,7 @@ pub fn desired_for_project(state: &ClusterState, ns: &str) -> BTreeMap<ObjKey, D
             Desired {
                 uid: sa.meta.uid.clone(),
                 version,
-                view: View::Key(KeyView {
-                    id: sa.meta.name.clone(),
-                    name: sa.key_name.clone().unwrap_or_else(|| sa.meta.name.clone()),
-                    description: sa.description.clone(),
-                    role: rb.and_then(|b| b.role).or(sa.role),
-                    created_at: sa.created_at,
-                    last_used_at: sa.last_used_at,
-                }),
+                view: View::Key(KeyView { role: rb.and_then(|b| b.role).or(sa.view.role), ..sa.view.clone() }),
             },
         );
     }
@@ -1372,11 +1246,14 @@ mod tests {
             Res::KeyAccounts,
             Rec::KeyAccount(KeyAccountRec {
                 meta: meta("p4", "ambient-key-ci-1", "sa", "7"),
-                key_name: Some("ci".into()),
-                description: None,
-                role: None,
-                created_at: None,
-                last_used_at: None,
+                view: KeyView {
+                    id: "ambient-key-ci-1".into(),
+                    name: "ci".into(),
+                    description: None,
+                    role: Some(Role::Admin),
+                    created_at: None,
+                    last_used_at: None,
+                },
             }),
         );
         st.apply(

@@ -20,7 +20,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{self, ACCESS_KEY_SELECTOR, PERMISSION_SELECTOR, ProjectSelector, Rec, Res};
+use events::labels::{ACCESS_KEY_SELECTOR, PERMISSION_SELECTOR};
+
+use crate::model::{self, ProjectSelector, Rec, Res};
 use crate::runner::{self, JobStatusOnly, PodStatusOnly};
 
 /// One watch observation, in the order the watch delivered it.

@@ -1,50 +1,12 @@
-//! Labels, annotations and deterministic object names the reconciler writes (wire-compatible
-//! with the existing platform where it had them).
+//! The deterministic object names the reconciler writes (wire-compatible with the existing
+//! platform where it had them), and the labels and annotations of `events::labels`.
 
 use events::{Role, SubjectName, SubjectType};
 
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "ambient-reconciler";
-/// Label marking a namespace as a project.
-pub const MANAGED: &str = "ambient-code.io/managed";
-/// The id of the last command that wrote an object: a re-delivered command recognises its own
-/// write, another command gets 409.
-pub const LAST_COMMAND: &str = "ambient-code.io/last-command";
-/// `app` label.
-pub const APP: &str = "app";
-/// `app` value of permission RoleBindings.
-pub const APP_PERMISSION: &str = "ambient-permission";
-/// `app` value of access-key ServiceAccounts and RoleBindings.
-pub const APP_ACCESS_KEY: &str = "ambient-access-key";
-
-/// Display name annotation.
-pub const DISPLAY_NAME: &str = "openshift.io/display-name";
-/// Description annotation.
-pub const DESCRIPTION: &str = "openshift.io/description";
-/// Requester annotation (the creator; counts against the project quota).
-pub const REQUESTER: &str = "openshift.io/requester";
-
-/// Permission annotations.
-pub const SUBJECT_KIND: &str = "ambient-code.io/subject-kind";
-/// Permission annotations.
-pub const SUBJECT_NAME: &str = "ambient-code.io/subject-name";
-/// Role annotation (permissions and keys).
-pub const ROLE: &str = "ambient-code.io/role";
-/// Where a group binding comes from (`projectsettings`).
-pub const SOURCE: &str = "ambient-code.io/source";
-/// Value of [`SOURCE`] for bindings derived from `groupAccess`.
-pub const SOURCE_PROJECT_SETTINGS: &str = "projectsettings";
-
-/// Access-key annotations.
-pub const KEY_NAME: &str = "ambient-code.io/key-name";
-/// Access-key annotations.
-pub const KEY_DESCRIPTION: &str = "ambient-code.io/description";
-/// Access-key annotations.
-pub const KEY_CREATED_AT: &str = "ambient-code.io/created-at";
-/// The ServiceAccount an access-key RoleBinding belongs to.
-pub const SA_NAME: &str = "ambient-code.io/sa-name";
-
-pub use events::crd::runner::{RUN_LABEL, SESSION_LABEL, job_name};
+pub use events::crd::runner::job_name;
+pub use events::labels::*;
 
 /// The creator's admin RoleBinding: `ambient-admin-<subject suffix>`.
 pub fn creator_binding(user: &SubjectName) -> String {

@@ -12,7 +12,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use events::ProjectName;
 
-use crate::apply::{is_managed, managed_namespace};
+use events::views::is_project;
+
+use crate::apply::managed_namespace;
 use crate::error::ApplyError;
 
 /// Managed namespaces by name, with a lookup for those the store does not hold.
@@ -31,7 +33,7 @@ impl Projects {
     fn cached(&self, name: &str) -> bool {
         self.store
             .get(&ObjectRef::new(name))
-            .is_some_and(|ns| is_managed(&ns) && ns.metadata.deletion_timestamp.is_none())
+            .is_some_and(|ns| is_project(&ns) && ns.metadata.deletion_timestamp.is_none())
     }
 
     /// Fails with "project not found" unless `project` is a managed namespace.
@@ -48,6 +50,6 @@ impl Projects {
             return Ok(true);
         }
         let ns = kube::Api::<Namespace>::all(self.client.clone()).get_opt(name).await?;
-        Ok(ns.is_some_and(|n| is_managed(&n)))
+        Ok(ns.is_some_and(|n| is_project(&n)))
     }
 }

@@ -9,7 +9,7 @@ use events::commands::{
     RunnerStatus, SessionClone, SessionCreate, SessionDisplayName, SessionPatch, SessionRef, SessionStatusReport,
     SessionUpdate,
 };
-use events::crd::{AgenticSessionSpec, GROUP, LlmSettings};
+use events::crd::{AgenticSessionSpec, GROUP};
 use events::{CommandBody, ProjectName, SessionName};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -28,107 +28,11 @@ fn session_name(s: &str) -> Result<SessionName, ApiError> {
     SessionName::new(s).map_err(|_| ApiError::NotFound("session not found".into()))
 }
 
-fn check_llm(l: &Option<LlmSettings>, prefix: &str) -> Result<(), ApiError> {
-    if let Some(l) = l {
-        if l.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-            return Err(ApiError::invalid(
-                format!("{prefix}llmSettings.temperature"),
-                "temperature must be between 0 and 2",
-            ));
-        }
-        if l.max_tokens.is_some_and(|t| !(1..=1_000_000).contains(&t)) {
-            return Err(ApiError::invalid(
-                format!("{prefix}llmSettings.maxTokens"),
-                "maxTokens must be between 1 and 1000000",
-            ));
-        }
-        if l.model.as_ref().is_some_and(|m| m.len() > 200) {
-            return Err(ApiError::invalid(
-                format!("{prefix}llmSettings.model"),
-                "model must be at most 200 characters",
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_common(prompt: Option<&str>, display: Option<&str>, timeout: Option<i64>) -> Result<(), ApiError> {
-    if let Some(p) = prompt
-        && (p.trim().is_empty() || p.chars().count() > 100_000)
-    {
-        return Err(ApiError::invalid("prompt", "prompt must be 1 to 100000 characters"));
-    }
-    if display.is_some_and(|d| d.chars().count() > 100) {
-        return Err(ApiError::invalid("displayName", "displayName must be at most 100 characters"));
-    }
-    if timeout.is_some_and(|t| !(30..=86_400).contains(&t)) {
-        return Err(ApiError::invalid("timeout", "timeout must be between 30 and 86400 seconds"));
-    }
-    Ok(())
-}
-
-/// Validates a whole spec (the CRD schema's rules, so that a bad value is a clear 422 here
-/// rather than a failed command).
-pub fn validate_spec(s: &AgenticSessionSpec) -> Result<(), ApiError> {
-    check_common(Some(&s.prompt), s.display_name.as_deref(), Some(s.timeout))?;
-    check_llm(&s.llm_settings, "")?;
-    if s.repos.len() > 20 {
-        return Err(ApiError::invalid("repos", "at most 20 repositories"));
-    }
-    for (i, r) in s.repos.iter().enumerate() {
-        for (which, rr) in [("input", Some(&r.input)), ("output", r.output.as_ref())] {
-            if let Some(rr) = rr {
-                if rr.url.is_empty() || rr.url.len() > 2048 {
-                    return Err(ApiError::invalid(
-                        format!("repos[{i}].{which}.url"),
-                        "url must be 1 to 2048 characters",
-                    ));
-                }
-                if rr.branch.as_ref().is_some_and(|b| b.len() > 255) {
-                    return Err(ApiError::invalid(
-                        format!("repos[{i}].{which}.branch"),
-                        "branch must be at most 255 characters",
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(i) = s.main_repo_index
-        && (i < 0 || i as usize >= s.repos.len().max(1))
-    {
-        return Err(ApiError::invalid("mainRepoIndex", "mainRepoIndex must index repos"));
-    }
-    if s.environment_variables.len() > 100 {
-        return Err(ApiError::invalid("environmentVariables", "at most 100 environment variables"));
-    }
-    for k in s.environment_variables.keys() {
-        if !is_env_name(k) {
-            return Err(ApiError::invalid(
-                format!("environmentVariables.{k}"),
-                "names must match [A-Za-z_][A-Za-z0-9_]*",
-            ));
-        }
-    }
-    if let Some(r) = &s.resource_overrides {
-        for (f, v, max) in [("cpu", &r.cpu, 32), ("memory", &r.memory, 32), ("priorityClass", &r.priority_class, 253)] {
-            if v.as_ref().is_some_and(|v| v.len() > max) {
-                return Err(ApiError::invalid(
-                    format!("resourceOverrides.{f}"),
-                    format!("{f} must be at most {max} characters"),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The operator's bounds on runner pods and the platform's own environment (the rule lives in
 /// `events`; the reconciler applies it again): a 422 naming the field, nothing published.
 fn check_runner(s: &AgenticSessionSpec, st: &AppState) -> Result<(), ApiError> {
     s.check_runner(&st.config.runner).map(|_| ()).map_err(|e| ApiError::invalid(e.field, e.rule))
 }
-
-pub use events::crd::is_env_name;
 
 async fn wait_session(st: &AppState, ns: &str, name: &str, rv: Option<&str>) {
     if let Some(rv) = rv {
@@ -184,7 +88,7 @@ pub async fn create_session(
         Some(_) => return Err(ApiError::bad_field("name", "name must be a string")),
     };
     let spec: AgenticSessionSpec = strict(&v)?;
-    validate_spec(&spec)?;
+    spec.validate()?;
     check_runner(&spec, &st)?;
     let body = CommandBody::SessionCreate(SessionCreate { name: name.clone(), spec });
     match st.mutate(&caller, project, body, &headers, None).await? {
@@ -242,8 +146,7 @@ pub async fn update_session(
     let s = session_name(&s)?;
     refuse_server_owned(&v, SERVER_OWNED)?;
     let patch: SessionPatch = strict(&v)?;
-    check_common(patch.prompt.as_deref(), patch.display_name.as_deref(), patch.timeout)?;
-    check_llm(&patch.llm_settings, "")?;
+    patch.validate()?;
     let body = CommandBody::SessionUpdate(SessionUpdate { name: s.clone(), patch });
     applied_session(&st, &caller, project, &p, s.as_str(), body, &headers, StatusCode::OK).await
 }
@@ -437,8 +340,8 @@ pub async fn session_display_name(
 ) -> Result<Response, ApiError> {
     let (project, s) = runner_target(&st, &caller, &p, &s).await?;
     let req: DisplayNameRequest = strict(&v)?;
-    check_common(None, Some(&req.display_name), None)?;
     let body = CommandBody::SessionDisplayName(SessionDisplayName { name: s.clone(), display_name: req.display_name });
+    events::limits::check_body(&body)?;
     applied_session(&st, &caller, project, &p, s.as_str(), body, &headers, StatusCode::OK).await
 }
 

@@ -12,8 +12,8 @@ pub mod session;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Namespace;
+use kube::Resource;
 use kube::api::{Api, PostParams};
-use kube::{Resource, ResourceExt};
 
 use events::commands::CommandBody;
 use events::crd::{PROJECT_SETTINGS_NAME, ProjectSettings, ProjectSettingsSpec};
@@ -104,7 +104,7 @@ impl Applier {
     /// Re-authorizes and applies one command.
     pub async fn apply(&self, cmd: &Command, delivery: Delivery) -> Result<Applied, ApplyError> {
         let c = &self.client;
-        if let CommandBody::SessionCreate(r) = &cmd.body {
+        if let CommandBody::SessionCreate(_) = &cmd.body {
             // The hottest command: check the principal and the project in parallel (the project
             // is usually known from the namespace cache); a refusal still wins over a missing
             // project.
@@ -112,14 +112,17 @@ impl Applier {
                 tokio::join!(authz::authorize(c, cmd, &self.policy), self.projects.require(&cmd.project));
             allowed?;
             project?;
-            return session::create_in_project(c, cmd, r, &self.runner).await;
+        } else {
+            authz::authorize(c, cmd, &self.policy).await?;
         }
-        authz::authorize(c, cmd, &self.policy).await?;
+        // The api checked the same rules; a command it did not check (an older api, one written
+        // to the bus by hand) is refused here, before anything is written.
+        events::limits::check_body(&cmd.body).map_err(|e| ApplyError::invalid(e.to_string()))?;
         match &cmd.body {
             CommandBody::ProjectCreate(r) => project::create(c, cmd, r, &self.quota).await,
             CommandBody::ProjectUpdate(r) => project::update(c, cmd, r).await,
             CommandBody::ProjectDelete(_) => project::delete(c, cmd, delivery).await,
-            CommandBody::SessionCreate(r) => session::create(c, cmd, r, &self.runner).await,
+            CommandBody::SessionCreate(r) => session::create_in_project(c, cmd, r, &self.runner).await,
             CommandBody::SessionUpdate(r) => session::update(c, cmd, r).await,
             CommandBody::SessionDelete(r) => session::delete(c, cmd, &r.name, delivery).await,
             CommandBody::SessionStart(r) => session::start(c, cmd, &r.name).await,
@@ -142,14 +145,9 @@ impl Applier {
 pub async fn managed_namespace(client: &kube::Client, project: &ProjectName) -> Result<Namespace, ApplyError> {
     let ns = Api::<Namespace>::all(client.clone()).get_opt(project.as_str()).await?;
     match ns {
-        Some(ns) if is_managed(&ns) => Ok(ns),
+        Some(ns) if events::views::is_project(&ns) => Ok(ns),
         _ => Err(ApplyError::not_found(format!("project {project} not found"))),
     }
-}
-
-/// True for a namespace labelled `ambient-code.io/managed=true`.
-pub fn is_managed(ns: &Namespace) -> bool {
-    ns.labels().get(labels::MANAGED).map(String::as_str) == Some("true")
 }
 
 /// The command id recorded on an object.

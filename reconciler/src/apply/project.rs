@@ -26,7 +26,9 @@ use serde_json::json;
 use events::commands::{ProjectCreate, ProjectUpdate};
 use events::{Command, FailureReason, Principal, Role, SubjectName};
 
-use super::{Applied, Delivery, ensure_project_settings, gone, is_managed, last_command, string_map};
+use events::views::is_project;
+
+use super::{Applied, Delivery, ensure_project_settings, gone, last_command, string_map};
 use crate::error::ApplyError;
 use crate::labels;
 
@@ -312,7 +314,7 @@ pub async fn update(client: &kube::Client, cmd: &Command, req: &ProjectUpdate) -
 pub async fn delete(client: &kube::Client, cmd: &Command, delivery: Delivery) -> Result<Applied, ApplyError> {
     let api = Api::<Namespace>::all(client.clone());
     let ns = match api.get_opt(cmd.project.as_str()).await? {
-        Some(ns) if is_managed(&ns) => ns,
+        Some(ns) if is_project(&ns) => ns,
         Some(_) => return Err(ApplyError::not_found(format!("project {} not found", cmd.project))),
         None if delivery == Delivery::Redelivered => return Ok(gone::<Namespace>(None, cmd.project.as_str())),
         None => return Err(ApplyError::not_found(format!("project {} not found", cmd.project))),

@@ -19,8 +19,6 @@ use crate::labels;
 
 /// Condition recording the command that requested the current run (idempotent start).
 pub const START_CONDITION: &str = "StartRequested";
-/// Annotation naming the session a clone was copied from.
-pub const CLONED_FROM: &str = "ambient-code.io/cloned-from";
 
 fn user_context(p: &Principal) -> UserContext {
     UserContext { user_id: p.user.clone(), display_name: Some(p.user.clone()), groups: p.groups.clone() }
@@ -73,17 +71,7 @@ fn check_runner(spec: &AgenticSessionSpec, bounds: &RunnerBounds) -> Result<(), 
     spec.check_runner(bounds).map(|_| ()).map_err(|e| ApplyError::invalid(e.to_string()))
 }
 
-pub async fn create(
-    client: &kube::Client,
-    cmd: &Command,
-    req: &SessionCreate,
-    bounds: &RunnerBounds,
-) -> Result<Applied, ApplyError> {
-    managed_namespace(client, &cmd.project).await?;
-    create_in_project(client, cmd, req, bounds).await
-}
-
-/// [`create`] once the project is known to be managed.
+/// Creates a session in a project known to be managed.
 pub async fn create_in_project(
     client: &kube::Client,
     cmd: &Command,
@@ -257,7 +245,7 @@ pub async fn clone(
         &req.new_session_name,
         src.spec.clone(),
         cmd,
-        Some((CLONED_FROM, from)),
+        Some((labels::CLONED_FROM, from)),
     )
     .await
 }
@@ -301,9 +289,6 @@ pub async fn display_name(
     cmd: &Command,
     req: &SessionDisplayName,
 ) -> Result<Applied, ApplyError> {
-    if req.display_name.chars().count() > 100 {
-        return Err(ApplyError::invalid("displayName must be at most 100 characters"));
-    }
     let api = Api::<AgenticSession>::namespaced(client.clone(), cmd.project.as_str());
     get(&api, &req.name).await?;
     let patch = json!({

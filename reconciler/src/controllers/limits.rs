@@ -327,7 +327,7 @@ impl Limits {
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Limits>) -> Result<Action, ControllerError> {
-    if ns.metadata.deletion_timestamp.is_some() || !crate::apply::is_managed(&ns) {
+    if ns.metadata.deletion_timestamp.is_some() || !events::views::is_project(&ns) {
         return Ok(Action::await_change());
     }
     let ready = [
