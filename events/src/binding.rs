@@ -92,6 +92,19 @@ pub fn to_http_headers(event: &Event) -> Vec<(String, String)> {
     out
 }
 
+/// Whether a message is in structured mode (the whole event, data included, as one JSON
+/// document) rather than binary mode (attributes in headers, data as the body).
+pub fn is_structured(headers: Option<&HeaderMap>) -> bool {
+    headers.is_some_and(|h| {
+        h.iter().any(|(name, values)| {
+            AsRef::<str>::as_ref(name).eq_ignore_ascii_case("content-type")
+                && values
+                    .first()
+                    .is_some_and(|v| v.as_str().to_ascii_lowercase().starts_with("application/cloudevents"))
+        })
+    })
+}
+
 /// Decodes a NATS message in binary or structured mode.
 pub fn from_nats(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, BindingError> {
     let empty = HeaderMap::new();
@@ -107,7 +120,7 @@ pub fn from_nats(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, B
             attrs.push((attr.to_string(), decode_header_value(&lname, value.as_str())?));
         }
     }
-    if content_type.as_deref().is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/cloudevents")) {
+    if is_structured(Some(headers)) {
         return serde_json::from_slice::<Event>(payload).map_err(|e| BindingError::Structured(e.to_string()));
     }
     from_attributes(attrs, content_type, payload)

@@ -1,10 +1,11 @@
 //! Bus authenticity: only the api may issue commands.
 //!
 //! The api signs every command with an Ed25519 key only it holds; the signature covers the
-//! event id, type, NATS subject, project, time and a SHA-256 of the data (which holds the
-//! principal and the request). It travels as the `ambientsig` CloudEvent extension (`ce-ambientsig`
-//! header). The reconciler verifies it against the api's public keys (several, so keys can be
-//! rotated) and refuses anything else. NATS permissions (deploy/) are the first fence; this is
+//! event id, type, NATS subject, project, time and a SHA-256 of the data bytes exactly as sent
+//! (they hold the principal and the request), never of a re-encoding of them. It travels as the
+//! `ambientsig` CloudEvent extension (`ce-ambientsig` header). The reconciler verifies it against
+//! the api's public keys (several, so keys can be rotated) and refuses anything else. NATS
+//! permissions (deploy/) are the first fence; this is
 //! the second, and it also catches a tampered stored message.
 
 use base64::Engine;

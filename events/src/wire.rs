@@ -6,6 +6,8 @@
 //! | result | `/ambient/reconciler` | the command id | `ambientproject`, `traceparent` |
 //! | status | `/ambient/projector` | `<kind>/<name>` | `ambientproject`, `ambientprojectuid` |
 
+use std::borrow::Cow;
+
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -96,12 +98,19 @@ fn outgoing(subject: String, ev: &Event) -> Outgoing {
     Outgoing { subject, headers, payload }
 }
 
-/// A command as a CloudEvent, signed.
-pub fn command_event(cmd: &Command, signer: &CommandSigner) -> Event {
-    let ty = cmd.body.command_type();
+/// A command's data, `{principal, request}`, as a JSON value and as the compact bytes that are
+/// signed and sent (keys sorted: one encoding for the signer, the wire and the examples).
+fn command_data(cmd: &Command) -> (serde_json::Value, Vec<u8>) {
     let data = CommandData { principal: cmd.principal.clone(), request: cmd.body.request_json() };
-    let data = serde_json::to_value(&data).unwrap_or_default();
-    let bytes = serde_json::to_vec(&data).unwrap_or_default();
+    let value = serde_json::to_value(&data).unwrap_or_default();
+    let bytes = serde_json::to_vec(&value).unwrap_or_default();
+    (value, bytes)
+}
+
+/// The command's event, its signature over `bytes` and carrying `data` (those bytes, or their
+/// JSON value for display).
+fn signed_command(cmd: &Command, signer: &CommandSigner, bytes: &[u8], data: impl Into<cloudevents::Data>) -> Event {
+    let ty = cmd.body.command_type();
     let id = cmd.id.to_string();
     let time = time_str(&cmd.time);
     let subject = cmd.subject();
@@ -111,7 +120,7 @@ pub fn command_event(cmd: &Command, signer: &CommandSigner) -> Event {
         subject: &subject,
         project: cmd.project.as_str(),
         time: &time,
-        data: &bytes,
+        data: bytes,
     });
     let mut b = EventBuilderV10::new()
         .id(id)
@@ -128,9 +137,17 @@ pub fn command_event(cmd: &Command, signer: &CommandSigner) -> Event {
     build(b)
 }
 
-/// Encodes and signs a command for publishing.
+/// A command as a CloudEvent, signed, its data as JSON (structured mode, documentation).
+pub fn command_event(cmd: &Command, signer: &CommandSigner) -> Event {
+    let (value, bytes) = command_data(cmd);
+    signed_command(cmd, signer, &bytes, value)
+}
+
+/// Encodes and signs a command for publishing: the payload is exactly the bytes signed.
 pub fn encode_command(cmd: &Command, signer: &CommandSigner) -> Outgoing {
-    outgoing(cmd.subject(), &command_event(cmd, signer))
+    let (_, bytes) = command_data(cmd);
+    let ev = signed_command(cmd, signer, &bytes, bytes.clone());
+    outgoing(cmd.subject(), &ev)
 }
 
 /// Decodes a command received on `subject` (as published, or as stored in a partition) and
@@ -159,7 +176,10 @@ pub fn decode_command(
         return Err(fail(DecodeError::NotGenuine("subject does not match the command".into())));
     }
     let time = ev.time().copied().ok_or_else(|| fail(DecodeError::Invalid("missing time".into())))?;
-    let data = binding::data_bytes(&ev);
+    // The signature covers the bytes received, not a re-encoding of them; only a structured-mode
+    // event (data inside a JSON envelope) has no bytes of its own.
+    let data =
+        if binding::is_structured(headers) { Cow::Owned(binding::data_bytes(&ev)) } else { Cow::Borrowed(payload) };
     let canonical_subject = subjects::command(&project, ty);
     verifier
         .verify(

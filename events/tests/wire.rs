@@ -116,6 +116,17 @@ fn forged_and_tampered_commands_are_refused() {
     let e = wire::decode_command(&out.subject, Some(&out.headers), tampered.as_bytes(), &verifier).unwrap_err();
     assert!(matches!(e.0, DecodeError::NotGenuine(_)), "{e:?}");
 
+    // The same JSON in other bytes (a duplicate key that a re-encoding would drop, spacing): the
+    // signature covers the bytes sent, not what they parse to.
+    let text = String::from_utf8(out.payload.to_vec()).unwrap();
+    for other in [format!("{} ", text), text.replacen('{', "{\"principal\":null,", 1), text.replace(':', ": ")] {
+        assert!(serde_json::from_str::<serde_json::Value>(&other).is_ok(), "{other}");
+        let e = wire::decode_command(&out.subject, Some(&out.headers), other.as_bytes(), &verifier).unwrap_err();
+        assert!(matches!(e.0, DecodeError::NotGenuine(_)), "{other}: {e:?}");
+    }
+    let verified = wire::decode_command(&out.subject, Some(&out.headers), &out.payload, &verifier).unwrap();
+    assert_eq!(verified, cmd);
+
     // Moved to another project's subject.
     let moved = out.subject.replace("team-a", "team-b");
     let e = wire::decode_command(&moved, Some(&out.headers), &out.payload, &verifier).unwrap_err();
