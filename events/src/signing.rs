@@ -5,8 +5,8 @@
 //! (they hold the principal and the request), never of a re-encoding of them. It travels as the
 //! `ambientsig` CloudEvent extension (`ce-ambientsig` header). The reconciler verifies it against
 //! the api's public keys (several, so keys can be rotated) and refuses anything else. NATS
-//! permissions (deploy/) are the first fence; this is
-//! the second, and it also catches a tampered stored message.
+//! permissions (deploy/) are the first fence; this is the second, and it also catches a
+//! tampered stored message.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
