@@ -512,7 +512,7 @@ impl Consumer {
                 Check::Scan { from, to } => self.scan(partition, &mut index, from, to).await?,
                 Check::Earlier(earlier) => {
                     for (s, cmd_id) in earlier {
-                        if !self.ledger.has_result(project, cmd_id).await.map_err(|e| e.to_string())? {
+                        if !self.ledger.has_result(project, cmd_id).await? {
                             return Ok(true);
                         }
                         index.resolve(id, s);

@@ -3,6 +3,9 @@
 
 use events::FailureReason;
 
+/// What made a transient failure, kept for the logs.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// The outcome of a failed apply.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -15,8 +18,14 @@ pub enum ApplyError {
         message: String,
     },
     /// The cluster or the bus is unavailable right now; try again.
-    #[error("transient: {0}")]
-    Transient(String),
+    #[error("transient: {context}{}", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
+    Transient {
+        /// What was being done.
+        context: String,
+        /// Why it failed, when another error says so.
+        #[source]
+        cause: Option<Cause>,
+    },
 }
 
 impl ApplyError {
@@ -45,9 +54,19 @@ impl ApplyError {
         Self::permanent(FailureReason::Forbidden, message)
     }
 
+    /// A transient failure of `context` caused by `cause`.
+    pub fn transient(context: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        ApplyError::Transient { context: context.into(), cause: Some(cause.into()) }
+    }
+
+    /// A transient failure with no underlying error (a contended resource, an empty answer).
+    pub fn retry(context: impl Into<String>) -> Self {
+        ApplyError::Transient { context: context.into(), cause: None }
+    }
+
     /// True when retrying may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ApplyError::Transient(_))
+        matches!(self, ApplyError::Transient { .. })
     }
 }
 
@@ -70,7 +89,7 @@ pub fn already_exists(e: &kube::Error) -> bool {
 impl From<kube::Error> for ApplyError {
     fn from(e: kube::Error) -> Self {
         if kube_is_transient(&e) {
-            return ApplyError::Transient(e.to_string());
+            return ApplyError::transient("Kubernetes API", e);
         }
         match &e {
             kube::Error::Api(s) => {
@@ -84,7 +103,7 @@ impl From<kube::Error> for ApplyError {
                 };
                 ApplyError::permanent(reason, s.message.clone())
             }
-            _ => ApplyError::Transient(e.to_string()),
+            _ => ApplyError::transient("Kubernetes API", e),
         }
     }
 }
@@ -115,6 +134,15 @@ mod tests {
             ApplyError::from(api(422, "Invalid")),
             ApplyError::Permanent { reason: FailureReason::Invalid, .. }
         ));
+    }
+
+    #[test]
+    fn a_transient_failure_keeps_its_cause() {
+        let e = ApplyError::from(api(503, "ServiceUnavailable"));
+        let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<kube::Error>());
+        assert!(matches!(cause, Some(kube::Error::Api(s)) if s.code == 503), "{cause:?}");
+        assert!(e.to_string().starts_with("transient: Kubernetes API: "), "{e}");
+        assert!(std::error::Error::source(&ApplyError::retry("contended")).is_none());
     }
 
     #[test]

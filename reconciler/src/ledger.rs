@@ -33,11 +33,11 @@ impl Ledger {
             .results
             .get_or_try_init(|| self.js.get_stream(RESULTS_STREAM))
             .await
-            .map_err(|e| ApplyError::Transient(format!("results stream: {e}")))?;
+            .map_err(|e| ApplyError::transient("results stream", e))?;
         match stream.direct_get_last_for_subject(subjects::result(project, id)).await {
             Ok(_) => Ok(true),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(false),
-            Err(e) => Err(ApplyError::Transient(format!("result lookup: {e}"))),
+            Err(e) => Err(ApplyError::transient("result lookup", e)),
         }
     }
 
@@ -47,9 +47,9 @@ impl Ledger {
         self.js
             .publish_with_headers(out.subject, out.headers, out.payload)
             .await
-            .map_err(|e| ApplyError::Transient(format!("publish result: {e}")))?
+            .map_err(|e| ApplyError::transient("publish result", e))?
             .await
-            .map_err(|e| ApplyError::Transient(format!("result not stored: {e}")))?;
+            .map_err(|e| ApplyError::transient("result not stored", e))?;
         metrics::counter!("reconciler_results_published_total", "outcome" => result.type_str()).increment(1);
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod members;
 pub mod namespaces;
 pub mod order;
+pub mod runs;
 pub mod telemetry;
 
 use std::sync::Arc;

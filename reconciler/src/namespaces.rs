@@ -14,7 +14,6 @@ use events::ProjectName;
 
 use events::views::is_project;
 
-use crate::apply::managed_namespace;
 use crate::error::ApplyError;
 
 /// Managed namespaces by name, with a lookup for those the store does not hold.
@@ -51,5 +50,15 @@ impl Projects {
         }
         let ns = kube::Api::<Namespace>::all(self.client.clone()).get_opt(name).await?;
         Ok(ns.is_some_and(|n| is_project(&n)))
+    }
+}
+
+/// The project's namespace, if it exists and is managed (an unmanaged namespace is not a project
+/// and is reported as missing, never touched).
+pub async fn managed_namespace(client: &kube::Client, project: &ProjectName) -> Result<Namespace, ApplyError> {
+    let ns = kube::Api::<Namespace>::all(client.clone()).get_opt(project.as_str()).await?;
+    match ns {
+        Some(ns) if events::views::is_project(&ns) => Ok(ns),
+        _ => Err(ApplyError::not_found(format!("project {project} not found"))),
     }
 }

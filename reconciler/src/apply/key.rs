@@ -94,8 +94,7 @@ pub async fn create(
         ..Default::default()
     };
     let tr = sas.create_token_request(&sa_name, &PostParams::default(), &tr).await?;
-    let token =
-        tr.status.map(|s| s.token).ok_or_else(|| ApplyError::Transient("TokenRequest returned no token".into()))?;
+    let token = tr.status.map(|s| s.token).ok_or_else(|| ApplyError::retry("TokenRequest returned no token"))?;
     // The plaintext token exists only in this scope; only the sealed box leaves it.
     // A reply key the cipher refuses can never be answered: the command fails for good.
     let sealed = req

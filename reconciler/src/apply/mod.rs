@@ -11,20 +11,20 @@ pub mod session;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Namespace;
 use kube::Resource;
 use kube::api::{Api, PostParams};
 
+use events::Command;
 use events::commands::CommandBody;
 use events::crd::{PROJECT_SETTINGS_NAME, ProjectSettings, ProjectSettingsSpec};
 use events::results::ResourceRef;
 use events::sealing::{SealedBox, SealingSecretKey};
-use events::{Command, ProjectName};
 
 use crate::authz::{self, SelfProvision};
 use crate::error::ApplyError;
 use crate::labels;
 use crate::namespaces::Projects;
+pub use crate::namespaces::managed_namespace;
 
 pub use permission::sync_group_bindings;
 pub use runner_secret::valid_secret_name as runner_secret_name_ok;
@@ -137,16 +137,6 @@ impl Applier {
             CommandBody::RunnerSecretPut(r) => runner_secret::put(c, cmd, r, &self.sealing).await,
             CommandBody::RunnerSecretConfig(r) => runner_secret::config(c, cmd, r).await,
         }
-    }
-}
-
-/// The project's namespace, if it exists and is managed (an unmanaged namespace is not a project
-/// and is reported as missing, never touched).
-pub async fn managed_namespace(client: &kube::Client, project: &ProjectName) -> Result<Namespace, ApplyError> {
-    let ns = Api::<Namespace>::all(client.clone()).get_opt(project.as_str()).await?;
-    match ns {
-        Some(ns) if events::views::is_project(&ns) => Ok(ns),
-        _ => Err(ApplyError::not_found(format!("project {project} not found"))),
     }
 }
 

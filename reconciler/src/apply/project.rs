@@ -95,8 +95,8 @@ pub fn decide(
     Ok(next)
 }
 
-fn bus(e: impl std::fmt::Display) -> ApplyError {
-    ApplyError::Transient(format!("project-quota claims: {e}"))
+fn bus(e: impl Into<crate::error::Cause>) -> ApplyError {
+    ApplyError::transient("project-quota claims", e)
 }
 
 /// The user's claims and their revision (0: no entry yet).
@@ -164,7 +164,7 @@ async fn claim(client: &kube::Client, q: &ProjectQuota, user: &str, project: &st
         // with contention.
         tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt + 1))).await;
     }
-    Err(ApplyError::Transient("project-quota claims are contended; retrying".into()))
+    Err(ApplyError::retry("project-quota claims are contended"))
 }
 
 /// Drops the user's claim on `project` (best effort: an unreleased claim expires).

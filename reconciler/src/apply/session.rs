@@ -13,9 +13,9 @@ use events::crd::{AgenticSession, AgenticSessionSpec, AgenticSessionStatus, Runn
 use events::{Command, Phase, Principal, SessionName};
 
 use super::{Applied, Delivery, gone, last_command, managed_namespace, string_map};
-use crate::controllers::session::{condition, guarded};
 use crate::error::ApplyError;
 use crate::labels;
+use crate::runs::{condition, guarded};
 
 /// Condition recording the command that requested the current run (idempotent start).
 pub const START_CONDITION: &str = "StartRequested";
@@ -201,30 +201,6 @@ pub async fn delete_job_and_pods(client: &kube::Client, ns: &str, session: &str)
     Api::<Pod>::namespaced(client.clone(), ns)
         .delete_collection(&DeleteParams::background(), &ListParams::default().labels(&format!("job-name={job}")))
         .await?;
-    Ok(())
-}
-
-/// Deletes the Job `job` as it was seen, and its pods: nothing if the Job of that name is
-/// another one by now. The session controller works from a watch cache, and every replica runs
-/// it: a pass that still sees the previous run's Job must not delete the next run's, which has
-/// the same name (found by a stop and start in quick succession).
-pub async fn delete_seen_job(client: &kube::Client, ns: &str, job: &Job) -> Result<(), kube::Error> {
-    let (Some(name), Some(uid)) = (job.metadata.name.as_deref(), job.metadata.uid.as_deref()) else {
-        return Ok(());
-    };
-    let dp = DeleteParams {
-        preconditions: Some(kube::api::Preconditions { uid: Some(uid.into()), resource_version: None }),
-        ..DeleteParams::background()
-    };
-    match Api::<Job>::namespaced(client.clone(), ns).delete(name, &dp).await {
-        Ok(_) => {}
-        // Gone, or another Job of that name (the uid precondition failed).
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-        Err(e) => return Err(e),
-    }
-    // The Job controller labels the pods it makes with their Job's uid.
-    let pods = ListParams::default().labels(&format!("batch.kubernetes.io/controller-uid={uid}"));
-    Api::<Pod>::namespaced(client.clone(), ns).delete_collection(&DeleteParams::background(), &pods).await?;
     Ok(())
 }
 

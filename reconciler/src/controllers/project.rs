@@ -58,7 +58,7 @@ async fn reconcile_settings(ps: Arc<ProjectSettings>, ctx: Arc<Ctx>) -> Result<A
     let observed = ps.status.as_ref().and_then(|s| s.observed_generation);
     // Written only when the generation moved: no self-triggered loop.
     if observed != generation {
-        let ready = super::session::condition(
+        let ready = crate::runs::condition(
             "Ready",
             "True",
             "BindingsInSync",

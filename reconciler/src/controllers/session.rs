@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
     SecretKeySelector,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -34,9 +34,9 @@ use events::secrets::INTEGRATION_SECRET_NAME;
 
 use super::limits::Limits;
 use super::{ControllerError, Retries};
-use crate::apply::session::delete_seen_job;
 use crate::labels;
 use crate::namespaces::Projects;
+use crate::runs::{condition, delete_seen_job, guarded};
 
 /// What the session controller is configured with.
 pub struct Config {
@@ -79,33 +79,6 @@ impl Ctx {
 
     fn job(&self, ns: &str, session: &str) -> Option<Arc<Job>> {
         self.jobs.get(&ObjectRef::new(&labels::job_name(session)).within(ns))
-    }
-}
-
-/// Now, as a Kubernetes `Time`.
-pub fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
-}
-
-/// A status merge patch that applies only to the version of `s` it was computed from.
-///
-/// Status is decided from what was read (the controller's cache, a command's GET); without the
-/// precondition a stale view would overwrite a newer phase, e.g. a reconcile that still saw
-/// Running turning a just-stopped session back into Running or Failed. A stale write now gets
-/// 409 Conflict and is recomputed from fresh state.
-pub fn guarded(s: &AgenticSession, status: serde_json::Value) -> serde_json::Value {
-    json!({"metadata": {"resourceVersion": s.resource_version()}, "status": status})
-}
-
-/// A condition with the current time.
-pub fn condition(type_: &str, status: &str, reason: &str, message: &str, generation: Option<i64>) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time: now(),
     }
 }
 
