@@ -445,11 +445,6 @@ impl Command {
         let time = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
         Self { id: Uuid::now_v7(), project, principal, time, traceparent: None, body }
     }
-
-    /// The NATS subject it is published on: `ambient.cmd.<project>.<kind>.<action>`.
-    pub fn subject(&self) -> String {
-        crate::subjects::command(&self.project, self.body.command_type())
-    }
 }
 
 /// The JSON data of a command CloudEvent.

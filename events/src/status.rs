@@ -469,11 +469,6 @@ impl StatusEvent {
     pub fn derive_id(uid: &str, resource_version: &str, ty: &str) -> String {
         format!("{uid}/{resource_version}/{ty}")
     }
-
-    /// The subject: `ambient.status.<project>.<kind>.<name>`.
-    pub fn subject(&self) -> Result<String, crate::ValidationError> {
-        crate::subjects::status(&self.project, self.body.kind(), &self.name)
-    }
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ impl BusConfig {
             storage: stream::StorageType::File,
             max_age: self.max_age,
             max_bytes: COMMANDS_MAX_BYTES,
-            max_message_size: crate::wire::MAX_COMMAND_BYTES as i32 + 64 * 1024,
+            max_message_size: crate::limits::MAX_COMMAND_BYTES as i32 + 64 * 1024,
             duplicate_window: self.duplicate_window,
             num_replicas: self.replicas,
             allow_direct: true,

@@ -12,9 +12,9 @@
 
 use uuid::Uuid;
 
-use crate::commands::CommandType;
+use crate::commands::{Command, CommandType};
 use crate::names::{ProjectName, SessionName, ValidationError, check_dns1123_label};
-use crate::status::StatusKind;
+use crate::status::{StatusEvent, StatusKind};
 
 /// Prefix of every command subject.
 pub const COMMANDS: &str = "ambient.cmd";
@@ -24,6 +24,22 @@ pub const RESULTS: &str = "ambient.result";
 pub const STATUS: &str = "ambient.status";
 /// Prefix of every session-message subject.
 pub const MESSAGES: &str = "ambient.msg";
+
+// The subjects of the events themselves are defined here, next to the scheme, so that the
+// event modules need not know it.
+impl Command {
+    /// The NATS subject it is published on: `ambient.cmd.<project>.<kind>.<action>`.
+    pub fn subject(&self) -> String {
+        command(&self.project, self.body.command_type())
+    }
+}
+
+impl StatusEvent {
+    /// The subject: `ambient.status.<project>.<kind>.<name>`.
+    pub fn subject(&self) -> Result<String, ValidationError> {
+        status(&self.project, self.body.kind(), &self.name)
+    }
+}
 
 /// `ambient.cmd.<project>.<kind>.<action>`.
 pub fn command(project: &ProjectName, ty: CommandType) -> String {
