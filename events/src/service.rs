@@ -1,8 +1,169 @@
-//! What every service does at start-up, in one place (feature `service`), so the three
-//! components log alike and find the cluster alike: one JSON log shape for log pipelines,
-//! `--kubeconfig` or in-cluster discovery, and shutdown on SIGTERM or Ctrl-C.
+//! The runtime every service starts with (feature `service`), so the three components log,
+//! connect, retry, report health and stop alike: one JSON log shape for log pipelines, one
+//! Prometheus recorder, `--kubeconfig` or in-cluster discovery, one NATS connection policy, one
+//! operations server (`/healthz`, `/readyz`, `/metrics`) and shutdown on SIGTERM or Ctrl-C.
+//!
+//! ```no_run
+//! # async fn f(bus: events::bus::BusArgs) -> Result<(), Box<dyn std::error::Error>> {
+//! use events::service::{LogFormat, Runtime};
+//! let rt = Runtime::start("ambient-example", LogFormat::Json);
+//! let ops = rt.serve_ops("127.0.0.1:8081".parse()?, None).await?;
+//! let client = rt.kube_client(None).await?;
+//! let nats = rt.connect_nats(&bus).await?;
+//! rt.ready.set(true);
+//! rt.shutdown.cancelled().await;
+//! # let _ = (ops, client, nats); Ok(()) }
+//! ```
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::{MethodRouter, get};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::BusArgs;
+
+/// A service's shared parts: the shutdown token, readiness and the metrics recorder.
+#[derive(Clone)]
+pub struct Runtime {
+    name: &'static str,
+    /// Cancelled on SIGTERM or Ctrl-C (or by the service itself): every task stops on it.
+    pub shutdown: CancellationToken,
+    /// What the default `/readyz` answers.
+    pub ready: Readiness,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl Runtime {
+    /// Installs logging in `format` and the Prometheus recorder, and cancels
+    /// [`Runtime::shutdown`] on SIGTERM or Ctrl-C. Needs a Tokio runtime.
+    pub fn start(name: &'static str, format: LogFormat) -> Self {
+        init_logging(format);
+        // Several services in one test process share the process's recorder: the first wins
+        // and the others serve no metrics.
+        let metrics = match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed; /metrics stays empty");
+                None
+            }
+        };
+        let shutdown = CancellationToken::new();
+        cancel_on_signal(shutdown.clone());
+        Runtime { name, shutdown, ready: Readiness::default(), metrics }
+    }
+
+    /// The service's name (its NATS client name, its log field).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The metrics recorder's handle, when this runtime installed it.
+    pub fn metrics(&self) -> Option<PrometheusHandle> {
+        self.metrics.clone()
+    }
+
+    /// A kube client (see [`kube_client`]).
+    pub async fn kube_client(&self, kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+        kube_client(kubeconfig).await
+    }
+
+    /// Connects to NATS with the one policy of every service: the first connection is retried
+    /// until it succeeds (in a cluster the bus may start after the service; readiness says
+    /// whether it is there), the client reconnects by itself after that, and every connection
+    /// event is logged.
+    pub async fn connect_nats(&self, bus: &BusArgs) -> Result<async_nats::Client, async_nats::ConnectError> {
+        bus.connect_options(self.name)
+            .retry_on_initial_connect()
+            .event_callback(|ev| async move { tracing::info!(event = %ev, "nats connection event") })
+            .connect(bus.nats_url.as_str())
+            .await
+    }
+
+    /// Runs `op` until it succeeds, waiting 200 ms doubling to 10 s between tries and logging
+    /// each failure as `what`; `None` once the service shuts down. For start-up steps that
+    /// need the bus or the cluster (creating streams), which may come up after the service.
+    pub async fn retry<T, E, F>(&self, what: &str, mut op: impl FnMut() -> F) -> Option<T>
+    where
+        E: std::fmt::Display,
+        F: Future<Output = Result<T, E>>,
+    {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying"),
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Binds `addr` and serves the operations port until shutdown: `/healthz` (the process
+    /// runs), `/readyz` (`readyz` if given, else [`Runtime::ready`]) and `/metrics`
+    /// (Prometheus text). Never on the public listener: it is for the kubelet and Prometheus.
+    pub async fn serve_ops(
+        &self,
+        addr: SocketAddr,
+        readyz: Option<MethodRouter>,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let ready = self.ready.clone();
+        let metrics = self.metrics.clone();
+        let readyz =
+            readyz.unwrap_or_else(|| {
+                get(move || {
+                    let ready = ready.get();
+                    async move {
+                        if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+                    }
+                })
+            });
+        let app = axum::Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", readyz).route(
+            "/metrics",
+            get(move || {
+                let text = metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let shutdown = self.shutdown.clone();
+        Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+                tracing::error!(error = %e, "operations server failed");
+            }
+        }))
+    }
+}
+
+/// Whether the service is ready for work (the default `/readyz`).
+#[derive(Clone, Default, Debug)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks ready, or not.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    /// Whether ready.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// The flag itself, for code that takes an `Arc<AtomicBool>`.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
 
 /// Log output format (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -3,7 +3,6 @@
 
 pub mod bus;
 pub mod config;
-pub mod health;
 pub mod lease;
 pub mod model;
 pub mod projection;
@@ -12,21 +11,18 @@ pub mod sinks;
 pub mod watch;
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use events::service::Runtime;
 use k8s_openapi::api::coordination::v1::Lease;
-use metrics_exporter_prometheus::PrometheusBuilder;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
 /// Runs the projector until SIGTERM (exit 0) or a fatal error (exit 1).
 pub async fn run(cfg: Config) -> ExitCode {
-    events::service::init_logging(cfg.log_format);
-    match run_inner(cfg).await {
+    let rt = Runtime::start("ambient-projector", cfg.log_format);
+    match run_inner(cfg, rt).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "projector failed");
@@ -35,9 +31,8 @@ pub async fn run(cfg: Config) -> ExitCode {
     }
 }
 
-async fn run_inner(cfg: Config) -> anyhow::Result<()> {
-    let cancel = CancellationToken::new();
-    events::service::cancel_on_signal(cancel.clone());
+async fn run_inner(cfg: Config, rt: Runtime) -> anyhow::Result<()> {
+    let cancel = rt.shutdown.clone();
     let selector = model::ProjectSelector::parse(cfg.project_selector.as_deref().unwrap_or(""))
         .map_err(|e| anyhow::anyhow!("--project-selector: {e}"))?;
     let sinks = match &cfg.sinks_file {
@@ -45,38 +40,19 @@ async fn run_inner(cfg: Config) -> anyhow::Result<()> {
         None => Vec::new(),
     };
 
-    let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
-    let ready = Arc::new(AtomicBool::new(false));
-    let health = health::serve(cfg.health_addr, ready.clone(), metrics, cancel.clone())
-        .await
-        .with_context(|| format!("binding {}", cfg.health_addr))?;
+    // Ready once the initial catch-up is done, and only while leading.
+    let ready = rt.ready.flag();
+    let health = rt.serve_ops(cfg.health_addr, None).await.with_context(|| format!("binding {}", cfg.health_addr))?;
 
-    let client =
-        events::service::kube_client(cfg.kubeconfig.as_deref()).await.context("building the Kubernetes client")?;
-    let nats = cfg
-        .bus
-        .connect_options("ambient-projector")
-        .retry_on_initial_connect()
-        .connect(cfg.bus.nats_url.as_str())
-        .await
-        .with_context(|| format!("connecting to NATS at {}", cfg.bus.nats_url))?;
+    let client = rt.kube_client(cfg.kubeconfig.as_deref()).await.context("building the Kubernetes client")?;
+    let nats =
+        rt.connect_nats(&cfg.bus).await.with_context(|| format!("connecting to NATS at {}", cfg.bus.nats_url))?;
     let js = async_nats::jetstream::new(nats);
     let bus_cfg = cfg.bus.bus_config();
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match events::streams::bootstrap_streams(&js, &bus_cfg).await {
-            Ok(report) => {
-                tracing::info!(created = ?report.created, updated = ?report.updated, "streams ready");
-                break;
-            }
-            Err(e) => tracing::warn!(error = %e, "stream bootstrap failed; retrying"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
+    let Some(report) = rt.retry("stream bootstrap", || events::streams::bootstrap_streams(&js, &bus_cfg)).await else {
+        return Ok(());
+    };
+    tracing::info!(created = ?report.created, updated = ?report.updated, "streams ready");
 
     // Only the Lease holder projects and delivers; the others wait (and stay healthy).
     let leases = kube::Api::<Lease>::namespaced(client.clone(), &cfg.lease_namespace);

@@ -15,15 +15,14 @@ pub mod members;
 pub mod namespaces;
 pub mod order;
 pub mod runs;
-pub mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio_util::sync::CancellationToken;
 
 use events::sealing::SealingSecretKey;
+use events::service::Runtime;
 use events::signing::CommandVerifier;
 use events::streams::{bootstrap_consumers, bootstrap_streams};
 
@@ -31,15 +30,11 @@ use crate::config::Config;
 
 /// Runs the reconciler until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    events::service::init_logging(cfg.log_format);
+    let rt = Runtime::start("ambient-reconciler", cfg.log_format);
     let project_limits = Arc::new(cfg.project_limits().map_err(|e| anyhow::anyhow!("project limits: {e}"))?);
     let runner_bounds = Arc::new(cfg.runner.clone());
-    let metrics = telemetry::init_metrics()?;
-    let ready = telemetry::Readiness::default();
-    let stop = CancellationToken::new();
-    events::service::cancel_on_signal(stop.clone());
-    let health =
-        tokio::spawn(telemetry::serve_health(cfg.health_addr, metrics, ready.clone(), stop.clone().cancelled_owned()));
+    let stop = rt.shutdown.clone();
+    let ops = rt.serve_ops(cfg.health_addr, None).await.with_context(|| format!("binding {}", cfg.health_addr))?;
 
     let verifier = CommandVerifier::from_pem(
         &std::fs::read_to_string(&cfg.command_verify_keys_file)
@@ -49,18 +44,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         &std::fs::read_to_string(&cfg.sealing_key_file)
             .with_context(|| format!("reading {}", cfg.sealing_key_file.display()))?,
     )?;
-    let client = events::service::kube_client(cfg.kubeconfig.as_deref()).await?;
-    let nats = cfg
-        .bus
-        .connect_options("ambient-reconciler")
-        .retry_on_initial_connect()
-        .connect(cfg.bus.nats_url.as_str())
-        .await
-        .with_context(|| format!("connecting to {}", cfg.bus.nats_url))?;
+    let client = rt.kube_client(cfg.kubeconfig.as_deref()).await?;
+    let nats = rt.connect_nats(&cfg.bus).await.with_context(|| format!("connecting to {}", cfg.bus.nats_url))?;
     let js = async_nats::jetstream::new(nats);
     let bus = cfg.bus.bus_config();
-    bootstrap_streams(&js, &bus).await?;
-    bootstrap_consumers(&js, &bus).await?;
+    let bootstrap = rt.retry("stream bootstrap", || async {
+        bootstrap_streams(&js, &bus).await?;
+        bootstrap_consumers(&js, &bus).await
+    });
+    if bootstrap.await.is_none() {
+        return Ok(());
+    }
 
     let resync = Duration::from_secs(cfg.resync_seconds.max(5));
     let (namespace_store, project_controllers) = controllers::project::start(client.clone(), resync, stop.clone());
@@ -120,12 +114,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(project_controllers),
         tokio::spawn(limits_controller),
     ];
-    ready.set(true);
+    rt.ready.set(true);
     tracing::info!("reconciler running");
     stop.cancelled().await;
-    ready.set(false);
+    rt.ready.set(false);
     // In-flight commands finish or are left for redelivery; give them a moment.
     let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await;
-    let _ = health.await;
+    let _ = ops.await;
     Ok(())
 }
