@@ -34,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio_util::sync::CancellationToken;
 
@@ -362,39 +362,27 @@ pub fn start(
     stop: CancellationToken,
 ) -> (Limits, impl Future<Output = ()>) {
     let ours = watcher::Config::default().labels(&format!("{}={APP_PROJECT_LIMITS}", labels::APP));
-    let managed = watcher::Config::default().labels(&format!("{}=true", labels::MANAGED));
-    let (namespaces, ns_writer) = reflector::store();
+    let managed = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
     // Only a namespace's name, uid, labels and deletion are read.
-    let ns_events = watcher(Api::<Namespace>::all(client.clone()), managed)
-        .default_backoff()
-        .modify(|ns| {
-            ns.metadata.managed_fields = None;
-            ns.metadata.annotations = None;
-            ns.spec = None;
-            ns.status = None;
-        })
-        .reflect(ns_writer)
-        .applied_objects();
-    let (quotas, quota_writer) = reflector::store();
-    let quota_events = watcher(Api::<ResourceQuota>::all(client.clone()), ours.clone())
-        .default_backoff()
-        .modify(|q| q.metadata.managed_fields = None)
-        .reflect(quota_writer)
-        .touched_objects();
-    let (ranges, range_writer) = reflector::store();
-    let range_events = watcher(Api::<LimitRange>::all(client.clone()), ours.clone())
-        .default_backoff()
-        .modify(|r| r.metadata.managed_fields = None)
-        .reflect(range_writer)
-        .touched_objects();
-    let (accounts, account_writer) = reflector::store();
+    let (namespaces, ns_events) = super::trimmed_watch(Api::<Namespace>::all(client.clone()), managed, |ns| {
+        ns.metadata.managed_fields = None;
+        ns.metadata.annotations = None;
+        ns.spec = None;
+        ns.status = None;
+    });
+    let no_fields = |m: &mut ObjectMeta| m.managed_fields = None;
+    let (quotas, quota_events) =
+        super::trimmed_watch(Api::<ResourceQuota>::all(client.clone()), ours.clone(), move |q| {
+            no_fields(&mut q.metadata)
+        });
+    let (ranges, range_events) =
+        super::trimmed_watch(Api::<LimitRange>::all(client.clone()), ours.clone(), move |r| no_fields(&mut r.metadata));
     // By name too: a project admin may create ServiceAccounts with any labels.
-    let account_events =
-        watcher(Api::<ServiceAccount>::all(client.clone()), ours.fields(&format!("metadata.name={SERVICE_ACCOUNT}")))
-            .default_backoff()
-            .modify(|a| a.metadata.managed_fields = None)
-            .reflect(account_writer)
-            .touched_objects();
+    let (accounts, account_events) = super::trimmed_watch(
+        Api::<ServiceAccount>::all(client.clone()),
+        ours.fields(&format!("metadata.name={SERVICE_ACCOUNT}")),
+        move |a| no_fields(&mut a.metadata),
+    );
     let handle = Limits {
         client,
         limits,
@@ -405,10 +393,10 @@ pub fn start(
         applied: Default::default(),
     };
     let of_namespace = |o: Option<String>| o.map(|ns| ObjectRef::<Namespace>::new(&ns));
-    let controller = Controller::for_stream(ns_events, namespaces)
-        .watches_stream(quota_events, move |q: ResourceQuota| of_namespace(q.namespace()))
-        .watches_stream(range_events, move |r: LimitRange| of_namespace(r.namespace()))
-        .watches_stream(account_events, move |a: ServiceAccount| of_namespace(a.namespace()))
+    let controller = Controller::for_stream(ns_events.applied_objects(), namespaces)
+        .watches_stream(quota_events.touched_objects(), move |q: ResourceQuota| of_namespace(q.namespace()))
+        .watches_stream(range_events.touched_objects(), move |r: LimitRange| of_namespace(r.namespace()))
+        .watches_stream(account_events.touched_objects(), move |a: ServiceAccount| of_namespace(a.namespace()))
         .with_config(super::project_workers())
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, Arc::new(handle.clone()))

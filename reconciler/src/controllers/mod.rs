@@ -10,6 +10,12 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::Stream;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+
 use crate::error::ApplyError;
 
 /// A reconcile pass failed; it is retried after a short delay.
@@ -24,6 +30,21 @@ pub enum ControllerError {
     /// A watch cache was shut down (the reconciler is stopping).
     #[error("a watch cache closed")]
     CacheClosed,
+}
+
+/// A watch and its cache, keeping of each object only what `trim` leaves. Controllers read a few
+/// fields; the rest (managedFields above all) was most of the reconciler's memory at 10 000
+/// projects. Callers pick `.applied_objects()` (the watched kind) or `.touched_objects()`.
+pub fn trimmed_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> (Store<K>, impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    (store, watcher(api, config).default_backoff().modify(trim).reflect(writer))
 }
 
 /// Delay before a failed reconcile is retried.

@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -86,9 +86,18 @@ pub fn start(
     resync: Duration,
     stop: CancellationToken,
 ) -> (Store<Namespace>, impl Future<Output = ()>) {
-    let managed = watcher::Config::default().labels(&format!("{}=true", labels::MANAGED));
-    let controller = Controller::new(Api::<Namespace>::all(client.clone()), managed);
-    let store = controller.store();
+    // Only a namespace's name, labels and deletion are read (here and through `Projects`).
+    let (store, namespaces) = super::trimmed_watch(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default().labels(labels::MANAGED_SELECTOR),
+        |ns| {
+            ns.metadata.managed_fields = None;
+            ns.metadata.annotations = None;
+            ns.spec = None;
+            ns.status = None;
+        },
+    );
+    let controller = Controller::for_stream(namespaces.applied_objects(), store.clone());
     let ctx = Arc::new(Ctx { client: client.clone(), resync, projects: Projects::new(store.clone(), client.clone()) });
     let namespaces = controller
         .watches(Api::<ProjectSettings>::all(client.clone()), watcher::Config::default(), |ps| {
@@ -102,8 +111,14 @@ pub fn start(
                 tracing::debug!(error = %e, "namespace controller");
             }
         });
-    let permission = watcher::Config::default().labels(&format!("{}={}", labels::APP, labels::APP_PERMISSION));
-    let settings = Controller::new(Api::<ProjectSettings>::all(client.clone()), watcher::Config::default())
+    let permission = watcher::Config::default().labels(labels::PERMISSION_SELECTOR);
+    // Group grants, generation and status are read; the owner reference needs name and uid.
+    let (settings_store, settings) =
+        super::trimmed_watch(Api::<ProjectSettings>::all(client.clone()), watcher::Config::default(), |ps| {
+            ps.metadata.managed_fields = None;
+            ps.metadata.annotations = None;
+        });
+    let settings = Controller::for_stream(settings.applied_objects(), settings_store)
         .owns(Api::<RoleBinding>::all(client), permission)
         .with_config(super::project_workers())
         .graceful_shutdown_on(stop.cancelled_owned())

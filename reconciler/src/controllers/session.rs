@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -598,18 +598,11 @@ fn session_view(s: &mut AgenticSession) {
 pub async fn run(cfg: Config, concurrency: u16, stop: CancellationToken) {
     let client = cfg.client.clone();
     let runners = watcher::Config::default().labels(labels::SESSION_LABEL);
-    let (jobs, jobs_writer) = reflector::store();
-    let job_events = watcher(Api::<Job>::all(client.clone()), runners)
-        .default_backoff()
-        .modify(job_view)
-        .reflect(jobs_writer)
-        .touched_objects();
-    let (sessions, sessions_writer) = reflector::store();
-    let session_events = watcher(Api::<AgenticSession>::all(client), watcher::Config::default())
-        .default_backoff()
-        .modify(session_view)
-        .reflect(sessions_writer)
-        .applied_objects();
+    let (jobs, job_events) = super::trimmed_watch(Api::<Job>::all(client.clone()), runners, job_view);
+    let job_events = job_events.touched_objects();
+    let (sessions, session_events) =
+        super::trimmed_watch(Api::<AgenticSession>::all(client), watcher::Config::default(), session_view);
+    let session_events = session_events.applied_objects();
     let shares = crate::fair::Shares::new(usize::from(concurrency / 2));
     let gained = cfg.shards.changes();
     let ctx = Arc::new(Ctx { cfg, jobs, retries: Retries::default(), shares });
