@@ -52,8 +52,8 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(8);
 /// Bytes counted per held message beyond its payload (subject, reply, bookkeeping).
 const HELD_OVERHEAD: u64 = 512;
 
-/// Consumer settings.
-pub struct Settings {
+/// How the consumer reads and applies: partitions, parallelism, read-ahead and retries.
+pub struct Tuning {
     /// The bus layout.
     pub bus: BusConfig,
     /// Commands applied in parallel.
@@ -82,7 +82,7 @@ pub struct Consumer {
     ledger: Ledger,
     applier: Applier,
     verifier: CommandVerifier,
-    settings: Settings,
+    settings: Tuning,
     permits: Semaphore,
     fair: Mutex<Fair<Work>>,
     /// Something may be ready in `fair`.
@@ -144,7 +144,7 @@ impl Consumer {
         js: jetstream::Context,
         applier: Applier,
         verifier: CommandVerifier,
-        settings: Settings,
+        settings: Tuning,
         stop: CancellationToken,
     ) -> Arc<Self> {
         let orphans = (0..settings.bus.partitions).map(|_| tokio::sync::Mutex::new(Orphans::default())).collect();

@@ -76,7 +76,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         projects: projects.clone(),
         runner: runner_bounds.clone(),
     };
-    let settings = consumer::Settings {
+    let settings = consumer::Tuning {
         bus,
         concurrency: cfg.concurrency,
         per_project: cfg.project_concurrency,
@@ -97,7 +97,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let shards = members::Shards { owned: owned.clone(), partitions: settings.bus.partitions };
     let consumer = consumer::Consumer::new(js, applier, verifier, settings, stop.clone());
-    let sessions = controllers::session::Config {
+    let sessions = controllers::session::Setup {
         client: client.clone(),
         runner_image: cfg.runner_image.clone(),
         backend_api_url: cfg.backend_api_url.clone(),

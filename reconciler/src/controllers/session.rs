@@ -38,8 +38,9 @@ use crate::labels;
 use crate::namespaces::Projects;
 use crate::runs::{condition, delete_seen_job, guarded};
 
-/// What the session controller is configured with.
-pub struct Config {
+/// What the session controller runs with: the cluster, the runner image and bounds, the
+/// projects and the partitions this replica owns.
+pub struct Setup {
     /// Cluster client.
     pub client: kube::Client,
     /// Runner image.
@@ -61,7 +62,7 @@ pub struct Config {
 /// Shared state of a reconcile pass: the configuration and the runner Jobs as the controller's
 /// own watch holds them, so that a pass does not GET its Job (only one the cache lacks).
 struct Ctx {
-    cfg: Config,
+    cfg: Setup,
     jobs: Store<Job>,
     retries: Retries,
     /// Each project's share of the controller's workers.
@@ -264,7 +265,7 @@ fn container_resources(r: &RunnerResources) -> Option<ResourceRequirements> {
     (!q.is_empty()).then(|| ResourceRequirements { requests: Some(q.clone()), limits: Some(q), ..Default::default() })
 }
 
-fn build_job(cfg: &Config, s: &AgenticSession, ns: &str, run: i64, secret: &str, resources: &RunnerResources) -> Job {
+fn build_job(cfg: &Setup, s: &AgenticSession, ns: &str, run: i64, secret: &str, resources: &RunnerResources) -> Job {
     let session = s.name_any();
     let job_labels: BTreeMap<String, String> = crate::apply::string_map([
         (labels::SESSION_LABEL, session.as_str()),
@@ -595,7 +596,7 @@ fn session_view(s: &mut AgenticSession) {
 ///
 /// Sessions and their Jobs (by owner) trigger reconciles; both are cached, trimmed, for the
 /// reconcile passes to read.
-pub async fn run(cfg: Config, concurrency: u16, stop: CancellationToken) {
+pub async fn run(cfg: Setup, concurrency: u16, stop: CancellationToken) {
     let client = cfg.client.clone();
     let runners = watcher::Config::default().labels(labels::SESSION_LABEL);
     let (jobs, job_events) = super::trimmed_watch(Api::<Job>::all(client.clone()), runners, job_view);
