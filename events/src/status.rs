@@ -188,7 +188,8 @@ pub struct KeyView {
     /// When it was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
-    /// When it was last used, if ever.
+    /// When it was last used, if ever: the api's key list shows it (it records each key's use);
+    /// status events leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<DateTime<Utc>>,
 }
