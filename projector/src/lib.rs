@@ -6,7 +6,6 @@ pub mod config;
 pub mod lease;
 pub mod model;
 pub mod projection;
-pub mod runner;
 pub mod sinks;
 pub mod watch;
 

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use events::labels::{ACCESS_KEY_SELECTOR, PERMISSION_SELECTOR};
 
+use crate::model::runner::{self, JobStatusOnly, PodStatusOnly};
 use crate::model::{self, ProjectSelector, Rec, Res};
-use crate::runner::{self, JobStatusOnly, PodStatusOnly};
 
 /// One watch observation, in the order the watch delivered it.
 #[derive(Debug)]

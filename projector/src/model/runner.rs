@@ -16,7 +16,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use serde::Deserialize;
 
-use crate::model::{Meta, meta_of, to_chrono};
+use events::views::to_chrono;
+
+use super::meta::{Meta, meta_of};
 
 pub use events::crd::runner::{CONTAINER as RUNNER_CONTAINER, RUN_LABEL, SESSION_LABEL, job_name, session_of_job};
 
