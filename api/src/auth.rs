@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use events::Principal;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -20,7 +19,6 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::TtlCache;
 use crate::errors::ApiError;
-use crate::state::AppState;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -126,7 +124,7 @@ async fn token_review(client: &kube::Client, token: &str) -> Result<Review, ApiE
     let res = Api::<TokenReview>::all(client.clone())
         .create(&PostParams::default(), &tr)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("token review failed: {}", redact_kube_error(&e))))?;
+        .map_err(|e| ApiError::kube("token review", &e))?;
     let status = res.status.unwrap_or_default();
     Ok(match (status.authenticated, status.user) {
         (Some(true), Some(u)) if u.username.as_deref().is_some_and(|n| !n.is_empty()) => {
@@ -140,14 +138,6 @@ async fn token_review(client: &kube::Client, token: &str) -> Result<Review, ApiE
         }
         _ => Review::Rejected,
     })
-}
-
-/// A kube error without any request detail (the TokenReview body holds the token).
-fn redact_kube_error(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} ({})", s.reason, s.code),
-        _ => "API server unreachable".into(),
-    }
 }
 
 /// The bearer token of a request: `Authorization: Bearer …` first, else
@@ -169,29 +159,6 @@ pub fn bearer_token(parts: &Parts) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
-}
-
-impl FromRequestParts<Arc<AppState>> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        if let Some(c) = parts.extensions.get::<Caller>() {
-            return Ok(c.clone());
-        }
-        let token = bearer_token(parts).ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
-        let token_hash = hex(&Sha256::digest(token.as_bytes()));
-        let principal =
-            state.auth.review(&token).await?.ok_or(ApiError::Unauthenticated("the token is invalid or expired"))?;
-        state
-            .limits
-            .per_principal
-            .check(&principal.user, crate::limits::RequestKind::of(&parts.method))
-            .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
-        state.reads.note_key_use(&principal).await;
-        let caller = Caller { principal, token_hash };
-        parts.extensions.insert(caller.clone());
-        Ok(caller)
-    }
 }
 
 /// Lower-case hex.

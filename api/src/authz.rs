@@ -16,8 +16,8 @@ const MAX_CACHE: usize = 200_000;
 
 /// The API server could not decide.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct AuthzError(String);
+#[error("the SubjectAccessReview failed")]
+pub struct AuthzError(#[from] kube::Error);
 
 type Key = (Principal, ResourceCheck);
 
@@ -79,8 +79,7 @@ impl Authorizer {
     pub async fn denied(&self, who: &Principal, check: &ResourceCheck) -> Result<bool, AuthzError> {
         let res = Api::<SubjectAccessReview>::all(self.client.clone())
             .create(&PostParams::default(), &check.review_for(who))
-            .await
-            .map_err(|e| AuthzError(e.to_string()))?;
+            .await?;
         Ok(events::access::is_denied(res.status.as_ref()))
     }
 
@@ -92,10 +91,8 @@ impl Authorizer {
 }
 
 async fn review(client: &kube::Client, who: &Principal, check: &ResourceCheck) -> Result<bool, AuthzError> {
-    let res = Api::<SubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &check.review_for(who))
-        .await
-        .map_err(|e| AuthzError(e.to_string()))?;
+    let res =
+        Api::<SubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &check.review_for(who)).await?;
     let allowed = events::access::is_allowed(res.status.as_ref());
     metrics::counter!("ambient_api_access_reviews_total", "allowed" => allowed.to_string()).increment(1);
     Ok(allowed)

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use events::results::CommandResult;
+use events::results::{CommandResult, Outcome, ResourceRef};
 use events::signing::CommandSigner;
 use events::{Command, CommandType, ProjectName};
 use futures::StreamExt as _;
@@ -26,7 +26,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::hex;
-use crate::errors::ApiError;
+use crate::buckets::ensure_bucket;
+use crate::errors::{ApiError, Cause};
 use crate::parked::{ParkedKeys, Reply};
 
 /// Bucket of accepted commands (id → record).
@@ -139,20 +140,32 @@ pub struct CommandRecord {
     pub ty: String,
 }
 
-/// How a mutation was answered. (Short-lived, one per request: its size does not matter.)
-#[allow(clippy::large_enum_variant)]
-pub enum Submitted {
-    /// The result arrived in time.
-    Done {
-        /// The result.
-        result: CommandResult,
-        /// For a key creation: the unsealed token (taken from its parking place: shown once).
+/// How a mutation was answered (a command that failed is an [`ApiError::CommandFailed`]).
+pub enum Mutation {
+    /// Applied in time: the object written, and for a key creation the unsealed token (taken
+    /// from its parking place: shown once).
+    Applied {
+        /// The object the command wrote.
+        resource: ResourceRef,
+        /// For a key creation: the token.
         token: Option<String>,
         /// True when this is the replay of an earlier request with the same Idempotency-Key.
         replayed: bool,
     },
     /// Accepted but not (yet) applied: 202 with `Location: /api/commands/{id}`.
     Accepted(Uuid),
+}
+
+impl Mutation {
+    /// The answer a command's result gives.
+    fn of(result: CommandResult, token: Option<String>, replayed: bool) -> Result<Self, ApiError> {
+        match result.outcome {
+            Outcome::Succeeded { resource, .. } => Ok(Mutation::Applied { resource, token, replayed }),
+            Outcome::Failed { code, reason, message } => {
+                Err(ApiError::CommandFailed { code, reason: format!("{reason:?}"), message })
+            }
+        }
+    }
 }
 
 /// Options of one submission.
@@ -216,7 +229,7 @@ impl Commands {
     }
 
     /// Publishes `cmd` and waits (bounded) for its result.
-    pub async fn submit(&self, cmd: Command, opts: SubmitOptions) -> Result<Submitted, ApiError> {
+    pub async fn submit(&self, cmd: Command, opts: SubmitOptions) -> Result<Mutation, ApiError> {
         // A command over its bounds is refused before it costs anything shared.
         events::limits::check_command(&cmd)?;
         let key = match &opts.idempotency_key {
@@ -241,7 +254,7 @@ impl Commands {
                     drop(guard);
                     return self.replay(key, &cmd, opts.respond_async).await;
                 }
-                Err(e) => return Err(ApiError::Unavailable(format!("the command bus is unavailable: {e}"))),
+                Err(e) => return Err(ApiError::unavailable_from("the command bus is unavailable", e)),
             }
         }
         // The key stays even when the publish fails: its ack may be what got lost, and a retry
@@ -259,27 +272,22 @@ impl Commands {
             (self.admission_hasher.hash_one(cmd.project.as_str()) % ADMISSION_SHARDS as u64) as usize
         };
         let guard = self.admission[shard].lock().await;
-        let unavailable = |e: String| ApiError::Unavailable(format!("the command bus is unavailable: {e}"));
-        let stream = self
-            .js
-            .get_stream_no_info(events::streams::COMMANDS_STREAM)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+        let unavailable = |e: Cause| ApiError::unavailable_from("the command bus is unavailable", e);
+        let stream =
+            self.js.get_stream_no_info(events::streams::COMMANDS_STREAM).await.map_err(|e| unavailable(e.into()))?;
         let filter = format!("{}.*.{}.>", events::subjects::COMMANDS, cmd.project);
-        let mut info = stream.info_with_subjects(&filter).await.map_err(|e| unavailable(e.to_string()))?;
+        let mut info = stream.info_with_subjects(&filter).await.map_err(|e| unavailable(e.into()))?;
         if info.info.state.consumer_count < self.partitions as usize {
-            return Err(ApiError::Unavailable(
-                "the command consumers do not exist yet (has the reconciler started?)".into(),
-            ));
+            return Err(ApiError::unavailable("the command consumers do not exist yet (has the reconciler started?)"));
         }
         let max = info.info.config.max_bytes;
         if max > 0 && info.info.state.bytes + events::limits::charge_bytes(cmd.body.command_type()) as u64 > max as u64
         {
-            return Err(ApiError::Unavailable("the command stream is full; retry later".into()));
+            return Err(ApiError::unavailable("the command stream is full; retry later"));
         }
         let mut counts = Vec::new();
         while let Some(item) = info.next().await {
-            let (subject, n) = item.map_err(|e| unavailable(e.to_string()))?;
+            let (subject, n) = item.map_err(|e| unavailable(e.into()))?;
             counts.push((subject, n as u64));
         }
         let backlog = Backlog::from_counts(counts.iter().map(|(s, n)| (s.as_str(), *n)));
@@ -295,7 +303,7 @@ impl Commands {
         Ok(guard)
     }
 
-    async fn replay(&self, key: &str, cmd: &Command, respond_async: bool) -> Result<Submitted, ApiError> {
+    async fn replay(&self, key: &str, cmd: &Command, respond_async: bool) -> Result<Mutation, ApiError> {
         let id = self
             .idempotency
             .get(key)
@@ -303,7 +311,7 @@ impl Commands {
             .ok()
             .flatten()
             .and_then(|v| Uuid::parse_str(std::str::from_utf8(&v).ok()?).ok())
-            .ok_or_else(|| ApiError::Unavailable("the idempotency record could not be read".into()))?;
+            .ok_or_else(|| ApiError::unavailable("the idempotency record could not be read"))?;
         let record = self.record(id).await?;
         if record
             .as_ref()
@@ -318,7 +326,7 @@ impl Commands {
         if let Some(result) = self.stored_result(&cmd.project, id).await? {
             // A key creation's token goes to whichever request asks first, this retry too.
             let token = self.parked.take(id, &result).await;
-            return Ok(Submitted::Done { result, token, replayed: true });
+            return Mutation::of(result, token, true);
         }
         // No result yet: the first attempt may never have reached the bus (the api crashed or
         // lost NATS between recording the key and the publish's ack). Publish the same request
@@ -330,7 +338,7 @@ impl Commands {
         let guard = self.admit(&again).await?;
         let out = self.publish_and_wait(&again, respond_async, None, guard).await?;
         Ok(match out {
-            Submitted::Done { result, token, .. } => Submitted::Done { result, token, replayed: true },
+            Mutation::Applied { resource, token, .. } => Mutation::Applied { resource, token, replayed: true },
             accepted => accepted,
         })
     }
@@ -341,15 +349,15 @@ impl Commands {
         respond_async: bool,
         reply: Option<&Reply>,
         admitted: tokio::sync::MutexGuard<'_, ()>,
-    ) -> Result<Submitted, ApiError> {
-        let unavailable = |e: String| ApiError::Unavailable(format!("the command bus did not accept the command: {e}"));
+    ) -> Result<Mutation, ApiError> {
+        let unavailable = |e: Cause| ApiError::unavailable_from("the command bus did not accept the command", e);
         let record = CommandRecord {
             project: cmd.project.to_string(),
             submitter: cmd.principal.user.clone(),
             ty: cmd.body.command_type().type_str().into(),
         };
-        let record = serde_json::to_vec(&record).map_err(|e| ApiError::Internal(e.to_string()))?;
-        self.records.put(cmd.id.to_string(), record.into()).await.map_err(|e| unavailable(e.to_string()))?;
+        let record = serde_json::to_vec(&record).map_err(ApiError::internal)?;
+        self.records.put(cmd.id.to_string(), record.into()).await.map_err(|e| unavailable(e.into()))?;
         // Parked before the publish: once the command may exist, so may a way to its token.
         if let Some(reply) = reply {
             self.parked.park(cmd.id, reply).await.map_err(unavailable)?;
@@ -358,7 +366,7 @@ impl Commands {
             .nats
             .subscribe(events::subjects::result(&cmd.project, cmd.id))
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(e.into()))?;
         let out = events::wire::encode_command(cmd, &self.signer);
         // Announced to every replica once stored, for the reads to show (crate::pending).
         let announcement = crate::pending::shows(cmd.body.command_type())
@@ -371,19 +379,20 @@ impl Commands {
             self.js
                 .publish_with_headers(out.subject, out.headers, out.payload)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(Cause::from)?
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(Cause::from)
         };
         // The server's own caps refuse a command before storing it: not undetermined.
-        let refused = |e: &str| -> Option<ApiError> {
+        let refused = |e: &Cause| -> Option<ApiError> {
+            let e = e.to_string();
             if e.contains("maximum messages per subject") {
                 Some(ApiError::Backlog {
                     message: "the project has too many pending commands of this type".into(),
                     retry_after_secs: 5,
                 })
             } else if e.contains("maximum bytes") || e.contains("insufficient resources") {
-                Some(ApiError::Unavailable("the command stream is full; retry later".into()))
+                Some(ApiError::unavailable("the command stream is full; retry later"))
             } else if e.contains("message size exceeds maximum") {
                 Some(ApiError::TooLarge("the command is larger than the command stream accepts".into()))
             } else {
@@ -392,7 +401,7 @@ impl Commands {
         };
         // From here the command may be stored even when the acknowledgement is lost: answer
         // with its id (its record exists, so its submitter can look the outcome up).
-        let undetermined = |e: String| ApiError::Undetermined {
+        let undetermined = |e: Cause| ApiError::Undetermined {
             message: format!("the command bus did not acknowledge the command: {e}"),
             command_id: cmd.id,
         };
@@ -417,7 +426,7 @@ impl Commands {
         metrics::counter!("ambient_api_commands_total", "type" => cmd.body.command_type().type_str()).increment(1);
         tracing::info!(command_id = %cmd.id, project = %cmd.project, r#type = cmd.body.command_type().type_str(), "command accepted");
         if respond_async {
-            return Ok(Submitted::Accepted(cmd.id));
+            return Ok(Mutation::Accepted(cmd.id));
         }
         // A key's token is shown once, to this answer if it can be: wait longer for it.
         let timeout = if reply.is_some() { self.key_result_timeout } else { self.result_timeout };
@@ -427,9 +436,9 @@ impl Commands {
                     Some(_) => self.parked.take(cmd.id, &result).await,
                     None => None,
                 };
-                Ok(Submitted::Done { result, token, replayed: false })
+                Mutation::of(result, token, false)
             }
-            None => Ok(Submitted::Accepted(cmd.id)),
+            None => Ok(Mutation::Accepted(cmd.id)),
         }
     }
 
@@ -450,7 +459,7 @@ impl Commands {
             .records
             .get(id.to_string())
             .await
-            .map_err(|e| ApiError::Unavailable(format!("the command bus is unavailable: {e}")))?;
+            .map_err(|e| ApiError::unavailable_from("the command bus is unavailable", e))?;
         Ok(v.and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
@@ -460,11 +469,11 @@ impl Commands {
             .js
             .get_stream(events::streams::RESULTS_STREAM)
             .await
-            .map_err(|e| ApiError::Unavailable(format!("the command bus is unavailable: {e}")))?;
+            .map_err(|e| ApiError::unavailable_from("the command bus is unavailable", e))?;
         match stream.get_last_raw_message_by_subject(&events::subjects::result(project, id)).await {
             Ok(m) => Ok(events::wire::decode_result(Some(&m.headers), &m.payload).ok()),
             Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(ApiError::Unavailable(format!("the command bus is unavailable: {e}"))),
+            Err(e) => Err(ApiError::unavailable_from("the command bus is unavailable", e)),
         }
     }
 
@@ -482,23 +491,6 @@ impl Commands {
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }
-}
-
-/// Opens `bucket`, creating it (file storage, history 1, `ttl`) when absent.
-pub async fn ensure_bucket(js: &jetstream::Context, bucket: &str, ttl: Duration) -> anyhow::Result<kv::Store> {
-    if let Ok(s) = js.get_key_value(bucket).await {
-        return Ok(s);
-    }
-    Ok(js
-        .create_key_value(kv::Config {
-            bucket: bucket.into(),
-            description: "owned by the api".into(),
-            history: 1,
-            max_age: ttl,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?)
 }
 
 /// A result as JSON for clients: the sealed token is never shown.

@@ -1,8 +1,10 @@
 //! Command-line and environment configuration.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 pub use events::service::LogFormat;
 
@@ -60,7 +62,7 @@ pub struct Config {
     /// `X-Forwarded-For` is believed: a request from it is counted against the nearest
     /// forwarded address that is not itself a trusted proxy. None by default: the header is
     /// ignored, since any client can send it.
-    #[arg(long = "trusted-proxy", env = "API_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::limits::parse_proxy)]
+    #[arg(long = "trusted-proxy", env = "API_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Writes (POST, PUT, PATCH, DELETE) per second allowed to one principal (sustained).
     #[arg(long, env = "API_RATE_LIMIT_RPS", default_value_t = 20.0)]
@@ -179,6 +181,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("not a duration: {s}"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a `--trusted-proxy` value: an address or a CIDR network.
+pub fn parse_proxy(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map(|n| match n {
+            // A v4-mapped v6 network is matched as the v4 network it maps.
+            IpNet::V6(v6) if v6.addr().to_ipv4_mapped().is_some() && v6.prefix_len() >= 96 => {
+                let v4 = v6.addr().to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map(IpNet::V4).unwrap_or(n)
+            }
+            n => n,
+        })
+        .map_err(|_| format!("not an IP address or CIDR network: {s}"))
 }
 
 #[cfg(test)]

@@ -8,6 +8,13 @@ use serde_json::{Map, Value, json};
 /// no route reveals another tenant's project names.
 pub const PROJECT_NOT_FOUND: &str = "project not found";
 
+pub use events::Cause;
+
+/// `": <cause>"`, or nothing.
+fn colon(cause: &Option<Cause>) -> String {
+    cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+}
+
 /// An error answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -49,8 +56,14 @@ pub enum ApiError {
     #[error("{message}")]
     Backlog { message: String, retry_after_secs: u64 },
     /// 503: a dependency (NATS, the API server) is unavailable.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("{message}{}", colon(.cause))]
+    Unavailable {
+        /// What could not be done.
+        message: String,
+        /// Why.
+        #[source]
+        cause: Option<Cause>,
+    },
     /// 503 for a command whose publish was not acknowledged: the bus may or may not have it.
     /// The body carries `commandId` (and `Location`), so the caller can look its outcome up
     /// instead of guessing; a retry with the same `Idempotency-Key` is also safe.
@@ -72,10 +85,36 @@ pub enum ApiError {
     NotAvailable(&'static str),
     /// 500: a bug or an unexpected dependency answer (never client input).
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] Cause),
 }
 
 impl ApiError {
+    /// 503 with a sentence.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::Unavailable { message: message.into(), cause: None }
+    }
+
+    /// 503: `message`, because of `cause`.
+    pub fn unavailable_from(message: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        ApiError::Unavailable { message: message.into(), cause: Some(cause.into()) }
+    }
+
+    /// 500 (a bug, never client input).
+    pub fn internal(cause: impl Into<Cause>) -> Self {
+        ApiError::Internal(cause.into())
+    }
+
+    /// 503 for a call of the api's own to the API server that failed. The one mapping of kube
+    /// errors: it keeps the reason and code only, never request detail (a TokenReview's body
+    /// holds the caller's token).
+    pub fn kube(what: &str, e: &kube::Error) -> Self {
+        let cause = match e {
+            kube::Error::Api(s) => format!("{} ({})", s.reason, s.code),
+            _ => "API server unreachable".into(),
+        };
+        ApiError::unavailable_from(format!("{what} failed"), cause)
+    }
+
     /// 404 for an invisible or missing project.
     pub fn project_not_found() -> Self {
         ApiError::NotFound(PROJECT_NOT_FOUND.into())
@@ -104,7 +143,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } | ApiError::Backlog { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::Undetermined { .. } | ApiError::KeyPending { .. } => {
+            ApiError::Unavailable { .. } | ApiError::Undetermined { .. } | ApiError::KeyPending { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::CommandFailed { code, .. } => {
@@ -117,7 +156,7 @@ impl ApiError {
 
 impl From<crate::authz::AuthzError> for ApiError {
     fn from(e: crate::authz::AuthzError) -> Self {
-        ApiError::Unavailable(format!("authorization check failed: {e}"))
+        ApiError::unavailable_from("authorization check failed", e)
     }
 }
 
@@ -184,5 +223,26 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5u64));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_dependency_failure_keeps_its_cause_and_its_sentence() {
+        let e = ApiError::unavailable_from("the command bus is unavailable", std::io::Error::other("connection reset"));
+        assert_eq!(e.to_string(), "the command bus is unavailable: connection reset");
+        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("connection reset"));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bare = ApiError::unavailable("the command stream is full; retry later");
+        assert_eq!(bare.to_string(), "the command stream is full; retry later");
+        assert!(bare.source().is_none());
+        let bug = ApiError::internal(serde_json::from_str::<u8>("x").unwrap_err());
+        assert!(bug.to_string().starts_with("internal error: "));
+        assert!(bug.source().is_some());
+        assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -2,14 +2,18 @@
 //! (408), and every field must be known (400 naming the unknown field).
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
+use axum::http::request::Parts;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
 
+use crate::auth::{Caller, bearer_token, hex};
 use crate::errors::ApiError;
+use crate::limits::RequestKind;
 use crate::state::AppState;
 
 /// A JSON body, parsed but not yet typed.
@@ -63,7 +67,7 @@ pub fn strict<T: DeserializeOwned + Serialize>(v: &Value) -> Result<T, ApiError>
             .map(String::from);
         ApiError::BadRequest { message: format!("invalid request body: {msg}"), field }
     })?;
-    let back = serde_json::to_value(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let back = serde_json::to_value(&t).map_err(ApiError::internal)?;
     if let Some(path) = unknown_path(v, &back, String::new()) {
         return Err(ApiError::bad_field(path.clone(), format!("unknown field {path}")));
     }
@@ -85,6 +89,29 @@ fn unknown_path(given: &Value, known: &Value, prefix: String) -> Option<String> 
             g.iter().zip(k.iter()).enumerate().find_map(|(i, (gv, kv))| unknown_path(gv, kv, format!("{prefix}[{i}]")))
         }
         _ => None,
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(c.clone());
+        }
+        let token = bearer_token(parts).ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
+        let token_hash = hex(&Sha256::digest(token.as_bytes()));
+        let principal =
+            state.auth.review(&token).await?.ok_or(ApiError::Unauthenticated("the token is invalid or expired"))?;
+        state
+            .limits
+            .per_principal
+            .check(&principal.user, RequestKind::of(&parts.method))
+            .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
+        state.reads.note_key_use(&principal).await;
+        let caller = Caller { principal, token_hash };
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
     }
 }
 

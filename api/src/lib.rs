@@ -6,17 +6,19 @@
 
 pub mod auth;
 pub mod authz;
+pub mod buckets;
 pub mod cache;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod errors;
 pub mod extract;
 pub mod limits;
-pub mod limits_doc;
 pub mod messages;
 pub mod ops;
 pub mod parked;
 pub mod pending;
+pub mod purge;
 pub mod reads;
 pub mod routes;
 pub mod runners;
@@ -40,7 +42,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{Authenticator, CacheLimits};
 use crate::authz::Authorizer;
-use crate::commands::{Commands, ensure_bucket};
+use crate::buckets::ensure_bucket;
+use crate::commands::Commands;
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::messages::MessageLog;
@@ -57,7 +60,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         // Before anything else a request costs (authentication included): the client's bucket.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::per_address))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::per_address))
         .layer(axum::middleware::from_fn(ops::json_errors))
         .layer(CatchPanicLayer::custom(ops::panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -185,7 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !state.reads.wait_ready().await {
         anyhow::bail!("watch caches did not fill within 60 s (RBAC of the api's ServiceAccount?)");
     }
-    tokio::spawn(messages::run_purger(state.clone(), session_changes_rx));
+    tokio::spawn(purge::run_purger(state.clone(), session_changes_rx));
     tokio::spawn(forget_idle_buckets(state.clone()));
     tokio::spawn(routes::ui::discover_cluster(state.clone()));
     tracing::info!(listen = %config.listen, health = %config.health_addr, "api serving");
@@ -250,7 +253,7 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
-        // The peer address, for the per-address limit (`limits::per_address`).
+        // The peer address, for the per-address limit (`ops::per_address`).
         let service = app.clone().map_request(move |r: axum::http::Request<_>| {
             let mut r = r.map(axum::body::Body::new);
             r.extensions_mut().insert(axum::extract::ConnectInfo(peer));

@@ -20,18 +20,13 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
 
-use crate::auth::bearer_token;
 use crate::config::Config;
 use crate::errors::ApiError;
-use crate::state::AppState;
 
 /// A token bucket per key: `rps` sustained, `burst` at once.
 pub struct KeyedLimiter<K: std::hash::Hash + Eq + Clone> {
@@ -154,27 +149,6 @@ impl Limits {
     }
 }
 
-/// The middleware of the public listener: one cell of the client's bucket per request that
-/// could cost a TokenReview (no token, an unknown or a rejected one), before anything else runs.
-/// A request whose token has a live review in the cache costs the API server nothing and is
-/// limited per principal instead: behind a proxy, where every client shares the proxy's address,
-/// an unauthenticated flood then cannot lock out the users already signed in.
-pub async fn per_address(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
-    if bearer_token(&parts).is_some_and(|t| st.auth.known_valid(&t)) {
-        return next.run(Request::from_parts(parts, body)).await;
-    }
-    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let client = client_address(peer, &parts.headers, &st.limits.trusted_proxies);
-    match st.limits.per_address.check(&client_key(client)) {
-        Ok(()) => next.run(Request::from_parts(parts, body)).await,
-        Err(retry_after_secs) => {
-            metrics::counter!("ambient_api_pre_auth_limited_total").increment(1);
-            ApiError::TooManyRequests { retry_after_secs }.into_response()
-        }
-    }
-}
-
 /// The address a request is limited by: the peer, unless the peer is a trusted proxy; then the
 /// nearest `X-Forwarded-For` hop that is not a trusted proxy (hops are read right to left, as
 /// each proxy appends the address it was reached from; a client can only forge hops left of the
@@ -230,22 +204,6 @@ pub fn client_key(a: IpAddr) -> IpAddr {
         }
         v4 => v4,
     }
-}
-
-/// Parses a `--trusted-proxy` value: an address or a CIDR network.
-pub fn parse_proxy(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map(|n| match n {
-            // A v4-mapped v6 network is matched as the v4 network it maps.
-            IpNet::V6(v6) if v6.addr().to_ipv4_mapped().is_some() && v6.prefix_len() >= 96 => {
-                let v4 = v6.addr().to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-                ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map(IpNet::V4).unwrap_or(n)
-            }
-            n => n,
-        })
-        .map_err(|_| format!("not an IP address or CIDR network: {s}"))
 }
 
 /// Counts the open event streams of each principal, up to a cap.
@@ -329,6 +287,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::config::parse_proxy;
 
     #[test]
     fn buckets_limit_per_key_and_refill() {

@@ -6,13 +6,17 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::errors::json_error;
+use crate::auth::bearer_token;
+use crate::errors::{ApiError, json_error};
+use crate::limits::{client_address, client_key};
 use crate::state::AppState;
 
 /// The shape of every error body.
@@ -140,6 +144,27 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
         return Response::from_parts(parts, Body::from(body));
     }
     resp
+}
+
+/// The middleware of the public listener: one cell of the client's bucket per request that
+/// could cost a TokenReview (no token, an unknown or a rejected one), before anything else runs.
+/// A request whose token has a live review in the cache costs the API server nothing and is
+/// limited per principal instead: behind a proxy, where every client shares the proxy's address,
+/// an unauthenticated flood then cannot lock out the users already signed in.
+pub async fn per_address(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    if bearer_token(&parts).is_some_and(|t| st.auth.known_valid(&t)) {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = client_address(peer, &parts.headers, &st.limits.trusted_proxies);
+    match st.limits.per_address.check(&client_key(client)) {
+        Ok(()) => next.run(Request::from_parts(parts, body)).await,
+        Err(retry_after_secs) => {
+            metrics::counter!("ambient_api_pre_auth_limited_total").increment(1);
+            ApiError::TooManyRequests { retry_after_secs }.into_response()
+        }
+    }
 }
 
 #[cfg(test)]

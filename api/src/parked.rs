@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::hex;
+use crate::errors::Cause;
 
 /// Bucket of parked reply keys: `k.<command id>` → sealed reply key, `a.<alias>` → command id.
 pub const BUCKET: &str = "ambient-api-parked-keys";
@@ -62,24 +63,24 @@ impl ParkedKeys {
     /// Opens the bucket (created when absent); `shared_secret` is what every api replica holds
     /// (its signing key).
     pub async fn open(js: &jetstream::Context, shared_secret: &[u8]) -> anyhow::Result<Self> {
-        let kv = crate::commands::ensure_bucket(js, BUCKET, TTL).await?;
+        let kv = crate::buckets::ensure_bucket(js, BUCKET, TTL).await?;
         Ok(Self { kv, sealer: SealingSecretKey::derive(CONTEXT, shared_secret) })
     }
 
     /// Parks `reply` for command `id`.
-    pub async fn park(&self, id: Uuid, reply: &Reply) -> Result<(), String> {
-        let sealed = self.sealer.public_key().seal(reply.key.to_base64().as_bytes()).map_err(|e| e.to_string())?;
-        self.kv.put(id_key(id), String::from(sealed).into_bytes().into()).await.map_err(|e| e.to_string())?;
-        self.kv.put(alias_key(&reply.alias), id.to_string().into_bytes().into()).await.map_err(|e| e.to_string())?;
+    pub async fn park(&self, id: Uuid, reply: &Reply) -> Result<(), Cause> {
+        let sealed = self.sealer.public_key().seal(reply.key.to_base64().as_bytes())?;
+        self.kv.put(id_key(id), String::from(sealed).into_bytes().into()).await?;
+        self.kv.put(alias_key(&reply.alias), id.to_string().into_bytes().into()).await?;
         Ok(())
     }
 
     /// The command whose token is parked under `alias`, if one is.
-    pub async fn by_alias(&self, alias: &str) -> Result<Option<Uuid>, String> {
-        let Some(v) = self.kv.get(alias_key(alias)).await.map_err(|e| e.to_string())? else { return Ok(None) };
+    pub async fn by_alias(&self, alias: &str) -> Result<Option<Uuid>, Cause> {
+        let Some(v) = self.kv.get(alias_key(alias)).await? else { return Ok(None) };
         let Some(id) = std::str::from_utf8(&v).ok().and_then(|s| Uuid::parse_str(s).ok()) else { return Ok(None) };
         // The alias outlives a taken token: only a parked key counts.
-        Ok(self.kv.get(id_key(id)).await.map_err(|e| e.to_string())?.map(|_| id))
+        Ok(self.kv.get(id_key(id)).await?.map(|_| id))
     }
 
     /// The reply key parked for command `id` (left parked), to publish that command again.

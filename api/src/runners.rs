@@ -14,19 +14,16 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use events::Principal;
-use events::access::ResourceCheck;
 use events::crd::AgenticSession;
 use events::crd::runner::BoundPod;
 use events::status::RunnerView;
 
-use crate::errors::ApiError;
-use crate::state::AppState;
+use crate::errors::{ApiError, Cause};
 
 /// How long a runner's token waits for the projector to show its pod: a runner's first call
 /// comes after its container started, long after the pod was created, so this is only a
 /// backstop for a projector that runs behind.
-const VIEW_LAG: Duration = Duration::from_secs(3);
+pub const VIEW_LAG: Duration = Duration::from_secs(3);
 
 /// The projector's runner views (the sessions bucket), opened on first use.
 #[derive(Default)]
@@ -48,15 +45,15 @@ impl RunnerViews {
             uid: String,
             view: RunnerView,
         }
-        let unavailable = |e: String| ApiError::Unavailable(format!("the runner view is unavailable: {e}"));
+        let unavailable = |e: Cause| ApiError::unavailable_from("the runner view is unavailable", e);
         let store = self
             .store
             .get_or_try_init(|| async { js.get_key_value(events::streams::SESSIONS_BUCKET).await })
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(e.into()))?;
         let name = session.metadata.name.as_deref().unwrap_or_default();
         let key = format!("{project}.{name}.runner");
-        let Some(bytes) = store.get(key).await.map_err(|e| unavailable(e.to_string()))? else {
+        let Some(bytes) = store.get(key).await.map_err(|e| unavailable(e.into()))? else {
             return Ok(None);
         };
         // A value this api cannot read (another projector version) is no runner view, not an error.
@@ -73,31 +70,6 @@ pub fn is_current_runner(view: &RunnerView, session: &AgenticSession, pod: &Boun
         && view.run.is_some()
         && view.run == run
         && view.pod.as_ref().is_some_and(|p| p.name == pod.name && p.uid == pod.uid)
-}
-
-impl AppState {
-    /// Whether `who` is session `session`'s runner in `project` (see the module doc).
-    pub async fn runs(&self, who: &Principal, project: &str, session: &str) -> Result<bool, ApiError> {
-        let Some(pod) = BoundPod::of(who) else {
-            return Ok(self.authz.allowed(who, &ResourceCheck::session_status(project, session)).await?);
-        };
-        if pod.project != project || !pod.could_run(session) {
-            return Ok(false);
-        }
-        let deadline = tokio::time::Instant::now() + VIEW_LAG;
-        loop {
-            if let Some(s) = self.reads.session(project, session) {
-                let view = self.runner_views.of(self.commands.jetstream(), project, &s).await?;
-                if view.is_some_and(|v| is_current_runner(&v, &s, &pod)) {
-                    return Ok(true);
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::Caller;
 use crate::authz::{check, project_visible};
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Cause};
 use crate::limits::StreamSlot;
 use crate::state::AppState;
 
@@ -89,7 +89,7 @@ pub async fn session_events(
     let slot = st.limits.streams.open(&caller.principal.user)?;
     let cursor =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(SessionCursor::parse).unwrap_or_default();
-    let unavailable = |e: String| ApiError::Unavailable(format!("the session stream is unavailable: {e}"));
+    let unavailable = |e: Cause| ApiError::unavailable_from("the session stream is unavailable", e);
     let js = st.commands.jetstream();
     let (status_from, status_seq) =
         start_of(js, events::streams::STATUS_STREAM, cursor.status).await.map_err(unavailable)?;
@@ -160,7 +160,7 @@ async fn stream(
             Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.saturating_add(1) },
             None => DeliverPolicy::New,
         };
-    let unavailable = |e: String| ApiError::Unavailable(format!("the status stream is unavailable: {e}"));
+    let unavailable = |e: Cause| ApiError::unavailable_from("the status stream is unavailable", e);
     let mut messages = ordered(st.commands.jetstream(), events::streams::STATUS_STREAM, filter, deliver_policy)
         .await
         .map_err(unavailable)?;
@@ -222,10 +222,10 @@ impl std::fmt::Display for SessionCursor {
 
 /// Where to start reading `stream`: after `resume`, or after its current last message (live).
 /// Returns the start policy and the sequence the cursor starts at.
-async fn start_of(js: &jetstream::Context, stream: &str, resume: Option<u64>) -> Result<(DeliverPolicy, u64), String> {
+async fn start_of(js: &jetstream::Context, stream: &str, resume: Option<u64>) -> Result<(DeliverPolicy, u64), Cause> {
     let seq = match resume {
         Some(seq) => seq,
-        None => js.get_stream(stream).await.map_err(|e| e.to_string())?.cached_info().state.last_sequence,
+        None => js.get_stream(stream).await.map_err(Cause::from)?.cached_info().state.last_sequence,
     };
     Ok((DeliverPolicy::ByStartSequence { start_sequence: seq.saturating_add(1) }, seq))
 }
@@ -235,16 +235,16 @@ async fn ordered(
     stream: &str,
     filter: String,
     deliver_policy: DeliverPolicy,
-) -> Result<consumer::pull::Ordered, String> {
+) -> Result<consumer::pull::Ordered, Cause> {
     js.get_stream_no_info(stream)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(Cause::from)?
         .create_consumer(consumer::pull::OrderedConfig { filter_subject: filter, deliver_policy, ..Default::default() })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(Cause::from)?
         .messages()
         .await
-        .map_err(|e| e.to_string())
+        .map_err(Cause::from)
 }
 
 /// `None` while the caller keeps access; otherwise the last event of the stream: `revoked` when

@@ -5,7 +5,6 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use events::access::{Requirement, ResourceCheck};
-use events::results::{Outcome, ResourceRef};
 use events::sealing::SealingPublicKey;
 use events::{Command, CommandBody, Principal, ProjectName};
 use serde_json::{Value, json};
@@ -14,11 +13,13 @@ use uuid::Uuid;
 
 use crate::auth::{Authenticator, Caller};
 use crate::authz::{Authorizer, project_visible};
-use crate::commands::{Commands, SubmitOptions, Submitted};
+use crate::commands::{Commands, Mutation, SubmitOptions};
 use crate::config::Config;
 use crate::errors::ApiError;
 use crate::messages::MessageLog;
 use crate::reads::Reads;
+use crate::runners::{VIEW_LAG, is_current_runner};
+use events::crd::runner::BoundPod;
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -45,17 +46,9 @@ pub struct AppState {
     /// Cancelled on shutdown (ends SSE streams).
     pub shutdown: CancellationToken,
     /// What the web UI's compatibility routes know of the cluster (`routes::ui`).
-    pub ui: crate::routes::ui::UiState,
+    pub ui: crate::cluster::UiState,
     /// The projector's runner views, which say whose runner a pod-bound token is.
     pub runner_views: crate::runners::RunnerViews,
-}
-
-/// A synchronous mutation's outcome.
-pub enum Mutation {
-    /// Applied; the object written, and for a key creation the token.
-    Applied { resource: ResourceRef, token: Option<String>, replayed: bool },
-    /// Accepted only: answer 202.
-    Accepted(Uuid),
 }
 
 /// How long a synchronous write waits for the watch caches to show it.
@@ -167,20 +160,34 @@ impl AppState {
         // The overlay of this replica learns of the command before the answer leaves: a client's
         // next read must show it even when the announcement to every replica runs behind.
         let shown = crate::pending::shows(cmd.body.command_type()).then(|| cmd.clone());
-        match tracing::Instrument::instrument(self.commands.submit(cmd, opts), span).await? {
-            Submitted::Accepted(id) => {
-                if let Some(mut cmd) = shown {
-                    cmd.id = id;
-                    self.reads.pending.accepted(&cmd);
+        let mutation = tracing::Instrument::instrument(self.commands.submit(cmd, opts), span).await?;
+        if let (Mutation::Accepted(id), Some(mut cmd)) = (&mutation, shown) {
+            cmd.id = *id;
+            self.reads.pending.accepted(&cmd);
+        }
+        Ok(mutation)
+    }
+
+    /// Whether `who` is session `session`'s runner in `project` (see the module doc).
+    pub async fn runs(&self, who: &Principal, project: &str, session: &str) -> Result<bool, ApiError> {
+        let Some(pod) = BoundPod::of(who) else {
+            return Ok(self.authz.allowed(who, &ResourceCheck::session_status(project, session)).await?);
+        };
+        if pod.project != project || !pod.could_run(session) {
+            return Ok(false);
+        }
+        let deadline = tokio::time::Instant::now() + VIEW_LAG;
+        loop {
+            if let Some(s) = self.reads.session(project, session) {
+                let view = self.runner_views.of(self.commands.jetstream(), project, &s).await?;
+                if view.is_some_and(|v| is_current_runner(&v, &s, &pod)) {
+                    return Ok(true);
                 }
-                Ok(Mutation::Accepted(id))
             }
-            Submitted::Done { result, token, replayed } => match result.outcome {
-                Outcome::Succeeded { resource, .. } => Ok(Mutation::Applied { resource, token, replayed }),
-                Outcome::Failed { code, reason, message } => {
-                    Err(ApiError::CommandFailed { code, reason: format!("{reason:?}"), message })
-                }
-            },
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

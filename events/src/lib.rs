@@ -44,3 +44,7 @@ pub use domain::{Phase, Principal, Role, SubjectType};
 pub use names::{KeyName, ProjectName, SessionName, SubjectName, ValidationError};
 pub use results::{CommandResult, FailureReason, Outcome};
 pub use status::{StatusBody, StatusEvent, StatusKind};
+
+/// What failed underneath an error of a service (a NATS, kube or serde error, or a sentence),
+/// kept as the error's `source()` so that logs show the whole chain.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;

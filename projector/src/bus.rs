@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
 use events::streams::{ACCESS_BUCKET, PROJECTS_BUCKET, SESSIONS_BUCKET, STATUS_STREAM};
-use events::{ProjectName, StatusEvent, StatusKind};
+use events::{Cause, ProjectName, StatusEvent, StatusKind};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -16,16 +16,17 @@ use crate::model::{ObjKey, Projected};
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// A read-model bucket could not be opened or read.
-    #[error("read-model bucket {bucket}: {message}")]
+    #[error("read-model bucket {bucket}: {cause}")]
     Bucket {
         /// Bucket.
         bucket: &'static str,
         /// What went wrong.
-        message: String,
+        #[source]
+        cause: Cause,
     },
     /// The status stream could not be read.
     #[error("status stream: {0}")]
-    Status(String),
+    Status(#[source] Cause),
     /// Shutting down before the operation could complete.
     #[error("shutting down")]
     Cancelled,
@@ -47,8 +48,7 @@ impl Bus {
     pub async fn open(js: jetstream::Context, cancel: CancellationToken) -> Result<Self, BusError> {
         let mut buckets = BTreeMap::new();
         for b in [PROJECTS_BUCKET, SESSIONS_BUCKET, ACCESS_BUCKET] {
-            let store =
-                js.get_key_value(b).await.map_err(|e| BusError::Bucket { bucket: b, message: e.to_string() })?;
+            let store = js.get_key_value(b).await.map_err(|e| BusError::Bucket { bucket: b, cause: e.into() })?;
             buckets.insert(b, store);
         }
         Ok(Bus { js, buckets, cancel })
@@ -63,8 +63,8 @@ impl Bus {
     pub async fn load(&self) -> Result<BTreeMap<ObjKey, Projected>, BusError> {
         let mut out = BTreeMap::new();
         for &bucket in self.buckets.keys() {
-            let err = |e: &dyn std::fmt::Display| BusError::Bucket { bucket, message: e.to_string() };
-            let stream = self.js.get_stream(format!("KV_{bucket}")).await.map_err(|e| err(&e))?;
+            let err = |e: Cause| BusError::Bucket { bucket, cause: e };
+            let stream = self.js.get_stream(format!("KV_{bucket}")).await.map_err(|e| err(e.into()))?;
             let name = format!("projector-load-{}", uuid::Uuid::new_v4().simple());
             let consumer = stream
                 .create_consumer(consumer::push::Config {
@@ -77,19 +77,21 @@ impl Bus {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| err(&e))?;
+                .map_err(|e| err(e.into()))?;
             let mut remaining = consumer.cached_info().num_pending;
             let prefix = format!("$KV.{bucket}.");
             if remaining > 0 {
-                let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+                let mut messages = consumer.messages().await.map_err(|e| err(e.into()))?;
                 while remaining > 0 {
                     // A stall is an error: loading less than the read model holds would
                     // re-announce objects as new.
                     let m = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
                         Ok(Some(Ok(m))) => m,
-                        Ok(Some(Err(e))) => return Err(err(&e)),
-                        Ok(None) => return Err(err(&"read-model load ended early")),
-                        Err(_) => return Err(err(&format!("read-model load stalled with {remaining} values left"))),
+                        Ok(Some(Err(e))) => return Err(err(e.into())),
+                        Ok(None) => return Err(err("read-model load ended early".into())),
+                        Err(_) => {
+                            return Err(err(format!("read-model load stalled with {remaining} values left").into()));
+                        }
                     };
                     remaining = m.info().map(|i| i.pending).unwrap_or(0);
                     let op = m.headers.as_ref().and_then(|h| h.get(KV_OPERATION)).map(|v| v.as_str().to_string());
@@ -155,8 +157,8 @@ impl Bus {
                     .js
                     .publish_with_headers(out.subject.clone(), out.headers.clone(), out.payload.clone())
                     .await
-                    .map_err(|e| e.to_string())?;
-                fut.await.map_err(|e| e.to_string())
+                    .map_err(Cause::from)?;
+                fut.await.map_err(Cause::from)
             })
             .await?;
         metrics::counter!("projector_events_emitted_total", "type" => ev.body.type_str()).increment(1);
@@ -182,12 +184,12 @@ impl Bus {
         let filter = events::subjects::status_of_project(project);
         let purged = self
             .retry("purge", || async {
-                let stream = self.js.get_stream_no_info(STATUS_STREAM).await.map_err(|e| e.to_string())?;
+                let stream = self.js.get_stream_no_info(STATUS_STREAM).await.map_err(Cause::from)?;
                 let r = match below {
                     Some(seq) => stream.purge().filter(filter.clone()).sequence(seq).await,
                     None => stream.purge().filter(filter.clone()).await,
                 };
-                r.map(|r| r.purged).map_err(|e| e.to_string())
+                r.map(|r| r.purged).map_err(Cause::from)
             })
             .await?;
         metrics::counter!("projector_status_purged_total").increment(purged);
@@ -197,17 +199,17 @@ impl Bus {
 
     /// The projects that have a project subject in the status stream (`ambient.status.<p>.project.<p>`).
     pub async fn projects_with_status(&self) -> Result<Vec<String>, BusError> {
-        let err = |e: &dyn std::fmt::Display| BusError::Status(e.to_string());
-        let stream = self.js.get_stream_no_info(STATUS_STREAM).await.map_err(|e| err(&e))?;
+        let err = |e: Cause| BusError::Status(e);
+        let stream = self.js.get_stream_no_info(STATUS_STREAM).await.map_err(|e| err(e.into()))?;
         let mut info = stream
             .info_builder()
             .subjects(format!("{}.*.{}.*", events::subjects::STATUS, StatusKind::Project.as_str()))
             .fetch()
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(|e| err(e.into()))?;
         let mut out = Vec::new();
         while let Some(entry) = info.next().await {
-            let (subject, _count) = entry.map_err(|e| err(&e))?;
+            let (subject, _count) = entry.map_err(|e| err(e.into()))?;
             let tokens: Vec<&str> = subject.split('.').collect();
             if let [_, _, p, _, n] = tokens.as_slice()
                 && p == n
@@ -222,16 +224,16 @@ impl Bus {
     /// deletion tombstone.
     pub async fn last_tombstone(&self, project: &ProjectName) -> Result<Option<u64>, BusError> {
         let subject = events::subjects::status(project, StatusKind::Project, project.as_str())
-            .map_err(|e| BusError::Status(e.to_string()))?;
+            .map_err(|e| BusError::Status(e.into()))?;
         self.retry("last-status", || async {
-            let stream = self.js.get_stream_no_info(STATUS_STREAM).await.map_err(|e| e.to_string())?;
+            let stream = self.js.get_stream_no_info(STATUS_STREAM).await.map_err(Cause::from)?;
             match stream.direct_get_last_for_subject(subject.clone()).await {
                 Ok(m) => Ok(events::wire::decode_status(Some(&m.headers), &m.payload)
                     .ok()
                     .filter(|ev| matches!(ev.body, events::StatusBody::ProjectDeleted(_)))
                     .map(|_| m.sequence)),
                 Err(e) if matches!(e.kind(), jetstream::stream::DirectGetErrorKind::NotFound) => Ok(None),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(Cause::from(e)),
             }
         })
         .await
@@ -241,7 +243,7 @@ impl Bus {
     pub async fn store(&self, key: &ObjKey, value: Option<&Projected>) -> Result<(), BusError> {
         let bucket = key.bucket();
         let Some(store) = self.buckets.get(bucket) else {
-            return Err(BusError::Bucket { bucket, message: "not opened".into() });
+            return Err(BusError::Bucket { bucket, cause: "not opened".into() });
         };
         let k = key.kv_key();
         match value {

@@ -3,8 +3,7 @@
 
 use events::FailureReason;
 
-/// What made a transient failure, kept for the logs.
-pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+pub use events::Cause;
 
 /// The outcome of a failed apply.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,8 @@
 
 use async_nats::jetstream::{self, kv};
 
+use crate::errors::Cause;
+
 /// Key-value bucket of the budgets: key `<project>`, value the reserved bytes (decimal).
 pub const BUCKET: &str = "ambient-api-message-usage";
 /// Compare-and-set attempts before an append gives up (503).
@@ -37,7 +39,7 @@ pub enum BudgetError {
     StreamNearlyFull { used: u64, capacity: u64, held: u64 },
     /// The bucket did not answer.
     #[error("the message budget is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
 }
 
 /// A project holding more than this is refused once an 8 GiB stream is nearly full.
@@ -94,7 +96,7 @@ fn parse(value: &[u8]) -> u64 {
 impl Budgets {
     /// Budgets of `max_bytes` per project, kept in [`BUCKET`] (created when missing).
     pub async fn open(js: &jetstream::Context, max_bytes: u64) -> anyhow::Result<Self> {
-        let kv = crate::commands::ensure_bucket(js, BUCKET, std::time::Duration::ZERO).await?;
+        let kv = crate::buckets::ensure_bucket(js, BUCKET, std::time::Duration::ZERO).await?;
         Ok(Self { kv, max_bytes })
     }
 
@@ -106,9 +108,9 @@ impl Budgets {
     /// Applies `step` to the project's counter with compare-and-set, retrying on a lost race;
     /// returns the new value.
     async fn change(&self, project: &str, step: impl Fn(u64) -> Result<u64, BudgetError>) -> Result<u64, BudgetError> {
-        let unavailable = |e: &dyn std::fmt::Display| BudgetError::Unavailable(e.to_string());
+        let unavailable = |e: Cause| BudgetError::Unavailable(e);
         for attempt in 0..ATTEMPTS {
-            let current = self.kv.entry(project).await.map_err(|e| unavailable(&e))?;
+            let current = self.kv.entry(project).await.map_err(|e| unavailable(e.into()))?;
             let written = match current.filter(|e| e.operation == kv::Operation::Put) {
                 Some(entry) => {
                     let next = step(parse(&entry.value))?;
@@ -116,7 +118,7 @@ impl Budgets {
                         .update(project, next.to_string().into(), entry.revision)
                         .await
                         .map(|_| next)
-                        .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string()))
+                        .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, Cause::from(e)))
                 }
                 None => {
                     let next = step(0)?;
@@ -124,7 +126,7 @@ impl Budgets {
                         .create(project, next.to_string().into())
                         .await
                         .map(|_| next)
-                        .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string()))
+                        .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, Cause::from(e)))
                 }
             };
             match written {
@@ -157,41 +159,38 @@ impl Budgets {
 
     /// The bytes reserved for `project` now.
     pub async fn used(&self, project: &str) -> Result<u64, BudgetError> {
-        let entry = self.kv.entry(project).await.map_err(|e| BudgetError::Unavailable(e.to_string()))?;
+        let entry = self.kv.entry(project).await.map_err(|e| BudgetError::Unavailable(e.into()))?;
         Ok(entry.filter(|e| e.operation == kv::Operation::Put).map(|e| parse(&e.value)).unwrap_or(0))
     }
 
     /// Every project with a counter.
-    pub async fn projects(&self) -> Result<Vec<String>, String> {
+    pub async fn projects(&self) -> Result<Vec<String>, Cause> {
         use futures::TryStreamExt as _;
-        let keys = self.kv.keys().await.map_err(|e| e.to_string())?;
-        keys.try_collect().await.map_err(|e| e.to_string())
+        let keys = self.kv.keys().await.map_err(Cause::from)?;
+        keys.try_collect().await.map_err(Cause::from)
     }
 
     /// The counter's revision and value now (none when the project has no counter); pass it to
     /// [`Budgets::recount`] after counting the project's messages.
-    pub async fn snapshot(&self, project: &str) -> Result<Option<(u64, u64)>, String> {
-        let entry = self.kv.entry(project).await.map_err(|e| e.to_string())?;
+    pub async fn snapshot(&self, project: &str) -> Result<Option<(u64, u64)>, Cause> {
+        let entry = self.kv.entry(project).await.map_err(Cause::from)?;
         Ok(entry.filter(|e| e.operation == kv::Operation::Put).map(|e| (e.revision, parse(&e.value))))
     }
 
     /// Sets `project`'s counter to `counted` (what the stream holds) unless it changed since
     /// `seen` was taken (an append or a purge raced the count: the next sweep tries again); a
     /// project with nothing left loses its key. Whether the counter was corrected.
-    pub async fn recount(&self, project: &str, seen: Option<(u64, u64)>, counted: u64) -> Result<bool, String> {
+    pub async fn recount(&self, project: &str, seen: Option<(u64, u64)>, counted: u64) -> Result<bool, Cause> {
         let done = match seen {
             Some((_, value)) if value == counted => return Ok(false),
             None if counted == 0 => return Ok(false),
-            None => self.kv.create(project, counted.to_string().into()).await.map(|_| ()).map_err(|e| e.to_string()),
+            None => self.kv.create(project, counted.to_string().into()).await.map(|_| ()).map_err(Cause::from),
             Some((revision, _)) if counted == 0 => {
-                self.kv.purge_expect_revision(project, Some(revision)).await.map_err(|e| e.to_string())
+                self.kv.purge_expect_revision(project, Some(revision)).await.map_err(Cause::from)
             }
-            Some((revision, _)) => self
-                .kv
-                .update(project, counted.to_string().into(), revision)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            Some((revision, _)) => {
+                self.kv.update(project, counted.to_string().into(), revision).await.map(|_| ()).map_err(Cause::from)
+            }
         };
         // A lost race is not a failure: the next sweep recounts.
         Ok(done.is_ok())

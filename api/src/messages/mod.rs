@@ -22,25 +22,20 @@
 
 pub mod budget;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use chrono::Utc;
-use events::crd::AgenticSession;
 use events::messages::SessionMessage;
 use events::status::Incarnation;
 use events::streams::MESSAGES_STREAM;
 use events::{ProjectName, SessionName};
 use futures::StreamExt as _;
-use kube::api::Api;
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use self::budget::{BudgetError, Budgets};
-use crate::reads::SessionsChange;
-use crate::state::AppState;
+use crate::errors::Cause;
 
 const H_TYPE: &str = "Ambient-Msg-Type";
 const H_COUNT: &str = "Ambient-Msg-Count";
@@ -96,13 +91,13 @@ pub enum AppendError {
     ProjectFull(String),
     /// The bus did not answer or refused for another reason.
     #[error("the message log is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
 }
 
 /// A read that did not happen.
 #[derive(Debug, thiserror::Error)]
 #[error("the message log is unavailable: {0}")]
-pub struct ReadError(String);
+pub struct ReadError(#[source] Cause);
 
 /// What to read.
 #[derive(Debug, Clone)]
@@ -182,8 +177,8 @@ impl MessageLog {
         self.limits
     }
 
-    async fn stream(&self) -> Result<stream::Stream<()>, String> {
-        self.js.get_stream_no_info(MESSAGES_STREAM).await.map_err(|e| e.to_string())
+    async fn stream(&self) -> Result<stream::Stream<()>, Cause> {
+        self.js.get_stream_no_info(MESSAGES_STREAM).await.map_err(Cause::from)
     }
 
     /// The last stored message of `subject`: (sequence, count, bytes); zeros when none. With
@@ -206,7 +201,7 @@ impl MessageLog {
                 Ok((m.sequence, header_u64(&m.headers, H_COUNT), header_u64(&m.headers, H_BYTES)))
             }
             Err(e) if matches!(e.kind(), stream::DirectGetErrorKind::NotFound) => Ok((0, 0, 0)),
-            Err(e) => Err(Tail::Unavailable(e.to_string())),
+            Err(e) => Err(Tail::Unavailable(e.into())),
         }
     }
 
@@ -220,9 +215,9 @@ impl MessageLog {
         subject: &str,
         upto: u64,
         bytes: u64,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Cause> {
         let held = self.held_through(stream, subject, upto, bytes).await?;
-        let r = stream.purge().filter(subject).sequence(upto.saturating_add(1)).await.map_err(|e| e.to_string())?;
+        let r = stream.purge().filter(subject).sequence(upto.saturating_add(1)).await.map_err(Cause::from)?;
         if r.purged > 0 {
             self.budgets.release(project, held).await;
         }
@@ -239,7 +234,7 @@ impl MessageLog {
         subject: &str,
         last: u64,
         last_bytes: u64,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Cause> {
         match stream.direct_get_first_for_subject(subject).await {
             Ok(first) if first.sequence <= last => {
                 let before_first =
@@ -248,7 +243,7 @@ impl MessageLog {
             }
             Ok(_) => Ok(0),
             Err(e) if matches!(e.kind(), stream::DirectGetErrorKind::NotFound) => Ok(0),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -263,7 +258,7 @@ impl MessageLog {
         payload: Value,
     ) -> Result<SessionMessage, AppendError> {
         let mut msg = SessionMessage { ty: ty.to_string(), payload, timestamp: Utc::now(), seq: 0 };
-        let body = serde_json::to_vec(&msg).map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        let body = serde_json::to_vec(&msg).map_err(|e| AppendError::Unavailable(e.into()))?;
         if body.len() > self.limits.max_message_bytes {
             return Err(AppendError::TooLarge { size: body.len(), limit: self.limits.max_message_bytes });
         }
@@ -351,7 +346,7 @@ impl MessageLog {
                     if text.contains("message size exceeds maximum") || text.contains("max payload") {
                         return Err(AppendError::TooLarge { size: body.len(), limit: self.limits.max_message_bytes });
                     }
-                    return Err(AppendError::Unavailable(text));
+                    return Err(AppendError::Unavailable(e.into()));
                 }
             }
         }
@@ -385,8 +380,8 @@ impl MessageLog {
                 ..Default::default()
             })
             .await
-            .map_err(|e| ReadError(e.to_string()))?;
-        let mut messages = consumer.messages().await.map_err(|e| ReadError(e.to_string()))?;
+            .map_err(|e| ReadError(e.into()))?;
+        let mut messages = consumer.messages().await.map_err(|e| ReadError(e.into()))?;
         let deadline = tokio::time::Instant::now() + q.wait;
         loop {
             let caught_up = page.cursor >= last;
@@ -398,10 +393,10 @@ impl MessageLog {
                 Err(_) if caught_up => break,
                 Err(_) => return Err(ReadError("stored messages were not delivered in time".into())),
                 Ok(None) => return Err(ReadError("the message stream ended".into())),
-                Ok(Some(Err(e))) => return Err(ReadError(e.to_string())),
+                Ok(Some(Err(e))) => return Err(ReadError(e.into())),
                 Ok(Some(Ok(m))) => m,
             };
-            let info = m.info().map_err(|e| ReadError(e.to_string()))?;
+            let info = m.info().map_err(ReadError)?;
             page.cursor = info.stream_sequence;
             let pending = info.pending;
             let Some(msg) = decode(&m.payload, page.cursor) else { continue };
@@ -421,7 +416,7 @@ impl MessageLog {
 
     /// Removes every message of the session (idempotent); their bytes go back to the
     /// project's budget (once, by whichever caller's purge removed them).
-    pub async fn purge(&self, project: &str, session: &str) -> Result<u64, String> {
+    pub async fn purge(&self, project: &str, session: &str) -> Result<u64, Cause> {
         let stream = self.stream().await?;
         let subject = format!("{}.{project}.{session}", events::subjects::MESSAGES);
         let (upto, bytes) = match self.tail(&stream, &subject, None).await {
@@ -438,7 +433,7 @@ impl MessageLog {
     /// Purges the messages of `project/session` left by an earlier session of the same name
     /// when its last message is not of `inc` (an append to `inc` does the same): how many were
     /// purged, and the bytes the session's messages hold after.
-    pub async fn purge_foreign(&self, project: &str, session: &str, inc: &Incarnation) -> Result<(u64, u64), String> {
+    pub async fn purge_foreign(&self, project: &str, session: &str, inc: &Incarnation) -> Result<(u64, u64), Cause> {
         let stream = self.stream().await?;
         let subject = format!("{}.{project}.{session}", events::subjects::MESSAGES);
         match self.tail(&stream, &subject, Some(inc)).await {
@@ -452,17 +447,17 @@ impl MessageLog {
     }
 
     /// The (project, session) of every session that has messages.
-    pub async fn sessions_with_messages(&self) -> Result<Vec<(String, String)>, String> {
+    pub async fn sessions_with_messages(&self) -> Result<Vec<(String, String)>, Cause> {
         let stream = self.stream().await?;
         let mut info = stream
             .info_builder()
             .subjects(format!("{}.>", events::subjects::MESSAGES))
             .fetch()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Cause::from)?;
         let mut out = Vec::new();
         while let Some(entry) = info.next().await {
-            let (subject, _count) = entry.map_err(|e| e.to_string())?;
+            let (subject, _count) = entry.map_err(Cause::from)?;
             if let Some(rest) = subject.strip_prefix(events::subjects::MESSAGES).and_then(|r| r.strip_prefix('.'))
                 && let Some((p, s)) = rest.split_once('.')
             {
@@ -479,7 +474,7 @@ enum Tail {
     /// that session's messages hold.
     Foreign { seq: u64, bytes: u64 },
     /// The bus did not answer.
-    Unavailable(String),
+    Unavailable(Cause),
 }
 
 /// Whether a stored message (its headers and envelope) was appended to the session `inc`: its
@@ -487,151 +482,6 @@ enum Tail {
 pub fn belongs(headers: Option<&HeaderMap>, msg: &SessionMessage, inc: &Incarnation) -> bool {
     let uid = headers.and_then(|h| h.get(H_SESSION_UID)).map(|v| v.as_str());
     inc.admits(uid, msg.timestamp)
-}
-
-/// How often every api replica sweeps the messages of sessions that no longer exist (catches an
-/// append that raced the session's deletion).
-const SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
-
-/// Purges the messages of deleted sessions: on each deletion the sessions watch reports, and
-/// after each (re)list of it and every [`SWEEP_EVERY`], those of every session that no longer
-/// exists. Purging is idempotent, so every api replica runs this.
-pub async fn run_purger(st: Arc<AppState>, mut changes: mpsc::UnboundedReceiver<SessionsChange>) {
-    let mut sweep = tokio::time::interval(SWEEP_EVERY);
-    sweep.tick().await;
-    loop {
-        tokio::select! {
-            _ = st.shutdown.cancelled() => return,
-            _ = sweep.tick() => sweep_orphans(&st).await,
-            change = changes.recv() => match change {
-                None => return,
-                Some(SessionsChange::Relisted) => sweep_orphans(&st).await,
-                Some(SessionsChange::Deleted { namespace, name }) => match st.messages.purge(&namespace, &name).await {
-                    Ok(n) => tracing::info!(project = %namespace, session = %name, purged = n, "session deleted: messages purged"),
-                    Err(e) => tracing::warn!(project = %namespace, session = %name, error = %e, "purging a deleted session's messages failed; the next sweep retries"),
-                },
-            },
-        }
-    }
-}
-
-/// Purges the messages of every session that exists neither in the watch cache nor, asked
-/// directly, in the API server (so a cache that lags a brand-new session purges nothing), and
-/// recounts each project's budget from what its sessions hold.
-async fn sweep_orphans(st: &AppState) {
-    let subjects = match st.messages.sessions_with_messages().await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "listing session message subjects failed; sweep skipped");
-            return;
-        }
-    };
-    let mut by_project: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
-    for (p, s) in subjects {
-        by_project.entry(p).or_default().push(s);
-    }
-    match st.messages.budgets().projects().await {
-        Ok(projects) => projects.into_iter().for_each(|p| {
-            by_project.entry(p).or_default();
-        }),
-        Err(e) => tracing::warn!(error = %e, "listing message budgets failed"),
-    }
-    for (p, sessions) in by_project {
-        // A busy project's counter moves while it is counted; a few quick tries usually find a
-        // quiet moment (the purges are done by the first).
-        for _ in 0..RECOUNT_TRIES {
-            match recount_project(st, &p, &sessions).await {
-                Recount::Same | Recount::Unknown => break,
-                Recount::Corrected { was, now } => {
-                    tracing::info!(project = %p, was, now, "message budget recounted");
-                    break;
-                }
-                Recount::Raced => continue,
-            }
-        }
-    }
-}
-
-/// Tries per project and sweep to recount a counter that keeps moving.
-const RECOUNT_TRIES: usize = 5;
-
-/// How a recount went.
-enum Recount {
-    /// The counter was right.
-    Same,
-    /// It was `was`, it is `now`.
-    Corrected { was: u64, now: u64 },
-    /// An append or purge moved it during the count: not trusted.
-    Raced,
-    /// A read failed (logged).
-    Unknown,
-}
-
-/// Counts what `p`'s sessions hold (purging what should not be kept) and corrects its counter.
-async fn recount_project(st: &AppState, p: &str, sessions: &[String]) -> Recount {
-    // Taken before counting: an append or purge during the count changes it.
-    let seen = match st.messages.budgets().snapshot(p).await {
-        Ok(seen) => seen,
-        Err(e) => {
-            tracing::warn!(project = %p, error = %e, "reading a message budget failed");
-            return Recount::Unknown;
-        }
-    };
-    let mut counted = Some(0u64);
-    for s in sessions {
-        let held = sweep_session(st, p, s).await;
-        counted = counted.zip(held).map(|(a, b)| a.saturating_add(b));
-    }
-    let Some(counted) = counted else { return Recount::Unknown };
-    let was = seen.map_or(0, |s| s.1);
-    if was == counted {
-        return Recount::Same;
-    }
-    match st.messages.budgets().recount(p, seen, counted).await {
-        Ok(true) => Recount::Corrected { was, now: counted },
-        Ok(false) => Recount::Raced,
-        Err(e) => {
-            tracing::warn!(project = %p, error = %e, "recounting a message budget failed");
-            Recount::Unknown
-        }
-    }
-}
-
-/// Purges what should not be kept of one session's messages; the bytes it holds after (`None`
-/// when unknown).
-async fn sweep_session(st: &AppState, p: &str, s: &str) -> Option<u64> {
-    if let Some(inc) = st.reads.session_incarnation(p, s) {
-        // The session exists: purge only what an earlier session of its name left.
-        return match st.messages.purge_foreign(p, s, &inc).await {
-            Ok((0, held)) => Some(held),
-            Ok((n, held)) => {
-                tracing::info!(project = %p, session = %s, purged = n, "messages of an earlier session of this name purged");
-                Some(held)
-            }
-            Err(e) => {
-                tracing::warn!(project = %p, session = %s, error = %e, "purging an earlier session's messages failed");
-                None
-            }
-        };
-    }
-    match Api::<AgenticSession>::namespaced(st.kube.clone(), p).get_opt(s).await {
-        Ok(None) => match st.messages.purge(p, s).await {
-            Ok(n) => {
-                tracing::info!(project = %p, session = %s, purged = n, "messages of a missing session purged");
-                Some(0)
-            }
-            Err(e) => {
-                tracing::warn!(project = %p, session = %s, error = %e, "purging messages failed");
-                None
-            }
-        },
-        // Just created (the cache lags): counted at the next sweep.
-        Ok(Some(_)) => None,
-        Err(e) => {
-            tracing::warn!(project = %p, session = %s, error = %e, "session lookup failed; not purged");
-            None
-        }
-    }
 }
 
 /// A stored message as served (its sequence filled in); `None` for a corrupt entry.

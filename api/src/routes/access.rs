@@ -16,10 +16,11 @@ use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::authz::{RBAC, check};
+use crate::commands::Mutation;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
 use crate::parked::Reply;
-use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
+use crate::state::{AppState, READ_YOUR_WRITES, accepted};
 
 fn role(field: &str, r: &str) -> Result<Role, ApiError> {
     Role::parse(r).ok_or_else(|| ApiError::bad_field(field, format!("{field} must be admin, edit or view")))
@@ -286,7 +287,13 @@ pub async fn create_key(
     let body = CommandBody::KeyCreate(key_create.clone());
     let mut retried = None;
     // The same creation asked again after an answer without its token: the token, once.
-    if let Some(earlier) = st.commands.parked().by_alias(&reply.alias).await.map_err(ApiError::Unavailable)? {
+    if let Some(earlier) = st
+        .commands
+        .parked()
+        .by_alias(&reply.alias)
+        .await
+        .map_err(|e| ApiError::unavailable_from("the parked keys are unavailable", e))?
+    {
         // Authorized as a new creation would be: the retry may come after a revocation.
         if let Requirement::All(checks) =
             Command::new(project.clone(), caller.principal.clone(), body.clone()).requirement()
@@ -312,7 +319,7 @@ pub async fn create_key(
                     let live = Api::<ServiceAccount>::namespaced(st.kube.clone(), &p)
                         .get_opt(&resource.name)
                         .await
-                        .map_err(|e| ApiError::Unavailable(format!("looking the key up failed: {e}")))?;
+                        .map_err(|e| ApiError::kube("looking the key up", &e))?;
                     let same = live.is_some_and(|sa| sa.metadata.uid.is_some() && sa.metadata.uid == resource.uid);
                     if same && let Some(token) = st.commands.parked().take(earlier, &result).await {
                         return Ok(created(resource.name.clone(), token));

@@ -165,8 +165,11 @@ async fn read(st: Arc<AppState>, caller: Caller, p: String, s: String, q: Messag
     };
     // A waiting read holds a consumer open like an event stream does, and counts as one.
     let _slot = if query.wait.is_zero() { None } else { Some(st.limits.streams.open(&caller.principal.user)?) };
-    let page =
-        st.messages.read(&project, &session, &inc, &query).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let page = st
+        .messages
+        .read(&project, &session, &inc, &query)
+        .await
+        .map_err(|e| ApiError::unavailable_from("reading the messages failed", e))?;
     let messages = if include_partials { page.messages } else { fold_partials(page.messages) };
     Ok(axum::Json(json!({
         "sessionId": session.as_str(),
@@ -216,7 +219,7 @@ async fn append(st: Arc<AppState>, caller: Caller, p: String, s: String, v: Valu
         Err(e @ AppendError::ProjectFull(_)) => {
             Err(ApiError::Conflict { reason: "ProjectMessagesFull", message: e.to_string() })
         }
-        Err(e @ AppendError::Unavailable(_)) => Err(ApiError::Unavailable(e.to_string())),
+        Err(e @ AppendError::Unavailable(_)) => Err(ApiError::unavailable_from("appending the message failed", e)),
     }
 }
 

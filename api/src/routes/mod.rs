@@ -2,6 +2,7 @@
 //! OpenAPI document, and the layers around it.
 
 pub mod access;
+pub mod limits_doc;
 pub mod me;
 pub mod messages;
 pub mod projects;
@@ -117,6 +118,6 @@ pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(ui::content_pod_status))
         .routes(routes!(ui::delete_content_pod))
         .split_for_parts();
-    crate::limits_doc::document(&mut doc);
+    limits_doc::document(&mut doc);
     (router, doc)
 }

@@ -14,11 +14,12 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::authz::{RBAC, check, project_visible};
+use crate::commands::Mutation;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
 use crate::reads::{project_json, rv_at_least};
 use crate::routes::{Page, paginate};
-use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
+use crate::state::{AppState, READ_YOUR_WRITES, accepted};
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -19,10 +19,11 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::authz::check;
+use crate::commands::Mutation;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
 use crate::reads::rv_at_least;
-use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted};
+use crate::state::{AppState, READ_YOUR_WRITES, accepted};
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,7 +46,7 @@ async fn stored_keys(st: &AppState, p: &str, name: &str) -> Result<Vec<String>, 
         }
         Ok(None) => Ok(Vec::new()),
         Err(kube::Error::Api(s)) if s.code == 403 => Ok(Vec::new()),
-        Err(e) => Err(ApiError::Unavailable(format!("reading the secret failed: {e}"))),
+        Err(e) => Err(ApiError::kube("reading the secret", &e)),
     }
 }
 
@@ -95,8 +96,8 @@ async fn write(
         // Nothing changes (a form saved as it was read): nothing to publish.
         return Ok(axum::Json(json!({"message": updated(which)})).into_response());
     }
-    let plain = serde_json::to_vec(&change).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let sealed = st.reconciler_key.seal(&plain).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let plain = serde_json::to_vec(&change).map_err(ApiError::internal)?;
+    let sealed = st.reconciler_key.seal(&plain).map_err(ApiError::internal)?;
     let body = CommandBody::RunnerSecretPut(RunnerSecretPut { data: sealed, secret: which });
     match st.mutate(caller, project, body, headers, None).await? {
         Mutation::Accepted(id) => Ok(accepted(id)),

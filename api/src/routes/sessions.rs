@@ -16,11 +16,12 @@ use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::authz::check;
+use crate::commands::Mutation;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, refuse_server_owned, strict};
 use crate::reads::rv_at_least;
 use crate::routes::{Page, paginate};
-use crate::state::{AppState, Mutation, READ_YOUR_WRITES, accepted, accepted_with};
+use crate::state::{AppState, READ_YOUR_WRITES, accepted, accepted_with};
 
 const SERVER_OWNED: &[&str] = &["userContext", "status", "metadata", "apiVersion", "kind"];
 

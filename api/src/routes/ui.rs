@@ -25,7 +25,7 @@
 //!   principal), and like every request without a token they take a cell of the client
 //!   address's pre-authentication bucket (`limits::per_address`).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -47,20 +47,6 @@ pub const TAG: &str = "ui";
 /// The API group whose presence makes a cluster OpenShift (what the UI's `isOpenShift` means).
 const OPENSHIFT_PROJECT_GROUP: &str = "project.openshift.io";
 
-/// Facts of the cluster, discovered once (not per request: `cluster-info` is public).
-#[derive(Default)]
-pub struct UiState {
-    /// Whether the cluster serves `project.openshift.io`; unset until discovery succeeded.
-    openshift: OnceLock<bool>,
-}
-
-impl UiState {
-    /// Whether the cluster is OpenShift; `false` while unknown (the UI's own default on error).
-    pub fn is_openshift(&self) -> bool {
-        self.openshift.get().copied().unwrap_or(false)
-    }
-}
-
 /// Discovers `isOpenShift` from the API server's group list, retrying until it answers once
 /// (a cluster does not become OpenShift while the api runs).
 pub async fn discover_cluster(st: Arc<AppState>) {
@@ -69,7 +55,7 @@ pub async fn discover_cluster(st: Arc<AppState>) {
         match st.kube.list_api_groups().await {
             Ok(groups) => {
                 let openshift = groups.groups.iter().any(|g| g.name == OPENSHIFT_PROJECT_GROUP);
-                let _ = st.ui.openshift.set(openshift);
+                st.ui.discovered(openshift);
                 tracing::info!(openshift, "cluster discovered");
                 return;
             }

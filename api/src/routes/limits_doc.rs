@@ -72,7 +72,7 @@ pub fn document(doc: &mut OpenApi) {
             if path.starts_with("/api/projects") && !path.ends_with("/messages") {
                 for (m, op) in [("post", &item.post), ("put", &item.put), ("delete", &item.delete)] {
                     // The web UI's compatibility routes publish nothing.
-                    let ui = op.as_ref().is_some_and(|o| o.tags.iter().flatten().any(|t| t == crate::routes::ui::TAG));
+                    let ui = op.as_ref().is_some_and(|o| o.tags.iter().flatten().any(|t| t == super::ui::TAG));
                     if op.is_some() && !ui {
                         v.push((path.clone(), m));
                     }
