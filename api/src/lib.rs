@@ -24,7 +24,6 @@ pub mod routes;
 pub mod runners;
 pub mod sse;
 pub mod state;
-pub mod telemetry;
 pub mod visibility;
 
 use std::sync::Arc;
@@ -33,6 +32,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::http::{HeaderName, HeaderValue, Method};
 use events::sealing::SealingPublicKey;
+use events::service::Runtime;
 use events::signing::CommandSigner;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -51,7 +51,7 @@ use crate::reads::{KEY_USAGE_BUCKET, Reads};
 use crate::state::AppState;
 
 /// The whole public HTTP application (routes, OpenAPI, layers) over `state`. Health, readiness
-/// and metrics are not part of it: they are served on the operations port (`health_app`).
+/// and metrics are not part of it: they are served on the operations port (`events::service::Runtime::serve_ops`, with `ops::readyz`).
 pub fn app(state: Arc<AppState>) -> axum::Router {
     let (router, doc) = routes::api_router();
     ops::set_openapi(&doc);
@@ -88,41 +88,26 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
     router.with_state(state)
 }
 
-/// Health, readiness and metrics only, for `--health-addr` (the operations port, not exposed to
-/// clients).
-pub fn health_app(state: Arc<AppState>) -> axum::Router {
-    use axum::routing::get;
-    axum::Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .fallback(ops::not_found)
-        .with_state(state)
-}
-
 /// Runs the api until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let prometheus = telemetry::init_metrics();
+    let rt = Runtime::start("ambient-api", config.log_format);
     let pem = std::fs::read_to_string(&config.signing_key_file)
         .with_context(|| format!("reading {}", config.signing_key_file.display()))?;
     let signer = CommandSigner::from_pem(&pem).context("command signing key")?;
     let reconciler_key = SealingPublicKey::from_base64(&config.reconciler_sealing_public_key)
         .context("--reconciler-sealing-public-key")?;
-    let kube = events::service::kube_client(config.kubeconfig.as_deref()).await?;
-    let nats = config
-        .bus
-        .connect_options("ambient-api")
-        .event_callback(|ev| async move { tracing::info!(event = %ev, "nats connection event") })
-        .connect(config.bus.nats_url.as_str())
-        .await
-        .with_context(|| format!("connecting to NATS at {}", config.bus.nats_url))?;
+    let kube = rt.kube_client(config.kubeconfig.as_deref()).await?;
+    let nats =
+        rt.connect_nats(&config.bus).await.with_context(|| format!("connecting to NATS at {}", config.bus.nats_url))?;
     let mut js = async_nats::jetstream::new(nats.clone());
     js.set_timeout(Duration::from_secs(5));
     let bus = config.bus.bus_config();
-    let report = events::streams::bootstrap_streams(&js, &bus).await.context("bootstrapping streams")?;
+    let Some(report) = rt.retry("stream bootstrap", || events::streams::bootstrap_streams(&js, &bus)).await else {
+        return Ok(());
+    };
     tracing::info!(created = ?report.created, updated = ?report.updated, "streams ready");
     let key_usage = ensure_bucket(&js, KEY_USAGE_BUCKET, Duration::from_secs(400 * 24 * 3600)).await?;
-    let shutdown = CancellationToken::new();
+    let shutdown = rt.shutdown.clone();
     let (session_changes, session_changes_rx) = tokio::sync::mpsc::unbounded_channel();
     let reads = Reads::start(
         kube.clone(),
@@ -174,13 +159,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         commands,
         messages,
         reconciler_key,
-        prometheus,
         shutdown: shutdown.clone(),
         config: config.clone(),
         ui: Default::default(),
         runner_views: Default::default(),
     });
-    let health = tokio::net::TcpListener::bind(config.health_addr)
+    // Served from here on: readiness says when the caches have filled.
+    let ops = rt
+        .serve_ops(config.health_addr, Some(axum::routing::get(ops::readyz).with_state(state.clone())))
         .await
         .with_context(|| format!("binding {}", config.health_addr))?;
     let main =
@@ -192,12 +178,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(forget_idle_buckets(state.clone()));
     tokio::spawn(routes::ui::discover_cluster(state.clone()));
     tracing::info!(listen = %config.listen, health = %config.health_addr, "api serving");
-    events::service::cancel_on_signal(shutdown.clone());
-    let h = axum::serve(health, health_app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let m = serve(main, app(state.clone()), shutdown.clone());
-    let (a, b) = tokio::join!(h.into_future(), m);
-    a?;
-    b?;
+    serve(main, app(state.clone()), shutdown.clone()).await?;
+    let _ = ops.await;
     Ok(())
 }
 

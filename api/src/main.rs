@@ -5,7 +5,6 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = api::config::Config::parse();
-    events::service::init_logging(config.log_format);
     match api::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,6 +1,6 @@
-//! Operations: health, readiness, metrics (served only on the operations port, see
-//! `health_app`), the OpenAPI document, and the layers every response goes through (JSON
-//! errors, request ids, metrics, panics).
+//! Operations: readiness (served on the operations port by `events::service::Runtime`, beside
+//! its health and metrics), the OpenAPI document, and the layers every response goes through
+//! (JSON errors, request ids, metrics, panics).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -33,11 +33,6 @@ pub fn set_openapi(doc: &utoipa::openapi::OpenApi) {
     let _ = OPENAPI.set(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()));
 }
 
-/// Liveness.
-pub async fn healthz() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
-}
-
 /// Readiness: NATS connected, the API server reachable and the watch caches filled.
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     let nats = st.commands.connected();
@@ -51,12 +46,6 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
         body["error"] = json!("not ready");
     }
     (code, axum::Json(body)).into_response()
-}
-
-/// Prometheus metrics.
-pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let text = st.prometheus.as_ref().map(|h| h.render()).unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// This document.

@@ -41,8 +41,6 @@ pub struct AppState {
     pub messages: MessageLog,
     /// The reconciler's sealing key (runner secrets are sealed to it).
     pub reconciler_key: SealingPublicKey,
-    /// Prometheus exporter.
-    pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Cancelled on shutdown (ends SSE streams).
     pub shutdown: CancellationToken,
     /// What the web UI's compatibility routes know of the cluster (`routes::ui`).
