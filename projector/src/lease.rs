@@ -1,6 +1,15 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease: only the holder projects (two
 //! projectors would race on the read model). Writes use the Lease's resourceVersion, so two
-//! candidates cannot both take it. A holder that cannot renew in time stops projecting.
+//! candidates cannot both take it.
+//!
+//! Two leaders at once are prevented by time on each side, as client-go's election does:
+//! - a candidate counts a Lease as expired once it has seen the same record (resourceVersion)
+//!   for the whole lease duration on its own monotonic clock, or once the holder's renew time
+//!   is older than the duration plus [`SKEW_MARGIN`] by the wall clock (for a Lease left by a
+//!   holder that is long gone, when nodes' clocks disagree by less than the margin);
+//! - the holder stops leading once its last successful renewal is older than the renew
+//!   deadline (two thirds of the duration), and every API call is bounded by a timeout, so a
+//!   hung call cannot keep it leading past that deadline.
 
 use std::time::Duration;
 
@@ -28,6 +37,27 @@ pub struct LeaseConfig {
     pub retry_every: Duration,
 }
 
+/// How far apart two nodes' wall clocks may be for a Lease to be judged by its renew time.
+pub const SKEW_MARGIN: Duration = Duration::from_secs(5);
+
+impl LeaseConfig {
+    /// How often the holder of a lease of `duration` renews it: every tenth of it, so that
+    /// several bounded attempts fit before the renew deadline.
+    pub fn renew_every(duration: Duration) -> Duration {
+        (duration / 10).max(Duration::from_millis(200))
+    }
+
+    /// Each API call's bound (a tenth of the duration).
+    pub fn call_timeout(&self) -> Duration {
+        (self.duration / 10).max(Duration::from_millis(200))
+    }
+
+    /// How long after its last successful renewal the holder stops leading.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+}
+
 /// What a look at the Lease decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -40,8 +70,9 @@ pub enum Decision {
     Held(String),
 }
 
-/// Whether `identity` may hold `spec` at `now`.
-pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Decision {
+/// Whether `identity` may hold `spec` at `now`, having seen this very record unchanged for
+/// `unchanged_for` (on the local monotonic clock).
+pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp, unchanged_for: Duration) -> Decision {
     let Some(spec) = spec else { return Decision::Take { transition: true } };
     let holder = spec.holder_identity.as_deref().unwrap_or("");
     if holder.is_empty() {
@@ -50,29 +81,77 @@ pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Decis
     if holder == identity {
         return Decision::Take { transition: false };
     }
-    let secs = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    let expired = match &spec.renew_time {
-        Some(t) => t.0.as_second() + secs < now.as_second(),
+    let secs = i64::from(spec.lease_duration_seconds.unwrap_or(15).max(1));
+    let seen_expire = unchanged_for >= Duration::from_secs(secs as u64);
+    let margin = SKEW_MARGIN.as_secs() as i64;
+    let clock_expired = match &spec.renew_time {
+        Some(t) => t.0.as_second() + secs + margin < now.as_second(),
         None => true,
     };
+    let expired = seen_expire || clock_expired;
     if expired { Decision::Take { transition: true } } else { Decision::Held(holder.to_string()) }
 }
 
 /// Lease API failure.
 #[derive(Debug, thiserror::Error)]
-#[error("lease {name}: {source}")]
-pub struct LeaseError {
-    name: String,
-    #[source]
-    source: kube::Error,
+pub enum LeaseError {
+    /// The API server refused or could not be reached.
+    #[error("lease {name}: {source}")]
+    Api {
+        /// Lease name.
+        name: String,
+        /// The call's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The call did not finish within its bound.
+    #[error("lease {name}: no answer within {after:?}")]
+    TimedOut {
+        /// Lease name.
+        name: String,
+        /// The bound.
+        after: Duration,
+    },
 }
 
-/// One attempt to take or renew the lease; `Ok(true)` when we hold it afterwards.
-pub async fn try_hold(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, LeaseError> {
-    let err = |source| LeaseError { name: cfg.name.clone(), source };
+/// The record a candidate watches for change: the Lease's resourceVersion, and since when (on
+/// the monotonic clock) it has been the same.
+#[derive(Debug, Default)]
+pub struct Observed(Option<(String, tokio::time::Instant)>);
+
+impl Observed {
+    /// Notes the version seen now; how long it has been unchanged.
+    fn note(&mut self, version: Option<&str>) -> Duration {
+        let now = tokio::time::Instant::now();
+        let Some(version) = version else {
+            self.0 = None;
+            return Duration::ZERO;
+        };
+        match &self.0 {
+            Some((v, since)) if v == version => now - *since,
+            _ => {
+                self.0 = Some((version.to_string(), now));
+                Duration::ZERO
+            }
+        }
+    }
+}
+
+/// One attempt to take or renew the lease, bounded by the call timeout; `Ok(true)` when we
+/// hold it afterwards.
+pub async fn try_hold(api: &Api<Lease>, cfg: &LeaseConfig, seen: &mut Observed) -> Result<bool, LeaseError> {
+    match tokio::time::timeout(cfg.call_timeout(), hold(api, cfg, seen)).await {
+        Ok(r) => r,
+        Err(_) => Err(LeaseError::TimedOut { name: cfg.name.clone(), after: cfg.call_timeout() }),
+    }
+}
+
+async fn hold(api: &Api<Lease>, cfg: &LeaseConfig, seen: &mut Observed) -> Result<bool, LeaseError> {
+    let err = |source| LeaseError::Api { name: cfg.name.clone(), source };
     let now = Timestamp::now();
     let existing = api.get_opt(&cfg.name).await.map_err(err)?;
-    let decision = decide(existing.as_ref().and_then(|l| l.spec.as_ref()), &cfg.identity, now);
+    let unchanged_for = seen.note(existing.as_ref().and_then(|l| l.metadata.resource_version.as_deref()));
+    let decision = decide(existing.as_ref().and_then(|l| l.spec.as_ref()), &cfg.identity, now, unchanged_for);
     let transition = match decision {
         Decision::Held(_) => return Ok(false),
         Decision::Take { transition } => transition,
@@ -112,11 +191,14 @@ pub async fn try_hold(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, Lease
 }
 
 /// Waits until we hold the lease, then keeps renewing it in the background; the returned
-/// token is cancelled when leadership is lost (or `shutdown` fires).
+/// token is cancelled when leadership is lost (or `shutdown` fires). The caller sets the
+/// `projector_leader` gauge to 1 once it starts leading; it is 0 while waiting and once lost.
 pub async fn acquire(api: Api<Lease>, cfg: LeaseConfig, shutdown: CancellationToken) -> Option<CancellationToken> {
     tracing::info!(lease = %cfg.name, identity = %cfg.identity, "waiting for leadership");
+    metrics::gauge!("projector_leader").set(0.0);
+    let mut seen = Observed::default();
     loop {
-        match try_hold(&api, &cfg).await {
+        match try_hold(&api, &cfg, &mut seen).await {
             Ok(true) => break,
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "lease attempt failed"),
@@ -127,7 +209,6 @@ pub async fn acquire(api: Api<Lease>, cfg: LeaseConfig, shutdown: CancellationTo
         }
     }
     tracing::info!(lease = %cfg.name, identity = %cfg.identity, "leadership acquired");
-    metrics::gauge!("projector_leader").set(1.0);
     let lost = shutdown.child_token();
     let token = lost.clone();
     tokio::spawn(async move {
@@ -137,16 +218,19 @@ pub async fn acquire(api: Api<Lease>, cfg: LeaseConfig, shutdown: CancellationTo
                 _ = lost.cancelled() => return,
                 _ = tokio::time::sleep(cfg.renew_every) => {}
             }
-            match try_hold(&api, &cfg).await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
+            let attempt = tokio::time::Instant::now();
+            match try_hold(&api, &cfg, &mut seen).await {
+                // Counted from the attempt's start: the API server may have written it then.
+                Ok(true) => last_renewed = attempt,
                 Ok(false) => {
                     tracing::error!(lease = %cfg.name, "leadership lost to another instance");
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "lease renewal failed");
-                    // Stop before the lease can expire under us: another instance may take it.
-                    if last_renewed.elapsed() + cfg.renew_every >= cfg.duration {
+                    // Stop before another instance may count the lease as expired: the next
+                    // attempt, bounded, must end before the renew deadline.
+                    if last_renewed.elapsed() + cfg.renew_every + cfg.call_timeout() >= cfg.renew_deadline() {
                         tracing::error!(lease = %cfg.name, "could not renew the lease in time");
                         break;
                     }
@@ -161,16 +245,19 @@ pub async fn acquire(api: Api<Lease>, cfg: LeaseConfig, shutdown: CancellationTo
 
 /// Gives the lease up (on a graceful shutdown), so that a standby takes over at once.
 pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
-    let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await else { return };
+    let Ok(Ok(Some(mut lease))) = tokio::time::timeout(cfg.call_timeout(), api.get_opt(&cfg.name)).await else {
+        return;
+    };
     let Some(spec) = lease.spec.as_mut() else { return };
     if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
         return;
     }
     spec.holder_identity = None;
     spec.renew_time = None;
-    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
-        Ok(_) => tracing::info!(lease = %cfg.name, "leadership released"),
-        Err(e) => tracing::warn!(lease = %cfg.name, error = %e, "could not release the lease; it expires by itself"),
+    match tokio::time::timeout(cfg.call_timeout(), api.replace(&cfg.name, &PostParams::default(), &lease)).await {
+        Ok(Ok(_)) => tracing::info!(lease = %cfg.name, "leadership released"),
+        Ok(Err(e)) => tracing::warn!(lease = %cfg.name, error = %e, "could not release the lease; it expires by itself"),
+        Err(_) => tracing::warn!(lease = %cfg.name, "releasing the lease timed out; it expires by itself"),
     }
 }
 
@@ -191,10 +278,52 @@ mod tests {
     #[test]
     fn decisions() {
         let now = Timestamp::now();
-        assert_eq!(decide(None, "a", now), Decision::Take { transition: true });
-        assert_eq!(decide(Some(&spec("a", 1)), "a", now), Decision::Take { transition: false });
-        assert_eq!(decide(Some(&spec("b", 1)), "a", now), Decision::Held("b".into()));
-        assert_eq!(decide(Some(&spec("b", 60)), "a", now), Decision::Take { transition: true });
-        assert_eq!(decide(Some(&spec("", 1)), "a", now), Decision::Take { transition: true });
+        let fresh = Duration::ZERO;
+        let take = Decision::Take { transition: true };
+        let cases = [
+            (None, fresh, take.clone()),
+            (Some(spec("a", 1)), fresh, Decision::Take { transition: false }),
+            (Some(spec("b", 1)), fresh, Decision::Held("b".into())),
+            (Some(spec("", 1)), fresh, take.clone()),
+            // Seen unchanged for the whole duration on our own clock: expired, whatever the
+            // renew time says (the holder's clock may run ahead of ours).
+            (Some(spec("b", -600)), Duration::from_secs(15), take.clone()),
+            (Some(spec("b", 1)), Duration::from_secs(14), Decision::Held("b".into())),
+            // By the wall clock only past the duration plus the skew margin.
+            (Some(spec("b", 15 + 4)), fresh, Decision::Held("b".into())),
+            (Some(spec("b", 15 + 6)), fresh, take.clone()),
+            (Some(spec("b", 60)), fresh, take),
+        ];
+        for (i, (spec, unchanged_for, want)) in cases.into_iter().enumerate() {
+            assert_eq!(decide(spec.as_ref(), "a", now, unchanged_for), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn the_holder_gives_up_before_a_candidate_may_take_over() {
+        for secs in [3, 15, 60] {
+            let cfg = LeaseConfig {
+                name: "l".into(),
+                namespace: "n".into(),
+                identity: "a".into(),
+                duration: Duration::from_secs(secs),
+                renew_every: LeaseConfig::renew_every(Duration::from_secs(secs)),
+                retry_every: Duration::from_secs(1),
+            };
+            // The latest the holder can still believe it leads: its deadline plus one bounded
+            // call; a candidate needs the whole duration of an unchanged record.
+            assert!(cfg.renew_deadline() + cfg.call_timeout() < cfg.duration, "{secs} s");
+            // At least one renewal fits before the deadline after a failed one.
+            assert!(2 * (cfg.renew_every + cfg.call_timeout()) <= cfg.renew_deadline(), "{secs} s");
+        }
+    }
+
+    #[test]
+    fn a_record_counts_as_unchanged_from_when_it_was_first_seen() {
+        let mut seen = Observed::default();
+        assert_eq!(seen.note(Some("1")), Duration::ZERO);
+        assert!(seen.note(Some("1")) < Duration::from_secs(1));
+        assert_eq!(seen.note(Some("2")), Duration::ZERO);
+        assert_eq!(seen.note(None), Duration::ZERO);
     }
 }

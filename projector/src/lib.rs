@@ -39,7 +39,10 @@ async fn run_inner(cfg: Config, rt: Runtime) -> anyhow::Result<()> {
         None => Vec::new(),
     };
 
-    // Ready once the initial catch-up is done, and only while leading.
+    // Ready while this instance can take its role: a standby once the bus is there, the leader
+    // once its catch-up is done. Who leads is the Lease and the `projector_leader` gauge, never
+    // readiness: if only the leader were Ready, a rolling update's new pod would never become
+    // Ready and the PodDisruptionBudget would never let the leader's node drain.
     let ready = rt.ready.flag();
     let health = rt.serve_ops(cfg.health_addr, None).await.with_context(|| format!("binding {}", cfg.health_addr))?;
 
@@ -52,21 +55,26 @@ async fn run_inner(cfg: Config, rt: Runtime) -> anyhow::Result<()> {
         return Ok(());
     };
     tracing::info!(created = ?report.created, updated = ?report.updated, "streams ready");
+    rt.ready.set(true);
 
-    // Only the Lease holder projects and delivers; the others wait (and stay healthy).
+    // Only the Lease holder projects and delivers; the others wait, healthy and ready.
     let leases = kube::Api::<Lease>::namespaced(client.clone(), &cfg.lease_namespace);
     let lease_cfg = lease::LeaseConfig {
         name: cfg.lease_name.clone(),
         namespace: cfg.lease_namespace.clone(),
         identity: cfg.identity(),
         duration: Duration::from_secs(cfg.lease_seconds.max(3)),
-        renew_every: Duration::from_secs((cfg.lease_seconds.max(3) / 3).max(1)),
+        renew_every: lease::LeaseConfig::renew_every(Duration::from_secs(cfg.lease_seconds.max(3))),
         retry_every: Duration::from_secs(2),
     };
     let Some(leading) = lease::acquire(leases.clone(), lease_cfg.clone(), cancel.clone()).await else {
         let _ = health.await;
         return Ok(());
     };
+    // Not ready until caught up; unready first, so that whoever sees the gauge at 1 and then
+    // readiness knows the catch-up is done.
+    rt.ready.set(false);
+    metrics::gauge!("projector_leader").set(1.0);
 
     for sink in sinks {
         tracing::info!(sink = %sink.name, "starting sink");

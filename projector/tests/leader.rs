@@ -1,5 +1,5 @@
-//! Two projectors share one Lease: only the holder projects; when it dies the other takes
-//! over and continues without missing or repeating an event.
+//! Two projectors share one Lease: only the holder projects, both are ready; when the holder
+//! dies the other takes over and continues without missing or repeating an event.
 
 mod common;
 
@@ -19,7 +19,8 @@ async fn only_the_lease_holder_projects_and_a_standby_takes_over() -> anyhow::Re
     let env = TestEnv::shared().await?;
     let scope = Scope::new();
     let mut leader = start_projector(&env, &scope, None).await?;
-    // The standby is healthy but not ready while another instance holds the Lease.
+    // The standby is ready (a rollout may proceed, a node may drain) but does not lead while
+    // another instance holds the Lease.
     let kubeconfig = Component::Projector.kubeconfig(&env).await?;
     let nats = env.nats_url().to_string();
     let (lease, run) = (scope.lease.clone(), scope.run.clone());
@@ -35,7 +36,9 @@ async fn only_the_lease_holder_projects_and_a_standby_takes_over() -> anyhow::Re
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(readyz(&standby).await?, 503);
+    assert_eq!(readyz(&standby).await?, 200);
+    assert_eq!(leader_gauge(&standby).await?, Some(0.0));
+    assert_eq!(leader_gauge(&leader).await?, Some(1.0));
 
     let p = create_project(&env, &scope, "proj-lease").await?;
     create_session(&env, &p, "s", "v").await?;
@@ -44,6 +47,7 @@ async fn only_the_lease_holder_projects_and_a_standby_takes_over() -> anyhow::Re
 
     leader.kill9().await;
     wait_ready(&standby).await?;
+    assert_eq!(leader_gauge(&standby).await?, Some(1.0));
     set_phase(&env, &p, "s", Phase::Running).await?;
     let evs = wait_events(&env, &p, "after failover", |e| of(e, "session", "s").len() == 4).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -65,14 +65,25 @@ pub async fn start_projector(env: &TestEnv, scope: &Scope, sinks: Option<&Path>)
 }
 
 /// Waits for `/readyz` (leadership and the initial catch-up done).
+/// Waits until `p` leads and has caught up: the `projector_leader` gauge at 1, then `/readyz`
+/// 200 (a standby is ready too; the leader turns unready before the gauge turns 1).
 pub async fn wait_ready(p: &ServiceProcess) -> anyhow::Result<()> {
     let url = format!("http://{}/readyz", p.health_addr());
-    eventually("projector ready", Duration::from_secs(60), || {
+    eventually("projector leading and ready", Duration::from_secs(60), || {
         let url = url.clone();
-        async move { Ok(reqwest::get(&url).await?.status().is_success().then_some(())) }
+        async move {
+            let leading = leader_gauge(p).await? == Some(1.0);
+            Ok((leading && reqwest::get(&url).await?.status().is_success()).then_some(()))
+        }
     })
     .await
     .with_context(|| format!("log:\n{}", p.log()))
+}
+
+/// The `projector_leader` gauge of `p`, if it is exported yet.
+pub async fn leader_gauge(p: &ServiceProcess) -> anyhow::Result<Option<f64>> {
+    let text = p.metrics().await?;
+    Ok(text.lines().find_map(|l| l.strip_prefix("projector_leader ")).and_then(|v| v.trim().parse().ok()))
 }
 
 /// Creates a managed namespace in the test's scope.
