@@ -1,23 +1,33 @@
-//! The NATS KV buckets the api owns (command records, idempotency keys, parked keys, message
-//! budgets) are opened, and created when absent, in one way.
+//! The NATS KV buckets the api owns (command records, idempotency keys, parked keys, key usage,
+//! message budgets) are opened in one way: created when absent, and brought to the configured
+//! replica count (`--stream-replicas`, like every stream) when present, so that losing one NATS
+//! server of a cluster loses none of them.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 
-/// Opens `bucket`, creating it (file storage, history 1, `ttl`) when absent.
-pub async fn ensure_bucket(js: &jetstream::Context, bucket: &str, ttl: Duration) -> anyhow::Result<kv::Store> {
-    if let Ok(s) = js.get_key_value(bucket).await {
-        return Ok(s);
+/// The configuration of the api's bucket `bucket`: file storage, history 1, entries expire
+/// after `ttl` (never when zero), `replicas` copies.
+pub fn bucket_config(bucket: &str, ttl: Duration, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: bucket.into(),
+        description: "owned by the api".into(),
+        history: 1,
+        max_age: ttl,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        ..Default::default()
     }
-    Ok(js
-        .create_key_value(kv::Config {
-            bucket: bucket.into(),
-            description: "owned by the api".into(),
-            history: 1,
-            max_age: ttl,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?)
+}
+
+/// Opens `bucket` as [`bucket_config`] says, creating or updating it (every replica does this on
+/// start; an unchanged configuration changes nothing).
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    Ok(js.create_or_update_key_value(bucket_config(bucket, ttl, replicas)).await?)
 }

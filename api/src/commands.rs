@@ -206,11 +206,11 @@ impl Commands {
         timeouts: (Duration, Duration),
         parked: ParkedKeys,
         backlog: BacklogLimits,
-        partitions: u32,
+        bus: &events::streams::BusConfig,
     ) -> anyhow::Result<Self> {
         let (result_timeout, key_result_timeout) = timeouts;
-        let records = ensure_bucket(&js, COMMANDS_BUCKET, Duration::from_secs(24 * 3600)).await?;
-        let idempotency = ensure_bucket(&js, IDEMPOTENCY_BUCKET, Duration::from_secs(24 * 3600)).await?;
+        let records = ensure_bucket(&js, COMMANDS_BUCKET, Duration::from_secs(24 * 3600), bus.replicas).await?;
+        let idempotency = ensure_bucket(&js, IDEMPOTENCY_BUCKET, Duration::from_secs(24 * 3600), bus.replicas).await?;
         let admission = (0..ADMISSION_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect();
         Ok(Self {
             nats,
@@ -222,7 +222,7 @@ impl Commands {
             key_result_timeout,
             parked,
             backlog,
-            partitions,
+            partitions: bus.partitions,
             admission,
             admission_hasher: std::collections::hash_map::RandomState::new(),
         })

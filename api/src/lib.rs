@@ -106,7 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         return Ok(());
     };
     tracing::info!(created = ?report.created, updated = ?report.updated, "streams ready");
-    let key_usage = ensure_bucket(&js, KEY_USAGE_BUCKET, Duration::from_secs(400 * 24 * 3600)).await?;
+    let key_usage = ensure_bucket(&js, KEY_USAGE_BUCKET, Duration::from_secs(400 * 24 * 3600), bus.replicas).await?;
     let shutdown = rt.shutdown.clone();
     let (session_changes, session_changes_rx) = tokio::sync::mpsc::unbounded_channel();
     let reads = Reads::start(
@@ -124,24 +124,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_message_bytes: config.messages_max_message_bytes,
             store_capacity: (config.messages_store_capacity > 0).then_some(config.messages_store_capacity),
         },
-        messages::budget::Budgets::open(&js, config.messages_max_bytes_per_project).await?,
+        messages::budget::Budgets::open(&js, config.messages_max_bytes_per_project, bus.replicas).await?,
     );
     let backlog = crate::commands::BacklogLimits {
         max_commands: config.max_pending_commands_per_project,
         max_bytes: config.max_pending_bytes_per_project,
     };
     tokio::spawn(pending::run(nats.clone(), signer.verifier(), reads.pending.clone(), shutdown.clone()));
-    let parked = parked::ParkedKeys::open(&js, pem.trim().as_bytes()).await?;
-    let commands = Commands::new(
-        nats,
-        js,
-        signer,
-        (config.result_timeout, config.key_result_timeout),
-        parked,
-        backlog,
-        bus.partitions,
-    )
-    .await?;
+    let parked = parked::ParkedKeys::open(&js, pem.trim().as_bytes(), bus.replicas).await?;
+    let commands =
+        Commands::new(nats, js, signer, (config.result_timeout, config.key_result_timeout), parked, backlog, &bus)
+            .await?;
     let state = Arc::new(AppState {
         auth: Authenticator::new(
             kube.clone(),

@@ -60,10 +60,10 @@ fn alias_key(alias: &str) -> String {
 }
 
 impl ParkedKeys {
-    /// Opens the bucket (created when absent); `shared_secret` is what every api replica holds
-    /// (its signing key).
-    pub async fn open(js: &jetstream::Context, shared_secret: &[u8]) -> anyhow::Result<Self> {
-        let kv = crate::buckets::ensure_bucket(js, BUCKET, TTL).await?;
+    /// Opens the bucket (`replicas` copies); `shared_secret` is what every api replica holds
+    /// (its signing key), so any replica can unseal a token another one parked.
+    pub async fn open(js: &jetstream::Context, shared_secret: &[u8], replicas: usize) -> anyhow::Result<Self> {
+        let kv = crate::buckets::ensure_bucket(js, BUCKET, TTL, replicas).await?;
         Ok(Self { kv, sealer: SealingSecretKey::derive(CONTEXT, shared_secret) })
     }
 

@@ -325,8 +325,16 @@ pub async fn bootstrap_streams(js: &jetstream::Context, cfg: &BusConfig) -> Resu
     }
     for want in cfg.buckets() {
         let name = format!("KV_{}", want.bucket);
-        match js.get_key_value(&want.bucket).await {
-            Ok(_) => report.unchanged.push(name),
+        // A bucket is a stream: brought to the configured replicas like the others.
+        match js.get_stream(&name).await {
+            Ok(s) => {
+                if s.cached_info().config.num_replicas == want.num_replicas.max(1) {
+                    report.unchanged.push(name);
+                } else {
+                    js.create_or_update_key_value(want).await.map_err(|e| err(&name, e))?;
+                    report.updated.push(name);
+                }
+            }
             Err(_) => {
                 js.create_key_value(want).await.map_err(|e| err(&name, e))?;
                 report.created.push(name);

@@ -256,7 +256,9 @@ pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
     spec.renew_time = None;
     match tokio::time::timeout(cfg.call_timeout(), api.replace(&cfg.name, &PostParams::default(), &lease)).await {
         Ok(Ok(_)) => tracing::info!(lease = %cfg.name, "leadership released"),
-        Ok(Err(e)) => tracing::warn!(lease = %cfg.name, error = %e, "could not release the lease; it expires by itself"),
+        Ok(Err(e)) => {
+            tracing::warn!(lease = %cfg.name, error = %e, "could not release the lease; it expires by itself")
+        }
         Err(_) => tracing::warn!(lease = %cfg.name, "releasing the lease timed out; it expires by itself"),
     }
 }

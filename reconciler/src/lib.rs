@@ -60,13 +60,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (namespace_store, project_controllers) = controllers::project::start(client.clone(), resync, stop.clone());
     let projects = namespaces::Projects::new(namespace_store, client.clone());
     let (limits, limits_controller) = controllers::limits::start(client.clone(), project_limits, stop.clone());
-    let claims = match js.get_key_value(events::streams::PROJECT_CLAIMS_BUCKET).await {
-        Ok(kv) => kv,
-        Err(_) => js
-            .create_key_value(bus.project_claims_bucket())
-            .await
-            .context("creating the project-quota claims bucket")?,
-    };
+    // Created, or brought to the configured replica count.
+    let claims = js
+        .create_or_update_key_value(bus.project_claims_bucket())
+        .await
+        .context("opening the project-quota claims bucket")?;
     let applier = apply::Applier {
         client: client.clone(),
         policy: authz::SelfProvision { group: cfg.self_provisioner_group.clone() },

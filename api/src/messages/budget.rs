@@ -94,9 +94,9 @@ fn parse(value: &[u8]) -> u64 {
 }
 
 impl Budgets {
-    /// Budgets of `max_bytes` per project, kept in [`BUCKET`] (created when missing).
-    pub async fn open(js: &jetstream::Context, max_bytes: u64) -> anyhow::Result<Self> {
-        let kv = crate::buckets::ensure_bucket(js, BUCKET, std::time::Duration::ZERO).await?;
+    /// Budgets of `max_bytes` per project, kept in [`BUCKET`] (`replicas` copies).
+    pub async fn open(js: &jetstream::Context, max_bytes: u64, replicas: usize) -> anyhow::Result<Self> {
+        let kv = crate::buckets::ensure_bucket(js, BUCKET, std::time::Duration::ZERO, replicas).await?;
         Ok(Self { kv, max_bytes })
     }
 
