@@ -1,6 +1,7 @@
 //! How every component connects to the bus, with one set of flags (feature `cli`), so the
 //! settings that must agree between components (partitions, replicas) have one spelling.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::streams::BusConfig;
@@ -17,6 +18,20 @@ pub struct BusArgs {
     /// Password of `--nats-user` (prefer the environment variable: a flag shows in `ps`).
     #[arg(long, env = "NATS_PASSWORD", hide_env_values = true, requires = "nats_user")]
     pub nats_password: Option<String>,
+    /// NATS credentials file (a user JWT and its nkey seed, for servers with decentralized
+    /// auth); instead of `--nats-user`.
+    #[arg(long, env = "NATS_CREDS_FILE", conflicts_with = "nats_user")]
+    pub nats_creds_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed the NATS servers' certificates. Set: TLS is required
+    /// (`nats://` URLs upgrade to it; a server without TLS is refused).
+    #[arg(long, env = "NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that verify clients (with `--nats-tls-key`).
+    #[arg(long, env = "NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--nats-tls-cert`.
+    #[arg(long, env = "NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
     /// Command partitions of the bus; every component of an installation must agree.
     #[arg(long, env = "AMBIENT_COMMAND_PARTITIONS", default_value_t = BusConfig::default().partitions)]
     pub command_partitions: u32,
@@ -31,6 +46,10 @@ impl std::fmt::Debug for BusArgs {
             .field("nats_url", &self.nats_url)
             .field("nats_user", &self.nats_user)
             .field("nats_password", &self.nats_password.as_ref().map(|_| "<redacted>"))
+            .field("nats_creds_file", &self.nats_creds_file)
+            .field("nats_ca_file", &self.nats_ca_file)
+            .field("nats_tls_cert", &self.nats_tls_cert)
+            .field("nats_tls_key", &self.nats_tls_key)
             .field("command_partitions", &self.command_partitions)
             .field("stream_replicas", &self.stream_replicas)
             .finish()
@@ -43,14 +62,43 @@ impl BusArgs {
         BusConfig { partitions: self.command_partitions, replicas: self.stream_replicas, ..BusConfig::default() }
     }
 
-    /// Connection options with the credentials, a client name and a connect timeout.
-    pub fn connect_options(&self, client_name: &str) -> async_nats::ConnectOptions {
-        let options = match (&self.nats_user, &self.nats_password) {
-            (Some(user), Some(password)) => {
+    /// Connection options with the credentials, TLS, a client name and a connect timeout.
+    pub fn connect_options(&self, client_name: &str) -> Result<async_nats::ConnectOptions, BusArgsError> {
+        let mut options = match (&self.nats_user, &self.nats_password, &self.nats_creds_file) {
+            (Some(user), Some(password), _) => {
                 async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            (_, _, Some(path)) => {
+                let creds = std::fs::read_to_string(path).map_err(|e| BusArgsError::read(path, e))?;
+                async_nats::ConnectOptions::with_credentials(&creds).map_err(|e| BusArgsError::read(path, e))?
             }
             _ => async_nats::ConnectOptions::new(),
         };
-        options.name(client_name).connection_timeout(Duration::from_secs(10))
+        // Files are checked here, at start, rather than at the first (retried) connection.
+        for path in [&self.nats_ca_file, &self.nats_tls_cert, &self.nats_tls_key].into_iter().flatten() {
+            std::fs::metadata(path).map_err(|e| BusArgsError::read(path, e))?;
+        }
+        if let Some(ca) = &self.nats_ca_file {
+            options = options.require_tls(true).add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.nats_tls_cert, &self.nats_tls_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        Ok(options.name(client_name).connection_timeout(Duration::from_secs(10)))
+    }
+}
+
+/// A bus setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {path}: {source}")]
+pub struct BusArgsError {
+    path: String,
+    #[source]
+    source: std::io::Error,
+}
+
+impl BusArgsError {
+    fn read(path: &std::path::Path, source: std::io::Error) -> Self {
+        BusArgsError { path: path.display().to_string(), source }
     }
 }

@@ -78,12 +78,13 @@ impl Runtime {
     /// until it succeeds (in a cluster the bus may start after the service; readiness says
     /// whether it is there), the client reconnects by itself after that, and every connection
     /// event is logged.
-    pub async fn connect_nats(&self, bus: &BusArgs) -> Result<async_nats::Client, async_nats::ConnectError> {
-        bus.connect_options(self.name)
+    pub async fn connect_nats(&self, bus: &BusArgs) -> Result<async_nats::Client, ConnectError> {
+        Ok(bus
+            .connect_options(self.name)?
             .retry_on_initial_connect()
             .event_callback(|ev| async move { tracing::info!(event = %ev, "nats connection event") })
             .connect(bus.nats_url.as_str())
-            .await
+            .await?)
     }
 
     /// Runs `op` until it succeeds, waiting 200 ms doubling to 10 s between tries and logging
@@ -185,6 +186,17 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => b.json().flatten_event(true).with_current_span(true).with_span_list(true).try_init(),
         LogFormat::Text => b.try_init(),
     };
+}
+
+/// The bus could not be connected to with the given configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A file the settings name cannot be read.
+    #[error(transparent)]
+    Settings(#[from] crate::bus::BusArgsError),
+    /// The client refused the options.
+    #[error(transparent)]
+    Nats(#[from] async_nats::ConnectError),
 }
 
 /// The cluster could not be reached with the given configuration.
