@@ -1281,3 +1281,68 @@ async fn generated_secrets_are_in_the_formats_the_services_read() -> anyhow::Res
     }
     Ok(())
 }
+
+// ---- versions ---------------------------------------------------------------------------------
+
+/// The value after `key` (e.g. `version = "`, `NATS_SERVER_VERSION=`) on the first line that has
+/// it, up to the next quote or the line's end.
+fn value_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let rest = text.lines().find_map(|l| l.split_once(key).map(|(_, r)| r))?;
+    Some(rest.split(['"', ' ']).next().unwrap_or(rest))
+}
+
+#[test]
+fn manifests_pin_the_versions_the_tests_run() -> anyhow::Result<()> {
+    let read = |p: &str| std::fs::read_to_string(repo_dir().join(p)).with_context(|| format!("reading {p}"));
+    let cargo = read("Cargo.toml")?;
+    let versions = read("deploy/dev/versions.env")?;
+    let workspace_version = value_after(&cargo, "version = \"").context("the workspace version")?;
+
+    // Our images carry the workspace version; no manifest in deploy/ runs a `latest` image.
+    // (The session runner's image is the operator's to choose: `--runner-image`.)
+    let kustomization = read("deploy/base/kustomization.yaml")?;
+    let tags: Vec<&str> =
+        kustomization.lines().filter_map(|l| l.trim().strip_prefix("newTag: ")).map(|t| t.trim_matches('"')).collect();
+    assert_eq!(tags, [workspace_version; 3], "deploy/base/kustomization.yaml image tags");
+    for entry in walk(&repo_dir().join("deploy"))?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
+        let text = std::fs::read_to_string(&entry).unwrap_or_default();
+        assert!(!text.contains(":latest") && !text.contains("newTag: latest"), "{}: a latest image", entry.display());
+    }
+
+    // The NATS server of the manifests is the one the dev scripts and tests run.
+    let nats = value_after(&versions, "NATS_SERVER_VERSION=").context("NATS_SERVER_VERSION")?;
+    let statefulset = read("deploy/base/nats/statefulset.yaml")?;
+    let image = value_after(&statefulset, "image: ").context("the NATS image")?;
+    assert_eq!(image, format!("nats:{nats}"), "deploy/base/nats/statefulset.yaml");
+
+    // One supported Kubernetes range: the k8s-openapi feature is the oldest, the README says
+    // the same (and the OpenShift release on it), the dev cluster is inside it.
+    let oldest: u32 = cargo
+        .split("\"v1_")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|m| m.parse().ok())
+        .context("the k8s-openapi version feature")?;
+    let readme = read("deploy/README.md")?;
+    let openshift = oldest - 13; // OpenShift 4.N ships Kubernetes 1.(N+13)
+    let stated = format!("Kubernetes 1.{oldest} or newer (OpenShift 4.{openshift} or newer)");
+    assert!(readme.contains(&stated), "deploy/README.md must state \"{stated}\"");
+    assert!(readme.contains(&format!("feature `v1_{oldest}`")), "deploy/README.md names the k8s-openapi feature");
+    let tested: u32 = value_after(&versions, "K8S_VERSION=v1.")
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .context("K8S_VERSION")?;
+    assert!(tested >= oldest, "the dev cluster (1.{tested}) is older than the oldest supported (1.{oldest})");
+    assert!(readme.contains(&format!("tested on 1.{tested}")), "deploy/README.md names the tested release");
+    Ok(())
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() { out.extend(walk(&path)?) } else { out.push(path) }
+    }
+    Ok(out)
+}
