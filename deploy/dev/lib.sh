@@ -61,9 +61,9 @@ nats_server_bin() {
 # The executable name each component runs as (to check that a PID still is that program).
 component_exe() {
   case "$1" in
-    nats) echo nats-server ;;
+    nats | nats-ha-*) echo nats-server ;;
     authwebhook) echo 'python3*' ;;   # a glob: the interpreter's versioned name
-    *) echo "$1" ;;
+    *) echo "${1%-[0-9]}" ;;          # a replica (api-2) runs its service's binary
   esac
 }
 

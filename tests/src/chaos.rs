@@ -322,6 +322,28 @@ impl Ledger {
         }
     }
 
+    /// The longest time from `fault` on in which no request was applied synchronously: from
+    /// the fault to the first success, or between two successes (what clients saw as the
+    /// fault's unavailability window).
+    pub fn longest_gap_after(&self, fault: Instant) -> Duration {
+        let mut done: Vec<Instant> = self
+            .entries()
+            .iter()
+            .flat_map(|e| e.attempts.iter())
+            .filter(|a| a.done >= fault)
+            .filter(|a| matches!(a.answer, Answer::Status { code, .. } if code == 200 || code == 201 || code == 204))
+            .map(|a| a.done)
+            .collect();
+        done.sort();
+        let mut last = fault;
+        let mut gap = Duration::ZERO;
+        for t in done {
+            gap = gap.max(t - last);
+            last = t;
+        }
+        gap
+    }
+
     /// How long after `healed` the first request sent after it was applied synchronously.
     pub fn recovery_after(&self, healed: Instant) -> Option<Duration> {
         self.entries()
@@ -524,14 +546,31 @@ impl fmt::Display for Report {
     }
 }
 
+/// Where the oracle looks: the cluster (as admin) and the bus a stack runs on (the shared NATS,
+/// or a test's own cluster of NATS servers).
+#[derive(Clone)]
+pub struct Target {
+    /// An admin client of the cluster.
+    pub admin: kube::Client,
+    /// JetStream of the stack's bus.
+    pub js: jetstream::Context,
+}
+
+impl Target {
+    /// The shared dev cluster and its NATS.
+    pub fn of(env: &TestEnv) -> Target {
+        Target { admin: env.admin(), js: env.jetstream().clone() }
+    }
+}
+
 /// Every message of `stream` on `subject` from `since` on, in stream order.
 async fn read_subject(
-    env: &TestEnv,
+    env: &Target,
     stream: &str,
     subject: String,
     since: Option<u64>,
 ) -> anyhow::Result<Vec<jetstream::Message>> {
-    let stream = env.jetstream().get_stream(stream).await.with_context(|| format!("stream {stream}"))?;
+    let stream = env.js.get_stream(stream).await.with_context(|| format!("stream {stream}"))?;
     let deliver_policy = match since {
         Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
         None => DeliverPolicy::All,
@@ -567,15 +606,15 @@ fn version_of(display_name: Option<&str>) -> Option<u32> {
 }
 
 /// The next sequence of AMBIENT_RESULTS: take it before a scenario, give it to [`oracle`].
-pub async fn results_mark(env: &TestEnv) -> anyhow::Result<u64> {
-    let mut stream = env.jetstream().get_stream(events::streams::RESULTS_STREAM).await?;
+pub async fn results_mark(env: &Target) -> anyhow::Result<u64> {
+    let mut stream = env.js.get_stream(events::streams::RESULTS_STREAM).await?;
     Ok(stream.info().await?.state.last_sequence + 1)
 }
 
 /// Compares `ledger` with the cluster, AMBIENT_RESULTS (from sequence `since` on, see
 /// [`results_mark`]) and AMBIENT_STATUS.
 pub async fn oracle(
-    env: &TestEnv,
+    env: &Target,
     name: &str,
     ledger: &Ledger,
     admin_client: &Client,
@@ -623,8 +662,8 @@ pub async fn oracle(
     Ok(r)
 }
 
-async fn check_sessions(env: &TestEnv, project: &str, ops: &[&Entry], r: &mut Report) -> anyhow::Result<()> {
-    let api = Api::<AgenticSession>::namespaced(env.admin(), project);
+async fn check_sessions(env: &Target, project: &str, ops: &[&Entry], r: &mut Report) -> anyhow::Result<()> {
+    let api = Api::<AgenticSession>::namespaced(env.admin.clone(), project);
     let mut sessions: BTreeSet<&str> = BTreeSet::new();
     for e in ops {
         if let Op::CreateSession { session } = &e.op {
@@ -798,7 +837,7 @@ async fn check_permission(
     Ok(())
 }
 
-async fn check_results(env: &TestEnv, project: &str, ops: &[&Entry], since: u64, r: &mut Report) -> anyhow::Result<()> {
+async fn check_results(env: &Target, project: &str, ops: &[&Entry], since: u64, r: &mut Report) -> anyhow::Result<()> {
     let msgs =
         read_subject(env, events::streams::RESULTS_STREAM, format!("ambient.result.{project}.>"), Some(since)).await?;
     let mut per_id: HashMap<Uuid, usize> = HashMap::new();

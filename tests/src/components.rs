@@ -407,6 +407,31 @@ impl ServiceProcess {
         }
     }
 
+    /// `SIGTERM`, and waits up to 30 s for the process to exit (then `SIGKILL`): a pod's stop
+    /// in a rolling update. Returns whether it exited by itself.
+    pub async fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return true };
+        if let Some(pid) = c.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        match tokio::time::timeout(Duration::from_secs(30), c.wait()).await {
+            Ok(_) => true,
+            Err(_) => {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+                false
+            }
+        }
+    }
+
+    /// A rolling update of this replica: [`ServiceProcess::stop`], then the same arguments
+    /// again, healthy. Returns whether the old process exited by itself.
+    pub async fn roll(&mut self) -> anyhow::Result<bool> {
+        let graceful = self.stop().await;
+        self.spawn().await?;
+        Ok(graceful)
+    }
+
     /// Starts it again with the same arguments (after [`ServiceProcess::kill9`]).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await;

@@ -49,6 +49,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 pub mod bench;
 pub mod chaos;
 pub mod components;
+pub mod ha;
 pub mod http;
 pub mod routes;
 pub mod sse;

@@ -41,7 +41,8 @@ impl Stack {
         let keys = BusKeys::shared(env)?;
         let api_port = free_port()?;
         let api_url = format!("http://127.0.0.1:{api_port}");
-        let common = |kubeconfig: PathBuf, health: SocketAddr| common_args(env, &kubeconfig, health);
+        let bus = Bus::of(env);
+        let common = |kubeconfig: PathBuf, health: SocketAddr| bus.args(&kubeconfig, health);
 
         let kc = Component::Projector.kubeconfig(env).await?;
         let projector = ServiceProcess::start(Component::Projector, |h| {
@@ -60,9 +61,9 @@ impl Stack {
         .await
         .context("starting the projector")?;
 
-        let reconciler = start_reconciler(env, &keys, &api_url, &opts.reconciler_args).await?;
+        let reconciler = start_reconciler(env, &bus, &keys, &api_url, &opts.reconciler_args).await?;
 
-        let api = start_api(env, &keys, api_port, &opts.api_args).await?;
+        let api = start_api(env, &bus, &keys, api_port, &opts.api_args).await?;
         Ok(Stack { api, reconciler, projector, api_url, keys })
     }
 
@@ -70,7 +71,7 @@ impl Stack {
     /// URL.
     pub async fn api_replica(&self, env: &TestEnv, api_args: &[String]) -> anyhow::Result<(ServiceProcess, String)> {
         let port = free_port()?;
-        let api = start_api(env, &self.keys, port, api_args).await?;
+        let api = start_api(env, &Bus::of(env), &self.keys, port, api_args).await?;
         Ok((api, format!("http://127.0.0.1:{port}")))
     }
 }
@@ -78,12 +79,14 @@ impl Stack {
 impl Stack {
     /// Starts one more reconciler replica of this stack (same keys, bus and cluster).
     pub async fn reconciler_replica(&self, env: &TestEnv, args: &[String]) -> anyhow::Result<ServiceProcess> {
-        start_reconciler(env, &self.keys, &self.api_url, args).await
+        start_reconciler(env, &Bus::of(env), &self.keys, &self.api_url, args).await
     }
 }
 
-async fn start_reconciler(
+/// Starts a reconciler on `bus`.
+pub async fn start_reconciler(
     env: &TestEnv,
+    bus: &Bus,
     keys: &BusKeys,
     api_url: &str,
     args: &[String],
@@ -91,7 +94,7 @@ async fn start_reconciler(
     let kc = Component::Reconciler.kubeconfig(env).await?;
     let k = keys.clone();
     ServiceProcess::start(Component::Reconciler, |h| {
-        let mut a = common_args(env, &kc, h);
+        let mut a = bus.args(&kc, h);
         a.push(format!("--command-verify-keys-file={}", k.verify_keys_file.display()));
         a.push(format!("--sealing-key-file={}", k.sealing_key_file.display()));
         a.push(format!("--backend-api-url={api_url}/api"));
@@ -102,23 +105,42 @@ async fn start_reconciler(
     .context("starting the reconciler")
 }
 
-/// The arguments every service of a stack takes.
-fn common_args(env: &TestEnv, kubeconfig: &std::path::Path, health: SocketAddr) -> Vec<String> {
-    vec![
-        format!("--kubeconfig={}", kubeconfig.display()),
-        format!("--nats-url={}", env.nats_url()),
-        format!("--health-addr={health}"),
-        "--log-format=json".to_string(),
-    ]
+/// The bus a stack's services connect to.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    /// `--nats-url` (comma-separated for a cluster).
+    pub nats_url: String,
+    /// `--stream-replicas`.
+    pub replicas: usize,
 }
 
-async fn start_api(
+impl Bus {
+    /// The shared dev cluster's NATS (one server).
+    pub fn of(env: &TestEnv) -> Bus {
+        Bus { nats_url: env.nats_url().to_string(), replicas: 1 }
+    }
+
+    /// The arguments every service of a stack takes.
+    pub fn args(&self, kubeconfig: &std::path::Path, health: SocketAddr) -> Vec<String> {
+        vec![
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--nats-url={}", self.nats_url),
+            format!("--stream-replicas={}", self.replicas),
+            format!("--health-addr={health}"),
+            "--log-format=json".to_string(),
+        ]
+    }
+}
+
+/// Starts an api replica on `bus`, listening on `api_port`.
+pub async fn start_api(
     env: &TestEnv,
+    bus: &Bus,
     keys: &BusKeys,
     api_port: u16,
     api_args: &[String],
 ) -> anyhow::Result<ServiceProcess> {
-    let common = |kubeconfig: PathBuf, health: SocketAddr| common_args(env, &kubeconfig, health);
+    let common = |kubeconfig: PathBuf, health: SocketAddr| bus.args(&kubeconfig, health);
     let kc = Component::Api.kubeconfig(env).await?;
     let k = keys.clone();
     ServiceProcess::start(Component::Api, |h| {

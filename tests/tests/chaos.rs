@@ -34,7 +34,7 @@ impl Run<'_> {
     where
         F: std::future::Future<Output = Vec<Instant>>,
     {
-        let mark = chaos::results_mark(self.env).await.expect("results stream");
+        let mark = chaos::results_mark(&chaos::Target::of(self.env)).await.expect("results stream");
         let retry_for = self.plan.apiserver_outage + Duration::from_secs(60);
         let tag = ambient_tests::unique_name(name);
         let load = chaos::run_load(&self.client, &self.token, &self.projects, &tag, self.plan, retry_for);
@@ -50,7 +50,9 @@ impl Run<'_> {
         // The projector publishes status asynchronously: give it time to catch up.
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut report = loop {
-            let r = chaos::oracle(self.env, name, ledger, &self.client, &self.token, mark).await.expect("oracle");
+            let r = chaos::oracle(&chaos::Target::of(self.env), name, ledger, &self.client, &self.token, mark)
+                .await
+                .expect("oracle");
             if r.clean() || Instant::now() > deadline {
                 break r;
             }
@@ -75,7 +77,7 @@ const FLOOD_PER_LANE: usize = 20;
 /// (the benchmark measures them against a baseline).
 async fn backlog(run: &mut Run<'_>, reconciler: &mut ServiceProcess) -> Report {
     let name = "backlog 1000 + kill -9";
-    let mark = chaos::results_mark(run.env).await.expect("results stream");
+    let mark = chaos::results_mark(&chaos::Target::of(run.env)).await.expect("results stream");
     let retry_for = Duration::from_secs(180);
     let flood_project = ambient_tests::unique_name("flood");
     let r = run.client.post("/api/projects", &run.token, json!({"name": flood_project})).await;
