@@ -21,13 +21,13 @@ pub fn bucket_config(bucket: &str, ttl: Duration, replicas: usize) -> kv::Config
     }
 }
 
-/// Opens `bucket` as [`bucket_config`] says, creating or updating it (every replica does this on
-/// start; an unchanged configuration changes nothing).
+/// Opens `bucket` as [`bucket_config`] says (`events::streams::ensure_bucket`: created when
+/// absent, its replicas updated when they differ; every replica does this on start).
 pub async fn ensure_bucket(
     js: &jetstream::Context,
     bucket: &str,
     ttl: Duration,
     replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    Ok(js.create_or_update_key_value(bucket_config(bucket, ttl, replicas)).await?)
+    Ok(events::streams::ensure_bucket(js, bucket_config(bucket, ttl, replicas)).await?.0)
 }

@@ -325,23 +325,49 @@ pub async fn bootstrap_streams(js: &jetstream::Context, cfg: &BusConfig) -> Resu
     }
     for want in cfg.buckets() {
         let name = format!("KV_{}", want.bucket);
-        // A bucket is a stream: brought to the configured replicas like the others.
-        match js.get_stream(&name).await {
-            Ok(s) => {
-                if s.cached_info().config.num_replicas == want.num_replicas.max(1) {
-                    report.unchanged.push(name);
-                } else {
-                    js.create_or_update_key_value(want).await.map_err(|e| err(&name, e))?;
-                    report.updated.push(name);
-                }
-            }
-            Err(_) => {
-                js.create_key_value(want).await.map_err(|e| err(&name, e))?;
-                report.created.push(name);
-            }
+        match ensure_bucket(js, want).await?.1 {
+            Change::Created => report.created.push(name),
+            Change::Updated => report.updated.push(name),
+            Change::Unchanged => report.unchanged.push(name),
         }
     }
     Ok(report)
+}
+
+/// What [`ensure_bucket`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The bucket did not exist.
+    Created,
+    /// Its replica count was brought to the configured one.
+    Updated,
+    /// It was as configured.
+    Unchanged,
+}
+
+/// Opens bucket `want.bucket`: created when absent, its replicas brought to `want.num_replicas`
+/// when they differ (a bucket is a stream, `KV_<bucket>`; updating it needs the NATS user's
+/// `$JS.API.STREAM.UPDATE` right on it, which is asked for only then).
+pub async fn ensure_bucket(js: &jetstream::Context, want: kv::Config) -> Result<(kv::Store, Change), BootstrapError> {
+    let name = format!("KV_{}", want.bucket);
+    let bucket = want.bucket.clone();
+    let change = match js.get_stream(&name).await {
+        Ok(s) if s.cached_info().config.num_replicas == want.num_replicas.max(1) => Change::Unchanged,
+        Ok(_) => {
+            js.create_or_update_key_value(want).await.map_err(|e| err(&name, e))?;
+            Change::Updated
+        }
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            js.create_key_value(want).await.map_err(|e| err(&name, e))?;
+            Change::Created
+        }
+        Err(e) => return Err(err(&name, e)),
+    };
+    let store = js.get_key_value(&bucket).await.map_err(|e| err(&name, e))?;
+    Ok((store, change))
 }
 
 /// Creates or updates the reconciler's partition consumers.

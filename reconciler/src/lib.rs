@@ -61,8 +61,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let projects = namespaces::Projects::new(namespace_store, client.clone());
     let (limits, limits_controller) = controllers::limits::start(client.clone(), project_limits, stop.clone());
     // Created, or brought to the configured replica count.
-    let claims = js
-        .create_or_update_key_value(bus.project_claims_bucket())
+    let (claims, _) = events::streams::ensure_bucket(&js, bus.project_claims_bucket())
         .await
         .context("opening the project-quota claims bucket")?;
     let applier = apply::Applier {
