@@ -9,7 +9,7 @@ use crate::streams::BusConfig;
 /// The bus settings each component takes on its command line (flattened into its config).
 #[derive(Clone, clap::Args)]
 pub struct BusArgs {
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated (the servers of a cluster).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// NATS user (with `--nats-password`); none: connect without credentials.
@@ -57,6 +57,12 @@ impl std::fmt::Debug for BusArgs {
 }
 
 impl BusArgs {
+    /// The servers of `--nats-url`, one per comma-separated URL (a cluster's servers: the
+    /// client connects to any and fails over to the others).
+    pub fn servers(&self) -> Vec<String> {
+        self.nats_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+    }
+
     /// The streams' configuration these settings describe.
     pub fn bus_config(&self) -> BusConfig {
         BusConfig { partitions: self.command_partitions, replicas: self.stream_replicas, ..BusConfig::default() }
@@ -100,5 +106,28 @@ pub struct BusArgsError {
 impl BusArgsError {
     fn read(path: &std::path::Path, source: std::io::Error) -> Self {
         BusArgsError { path: path.display().to_string(), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bus: BusArgs,
+    }
+
+    #[test]
+    fn a_cluster_is_given_as_comma_separated_urls() {
+        let cli = Cli::parse_from(["x", "--nats-url", "nats://a:4222, nats://b:4222,,nats://c:4222"]);
+        assert_eq!(cli.bus.servers(), ["nats://a:4222", "nats://b:4222", "nats://c:4222"]);
+        // Each is a server address the client accepts.
+        for s in cli.bus.servers() {
+            assert!(s.parse::<async_nats::ServerAddr>().is_ok(), "{s}");
+        }
+        assert_eq!(Cli::parse_from(["x"]).bus.servers(), ["nats://127.0.0.1:4222"]);
     }
 }

@@ -83,7 +83,7 @@ impl Runtime {
             .connect_options(self.name)?
             .retry_on_initial_connect()
             .event_callback(|ev| async move { tracing::info!(event = %ev, "nats connection event") })
-            .connect(bus.nats_url.as_str())
+            .connect(bus.servers())
             .await?)
     }
 

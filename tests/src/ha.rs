@@ -223,7 +223,8 @@ impl HaStack {
         for port in api_ports {
             apis.push(start_api(env, &bus, &keys, port, &opts.api_args).await?);
         }
-        let client = async_nats::connect(nats.urls().as_str()).await.map_err(|e| anyhow!("{e}"))?;
+        let servers: Vec<String> = nats.urls().split(',').map(String::from).collect();
+        let client = async_nats::connect(servers).await.map_err(|e| anyhow!("{e}"))?;
         let js = jetstream::new(client);
         let stack = HaStack { nats, apis, reconcilers, projectors, front, js, bus };
         stack.wait_ready().await?;
