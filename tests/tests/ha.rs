@@ -123,18 +123,29 @@ async fn the_ha_topology_survives_faults_and_rollouts() {
     );
 
     let leading = ha.leading_projector().await.expect("one projector leads");
-    let projector = &mut ha.projectors[leading];
+    let (dead, standby) = {
+        let (a, b) = ha.projectors.split_at_mut(1);
+        if leading == 0 { (&mut a[0], &b[0]) } else { (&mut b[0], &a[0]) }
+    };
+    let mut takeover = Duration::ZERO;
     results.push(
         run.scenario("projector leader kill -9", plan, async {
             tokio::time::sleep(Duration::from_secs(3)).await;
-            projector.kill9().await;
+            dead.kill9().await;
             let struck = Instant::now();
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            projector.restart().await.expect("the projector restarts");
+            // Status events wait for the standby: it takes the Lease once it has seen it
+            // unrenewed for the lease duration.
+            while !standby.metrics().await.is_ok_and(|m| m.lines().any(|l| l == "projector_leader 1")) {
+                assert!(struck.elapsed() < Duration::from_secs(90), "the standby did not take over");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            takeover = struck.elapsed();
+            dead.restart().await.expect("the projector restarts");
             struck
         })
         .await,
     );
+    println!("projector failover: the standby led {:.1} s after the leader was killed", takeover.as_secs_f64());
     assert!(ha.leading_projector().await.is_some(), "a projector leads after the failover");
 
     // A rolling update of everything, one replica at a time, each back and ready before the next.
@@ -158,6 +169,7 @@ async fn the_ha_topology_survives_faults_and_rollouts() {
     for (r, window) in &results {
         println!("{r}  {:>11.1}s", window.as_secs_f64());
     }
+    println!("(status events during the projector failover waited {:.1} s for the standby)", takeover.as_secs_f64());
     for (r, _) in &results {
         assert!(r.accepted > 0, "{}: nothing was accepted", r.name);
         assert!(r.clean(), "{}: {:?}", r.name, r.anomalies);
