@@ -56,9 +56,6 @@ pub fn diff(
     projected: Option<&Projected>,
     now: DateTime<Utc>,
 ) -> Option<Step> {
-    if key.is_subview() {
-        return diff_subview(project, project_uid, key, desired, projected, now);
-    }
     let event = |uid: &str, version: &str, body: StatusBody| StatusEvent {
         id: StatusEvent::derive_id(uid, version, body.type_str()),
         project: project.clone(),
@@ -67,6 +64,9 @@ pub fn diff(
         project_uid: project_uid.map(String::from),
         body,
     };
+    if key.is_subview() {
+        return diff_subview(desired, projected, now, event);
+    }
     let tombstone = |p: &Projected| -> Vec<StatusEvent> {
         let t = Tombstone { name: key.name().to_string(), uid: Some(p.uid.clone()), at: now };
         deleted_body(key, t).map(|body| event(&p.uid, &p.version, body)).into_iter().collect()
@@ -139,25 +139,16 @@ pub fn diff(
 /// a view that was not gone (nothing to tell before), with the id version `<last projected
 /// version>+gone`, the same live and after downtime. It is dropped without an event when its
 /// parent goes, and a projected view of an earlier parent of the same name does not count.
+/// `event(uid, version, body)` makes an event of the object, as in [`diff`].
 fn diff_subview(
-    project: &ProjectName,
-    project_uid: Option<&str>,
-    key: &ObjKey,
     desired: Option<&Desired>,
     projected: Option<&Projected>,
     now: DateTime<Utc>,
+    event: impl Fn(&str, &str, StatusBody) -> StatusEvent,
 ) -> Option<Step> {
     let drop = Step { events: Vec::new(), store: None };
     let publish = |d: &Desired, version: String| {
-        let body = changed_body(&d.view);
-        let ev = StatusEvent {
-            id: StatusEvent::derive_id(&d.uid, &version, body.type_str()),
-            project: project.clone(),
-            name: key.name().to_string(),
-            time: now,
-            project_uid: project_uid.map(String::from),
-            body,
-        };
+        let ev = event(&d.uid, &version, changed_body(&d.view));
         Step {
             events: vec![ev],
             store: Some(Projected {
