@@ -131,7 +131,7 @@ async fn a_user_at_the_terminal() {
     let seen = |name: &'static str| {
         move |l: &str| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
-            v["name"] == name && v["type"] == "session.changed"
+            v["name"] == name && v["type"] == "ambient.session.changed.v1"
         }
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
