@@ -67,8 +67,10 @@ pub struct Api {
 impl Api {
     /// A client of the api at `base` with `token`.
     pub fn new(base: &str, token: String, timeout: Duration) -> Result<Self, Failure> {
+        // Never follow a redirect: a sign-in page's 302 would turn a DELETE into a GET of HTML.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .build()
             .map_err(|e| Failure::Local(format!("HTTP client: {e}")))?;
@@ -79,6 +81,8 @@ impl Api {
     pub fn streaming(&self) -> Result<Self, Failure> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_keepalive(Duration::from_secs(15))
             .build()
             .map_err(|e| Failure::Local(format!("HTTP client: {e}")))?;
         Ok(Api { http, ..self.clone() })
@@ -113,10 +117,26 @@ impl Api {
     pub async fn answer(resp: reqwest::Response) -> Result<Value, Failure> {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let parsed: Result<Value, _> = serde_json::from_str(&text);
         if status.is_success() {
-            return Ok(if status == StatusCode::NO_CONTENT { Value::Null } else { body });
+            return match parsed {
+                Ok(v) => Ok(v),
+                Err(_) if status == StatusCode::NO_CONTENT || text.trim().is_empty() => Ok(Value::Null),
+                Err(_) => Err(Failure::Local(format!(
+                    "the server answered {status} with something other than JSON: is --server the api?"
+                ))),
+            };
         }
+        if status.is_redirection() {
+            return Err(Failure::Api {
+                status: status.as_u16(),
+                message: "the server redirected instead of answering (a sign-in page? check --server and the token)"
+                    .into(),
+                reason: None,
+                field: None,
+            });
+        }
+        let body = parsed.unwrap_or(Value::Null);
         let s = |k: &str| body.get(k).and_then(Value::as_str).map(String::from);
         Err(Failure::Api {
             status: status.as_u16(),
@@ -140,8 +160,12 @@ impl Api {
     }
 }
 
-/// A path segment, percent-encoded.
-pub fn seg(s: &str) -> String {
+/// A path segment, percent-encoded. Empty, `.` and `..` are refused: URL parsers resolve them
+/// (encoded too), so `-p ..` would address another route than the one named.
+pub fn seg(s: &str) -> Result<String, Failure> {
+    if s.is_empty() || s.trim_matches('.').is_empty() {
+        return Err(Failure::Local(format!("{s:?} is not a name")));
+    }
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -150,7 +174,7 @@ pub fn seg(s: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -195,8 +219,12 @@ mod tests {
 
     #[test]
     fn segments_are_encoded() {
-        assert_eq!(seg("alice"), "alice");
-        assert_eq!(seg("system:serviceaccount:p:k"), "system%3Aserviceaccount%3Ap%3Ak");
-        assert_eq!(seg("a/b c"), "a%2Fb%20c");
+        assert_eq!(seg("alice").unwrap(), "alice");
+        assert_eq!(seg("system:serviceaccount:p:k").unwrap(), "system%3Aserviceaccount%3Ap%3Ak");
+        assert_eq!(seg("a/b c").unwrap(), "a%2Fb%20c");
+        assert_eq!(seg("a.b").unwrap(), "a.b");
+        for bad in ["", ".", "..", "..."] {
+            assert!(seg(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -33,7 +33,8 @@ struct NamedUser {
 
 #[derive(Debug, Deserialize)]
 struct Context {
-    user: String,
+    #[serde(default)]
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,11 +53,13 @@ pub fn kubeconfig_token(kubeconfig: &Path) -> Result<Option<String>, Failure> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Failure::Local(format!("reading {}: {e}", kubeconfig.display()))),
     };
-    let cfg: Kubeconfig =
-        serde_saphyr::from_str(&text).map_err(|e| Failure::Local(format!("reading {}: {e}", kubeconfig.display())))?;
+    // The parser's message quotes the lines around the fault, which may hold a token.
+    let cfg: Kubeconfig = serde_saphyr::from_str(&text)
+        .map_err(|_| Failure::Local(format!("{} is not a kubeconfig this client can read", kubeconfig.display())))?;
     let Some(current) = cfg.current_context.as_deref() else { return Ok(None) };
     let Some(context) = cfg.contexts.iter().find(|c| c.name == current) else { return Ok(None) };
-    let Some(user) = cfg.users.iter().find(|u| u.name == context.context.user) else { return Ok(None) };
+    let Some(name) = context.context.user.as_deref() else { return Ok(None) };
+    let Some(user) = cfg.users.iter().find(|u| u.name == name) else { return Ok(None) };
     let user = &user.user;
     if let Some(t) = user.token.as_deref().filter(|t| !t.is_empty()) {
         return Ok(Some(t.to_string()));
@@ -67,6 +70,20 @@ pub fn kubeconfig_token(kubeconfig: &Path) -> Result<Option<String>, Failure> {
             .map_err(|e| Failure::Local(format!("reading the token file {}: {e}", f.display()))),
         None => Ok(None),
     }
+}
+
+/// Whether a token may be sent to `server`: over https, or over plain http only to this host
+/// (a dev stack): a bearer token in clear text across a network is anyone's.
+pub fn may_send_token(server: &str) -> bool {
+    let Some(rest) = server.strip_prefix("http://") else { return server.starts_with("https://") };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = if host.starts_with('[') {
+        host.split(']').next().map(|h| &h[1..]).unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The kubeconfig to read: the given one (the first of a `:`-separated KUBECONFIG), else
@@ -100,8 +117,19 @@ mod tests {
         std::fs::write(&path, cfg.replace("current-context: b", "current-context: none")).unwrap();
         assert_eq!(kubeconfig_token(&path).unwrap(), None);
         assert_eq!(kubeconfig_token(&dir.path().join("missing")).unwrap(), None);
-        std::fs::write(&path, "{not yaml").unwrap();
-        assert!(kubeconfig_token(&path).is_err());
+        std::fs::write(&path, "{not yaml, token: secret-value").unwrap();
+        let err = kubeconfig_token(&path).unwrap_err().to_string();
+        assert!(!err.contains("secret-value"), "{err}");
+    }
+
+    #[test]
+    fn tokens_travel_encrypted_or_stay_on_this_host() {
+        for ok in ["https://api.example.com", "http://127.0.0.1:8080", "http://localhost:1/x", "http://[::1]:80"] {
+            assert!(may_send_token(ok), "{ok}");
+        }
+        for bad in ["http://api.example.com", "http://10.0.0.1:8080", "ftp://x", "http://127.0.0.1.evil.com/"] {
+            assert!(!may_send_token(bad), "{bad}");
+        }
     }
 
     #[test]

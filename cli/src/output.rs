@@ -77,7 +77,7 @@ pub fn items(v: &Value) -> Vec<Value> {
 pub fn table(kind: Kind, rows: &[Value]) -> String {
     let cols = kind.columns();
     let cells: Vec<Vec<String>> =
-        rows.iter().map(|r| cols.iter().map(|(_, p)| text(r.pointer(p)).replace('\n', " ")).collect()).collect();
+        rows.iter().map(|r| cols.iter().map(|(_, p)| crate::watch::printable(&text(r.pointer(p)))).collect()).collect();
     let widths: Vec<usize> = cols
         .iter()
         .enumerate()

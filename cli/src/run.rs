@@ -26,7 +26,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             output::structured(if out == Format::Yaml { out } else { Format::Json }, &api.get("/api/me").await?)
         }
         Command::Access { project } => {
-            let v = api.get(&format!("/api/projects/{}/access", seg(&project))).await?;
+            let v = api.get(&format!("/api/projects/{}/access", seg(&project)?)).await?;
             output::structured(if out == Format::Yaml { out } else { Format::Json }, &v)
         }
         Command::Status { id } => {
@@ -58,6 +58,11 @@ fn connect(cli: &Cli) -> Result<Api, Failure> {
                 )
             })?,
     };
+    if !config::may_send_token(&server) {
+        return Err(Failure::Local(format!(
+            "refusing to send your token to {server} in clear text: use https (plain http only to this host)"
+        )));
+    }
     Api::new(&server, token, Duration::from_secs(cli.request_timeout.max(1)))
 }
 
@@ -94,7 +99,7 @@ async fn projects(api: &Api, out: Format, c: Projects) -> Result<(), Failure> {
     match c {
         Projects::List => output::list(out, Kind::Project, &api.get("/api/projects").await?),
         Projects::Get { name } => {
-            output::one(out, Kind::Project, &api.get(&format!("/api/projects/{}", seg(&name))).await?)
+            output::one(out, Kind::Project, &api.get(&format!("/api/projects/{}", seg(&name)?)).await?)
         }
         Projects::Create { name, display_name, description } => {
             let mut body = optional(&[("displayName", &display_name), ("description", &description)]);
@@ -104,18 +109,18 @@ async fn projects(api: &Api, out: Format, c: Projects) -> Result<(), Failure> {
         }
         Projects::Update { name, display_name, description } => {
             let body = optional(&[("displayName", &display_name), ("description", &description)]);
-            let v = api.call(Method::PUT, &format!("/api/projects/{}", seg(&name)), Some(&body)).await?;
+            let v = api.call(Method::PUT, &format!("/api/projects/{}", seg(&name)?), Some(&body)).await?;
             done(out, Kind::Project, &format!("project {name} updated"), &v)
         }
         Projects::Delete { name } => {
-            let v = api.call(Method::DELETE, &format!("/api/projects/{}", seg(&name)), None).await?;
+            let v = api.call(Method::DELETE, &format!("/api/projects/{}", seg(&name)?), None).await?;
             done(out, Kind::Project, &format!("project {name} deleted"), &v)
         }
     }
 }
 
-fn sessions_path(project: &str) -> String {
-    format!("/api/projects/{}/agentic-sessions", seg(project))
+fn sessions_path(project: &str) -> Result<String, Failure> {
+    Ok(format!("/api/projects/{}/agentic-sessions", seg(project)?))
 }
 
 /// The session spec of `file` (`-`: stdin; YAML or JSON) with the flags over it.
@@ -148,14 +153,14 @@ fn spec(file: Option<&std::path::Path>, overrides: &[(&str, &Option<String>)]) -
 
 async fn sessions(api: &Api, out: Format, c: Sessions) -> Result<(), Failure> {
     match c {
-        Sessions::List { at } => output::list(out, Kind::Session, &api.get(&sessions_path(&at.project)).await?),
+        Sessions::List { at } => output::list(out, Kind::Session, &api.get(&sessions_path(&at.project)?).await?),
         Sessions::Get { at, name } => {
-            let v = api.get(&format!("{}/{}", sessions_path(&at.project), seg(&name))).await?;
+            let v = api.get(&format!("{}/{}", sessions_path(&at.project)?, seg(&name)?)).await?;
             output::one(out, Kind::Session, &v)
         }
         Sessions::Create { at, file, name, prompt, display_name, wait, until_done, wait_timeout } => {
             let body = spec(file.as_deref(), &[("name", &name), ("prompt", &prompt), ("displayName", &display_name)])?;
-            let v = api.call(Method::POST, &sessions_path(&at.project), Some(&body)).await?;
+            let v = api.call(Method::POST, &sessions_path(&at.project)?, Some(&body)).await?;
             let created = v.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
             done(out, Kind::Session, &format!("session {created} created in {}", at.project), &v)?;
             if wait {
@@ -164,16 +169,16 @@ async fn sessions(api: &Api, out: Format, c: Sessions) -> Result<(), Failure> {
             Ok(())
         }
         Sessions::Delete { at, name } => {
-            let v = api.call(Method::DELETE, &format!("{}/{}", sessions_path(&at.project), seg(&name)), None).await?;
+            let v = api.call(Method::DELETE, &format!("{}/{}", sessions_path(&at.project)?, seg(&name)?), None).await?;
             done(out, Kind::Session, &format!("session {name} deleted"), &v)
         }
         Sessions::Start { at, name } => {
-            let path = format!("{}/{}/start", sessions_path(&at.project), seg(&name));
+            let path = format!("{}/{}/start", sessions_path(&at.project)?, seg(&name)?);
             let v = api.call(Method::POST, &path, None).await?;
             done(out, Kind::Session, &format!("session {name} started"), &v)
         }
         Sessions::Stop { at, name } => {
-            let path = format!("{}/{}/stop", sessions_path(&at.project), seg(&name));
+            let path = format!("{}/{}/stop", sessions_path(&at.project)?, seg(&name)?);
             let v = api.call(Method::POST, &path, None).await?;
             done(out, Kind::Session, &format!("session {name} stopped"), &v)
         }
@@ -193,7 +198,7 @@ fn ended(phase: &str) -> Option<bool> {
 
 /// Waits until `session` runs (or, `until_done`, has ended), printing each phase it passes.
 async fn wait_for(api: &Api, project: &str, session: &str, until_done: bool, limit: Duration) -> Result<(), Failure> {
-    let path = format!("{}/{}", sessions_path(project), seg(session));
+    let path = format!("{}/{}", sessions_path(project)?, seg(session)?);
     let start = Instant::now();
     let mut last = String::new();
     loop {
@@ -230,15 +235,33 @@ async fn wait_for(api: &Api, project: &str, session: &str, until_done: bool, lim
     }
 }
 
-/// Prints a session's messages; with `follow`, keeps waiting for new ones (long-poll).
+/// Prints a session's messages; with `follow`, keeps waiting for new ones (long-poll), and rides
+/// out an api that is briefly unavailable.
 async fn messages(api: &Api, out: Format, project: &str, session: &str, follow: bool) -> Result<(), Failure> {
-    let base = format!("{}/{}/messages", sessions_path(project), seg(session));
+    let base = format!("{}/{}/messages", sessions_path(project)?, seg(session)?);
     let streaming = api.streaming()?;
     let mut after = 0u64;
+    let mut backoff = Duration::from_secs(1);
     loop {
         let wait = if follow { "&wait=20" } else { "" };
-        let v = streaming.get(&format!("{base}?after={after}{wait}")).await?;
-        for m in v.get("messages").and_then(Value::as_array).into_iter().flatten() {
+        let v =
+            match tokio::time::timeout(Duration::from_secs(60), streaming.get(&format!("{base}?after={after}{wait}")))
+                .await
+            {
+                Ok(Ok(v)) => v,
+                Ok(Err(e @ (Failure::Unreachable { .. } | Failure::Api { status: 429 | 500.., .. }))) if follow => {
+                    eprintln!("messages: {e}; retrying in {} s", backoff.as_secs());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) if follow => continue,
+                Err(_) => return Err(Failure::Unreachable { url: api.url(""), cause: "no answer within 60 s".into() }),
+            };
+        backoff = Duration::from_secs(1);
+        let page = v.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
+        for m in &page {
             match out {
                 Format::Json => println!("{m}"),
                 Format::Yaml => output::structured(out, m)?,
@@ -250,7 +273,8 @@ async fn messages(api: &Api, out: Format, project: &str, session: &str, follow: 
                         .and_then(Value::as_str)
                         .map(String::from)
                         .unwrap_or_else(|| payload.to_string());
-                    println!("{:>6}  {ty:<22} {content}", m.get("seq").and_then(Value::as_u64).unwrap_or(0));
+                    let seq = m.get("seq").and_then(Value::as_u64).unwrap_or(0);
+                    println!("{seq:>6}  {ty:<22} {}", crate::watch::printable(&content));
                 }
             }
         }
@@ -259,20 +283,24 @@ async fn messages(api: &Api, out: Format, project: &str, session: &str, follow: 
         if !more && !follow {
             return Ok(());
         }
+        if page.is_empty() && !more {
+            // Answered at once with nothing (a session not created yet): do not spin.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 
 async fn permissions(api: &Api, out: Format, c: Permissions) -> Result<(), Failure> {
-    let path = |p: &str| format!("/api/projects/{}/permissions", seg(p));
+    let path = |p: &str| -> Result<String, Failure> { Ok(format!("/api/projects/{}/permissions", seg(p)?)) };
     match c {
-        Permissions::List { at } => output::list(out, Kind::Permission, &api.get(&path(&at.project)).await?),
+        Permissions::List { at } => output::list(out, Kind::Permission, &api.get(&path(&at.project)?).await?),
         Permissions::Add { at, subject_type, subject, role } => {
             let body = json!({"subjectType": subject_type, "subjectName": subject, "role": role});
-            let v = api.call(Method::POST, &path(&at.project), Some(&body)).await?;
+            let v = api.call(Method::POST, &path(&at.project)?, Some(&body)).await?;
             done(out, Kind::Permission, &format!("{subject_type} {subject} may now {role} in {}", at.project), &v)
         }
         Permissions::Remove { at, subject_type, subject } => {
-            let p = format!("{}/{}/{}", path(&at.project), seg(&subject_type), seg(&subject));
+            let p = format!("{}/{}/{}", path(&at.project)?, seg(&subject_type)?, seg(&subject)?);
             let v = api.call(Method::DELETE, &p, None).await?;
             done(out, Kind::Permission, &format!("{subject_type} {subject}'s grant in {} revoked", at.project), &v)
         }
@@ -280,9 +308,9 @@ async fn permissions(api: &Api, out: Format, c: Permissions) -> Result<(), Failu
 }
 
 async fn keys(api: &Api, out: Format, c: Keys) -> Result<(), Failure> {
-    let path = |p: &str| format!("/api/projects/{}/keys", seg(p));
+    let path = |p: &str| -> Result<String, Failure> { Ok(format!("/api/projects/{}/keys", seg(p)?)) };
     match c {
-        Keys::List { at } => output::list(out, Kind::Key, &api.get(&path(&at.project)).await?),
+        Keys::List { at } => output::list(out, Kind::Key, &api.get(&path(&at.project)?).await?),
         Keys::Create { at, name, role, description, expiration_seconds } => {
             let mut body = json!({"name": name, "role": role});
             if let Some(d) = description {
@@ -291,9 +319,10 @@ async fn keys(api: &Api, out: Format, c: Keys) -> Result<(), Failure> {
             if let Some(s) = expiration_seconds {
                 body["expirationSeconds"] = json!(s);
             }
-            let v = api.call(Method::POST, &path(&at.project), Some(&body)).await?;
+            let v = api.call(Method::POST, &path(&at.project)?, Some(&body)).await?;
             match out {
-                Format::Table => {
+                // The token is shown once: the formats for people and for scripts both print it.
+                Format::Table | Format::Name => {
                     eprintln!("key {name} created; its token (shown once, keep it now):");
                     println!("{}", v.get("key").and_then(Value::as_str).unwrap_or_default());
                     Ok(())
@@ -302,7 +331,7 @@ async fn keys(api: &Api, out: Format, c: Keys) -> Result<(), Failure> {
             }
         }
         Keys::Delete { at, id } => {
-            let v = api.call(Method::DELETE, &format!("{}/{}", path(&at.project), seg(&id)), None).await?;
+            let v = api.call(Method::DELETE, &format!("{}/{}", path(&at.project)?, seg(&id)?), None).await?;
             done(out, Kind::Key, &format!("key {id} revoked"), &v)
         }
     }

@@ -21,20 +21,22 @@ pub struct Sse {
     pub data: String,
 }
 
-/// Splits a byte stream into events: lines, fields, a blank line ends an event.
+/// Splits a byte stream into events: lines, fields, a blank line ends an event. Bytes are
+/// decoded a whole line at a time, so a character split between chunks stays whole.
 #[derive(Debug, Default)]
 pub struct Parser {
-    buf: String,
+    buf: Vec<u8>,
     cur: Sse,
 }
 
 impl Parser {
     /// Feeds `chunk`; the events it completed.
-    pub fn feed(&mut self, chunk: &str) -> Vec<Sse> {
-        self.buf.push_str(chunk);
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<Sse> {
+        self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
-        while let Some(i) = self.buf.find('\n') {
-            let line: String = self.buf.drain(..=i).collect();
+        while let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = self.buf.drain(..=i).collect();
+            let line = String::from_utf8_lossy(&raw);
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
                 if !self.cur.data.is_empty() || !self.cur.event.is_empty() {
@@ -63,8 +65,18 @@ impl Parser {
     }
 }
 
+/// `s` without control characters (an agent's text must not drive the terminal: no escape
+/// sequences, no clipboard writes).
+pub fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() && c != '\t' { ' ' } else { c }).collect()
+}
+
 /// A line for people: when, what, which object, and its phase when it has one.
 pub fn line(ev: &Sse) -> String {
+    printable(&raw_line(ev))
+}
+
+fn raw_line(ev: &Sse) -> String {
     let v: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
     let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
     if ev.event == "message" {
@@ -80,11 +92,14 @@ pub fn line(ev: &Sse) -> String {
     format!("{:<25} {:<22} {}/{}{extra}", s("/time"), ev.event, s("/kind"), s("/name"))
 }
 
+/// How long a stream may stay silent before it is taken for dead.
+const IDLE: Duration = Duration::from_secs(45);
+
 /// Follows the status of `project` (or of one session) until interrupted.
 pub async fn watch(api: &Api, out: Format, project: &str, session: Option<&str>) -> Result<(), Failure> {
     let path = match session {
-        Some(s) => format!("/api/projects/{}/agentic-sessions/{}/events", seg(project), seg(s)),
-        None => format!("/api/projects/{}/events", seg(project)),
+        Some(s) => format!("/api/projects/{}/agentic-sessions/{}/events", seg(project)?, seg(s)?),
+        None => format!("/api/projects/{}/events", seg(project)?),
     };
     let api = api.streaming()?;
     let mut last_id: Option<String> = None;
@@ -113,9 +128,11 @@ pub async fn watch(api: &Api, out: Format, project: &str, session: Option<&str>)
         backoff = Duration::from_secs(1);
         let mut parser = Parser::default();
         let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
+        // The api sends a keep-alive every 15 s: silence for longer is a connection that died
+        // half-open (a node gone), which no read would ever notice.
+        while let Ok(Some(chunk)) = tokio::time::timeout(IDLE, body.next()).await {
             let Ok(chunk) = chunk else { break };
-            for ev in parser.feed(&String::from_utf8_lossy(&chunk)) {
+            for ev in parser.feed(&chunk) {
                 match ev.event.as_str() {
                     "revoked" => {
                         return Err(Failure::Api {
@@ -157,8 +174,8 @@ mod tests {
     #[test]
     fn events_split_across_chunks() {
         let mut p = Parser::default();
-        assert!(p.feed(": keep-alive\n\nid: 7\nevent: session.").is_empty());
-        let evs = p.feed("phase\ndata: {\"a\":1}\n\nid: 8\r\nevent: x\r\ndata: l1\r\ndata: l2\r\n\r\n");
+        assert!(p.feed(b": keep-alive\n\nid: 7\nevent: session.").is_empty());
+        let evs = p.feed(b"phase\ndata: {\"a\":1}\n\nid: 8\r\nevent: x\r\ndata: l1\r\ndata: l2\r\n\r\n");
         assert_eq!(
             evs,
             [
@@ -166,6 +183,20 @@ mod tests {
                 Sse { id: Some("8".into()), event: "x".into(), data: "l1\nl2".into() },
             ]
         );
+    }
+
+    #[test]
+    fn a_character_split_between_chunks_stays_whole() {
+        let mut p = Parser::default();
+        let bytes = "data: grüße\n\n".as_bytes();
+        let cut = bytes.iter().position(|b| *b == 0xc3).unwrap() + 1;
+        assert!(p.feed(&bytes[..cut]).is_empty());
+        assert_eq!(p.feed(&bytes[cut..])[0].data, "grüße");
+    }
+
+    #[test]
+    fn an_agents_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("hi\x1b]52;c;ZXZpbA==\x07 there\r\n"), "hi ]52;c;ZXZpbA==  there  ");
     }
 
     #[test]
