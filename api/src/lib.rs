@@ -97,8 +97,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reconciler_key = SealingPublicKey::from_base64(&config.reconciler_sealing_public_key)
         .context("--reconciler-sealing-public-key")?;
     let kube = rt.kube_client(config.kubeconfig.as_deref()).await?;
-    let nats =
-        rt.connect_nats(&config.bus).await.with_context(|| format!("connecting to NATS at {}", config.bus.nats_url))?;
+    let nats = rt
+        .connect_nats(&config.bus)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.bus.nats_url_redacted()))?;
     let mut js = async_nats::jetstream::new(nats.clone());
     js.set_timeout(Duration::from_secs(5));
     let bus = config.bus.bus_config();

@@ -36,14 +36,15 @@ pub struct BusArgs {
     #[arg(long, env = "AMBIENT_COMMAND_PARTITIONS", default_value_t = BusConfig::default().partitions)]
     pub command_partitions: u32,
     /// Replicas of every stream and bucket (3 on a clustered NATS).
-    #[arg(long, env = "AMBIENT_STREAM_REPLICAS", default_value_t = 1)]
+    #[arg(long, env = "AMBIENT_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=5))]
     pub stream_replicas: usize,
 }
 
 impl std::fmt::Debug for BusArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BusArgs")
-            .field("nats_url", &self.nats_url)
+            .field("nats_url", &self.nats_url_redacted())
             .field("nats_user", &self.nats_user)
             .field("nats_password", &self.nats_password.as_ref().map(|_| "<redacted>"))
             .field("nats_creds_file", &self.nats_creds_file)
@@ -57,6 +58,21 @@ impl std::fmt::Debug for BusArgs {
 }
 
 impl BusArgs {
+    /// `--nats-url` without any password in it (`nats://user:***@host`), for logs and errors.
+    pub fn nats_url_redacted(&self) -> String {
+        self.servers()
+            .iter()
+            .map(|u| match u.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?))) {
+                Some((scheme, (userinfo, host))) => {
+                    let user = userinfo.split(':').next().unwrap_or("");
+                    format!("{scheme}://{user}:***@{host}")
+                }
+                None => u.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The servers of `--nats-url`, one per comma-separated URL (a cluster's servers: the
     /// client connects to any and fails over to the others).
     pub fn servers(&self) -> Vec<String> {
@@ -84,8 +100,13 @@ impl BusArgs {
         for path in [&self.nats_ca_file, &self.nats_tls_cert, &self.nats_tls_key].into_iter().flatten() {
             std::fs::metadata(path).map_err(|e| BusArgsError::read(path, e))?;
         }
+        // Any TLS setting makes TLS required: a server that does not offer it (or a man in the
+        // middle) must not get the credentials in clear text.
+        if self.nats_ca_file.is_some() || self.nats_tls_cert.is_some() {
+            options = options.require_tls(true);
+        }
         if let Some(ca) = &self.nats_ca_file {
-            options = options.require_tls(true).add_root_certificates(ca.clone());
+            options = options.add_root_certificates(ca.clone());
         }
         if let (Some(cert), Some(key)) = (&self.nats_tls_cert, &self.nats_tls_key) {
             options = options.add_client_certificate(cert.clone(), key.clone());
@@ -129,5 +150,28 @@ mod tests {
             assert!(s.parse::<async_nats::ServerAddr>().is_ok(), "{s}");
         }
         assert_eq!(Cli::parse_from(["x"]).bus.servers(), ["nats://127.0.0.1:4222"]);
+    }
+
+    #[test]
+    fn passwords_in_urls_stay_out_of_logs() {
+        let cli = Cli::parse_from([
+            "x",
+            "--nats-url",
+            "nats://api:s3cret@a:4222,nats://b:4222",
+            "--nats-user",
+            "api",
+            "--nats-password",
+            "pw",
+        ]);
+        let shown = format!("{:?}", cli.bus);
+        assert!(!shown.contains("s3cret") && !shown.contains("\"pw\""), "{shown}");
+        assert_eq!(cli.bus.nats_url_redacted(), "nats://api:***@a:4222,nats://b:4222");
+    }
+
+    #[test]
+    fn stream_replicas_are_one_to_five() {
+        assert!(Cli::try_parse_from(["x", "--stream-replicas", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--stream-replicas", "6"]).is_err());
+        assert_eq!(Cli::parse_from(["x", "--stream-replicas", "3"]).bus.stream_replicas, 3);
     }
 }

@@ -47,8 +47,10 @@ async fn run_inner(cfg: Config, rt: Runtime) -> anyhow::Result<()> {
     let health = rt.serve_ops(cfg.health_addr, None).await.with_context(|| format!("binding {}", cfg.health_addr))?;
 
     let client = rt.kube_client(cfg.kubeconfig.as_deref()).await.context("building the Kubernetes client")?;
-    let nats =
-        rt.connect_nats(&cfg.bus).await.with_context(|| format!("connecting to NATS at {}", cfg.bus.nats_url))?;
+    let nats = rt
+        .connect_nats(&cfg.bus)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", cfg.bus.nats_url_redacted()))?;
     let js = async_nats::jetstream::new(nats);
     let bus_cfg = cfg.bus.bus_config();
     let Some(report) = rt.retry("stream bootstrap", || events::streams::bootstrap_streams(&js, &bus_cfg)).await else {

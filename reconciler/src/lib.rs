@@ -45,7 +45,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("reading {}", cfg.sealing_key_file.display()))?,
     )?;
     let client = rt.kube_client(cfg.kubeconfig.as_deref()).await?;
-    let nats = rt.connect_nats(&cfg.bus).await.with_context(|| format!("connecting to {}", cfg.bus.nats_url))?;
+    let nats = rt
+        .connect_nats(&cfg.bus)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", cfg.bus.nats_url_redacted()))?;
     let js = async_nats::jetstream::new(nats);
     let bus = cfg.bus.bus_config();
     let bootstrap = rt.retry("stream bootstrap", || async {
