@@ -1,7 +1,8 @@
-//! The NATS KV buckets the api owns (command records, idempotency keys, parked keys, key usage,
-//! message budgets) are opened in one way: created when absent, and brought to the configured
-//! replica count (`--stream-replicas`, like every stream) when present, so that losing one NATS
-//! server of a cluster loses none of them.
+//! The NATS KV buckets the api owns (`events::streams::api_buckets`: command records,
+//! idempotency keys, parked keys, key usage, message budgets) are opened in one way: created
+//! when absent with the configured replicas (`--stream-replicas`, like every stream), so that
+//! losing one NATS server of a cluster loses none of them. An existing bucket with other
+//! replicas is raised by the reconciler (the api's NATS user may not change a stream).
 
 use std::time::Duration;
 
@@ -29,5 +30,17 @@ pub async fn ensure_bucket(
     ttl: Duration,
     replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    Ok(events::streams::ensure_bucket(js, bucket_config(bucket, ttl, replicas)).await?.0)
+    let (store, change) =
+        events::streams::ensure_bucket(js, bucket_config(bucket, ttl, replicas), events::streams::Update::Report)
+            .await?;
+    if let events::streams::Change::Differs(have) = change {
+        // Only the reconciler's NATS user may change a stream: it raises these at its start.
+        tracing::warn!(
+            bucket,
+            have,
+            want = replicas,
+            "bucket replicas differ; the reconciler brings them to --stream-replicas"
+        );
+    }
+    Ok(store)
 }

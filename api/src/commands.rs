@@ -31,9 +31,9 @@ use crate::errors::{ApiError, Cause};
 use crate::parked::{ParkedKeys, Reply};
 
 /// Bucket of accepted commands (id → record).
-pub const COMMANDS_BUCKET: &str = "ambient-api-commands";
+pub const COMMANDS_BUCKET: &str = events::streams::api_buckets::COMMANDS;
 /// Bucket of idempotency keys (hash of principal + key → command id).
-pub const IDEMPOTENCY_BUCKET: &str = "ambient-api-idempotency";
+pub const IDEMPOTENCY_BUCKET: &str = events::streams::api_buckets::IDEMPOTENCY;
 /// Locks that serialize admission and publish per project (by hash; bounded memory).
 const ADMISSION_SHARDS: usize = 256;
 

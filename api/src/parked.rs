@@ -21,7 +21,7 @@ use crate::auth::hex;
 use crate::errors::Cause;
 
 /// Bucket of parked reply keys: `k.<command id>` → sealed reply key, `a.<alias>` → command id.
-pub const BUCKET: &str = "ambient-api-parked-keys";
+pub const BUCKET: &str = events::streams::api_buckets::PARKED_KEYS;
 /// How long a token waits for its submitter.
 pub const TTL: Duration = Duration::from_secs(30 * 60);
 /// Derivation context of the parking key.

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::visibility::Visibility;
 
 /// KV bucket of access-key last-use times (`<project>.<keyId>` → RFC 3339).
-pub const KEY_USAGE_BUCKET: &str = "ambient-api-key-usage";
+pub const KEY_USAGE_BUCKET: &str = events::streams::api_buckets::KEY_USAGE;
 
 /// The watch caches.
 pub struct Reads {

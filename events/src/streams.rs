@@ -69,6 +69,23 @@ pub const ACCESS_BUCKET: &str = "ambient-access";
 /// Key-value bucket of the reconciler's project-quota claims (one key per user): project
 /// creates compare-and-set it, so that parallel creates cannot exceed a user's quota.
 pub const PROJECT_CLAIMS_BUCKET: &str = "ambient-project-claims";
+/// The api's own buckets. The api creates them; their replicas are raised by the reconciler,
+/// the one NATS user allowed to change a stream's configuration (see [`raise_replicas`]).
+pub mod api_buckets {
+    /// Accepted commands (id → record).
+    pub const COMMANDS: &str = "ambient-api-commands";
+    /// Idempotency keys (hash of principal + key → command id).
+    pub const IDEMPOTENCY: &str = "ambient-api-idempotency";
+    /// Parked reply keys: `k.<command id>` → sealed reply key, `a.<alias>` → command id.
+    pub const PARKED_KEYS: &str = "ambient-api-parked-keys";
+    /// Access-key last-use times (`<project>.<keyId>` → RFC 3339).
+    pub const KEY_USAGE: &str = "ambient-api-key-usage";
+    /// Per-project message budgets (`<project>` → reserved bytes).
+    pub const MESSAGE_USAGE: &str = "ambient-api-message-usage";
+    /// All of them.
+    pub const ALL: [&str; 5] = [COMMANDS, IDEMPOTENCY, PARKED_KEYS, KEY_USAGE, MESSAGE_USAGE];
+}
+
 /// Largest size of the commands stream (pending commands only), bytes.
 pub const COMMANDS_MAX_BYTES: i64 = 4 * 1024 * 1024 * 1024;
 
@@ -325,10 +342,11 @@ pub async fn bootstrap_streams(js: &jetstream::Context, cfg: &BusConfig) -> Resu
     }
     for want in cfg.buckets() {
         let name = format!("KV_{}", want.bucket);
-        match ensure_bucket(js, want).await?.1 {
+        // Every component bootstraps; only the reconciler raises replicas (`raise_replicas`).
+        match ensure_bucket(js, want, Update::Report).await?.1 {
             Change::Created => report.created.push(name),
             Change::Updated => report.updated.push(name),
-            Change::Unchanged => report.unchanged.push(name),
+            Change::Unchanged | Change::Differs(_) => report.unchanged.push(name),
         }
     }
     Ok(report)
@@ -343,16 +361,33 @@ pub enum Change {
     Updated,
     /// It was as configured.
     Unchanged,
+    /// Its replica count differs and this caller may not change it (it has this many).
+    Differs(usize),
 }
 
-/// Opens bucket `want.bucket`: created when absent, its replicas brought to `want.num_replicas`
-/// when they differ (a bucket is a stream, `KV_<bucket>`; updating it needs the NATS user's
-/// `$JS.API.STREAM.UPDATE` right on it, which is asked for only then).
-pub async fn ensure_bucket(js: &jetstream::Context, want: kv::Config) -> Result<(kv::Store, Change), BootstrapError> {
+/// Whether [`ensure_bucket`] may change an existing bucket's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// The caller's NATS user may update the bucket's stream.
+    Allowed,
+    /// It may not: a difference is reported ([`Change::Differs`]), never acted on.
+    Report,
+}
+
+/// Opens bucket `want.bucket`: created when absent; when its replicas differ from
+/// `want.num_replicas`, brought to them if `update` allows (a bucket is a stream,
+/// `KV_<bucket>`; updating it needs the NATS user's `$JS.API.STREAM.UPDATE` right on it, which
+/// is asked for only then).
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    want: kv::Config,
+    update: Update,
+) -> Result<(kv::Store, Change), BootstrapError> {
     let name = format!("KV_{}", want.bucket);
     let bucket = want.bucket.clone();
     let change = match js.get_stream(&name).await {
         Ok(s) if s.cached_info().config.num_replicas == want.num_replicas.max(1) => Change::Unchanged,
+        Ok(s) if update == Update::Report => Change::Differs(s.cached_info().config.num_replicas),
         Ok(_) => {
             js.create_or_update_key_value(want).await.map_err(|e| err(&name, e))?;
             Change::Updated
@@ -368,6 +403,27 @@ pub async fn ensure_bucket(js: &jetstream::Context, want: kv::Config) -> Result<
     };
     let store = js.get_key_value(&bucket).await.map_err(|e| err(&name, e))?;
     Ok((store, change))
+}
+
+/// Brings the existing streams `names` to `replicas`, changing nothing else of them (for
+/// buckets another component creates, e.g. [`api_buckets`]); a missing one is left to its
+/// creator. The names of the streams updated.
+pub async fn raise_replicas(
+    js: &jetstream::Context,
+    names: impl IntoIterator<Item = String>,
+    replicas: usize,
+) -> Result<Vec<String>, BootstrapError> {
+    let mut updated = Vec::new();
+    for name in names {
+        let Ok(mut s) = js.get_stream(&name).await else { continue };
+        let mut config = s.info().await.map_err(|e| err(&name, e))?.config.clone();
+        if config.num_replicas != replicas.max(1) {
+            config.num_replicas = replicas.max(1);
+            js.update_stream(&config).await.map_err(|e| err(&name, e))?;
+            updated.push(name);
+        }
+    }
+    Ok(updated)
 }
 
 /// Creates or updates the reconciler's partition consumers.

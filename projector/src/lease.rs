@@ -2,14 +2,16 @@
 //! projectors would race on the read model). Writes use the Lease's resourceVersion, so two
 //! candidates cannot both take it.
 //!
-//! Two leaders at once are prevented by time on each side, as client-go's election does:
-//! - a candidate counts a Lease as expired once it has seen the same record (resourceVersion)
-//!   for the whole lease duration on its own monotonic clock, or once the holder's renew time
-//!   is older than the duration plus [`SKEW_MARGIN`] by the wall clock (for a Lease left by a
-//!   holder that is long gone, when nodes' clocks disagree by less than the margin);
+//! Two leaders at once are prevented by time on each side, as client-go's election does, and
+//! never by comparing clocks of two machines:
+//! - a candidate counts a Lease as expired only once it has seen the same record
+//!   (resourceVersion) for the whole lease duration on its own monotonic clock; the holder's
+//!   renew time, stamped by another machine's clock, is never compared with ours, so no clock
+//!   skew can make a live holder's Lease look expired;
 //! - the holder stops leading once its last successful renewal is older than the renew
 //!   deadline (two thirds of the duration), and every API call is bounded by a timeout, so a
-//!   hung call cannot keep it leading past that deadline.
+//!   hung call cannot keep it leading past that deadline. The third left over is the margin
+//!   for the two monotonic clocks' rates and the API server's latency.
 
 use std::time::Duration;
 
@@ -37,9 +39,6 @@ pub struct LeaseConfig {
     pub retry_every: Duration,
 }
 
-/// How far apart two nodes' wall clocks may be for a Lease to be judged by its renew time.
-pub const SKEW_MARGIN: Duration = Duration::from_secs(5);
-
 impl LeaseConfig {
     /// How often the holder of a lease of `duration` renews it: every tenth of it, so that
     /// several bounded attempts fit before the renew deadline.
@@ -47,9 +46,9 @@ impl LeaseConfig {
         (duration / 10).max(Duration::from_millis(200))
     }
 
-    /// Each API call's bound (a tenth of the duration).
+    /// Each API call's bound (a fifth of the duration: 3 s for the default 15 s).
     pub fn call_timeout(&self) -> Duration {
-        (self.duration / 10).max(Duration::from_millis(200))
+        (self.duration / 5).max(Duration::from_millis(300))
     }
 
     /// How long after its last successful renewal the holder stops leading.
@@ -70,9 +69,9 @@ pub enum Decision {
     Held(String),
 }
 
-/// Whether `identity` may hold `spec` at `now`, having seen this very record unchanged for
+/// Whether `identity` may hold `spec`, having seen this very record unchanged for
 /// `unchanged_for` (on the local monotonic clock).
-pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp, unchanged_for: Duration) -> Decision {
+pub fn decide(spec: Option<&LeaseSpec>, identity: &str, unchanged_for: Duration) -> Decision {
     let Some(spec) = spec else { return Decision::Take { transition: true } };
     let holder = spec.holder_identity.as_deref().unwrap_or("");
     if holder.is_empty() {
@@ -81,14 +80,9 @@ pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp, unchange
     if holder == identity {
         return Decision::Take { transition: false };
     }
-    let secs = i64::from(spec.lease_duration_seconds.unwrap_or(15).max(1));
-    let seen_expire = unchanged_for >= Duration::from_secs(secs as u64);
-    let margin = SKEW_MARGIN.as_secs() as i64;
-    let clock_expired = match &spec.renew_time {
-        Some(t) => t.0.as_second() + secs + margin < now.as_second(),
-        None => true,
-    };
-    let expired = seen_expire || clock_expired;
+    let secs = u64::try_from(spec.lease_duration_seconds.unwrap_or(15).max(1)).unwrap_or(15);
+    // A released Lease (no renew time) is free at once.
+    let expired = spec.renew_time.is_none() || unchanged_for >= Duration::from_secs(secs);
     if expired { Decision::Take { transition: true } } else { Decision::Held(holder.to_string()) }
 }
 
@@ -151,7 +145,7 @@ async fn hold(api: &Api<Lease>, cfg: &LeaseConfig, seen: &mut Observed) -> Resul
     let now = Timestamp::now();
     let existing = api.get_opt(&cfg.name).await.map_err(err)?;
     let unchanged_for = seen.note(existing.as_ref().and_then(|l| l.metadata.resource_version.as_deref()));
-    let decision = decide(existing.as_ref().and_then(|l| l.spec.as_ref()), &cfg.identity, now, unchanged_for);
+    let decision = decide(existing.as_ref().and_then(|l| l.spec.as_ref()), &cfg.identity, unchanged_for);
     let transition = match decision {
         Decision::Held(_) => return Ok(false),
         Decision::Take { transition } => transition,
@@ -279,25 +273,25 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let now = Timestamp::now();
         let fresh = Duration::ZERO;
         let take = Decision::Take { transition: true };
+        let released = LeaseSpec { renew_time: None, ..spec("b", 1) };
         let cases = [
             (None, fresh, take.clone()),
             (Some(spec("a", 1)), fresh, Decision::Take { transition: false }),
             (Some(spec("b", 1)), fresh, Decision::Held("b".into())),
             (Some(spec("", 1)), fresh, take.clone()),
+            (Some(released), fresh, take.clone()),
             // Seen unchanged for the whole duration on our own clock: expired, whatever the
-            // renew time says (the holder's clock may run ahead of ours).
+            // renew time says (the holder's clock may run ahead of ours)...
             (Some(spec("b", -600)), Duration::from_secs(15), take.clone()),
             (Some(spec("b", 1)), Duration::from_secs(14), Decision::Held("b".into())),
-            // By the wall clock only past the duration plus the skew margin.
-            (Some(spec("b", 15 + 4)), fresh, Decision::Held("b".into())),
-            (Some(spec("b", 15 + 6)), fresh, take.clone()),
-            (Some(spec("b", 60)), fresh, take),
+            // ...and never by the renew time alone: our clock may run ahead of the holder's.
+            (Some(spec("b", 3600)), fresh, Decision::Held("b".into())),
+            (Some(spec("b", 3600)), Duration::from_secs(15), take),
         ];
         for (i, (spec, unchanged_for, want)) in cases.into_iter().enumerate() {
-            assert_eq!(decide(spec.as_ref(), "a", now, unchanged_for), want, "case {i}");
+            assert_eq!(decide(spec.as_ref(), "a", unchanged_for), want, "case {i}");
         }
     }
 

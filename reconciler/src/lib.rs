@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use events::sealing::SealingSecretKey;
 use events::service::Runtime;
 use events::signing::CommandVerifier;
-use events::streams::{bootstrap_consumers, bootstrap_streams};
+use events::streams::{api_buckets, bootstrap_consumers, bootstrap_streams, raise_replicas};
 
 use crate::config::Config;
 
@@ -53,6 +53,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let bus = cfg.bus.bus_config();
     let bootstrap = rt.retry("stream bootstrap", || async {
         bootstrap_streams(&js, &bus).await?;
+        // The one NATS user that may change a stream brings every bucket to the configured
+        // replicas: the read model's and the api's (which they create, but may not change).
+        let buckets = bus.buckets().into_iter().map(|b| b.bucket).chain(api_buckets::ALL.map(String::from));
+        let raised = raise_replicas(&js, buckets.map(|b| format!("KV_{b}")), bus.replicas).await?;
+        if !raised.is_empty() {
+            tracing::info!(?raised, replicas = bus.replicas, "bucket replicas raised");
+        }
         bootstrap_consumers(&js, &bus).await
     });
     if bootstrap.await.is_none() {
@@ -64,9 +71,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let projects = namespaces::Projects::new(namespace_store, client.clone());
     let (limits, limits_controller) = controllers::limits::start(client.clone(), project_limits, stop.clone());
     // Created, or brought to the configured replica count.
-    let (claims, _) = events::streams::ensure_bucket(&js, bus.project_claims_bucket())
-        .await
-        .context("opening the project-quota claims bucket")?;
+    let (claims, _) =
+        events::streams::ensure_bucket(&js, bus.project_claims_bucket(), events::streams::Update::Allowed)
+            .await
+            .context("opening the project-quota claims bucket")?;
     let applier = apply::Applier {
         client: client.clone(),
         policy: authz::SelfProvision { group: cfg.self_provisioner_group.clone() },

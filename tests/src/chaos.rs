@@ -323,23 +323,24 @@ impl Ledger {
     }
 
     /// The longest time from `fault` on in which no request was applied synchronously: from
-    /// the fault to the first success, or between two successes (what clients saw as the
-    /// fault's unavailability window).
+    /// the fault to the first success, between two successes, or from the last success to the
+    /// last answer of any kind (what clients saw as the fault's unavailability window; a load
+    /// with no success after the fault counts whole).
     pub fn longest_gap_after(&self, fault: Instant) -> Duration {
-        let mut done: Vec<Instant> = self
-            .entries()
-            .iter()
-            .flat_map(|e| e.attempts.iter())
-            .filter(|a| a.done >= fault)
+        let entries = self.entries();
+        let attempts = || entries.iter().flat_map(|e| e.attempts.iter()).filter(|a| a.done >= fault);
+        let end = attempts().map(|a| a.done).max().unwrap_or(fault);
+        let mut done: Vec<Instant> = attempts()
             .filter(|a| matches!(a.answer, Answer::Status { code, .. } if code == 200 || code == 201 || code == 204))
             .map(|a| a.done)
             .collect();
         done.sort();
+        done.push(end);
         let mut last = fault;
         let mut gap = Duration::ZERO;
         for t in done {
-            gap = gap.max(t - last);
-            last = t;
+            gap = gap.max(t.saturating_duration_since(last));
+            last = last.max(t);
         }
         gap
     }

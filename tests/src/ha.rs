@@ -239,15 +239,47 @@ impl HaStack {
         Ok(())
     }
 
-    /// The projector that holds the Lease (its `projector_leader` gauge is 1).
-    pub async fn leading_projector(&self) -> Option<usize> {
-        for (i, p) in self.projectors.iter().enumerate() {
-            if p.metrics().await.is_ok_and(|m| m.lines().any(|l| l == "projector_leader 1")) {
-                return Some(i);
+    /// The projectors that say they lead (their `projector_leader` gauge is 1): never more
+    /// than one.
+    pub async fn leaders(&self) -> Vec<usize> {
+        leaders(&self.projectors).await
+    }
+
+    /// Waits until exactly one projector leads; which one. Fails if two ever do meanwhile.
+    pub async fn one_leader(&self) -> anyhow::Result<usize> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            match self.leaders().await.as_slice() {
+                [one] => return Ok(*one),
+                [] if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+                [] => anyhow::bail!("no projector leads after 90 s"),
+                many => anyhow::bail!("two projectors lead at once: {many:?}"),
             }
         }
-        None
     }
+
+    /// Restarts every replica whose process has exited (as the kubelet would); which ones.
+    pub async fn supervise(&mut self) -> anyhow::Result<Vec<String>> {
+        let mut restarted = Vec::new();
+        for p in self.apis.iter_mut().chain(self.reconcilers.iter_mut()).chain(self.projectors.iter_mut()) {
+            if p.has_exited() {
+                restarted.push(p.log_path().display().to_string());
+                p.restart().await?;
+            }
+        }
+        Ok(restarted)
+    }
+}
+
+/// The indexes of `projectors` whose `projector_leader` gauge is 1.
+pub async fn leaders(projectors: &[ServiceProcess]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, p) in projectors.iter().enumerate() {
+        if p.metrics().await.is_ok_and(|m| m.lines().any(|l| l == "projector_leader 1")) {
+            out.push(i);
+        }
+    }
+    out
 }
 
 /// Waits until `p` answers `/readyz` 200.

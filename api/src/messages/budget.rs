@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, kv};
 use crate::errors::Cause;
 
 /// Key-value bucket of the budgets: key `<project>`, value the reserved bytes (decimal).
-pub const BUCKET: &str = "ambient-api-message-usage";
+pub const BUCKET: &str = events::streams::api_buckets::MESSAGE_USAGE;
 /// Compare-and-set attempts before an append gives up (503).
 const ATTEMPTS: u32 = 30;
 
