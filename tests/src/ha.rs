@@ -53,7 +53,11 @@ impl Node {
 }
 
 /// Three (or `n`) NATS servers clustered on loopback, each with its own JetStream store
-/// (fsync before acknowledging, as in production). Killed on drop.
+/// (fsync before acknowledging, as in production). Killed on drop. JetStream reserves every
+/// stream's `max_bytes` (18 GiB for the bus) against `max_file_store`, again when a restarted
+/// server recovers them, so the limit is set far above it (it is not allocated): with 16 GB a
+/// restarted server refused every stream ("insufficient storage resources") and never became
+/// healthy.
 pub struct NatsCluster {
     nodes: Vec<Node>,
     _dir: tempfile::TempDir,
@@ -75,7 +79,7 @@ impl NatsCluster {
                 &conf,
                 format!(
                     "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n\
-                     jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n  max_file_store: 16GB\n}}\n\
+                     jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n  max_file_store: 64GB\n}}\n\
                      cluster {{\n  name: ambient-ha\n  listen: 127.0.0.1:{cluster}\n  routes: [{}]\n}}\n",
                     routes.join(", ")
                 ),
