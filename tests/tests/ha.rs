@@ -192,12 +192,26 @@ async fn the_ha_topology_survives_faults_and_rollouts() {
         let r = run.client.delete(&format!("/api/projects/{p}"), &run.token).await;
         assert!(r.status.is_success(), "deleting {p}: {:?}", r.body);
     }
+    // Their hundreds of sessions, Jobs and pods are collected before the next test starts,
+    // rather than loading the API server under it.
+    let admin = env.admin();
+    let gone =
+        ambient_tests::components::wait_for("the HA test's projects are gone", Duration::from_secs(180), || async {
+            let namespaces = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone());
+            let mut left = 0;
+            for p in &run.projects {
+                left += usize::from(namespaces.get_opt(p).await?.is_some());
+            }
+            Ok(left == 0)
+        })
+        .await;
     for (r, _) in &results {
         assert!(r.accepted > 0, "{}: nothing was accepted", r.name);
         assert!(r.clean(), "{}: {:?}", r.name, r.anomalies);
         assert_eq!(r.unresolved, 0, "{}: operations left without an answer", r.name);
     }
     assert_eq!(leaders_at_end.len(), 1, "one projector leads at the end: {leaders_at_end:?}");
+    gone.expect("the projects are deleted");
 }
 
 /// Restarts replicas that exited on their own (a projector that lost its Lease exits, as the
