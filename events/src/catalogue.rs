@@ -371,6 +371,29 @@ pub const README_BEGIN: &str =
 /// End marker.
 pub const README_END: &str = "<!-- catalogue:end -->";
 
+/// A property's type in a few words: `string`, `Phase | null`, `one of ["a","b"]`.
+fn type_words(p: &serde_json::Value) -> String {
+    if let Some(t) = p.get("type") {
+        return match t.as_array() {
+            Some(ts) => ts.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join(" | "),
+            None => t.as_str().unwrap_or("object").to_string(),
+        };
+    }
+    if let Some(r) = p.get("$ref").and_then(|r| r.as_str()) {
+        return r.rsplit('/').next().unwrap_or(r).to_string();
+    }
+    if let Some(e) = p.get("enum") {
+        return format!("one of {e}");
+    }
+    if let Some(c) = p.get("const") {
+        return format!("always {c}");
+    }
+    if let Some(alts) = p.get("anyOf").or_else(|| p.get("oneOf")).and_then(|a| a.as_array()) {
+        return alts.iter().map(type_words).collect::<Vec<_>>().join(" | ");
+    }
+    "any".into()
+}
+
 fn schema_fields(schema: &schemars::Schema) -> Vec<String> {
     let v = schema.as_value();
     let props = v.get("properties").and_then(|p| p.as_object());
@@ -381,12 +404,7 @@ fn schema_fields(schema: &schemars::Schema) -> Vec<String> {
         .unwrap_or_default();
     let mut out = Vec::new();
     for (k, p) in props.into_iter().flatten() {
-        let ty = p
-            .get("type")
-            .map(|t| t.to_string().replace('"', ""))
-            .or_else(|| p.get("$ref").and_then(|r| r.as_str()).map(|r| r.rsplit('/').next().unwrap_or(r).to_string()))
-            .or_else(|| p.get("enum").map(|e| format!("one of {e}")))
-            .unwrap_or_else(|| "object".into());
+        let ty = type_words(p);
         let desc = p.get("description").and_then(|d| d.as_str()).unwrap_or("").replace('\n', " ");
         let req = if required.contains(&k.as_str()) { ", required" } else { "" };
         out.push(format!("- `{k}` ({ty}{req}) — {desc}"));
@@ -430,6 +448,12 @@ pub fn render_markdown() -> String {
         let json = serde_json::to_string_pretty(&e.event).unwrap_or_default();
         md.push_str(&format!(
             "\nExample (structured mode, as JSON; on NATS the attributes are `ce-*` headers):\n\n```json\n{json}\n```\n"
+        ));
+        let schema =
+            crate::schemas::event_schema(&e.ty).and_then(|s| serde_json::to_string_pretty(&s).ok()).unwrap_or_default();
+        md.push_str(&format!(
+            "\n<details><summary>JSON Schema of <code>{}</code> (also served at <code>/api/schemas/events/{}</code>)</summary>\n\n```json\n{schema}\n```\n\n</details>\n",
+            e.ty, e.ty
         ));
     }
     md.push('\n');

@@ -330,6 +330,11 @@ macro_rules! command_catalogue {
             pub fn request_schema(self) -> schemars::Schema {
                 match self { $(CommandType::$variant => schemars::schema_for!($payload),)* }
             }
+
+            /// The `request` payload's schema as a subschema of `g` (its definitions go to `g`).
+            pub fn request_subschema(self, g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                match self { $(CommandType::$variant => g.subschema_for::<$payload>(),)* }
+            }
         }
 
         impl CommandBody {

@@ -11,6 +11,7 @@
 //! - [`limits`]: the bounds of every command field and of whole commands;
 //! - [`subjects`]: the subject scheme; [`streams`]: JetStream streams, consumers and buckets;
 //! - [`binding`]: CloudEvents ⇄ NATS binary mode; [`wire`]: typed encode/decode of each event;
+//! - [`schemas`]: the JSON Schema of every event type and of the api's bodies;
 //! - [`signing`]: how a consumer recognises a genuine command; [`sealing`]: secrets on the bus.
 //!
 //! See `events/README.md` for the catalogue of every event type with its subject and an example.
@@ -28,6 +29,7 @@ pub mod limits;
 pub mod messages;
 pub mod names;
 pub mod results;
+pub mod schemas;
 pub mod sealing;
 pub mod secrets;
 #[cfg(feature = "service")]

@@ -391,6 +391,11 @@ macro_rules! status_catalogue {
             pub fn schema(ty: &str) -> Option<schemars::Schema> {
                 match ty { $($ty => Some(schemars::schema_for!($payload)),)* _ => None }
             }
+
+            /// The data schema of type `ty` as a subschema of `g` (its definitions go to `g`).
+            pub fn data_subschema(ty: &str, g: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+                match ty { $($ty => Some(g.subschema_for::<$payload>()),)* _ => None }
+            }
         }
     };
 }

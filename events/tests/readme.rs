@@ -34,7 +34,44 @@ fn readme_catalogue_is_complete_and_its_examples_round_trip() {
     let mut subject = String::new();
     let mut in_json = false;
     let mut block = String::new();
+    let mut in_schema = false;
+    let mut example: Option<serde_json::Value> = None;
+    let mut validated = 0;
     for line in section.lines() {
+        if line.starts_with("<details>") {
+            in_schema = true;
+        } else if line == "</details>" {
+            in_schema = false;
+        }
+        if in_schema && line == "```" && in_json {
+            // The schema of the type, published beside its example: the example must be valid.
+            in_json = false;
+            let schema: serde_json::Value =
+                serde_json::from_str(&block).unwrap_or_else(|e| panic!("schema does not parse: {e}\n{block}"));
+            let ty = schema["title"].as_str().unwrap_or_default().to_string();
+            assert_eq!(Some(&schema), events::schemas::event_schema(&ty).as_ref(), "README schema of {ty} is stale");
+            let validator = jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{ty}: invalid schema: {e}"));
+            let ex = example.take().unwrap_or_else(|| panic!("{ty}: schema without an example before it"));
+            assert_eq!(ex["type"], ty.as_str(), "the schema follows its own type's example");
+            let errors: Vec<String> =
+                validator.iter_errors(&ex).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+            assert!(errors.is_empty(), "the example of {ty} does not match its schema: {errors:#?}");
+            let mut wrong = ex.clone();
+            wrong["data"] = serde_json::json!([]);
+            assert!(!validator.is_valid(&wrong), "the schema of {ty} accepts any data");
+            validated += 1;
+            continue;
+        }
+        if in_schema {
+            if line == "```json" {
+                in_json = true;
+                block.clear();
+            } else if in_json {
+                block.push_str(line);
+                block.push('\n');
+            }
+            continue;
+        }
         if let Some(s) = line.strip_prefix("Subject: `") {
             subject = s.trim_end_matches('`').to_string();
         } else if line == "```json" {
@@ -59,6 +96,7 @@ fn readme_catalogue_is_complete_and_its_examples_round_trip() {
                 assert_eq!(wire::status_event(&st), ev);
                 assert_eq!(st.subject().unwrap(), subject);
             }
+            example = Some(serde_json::from_str(&block).unwrap());
             checked += 1;
         } else if in_json {
             block.push_str(line);
@@ -66,4 +104,5 @@ fn readme_catalogue_is_complete_and_its_examples_round_trip() {
         }
     }
     assert_eq!(checked, examples().len(), "one checked example per type");
+    assert_eq!(validated, examples().len(), "one schema per type, each validating its example");
 }
