@@ -493,13 +493,12 @@ impl Commands {
     }
 }
 
-/// A result as JSON for clients: the sealed token is never shown.
-pub fn result_json(r: &CommandResult) -> serde_json::Value {
-    let mut v = serde_json::to_value(r).unwrap_or_default();
-    if let Some(m) = v.as_object_mut() {
-        m.remove("sealedToken");
+/// A result as clients see it: the sealed token is never shown.
+pub fn public_result(mut r: CommandResult) -> CommandResult {
+    if let events::Outcome::Succeeded { sealed_token, .. } = &mut r.outcome {
+        *sealed_token = None;
     }
-    v
+    r
 }
 
 /// Every command type string (for docs and checks).

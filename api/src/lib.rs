@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod authz;
+pub mod bodies;
 pub mod buckets;
 pub mod cache;
 pub mod cluster;
@@ -15,6 +16,7 @@ pub mod errors;
 pub mod extract;
 pub mod limits;
 pub mod messages;
+pub mod openapi;
 pub mod ops;
 pub mod parked;
 pub mod pending;
@@ -54,7 +56,8 @@ use crate::state::AppState;
 /// and metrics are not part of it: they are served on the operations port (`events::service::Runtime::serve_ops`, with `ops::readyz`).
 pub fn app(state: Arc<AppState>) -> axum::Router {
     let (router, doc) = routes::api_router();
-    ops::set_openapi(&doc);
+    // A dangling reference is a bug of the build, caught by `openapi`'s tests.
+    ops::set_openapi(&openapi::document(&doc).expect("the OpenAPI document is complete"));
     let request_id = HeaderName::from_static("x-request-id");
     let mut router = router
         .fallback(ops::not_found)

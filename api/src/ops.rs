@@ -19,18 +19,11 @@ use crate::errors::{ApiError, json_error};
 use crate::limits::{client_address, client_key};
 use crate::state::AppState;
 
-/// The shape of every error body.
-#[derive(utoipa::ToSchema, serde::Serialize)]
-pub struct ErrorBody {
-    /// A human sentence.
-    pub error: String,
-}
-
 static OPENAPI: OnceLock<String> = OnceLock::new();
 
 /// Stores the rendered OpenAPI document.
-pub fn set_openapi(doc: &utoipa::openapi::OpenApi) {
-    let _ = OPENAPI.set(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()));
+pub fn set_openapi(doc: &serde_json::Value) {
+    let _ = OPENAPI.set(serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".into()));
 }
 
 /// Readiness: NATS connected, the API server reachable and the watch caches filled.
@@ -49,7 +42,7 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document")))]
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document", body = Object)))]
 pub async fn openapi_json() -> Response {
     let doc = OPENAPI.get().cloned().unwrap_or_else(|| "{}".into());
     ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
@@ -110,9 +103,10 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     if matches!(status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    metrics::histogram!("ambient_api_request_seconds", "method" => method, "route" => route.clone())
+        .record(start.elapsed().as_secs_f64());
     metrics::counter!("ambient_api_requests_total", "method" => method, "route" => route, "status" => status.as_u16().to_string())
         .increment(1);
-    metrics::histogram!("ambient_api_request_seconds").record(start.elapsed().as_secs_f64());
     let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)

@@ -300,14 +300,15 @@ impl Reads {
             let role = bindings.iter().filter(|b| b.key_id == id).find_map(|b| b.role);
             let key = KeyView::from_account(&sa, role, self.last_used(ns, &id).await);
             let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
-            out.push(json!({
-                "id": key.id,
-                "name": key.name,
-                "createdAt": time(key.created_at).unwrap_or_default(),
-                "lastUsedAt": time(key.last_used_at).unwrap_or_default(),
-                "description": key.description.unwrap_or_default(),
-                "role": key.role.map(|r| r.as_str()).unwrap_or(""),
-            }));
+            let row = crate::bodies::KeyRow {
+                id: key.id,
+                name: key.name,
+                created_at: time(key.created_at).unwrap_or_default(),
+                last_used_at: time(key.last_used_at).unwrap_or_default(),
+                description: key.description.unwrap_or_default(),
+                role: key.role.map(|r| r.as_str().to_string()).unwrap_or_default(),
+            };
+            out.push(serde_json::to_value(row).unwrap_or(Value::Null));
         }
         out
     }
@@ -365,15 +366,19 @@ pub fn rv_at_least(have: Option<&str>, want: &str) -> bool {
 /// `{name, displayName, description, labels, annotations, creationTimestamp, status}`.
 pub fn project_json(ns: &Namespace) -> Value {
     let view = ProjectView::from_namespace(ns);
-    json!({
-        "displayName": view.display_name.unwrap_or_else(|| view.name.clone()),
-        "name": view.name,
-        "description": view.description.unwrap_or_default(),
-        "labels": ns.labels(),
-        "annotations": ns.annotations(),
-        "creationTimestamp": view.creation_timestamp.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)).unwrap_or_default(),
-        "status": view.status,
-    })
+    let project = crate::bodies::Project {
+        display_name: view.display_name.unwrap_or_else(|| view.name.clone()),
+        name: view.name,
+        description: view.description.unwrap_or_default(),
+        labels: ns.labels().clone(),
+        annotations: ns.annotations().clone(),
+        creation_timestamp: view
+            .creation_timestamp
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+            .unwrap_or_default(),
+        status: view.status,
+    };
+    serde_json::to_value(project).unwrap_or(Value::Null)
 }
 
 /// A session of the cache (which holds no managedFields) as the full `{apiVersion, kind,

@@ -51,9 +51,9 @@ const RECHECK: Duration = Duration::from_secs(2);
 const RECHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Status events of a project.
-#[utoipa::path(get, path = "/api/projects/{project}/events", tag = "events", params(("project" = String, Path),
+#[utoipa::path(get, path = "/api/projects/{project}/events", tag = "events", params(("project" = ProjectName, Path),
         ("Last-Event-ID" = Option<u64>, Header, description = "resume after this stream sequence")),
-    responses((status = 200, description = "text/event-stream of status events", content_type = "text/event-stream"), (status = 404, description = "project not found")))]
+    responses((status = 200, description = "server-sent events: `id:` the stream position (send it back as `Last-Event-ID`), `event:` the status event type, `data:` `{id, type, project, kind, name, time, data}` where `data` is as the event type's JSON Schema (`/api/schemas/events/{type}`) describes", content_type = "text/event-stream", body = String), (status = 404, description = "project not found")))]
 pub async fn project_events(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -71,8 +71,8 @@ pub async fn project_events(
 
 /// Status events of one session.
 #[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions/{session}/events", tag = "events",
-    params(("project" = String, Path), ("session" = String, Path), ("Last-Event-ID" = Option<u64>, Header, description = "resume after this stream sequence")),
-    responses((status = 200, description = "text/event-stream of status events", content_type = "text/event-stream"), (status = 404, description = "not found")))]
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path), ("Last-Event-ID" = Option<u64>, Header, description = "resume after this stream sequence")),
+    responses((status = 200, description = "server-sent events: `id:` the stream position (send it back as `Last-Event-ID`), `event:` the status event type, `data:` `{id, type, project, kind, name, time, data}` where `data` is as the event type's JSON Schema (`/api/schemas/events/{type}`) describes", content_type = "text/event-stream", body = String), (status = 404, description = "not found")))]
 pub async fn session_events(
     State(st): State<Arc<AppState>>,
     caller: Caller,

@@ -155,6 +155,8 @@ const EVERY_ROUTE: &[(&str, &str)] = &[
     ("get", "/api/commands/{id}"),
     ("get", "/api/me"),
     ("get", "/openapi.json"),
+    ("get", "/api/schemas/events"),
+    ("get", "/api/schemas/events/{type}"),
     // What the existing web UI calls beyond SPEC §3 (api/src/routes/ui.rs; tests in ui_routes.rs).
     ("get", "/api/cluster-info"),
     ("get", "/api/workflows/ootb"),

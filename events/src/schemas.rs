@@ -9,6 +9,7 @@
 //!   registers them, so that the api's OpenAPI document takes its `components.schemas` from the
 //!   same schemars derives (one schema system for the events and the HTTP bodies).
 
+use schemars::transform::RecursiveTransform;
 use schemars::{Schema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::{Value, json};
 
@@ -93,9 +94,23 @@ fn traceparent() -> (&'static str, Value, bool) {
 }
 
 /// A schema generator whose references point into an OpenAPI document's
-/// `components.schemas` (OpenAPI 3.1 schemas are JSON Schema 2020-12).
+/// `components.schemas` (OpenAPI 3.1 schemas are JSON Schema 2020-12). Objects are closed
+/// (`additionalProperties: false`), as the api refuses unknown fields at any depth; the event
+/// schemas stay open, so that subscribers accept fields added later.
 pub fn openapi_generator() -> SchemaGenerator {
-    SchemaSettings::draft2020_12().with(|s| s.definitions_path = "/components/schemas".into()).into_generator()
+    SchemaSettings::draft2020_12()
+        .with(|s| s.definitions_path = "/components/schemas".into())
+        .with_transform(RecursiveTransform(close_objects))
+        .into_generator()
+}
+
+fn close_objects(schema: &mut Schema) {
+    if let Some(o) = schema.as_object_mut()
+        && o.contains_key("properties")
+        && !o.contains_key("additionalProperties")
+    {
+        o.insert("additionalProperties".into(), Value::Bool(false));
+    }
 }
 
 /// Implements utoipa's `ToSchema` for types that derive schemars' `JsonSchema`, and defines
@@ -131,9 +146,13 @@ macro_rules! openapi_schemas {
 
 openapi_schemas! {
     pub fn register_openapi;
-    crate::crd::AgenticSession,
+    crate::names::ProjectName,
+    crate::names::SessionName,
+    crate::names::KeyName,
     crate::crd::AgenticSessionSpec,
     crate::commands::SessionPatch,
+    crate::commands::RunnerStatus,
+    crate::messages::SessionMessage,
     crate::results::CommandResult,
 }
 

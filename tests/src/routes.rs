@@ -85,6 +85,7 @@ impl Params {
             .replace("{group}", &self.group)
             .replace("{keyId}", &self.key_id)
             .replace("{id}", &self.command_id)
+            .replace("{type}", "ambient.session.phase.v1")
             // A session repository of the web UI's git routes (none exist: those answer not_available).
             .replace("{repo}", "no-such-repo")
     }

@@ -187,6 +187,8 @@ fn expected_global(r: &Route, kind: Kind) -> Option<Want> {
     Some(match (r.method.as_str(), r.template.as_str()) {
         ("GET", "/api/projects") | ("GET", "/api/me") => Want::Ok,
         ("GET", "/openapi.json") => Want::Ok,
+        // The event schemas are public, like the document.
+        ("GET", "/api/schemas/events") | ("GET", "/api/schemas/events/{type}") => Want::Ok,
         // The web UI's compatibility routes: public facts, and a GitHub App nobody can connect.
         ("GET", "/api/cluster-info") | ("GET", "/api/workflows/ootb") => Want::Ok,
         ("GET", "/api/auth/github/status") | ("POST", "/api/auth/github/disconnect") => Want::Ok,

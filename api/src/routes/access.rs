@@ -11,11 +11,13 @@ use events::results::Outcome;
 use events::{Command, CommandBody, KeyName, Principal, ProjectName, Role, SubjectName, SubjectType};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::Api;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::authz::{RBAC, check};
+use crate::bodies::{
+    Accepted, Acknowledged, CreateKey, Grant, GroupGrant, GroupList, KeyCreated, KeyList, PermissionList,
+};
 use crate::commands::Mutation;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
@@ -28,21 +30,6 @@ fn role(field: &str, r: &str) -> Result<Role, ApiError> {
 
 fn subject_type(field: &str, t: &str) -> Result<SubjectType, ApiError> {
     SubjectType::parse(t).ok_or_else(|| ApiError::bad_field(field, format!("{field} must be user or group")))
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct GrantRequest {
-    subject_type: String,
-    subject_name: String,
-    role: String,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct GroupRequest {
-    group_name: String,
-    role: String,
 }
 
 async fn list_guard(st: &AppState, caller: &Caller, p: &str) -> Result<(), ApiError> {
@@ -98,8 +85,8 @@ async fn revoke(
 }
 
 /// User and group grants: `{items: [{subjectType, subjectName, role}]}`.
-#[utoipa::path(get, path = "/api/projects/{project}/permissions", tag = "permissions", params(("project" = String, Path)),
-    responses((status = 200, description = "`{items: [{subjectType, subjectName, role}]}`"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+#[utoipa::path(get, path = "/api/projects/{project}/permissions", tag = "permissions", params(("project" = ProjectName, Path)),
+    responses((status = 200, description = "`{items: [{subjectType, subjectName, role}]}`", body = PermissionList), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn list_permissions(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -110,9 +97,9 @@ pub async fn list_permissions(
 }
 
 /// Grants a role to a user or group.
-#[utoipa::path(post, path = "/api/projects/{project}/permissions", tag = "permissions", params(("project" = String, Path)),
-    request_body(content = Object, description = "`{subjectType: user|group, subjectName, role: admin|edit|view}`"),
-    responses((status = 201, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+#[utoipa::path(post, path = "/api/projects/{project}/permissions", tag = "permissions", params(("project" = ProjectName, Path)),
+    request_body(content = Grant, description = "`{subjectType: user|group, subjectName, role: admin|edit|view}`"),
+    responses((status = 201, description = "`{message}`", body = Acknowledged), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 409, description = "conflict")))]
 pub async fn add_permission(
     State(st): State<Arc<AppState>>,
@@ -122,7 +109,7 @@ pub async fn add_permission(
     JsonBody(v): JsonBody,
 ) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
-    let req: GrantRequest = strict(&v)?;
+    let req: Grant = strict(&v)?;
     let ty = subject_type("subjectType", &req.subject_type)?;
     let name = SubjectName::new(req.subject_name).map_err(|e| ApiError::from(e.at("subjectName")))?;
     let role = role("role", &req.role)?;
@@ -131,8 +118,8 @@ pub async fn add_permission(
 
 /// Revokes every grant of a user or group.
 #[utoipa::path(delete, path = "/api/projects/{project}/permissions/{subjectType}/{subjectName}", tag = "permissions",
-    params(("project" = String, Path), ("subjectType" = String, Path), ("subjectName" = String, Path)),
-    responses((status = 204, description = "revoked"), (status = 202, description = "accepted"), (status = 400, description = "invalid subject"),
+    params(("project" = ProjectName, Path), ("subjectType" = String, Path), ("subjectName" = String, Path)),
+    responses((status = 204, description = "revoked"), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid subject"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn delete_permission(
     State(st): State<Arc<AppState>>,
@@ -147,8 +134,8 @@ pub async fn delete_permission(
 }
 
 /// Group grants: `{items: [{groupName, role}]}`.
-#[utoipa::path(get, path = "/api/projects/{project}/groups", tag = "permissions", params(("project" = String, Path)),
-    responses((status = 200, description = "`{items: [{groupName, role}]}`"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+#[utoipa::path(get, path = "/api/projects/{project}/groups", tag = "permissions", params(("project" = ProjectName, Path)),
+    responses((status = 200, description = "`{items: [{groupName, role}]}`", body = GroupList), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn list_groups(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -174,9 +161,9 @@ pub async fn list_groups(
 }
 
 /// Grants a role to a group.
-#[utoipa::path(post, path = "/api/projects/{project}/groups", tag = "permissions", params(("project" = String, Path)),
-    request_body(content = Object, description = "`{groupName, role}`"),
-    responses((status = 201, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+#[utoipa::path(post, path = "/api/projects/{project}/groups", tag = "permissions", params(("project" = ProjectName, Path)),
+    request_body(content = GroupGrant, description = "`{groupName, role}`"),
+    responses((status = 201, description = "`{message}`", body = Acknowledged), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn add_group(
     State(st): State<Arc<AppState>>,
@@ -186,7 +173,7 @@ pub async fn add_group(
     JsonBody(v): JsonBody,
 ) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
-    let req: GroupRequest = strict(&v)?;
+    let req: GroupGrant = strict(&v)?;
     let name = SubjectName::new(req.group_name).map_err(|e| ApiError::from(e.at("groupName")))?;
     let role = role("role", &req.role)?;
     grant(&st, &caller, project, SubjectType::Group, name, role, &headers, "group access added").await
@@ -194,8 +181,8 @@ pub async fn add_group(
 
 /// Revokes a group's access.
 #[utoipa::path(delete, path = "/api/projects/{project}/groups/{group}", tag = "permissions",
-    params(("project" = String, Path), ("group" = String, Path)),
-    responses((status = 204, description = "revoked"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+    params(("project" = ProjectName, Path), ("group" = String, Path)),
+    responses((status = 204, description = "revoked"), (status = 202, description = "accepted", body = Accepted), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn delete_group(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -207,21 +194,9 @@ pub async fn delete_group(
     revoke(&st, &caller, project, SubjectType::Group, name, &headers).await
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct KeyRequest {
-    name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    role: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    expiration_seconds: Option<i64>,
-}
-
 /// Access keys: `{items: [{id, name, createdAt, lastUsedAt, description, role}]}`.
-#[utoipa::path(get, path = "/api/projects/{project}/keys", tag = "keys", params(("project" = String, Path)),
-    responses((status = 200, description = "`{items: [{id, name, createdAt, lastUsedAt, description, role}]}`"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+#[utoipa::path(get, path = "/api/projects/{project}/keys", tag = "keys", params(("project" = ProjectName, Path)),
+    responses((status = 200, description = "`{items: [{id, name, createdAt, lastUsedAt, description, role}]}`", body = KeyList), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn list_keys(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -236,10 +211,10 @@ pub async fn list_keys(
 /// waits for it (`--key-result-timeout`, at least 30 s); past that 503 `KeyCreationPending`, and
 /// the same request again (same user, project and name; or the same `Idempotency-Key`, or
 /// `GET /api/commands/{id}`), on any api replica, returns the token once it exists, exactly once.
-#[utoipa::path(post, path = "/api/projects/{project}/keys", tag = "keys", params(("project" = String, Path)),
-    request_body(content = Object, description = "`{name, description?, role? (default edit), expirationSeconds?}`"),
-    responses((status = 201, description = "`{id, name, key, description, role, lastUsedAt}`"),
-        (status = 202, description = "accepted (only with `Prefer: respond-async`); the token is returned once by GET /api/commands/{id}"),
+#[utoipa::path(post, path = "/api/projects/{project}/keys", tag = "keys", params(("project" = ProjectName, Path)),
+    request_body(content = CreateKey, description = "`{name, description?, role? (default edit), expirationSeconds?}`"),
+    responses((status = 201, description = "`{id, name, key, description, role, lastUsedAt}`", body = KeyCreated),
+        (status = 202, description = "accepted (only with `Prefer: respond-async`); the token is returned once by GET /api/commands/{id}", body = Accepted),
         (status = 400, description = "invalid body"), (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 409, description = "exists"),
         (status = 503, description = "`KeyCreationPending`: not created yet; send the same request again (`Retry-After`) to receive the token")))]
 pub async fn create_key(
@@ -250,7 +225,7 @@ pub async fn create_key(
     JsonBody(v): JsonBody,
 ) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
-    let req: KeyRequest = strict(&v)?;
+    let req: CreateKey = strict(&v)?;
     let name = KeyName::new(req.name).map_err(|e| ApiError::from(e.at("name")))?;
     let role = match &req.role {
         Some(r) => role("role", r)?,
@@ -368,8 +343,8 @@ pub async fn create_key(
 }
 
 /// Revokes an access key (its tokens stop working).
-#[utoipa::path(delete, path = "/api/projects/{project}/keys/{keyId}", tag = "keys", params(("project" = String, Path), ("keyId" = String, Path)),
-    responses((status = 204, description = "revoked"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found")))]
+#[utoipa::path(delete, path = "/api/projects/{project}/keys/{keyId}", tag = "keys", params(("project" = ProjectName, Path), ("keyId" = String, Path)),
+    responses((status = 204, description = "revoked"), (status = 202, description = "accepted", body = Accepted), (status = 403, description = "forbidden"), (status = 404, description = "not found")))]
 pub async fn delete_key(
     State(st): State<Arc<AppState>>,
     caller: Caller,

@@ -6,27 +6,35 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use events::ProjectName;
 use events::results::Outcome;
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::authz::check;
-use crate::commands::result_json;
+use crate::bodies::{CommandState, CommandStatus, Me};
+use crate::commands::public_result;
 use crate::errors::ApiError;
 use crate::state::AppState;
 
 /// The identity and groups the server resolved from the token.
 #[utoipa::path(get, path = "/api/me", tag = "identity",
-    responses((status = 200, description = "`{authenticated, userId, username, displayName, uid, groups, extra}`; `extra` is the authenticator's extra attributes (e.g. token scopes), `{}` when none"), (status = 401, description = "no or invalid token")))]
+    responses((status = 200, description = "`{authenticated, userId, username, displayName, uid, groups, extra}`; `extra` is the authenticator's extra attributes (e.g. token scopes), `{}` when none", body = Me), (status = 401, description = "no or invalid token")))]
 pub async fn me(caller: Caller) -> Response {
     let p = caller.principal;
-    axum::Json(json!({"authenticated": true, "userId": p.user, "username": p.user, "displayName": p.user, "uid": p.uid, "groups": p.groups, "extra": p.extra}))
-        .into_response()
+    axum::Json(Me {
+        authenticated: true,
+        user_id: p.user.clone(),
+        username: p.user.clone(),
+        display_name: p.user,
+        uid: p.uid,
+        groups: p.groups,
+        extra: p.extra,
+    })
+    .into_response()
 }
 
 /// A command's state (`pending`, `succeeded`, `failed`) and result, for its submitter only.
 #[utoipa::path(get, path = "/api/commands/{id}", tag = "commands", params(("id" = String, Path)),
-    responses((status = 200, description = "`{id, type, project, state, result?, key?}`"), (status = 404, description = "command not found (or not the caller's)")))]
+    responses((status = 200, description = "`{id, type, project, state, result?, key?}`", body = CommandStatus), (status = 404, description = "command not found (or not the caller's)")))]
 pub async fn get_command(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -39,23 +47,29 @@ pub async fn get_command(
         return Err(not_found());
     }
     let project = ProjectName::new(record.project.clone()).map_err(|_| not_found())?;
-    let mut body = json!({"id": id.to_string(), "type": record.ty, "project": record.project, "state": "pending"});
+    let mut body = CommandStatus {
+        id,
+        ty: record.ty.clone(),
+        project: record.project,
+        state: CommandState::Pending,
+        result: None,
+        key: None,
+    };
     if let Some(result) = st.commands.stored_result(&project, id).await? {
-        body["state"] = json!(match result.outcome {
-            Outcome::Succeeded { .. } => "succeeded",
-            Outcome::Failed { .. } => "failed",
-        });
+        body.state = match result.outcome {
+            Outcome::Succeeded { .. } => CommandState::Succeeded,
+            Outcome::Failed { .. } => CommandState::Failed,
+        };
         // A key's token, once, and only to a submitter who may still create keys there (one
         // removed from the project since gets the outcome, not a credential of it).
         let key_create = events::CommandType::KeyCreate.type_str();
         if record.ty == key_create
             && matches!(result.outcome, Outcome::Succeeded { .. })
             && st.require(&caller, &[check(project.as_str(), "create", "", "serviceaccounts", None)]).await.is_ok()
-            && let Some(token) = st.commands.parked().take(id, &result).await
         {
-            body["key"] = json!(token);
+            body.key = st.commands.parked().take(id, &result).await;
         }
-        body["result"] = result_json(&result);
+        body.result = Some(public_result(result));
     }
     Ok(axum::Json(body).into_response())
 }

@@ -18,13 +18,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use events::crd::GROUP;
-use events::messages::{MESSAGE_TYPES, USER_MESSAGE_TYPES};
+use events::messages::{MESSAGE_TYPES, SessionMessage, USER_MESSAGE_TYPES};
 use events::{ProjectName, SessionName};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::authz::check;
+use crate::bodies::{AppendMessage, MessagePage};
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, refuse_server_owned, strict};
 use crate::messages::{AppendError, ReadQuery, fold_partials, legacy_runner_user};
@@ -36,26 +37,20 @@ use crate::state::AppState;
 #[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
     /// Only messages after this sequence (a message's `seq`, or a page's `lastSeq`).
+    #[param(value_type = Option<u64>, minimum = 0)]
     pub after: Option<String>,
     /// At most this many messages, 1..=1000 (default 1000).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     /// Comma-separated message types to return (default: all).
     pub types: Option<String>,
     /// When no message matches yet, wait up to this many seconds for one (long-poll; default 0,
     /// at most the server's `--messages-max-wait`).
+    #[param(value_type = Option<u32>, minimum = 0)]
     pub wait: Option<String>,
     /// `1`, `true` or `yes`: every `message.partial` item; otherwise each run of consecutive
     /// partials is folded into its latest one.
     pub include_partial_messages: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AppendRequest {
-    #[serde(rename = "type")]
-    ty: String,
-    #[serde(default)]
-    payload: Value,
 }
 
 /// Who the caller is to this session.
@@ -183,7 +178,7 @@ async fn read(st: Arc<AppState>, caller: Caller, p: String, s: String, q: Messag
 async fn append(st: Arc<AppState>, caller: Caller, p: String, s: String, v: Value) -> Result<Response, ApiError> {
     let (project, session, party) = resolve(&st, &caller, &p, &s).await?;
     refuse_server_owned(&v, &["timestamp", "seq"])?;
-    let req: AppendRequest = strict(&v)?;
+    let req: AppendMessage = strict(&v)?;
     if !MESSAGE_TYPES.contains(&req.ty.as_str()) {
         return Err(ApiError::invalid("type", format!("type must be one of {}", MESSAGE_TYPES.join(", "))));
     }
@@ -227,8 +222,8 @@ async fn append(st: Arc<AppState>, caller: Caller, p: String, s: String, v: Valu
 /// Read on with `after=<lastSeq>` while `hasMore`; with `wait`, an empty answer is delayed until
 /// a matching message arrives or the wait ends (the runner's inbox).
 #[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions/{session}/messages", tag = "messages",
-    params(("project" = String, Path), ("session" = String, Path), MessagesQuery),
-    responses((status = 200, description = "`{sessionId, messages, lastSeq, hasMore}`"), (status = 400, description = "invalid query"),
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path), MessagesQuery),
+    responses((status = 200, description = "`{sessionId, messages, lastSeq, hasMore}`", body = MessagePage), (status = 400, description = "invalid query"),
         (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"), (status = 429, description = "with `wait`: the caller holds as many waiting reads and event streams as allowed"), (status = 503, description = "the bus is unavailable")))]
 pub async fn list_messages(
     State(st): State<Arc<AppState>>,
@@ -241,8 +236,8 @@ pub async fn list_messages(
 
 /// Appends one message `{type, payload}`; the server sets `timestamp` and `seq`.
 #[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions/{session}/messages", tag = "messages",
-    params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{type, payload?}`"),
-    responses((status = 201, description = "the stored message `{type, payload, timestamp, seq}`"), (status = 400, description = "invalid body"),
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path)), request_body(content = AppendMessage, description = "`{type, payload?}`"),
+    responses((status = 201, description = "the stored message `{type, payload, timestamp, seq}`", body = SessionMessage), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"),
         (status = 409, description = "the session is not interactive (`NotInteractive`), its message log is full (`MessageLogFull`), or its project's messages hold their whole budget (`ProjectMessagesFull`)"), (status = 413, description = "message too large"),
         (status = 415, description = "not JSON"), (status = 422, description = "unknown type"), (status = 503, description = "the bus is unavailable")))]
@@ -257,8 +252,8 @@ pub async fn post_message(
 
 /// Alias of `GET …/agentic-sessions/{session}/messages` (the path the existing UI calls).
 #[utoipa::path(get, path = "/api/projects/{project}/sessions/{session}/messages", tag = "messages",
-    params(("project" = String, Path), ("session" = String, Path), MessagesQuery),
-    responses((status = 200, description = "`{sessionId, messages, lastSeq, hasMore}`"), (status = 400, description = "invalid query"),
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path), MessagesQuery),
+    responses((status = 200, description = "`{sessionId, messages, lastSeq, hasMore}`", body = MessagePage), (status = 400, description = "invalid query"),
         (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"), (status = 429, description = "with `wait`: the caller holds as many waiting reads and event streams as allowed"), (status = 503, description = "the bus is unavailable")))]
 pub async fn list_messages_alias(
     State(st): State<Arc<AppState>>,
@@ -271,8 +266,8 @@ pub async fn list_messages_alias(
 
 /// Alias of `POST …/agentic-sessions/{session}/messages`.
 #[utoipa::path(post, path = "/api/projects/{project}/sessions/{session}/messages", tag = "messages",
-    params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{type, payload?}`"),
-    responses((status = 201, description = "the stored message `{type, payload, timestamp, seq}`"), (status = 400, description = "invalid body"),
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path)), request_body(content = AppendMessage, description = "`{type, payload?}`"),
+    responses((status = 201, description = "the stored message `{type, payload, timestamp, seq}`", body = SessionMessage), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project or session not found"),
         (status = 409, description = "the session is not interactive (`NotInteractive`), its message log is full (`MessageLogFull`), or its project's messages hold their whole budget (`ProjectMessagesFull`)"), (status = 413, description = "message too large"),
         (status = 415, description = "not JSON"), (status = 422, description = "unknown type"), (status = 503, description = "the bus is unavailable")))]

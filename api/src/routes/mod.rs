@@ -2,10 +2,10 @@
 //! OpenAPI document, and the layers around it.
 
 pub mod access;
-pub mod limits_doc;
 pub mod me;
 pub mod messages;
 pub mod projects;
+pub mod schemas;
 pub mod secrets;
 pub mod sessions;
 pub mod ui;
@@ -29,8 +29,10 @@ pub const MAX_PAGE: usize = 1000;
 #[into_params(parameter_in = Query)]
 pub struct Page {
     /// Items per page, 1..=1000 (default 1000).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     /// Items to skip.
+    #[param(value_type = Option<u32>, minimum = 0)]
     pub offset: Option<String>,
 }
 
@@ -60,7 +62,6 @@ pub fn paginate(items: Vec<Value>, page: &Page) -> Result<Value, ApiError> {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Ambient control plane API", description = "Projects, agentic sessions, permissions, access keys and runner secrets over an event-sourced command bus."),
-    components(schemas(crate::ops::ErrorBody)),
     tags((name = "projects"), (name = "sessions"), (name = "permissions"), (name = "keys"), (name = "runner-secrets"), (name = "events"), (name = "messages"), (name = "commands"), (name = "identity"), (name = "operations"),
         (name = "ui", description = "What the existing web UI calls beyond the platform's own routes: cluster facts, the runner's Kubernetes resources, and quiet answers for features this platform does not offer"))
 )]
@@ -68,7 +69,7 @@ struct ApiDoc;
 
 /// The api's routes and their OpenAPI document.
 pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
-    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(projects::list_projects, projects::create_project))
         .routes(routes!(projects::get_project, projects::update_project, projects::delete_project))
         .routes(routes!(projects::project_access))
@@ -95,6 +96,8 @@ pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(me::me))
         .routes(routes!(me::get_command))
         .routes(routes!(crate::ops::openapi_json))
+        .routes(routes!(schemas::event_schema_index))
+        .routes(routes!(schemas::event_schema))
         .routes(routes!(ui::cluster_info))
         .routes(routes!(ui::ootb_workflows))
         .routes(routes!(ui::github_status))
@@ -118,6 +121,5 @@ pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(ui::content_pod_status))
         .routes(routes!(ui::delete_content_pod))
         .split_for_parts();
-    limits_doc::document(&mut doc);
     (router, doc)
 }

@@ -9,11 +9,11 @@ use events::commands::{Empty, ProjectCreate, ProjectUpdate};
 use events::{CommandBody, ProjectName};
 use futures::StreamExt as _;
 use kube::ResourceExt as _;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::Caller;
 use crate::authz::{RBAC, check, project_visible};
+use crate::bodies::{Accepted, CreateProject, Project, ProjectAccess, ProjectList, UpdateProject};
 use crate::commands::Mutation;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
@@ -21,30 +21,9 @@ use crate::reads::{project_json, rv_at_least};
 use crate::routes::{Page, paginate};
 use crate::state::{AppState, READ_YOUR_WRITES, accepted};
 
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreateProject {
-    name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    display_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct UpdateProject {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    display_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
-}
-
 /// Projects the caller may see (and only those).
 #[utoipa::path(get, path = "/api/projects", tag = "projects", params(Page),
-    responses((status = 200, description = "`{items: [AmbientProject]}`"), (status = 401, description = "no or invalid token")))]
+    responses((status = 200, description = "`{items: [AmbientProject]}`", body = ProjectList), (status = 401, description = "no or invalid token")))]
 pub async fn list_projects(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -86,8 +65,8 @@ pub async fn list_projects(
 }
 
 /// Creates a project: namespace, labels, the creator's admin RoleBinding and ProjectSettings.
-#[utoipa::path(post, path = "/api/projects", tag = "projects", request_body(content = Object, description = "`{name, displayName?, description?}`"),
-    responses((status = 201, description = "AmbientProject"), (status = 202, description = "accepted; see Location"),
+#[utoipa::path(post, path = "/api/projects", tag = "projects", request_body(content = CreateProject, description = "`{name, displayName?, description?}`"),
+    responses((status = 201, description = "AmbientProject", body = Project), (status = 202, description = "accepted; see Location", body = Accepted),
         (status = 400, description = "invalid body"), (status = 403, description = "not a self-provisioner"), (status = 409, description = "exists"),
         (status = 422, description = "a field over its bound, named in `field`"), (status = 429, description = "the user's project quota is reached, or too many requests")))]
 pub async fn create_project(
@@ -128,8 +107,8 @@ pub async fn create_project(
 }
 
 /// One project.
-#[utoipa::path(get, path = "/api/projects/{project}", tag = "projects", params(("project" = String, Path)),
-    responses((status = 200, description = "AmbientProject"), (status = 404, description = "project not found (or not visible)")))]
+#[utoipa::path(get, path = "/api/projects/{project}", tag = "projects", params(("project" = ProjectName, Path)),
+    responses((status = 200, description = "AmbientProject", body = Project), (status = 404, description = "project not found (or not visible)")))]
 pub async fn get_project(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -141,9 +120,9 @@ pub async fn get_project(
 }
 
 /// Updates the display fields.
-#[utoipa::path(put, path = "/api/projects/{project}", tag = "projects", params(("project" = String, Path)),
-    request_body(content = Object, description = "`{name?, displayName?, description?}`"),
-    responses((status = 200, description = "AmbientProject"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+#[utoipa::path(put, path = "/api/projects/{project}", tag = "projects", params(("project" = ProjectName, Path)),
+    request_body(content = UpdateProject, description = "`{name?, displayName?, description?}`"),
+    responses((status = 200, description = "AmbientProject", body = Project), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn update_project(
     State(st): State<Arc<AppState>>,
@@ -177,8 +156,8 @@ pub async fn update_project(
 }
 
 /// Deletes the project and everything in it.
-#[utoipa::path(delete, path = "/api/projects/{project}", tag = "projects", params(("project" = String, Path)),
-    responses((status = 204, description = "deleted"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+#[utoipa::path(delete, path = "/api/projects/{project}", tag = "projects", params(("project" = ProjectName, Path)),
+    responses((status = 204, description = "deleted"), (status = 202, description = "accepted", body = Accepted), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn delete_project(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -193,8 +172,8 @@ pub async fn delete_project(
 }
 
 /// The caller's role in the project: `{project, allowed, reason, userRole}`.
-#[utoipa::path(get, path = "/api/projects/{project}/access", tag = "projects", params(("project" = String, Path)),
-    responses((status = 200, description = "`{project, allowed, reason, userRole}`"), (status = 404, description = "project not found")))]
+#[utoipa::path(get, path = "/api/projects/{project}/access", tag = "projects", params(("project" = ProjectName, Path)),
+    responses((status = 200, description = "`{project, allowed, reason, userRole}`", body = ProjectAccess), (status = 404, description = "project not found")))]
 pub async fn project_access(
     State(st): State<Arc<AppState>>,
     caller: Caller,

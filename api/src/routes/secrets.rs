@@ -9,33 +9,21 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use events::CommandBody;
 use events::commands::{RunnerSecretConfig, RunnerSecretPut};
 use events::secrets::{INTEGRATION_SECRET_NAME, MASK, MAX_KEYS, ProjectSecret, RUNNER_SECRET_NAME};
+use events::{CommandBody, ProjectName};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::Caller;
 use crate::authz::check;
+use crate::bodies::{Accepted, Acknowledged, MaskedSecrets, PutSecrets, SecretConfig};
 use crate::commands::Mutation;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, strict};
 use crate::reads::rv_at_least;
 use crate::state::{AppState, READ_YOUR_WRITES, accepted};
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutSecrets {
-    data: BTreeMap<String, Option<String>>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct SecretConfig {
-    secret_name: String,
-}
 
 /// The keys of the Secret `name` in `p` (none when it does not exist). The api may read only
 /// the two fixed names (deploy/base/rbac/api.yaml); any other name reads as empty.
@@ -113,8 +101,8 @@ fn updated(which: ProjectSecret) -> &'static str {
 }
 
 /// The runner secret's keys, values masked: `{"data": {"KEY": "********"}}`.
-#[utoipa::path(get, path = "/api/projects/{project}/runner-secrets", tag = "runner-secrets", params(("project" = String, Path)),
-    responses((status = 200, description = "`{data: {KEY: \"********\"}}` (values are never returned)"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+#[utoipa::path(get, path = "/api/projects/{project}/runner-secrets", tag = "runner-secrets", params(("project" = ProjectName, Path)),
+    responses((status = 200, description = "`{data: {KEY: \"********\"}}` (values are never returned)", body = MaskedSecrets), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn get_runner_secrets(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -127,9 +115,9 @@ pub async fn get_runner_secrets(
 /// Changes the runner secret (sealed to the reconciler; never on the bus in plaintext). Each key
 /// of `data`: a string sets it, `"********"` (what a read shows) keeps the stored value, `null`
 /// removes it; keys not sent are unchanged.
-#[utoipa::path(put, path = "/api/projects/{project}/runner-secrets", tag = "runner-secrets", params(("project" = String, Path)),
-    request_body(content = Object, description = "`{data: {KEY: value | \"********\" | null}}`: set, keep, remove; other keys unchanged"),
-    responses((status = 200, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+#[utoipa::path(put, path = "/api/projects/{project}/runner-secrets", tag = "runner-secrets", params(("project" = ProjectName, Path)),
+    request_body(content = PutSecrets, description = "`{data: {KEY: value | \"********\" | null}}`: set, keep, remove; other keys unchanged"),
+    responses((status = 200, description = "`{message}`", body = Acknowledged), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found"),
         (status = 422, description = "invalid key, or the mask for a key with no stored value")))]
 pub async fn put_runner_secrets(
@@ -144,8 +132,8 @@ pub async fn put_runner_secrets(
 
 /// The integration secret's keys (Git, GitHub, GitLab, Jira credentials the runner receives),
 /// values masked: `{"data": {"KEY": "********"}}`.
-#[utoipa::path(get, path = "/api/projects/{project}/integration-secrets", tag = "runner-secrets", params(("project" = String, Path)),
-    responses((status = 200, description = "`{data: {KEY: \"********\"}}` (values are never returned)"), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
+#[utoipa::path(get, path = "/api/projects/{project}/integration-secrets", tag = "runner-secrets", params(("project" = ProjectName, Path)),
+    responses((status = 200, description = "`{data: {KEY: \"********\"}}` (values are never returned)", body = MaskedSecrets), (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn get_integration_secrets(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -156,9 +144,9 @@ pub async fn get_integration_secrets(
 
 /// Changes the integration secret, as the runner secret: a string sets a key, `"********"`
 /// keeps it, `null` removes it; keys not sent are unchanged.
-#[utoipa::path(put, path = "/api/projects/{project}/integration-secrets", tag = "runner-secrets", params(("project" = String, Path)),
-    request_body(content = Object, description = "`{data: {KEY: value | \"********\" | null}}`: set, keep, remove; other keys unchanged"),
-    responses((status = 200, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+#[utoipa::path(put, path = "/api/projects/{project}/integration-secrets", tag = "runner-secrets", params(("project" = ProjectName, Path)),
+    request_body(content = PutSecrets, description = "`{data: {KEY: value | \"********\" | null}}`: set, keep, remove; other keys unchanged"),
+    responses((status = 200, description = "`{message}`", body = Acknowledged), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found"),
         (status = 422, description = "invalid key, or the mask for a key with no stored value")))]
 pub async fn put_integration_secrets(
@@ -180,8 +168,8 @@ fn secret_name(st: &AppState, p: &str) -> String {
 }
 
 /// Which Secret is the runner secret: `{secretName}`.
-#[utoipa::path(get, path = "/api/projects/{project}/runner-secrets/config", tag = "runner-secrets", params(("project" = String, Path)),
-    responses((status = 200, description = "`{secretName}`"), (status = 404, description = "project not found")))]
+#[utoipa::path(get, path = "/api/projects/{project}/runner-secrets/config", tag = "runner-secrets", params(("project" = ProjectName, Path)),
+    responses((status = 200, description = "`{secretName}`", body = SecretConfig), (status = 404, description = "project not found")))]
 pub async fn get_runner_config(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -193,9 +181,9 @@ pub async fn get_runner_config(
 }
 
 /// Chooses the runner secret's name.
-#[utoipa::path(put, path = "/api/projects/{project}/runner-secrets/config", tag = "runner-secrets", params(("project" = String, Path)),
-    request_body(content = Object, description = "`{secretName}`"),
-    responses((status = 200, description = "`{secretName}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+#[utoipa::path(put, path = "/api/projects/{project}/runner-secrets/config", tag = "runner-secrets", params(("project" = ProjectName, Path)),
+    request_body(content = SecretConfig, description = "`{secretName}`"),
+    responses((status = 200, description = "`{secretName}`", body = SecretConfig), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found")))]
 pub async fn put_runner_config(
     State(st): State<Arc<AppState>>,

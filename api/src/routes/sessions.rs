@@ -11,11 +11,13 @@ use events::commands::{
 };
 use events::crd::{AgenticSessionSpec, GROUP};
 use events::{CommandBody, ProjectName, SessionName};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::authz::check;
+use crate::bodies::{
+    Accepted, Acknowledged, CloneSession, CreateSession, DisplayName, Session, SessionCreated, SessionList,
+};
 use crate::commands::Mutation;
 use crate::errors::ApiError;
 use crate::extract::{JsonBody, refuse_server_owned, strict};
@@ -53,8 +55,8 @@ fn session_or_404(st: &AppState, ns: &str, name: &str) -> Result<Value, ApiError
 }
 
 /// Sessions of the project.
-#[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions", tag = "sessions", params(("project" = String, Path), Page),
-    responses((status = 200, description = "`{items: [AgenticSession]}`"), (status = 404, description = "project not found")))]
+#[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions", tag = "sessions", params(("project" = ProjectName, Path), Page),
+    responses((status = 200, description = "`{items: [AgenticSession]}`", body = SessionList), (status = 404, description = "project not found")))]
 pub async fn list_sessions(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -68,9 +70,9 @@ pub async fn list_sessions(
 }
 
 /// Creates a session. `userContext` is set by the server from the caller.
-#[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions", tag = "sessions", params(("project" = String, Path)),
-    request_body(content = Object, description = "`{name?, prompt, displayName?, llmSettings?, timeout?, interactive?, repos?, mainRepoIndex?, environmentVariables?, resourceOverrides?}`"),
-    responses((status = 201, description = "`{message, name, uid}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+#[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions", tag = "sessions", params(("project" = ProjectName, Path)),
+    request_body(content = CreateSession, description = "`{name?, prompt, displayName?, llmSettings?, timeout?, interactive?, repos?, mainRepoIndex?, environmentVariables?, resourceOverrides?}`"),
+    responses((status = 201, description = "`{message, name, uid}`", body = SessionCreated), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "project not found"), (status = 409, description = "exists"), (status = 422, description = "invalid value")))]
 pub async fn create_session(
     State(st): State<Arc<AppState>>,
@@ -118,8 +120,8 @@ pub async fn create_session(
 
 /// One session.
 #[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions/{session}", tag = "sessions",
-    params(("project" = String, Path), ("session" = String, Path)),
-    responses((status = 200, description = "AgenticSession"), (status = 404, description = "project or session not found")))]
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path)),
+    responses((status = 200, description = "AgenticSession", body = Session), (status = 404, description = "project or session not found")))]
 pub async fn get_session(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -133,8 +135,8 @@ pub async fn get_session(
 
 /// Updates the spec: `{prompt?, displayName?, timeout?, llmSettings?, interactive?}`.
 #[utoipa::path(put, path = "/api/projects/{project}/agentic-sessions/{session}", tag = "sessions",
-    params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{prompt?, displayName?, timeout?, llmSettings?, interactive?}`"),
-    responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path)), request_body(content = SessionPatch, description = "`{prompt?, displayName?, timeout?, llmSettings?, interactive?}`"),
+    responses((status = 200, description = "AgenticSession", body = Session), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "conflict"), (status = 422, description = "invalid value")))]
 pub async fn update_session(
     State(st): State<Arc<AppState>>,
@@ -176,8 +178,8 @@ async fn applied_session(
 
 /// Deletes a session and everything it owns.
 #[utoipa::path(delete, path = "/api/projects/{project}/agentic-sessions/{session}", tag = "sessions",
-    params(("project" = String, Path), ("session" = String, Path)),
-    responses((status = 204, description = "deleted"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found")))]
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path)),
+    responses((status = 204, description = "deleted"), (status = 202, description = "accepted", body = Accepted), (status = 403, description = "forbidden"), (status = 404, description = "not found")))]
 pub async fn delete_session(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -204,8 +206,8 @@ pub async fn delete_session(
 
 /// Runs the session (again, when it had finished).
 #[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions/{session}/start", tag = "sessions",
-    params(("project" = String, Path), ("session" = String, Path)),
-    responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "conflict")))]
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path)),
+    responses((status = 200, description = "AgenticSession", body = Session), (status = 202, description = "accepted", body = Accepted), (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "conflict")))]
 pub async fn start_session(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -229,8 +231,8 @@ pub async fn start_session(
 
 /// Stops a running session.
 #[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions/{session}/stop", tag = "sessions",
-    params(("project" = String, Path), ("session" = String, Path)),
-    responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "conflict")))]
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path)),
+    responses((status = 200, description = "AgenticSession", body = Session), (status = 202, description = "accepted", body = Accepted), (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "conflict")))]
 pub async fn stop_session(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -252,17 +254,10 @@ pub async fn stop_session(
     .await
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CloneRequest {
-    target_project: String,
-    new_session_name: String,
-}
-
 /// Copies a session, possibly into another project.
 #[utoipa::path(post, path = "/api/projects/{project}/agentic-sessions/{session}/clone", tag = "sessions",
-    params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{targetProject, newSessionName}`"),
-    responses((status = 201, description = "AgenticSession (the copy)"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"),
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path)), request_body(content = CloneSession, description = "`{targetProject, newSessionName}`"),
+    responses((status = 201, description = "AgenticSession (the copy)", body = Session), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid body"),
         (status = 403, description = "forbidden"), (status = 404, description = "not found"), (status = 409, description = "exists"),
         (status = 422, description = "the source's resourceOverrides or environmentVariables are outside the operator's bounds")))]
 pub async fn clone_session(
@@ -274,7 +269,7 @@ pub async fn clone_session(
 ) -> Result<Response, ApiError> {
     let project = st.visible_project(&caller, &p).await?;
     let s = session_name(&s)?;
-    let req: CloneRequest = strict(&v)?;
+    let req: CloneSession = strict(&v)?;
     let target = ProjectName::new(req.target_project).map_err(|e| ApiError::from(e.at("targetProject")))?;
     let new_name = SessionName::new(req.new_session_name).map_err(|e| ApiError::from(e.at("newSessionName")))?;
     // The target must be visible too; otherwise it answers like a missing project.
@@ -301,8 +296,8 @@ pub async fn clone_session(
 
 /// A runner's status report: the session's runner only (see `crate::runners`).
 #[utoipa::path(put, path = "/api/projects/{project}/agentic-sessions/{session}/status", tag = "sessions",
-    params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "RunnerStatus"),
-    responses((status = 200, description = "`{message}`"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"), (status = 404, description = "not found")))]
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path)), request_body(content = RunnerStatus, description = "RunnerStatus"),
+    responses((status = 200, description = "`{message}`", body = Acknowledged), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid body"), (status = 404, description = "not found")))]
 pub async fn session_status(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -322,16 +317,10 @@ pub async fn session_status(
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DisplayNameRequest {
-    display_name: String,
-}
-
 /// A runner sets the session's display name.
 #[utoipa::path(put, path = "/api/projects/{project}/agentic-sessions/{session}/displayname", tag = "sessions",
-    params(("project" = String, Path), ("session" = String, Path)), request_body(content = Object, description = "`{displayName}`"),
-    responses((status = 200, description = "AgenticSession"), (status = 202, description = "accepted"), (status = 400, description = "invalid body"), (status = 404, description = "not found")))]
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path)), request_body(content = DisplayName, description = "`{displayName}`"),
+    responses((status = 200, description = "AgenticSession", body = Session), (status = 202, description = "accepted", body = Accepted), (status = 400, description = "invalid body"), (status = 404, description = "not found")))]
 pub async fn session_display_name(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -340,7 +329,7 @@ pub async fn session_display_name(
     JsonBody(v): JsonBody,
 ) -> Result<Response, ApiError> {
     let (project, s) = runner_target(&st, &caller, &p, &s).await?;
-    let req: DisplayNameRequest = strict(&v)?;
+    let req: DisplayName = strict(&v)?;
     let body = CommandBody::SessionDisplayName(SessionDisplayName { name: s.clone(), display_name: req.display_name });
     events::limits::check_body(&body)?;
     applied_session(&st, &caller, project, &p, s.as_str(), body, &headers, StatusCode::OK).await

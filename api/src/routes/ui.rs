@@ -30,9 +30,9 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use events::SessionName;
 use events::crd::{AgenticSession, GROUP};
 use events::status::{ContainerState, RunnerJob, RunnerView};
+use events::{ProjectName, SessionName};
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
@@ -122,7 +122,7 @@ pub async fn github_disconnect(_caller: Caller) -> Response {
 /// The session's runner Job and its newest pod, from the projector's read model (the runner
 /// view also carried by the session's event stream); no PVC on this platform.
 #[utoipa::path(get, path = "/api/projects/{project}/agentic-sessions/{session}/k8s-resources", tag = "ui",
-    params(("project" = String, Path), ("session" = String, Path)),
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path)),
     responses((status = 200, description = "`{jobName, jobStatus?, jobConditions?, pods: [{name, phase, containers: [{name, state, exitCode?, reason?}]}], pvcName: \"\", pvcExists: false}`"),
         (status = 404, description = "project or session not found"), (status = 503, description = "the read model is unavailable")))]
 pub async fn k8s_resources(
@@ -195,7 +195,7 @@ macro_rules! session_route {
     ($name:ident, $method:ident, $path:literal, $doc:literal, $what:literal, $body:expr) => {
         #[doc = $doc]
         #[utoipa::path($method, path = $path, tag = "ui",
-            params(("project" = String, Path), ("session" = String, Path)),
+            params(("project" = ProjectName, Path), ("session" = SessionName, Path)),
             responses((status = 200, description = $what), (status = 404, description = "project or session not found")))]
         pub async fn $name(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>) -> Result<Response, ApiError> {
             readable_session(&st, &caller, &p, &s).await?;
@@ -209,7 +209,7 @@ macro_rules! unavailable_route {
     ($name:ident, $method:ident, $path:literal, $doc:literal, $sentence:literal) => {
         #[doc = $doc]
         #[utoipa::path($method, path = $path, tag = "ui",
-            params(("project" = String, Path), ("session" = String, Path)),
+            params(("project" = ProjectName, Path), ("session" = SessionName, Path)),
             responses((status = 404, description = "`{error, code: \"not_available\"}`; or project or session not found")))]
         pub async fn $name(State(st): State<Arc<AppState>>, caller: Caller, Path((p, s)): Path<(String, String)>) -> ApiError {
             match readable_session(&st, &caller, &p, &s).await {
@@ -337,7 +337,7 @@ unavailable_route!(
 
 /// Removing a repository from a running session: not offered.
 #[utoipa::path(delete, path = "/api/projects/{project}/agentic-sessions/{session}/repos/{repo}", tag = "ui",
-    params(("project" = String, Path), ("session" = String, Path), ("repo" = String, Path)),
+    params(("project" = ProjectName, Path), ("session" = SessionName, Path), ("repo" = String, Path)),
     responses((status = 404, description = "`{error, code: \"not_available\"}`; or project or session not found")))]
 pub async fn remove_repo(
     State(st): State<Arc<AppState>>,
