@@ -66,6 +66,10 @@ pub enum Command {
     /// Access keys (ServiceAccount tokens for automation) of a project.
     #[command(subcommand)]
     Keys(Keys),
+    /// The runner secret (credentials the project's runners get) and the integration secret:
+    /// their keys, never their values.
+    #[command(subcommand)]
+    Secrets(Secrets),
     /// What you may do in a project.
     Access {
         /// The project.
@@ -284,5 +288,52 @@ pub enum Keys {
         at: InProject,
         /// The key's id (`ambient keys list`).
         id: String,
+    },
+}
+
+/// Secret commands. `--integration` acts on the integration secret instead of the runner secret.
+#[derive(Debug, Subcommand)]
+pub enum Secrets {
+    /// The secret's keys (values are never returned).
+    #[command(alias = "ls")]
+    List {
+        #[command(flatten)]
+        at: InProject,
+        /// The integration secret.
+        #[arg(long)]
+        integration: bool,
+    },
+    /// Sets one key. The value comes from --from-file or standard input, never from the command
+    /// line, which shell history and `ps` show; one trailing newline is dropped.
+    Set {
+        #[command(flatten)]
+        at: InProject,
+        /// The key, e.g. ANTHROPIC_API_KEY.
+        key: String,
+        /// Read the value from this file.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// The integration secret.
+        #[arg(long)]
+        integration: bool,
+    },
+    /// Removes keys.
+    Unset {
+        #[command(flatten)]
+        at: InProject,
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// The integration secret.
+        #[arg(long)]
+        integration: bool,
+    },
+    /// Shows which Secret is the runner secret, or chooses it with --secret-name.
+    Config {
+        #[command(flatten)]
+        at: InProject,
+        /// The Secret to use.
+        #[arg(long)]
+        secret_name: Option<String>,
     },
 }

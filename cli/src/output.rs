@@ -17,6 +17,8 @@ pub enum Kind {
     Permission,
     /// An access key.
     Key,
+    /// A key of a secret `{key}`.
+    SecretKey,
 }
 
 impl Kind {
@@ -27,6 +29,7 @@ impl Kind {
             Kind::Session => "session",
             Kind::Permission => "permission",
             Kind::Key => "key",
+            Kind::SecretKey => "secret-key",
         }
     }
 
@@ -42,6 +45,7 @@ impl Kind {
             ],
             Kind::Permission => &[("TYPE", "/subjectType"), ("SUBJECT", "/subjectName"), ("ROLE", "/role")],
             Kind::Key => &[("ID", "/id"), ("NAME", "/name"), ("ROLE", "/role"), ("CREATED", "/createdAt")],
+            Kind::SecretKey => &[("KEY", "/key")],
         }
     }
 
@@ -51,6 +55,7 @@ impl Kind {
             Kind::Session => "/metadata/name",
             Kind::Permission => "/subjectName",
             Kind::Key => "/id",
+            Kind::SecretKey => "/key",
             _ => "/name",
         };
         text(v.pointer(p))

@@ -7,7 +7,7 @@ use clap::CommandFactory as _;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use crate::cli::{Cli, Command, Format, Keys, Permissions, Projects, Sessions};
+use crate::cli::{Cli, Command, Format, Keys, Permissions, Projects, Secrets, Sessions};
 use crate::client::{Api, Failure, seg};
 use crate::config;
 use crate::output::{self, Kind};
@@ -37,6 +37,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Sessions(c) => sessions(&api, out, c).await,
         Command::Permissions(c) => permissions(&api, out, c).await,
         Command::Keys(c) => keys(&api, out, c).await,
+        Command::Secrets(c) => secrets(&api, out, c).await,
     }
 }
 
@@ -335,6 +336,76 @@ async fn keys(api: &Api, out: Format, c: Keys) -> Result<(), Failure> {
             done(out, Kind::Key, &format!("key {id} revoked"), &v)
         }
     }
+}
+
+async fn secrets(api: &Api, out: Format, c: Secrets) -> Result<(), Failure> {
+    let path = |p: &str, integration: bool| -> Result<String, Failure> {
+        let which = if integration { "integration-secrets" } else { "runner-secrets" };
+        Ok(format!("/api/projects/{}/{which}", seg(p)?))
+    };
+    let name = |integration: bool| if integration { "integration secret" } else { "runner secret" };
+    match c {
+        Secrets::List { at, integration } => {
+            let v = api.get(&path(&at.project, integration)?).await?;
+            if matches!(out, Format::Json | Format::Yaml) {
+                return output::structured(out, &v);
+            }
+            let rows: Vec<Value> =
+                v["data"].as_object().into_iter().flatten().map(|(k, _)| json!({"key": k})).collect();
+            output::list(out, Kind::SecretKey, &json!({"items": rows}))
+        }
+        Secrets::Set { at, key, from_file, integration } => {
+            let value = secret_value(&key, from_file.as_deref())?;
+            let body = json!({"data": {key.as_str(): value}});
+            let v = api.call(Method::PUT, &path(&at.project, integration)?, Some(&body)).await?;
+            done(out, Kind::SecretKey, &format!("{key} set in {}'s {}", at.project, name(integration)), &v)
+        }
+        Secrets::Unset { at, keys, integration } => {
+            let data: Map<String, Value> = keys.iter().map(|k| (k.clone(), Value::Null)).collect();
+            let v = api.call(Method::PUT, &path(&at.project, integration)?, Some(&json!({"data": data}))).await?;
+            done(
+                out,
+                Kind::SecretKey,
+                &format!("{} removed from {}'s {}", keys.join(", "), at.project, name(integration)),
+                &v,
+            )
+        }
+        Secrets::Config { at, secret_name } => {
+            let p = format!("{}/config", path(&at.project, false)?);
+            match secret_name {
+                None => output::structured(if out == Format::Yaml { out } else { Format::Json }, &api.get(&p).await?),
+                Some(n) => {
+                    let v = api.call(Method::PUT, &p, Some(&json!({"secretName": n}))).await?;
+                    done(out, Kind::SecretKey, &format!("{}'s runner secret is now {n}", at.project), &v)
+                }
+            }
+        }
+    }
+}
+
+/// A secret's value from a file or standard input, without one trailing newline.
+fn secret_value(key: &str, file: Option<&std::path::Path>) -> Result<String, Failure> {
+    let raw = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| Failure::Local(format!("reading the value of {key} from {}: {e}", f.display())))?,
+        None => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("value of {key} (then Enter and Ctrl-D):");
+            }
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| Failure::Local(format!("reading the value of {key} from standard input: {e}")))?;
+            s
+        }
+    };
+    let value = raw.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&raw);
+    if value.is_empty() {
+        return Err(Failure::Local(format!(
+            "the value of {key} is empty (use `ambient secrets unset` to remove a key)"
+        )));
+    }
+    Ok(value.to_string())
 }
 
 #[cfg(test)]

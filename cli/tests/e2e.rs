@@ -93,6 +93,29 @@ async fn a_user_at_the_terminal() {
     alice.expect(0, &["keys", "delete", "-p", &p, &key_id]).await;
     alice.expect(0, &["permissions", "remove", "-p", &p, "bob"]).await;
 
+    // Secrets: keys are listed, values never printed; a value comes from a file or stdin.
+    let value_file = dir.path().join("value");
+    std::fs::write(&value_file, "sk-from-a-file\n").unwrap();
+    let from_file = value_file.to_str().unwrap();
+    alice.expect(0, &["secrets", "set", "-p", &p, "ANTHROPIC_API_KEY", "--from-file", from_file]).await;
+    let mut piped = alice.command(&["secrets", "set", "-p", &p, "GITHUB_TOKEN"]);
+    let mut child = piped.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    tokio::io::AsyncWriteExt::write_all(child.stdin.as_mut().unwrap(), b"ghp-from-stdin\n").await.unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed = alice.expect(0, &["secrets", "list", "-p", &p]).await;
+    assert!(listed.contains("ANTHROPIC_API_KEY") && listed.contains("GITHUB_TOKEN"), "{listed}");
+    let json = alice.expect(0, &["secrets", "list", "-p", &p, "-o", "json"]).await;
+    assert!(!json.contains("sk-from-a-file") && !json.contains("ghp-from-stdin"), "values never shown: {json}");
+    alice.expect(0, &["secrets", "unset", "-p", &p, "GITHUB_TOKEN"]).await;
+    let listed = alice.expect(0, &["secrets", "list", "-p", &p, "-o", "name"]).await;
+    assert_eq!(listed.trim(), "secret-key/ANTHROPIC_API_KEY", "{listed}");
+    alice.refused(1, &["secrets", "set", "-p", &p, "EMPTY", "--from-file", "/dev/null"], "is empty").await;
+    alice.expect(0, &["secrets", "set", "-p", &p, "INTEGRATION_KEY", "--integration", "--from-file", from_file]).await;
+    assert!(alice.expect(0, &["secrets", "list", "-p", &p, "--integration"]).await.contains("INTEGRATION_KEY"));
+    assert!(alice.expect(0, &["secrets", "config", "-p", &p]).await.contains("secretName"));
+
     // Bad input: one clear line, the api's reason, an exit code a script can test.
     alice.refused(5, &["projects", "create", "Not A Valid Name"], "HTTP 4").await;
     alice.refused(3, &["sessions", "get", "-p", &p, "nope"], "HTTP 404").await;
