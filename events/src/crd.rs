@@ -31,6 +31,8 @@ pub const PROJECT_SETTINGS_NAME: &str = "projectsettings";
 pub const DEFAULT_TIMEOUT_SECONDS: i64 = 3_600;
 
 /// An AI run, executed as a Kubernetes Job.
+// Printer columns repeat `type_ = "string"`, which the lint takes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "vteam.ambient-code",
@@ -42,7 +44,13 @@ pub const DEFAULT_TIMEOUT_SECONDS: i64 = 3_600;
     namespaced,
     status = "AgenticSessionStatus",
     derive = "PartialEq",
+    category = "ambient",
+    printcolumn(name = "Display Name", type_ = "string", json_path = ".spec.displayName"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason"),
+    printcolumn(name = "Started", type_ = "date", json_path = ".status.startTime", priority = 1),
+    printcolumn(name = "Run", type_ = "integer", json_path = ".status.run", priority = 1),
+    printcolumn(name = "Job", type_ = "string", json_path = ".status.jobName", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -258,6 +266,7 @@ fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     derive = "PartialEq",
     derive = "Default",
     validation = Rule::new("self.metadata.name == 'projectsettings'").message("a ProjectSettings must be named projectsettings (one per project)"),
+    category = "ambient",
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

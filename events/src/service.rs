@@ -40,6 +40,32 @@ pub struct Runtime {
     metrics: Option<PrometheusHandle>,
 }
 
+/// Every histogram of the services with buckets chosen for what it measures, so that replicas
+/// aggregate (`histogram_quantile(…, sum by (le) (rate(…_bucket[5m])))`); a summary cannot.
+pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
+    // A request: most answer from caches in milliseconds; a command waits up to its apply.
+    ("ambient_api_request_seconds", &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+    // A command's apply: a few API server writes, more under a backlog or conflicts.
+    ("reconciler_command_apply_seconds", &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+    // From a cluster change to its status event: watch delay and the projector's queue.
+    ("projector_event_lag_seconds", &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+    // A full resync of every project after a restart or a lost watch.
+    ("projector_full_sync_seconds", &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+    // One webhook delivery, retries excluded.
+    ("projector_sink_delivery_seconds", &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+];
+
+/// The Prometheus recorder with [`HISTOGRAM_BUCKETS`].
+pub fn recorder() -> PrometheusBuilder {
+    HISTOGRAM_BUCKETS.iter().fold(PrometheusBuilder::new(), |b, (name, buckets)| {
+        // Only an empty bucket list is refused, and none is.
+        match b.set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full((*name).to_string()), buckets) {
+            Ok(b) => b,
+            Err(e) => panic!("buckets of {name}: {e}"),
+        }
+    })
+}
+
 impl Runtime {
     /// Installs logging in `format` and the Prometheus recorder, and cancels
     /// [`Runtime::shutdown`] on SIGTERM or Ctrl-C. Needs a Tokio runtime.
@@ -47,7 +73,7 @@ impl Runtime {
         init_logging(format);
         // Several services in one test process share the process's recorder: the first wins
         // and the others serve no metrics.
-        let metrics = match PrometheusBuilder::new().install_recorder() {
+        let metrics = match recorder().install_recorder() {
             Ok(h) => Some(h),
             Err(e) => {
                 tracing::warn!(error = %e, "metrics recorder not installed; /metrics stays empty");
@@ -251,4 +277,21 @@ pub async fn shutdown_signal() {
         }
     }
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_exported_with_buckets() {
+        let recorder = recorder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!("ambient_api_request_seconds", "route" => "/api/me").record(0.02);
+        });
+        let text = handle.render();
+        assert!(text.contains("ambient_api_request_seconds_bucket{route=\"/api/me\",le=\"0.025\"} 1"), "{text}");
+        assert!(!text.contains("quantile="), "not a summary: {text}");
+    }
 }

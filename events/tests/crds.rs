@@ -24,3 +24,17 @@ fn committed_crds_match_the_types() {
         );
     }
 }
+
+#[test]
+fn sessions_print_what_an_operator_looks_for() {
+    use kube::CustomResourceExt as _;
+    let crd = events::crd::AgenticSession::crd();
+    assert_eq!(crd.spec.names.categories.as_deref(), Some(&["ambient".to_string()][..]), "kubectl get ambient");
+    let columns = &crd.spec.versions[0].additional_printer_columns.as_ref().expect("printer columns");
+    let shown: Vec<(&str, i32)> = columns.iter().map(|c| (c.name.as_str(), c.priority.unwrap_or(0))).collect();
+    assert_eq!(
+        shown,
+        [("Display Name", 0), ("Phase", 0), ("Reason", 0), ("Started", 1), ("Run", 1), ("Job", 1), ("Age", 0)],
+        "the wide columns (priority 1) only with -o wide"
+    );
+}

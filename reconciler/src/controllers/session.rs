@@ -36,7 +36,7 @@ use super::limits::Limits;
 use super::{ControllerError, Retries};
 use crate::labels;
 use crate::namespaces::Projects;
-use crate::runs::{condition, delete_seen_job, guarded};
+use crate::runs::{delete_seen_job, guarded, with_phase_conditions};
 
 /// What the session controller runs with: the cluster, the runner image and bounds, the
 /// projects and the partitions this replica owns.
@@ -121,7 +121,8 @@ impl Observed {
     }
 }
 
-/// Writes the owned status fields and the `Ready` condition, only when something changed.
+/// Writes the owned status fields and the kstatus conditions (`runs::phase_conditions`), only
+/// when something changed.
 /// Writes `want` unless it is already there; returns the new version when it wrote.
 async fn write_status(
     api: &Api<AgenticSession>,
@@ -131,17 +132,13 @@ async fn write_status(
     let generation = s.metadata.generation;
     let have = Observed::of(s);
     let observed_gen = s.status.as_ref().and_then(|st| st.observed_generation);
-    let ready = if want.phase == Phase::Running { "True" } else { "False" };
     let reason = want.reason.clone().unwrap_or_else(|| want.phase.as_str().to_string());
-    let mut conditions: Vec<Condition> = s.status.as_ref().map(|st| st.conditions.clone()).unwrap_or_default();
-    let ready_current = conditions.iter().any(|c| c.type_ == "Ready" && c.status == ready && c.reason == reason);
-    if have.as_ref() == Some(want) && observed_gen == generation && ready_current {
+    let have_conditions: Vec<Condition> = s.status.as_ref().map(|st| st.conditions.clone()).unwrap_or_default();
+    let message = want.message.as_deref().unwrap_or("");
+    let (conditions, conditions_changed) =
+        with_phase_conditions(have_conditions, want.phase, &reason, message, generation);
+    if have.as_ref() == Some(want) && observed_gen == generation && !conditions_changed {
         return Ok(None);
-    }
-    match conditions.iter_mut().find(|c| c.type_ == "Ready") {
-        Some(c) if c.status == ready && c.reason == reason => c.observed_generation = generation,
-        Some(c) => *c = condition("Ready", ready, &reason, want.message.as_deref().unwrap_or(""), generation),
-        None => conditions.push(condition("Ready", ready, &reason, want.message.as_deref().unwrap_or(""), generation)),
     }
     let patch = guarded(
         s,
