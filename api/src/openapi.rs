@@ -311,6 +311,9 @@ mod tests {
         let v = served();
         let create = &v["components"]["schemas"]["CreateSession"]["properties"]["prompt"];
         assert!(create["maxLength"].as_u64().is_some_and(|n| n > 0), "{create}");
-        assert!(v["components"]["schemas"]["CreateSession"]["properties"]["name"].is_object());
+        let props = &v["components"]["schemas"]["CreateSession"]["properties"];
+        for field in ["name", "labels", "annotations", "prompt"] {
+            assert!(props[field].is_object(), "CreateSession.{field}: {props}");
+        }
     }
 }

@@ -337,7 +337,7 @@ mod tests {
 
     fn create(project: &str, name: &str) -> Command {
         let spec = serde_json::from_value(serde_json::json!({"prompt": "hi", "interactive": true})).unwrap();
-        let body = CommandBody::SessionCreate(SessionCreate { name: SessionName::new(name).unwrap(), spec });
+        let body = CommandBody::SessionCreate(SessionCreate::new(SessionName::new(name).unwrap(), spec));
         Command::new(ProjectName::new(project).unwrap(), Principal { user: "alice".into(), ..Default::default() }, body)
     }
 

@@ -19,9 +19,58 @@ async fn api_end_to_end() {
     let s = stack(&env, &[]).await;
     error_classes_are_json_and_openapi_lists_every_route(&env, &s).await;
     projects_sessions_permissions_keys_and_secrets(&env, &s).await;
+    sessions_carry_their_labels_into_every_status_event(&env, &s).await;
     foreign_and_missing_projects_answer_alike_on_every_route(&env, &s).await;
     project_list_follows_rbac_from_any_source(&env, &s).await;
     floods_get_429_with_retry_after(&env, &s).await;
+}
+
+/// A bridge finds its Jira issue from a session's label: given at create, validated like
+/// Kubernetes labels, stored on the AgenticSession, in the session's status events.
+async fn sessions_carry_their_labels_into_every_status_event(env: &TestEnv, s: &Stack) {
+    let c = Client::new(&s.api_url);
+    let alice = token(env, DemoUser::Alice);
+    let p = project(&c, &alice, "labels").await;
+    let sessions = format!("/api/projects/{p}/agentic-sessions");
+    for (labels, field) in [
+        (json!({"ambient-code.io/run": "9"}), "labels.ambient-code.io/run"),
+        (json!({"Bad Key": "v"}), "labels.Bad Key"),
+        (json!({"jira-issue": "has spaces"}), "labels.jira-issue"),
+    ] {
+        let r = c.post(&sessions, &alice, json!({"name": "refused", "prompt": "x", "labels": labels})).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{labels}: {:?}", r.body);
+        assert_eq!(r.body["field"], field, "{:?}", r.body);
+    }
+    let r = c.post(&sessions, &alice, json!({"name": "refused", "prompt": "x", "labels": ["not", "a", "map"]})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(c.get(&format!("{sessions}/refused"), &alice).await.status, StatusCode::NOT_FOUND, "nothing created");
+
+    let mut stream = c
+        .http
+        .get(format!("{}/api/projects/{p}/events", s.api_url))
+        .bearer_auth(&alice)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let body = json!({"name": "linked", "prompt": "x", "labels": {"jira-issue": "ABC-123"},
+        "annotations": {"jira.example.com/url": "https://jira.example.com/browse/ABC-123"}});
+    let r = c.post(&sessions, &alice, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let got = c.get(&format!("{sessions}/linked"), &alice).await.body;
+    assert_eq!(got["metadata"]["labels"]["jira-issue"], "ABC-123", "{got}");
+    assert_eq!(got["metadata"]["annotations"]["jira.example.com/url"], "https://jira.example.com/browse/ABC-123");
+    let (events, _) = common::read_events(&mut stream, 50, Duration::from_secs(20)).await;
+    let changed: Vec<_> =
+        events.iter().filter(|e| e.event == "ambient.session.changed.v1" && e.data["name"] == "linked").collect();
+    assert!(!changed.is_empty(), "no session.changed event for it: {events:?}");
+    for e in changed {
+        assert_eq!(e.data["data"]["labels"], json!({"jira-issue": "ABC-123"}), "{:?}", e.data);
+        assert_eq!(e.data["data"]["annotations"]["jira.example.com/url"], "https://jira.example.com/browse/ABC-123");
+        let keys = e.data["data"]["annotations"].as_object().unwrap();
+        assert!(keys.keys().all(|k| !k.starts_with("ambient-code.io/")), "never the platform's own: {keys:?}");
+    }
 }
 
 async fn error_classes_are_json_and_openapi_lists_every_route(env: &TestEnv, s: &Stack) {

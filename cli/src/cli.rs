@@ -169,6 +169,13 @@ pub enum Sessions {
         /// Display name (overrides the file's).
         #[arg(long)]
         display_name: Option<String>,
+        /// A label `key=value` for correlation, e.g. `--label jira-issue=ABC-123` (repeatable;
+        /// added to the file's).
+        #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// An annotation `key=value` (repeatable; added to the file's).
+        #[arg(long = "annotation", value_name = "KEY=VALUE")]
+        annotations: Vec<String>,
         /// Wait until the session runs or ends, printing its progress.
         #[arg(long)]
         wait: bool,

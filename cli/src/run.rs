@@ -159,8 +159,22 @@ async fn sessions(api: &Api, out: Format, c: Sessions) -> Result<(), Failure> {
             let v = api.get(&format!("{}/{}", sessions_path(&at.project)?, seg(&name)?)).await?;
             output::one(out, Kind::Session, &v)
         }
-        Sessions::Create { at, file, name, prompt, display_name, wait, until_done, wait_timeout } => {
-            let body = spec(file.as_deref(), &[("name", &name), ("prompt", &prompt), ("displayName", &display_name)])?;
+        Sessions::Create {
+            at,
+            file,
+            name,
+            prompt,
+            display_name,
+            labels,
+            annotations,
+            wait,
+            until_done,
+            wait_timeout,
+        } => {
+            let mut body =
+                spec(file.as_deref(), &[("name", &name), ("prompt", &prompt), ("displayName", &display_name)])?;
+            add_pairs(&mut body, "labels", &labels)?;
+            add_pairs(&mut body, "annotations", &annotations)?;
             let v = api.call(Method::POST, &sessions_path(&at.project)?, Some(&body)).await?;
             let created = v.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
             done(out, Kind::Session, &format!("session {created} created in {}", at.project), &v)?;
@@ -186,6 +200,23 @@ async fn sessions(api: &Api, out: Format, c: Sessions) -> Result<(), Failure> {
         Sessions::Watch { at, name } => crate::watch::watch(api, out, &at.project, name.as_deref()).await,
         Sessions::Messages { at, name, follow } => messages(api, out, &at.project, &name, follow).await,
     }
+}
+
+/// Adds `key=value` pairs to the map `field` of a session spec.
+fn add_pairs(body: &mut Value, field: &str, pairs: &[String]) -> Result<(), Failure> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let Some(spec) = body.as_object_mut() else { return Ok(()) };
+    let map = spec.entry(field).or_insert_with(|| json!({}));
+    let Some(map) = map.as_object_mut() else {
+        return Err(Failure::Local(format!("{field} in the spec file must be a map")));
+    };
+    for p in pairs {
+        let (k, v) = p.split_once('=').ok_or_else(|| Failure::Local(format!("{field}: {p:?} is not key=value")))?;
+        map.insert(k.to_string(), json!(v));
+    }
+    Ok(())
 }
 
 /// Phases a run ends in, and whether that is a success.

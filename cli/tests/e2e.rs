@@ -158,8 +158,11 @@ async fn a_user_at_the_terminal() {
         }
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    alice.expect(0, &["sessions", "create", "-p", &p, "--name", "one", "--prompt", "x"]).await;
-    wait_line(&mut lines, seen("one")).await;
+    alice
+        .expect(0, &["sessions", "create", "-p", &p, "--name", "one", "--prompt", "x", "-l", "jira-issue=ABC-1"])
+        .await;
+    let first = wait_line(&mut lines, seen("one")).await;
+    assert_eq!(first["data"]["labels"]["jira-issue"], "ABC-1", "the label is in the status event: {first}");
     stack.api.kill9().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.api.restart().await.unwrap();
@@ -172,15 +175,19 @@ async fn a_user_at_the_terminal() {
     alice.expect(0, &["projects", "delete", &p]).await;
 }
 
-async fn wait_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, want: impl Fn(&str) -> bool) {
+async fn wait_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    want: impl Fn(&str) -> bool,
+) -> serde_json::Value {
     let found = tokio::time::timeout(Duration::from_secs(60), async {
         while let Ok(Some(l)) = lines.next_line().await {
             if want(&l) {
-                return true;
+                return Some(l);
             }
         }
-        false
+        None
     })
     .await;
-    assert_eq!(found, Ok(true), "the watch showed the event");
+    let line = found.ok().flatten().expect("the watch showed the event");
+    serde_json::from_str(&line).unwrap_or_default()
 }

@@ -72,8 +72,11 @@ pub fn example_command_bodies() -> Vec<(CommandBody, &'static str)> {
         ),
         (CommandBody::ProjectDelete(Empty {}), "Delete the project and everything in it."),
         (
-            CommandBody::SessionCreate(SessionCreate { name: s.clone(), spec }),
-            "Create a session; `userContext` is set from the principal.",
+            CommandBody::SessionCreate(SessionCreate {
+                labels: [("jira-issue".to_string(), "ABC-123".to_string())].into(),
+                ..SessionCreate::new(s.clone(), spec)
+            }),
+            "Create a session; `userContext` is set from the principal; `labels` and `annotations` (optional) are the creator's, for correlation.",
         ),
         (
             CommandBody::SessionUpdate(SessionUpdate {
@@ -256,6 +259,8 @@ fn example_status_bodies() -> Vec<(StatusBody, &'static str, &'static str)> {
         result: None,
         total_cost_usd: None,
         num_turns: None,
+        labels: [("jira-issue".to_string(), "ABC-123".to_string())].into(),
+        annotations: Default::default(),
     };
     let runner = RunnerView {
         name: "fix-login-bug".into(),

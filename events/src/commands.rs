@@ -5,11 +5,14 @@
 //! `{"principal": {…}, "request": {…}}`, where `request` is the kind-specific payload below.
 //! Command ids are UUID v7 (time-ordered) and double as the JetStream `Nats-Msg-Id`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::correlation::Correlation;
 use crate::crd::{AgenticSessionSpec, LlmSettings};
 use crate::domain::{Phase, Principal, Role, SubjectType};
 use crate::names::{KeyName, ProjectName, SessionName, SubjectName};
@@ -91,6 +94,24 @@ pub struct SessionCreate {
     pub name: SessionName,
     /// Its spec.
     pub spec: AgenticSessionSpec,
+    /// Labels for correlation, e.g. `jira-issue: ABC-123` (see [`Correlation`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations for correlation (see [`Correlation`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl SessionCreate {
+    /// A session without labels or annotations.
+    pub fn new(name: SessionName, spec: AgenticSessionSpec) -> Self {
+        SessionCreate { name, spec, labels: BTreeMap::new(), annotations: BTreeMap::new() }
+    }
+
+    /// Its labels and annotations.
+    pub fn correlation(&self) -> Correlation {
+        Correlation { labels: self.labels.clone(), annotations: self.annotations.clone() }
+    }
 }
 
 /// Change a session's spec; absent fields are left as they are.

@@ -8,6 +8,7 @@
 //! - [`labels`]: the labels and annotations on cluster objects; [`views`]: cluster objects as
 //!   the public views that reads and status events show;
 //! - [`commands`], [`results`], [`status`], [`messages`]: the catalogue of CloudEvents;
+//! - [`correlation`]: the labels and annotations users give sessions;
 //! - [`limits`]: the bounds of every command field and of whole commands;
 //! - [`subjects`]: the subject scheme; [`streams`]: JetStream streams, consumers and buckets;
 //! - [`binding`]: CloudEvents ⇄ NATS binary mode; [`wire`]: typed encode/decode of each event;
@@ -22,6 +23,7 @@ pub mod binding;
 pub mod bus;
 pub mod catalogue;
 pub mod commands;
+pub mod correlation;
 pub mod crd;
 pub mod domain;
 pub mod labels;

@@ -440,9 +440,8 @@ mod tests {
 
     #[test]
     fn each_bound_names_its_field() {
-        let create = |s: AgenticSessionSpec| {
-            CommandBody::SessionCreate(SessionCreate { name: SessionName::new("s").unwrap(), spec: s })
-        };
+        let create =
+            |s: AgenticSessionSpec| CommandBody::SessionCreate(SessionCreate::new(SessionName::new("s").unwrap(), s));
         let cases: Vec<(&str, AgenticSessionSpec, Option<&str>)> = vec![
             ("small spec", spec(), None),
             (
@@ -575,7 +574,7 @@ mod tests {
             let spec: AgenticSessionSpec = serde_json::from_value(v.clone()).unwrap();
             assert_eq!(field_of(spec.validate()).as_deref(), *want, "{what}");
             // The same rule at the edge and at apply time: the command check is the spec's.
-            let create = CommandBody::SessionCreate(SessionCreate { name: SessionName::new("s").unwrap(), spec });
+            let create = CommandBody::SessionCreate(SessionCreate::new(SessionName::new("s").unwrap(), spec));
             assert_eq!(field_of(check_body(&create)).as_deref(), *want, "{what} (command)");
         }
     }
@@ -621,7 +620,7 @@ mod tests {
                 .collect(),
             ..spec()
         };
-        let body = CommandBody::SessionCreate(SessionCreate { name: SessionName::new("s").unwrap(), spec: s });
+        let body = CommandBody::SessionCreate(SessionCreate::new(SessionName::new("s").unwrap(), s));
         check_body(&body).unwrap();
         let principal = Principal {
             user: "someone@example.com".into(),

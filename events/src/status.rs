@@ -12,6 +12,8 @@
 //! ([`Incarnation::admits`]). The projector also purges a project's status subjects when its
 //! namespace goes (keeping only the `ambient.project.deleted.v1` tombstone).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -127,6 +129,13 @@ pub struct SessionView {
     /// Agent turns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_turns: Option<i64>,
+    /// The labels its creator gave it (e.g. `jira-issue: ABC-123`), for correlation; never the
+    /// platform's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The annotations its creator gave it; never the platform's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// A session changed phase.

@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
 
+use crate::correlation::Correlation;
 use crate::crd::{AgenticSession, ProjectSettings};
 use crate::labels;
 use crate::status::{KeyView, PermissionView, ProjectView, SessionView, SettingsView};
@@ -66,6 +67,7 @@ impl SessionView {
     /// The public view of a session: environment variable names only, never the prompt.
     pub fn from_session(s: &AgenticSession) -> Self {
         let status = s.status.clone().unwrap_or_default();
+        let user = Correlation::of(s.labels(), s.annotations());
         SessionView {
             name: s.name_any(),
             uid: s.uid().unwrap_or_default(),
@@ -87,6 +89,8 @@ impl SessionView {
             result: status.result,
             total_cost_usd: status.total_cost_usd,
             num_turns: status.num_turns,
+            labels: user.labels,
+            annotations: user.annotations,
         }
     }
 }

@@ -36,7 +36,7 @@ fn sample_bodies() -> Vec<CommandBody> {
         CommandBody::ProjectCreate(ProjectCreate { display_name: Some("Team A".into()), description: None }),
         CommandBody::ProjectUpdate(ProjectUpdate { display_name: None, description: Some("d".into()) }),
         CommandBody::ProjectDelete(Empty {}),
-        CommandBody::SessionCreate(SessionCreate { name: s.clone(), spec }),
+        CommandBody::SessionCreate(SessionCreate::new(s.clone(), spec)),
         CommandBody::SessionUpdate(SessionUpdate {
             name: s.clone(),
             patch: SessionPatch { timeout: Some(60), ..Default::default() },

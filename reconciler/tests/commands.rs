@@ -77,7 +77,7 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
 
     // --- sessions ---
     let sessions = Api::<AgenticSession>::namespaced(env.admin(), p.as_str());
-    let create = |name: &str| CommandBody::SessionCreate(SessionCreate { name: sname(name), spec: spec("hello") });
+    let create = |name: &str| CommandBody::SessionCreate(SessionCreate::new(sname(name), spec("hello")));
     h.ok(&p, Alice, create("s1")).await?;
     let s1 = sessions.get("s1").await?;
     let uc = s1.spec.user_context.unwrap();
@@ -85,10 +85,10 @@ async fn every_command_and_its_failures() -> anyhow::Result<()> {
     assert!(uc.groups.contains(&"team-a".to_string()));
     assert_eq!(code(&h.run(&p, Alice, create("s1")).await?), 409);
     assert_eq!(code(&h.run(&p, Carol, create("s2")).await?), 403);
-    let bad = CommandBody::SessionCreate(SessionCreate {
-        name: sname("bad"),
-        spec: serde_json::from_value(serde_json::json!({"prompt": "x", "timeout": 5}))?,
-    });
+    let bad = CommandBody::SessionCreate(SessionCreate::new(
+        sname("bad"),
+        serde_json::from_value(serde_json::json!({"prompt": "x", "timeout": 5}))?,
+    ));
     assert_eq!(code(&h.run(&p, Alice, bad).await?), 422);
     assert!(sessions.get_opt("bad").await?.is_none());
     let upd = |name: &str, prompt: &str| {

@@ -17,13 +17,13 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams};
 
 fn create(name: &str, run_for: &str) -> CommandBody {
-    CommandBody::SessionCreate(SessionCreate {
-        name: SessionName::new(name).unwrap(),
-        spec: serde_json::from_value(serde_json::json!({
+    CommandBody::SessionCreate(SessionCreate::new(
+        SessionName::new(name).unwrap(),
+        serde_json::from_value(serde_json::json!({
             "prompt": "p", "timeout": 600, "environmentVariables": {"KWOK_RUN_DURATION": run_for},
         }))
         .unwrap(),
-    })
+    ))
 }
 
 #[tokio::test]

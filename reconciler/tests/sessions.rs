@@ -16,15 +16,15 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, ListParams};
 
 fn create(name: &str, timeout: i64, run_for: &str) -> CommandBody {
-    CommandBody::SessionCreate(SessionCreate {
-        name: SessionName::new(name).unwrap(),
-        spec: serde_json::from_value(serde_json::json!({
+    CommandBody::SessionCreate(SessionCreate::new(
+        SessionName::new(name).unwrap(),
+        serde_json::from_value(serde_json::json!({
             "prompt": "do it",
             "timeout": timeout,
             "environmentVariables": {"KWOK_RUN_DURATION": run_for},
         }))
         .unwrap(),
-    })
+    ))
 }
 
 fn sref(name: &str) -> SessionRef {
@@ -172,7 +172,7 @@ async fn session_lifecycle() -> anyhow::Result<()> {
     // again), and Error when written straight to the cluster, bypassing commands.
     let spec: events::crd::AgenticSessionSpec =
         serde_json::from_value(serde_json::json!({"prompt": "x", "environmentVariables": {"NOT-VALID": "1"}}))?;
-    let bad = CommandBody::SessionCreate(SessionCreate { name: SessionName::new("bad-env")?, spec: spec.clone() });
+    let bad = CommandBody::SessionCreate(SessionCreate::new(SessionName::new("bad-env")?, spec.clone()));
     assert_eq!(code(&h.run(&p, Alice, bad).await?), 422, "an invalid variable name is refused at apply time");
     Api::<AgenticSession>::namespaced(env.admin(), p.as_str())
         .create(&Default::default(), &AgenticSession::new("bad-env", spec))

@@ -172,10 +172,10 @@ async fn commands_survive_storage_signed_and_sealed() -> anyhow::Result<()> {
     let create = Command::new(
         project.clone(),
         principal(),
-        CommandBody::SessionCreate(SessionCreate {
-            name: SessionName::new("s1")?,
-            spec: serde_json::from_value(json!({"prompt": "p"}))?,
-        }),
+        CommandBody::SessionCreate(SessionCreate::new(
+            SessionName::new("s1")?,
+            serde_json::from_value(json!({"prompt": "p"}))?,
+        )),
     );
     let forged = Command::new(
         project.clone(),

@@ -54,10 +54,10 @@ fn principal() -> Principal {
 }
 
 fn create(project: &ProjectName, name: &str) -> Command {
-    let body = CommandBody::SessionCreate(SessionCreate {
-        name: SessionName::new(name).unwrap(),
-        spec: serde_json::from_value(json!({"prompt": "poison neighbour"})).unwrap(),
-    });
+    let body = CommandBody::SessionCreate(SessionCreate::new(
+        SessionName::new(name).unwrap(),
+        serde_json::from_value(json!({"prompt": "poison neighbour"})).unwrap(),
+    ));
     Command::new(project.clone(), principal(), body)
 }
 

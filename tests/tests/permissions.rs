@@ -614,10 +614,10 @@ async fn permission_matrix() {
 
 /// The session-create command a token scoped to `scopes` would make the api publish.
 fn scoped_create(project: &ProjectName, name: &str, scopes: &[&str]) -> Command {
-    let body = CommandBody::SessionCreate(SessionCreate {
-        name: SessionName::new(name).unwrap(),
-        spec: serde_json::from_value(json!({"prompt": "scoped"})).unwrap(),
-    });
+    let body = CommandBody::SessionCreate(SessionCreate::new(
+        SessionName::new(name).unwrap(),
+        serde_json::from_value(json!({"prompt": "scoped"})).unwrap(),
+    ));
     Command::new(project.clone(), scoped_alice(scopes), body)
 }
 

@@ -388,7 +388,7 @@ impl T<'_> {
         let create = Command::new(
             p.clone(),
             alice.clone(),
-            CommandBody::SessionCreate(SessionCreate { name: SessionName::new("on-the-bus")?, spec }),
+            CommandBody::SessionCreate(SessionCreate::new(SessionName::new("on-the-bus")?, spec)),
         );
         let (code, message) = self.publish(&signer, &create).await?;
         ensure!(code == 422 && message.contains("resourceOverrides."), "create: {code} {message}");

@@ -9,6 +9,7 @@ use events::commands::{
     RunnerStatus, SessionClone, SessionCreate, SessionDisplayName, SessionPatch, SessionRef, SessionStatusReport,
     SessionUpdate,
 };
+use events::correlation::Correlation;
 use events::crd::{AgenticSessionSpec, GROUP};
 use events::{CommandBody, ProjectName, SessionName};
 use serde_json::{Value, json};
@@ -90,10 +91,23 @@ pub async fn create_session(
         }
         Some(_) => return Err(ApiError::bad_field("name", "name must be a string")),
     };
+    // The correlation fields sit beside the spec's in the body.
+    let mut given = serde_json::Map::new();
+    if let Some(m) = v.as_object_mut() {
+        for k in ["labels", "annotations"] {
+            if let Some(x) = m.remove(k).filter(|x| !x.is_null()) {
+                given.insert(k.into(), x);
+            }
+        }
+    }
+    let correlation: Correlation = strict(&Value::Object(given))?;
+    correlation.validate().map_err(|e| ApiError::invalid(e.field, e.rule))?;
     let spec: AgenticSessionSpec = strict(&v)?;
     spec.validate()?;
     check_runner(&spec, &st)?;
-    let body = CommandBody::SessionCreate(SessionCreate { name: name.clone(), spec });
+    let Correlation { labels, annotations } = correlation;
+    let body =
+        CommandBody::SessionCreate(SessionCreate { labels, annotations, ..SessionCreate::new(name.clone(), spec) });
     match st.mutate(&caller, project, body, &headers, None).await? {
         // The UI reads `name` and then the session itself, which reads show as queued.
         Mutation::Accepted(id) => {

@@ -56,6 +56,8 @@ fn session(ns: &str, name: &str, rv: &str, phase: Phase) -> Rec {
             result: None,
             total_cost_usd: None,
             num_turns: None,
+            labels: Default::default(),
+            annotations: Default::default(),
         },
     }))
 }

@@ -5,14 +5,16 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use events::commands::{SessionClone, SessionCreate, SessionDisplayName, SessionStatusReport, SessionUpdate};
+use events::correlation::Correlation;
 use events::crd::{AgenticSession, AgenticSessionSpec, AgenticSessionStatus, RunnerBounds, UserContext};
 use events::{Command, Phase, Principal, SessionName};
 
-use super::{Applied, Delivery, gone, last_command, managed_namespace, string_map};
+use super::{Applied, Delivery, gone, last_command, managed_namespace};
 use crate::error::ApplyError;
 use crate::labels;
 use crate::runs::{condition, guarded};
@@ -35,11 +37,15 @@ async fn create_session(
     mut spec: AgenticSessionSpec,
     cmd: &Command,
     extra: Option<(&str, String)>,
+    user: Correlation,
 ) -> Result<Applied, ApplyError> {
     let id = cmd.id.to_string();
     // userContext always comes from the authenticated principal, never from the request.
     spec.user_context = Some(user_context(&cmd.principal));
-    let mut annotations = string_map([(labels::LAST_COMMAND, id.as_str())]);
+    // The user's entries are outside the reserved prefixes (validated), so ours cannot be
+    // overwritten by them.
+    let mut annotations = user.annotations;
+    annotations.insert(labels::LAST_COMMAND.into(), id.clone());
     if let Some((k, v)) = extra {
         annotations.insert(k.into(), v);
     }
@@ -47,6 +53,7 @@ async fn create_session(
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(ns.into()),
+            labels: Some(user.labels).filter(|l| !l.is_empty()),
             annotations: Some(annotations),
             ..Default::default()
         },
@@ -79,8 +86,10 @@ pub async fn create_in_project(
     bounds: &RunnerBounds,
 ) -> Result<Applied, ApplyError> {
     check_runner(&req.spec, bounds)?;
+    let user = req.correlation();
+    user.validate().map_err(|e| ApplyError::invalid(e.to_string()))?;
     let api = Api::<AgenticSession>::namespaced(client.clone(), cmd.project.as_str());
-    create_session(&api, cmd.project.as_str(), &req.name, req.spec.clone(), cmd, None).await
+    create_session(&api, cmd.project.as_str(), &req.name, req.spec.clone(), cmd, None, user).await
 }
 
 pub async fn update(client: &kube::Client, cmd: &Command, req: &SessionUpdate) -> Result<Applied, ApplyError> {
@@ -222,6 +231,8 @@ pub async fn clone(
         src.spec.clone(),
         cmd,
         Some((labels::CLONED_FROM, from)),
+        // The copy is about the same thing: it keeps the source's labels and annotations.
+        Correlation::of(src.labels(), src.annotations()),
     )
     .await
 }
