@@ -10,7 +10,7 @@
 #   command-verify.pem    its public key, SPKI PEM (concatenate several during a rotation)
 #   sealing.key           the reconciler's X25519 sealing secret key: base64 of 32 bytes
 #   sealing-public-key    its public half: base64 of 32 bytes
-#   nats-<user>-password  NATS passwords of the api, reconciler and projector users
+#   nats-<user>-password  NATS passwords of the api, reconciler, projector and subscriber users
 #   cookie-secret         oauth-proxy cookie secret (OpenShift only): 32 characters
 set -euo pipefail
 dir="${1:?usage: deploy/gen-secrets.sh DIR}"
@@ -28,7 +28,7 @@ openssl pkey -in sealing.pem -pubout -outform DER | tail -c 32 | base64 | tr -d 
 rm -f sealing.pem
 
 # A letter first: nats-server parses an all-digit value from the environment as a number.
-for user in api reconciler projector; do
+for user in api reconciler projector subscriber; do
   printf 'n%s' "$(openssl rand -hex 24)" >"nats-$user-password"
 done
 openssl rand -base64 24 | tr -d '\n' >cookie-secret
@@ -43,7 +43,7 @@ kubectl -n ambient-system create secret generic ambient-api-keys \\
 kubectl -n ambient-system create secret generic ambient-reconciler-keys \\
   --from-file=command-verify.pem=$(pwd)/command-verify.pem \\
   --from-file=sealing.key=$(pwd)/sealing.key
-for u in api reconciler projector; do
+for u in api reconciler projector subscriber; do
   kubectl -n ambient-system create secret generic ambient-nats-\$u \\
     --from-file=password=$(pwd)/nats-\$u-password
 done

@@ -225,8 +225,8 @@ pub struct CreateSession {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<SessionName>")]
     pub name: Option<String>,
-    /// Labels and annotations for correlation, e.g. `labels: {jira-issue: ABC-123}`: stored
-    /// on the session and shown in its every status event.
+    /// Labels and annotations for correlation, e.g. `labels: {jira-issue: ABC-123}`: at most
+    /// 32 of each, 8 KiB in all; stored on the session and shown in its every status event.
     #[serde(flatten)]
     pub correlation: events::correlation::Correlation,
     /// The spec.

@@ -74,13 +74,25 @@ pub fn strict<T: DeserializeOwned + Serialize>(v: &Value) -> Result<T, ApiError>
     Ok(t)
 }
 
-/// The first path present (and not null) in `given` but absent from `known`.
+/// Null, `{}` or `[]`.
+fn carries_nothing(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// The first path present (and carrying something) in `given` but absent from `known`.
 fn unknown_path(given: &Value, known: &Value, prefix: String) -> Option<String> {
     match (given, known) {
         (Value::Object(g), Value::Object(k)) => g.iter().find_map(|(key, gv)| {
             let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
             match k.get(key) {
-                None if !gv.is_null() => Some(path),
+                // An empty map or list says nothing: a type that leaves it out when empty
+                // (`labels: {}`, `repos: []`) knows it.
+                None if !carries_nothing(gv) => Some(path),
                 None => None,
                 Some(kv) => unknown_path(gv, kv, path),
             }

@@ -32,7 +32,8 @@ const BODIES: &[(&str, &str, CommandType)] = &[
 ];
 
 /// Routes anyone may read.
-const PUBLIC: &[&str] = &["/openapi.json", "/api/schemas/events", "/api/schemas/events/{type}"];
+const PUBLIC: &[&str] =
+    &["/openapi.json", "/api/schemas/events", "/api/schemas/events/{type}", "/api/cluster-info", "/api/workflows/ootb"];
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "patch"];
 
@@ -56,7 +57,11 @@ pub fn document(doc: &utoipa::openapi::OpenApi) -> Result<Value, DocumentError> 
     let components = object(&mut v, "components");
     let schemas = components.entry("schemas").or_insert_with(|| json!({}));
     if let Value::Object(schemas) = schemas {
-        schemas.extend(g.take_definitions(true));
+        let mut bodies = Value::Object(g.take_definitions(true));
+        events::schemas::close_objects(&mut bodies);
+        if let Value::Object(bodies) = bodies {
+            schemas.extend(bodies);
+        }
     }
     components.insert("securitySchemes".into(), json!({"bearerAuth": {
         "type": "http", "scheme": "bearer",
@@ -315,5 +320,77 @@ mod tests {
         for field in ["name", "labels", "annotations", "prompt"] {
             assert!(props[field].is_object(), "CreateSession.{field}: {props}");
         }
+    }
+
+    /// Validates `instance` against the served document's schema `name`.
+    fn conforms(doc: &Value, name: &str, instance: &Value) {
+        let root = json!({
+            "$schema": events::schemas::DIALECT,
+            "components": doc["components"],
+            "$ref": format!("#/components/schemas/{name}"),
+        });
+        let validator = jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let errors: Vec<String> =
+            validator.iter_errors(instance).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        assert!(errors.is_empty(), "{name} rejects what the api sends: {errors:#?}\n{instance:#}");
+    }
+
+    #[test]
+    fn what_the_handlers_build_conforms_to_the_document() {
+        let doc = served();
+        // Every command result of the catalogue, as GET /api/commands/{id} shows it.
+        let results: Vec<events::CommandResult> = events::catalogue::examples()
+            .into_iter()
+            .filter(|e| e.family == "result")
+            .map(|e| serde_json::from_slice(&events::binding::data_bytes(&e.event)).unwrap())
+            .collect();
+        assert_eq!(results.len(), 2);
+        for r in results {
+            let status = crate::bodies::CommandStatus {
+                id: r.command_id,
+                ty: "ambient.key.create.v1".into(),
+                project: r.project.to_string(),
+                state: crate::bodies::CommandState::Succeeded,
+                result: Some(crate::commands::public_result(r)),
+                key: Some("token".into()),
+            };
+            conforms(&doc, "CommandStatus", &serde_json::to_value(status).unwrap());
+        }
+        // A session as reads show it: fresh, running, and with a queued stop.
+        let spec: events::crd::AgenticSessionSpec = serde_json::from_value(json!({"prompt": "hi",
+            "llmSettings": {"model": "sonnet"}, "repos": [{"input": {"url": "https://git/x.git"}}],
+            "environmentVariables": {"A": "b"}}))
+        .unwrap();
+        let mut s = events::crd::AgenticSession::new("s1", spec);
+        s.metadata.namespace = Some("team-a".into());
+        s.metadata.labels = Some([("jira-issue".to_string(), "ABC-1".to_string())].into());
+        conforms(&doc, "AgenticSession", &crate::reads::session_json(&s));
+        s.status = Some(events::crd::AgenticSessionStatus {
+            phase: Some(events::Phase::Running),
+            message: Some("up".into()),
+            start_time: Some(chrono::Utc::now()),
+            ..Default::default()
+        });
+        let mut v = crate::reads::session_json(&s);
+        conforms(&doc, "AgenticSession", &v);
+        v["status"]["phase"] = json!(crate::pending::STOPPING);
+        conforms(&doc, "AgenticSession", &v);
+        let list = json!({"items": [v], "total": 1});
+        conforms(&doc, "SessionList", &list);
+        // A project.
+        let ns = k8s_openapi::api::core::v1::Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some("team-a".into()),
+                labels: Some([(events::labels::MANAGED.to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        conforms(&doc, "Project", &crate::reads::project_json(&ns));
+        // And the document refuses what the api never sends.
+        let root = json!({"components": doc["components"], "$ref": "#/components/schemas/Project"});
+        let mut extra = crate::reads::project_json(&ns);
+        extra["secret"] = json!("x");
+        assert!(!jsonschema::validator_for(&root).unwrap().is_valid(&extra), "closed objects");
     }
 }

@@ -86,6 +86,8 @@ pub fn queued_session(cmd: &Command) -> Option<AgenticSession> {
         name: Some(c.name.to_string()),
         namespace: Some(cmd.project.to_string()),
         creation_timestamp: k8s_openapi::jiff::Timestamp::from_millisecond(cmd.time.timestamp_millis()).ok().map(Time),
+        labels: Some(c.labels.clone()).filter(|l| !l.is_empty()),
+        annotations: Some(c.annotations.clone()).filter(|a| !a.is_empty()),
         ..Default::default()
     };
     s.status = Some(AgenticSessionStatus {

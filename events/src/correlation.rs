@@ -14,9 +14,15 @@ use crate::names::ValidationError;
 pub const MAX_ENTRIES: usize = 32;
 /// Longest annotation value, in bytes.
 pub const MAX_ANNOTATION_VALUE: usize = 1024;
-/// All keys and values together, in bytes. They travel in every status event of the session,
+/// All keys and values together, in bytes of JSON. They travel in every status event of the session,
 /// and the status stream is shared: one tenant's bulk must not push out the others' history.
 pub const MAX_TOTAL_BYTES: usize = 8 * 1024;
+
+/// A key as a pattern (the reserved prefixes aside): an optional DNS-subdomain prefix and `/`,
+/// then a name.
+pub const KEY_PATTERN: &str = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+/// A label value as a pattern.
+pub const LABEL_VALUE_PATTERN: &str = "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
 
 /// Key prefixes no user may set: the platform's own and those Kubernetes reserves. A prefix
 /// also covers its subdomains (`x.kubernetes.io/…`).
@@ -29,19 +35,20 @@ pub const RESERVED_PREFIXES: &[&str] =
 pub struct Correlation {
     /// Labels, e.g. `{"jira-issue": "ABC-123"}`: Kubernetes label syntax, at most 32.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = MAX_ENTRIES))]
+    #[schemars(extend("maxProperties" = MAX_ENTRIES, "propertyNames" = {"maxLength": 317, "pattern": KEY_PATTERN}, "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}))]
     pub labels: BTreeMap<String, String>,
     /// Annotations: Kubernetes key syntax, values up to 1024 bytes, at most 32; with the labels
     /// at most 8 KiB in all.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = MAX_ENTRIES))]
+    #[schemars(extend("maxProperties" = MAX_ENTRIES, "propertyNames" = {"maxLength": 317, "pattern": KEY_PATTERN}, "additionalProperties" = {"type": "string", "maxLength": MAX_ANNOTATION_VALUE}))]
     pub annotations: BTreeMap<String, String>,
 }
 
 impl Correlation {
     /// Checks every key and value; the error names the field, e.g. `labels.jira-issue`.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        let total: usize = self.labels.iter().chain(&self.annotations).map(|(k, v)| k.len() + v.len()).sum();
+        let total: usize =
+            self.labels.iter().chain(&self.annotations).map(|(k, v)| encoded_len(k) + encoded_len(v)).sum();
         if total > MAX_TOTAL_BYTES {
             return Err(ValidationError::new(
                 "annotations",
@@ -62,19 +69,39 @@ impl Correlation {
         Ok(())
     }
 
-    /// The user's entries among an object's labels and annotations (those outside the reserved
-    /// prefixes), as status events show them.
+    /// The user's entries among an object's labels and annotations, as status events show
+    /// them and a clone copies them: the valid entries outside the reserved prefixes, in key
+    /// order, within the same bounds as a create. A tenant may edit the object directly
+    /// (`kubectl label`); what it adds past the bounds never reaches the shared status stream.
     pub fn of(labels: &BTreeMap<String, String>, annotations: &BTreeMap<String, String>) -> Self {
-        let user = |m: &BTreeMap<String, String>| {
-            m.iter().filter(|(k, _)| !reserved(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
-        };
-        Correlation { labels: user(labels), annotations: user(annotations) }
+        let mut out = Correlation::default();
+        let mut total = 0;
+        let entries = labels.iter().map(|e| (true, e)).chain(annotations.iter().map(|e| (false, e)));
+        for (is_label, (k, v)) in entries {
+            let value_ok = if is_label { check_label_value(v) } else { check_annotation_value(v) };
+            let map = if is_label { &mut out.labels } else { &mut out.annotations };
+            if check_key(k).is_err() || value_ok.is_err() || map.len() >= MAX_ENTRIES {
+                continue;
+            }
+            let size = encoded_len(k) + encoded_len(v);
+            if total + size > MAX_TOTAL_BYTES {
+                continue;
+            }
+            total += size;
+            map.insert(k.clone(), v.clone());
+        }
+        out
     }
 
     /// Whether there is nothing.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty() && self.annotations.is_empty()
     }
+}
+
+/// Bytes of `s` as a JSON string, quotes included (a control character takes six).
+fn encoded_len(s: &str) -> usize {
+    serde_json::to_string(s).map(|j| j.len()).unwrap_or(usize::MAX / 4)
 }
 
 /// Whether `key` is under a reserved prefix (or is a platform label without a prefix).
@@ -201,5 +228,51 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         assert_eq!(Correlation::of(&labels, &annotations), one(&[("jira-issue", "ABC-1")], &[("team", "a")]));
+    }
+
+    #[test]
+    fn what_a_direct_edit_adds_past_the_bounds_is_not_shown() {
+        // `kubectl annotate` bypasses the api: far too many, too large, or invalid entries.
+        let labels =
+            (0..100).map(|i| (format!("k{i:03}"), "v".into())).chain([("Bad Key".into(), "v".into())]).collect();
+        let annotations = (0..100).map(|i| (format!("a{i:03}"), "x".repeat(900))).collect();
+        let shown = Correlation::of(&labels, &annotations);
+        assert_eq!(shown.labels.len(), MAX_ENTRIES);
+        assert!(!shown.labels.contains_key("Bad Key"));
+        assert_eq!(shown.validate(), Ok(()), "what is shown is always within the bounds");
+        assert!(serde_json::to_vec(&shown).unwrap().len() <= MAX_TOTAL_BYTES + 64);
+        let controls = [("k".to_string(), "\u{1}".repeat(1000))].into();
+        let c = Correlation { annotations: controls, ..Default::default() };
+        assert!(c.validate().is_ok(), "1000 bytes raw, 6000 encoded: under 8 KiB");
+        let many: BTreeMap<String, String> = (0..2).map(|i| (format!("k{i}"), "\u{1}".repeat(1000))).collect();
+        assert_eq!(
+            Correlation { annotations: many, ..Default::default() }.validate().map_err(|e| e.field),
+            Err("annotations".into()),
+            "counted as encoded"
+        );
+    }
+
+    #[test]
+    fn the_schema_patterns_agree_with_the_checks() {
+        let key = regex_lite(KEY_PATTERN);
+        let value = regex_lite(LABEL_VALUE_PATTERN);
+        for k in ["jira-issue", "example.com/team", "a", "A_b.C"] {
+            assert!(key(k) && check_key(k).is_ok(), "{k}");
+        }
+        for k in ["Bad Key", "-a", "UPPER.com/x", "a/", "/a"] {
+            assert!(!key(k) && check_key(k).is_err(), "{k}");
+        }
+        for v in ["", "ABC-123", "a.b_c"] {
+            assert!(value(v) && check_label_value(v).is_ok(), "{v}");
+        }
+        for v in ["has space", "-x", "x-"] {
+            assert!(!value(v) && check_label_value(v).is_err(), "{v}");
+        }
+    }
+
+    /// The patterns through the JSON Schema validator the tests use.
+    fn regex_lite(pattern: &str) -> impl Fn(&str) -> bool {
+        let v = jsonschema::validator_for(&serde_json::json!({"type": "string", "pattern": pattern})).unwrap();
+        move |s: &str| v.is_valid(&serde_json::json!(s))
     }
 }

@@ -9,7 +9,6 @@
 //!   registers them, so that the api's OpenAPI document takes its `components.schemas` from the
 //!   same schemars derives (one schema system for the events and the HTTP bodies).
 
-use schemars::transform::RecursiveTransform;
 use schemars::{Schema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::{Value, json};
 
@@ -94,22 +93,38 @@ fn traceparent() -> (&'static str, Value, bool) {
 }
 
 /// A schema generator whose references point into an OpenAPI document's
-/// `components.schemas` (OpenAPI 3.1 schemas are JSON Schema 2020-12). Objects are closed
-/// (`additionalProperties: false`), as the api refuses unknown fields at any depth; the event
-/// schemas stay open, so that subscribers accept fields added later.
+/// `components.schemas` (OpenAPI 3.1 schemas are JSON Schema 2020-12).
 pub fn openapi_generator() -> SchemaGenerator {
-    SchemaSettings::draft2020_12()
-        .with(|s| s.definitions_path = "/components/schemas".into())
-        .with_transform(RecursiveTransform(close_objects))
-        .into_generator()
+    SchemaSettings::draft2020_12().with(|s| s.definitions_path = "/components/schemas".into()).into_generator()
 }
 
-fn close_objects(schema: &mut Schema) {
-    if let Some(o) = schema.as_object_mut()
-        && o.contains_key("properties")
-        && !o.contains_key("additionalProperties")
-    {
-        o.insert("additionalProperties".into(), Value::Bool(false));
+/// Closes the objects of the api's body schemas (`additionalProperties: false`), as the api
+/// refuses unknown fields at any depth; the event schemas stay open, so that subscribers accept
+/// fields added later. An object with `oneOf`/`anyOf`/`allOf` beside its properties (a
+/// flattened tagged enum, e.g. `CommandResult`) gets `unevaluatedProperties: false` instead, and
+/// its branches stay open: each branch sees only part of the object.
+pub fn close_objects(v: &mut Value) {
+    close(v, true);
+}
+
+const COMPOSITIONS: [&str; 3] = ["oneOf", "anyOf", "allOf"];
+
+fn close(v: &mut Value, closable: bool) {
+    match v {
+        Value::Object(o) => {
+            let composite = COMPOSITIONS.iter().any(|k| o.contains_key(*k));
+            let open = o.contains_key("additionalProperties") || o.contains_key("unevaluatedProperties");
+            if closable && o.contains_key("properties") && !open {
+                let key = if composite { "unevaluatedProperties" } else { "additionalProperties" };
+                o.insert(key.into(), Value::Bool(false));
+            }
+            let branches_closable = !(composite && o.contains_key("properties"));
+            for (k, child) in o.iter_mut() {
+                close(child, branches_closable || !COMPOSITIONS.contains(&k.as_str()));
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| close(x, closable)),
+        _ => {}
     }
 }
 
@@ -175,6 +190,22 @@ mod tests {
             assert!(s["properties"]["data"].is_object(), "{ty}");
         }
         assert!(event_schema("ambient.session.exploded.v1").is_none());
+    }
+
+    #[test]
+    fn closing_leaves_the_branches_of_a_flattened_enum_open() {
+        let mut v = json!({
+            "properties": {"a": {"type": "object", "properties": {"x": {}}}},
+            "oneOf": [{"properties": {"tag": {"const": "one"}}}, {"properties": {"tag": {"const": "two"}}}],
+            "$defs": {"plain": {"properties": {"y": {}}}, "map": {"additionalProperties": {"type": "string"}}},
+        });
+        close_objects(&mut v);
+        assert_eq!(v["unevaluatedProperties"], false);
+        assert!(v.get("additionalProperties").is_none());
+        assert!(v["oneOf"][0].get("additionalProperties").is_none(), "a branch sees part of the object");
+        assert_eq!(v["properties"]["a"]["additionalProperties"], false);
+        assert_eq!(v["$defs"]["plain"]["additionalProperties"], false);
+        assert_eq!(v["$defs"]["map"]["additionalProperties"], json!({"type": "string"}));
     }
 
     #[test]

@@ -588,15 +588,15 @@ pub fn nats_server_bin() -> PathBuf {
 pub struct DeployNats {
     /// `nats://127.0.0.1:<port>`.
     pub url: String,
-    /// The password of each user (`api`, `reconciler`, `projector`).
+    /// The password of each user (`api`, `reconciler`, `projector`, `subscriber`).
     pub passwords: std::collections::BTreeMap<&'static str, String>,
     dir: tempfile::TempDir,
     _child: Child,
 }
 
 impl DeployNats {
-    /// The bus users of deploy/, one per component.
-    pub const USERS: [&'static str; 3] = ["api", "reconciler", "projector"];
+    /// The bus users of deploy/: one per component, and the outside subscribers'.
+    pub const USERS: [&'static str; 4] = ["api", "reconciler", "projector", "subscriber"];
 
     /// Starts one and waits until it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {

@@ -191,7 +191,12 @@ async fn oversized_input_is_refused_and_publishes_nothing(env: &TestEnv, c: &Cli
     // The documented bounds: the OpenAPI request body of a session create names them.
     let doc = c.call(Method::GET, "/openapi.json", None, None, &[]).await.body;
     let body = &doc["paths"]["/api/projects/{project}/agentic-sessions"]["post"]["requestBody"];
-    assert_eq!(body["content"]["application/json"]["schema"]["properties"]["prompt"]["maxLength"], 100_000, "{body}");
+    let schema = body["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix('#'))
+        .and_then(|pointer| doc.pointer(pointer))
+        .unwrap_or_else(|| panic!("the body's schema is a component: {body}"));
+    assert_eq!(schema["properties"]["prompt"]["maxLength"], 100_000, "{schema}");
     assert!(body["description"].as_str().unwrap_or("").contains("environmentVariables (value)"), "{body}");
 }
 

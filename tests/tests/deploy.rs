@@ -814,7 +814,12 @@ fn only_the_reconciler_writes_project_quotas_and_limits() -> anyhow::Result<()> 
 async fn connect_bus(nats: &DeployNats, user: &'static str) -> anyhow::Result<Bus> {
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = errors.clone();
-    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), nats.passwords[user].clone())
+    let mut options = async_nats::ConnectOptions::with_user_and_password(user.into(), nats.passwords[user].clone());
+    if user == "subscriber" {
+        // Its replies go to its own prefix (deploy/base/nats/accounts.conf).
+        options = options.custom_inbox_prefix("_INBOX_subscriber");
+    }
+    let client = options
         .name(user)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |ev| {
@@ -1092,6 +1097,43 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
         .context("projector purges a deleted project's status")?;
     assert_eq!(purged.purged, 1);
 
+    // The outside subscriber reads status live and the last event of an object, nothing else.
+    let sub = connect_bus(&nats, "subscriber").await?;
+    let mut live = sub.client.subscribe("ambient.status.>").await.context("subscriber subscribes to status")?;
+    sub.client.flush().await?;
+    let watched = "ambient.status.team-b.session.s9";
+    proj.js.publish(watched, "phase".into()).await?.await?;
+    let got = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut live))
+        .await
+        .context("subscriber receives a status event live")?
+        .ok_or_else(|| anyhow!("status subscription ended"))?;
+    assert_eq!((got.subject.as_str(), &got.payload[..]), (watched, &b"phase"[..]));
+    let last = sub
+        .client
+        .request(format!("$JS.API.DIRECT.GET.{}.{watched}", streams::STATUS_STREAM), "".into())
+        .await
+        .context("subscriber reads an object's last status event")?;
+    assert_eq!(&last.payload[..], b"phase");
+    for subject in [
+        watched,
+        "ambient.cmd.team-b.session.create",
+        "ambient.msg.team-b.s9",
+        "ambient.result.team-b.x",
+        "$JS.API.INFO",
+        "$JS.API.STREAM.INFO.AMBIENT_STATUS",
+        "$JS.API.CONSUMER.CREATE.AMBIENT_STATUS",
+        "$JS.API.STREAM.PURGE.AMBIENT_STATUS",
+        "$JS.API.DIRECT.GET.AMBIENT_MESSAGES.ambient.msg.team-b.s9",
+        "$JS.API.DIRECT.GET.AMBIENT_RESULTS.ambient.result.team-b.x",
+        "$JS.API.DIRECT.GET.KV_ambient-sessions.$KV.ambient-sessions.team-b.s9",
+        "$KV.ambient-sessions.team-b.s9",
+    ] {
+        sub.refused(subject).await?;
+    }
+    for subject in ["ambient.msg.>", "ambient.cmd.>", "ambient.result.>", "_INBOX.>", "$KV.>", "ambient.>"] {
+        sub.subscribe_refused(subject).await?;
+    }
+
     // Read model: the projector writes, the api reads, nobody else writes.
     let sessions = proj.js.get_key_value(streams::SESSIONS_BUCKET).await?;
     sessions.put("team-a.s1", "view".into()).await.context("projector writes the read model")?;
@@ -1192,7 +1234,7 @@ async fn nats_permissions_from_deploy_enforce_who_publishes_consumes_and_writes(
     rec.subscribe_refused("ambient.msg.>").await?;
 
     // The allowed operations above raised no permission error of their own.
-    let unexpected: Vec<String> = [&api, &rec, &proj]
+    let unexpected: Vec<String> = [&api, &rec, &proj, &sub]
         .iter()
         .flat_map(|b| b.violations().into_iter().map(move |e| format!("{}: {e}", b.user)))
         .filter(|e| !e.contains("Permissions Violation") && !e.contains(": event: "))
@@ -1217,6 +1259,7 @@ async fn shipped_nats_configurations_are_valid() -> anyhow::Result<()> {
             .env("NATS_API_PASSWORD", "a")
             .env("NATS_RECONCILER_PASSWORD", "b")
             .env("NATS_PROJECTOR_PASSWORD", "c")
+            .env("NATS_SUBSCRIBER_PASSWORD", "d")
             .output()
             .await?;
         ensure!(
@@ -1234,6 +1277,7 @@ async fn shipped_nats_configurations_are_valid() -> anyhow::Result<()> {
             .env_remove("NATS_API_PASSWORD")
             .env("NATS_RECONCILER_PASSWORD", "b")
             .env("NATS_PROJECTOR_PASSWORD", "c")
+            .env("NATS_SUBSCRIBER_PASSWORD", "d")
             .output()
             .await?;
         ensure!(!out.status.success(), "{conf}: valid without NATS_API_PASSWORD");
@@ -1268,7 +1312,7 @@ async fn generated_secrets_are_in_the_formats_the_services_read() -> anyhow::Res
     let sealed = public.seal(b"runner secret")?;
     assert_eq!(sealing.open(&sealed)?, b"runner secret");
 
-    for user in COMPONENTS {
+    for user in COMPONENTS.iter().copied().chain(["subscriber"]) {
         let pw = read(&format!("nats-{user}-password"))?;
         ensure!(pw.len() >= 32 && pw.starts_with(|c: char| c.is_ascii_alphabetic()), "weak or numeric NATS password");
     }

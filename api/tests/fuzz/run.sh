@@ -5,7 +5,7 @@
 # cannot disagree. Needs `pip install schemathesis==4.32.5`.
 #
 # Usage: api/tests/fuzz/run.sh <api-url> <bearer-token> [max-examples-per-operation]
-# The SSE streams (…/events) never end and are left out. Run it against an api started with a
+# The SSE streams (/api/projects/…/events) never end and are left out. Run it against an api started with a
 # generous --rate-limit-rps/--rate-limit-burst and --pre-auth-rate-limit-rps/-burst and a short
 # --messages-max-wait, or most requests only exercise the 429 path and the long-poll.
 #
@@ -32,7 +32,7 @@ python3 -c 'import sys; from schemathesis.cli import schemathesis; sys.exit(sche
   --header "Authorization: Bearer $token" \
   --phases examples,coverage,fuzzing \
   --max-examples "$examples" \
-  --exclude-path-regex '/events$' \
+  --exclude-path-regex '^/api/projects/.*/events$' \
   --request-timeout 30 \
   --workers 1 \
   --seed "${FUZZ_SEED:-1}" \
